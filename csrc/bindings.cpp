@@ -1,0 +1,111 @@
+// Python bindings of the engine (module pydarknet._core). The Python side builds and validates the network
+// description; this module only converts it and runs it. C++ exceptions become Python exceptions
+// (pd::InvalidArgument -> ValueError, std::bad_alloc -> MemoryError).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+
+#include "core/network.h"
+
+namespace py = pybind11;
+
+#ifdef PYDARKNET_WITH_CUDA
+namespace pd {
+int cuda_device_count();
+}
+#endif
+
+namespace pd {
+namespace {
+
+Shape to_shape(const py::handle& h) {
+    auto t = h.cast<std::vector<int>>();
+    PD_CHECK(t.size() == 3, "a shape must be (c, h, w)");
+    Shape s;
+    s.c = t[0];
+    s.h = t[1];
+    s.w = t[2];
+    return s;
+}
+
+LayerSpec to_spec(const py::dict& d) {
+    LayerSpec s;
+    s.index = d["index"].cast<int>();
+    s.type = d["type"].cast<std::string>();
+    s.in = to_shape(d["in"]);
+    s.out = to_shape(d["out"]);
+    s.inputs = d["inputs"].cast<std::vector<int>>();
+    for (auto item : d["tensors"].cast<py::dict>()) {
+        auto pair = item.second.cast<std::pair<size_t, size_t>>();
+        s.tensors[item.first.cast<std::string>()] = TensorRef{pair.first, pair.second};
+    }
+    for (auto item : d["options"].cast<py::dict>()) {
+        const std::string key = item.first.cast<std::string>();
+        py::handle value = item.second;
+        if (py::isinstance<py::bool_>(value) || py::isinstance<py::int_>(value) || py::isinstance<py::float_>(value))
+            s.num[key] = value.cast<double>();
+        else if (py::isinstance<py::str>(value))
+            s.str[key] = value.cast<std::string>();
+        else if (py::isinstance<py::list>(value) || py::isinstance<py::tuple>(value))
+            s.lists[key] = value.cast<std::vector<double>>();
+    }
+    return s;
+}
+
+}  // namespace
+}  // namespace pd
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "pydarknet's C++ engine";
+    py::class_<pd::Network>(m, "Network")
+        .def(py::init([](const py::list& specs, size_t param_count, const py::tuple& input) {
+                 std::vector<pd::LayerSpec> converted;
+                 for (auto s : specs) converted.push_back(pd::to_spec(s.cast<py::dict>()));
+                 return new pd::Network(converted, param_count, pd::to_shape(input));
+             }),
+             py::arg("specs"), py::arg("param_count"), py::arg("input_shape"))
+        .def_property_readonly(
+            "params",
+            [](py::object self) {
+                auto& net = self.cast<pd::Network&>();
+                return py::array_t<float>({(py::ssize_t)net.params.size()}, {(py::ssize_t)sizeof(float)},
+                                          net.params.data(), self);
+            },
+            "The flat parameter buffer (a writable view; call touch_params() after writing).")
+        .def("touch_params", [](pd::Network& net) { ++net.params_version; })
+        .def_readwrite("bn_epsilon", &pd::Network::bn_epsilon)
+        .def_readwrite("keep", &pd::Network::keep)
+        .def(
+            "forward",
+            [](pd::Network& net, py::array_t<float, py::array::c_style | py::array::forcecast> x, bool keep_all) {
+                auto shape = net.input_shape();
+                PD_CHECK(x.ndim() == 4 && x.shape(1) == shape.c && x.shape(2) == shape.h && x.shape(3) == shape.w,
+                         "input must have shape (N, ", shape.c, ", ", shape.h, ", ", shape.w, ")");
+                PD_CHECK(x.shape(0) >= 1, "input batch must not be empty");
+                const float* data = x.data();
+                const int batch = (int)x.shape(0);
+                py::gil_scoped_release release;
+                net.forward(data, batch, keep_all);
+            },
+            py::arg("x"), py::arg("keep_all") = false)
+        .def(
+            "output",
+            [](const pd::Network& net, int i) {
+                PD_CHECK(i >= 0 && i < net.layer_count(), "layer index ", i, " out of range");
+                const pd::Shape s = net.layer(i).spec.out;
+                py::array_t<float> out({(py::ssize_t)net.batch(), (py::ssize_t)s.c, (py::ssize_t)s.h, (py::ssize_t)s.w});
+                std::memcpy(out.mutable_data(), net.output(i), sizeof(float) * net.batch() * s.size());
+                return out;
+            },
+            py::arg("layer"));
+#ifdef PYDARKNET_WITH_CUDA
+    m.attr("built_with_cuda") = true;
+    m.def("cuda_device_count", &pd::cuda_device_count, "Number of usable CUDA GPUs (0 on any CUDA error).");
+#else
+    m.attr("built_with_cuda") = false;
+    m.def("cuda_device_count", []() { return 0; });
+#endif
+    m.def("has_layer_type", [](const std::string& name) { return pd::layer_registry().count(name) != 0; });
+}

@@ -1,0 +1,34 @@
+// Shared basics: the host/device annotation for math used by both back ends, and the error type that the
+// Python bindings turn into exceptions. Nothing here exits or aborts the process.
+#pragma once
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#if defined(__CUDACC__)
+#define PD_HD __host__ __device__ __forceinline__
+#else
+#define PD_HD inline
+#endif
+
+namespace pd {
+
+// Raised for inputs the engine cannot run (bad shapes, indices, sizes). Maps to Python's ValueError.
+struct InvalidArgument : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
+
+template <typename... Parts>
+std::string concat(const Parts&... parts) {
+    std::ostringstream out;
+    (out << ... << parts);
+    return out.str();
+}
+
+}  // namespace pd
+
+#define PD_CHECK(cond, ...)                                                  \
+    do {                                                                     \
+        if (!(cond)) throw ::pd::InvalidArgument(::pd::concat(__VA_ARGS__)); \
+    } while (0)

@@ -1,0 +1,81 @@
+// The engine's view of a layer: a spec that the Python side has already validated (shapes, indices, parameter
+// offsets), and a Layer object per type that executes it. Layers are created by name through a registry so that
+// each layer lives in its own file (csrc/layers/<name>.cpp).
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common.h"
+
+namespace pd {
+
+struct Shape {
+    int c = 0, h = 0, w = 0;
+    size_t size() const { return (size_t)c * h * w; }
+};
+
+struct TensorRef {
+    size_t offset = 0, size = 0;
+};
+
+struct LayerSpec {
+    int index = 0;
+    std::string type;
+    Shape in, out;
+    std::vector<int> inputs;  // other layers read by this one (route/shortcut/sam/scale_channels)
+    std::map<std::string, double> num;
+    std::map<std::string, std::vector<double>> lists;
+    std::map<std::string, std::string> str;
+    std::map<std::string, TensorRef> tensors;
+
+    double get(const std::string& key) const;
+    double get(const std::string& key, double fallback) const;
+    const std::vector<double>& list(const std::string& key) const;
+    const std::string& text(const std::string& key) const;
+    const TensorRef& tensor(const std::string& key) const;
+    bool has_tensor(const std::string& key) const { return tensors.count(key) != 0; }
+};
+
+class Network;
+
+// Everything a forward pass needs besides the layer's own spec.
+struct ForwardContext {
+    int batch = 1;
+    const float* input = nullptr;  // the previous layer's output (or the network input), batch * in.size()
+    float* output = nullptr;       // this layer's output, batch * out.size()
+    const Network* net = nullptr;
+    float* workspace = nullptr;    // scratch shared by all layers, workspace_floats() long
+};
+
+class Layer {
+public:
+    explicit Layer(LayerSpec spec) : spec(std::move(spec)) {}
+    virtual ~Layer() = default;
+
+    // Called before a forward pass whenever the parameters may have changed (e.g. to fold batch-norm).
+    virtual void prepare(const float* params, float bn_epsilon) { (void)params; (void)bn_epsilon; }
+    virtual void forward(const ForwardContext& ctx) = 0;
+    // Scratch floats this layer needs for one forward pass of `batch` images.
+    virtual size_t workspace_floats(int batch) const { (void)batch; return 0; }
+
+    const LayerSpec spec;
+};
+
+using LayerFactory = std::function<std::unique_ptr<Layer>(const LayerSpec&)>;
+
+// Registry of layer types by cfg section name; each layer file registers itself with PD_REGISTER_LAYER.
+std::map<std::string, LayerFactory>& layer_registry();
+
+struct LayerRegistration {
+    LayerRegistration(const char* name, LayerFactory factory) { layer_registry()[name] = std::move(factory); }
+};
+
+#define PD_REGISTER_LAYER(name, cls)                                                            \
+    static ::pd::LayerRegistration pd_registration_##cls(                                       \
+        name, [](const ::pd::LayerSpec& s) { return std::unique_ptr<::pd::Layer>(new cls(s)); })
+
+}  // namespace pd

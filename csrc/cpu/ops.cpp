@@ -1,0 +1,71 @@
+// im2col and whole-array activations for the CPU path (see ops.h).
+#include "ops.h"
+
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+
+#include "../math/activations.h"
+
+namespace pd {
+
+void im2col(const float* image, int c, int h, int w, int ksize, int pad, int stride_y, int stride_x, int dilation,
+            int out_h, int out_w, float* columns) {
+    const int rows = c * ksize * ksize;
+#pragma omp parallel for schedule(static) if (rows * out_h * out_w > 65536)
+    for (int r = 0; r < rows; ++r) {
+        const int kx = r % ksize, ky = (r / ksize) % ksize, ch = r / (ksize * ksize);
+        const float* plane = image + (size_t)ch * h * w;
+        float* out = columns + (size_t)r * out_h * out_w;
+        for (int oy = 0; oy < out_h; ++oy) {
+            const int y = oy * stride_y - pad + ky * dilation;
+            float* row = out + (size_t)oy * out_w;
+            if (y < 0 || y >= h) {
+                std::memset(row, 0, sizeof(float) * out_w);
+                continue;
+            }
+            const float* src = plane + (size_t)y * w;
+            const int x0 = -pad + kx * dilation;
+            if (stride_x == 1 && x0 >= 0 && x0 + out_w <= w) {
+                std::memcpy(row, src + x0, sizeof(float) * out_w);
+                continue;
+            }
+            for (int ox = 0; ox < out_w; ++ox) {
+                const int x = ox * stride_x + x0;
+                row[ox] = (x >= 0 && x < w) ? src[x] : 0.f;
+            }
+        }
+    }
+}
+
+void activate_array(float* x, int batch, int channels, size_t spatial, int activation) {
+    if (activation == LINEAR) return;
+    const size_t n = (size_t)batch * channels * spatial;
+    if (!is_channel_activation(activation)) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (long long i = 0; i < (long long)n; ++i) x[i] = activate(x[i], activation);
+        return;
+    }
+    const float eps = 0.0001f;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (long long p = 0; p < (long long)batch * (long long)spatial; ++p) {
+        float* base = x + (size_t)(p / spatial) * channels * spatial + (size_t)(p % spatial);
+        if (activation == NORM_CHAN) {
+            float sum = eps;
+            for (int k = 0; k < channels; ++k) sum += fmaxf(base[k * spatial], 0.f);
+            for (int k = 0; k < channels; ++k) {
+                float v = base[k * spatial];
+                base[k * spatial] = v > 0.f ? v / sum : 0.f;
+            }
+        } else {
+            float max_val = activation == NORM_CHAN_SOFTMAX_MAXVAL ? -FLT_MAX : 0.f;
+            if (activation == NORM_CHAN_SOFTMAX_MAXVAL)
+                for (int k = 0; k < channels; ++k) max_val = fmaxf(max_val, base[k * spatial]);
+            float sum = eps;
+            for (int k = 0; k < channels; ++k) sum += expf(base[k * spatial] - max_val);
+            for (int k = 0; k < channels; ++k) base[k * spatial] = expf(base[k * spatial] - max_val) / sum;
+        }
+    }
+}
+
+}  // namespace pd

@@ -1,0 +1,44 @@
+// [upsample]: nearest-neighbour enlargement by `stride`, times `scale`; a negative stride in the cfg instead sums
+// stride x stride blocks (Darknet's "reverse" upsample).
+#include <cstring>
+
+#include "../core/network.h"
+
+namespace pd {
+namespace {
+
+class Upsample : public Layer {
+public:
+    using Layer::Layer;
+
+    void forward(const ForwardContext& ctx) override {
+        const int stride = (int)spec.get("stride");
+        const float scale = (float)spec.get("scale");
+        const Shape in = spec.in, out = spec.out;
+        const long long planes = (long long)ctx.batch * in.c;
+        const bool reverse = spec.get("reverse") != 0;
+#pragma omp parallel for schedule(static)
+        for (long long p = 0; p < planes; ++p) {
+            const float* src = ctx.input + p * in.h * in.w;
+            float* dst = ctx.output + p * out.h * out.w;
+            if (reverse) {
+                std::memset(dst, 0, sizeof(float) * out.h * out.w);
+                for (int y = 0; y < out.h * stride; ++y)
+                    for (int x = 0; x < out.w * stride; ++x)
+                        dst[(y / stride) * out.w + x / stride] += scale * src[y * in.w + x];
+                continue;
+            }
+            for (int y = 0; y < out.h; ++y) {
+                const float* row = src + (y / stride) * in.w;
+                float* o = dst + y * out.w;
+                for (int x = 0; x < out.w; ++x) o[x] = scale * row[x / stride];
+            }
+        }
+    }
+};
+
+}  // namespace
+
+PD_REGISTER_LAYER("upsample", Upsample);
+
+}  // namespace pd

@@ -1,0 +1,7 @@
+"""pydarknet: run original Darknet .cfg + .weights networks (YOLOv3, YOLOv4, Scaled-YOLOv4, YOLOv7) from Python."""
+from .errors import CfgError, CfgWarning, DarknetError, WeightsError
+from .network import DeviceError, LayerView, Network, load
+
+__version__ = "0.1.0"
+__all__ = ["load", "Network", "LayerView", "DarknetError", "CfgError", "CfgWarning", "WeightsError",
+           "DeviceError"]

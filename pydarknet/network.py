@@ -1,0 +1,211 @@
+"""The Network object: a validated network description bound to the C++ engine.
+
+`pydarknet.load()` builds one. Parameters live in one flat float32 buffer owned by the engine, in `.weights`
+file order; `net.params` and each layer's `params` dict are numpy views into it.
+"""
+
+import numpy as np
+
+from . import graph, weights as weights_io
+from .errors import DarknetError
+
+try:
+    from . import _core
+except ImportError as exc:  # pragma: no cover - only when the package was not built
+    raise ImportError(
+        "pydarknet's compiled engine (pydarknet._core) is missing. Install the package with `pip install .`; "
+        "when running from a source checkout, run tests with `pytest` (not `python -m pytest`) so the "
+        f"installed package is imported. ({exc})") from exc
+
+
+class DeviceError(DarknetError, ValueError):
+    """A device that this build or this machine cannot run on."""
+
+
+def _spec(layer):
+    options = {}
+    for key, value in layer.options.items():
+        if key == "activation":
+            value = graph.ACTIVATIONS.index(value)
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, (int, float, str)) or (isinstance(value, list) and
+                                                    all(isinstance(v, (int, float)) for v in value)):
+            options[key] = value
+    return {
+        "index": layer.index, "type": layer.type, "in": list(layer.in_shape), "out": list(layer.out_shape),
+        "inputs": list(layer.inputs), "options": options,
+        "tensors": {t.name: (t.offset, t.size) for t in layer.tensors},
+    }
+
+
+class LayerView:
+    """One layer as seen from Python: its type, options, shapes and parameter views."""
+
+    def __init__(self, net, desc):
+        self._net = net
+        self._desc = desc
+        self.index = desc.index
+        self.type = desc.type
+        self.options = desc.options
+        self.in_shape = desc.in_shape
+        self.out_shape = desc.out_shape
+        self.bflops = desc.bflops
+
+    @property
+    def params(self):
+        """Writable views of this layer's parameter tensors (marks the parameters as changed)."""
+        flat = self._net.params
+        return {t.name: flat[t.offset:t.offset + t.size].reshape(t.shape) for t in self._desc.tensors}
+
+    def __repr__(self):
+        return f"<Layer {self.index} {self.type} {self.in_shape} -> {self.out_shape}>"
+
+
+class Network:
+    def __init__(self, desc, device="cpu", seed=None):
+        self.desc = desc
+        self.device = _check_device(device)
+        self._core = _core.Network([_spec(l) for l in desc.layers], desc.param_count, desc.input_shape)
+        last = len(desc.layers) - 1
+        self._core.keep = sorted(set(desc.yolo_layers + [last]))
+        self.layers = [LayerView(self, l) for l in desc.layers]
+        self.seen = 0
+        self.version = weights_io.CURRENT_VERSION
+        self._initialise(np.random.default_rng(seed))
+
+    # ----- parameters -------------------------------------------------------------------------------------
+    @property
+    def params(self):
+        """The flat float32 parameter buffer (a writable view, in .weights file order)."""
+        self._core.touch_params()
+        return self._core.params
+
+    def _initialise(self, rng):
+        """Darknet's training initialisation: uniform +-sqrt(2/fan_in) weights, zero biases, unit BN scales."""
+        flat = self._core.params
+        for layer in self.desc.layers:
+            for t in layer.tensors:
+                view = flat[t.offset:t.offset + t.size]
+                if t.name == "weights" and layer.type in ("convolutional", "connected"):
+                    fan_in = t.size // t.shape[0]
+                    scale = np.sqrt(2.0 / fan_in)
+                    view[:] = rng.uniform(-scale, scale, t.size).astype(np.float32)
+                elif t.name in ("scales", "rolling_variance") or layer.type == "shortcut":
+                    view[:] = 1.0
+                else:
+                    view[:] = 0.0
+        self._core.touch_params()
+
+    def load_weights(self, path, *, partial=False):
+        """Load an original Darknet .weights file (partial=True for a backbone prefix like yolov4-tiny.conv.29)."""
+        version, seen, loaded = weights_io.load_into(self.desc, self._core.params, path, partial=partial)
+        self._core.touch_params()
+        self.version, self.seen = version, seen
+        return loaded
+
+    def save_weights(self, path, *, cutoff=None, version=weights_io.CURRENT_VERSION, seen=None):
+        """Write Darknet .weights; cutoff=N writes layers 0..N-1 with seen=0 like `darknet partial`."""
+        if seen is None:
+            seen = 0 if cutoff is not None else self.seen
+        weights_io.save_from(self.desc, self._core.params, path, cutoff=cutoff, seen=seen, version=version)
+
+    @property
+    def bn_epsilon(self):
+        return self._core.bn_epsilon
+
+    @bn_epsilon.setter
+    def bn_epsilon(self, value):
+        self._core.bn_epsilon = float(value)
+
+    # ----- running ----------------------------------------------------------------------------------------
+    @property
+    def input_shape(self):
+        return self.desc.input_shape
+
+    @property
+    def yolo_layers(self):
+        return self.desc.yolo_layers
+
+    @property
+    def bflops(self):
+        return sum(l.bflops for l in self.desc.layers)
+
+    def _prepare_input(self, x):
+        x = np.asarray(x)
+        if x.ndim == 3:
+            x = x[None]
+        c, h, w = self.input_shape
+        if x.ndim != 4 or x.shape[1:] != (c, h, w):
+            raise ValueError(f"input must be a float32 array of shape (N, {c}, {h}, {w}); got {x.shape}")
+        if x.shape[0] < 1:
+            raise ValueError("input batch is empty")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def forward(self, x):
+        """Run the network; returns one array per [yolo] layer (or the final output for other networks)."""
+        self._core.forward(self._prepare_input(x), False)
+        heads = self.yolo_layers or [len(self.layers) - 1]
+        return [self._core.output(i) for i in heads]
+
+    def forward_all(self, x):
+        """Run the network and return every layer's output (for debugging and layer-by-layer checks)."""
+        self._core.forward(self._prepare_input(x), True)
+        return [self._core.output(i) for i in range(len(self.layers))]
+
+    # ----- description ------------------------------------------------------------------------------------
+    def summary(self):
+        rows = ["   layer   filters  size/strd(dil)      input                output"]
+        for l in self.desc.layers:
+            o = l.options
+            (ic, ih, iw), (oc, oh, ow) = l.in_shape, l.out_shape
+            shapes = f"{iw:4d} x{ih:4d} x{ic:4d} -> {ow:4d} x{oh:4d} x{oc:4d}"
+            if l.type == "convolutional":
+                dil = f"({o['dilation']})" if o["dilation"] > 1 else "   "
+                groups = f"{o['groups']:4d}/" if o["groups"] > 1 else "     "
+                text = (f"conv  {groups}{oc:4d}      {o['size']} x{o['size']:2d}/{o['stride_x']:2d}{dil} "
+                        f"{shapes} {l.bflops:.3f} BF")
+            elif l.type in ("maxpool", "local_avgpool"):
+                text = f"{'max' if l.type == 'maxpool' else 'avg'}               {o['size']:2d}x{o['size']:2d}/" \
+                       f"{o['stride_x']:2d}    {shapes} {l.bflops:.3f} BF"
+            elif l.type == "route":
+                text = "route  " + " ".join(str(i) for i in o["layers"]) + \
+                       (f" (group {o['group_id']} of {o['groups']})" if o["groups"] > 1 else "") + f"  -> {oc} ch"
+            elif l.type == "shortcut":
+                text = f"shortcut from {', '.join(str(i) for i in o['from'])}  {shapes}"
+            elif l.type == "yolo":
+                text = f"yolo  classes {o['classes']}, anchors {len(o['mask'])}/{o['num']}, " \
+                       f"scale_x_y {o['scale_x_y']:g}{', new_coords' if o['new_coords'] else ''}"
+            elif l.type == "connected":
+                text = f"connected            {l.in_shape[0] * ih * iw:6d} -> {oc:6d}  {l.bflops:.3f} BF"
+            else:
+                text = f"{l.type:<18s}          {shapes}"
+            rows.append(f"{l.index:4d} {text}")
+        rows.append(f"Total BFLOPS {self.bflops:.3f}")
+        return "\n".join(rows)
+
+    def __repr__(self):
+        c, h, w = self.input_shape
+        return f"<pydarknet.Network {self.desc.path} {len(self.layers)} layers, input {w}x{h}x{c}, " \
+               f"{self.bflops:.2f} BFLOPs>"
+
+
+def _check_device(device):
+    name = str(device).lower()
+    if name == "cpu":
+        return "cpu"
+    if name.startswith("cuda"):
+        if _core.cuda_device_count() == 0:
+            raise DeviceError(f"device={device!r}: no CUDA GPU is available on this machine"
+                              + ("" if _core.built_with_cuda else " (and this build has no CUDA support)"))
+        raise DeviceError(f"device={device!r}: the CUDA backend does not run networks yet; use device='cpu'")
+    raise DeviceError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+
+
+def load(cfg, weights=None, *, device="cpu", width=None, height=None, lenient=False, partial=False, seed=None):
+    """Build a network from a Darknet .cfg and optionally load original .weights into it."""
+    desc = graph.load_network_desc(cfg, lenient=lenient, width=width, height=height)
+    net = Network(desc, device=device, seed=seed)
+    if weights is not None:
+        net.load_weights(weights, partial=partial)
+    return net
