@@ -140,6 +140,10 @@ def act_revleaky(x):
     return act_leaky(x)
 
 
+# Note: conv and shortcut layers dispatch swish/mish/hard_mish (and the channel-wise ones) to dedicated
+# functions; other layers (connected, sam, scale_channels) go through `activate_array` -> `activate()`, whose
+# switch in AlexeyAB has no case for relu6/swish/mish/hard_mish and so yields 0 for them. These references apply
+# the real function in every layer; that fallback is a Darknet defect, not a semantics to reproduce.
 ELEMENTWISE_ACTIVATIONS = {
     "linear": act_linear,
     "leaky": act_leaky,
