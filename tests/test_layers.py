@@ -401,6 +401,19 @@ def test_maxpool_widths(engine, tmp_path, case, w):
                  what=f"local_avgpool {case} w={w}")
 
 
+def test_maxpool_window_entirely_outside_is_minus_flt_max(engine, tmp_path):
+    """With a large explicit padding a window can miss the image: Darknet outputs -FLT_MAX there."""
+    net, rng = build(engine, tmp_path, 5, 3, 2, ("maxpool", dict(size=2, stride=2, padding=4)))
+    x = random_input(rng, 2, 2, 3, 5)
+    got = net.forward_all(x)[0]
+    want = ref.maxpool(x, size=2, stride_x=2, stride_y=2, padding=4)
+    outside = want == -ref.FLT_MAX
+    assert outside.any() and not outside.all()
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got[outside], np.float32(-ref.FLT_MAX))
+    assert_close(got[~outside], want[~outside], what="maxpool inside values")
+
+
 @pytest.mark.parametrize("out_channels", [1, 2, 3])
 def test_maxpool_depth(engine, tmp_path, out_channels):
     net, rng = build(engine, tmp_path, 9, 7, 7, ("maxpool", dict(maxpool_depth=1, out_channels=out_channels)))
@@ -659,6 +672,15 @@ def test_yolo_80_classes(engine, tmp_path):
     x = random_input(rng, 2, 3, 13, 17)
     o = net.forward_all(x)
     assert_close(o[1], ref.yolo(o[0], n_anchors=3, classes=80, scale_x_y=1.05), what="yolo 80 classes")
+
+
+def test_yolo_without_mask_uses_all_anchors(engine, tmp_path):
+    net, rng = build(engine, tmp_path, 7, 5, 3,
+                     ("convolutional", dict(filters=2 * 7, size=1, activation="linear")),
+                     ("yolo", dict(anchors=[10, 13, 16, 30], classes=2, num=2)), weight_gain=3.0)
+    x = random_input(rng, 1, 3, 5, 7)
+    o = net.forward_all(x)
+    assert_close(o[1], ref.yolo(o[0], n_anchors=2, classes=2), what="yolo without mask")
 
 
 def test_yolo_two_heads(engine, tmp_path):
