@@ -77,6 +77,8 @@ PYBIND11_MODULE(_core, m) {
         .def("touch_params", [](pd::Network& net) { ++net.params_version; })
         .def_readwrite("bn_epsilon", &pd::Network::bn_epsilon)
         .def_readwrite("keep", &pd::Network::keep)
+        .def_readwrite("profile", &pd::Network::profile)
+        .def_readonly("layer_seconds", &pd::Network::layer_seconds)
         .def(
             "forward",
             [](pd::Network& net, py::array_t<float, py::array::c_style | py::array::forcecast> x, bool keep_all) {

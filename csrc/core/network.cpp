@@ -2,6 +2,7 @@
 #include "network.h"
 
 #include <algorithm>
+#include <chrono>
 #include <limits>
 
 namespace pd {
@@ -133,10 +134,14 @@ void Network::forward(const float* input, int batch, bool keep_all) {
     ctx.net = this;
     ctx.workspace = workspace_.data();
     const float* in = input;
+    layer_seconds.assign(profile ? layers_.size() : 0, 0.0);
     for (size_t i = 0; i < layers_.size(); ++i) {
         ctx.input = in;
         ctx.output = buffers_[buffer_of_[i]].data();
+        const auto start = std::chrono::steady_clock::now();
         layers_[i]->forward(ctx);
+        if (profile)
+            layer_seconds[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         in = ctx.output;
     }
 }

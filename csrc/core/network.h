@@ -31,7 +31,9 @@ public:
     float bn_epsilon = 1e-5f;
     // Bumped by anyone who changes `params`; layers re-derive what they cache from them when it changes.
     unsigned long long params_version = 1;
-    std::vector<int> keep;  // layers whose outputs must survive a forward pass (the yolo heads, the last layer)
+    std::vector<int> keep;
+    bool profile = false;              // when set, forward() records each layer's wall time
+    std::vector<double> layer_seconds;  // layers whose outputs must survive a forward pass (the yolo heads, the last layer)
 
 private:
     void plan(int batch, bool keep_all);

@@ -12,7 +12,7 @@
 #include <omp.h>
 #endif
 
-#include "../math/activations.h"
+#include "ops.h"
 
 namespace pd {
 namespace {
@@ -53,41 +53,60 @@ inline void pack_b(int kc, int nc, const float* B, int ldb, float* out) {
     }
 }
 
+// Eight floats: one AVX2 register (the AVX-512 clone uses the 256-bit forms, which run at full rate on the
+// CPUs that split 512-bit instructions; the baseline clone uses two SSE registers).
+typedef float v8 __attribute__((vector_size(32)));
+
+inline v8 load8(const float* p) {
+    v8 v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+// C[rows x cols] (+)= packed A panel (MR x kc) * packed B panel (kc x NR), accumulated in 12 vector registers.
 __attribute__((always_inline)) inline void micro_kernel(int kc, const float* __restrict a, const float* __restrict b,
                                                         float* C, int ldc, int rows, int cols, bool accumulate) {
-    float acc[MR][NR] = {};
+    v8 acc[MR][2];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = v8{};
     for (int p = 0; p < kc; ++p) {
+        const v8 b0 = load8(b + p * NR), b1 = load8(b + p * NR + 8);
 #pragma GCC unroll 6
         for (int i = 0; i < MR; ++i) {
-            const float av = a[p * MR + i];
-#pragma GCC unroll 16
-            for (int j = 0; j < NR; ++j) acc[i][j] += av * b[p * NR + j];
+            const v8 av = v8{} + a[p * MR + i];
+            acc[i][0] += av * b0;
+            acc[i][1] += av * b1;
         }
     }
+    if (rows == MR && cols == NR) {
+        for (int i = 0; i < MR; ++i) {
+            float* c = C + (size_t)i * ldc;
+            v8 lo = acc[i][0], hi = acc[i][1];
+            if (accumulate) {
+                lo += load8(c);
+                hi += load8(c + 8);
+            }
+            std::memcpy(c, &lo, sizeof(lo));
+            std::memcpy(c + 8, &hi, sizeof(hi));
+        }
+        return;
+    }
+    float tile[MR][NR];
+    std::memcpy(tile, acc, sizeof(tile));
     for (int i = 0; i < rows; ++i) {
         float* c = C + (size_t)i * ldc;
         if (accumulate)
-            for (int j = 0; j < cols; ++j) c[j] += acc[i][j];
+            for (int j = 0; j < cols; ++j) c[j] += tile[i][j];
         else
-            for (int j = 0; j < cols; ++j) c[j] = acc[i][j];
+            for (int j = 0; j < cols; ++j) c[j] = tile[i][j];
     }
 }
 
 void apply_epilogue(int mc, int nc, float* C, int ldc, const float* bias, int activation) {
-    for (int i = 0; i < mc; ++i) {
-        float* c = C + (size_t)i * ldc;
-        const float b = bias ? bias[i] : 0.f;
-        if (activation == LEAKY) {
-            for (int j = 0; j < nc; ++j) { float v = c[j] + b; c[j] = v > 0.f ? v : .1f * v; }
-        } else if (activation == LINEAR) {
-            if (bias) for (int j = 0; j < nc; ++j) c[j] += b;
-        } else {
-            for (int j = 0; j < nc; ++j) c[j] = activate(c[j] + b, activation);
-        }
-    }
+    for (int i = 0; i < mc; ++i) activate_span(C + (size_t)i * ldc, nc, activation, bias ? bias[i] : 0.f);
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void compute_tile(int mc, int nc, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
                   float* packed_a, float* packed_b, const float* bias, int activation) {
     for (int k0 = 0; k0 < K; k0 += KC) {

@@ -3,6 +3,7 @@
 
 #include <cfloat>
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 
 #include "../math/activations.h"
@@ -38,12 +39,41 @@ void im2col(const float* image, int c, int h, int w, int ksize, int pad, int str
     }
 }
 
+namespace {
+
+// One loop per activation with the activation fixed at compile time, so the compiler can vectorise it.
+template <int A>
+__attribute__((always_inline)) inline void activate_loop(float* x, size_t n, float bias) {
+    for (size_t i = 0; i < n; ++i) x[i] = activate(x[i] + bias, A);
+}
+
+}  // namespace
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void activate_span(float* x, size_t n, int activation, float bias) {
+    switch (activation) {
+#define PD_ACTIVATION_CASE(A) \
+    case A: activate_loop<A>(x, n, bias); break;
+        PD_ACTIVATION_CASE(LINEAR) PD_ACTIVATION_CASE(LOGISTIC) PD_ACTIVATION_CASE(LOGGY) PD_ACTIVATION_CASE(RELU)
+        PD_ACTIVATION_CASE(ELU) PD_ACTIVATION_CASE(SELU) PD_ACTIVATION_CASE(GELU) PD_ACTIVATION_CASE(RELIE)
+        PD_ACTIVATION_CASE(RAMP) PD_ACTIVATION_CASE(LEAKY) PD_ACTIVATION_CASE(TANH) PD_ACTIVATION_CASE(PLSE)
+        PD_ACTIVATION_CASE(STAIR) PD_ACTIVATION_CASE(HARDTAN) PD_ACTIVATION_CASE(LHTAN) PD_ACTIVATION_CASE(SWISH)
+        PD_ACTIVATION_CASE(MISH) PD_ACTIVATION_CASE(HARD_MISH) PD_ACTIVATION_CASE(RELU6)
+        PD_ACTIVATION_CASE(REVLEAKY)
+#undef PD_ACTIVATION_CASE
+        default: break;
+    }
+}
+
 void activate_array(float* x, int batch, int channels, size_t spatial, int activation) {
     if (activation == LINEAR) return;
     const size_t n = (size_t)batch * channels * spatial;
     if (!is_channel_activation(activation)) {
-#pragma omp parallel for schedule(static) if (n > 65536)
-        for (long long i = 0; i < (long long)n; ++i) x[i] = activate(x[i], activation);
+        const size_t chunk = 16384;
+        const long long chunks = (long long)((n + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static) if (chunks > 4)
+        for (long long c = 0; c < chunks; ++c)
+            activate_span(x + c * chunk, std::min(chunk, n - (size_t)c * chunk), activation);
         return;
     }
     const float eps = 0.0001f;

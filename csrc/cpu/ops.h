@@ -15,4 +15,7 @@ void im2col(const float* image, int c, int h, int w, int ksize, int pad, int str
 // the layout; the normalize_channels family normalises across channels per pixel.
 void activate_array(float* x, int batch, int channels, size_t spatial, int activation);
 
+// x[i] = activate(x[i] + bias) for an element-wise activation, vectorised for the CPU it runs on.
+void activate_span(float* x, size_t n, int activation, float bias = 0.f);
+
 }  // namespace pd
