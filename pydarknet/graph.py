@@ -419,8 +419,10 @@ def _reorg3d(sec, index, shape, opts, lenient):
     _check_positive(sec, stride=stride)
     opts.update(stride=stride, reverse=reverse)
     if reverse:
-        if c % (stride * stride):
-            raise sec.error(f"reverse reorg by {stride} needs channels divisible by {stride * stride}", "stride")
+        # Darknet's reverse reorg indexes C / stride^4 channel groups (and divides by zero when there are none).
+        if c % stride ** 4:
+            raise sec.error(f"reverse reorg by {stride} needs channels divisible by {stride ** 4} (got {c})",
+                            "stride")
         return (c // (stride * stride), h * stride, w * stride), [], [], 0.0
     if h % stride or w % stride:
         raise sec.error(f"reorg by {stride} needs width and height divisible by it (got {w}x{h})", "stride")
