@@ -8,12 +8,14 @@
 #include <cstring>
 
 #include "core/network.h"
+#include "cpu/ops.h"
 
 namespace py = pybind11;
 
 #ifdef PYDARKNET_WITH_CUDA
 namespace pd {
 int cuda_device_count();
+std::vector<float> cuda_activate(const std::vector<float>& values, int activation);
 }
 #endif
 
@@ -105,9 +107,18 @@ PYBIND11_MODULE(_core, m) {
 #ifdef PYDARKNET_WITH_CUDA
     m.attr("built_with_cuda") = true;
     m.def("cuda_device_count", &pd::cuda_device_count, "Number of usable CUDA GPUs (0 on any CUDA error).");
+    m.def("cuda_activate", &pd::cuda_activate, py::arg("values"), py::arg("activation"),
+          "Applies an element-wise activation on the GPU (for CPU/GPU parity tests).");
 #else
     m.attr("built_with_cuda") = false;
     m.def("cuda_device_count", []() { return 0; });
 #endif
+    m.def(
+        "cpu_activate",
+        [](std::vector<float> values, int activation) {
+            pd::activate_span(values.data(), values.size(), activation);
+            return values;
+        },
+        py::arg("values"), py::arg("activation"), "Applies an element-wise activation on the CPU.");
     m.def("has_layer_type", [](const std::string& name) { return pd::layer_registry().count(name) != 0; });
 }
