@@ -73,7 +73,8 @@ __attribute__((always_inline)) inline void micro_kernel(int kc, const float* __r
         const v8 b0 = load8(b + p * NR), b1 = load8(b + p * NR + 8);
 #pragma GCC unroll 6
         for (int i = 0; i < MR; ++i) {
-            const v8 av = v8{} + a[p * MR + i];
+            const float ai = a[p * MR + i];
+            const v8 av = {ai, ai, ai, ai, ai, ai, ai, ai};
             acc[i][0] += av * b0;
             acc[i][1] += av * b1;
         }
