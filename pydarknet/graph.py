@@ -129,9 +129,16 @@ def _layer_ref(sec, key, value, index):
     return ref
 
 
+# Options whose value defaults to another key's: an error about them points at the key actually written.
+_DEFAULTS_FROM = {"stride_x": "stride", "stride_y": "stride", "size": "stride"}
+
+
 def _check_positive(sec, **values):
-    for key, value in values.items():
+    for name, value in values.items():
         if value <= 0 or value > MAX_DIM:
+            key = name
+            if not sec.has(key) and sec.has(_DEFAULTS_FROM.get(key, "")):
+                key = _DEFAULTS_FROM[key]
             raise sec.error(f"'{key}={value}' is out of range (1..{MAX_DIM})", key if sec.has(key) else None)
 
 
@@ -202,8 +209,9 @@ def _connected(sec, index, shape, opts, lenient):
     opts.update(output=outputs, batch_normalize=bn, activation=_activation(sec, lenient, "logistic"))
     tensors = [Tensor("biases", (outputs,)), Tensor("weights", (outputs, inputs))]
     if bn:
-        tensors += [Tensor("scales", (outputs,)), Tensor("rolling_mean", (outputs,)),
-                    Tensor("rolling_variance", (outputs,))]
+        in_file = not opts["dontloadscales"]
+        tensors += [Tensor("scales", (outputs,), in_file=in_file), Tensor("rolling_mean", (outputs,), in_file=in_file),
+                    Tensor("rolling_variance", (outputs,), in_file=in_file)]
     return (outputs, 1, 1), [], tensors, 2.0 * inputs * outputs / 1e9
 
 
@@ -468,7 +476,8 @@ def _parse_net(sec, lenient, width, height):
     if height is not None:
         net["height"] = int(height)
     if net["channels"] == 0 and net["inputs"] == 0:
-        raise sec.error("[net] needs width, height and channels (or inputs)")
+        raise sec.error("[net] needs width, height and channels (or inputs)",
+                        "channels" if sec.has("channels") else None)
     if net["inputs"] and not (net["width"] and net["height"] and net["channels"]):
         net.update(width=1, height=1, channels=net["inputs"])
     for key in ("width", "height", "channels"):

@@ -133,6 +133,8 @@ class Network:
 
     def _prepare_input(self, x):
         x = np.asarray(x)
+        if x.dtype.kind not in "fiub":
+            raise ValueError(f"input must be a real-valued numeric array (float32 preferred); got dtype {x.dtype}")
         if x.ndim == 3:
             x = x[None]
         c, h, w = self.input_shape

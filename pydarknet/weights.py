@@ -69,6 +69,9 @@ def load_into(desc, params, path, partial=False):
     if body % 4:
         raise WeightsError(f"the data after the header ({body:,} bytes) is not a whole number of floats", path)
     floats = np.frombuffer(data, dtype="<f4", offset=hsize)
+    # Decode into a copy so that a file refused half way leaves the network as it was.
+    target = params
+    params = np.array(params, copy=True)
     position = 0
     loaded = 0
     for layer in desc.layers:
@@ -91,6 +94,7 @@ def load_into(desc, params, path, partial=False):
         bad = next(l for l in desc.layers for t in l.tensors
                    if not np.all(np.isfinite(params[t.offset:t.offset + t.size])))
         raise WeightsError(f"the weights of layer {bad.index} ({bad.type}) contain NaN or infinity", path)
+    target[:] = params
     return version, seen, loaded
 
 
