@@ -98,4 +98,39 @@ void activate_array(float* x, int batch, int channels, size_t spatial, int activ
     }
 }
 
+void pool2d(const float* in, float* out, long long planes, int in_h, int in_w, int out_h, int out_w, int size,
+            int stride_y, int stride_x, int offset, bool average) {
+#pragma omp parallel for schedule(static)
+    for (long long p = 0; p < planes; ++p) {
+        const float* src = in + p * in_h * in_w;
+        float* dst = out + p * out_h * out_w;
+        for (int oy = 0; oy < out_h; ++oy)
+            for (int ox = 0; ox < out_w; ++ox) {
+                float best = -FLT_MAX, sum = 0.f;
+                int count = 0;
+                for (int ky = 0; ky < size; ++ky) {
+                    const int y = offset + oy * stride_y + ky;
+                    if (y < 0 || y >= in_h) continue;
+                    for (int kx = 0; kx < size; ++kx) {
+                        const int x = offset + ox * stride_x + kx;
+                        if (x < 0 || x >= in_w) continue;
+                        const float v = src[y * in_w + x];
+                        best = v > best ? v : best;
+                        sum += v;
+                        ++count;
+                    }
+                }
+                dst[oy * out_w + ox] = average ? (count ? sum / count : 0.f) : best;
+            }
+    }
+}
+
+void batchnorm_factors(const float* bias, const float* scales, const float* mean, const float* var, float eps,
+                       int n, double* factor, float* folded_bias) {
+    for (int i = 0; i < n; ++i) {
+        factor[i] = (double)scales[i] / std::sqrt((double)var[i] + (double)eps);
+        folded_bias[i] = (float)((double)bias[i] - (double)mean[i] * factor[i]);
+    }
+}
+
 }  // namespace pd

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "../core/network.h"
+#include "../cpu/ops.h"
 
 namespace pd {
 namespace {
@@ -15,15 +16,11 @@ public:
         const int c = spec.out.c;
         scale_.resize(c);
         shift_.resize(c);
-        const float* b = params + spec.tensor("biases").offset;
-        const float* g = params + spec.tensor("scales").offset;
-        const float* m = params + spec.tensor("rolling_mean").offset;
-        const float* v = params + spec.tensor("rolling_variance").offset;
-        for (int i = 0; i < c; ++i) {
-            const double k = (double)g[i] / std::sqrt((double)v[i] + (double)eps);
-            scale_[i] = (float)k;
-            shift_[i] = (float)((double)b[i] - (double)m[i] * k);
-        }
+        std::vector<double> factor(c);
+        batchnorm_factors(params + spec.tensor("biases").offset, params + spec.tensor("scales").offset,
+                          params + spec.tensor("rolling_mean").offset, params + spec.tensor("rolling_variance").offset,
+                          eps, c, factor.data(), shift_.data());
+        for (int i = 0; i < c; ++i) scale_[i] = (float)factor[i];
     }
 
     void forward(const ForwardContext& ctx) override {

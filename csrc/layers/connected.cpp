@@ -23,14 +23,11 @@ public:
         weights_.assign(w, w + (size_t)outputs * inputs);
         bias_.assign(b, b + outputs);
         if (spec.get("batch_normalize") == 0) return;
-        const float* scales = params + spec.tensor("scales").offset;
-        const float* mean = params + spec.tensor("rolling_mean").offset;
-        const float* var = params + spec.tensor("rolling_variance").offset;
-        for (int o = 0; o < outputs; ++o) {
-            const double k = (double)scales[o] / std::sqrt((double)var[o] + (double)eps);
-            bias_[o] = (float)((double)b[o] - (double)mean[o] * k);
-            for (size_t i = 0; i < inputs; ++i) weights_[o * inputs + i] = (float)(weights_[o * inputs + i] * k);
-        }
+        std::vector<double> factor(outputs);
+        batchnorm_factors(b, params + spec.tensor("scales").offset, params + spec.tensor("rolling_mean").offset,
+                          params + spec.tensor("rolling_variance").offset, eps, outputs, factor.data(), bias_.data());
+        for (int o = 0; o < outputs; ++o)
+            for (size_t i = 0; i < inputs; ++i) weights_[o * inputs + i] = (float)(weights_[o * inputs + i] * factor[o]);
     }
 
     void forward(const ForwardContext& ctx) override {

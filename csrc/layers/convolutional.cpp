@@ -37,14 +37,12 @@ public:
         weights_.assign(w, w + per_filter * filters_);
         bias_.assign(b, b + filters_);
         if (!batch_normalize_) return;
-        const float* scales = params + spec.tensor("scales").offset;
-        const float* mean = params + spec.tensor("rolling_mean").offset;
-        const float* var = params + spec.tensor("rolling_variance").offset;
-        for (int f = 0; f < filters_; ++f) {
-            const double k = (double)scales[f] / std::sqrt((double)var[f] + (double)eps);
-            bias_[f] = (float)((double)b[f] - (double)mean[f] * k);
-            for (size_t i = 0; i < per_filter; ++i) weights_[f * per_filter + i] = (float)(weights_[f * per_filter + i] * k);
-        }
+        std::vector<double> factor(filters_);
+        batchnorm_factors(b, params + spec.tensor("scales").offset, params + spec.tensor("rolling_mean").offset,
+                          params + spec.tensor("rolling_variance").offset, eps, filters_, factor.data(), bias_.data());
+        for (int f = 0; f < filters_; ++f)
+            for (size_t i = 0; i < per_filter; ++i)
+                weights_[f * per_filter + i] = (float)(weights_[f * per_filter + i] * factor[f]);
     }
 
     bool direct() const { return size_ == 1 && stride_x_ == 1 && stride_y_ == 1 && padding_ == 0; }
