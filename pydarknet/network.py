@@ -155,6 +155,12 @@ class Network:
         self._core.forward(self._prepare_input(x), True)
         return [self._core.output(i) for i in range(len(self.layers))]
 
+    def detect(self, images, *, thresh=0.25, nms=0.45, letterbox=None, **options):
+        """Detect objects in a path, PIL image, HxWx3 uint8 RGB array, or a list of them, as Darknet's
+        `detector test` does; returns a Results (a list of them for a list). See pydarknet.detect.detect."""
+        from .detect import detect
+        return detect(self, images, thresh=thresh, nms=nms, letterbox=letterbox, **options)
+
     # ----- description ------------------------------------------------------------------------------------
     def summary(self):
         rows = ["   layer   filters  size/strd(dil)      input                output"]

@@ -1,0 +1,449 @@
+"""Object detection on images, computed the way Darknet's `detector test` computes it.
+
+The pipeline, step by step (AlexeyAB/darknet semantics):
+
+1. **Image**: decoded to 8-bit RGB (EXIF orientation applied for files, as OpenCV's ``imread`` does in a
+   Darknet build with OpenCV), converted to float ``value/255`` and laid out planar (C, H, W).
+2. **Resize** to the network input: Darknet's own bilinear ``resize_image`` (scale ``(W-1)/(w-1)``,
+   float32 arithmetic, including its handling of the last row and column) -- a stretch by default, or
+   ``letterbox_image`` (aspect-preserving integer size ``h*netw/w``, centred, the border filled with 0.5)
+   when the cfg says ``[net] letter_box=1`` or when asked.
+3. **Forward** through the engine; every ``[yolo]`` layer's output is decoded (``get_yolo_box``:
+   ``exp``/anchor sizes, or the quadratic ``new_coords=1`` form).
+4. **Thresholds** (``get_yolo_detections``): a cell/anchor is a candidate when ``objectness > thresh``; its
+   class probability ``objectness*class`` is kept when ``> thresh`` (else 0).
+5. **Letterbox correction** (``correct_yolo_boxes``) maps boxes back to the original image.
+6. **NMS** per class, as the last ``[yolo]`` layer's ``nms_kind`` says: ``default`` -> ``do_nms_sort``
+   (suppress when IoU > nms), ``greedynms`` -> DIoU with exponent 0.6, ``diounms`` -> DIoU with exponent
+   ``beta_nms`` (``diounms_sort``). NMS runs on boxes relative to the original image, as in Darknet.
+7. Every class of every box whose probability survived becomes one detection (Darknet's ``-out`` JSON and
+   COCO export list them the same way); boxes are in original-image pixels.
+
+Usage::
+
+    net = pydarknet.load("cfg/yolov4-tiny.cfg", "yolov4-tiny.weights")
+    res = net.detect("bus.jpg")                  # a Results; a list in, a list of Results out
+    res.xyxy, res.conf, res.class_id, res.labels
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from .errors import DarknetError
+
+__all__ = ["ImageError", "Detector", "Prepared", "detect", "load_image", "resize_image", "letterbox_size",
+           "letterbox_image", "preprocess", "correct_boxes", "nms", "box_metric", "default_names"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm",
+                    ".jp2", ".jpe", ".jfif")
+
+_F32 = np.float32
+# value/255 computed in double and stored as float, as Darknet's loaders do; a table is exact and fast.
+_TO_FLOAT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+
+
+class ImageError(DarknetError, ValueError):
+    """An image that cannot be read or decoded (names the file and the reason)."""
+
+
+# ----- loading ---------------------------------------------------------------------------------------------
+def load_image(source):
+    """Return ``(rgb, path)``: an HxWx3 uint8 RGB array and the source's path (None for in-memory images).
+
+    ``source`` is a file path, a ``PIL.Image.Image`` or an HxWx3 (or HxW, HxWx4) uint8 array in RGB order.
+    A missing file raises ``FileNotFoundError``; an unreadable one raises :class:`ImageError`.
+    """
+    from PIL import Image
+
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such file")
+        if os.path.isdir(path):
+            raise ImageError(f"{path}: is a folder, not an image")
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return _pil_to_rgb(im, exif=True), path
+        except ImageError:
+            raise
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as e:
+            reason = str(e) or type(e).__name__
+            raise ImageError(f"{path}: cannot read image ({reason})") from None
+    if isinstance(source, Image.Image):
+        return _pil_to_rgb(source, exif=False), getattr(source, "filename", None) or None
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source), None
+    raise TypeError(f"cannot detect on a {type(source).__name__}: pass a path, a PIL image or an HxWx3 uint8 "
+                    "RGB array (or a list of them)")
+
+
+def _pil_to_rgb(im, exif):
+    from PIL import ImageOps
+
+    if exif:
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception:  # a broken EXIF block must not make the image unreadable
+            pass
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit greyscale: keep the top 8 bits
+        a = np.asarray(im).astype(np.int64)
+        if im.mode == "I" and a.max(initial=0) <= 255:
+            a8 = np.clip(a, 0, 255).astype(np.uint8)
+        else:
+            a8 = np.clip(a >> 8, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(a8[:, :, None], 3, axis=2))
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    arr = np.asarray(im)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageError(f"{getattr(im, 'filename', '') or 'image'}: decoded to an empty or odd array {arr.shape}")
+    return arr
+
+
+def _array_to_rgb(a):
+    if a.dtype != np.uint8:
+        raise ValueError(f"image arrays must be uint8 (HxWx3 RGB); got dtype {a.dtype}")
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 4:
+        a = a[:, :, :3]
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"image arrays must be HxWx3 RGB (or HxW greyscale); got shape {a.shape}")
+    if a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"empty image array {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+# ----- pre-processing --------------------------------------------------------------------------------------
+def to_planar(rgb):
+    """HxWx3 uint8 -> (3, H, W) float32 in [0, 1] (Darknet's ``value/255.``)."""
+    return np.ascontiguousarray(_TO_FLOAT[rgb].transpose(2, 0, 1))
+
+
+def resize_image(im, w, h):
+    """Darknet's ``resize_image`` (image.c): bilinear, ``(W-1)/(w-1)`` scale, float32 arithmetic.
+
+    ``im`` is a float32 (C, H, W) array; returns (C, h, w). A horizontal pass (the last column copied) then a
+    vertical pass in which the last row takes only its ``(1-dy)`` share, exactly as Darknet computes it.
+    """
+    im = np.asarray(im, dtype=_F32)
+    c, H, W = im.shape
+    w, h = int(w), int(h)
+    if w < 1 or h < 1:
+        raise ValueError(f"cannot resize to {w}x{h}")
+    if (W, H) == (w, h):
+        return im.copy()
+    part = np.empty((c, H, w), _F32)
+    if W == 1 or w == 1:
+        part[:] = im[:, :, W - 1:W]
+    else:
+        w_scale = _F32(W - 1) / _F32(w - 1)
+        sx = np.arange(w - 1, dtype=_F32) * w_scale
+        ix = sx.astype(np.int64)
+        dx = sx - ix.astype(_F32)
+        part[:, :, :w - 1] = (_F32(1) - dx) * im[:, :, ix] + dx * im[:, :, ix + 1]
+        part[:, :, w - 1] = im[:, :, W - 1]
+    if H == 1 or h == 1:
+        # h == 1: Darknet divides by zero here (h_scale = inf, row 0 at NaN); row 0 is the sensible answer.
+        return np.ascontiguousarray(np.repeat(part[:, :1, :], h, axis=1))
+    h_scale = _F32(H - 1) / _F32(h - 1)
+    sy = np.arange(h, dtype=_F32) * h_scale
+    iy = sy.astype(np.int64)
+    dy = sy - iy.astype(_F32)
+    out = (_F32(1) - dy)[None, :, None] * part[:, iy, :]
+    out[:, :h - 1, :] += dy[:h - 1, None] * part[:, iy[:h - 1] + 1, :]
+    return out
+
+
+def letterbox_size(img_w, img_h, net_w, net_h):
+    """The size Darknet's ``letterbox_image``/``correct_yolo_boxes`` fit an image into (integer arithmetic)."""
+    if _F32(net_w) / _F32(img_w) < _F32(net_h) / _F32(img_h):
+        new_w, new_h = net_w, (img_h * net_w) // img_w
+    else:
+        new_w, new_h = (img_w * net_h) // img_h, net_h
+    return max(1, min(new_w, net_w)), max(1, min(new_h, net_h))
+
+
+def letterbox_image(im, net_w, net_h):
+    """Darknet's ``letterbox_image``: aspect-preserving resize, centred on a 0.5-filled canvas."""
+    c, H, W = im.shape
+    new_w, new_h = letterbox_size(W, H, net_w, net_h)
+    resized = resize_image(im, new_w, new_h)
+    boxed = np.full((c, net_h, net_w), 0.5, _F32)
+    dx, dy = (net_w - new_w) // 2, (net_h - new_h) // 2
+    boxed[:, dy:dy + new_h, dx:dx + new_w] = resized
+    return boxed
+
+
+def preprocess(rgb, net_w, net_h, letterbox=False):
+    """HxWx3 uint8 RGB -> (3, net_h, net_w) float32 network input, as Darknet prepares it."""
+    planar = to_planar(rgb)
+    if letterbox:
+        return letterbox_image(planar, net_w, net_h)
+    return resize_image(planar, net_w, net_h)
+
+
+# ----- decoding --------------------------------------------------------------------------------------------
+def _yolo_candidates(out, opts, net_w, net_h, thresh):
+    """Decode one image's output of one [yolo] layer: (boxes (n,4) relative xywh, objectness (n,), probs (n,C))."""
+    classes = opts["classes"]
+    mask = opts["mask"]
+    anchors = opts["anchors"]
+    a = len(mask)
+    _, lh, lw = out.shape
+    o = out.reshape(a, 5 + classes, lh, lw)
+    th = _F32(thresh)
+    obj = o[:, 4]                                        # (A, lh, lw)
+    # Darknet walks cells row-major and, in each cell, the anchors in mask order.
+    row, col, n = np.nonzero((obj > th).transpose(1, 2, 0))
+    objectness = obj[n, row, col]
+    x = o[n, 0, row, col]
+    y = o[n, 1, row, col]
+    tw = o[n, 2, row, col]
+    tht = o[n, 3, row, col]
+    aw = np.array([anchors[2 * mask[k]] for k in range(a)], np.float64)[n]
+    ah = np.array([anchors[2 * mask[k] + 1] for k in range(a)], np.float64)[n]
+    boxes = np.empty((len(n), 4), _F32)
+    boxes[:, 0] = (col.astype(_F32) + x) / _F32(lw)
+    boxes[:, 1] = (row.astype(_F32) + y) / _F32(lh)
+    if opts.get("new_coords", 0):
+        boxes[:, 2] = tw * tw * _F32(4) * aw.astype(_F32) / _F32(net_w)
+        boxes[:, 3] = tht * tht * _F32(4) * ah.astype(_F32) / _F32(net_h)
+    else:
+        boxes[:, 2] = np.exp(tw.astype(np.float64)) * aw / net_w
+        boxes[:, 3] = np.exp(tht.astype(np.float64)) * ah / net_h
+    cls = o[n, 5:, row, col] if len(n) else np.zeros((0, classes), _F32)   # (n, C)
+    probs = objectness[:, None] * cls
+    probs = np.where(probs > th, probs, _F32(0)).astype(_F32)
+    return boxes, objectness.astype(_F32), probs
+
+
+def correct_boxes(boxes, img_w, img_h, net_w, net_h, letterbox):
+    """Darknet's ``correct_yolo_boxes``: undo the letterbox (identity for a stretch); boxes stay relative."""
+    boxes = np.array(boxes, dtype=_F32, copy=True).reshape(-1, 4)
+    if not letterbox:
+        return boxes
+    new_w, new_h = letterbox_size(img_w, img_h, net_w, net_h)
+    deltaw, deltah = float(_F32(net_w - new_w)), float(_F32(net_h - new_h))
+    ratiow, ratioh = _F32(new_w) / _F32(net_w), _F32(new_h) / _F32(net_h)
+    b = boxes.astype(np.float64)
+    boxes[:, 0] = (b[:, 0] - deltaw / 2.0 / net_w) / float(ratiow)
+    boxes[:, 1] = (b[:, 1] - deltah / 2.0 / net_h) / float(ratioh)
+    boxes[:, 2] = boxes[:, 2] * (_F32(1) / ratiow)
+    boxes[:, 3] = boxes[:, 3] * (_F32(1) / ratioh)
+    return boxes
+
+
+def uncorrect_boxes(boxes, img_w, img_h, net_w, net_h):
+    """Inverse of :func:`correct_boxes` with letterbox: image-relative boxes -> network-input-relative boxes."""
+    boxes = np.array(boxes, dtype=np.float64, copy=True).reshape(-1, 4)
+    new_w, new_h = letterbox_size(img_w, img_h, net_w, net_h)
+    rw, rh = new_w / net_w, new_h / net_h
+    boxes[:, 0] = boxes[:, 0] * rw + (net_w - new_w) / 2.0 / net_w
+    boxes[:, 1] = boxes[:, 1] * rh + (net_h - new_h) / 2.0 / net_h
+    boxes[:, 2] *= rw
+    boxes[:, 3] *= rh
+    return boxes
+
+
+# ----- NMS -------------------------------------------------------------------------------------------------
+def box_metric(a, b, kind="default", beta=0.6):
+    """Darknet's overlap measure of box ``a`` (4,) against boxes ``b`` (m, 4), all centre xywh.
+
+    ``default``/``cornersnms``: ``box_iou``; ``greedynms``: ``box_diou`` = IoU - (d^2/c^2)^0.6;
+    ``diounms``: ``box_diounms`` = IoU - (d^2/c^2)^beta (d: centre distance, c: enclosing box diagonal).
+    """
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    al, ar = a[0] - a[2] / 2, a[0] + a[2] / 2
+    at, ab = a[1] - a[3] / 2, a[1] + a[3] / 2
+    bl, br = b[:, 0] - b[:, 2] / 2, b[:, 0] + b[:, 2] / 2
+    bt, bb = b[:, 1] - b[:, 3] / 2, b[:, 1] + b[:, 3] / 2
+    ow = np.minimum(ar, br) - np.maximum(al, bl)
+    oh = np.minimum(ab, bb) - np.maximum(at, bt)
+    inter = np.where((ow < 0) | (oh < 0), 0.0, ow * oh)
+    union = a[2] * a[3] + b[:, 2] * b[:, 3] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where((inter == 0) | (union == 0), 0.0, inter / np.where(union == 0, 1.0, union))
+    if kind in ("default", "cornersnms"):
+        return iou
+    exponent = 0.6 if kind == "greedynms" else float(beta)
+    cw = np.maximum(ar, br) - np.minimum(al, bl)
+    ch = np.maximum(ab, bb) - np.minimum(at, bt)
+    c = cw * cw + ch * ch
+    d = (a[0] - b[:, 0]) ** 2 + (a[1] - b[:, 1]) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        term = np.power(np.where(c == 0, 0.0, d / np.where(c == 0, 1.0, c)), exponent)
+    return np.where(c == 0, iou, iou - term)
+
+
+def nms(boxes, probs, thresh, kind="default", beta=0.6):
+    """Darknet's per-class NMS (``do_nms_sort``/``diounms_sort``); returns a copy of ``probs`` with the
+    suppressed entries set to 0.
+
+    For each class, candidates are sorted by that class's probability (descending; ties keep their order); a
+    box that still has a non-zero probability suppresses every later box whose overlap (see
+    :func:`box_metric`) is ``> thresh``. ``thresh`` of 0 or None disables NMS (Darknet's ``if (nms)``).
+    """
+    probs = np.array(probs, dtype=_F32, copy=True)
+    if not thresh or len(probs) == 0:
+        return probs
+    if kind not in ("default", "greedynms", "diounms", "cornersnms"):
+        raise ValueError(f"unknown nms_kind {kind!r} (default, greedynms, diounms)")
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    for k in range(probs.shape[1]):
+        idx = np.flatnonzero(probs[:, k] != 0)
+        if len(idx) < 2:
+            continue
+        idx = idx[np.argsort(-probs[idx, k], kind="stable")]
+        alive = np.ones(len(idx), bool)
+        for i in range(len(idx) - 1):
+            if not alive[i]:
+                continue
+            rest = np.arange(i + 1, len(idx))
+            rest = rest[alive[rest]]
+            if len(rest) == 0:
+                break
+            m = box_metric(boxes[idx[i]], boxes[idx[rest]], kind, beta)
+            alive[rest[m > thresh]] = False
+        probs[idx[~alive], k] = 0
+    return probs
+
+
+def default_names(classes):
+    """Class names for a network without a names file: COCO for 80 classes, VOC for 20, else ``"0", "1"...``."""
+    from . import models
+
+    try:
+        if classes == 80:
+            return models.read_names(models.find_data_file("coco.names"))
+        if classes == 20:
+            return models.read_names(models.find_data_file("voc.names"))
+    except (OSError, DarknetError):
+        pass
+    return [str(i) for i in range(classes)]
+
+
+# ----- the detector ----------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """One loaded, pre-processed image waiting for the network."""
+
+    image: np.ndarray          # HxWx3 uint8 RGB (kept for plotting)
+    tensor: np.ndarray         # (3, net_h, net_w) float32
+    path: Optional[str]
+    preprocess_ms: float
+
+
+class Detector:
+    """Runs a network on images and turns its [yolo] outputs into :class:`~pydarknet.results.Results`.
+
+    ``thresh``: Darknet's ``-thresh`` (objectness and class probability must both be above it).
+    ``nms``: NMS threshold (Darknet's 0.45; 0 or None disables NMS). ``nms_kind``: overrides the cfg's
+    (``default``, ``greedynms``, ``diounms``). ``letterbox``: None follows ``[net] letter_box``; True/False
+    force letterbox or stretch. ``names``: class names (default: the network's ``names`` attribute, else COCO
+    for 80 classes). ``batch``: images per forward pass.
+    """
+
+    def __init__(self, net, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=8):
+        heads = list(net.yolo_layers)
+        if not heads:
+            raise DarknetError(f"{net.desc.path}: the network has no [yolo] layer, so it cannot detect objects")
+        self.net = net
+        self.heads = [net.desc.layers[i].options for i in heads]
+        last = self.heads[-1]
+        self.classes = last["classes"]
+        self.thresh = float(thresh)
+        if not 0 <= self.thresh <= 1 or math.isnan(self.thresh):
+            raise ValueError(f"thresh must be in [0, 1]; got {thresh}")
+        self.nms = float(nms) if nms else 0.0
+        self.nms_kind = nms_kind or last.get("nms_kind", "default")
+        if self.nms_kind not in ("default", "greedynms", "diounms", "cornersnms"):
+            raise ValueError(f"unknown nms_kind {self.nms_kind!r} (default, greedynms, diounms)")
+        self.beta_nms = float(last.get("beta_nms", 0.6))
+        self.letterbox = bool(net.desc.net.get("letter_box", 0)) if letterbox is None else bool(letterbox)
+        if names is None:
+            names = getattr(net, "names", None)
+        if names is None:
+            names = default_names(self.classes)
+        names = [str(n) for n in names]
+        if len(names) < self.classes:
+            raise ValueError(f"{len(names)} class names for a network with {self.classes} classes")
+        self.names = names
+        self.batch = max(1, int(batch))
+        _, self.net_h, self.net_w = net.input_shape
+
+    # -- stages --
+    def prepare(self, source):
+        """Load and pre-process one image (raises FileNotFoundError / ImageError / ValueError / TypeError)."""
+        t0 = time.perf_counter()
+        rgb, path = load_image(source)
+        tensor = preprocess(rgb, self.net_w, self.net_h, self.letterbox)
+        return Prepared(rgb, tensor, path, (time.perf_counter() - t0) * 1e3)
+
+    def infer(self, prepared: Sequence[Prepared]):
+        """Run prepared images through the network (in chunks of ``batch``); one Results per image."""
+        results = []
+        for start in range(0, len(prepared), self.batch):
+            chunk = list(prepared[start:start + self.batch])
+            x = np.stack([p.tensor for p in chunk])
+            t0 = time.perf_counter()
+            outs = self.net.forward(x)
+            infer_ms = (time.perf_counter() - t0) * 1e3 / len(chunk)
+            for b, p in enumerate(chunk):
+                t1 = time.perf_counter()
+                res = self.postprocess([o[b] for o in outs], p.image, p.path)
+                res.speed = {"preprocess": p.preprocess_ms, "inference": infer_ms,
+                             "postprocess": (time.perf_counter() - t1) * 1e3}
+                results.append(res)
+        return results
+
+    def postprocess(self, outputs, image, path=None, image_size=None):
+        """Decode one image's [yolo] outputs (one (A*(5+C), h, w) array per head) into a Results."""
+        from .results import Results
+
+        if image is not None:
+            img_h, img_w = image.shape[:2]
+        else:
+            img_w, img_h = image_size
+        boxes, objs, probs = [], [], []
+        for out, opts in zip(outputs, self.heads):
+            b, o, p = _yolo_candidates(np.asarray(out, _F32), opts, self.net_w, self.net_h, self.thresh)
+            boxes.append(b)
+            objs.append(o)
+            probs.append(p)
+        boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), _F32)
+        objs = np.concatenate(objs) if objs else np.zeros(0, _F32)
+        probs = np.concatenate(probs) if probs else np.zeros((0, self.classes), _F32)
+        boxes = correct_boxes(boxes, img_w, img_h, self.net_w, self.net_h, self.letterbox)
+        probs = nms(boxes, probs, self.nms, self.nms_kind, self.beta_nms)
+        return Results.from_darknet(boxes, objs, probs, names=self.names, image=image, path=path,
+                                    image_size=(img_w, img_h))
+
+    def __call__(self, images):
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        results = self.infer([self.prepare(s) for s in items])
+        return results[0] if single else results
+
+
+def detect(net, images, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=8):
+    """Detect objects in one image or a list of images (paths, PIL images or HxWx3 uint8 RGB arrays).
+
+    Returns a :class:`~pydarknet.results.Results` for a single image, a list of them for a list. All images
+    are resized to the network input, so a list runs through the network in batches of ``batch``.
+    See :class:`Detector` for the options.
+    """
+    det = Detector(net, thresh=thresh, nms=nms, letterbox=letterbox, names=names, nms_kind=nms_kind, batch=batch)
+    return det(images)

