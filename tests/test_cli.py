@@ -89,6 +89,17 @@ def test_list_file_with_missing_entry(images, tmp_path, capsys):
     assert re.search(r"^person: \d+%$", out, re.M)
 
 
+def test_save_txt_never_overwrites_a_list_file(tmp_path, capsys):
+    shutil.copy(assets.fetch("zidane.jpg"), tmp_path / "batch.jpg")
+    lst = tmp_path / "batch.txt"
+    lst.write_text("batch.jpg\n")
+    code, out, err = run(capsys, "detect", lst, "--save-txt")
+    assert code == 1 and "not writing labels over an input list file" in err
+    assert lst.read_text() == "batch.jpg\n"
+    code, out, err = run(capsys, "detect", lst, "--save-txt", "--save-dir", tmp_path / "out")
+    assert code == 0 and (tmp_path / "out" / "labels" / "batch.txt").is_file()
+
+
 def test_missing_and_corrupt_only(images, tmp_path, capsys):
     code, out, err = run(capsys, "detect", tmp_path / "nothere.jpg")
     assert code == 2 and "nothere.jpg: no such file or folder" in err and "no images to process" in err

@@ -602,6 +602,7 @@ def test_detect_inputs_agree(photos):
         np.testing.assert_allclose(r.xyxy, r_path.xyxy, atol=1e-3)
         np.testing.assert_allclose(r.conf, r_path.conf, atol=1e-5)
     assert r_arr.path is None and r_str.path == str(path)
+    assert net.detect([]) == []
     # module-level function and a higher threshold
     strict = pydarknet.detect(net, path, thresh=0.7)
     assert len(strict) < len(r_path) and all(strict.conf > 0.7)
