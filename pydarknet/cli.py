@@ -95,6 +95,9 @@ def _load_model(args):
         net = pydarknet.load(cfg, weights, device=args.device, width=args.width, height=args.height)
         if args.names is not None:
             names = models.read_names(args.names)
+    except pydarknet.WeightsError as e:
+        raise UsageError(f"{e}\nThe weights do not fit {cfg}: check that the cfg and the weights belong to the same "
+                         "model.") from None
     except (pydarknet.DarknetError, OSError, ValueError) as e:
         raise UsageError(str(e)) from None
     if not net.yolo_layers:

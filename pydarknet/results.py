@@ -114,6 +114,11 @@ class Results:
         return self.width, self.height
 
     @property
+    def timings(self):
+        """Milliseconds spent on this image: ``preprocess``, ``inference`` (its share of the batch), ``postprocess``."""
+        return dict(self.speed)
+
+    @property
     def orig_shape(self):
         """(height, width) of the original image."""
         return self.height, self.width

@@ -585,7 +585,7 @@ def test_known_objects_in_photos(photos):
     assert cat.labels[0] == "cat"
     for r in (bus, zidane, coffee, cat):
         assert set(r.speed) == {"preprocess", "inference", "postprocess"}
-        assert r.speed["inference"] > 0 and r.speed["preprocess"] > 0
+        assert r.speed["inference"] > 0 and r.speed["preprocess"] > 0 and r.timings == r.speed
 
 
 def test_detect_inputs_agree(photos):
