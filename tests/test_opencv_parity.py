@@ -467,7 +467,8 @@ def _setup(engine, name, width, height, batch, seed, tmp_path):
     cv_net = cv2.dnn.readNetFromDarknet(str(cv_cfg), str(weights))
     cv_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     cv_net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-    cv_net.enableWinograd(False)
+    if hasattr(cv_net, "enableWinograd"):  # OpenCV >= 4.7
+        cv_net.enableWinograd(False)
     cv_net.enableFusion(False)
     return net, cv_net, sized, x
 

@@ -36,9 +36,8 @@ cv2 = pytest.importorskip("cv2")
 if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromDarknet"):
     pytest.skip("this OpenCV build has no Darknet importer (OpenCV 5 removed it; use opencv-python-headless<5)",
                 allow_module_level=True)
-Image = pytest.importorskip("PIL.Image")
-
 import pydarknet  # noqa: E402
+from PIL import Image  # noqa: E402
 from pydarknet import assets  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +84,8 @@ def _opencv(cfg, weights, *, exact):
     net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
     if exact:
         net.enableFusion(False)
-        net.enableWinograd(False)
+        if hasattr(net, "enableWinograd"):  # OpenCV >= 4.7
+            net.enableWinograd(False)
     return net
 
 
