@@ -150,3 +150,24 @@ def test_real_yolov4_tiny_finds_the_expected_objects(models, batch):
         best = rows[i, :, 5:].max(axis=0)
         for cls, minimum in EXPECTED_V4_TINY[photo]:
             assert best[cls] >= minimum, (photo, cls, float(best[cls]))
+
+
+def test_asset_cache_verifies_and_replaces_damaged_files(tmp_path, monkeypatch):
+    """A cached asset is checked (size + sha256) on every fetch; a damaged copy is fetched again."""
+    with pytest.raises(assets.AssetError, match="unknown asset"):
+        assets.fetch("no-such-asset.jpg")
+    source = _fetch("zidane.jpg")
+    monkeypatch.setenv("PYDARKNET_CACHE", str(tmp_path))
+    cached = assets.cached_path("zidane.jpg")
+    assert cached == tmp_path / "assets" / "zidane.jpg"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(source.read_bytes())
+    assert assets.is_cached("zidane.jpg")
+    assert assets.fetch("zidane.jpg") == cached  # present and verified: no download
+    data = bytearray(source.read_bytes())
+    data[1000] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    assert not assets.is_cached("zidane.jpg")
+    assert _fetch("zidane.jpg") == cached
+    assert cached.read_bytes() == source.read_bytes()
+    assert not [p for p in cached.parent.iterdir() if p.name.endswith(".part")]
