@@ -54,22 +54,6 @@ def parse_model(spec):
     return name, int(w), int(h or w)
 
 
-def cfg_with_size(text, width, height):
-    out, in_net = [], False
-    for line in text.splitlines():
-        s = line.strip()
-        if s.startswith("["):
-            in_net = s.strip("[]").strip() in ("net", "network")
-        elif in_net and "=" in s:
-            key = s.split("=", 1)[0].strip()
-            if key == "width":
-                line = f"width={width}"
-            elif key == "height":
-                line = f"height={height}"
-        out.append(line)
-    return "\n".join(out) + "\n"
-
-
 def cpu_name():
     try:
         for line in open("/proc/cpuinfo"):
@@ -91,6 +75,10 @@ def main(argv=None):
     import pydarknet
     from pydarknet import assets
 
+    # The parity tests own the cfg resizing and the random-weight calibration; the benchmark reuses them.
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_opencv_parity import calibrate, randomize, with_input_size
+
     cv2.setNumThreads(args.threads)
     rng = np.random.default_rng(0)
     rows = []
@@ -109,16 +97,13 @@ def main(argv=None):
                 net.load_weights(str(weights))
                 kind = "real"
             else:
-                sys.path.insert(0, str(ROOT / "tests"))
-                from test_opencv_parity import calibrate, randomize
-
                 randomize(net, rng)
-                calibrate(net, cfg_with_size(text, w, h), x[:1], rng)
+                calibrate(net, with_input_size(text, w, h), x[:1], rng)
                 weights = tmp / f"{name}.weights"
                 net.save_weights(str(weights))
                 kind = "random"
             cv_cfg = tmp / f"{name}-{w}x{h}.cfg"
-            cv_cfg.write_text(cfg_with_size(text, w, h))
+            cv_cfg.write_text(with_input_size(text, w, h))
             cv_net = cv2.dnn.readNetFromDarknet(str(cv_cfg), str(weights))
             cv_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
             cv_net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
