@@ -1,0 +1,326 @@
+"""Detection metrics: Darknet's mAP (``detector map``) and COCO's (pycocotools), on the same detections.
+
+**Darknet's mAP** (AlexeyAB ``validate_detector_map``):
+
+* Matching happens per image *before* ranking: each detection is bound to the single ground-truth box of the same
+  class with the highest IoU, if that IoU is ``> iou_thresh``. All detections of a class are then sorted by score
+  (over all images); a detection is a TP when its bound ground truth has not been taken by a higher-scoring
+  detection, else an FP (VOC-devkit style). pycocotools instead lets a detection whose best ground truth is taken
+  fall back to the next unmatched one above the threshold, so the two can disagree in crowded scenes.
+* AP per class from the cumulative precision/recall: ``points=0`` (default) is the area under the monotone
+  precision envelope over all recall points; ``points=N`` (11: VOC2007, 101: COCO-like) is the mean over
+  ``r = i/(N-1)`` of the maximum precision at recall ``>= r``.
+* mAP is the mean over **all** classes; a class without ground truth counts as AP 0.
+* At the confidence threshold ``thresh`` (0.25): precision, recall, F1, TP/FP/FN and Darknet's "average IoU"
+  (the summed IoU of the TPs divided by TP+FP).
+
+**COCO metrics**: pycocotools' ``COCOeval`` (bbox) on the same detections, with the ground truth converted to a
+COCO dataset (category id = class index + 1, ``iscrowd=0``, area = w*h). Values of -1 are pycocotools' "no
+ground truth in this range".
+
+Boxes everywhere are ``x1, y1, x2, y2`` in pixels. Typical use::
+
+    ev = Evaluator(num_classes=80, names=names)
+    for each image: ev.add(gt_boxes, gt_classes, det_boxes, det_scores, det_classes, width=w, height=h)
+    metrics = ev.compute()            # {"map": ..., "coco": {...}, "per_class": [...], ...}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pathlib
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["Evaluator", "evaluate", "average_precision", "box_iou", "yolo_to_xyxy", "read_yolo_labels",
+           "label_path_for", "coco_eval", "COCO_KEYS", "format_report"]
+
+COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+# ----- boxes and labels ------------------------------------------------------------------------------------
+def box_iou(a, b):
+    """IoU matrix between boxes ``a`` (n,4) and ``b`` (m,4), ``x1 y1 x2 y2`` (continuous, no +1)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def yolo_to_xyxy(rows, width, height):
+    """YOLO label rows ``class cx cy w h`` (relative) -> ``(boxes xyxy pixels (n,4), classes (n,))``."""
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+    cls = rows[:, 0].astype(np.int64)
+    cx, cy, w, h = rows[:, 1] * width, rows[:, 2] * height, rows[:, 3] * width, rows[:, 4] * height
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1), cls
+
+
+def read_yolo_labels(path):
+    """Rows ``(class, cx, cy, w, h)`` from a YOLO label file (blank lines skipped); raises ValueError on bad lines."""
+    rows = []
+    for k, line in enumerate(pathlib.Path(path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 5:
+            raise ValueError(f"{path}:{k}: expected 'class cx cy w h', got {line.strip()!r}")
+        try:
+            rows.append((int(float(parts[0])), *(float(v) for v in parts[1:5])))
+        except ValueError:
+            raise ValueError(f"{path}:{k}: not numbers: {line.strip()!r}") from None
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+
+
+def label_path_for(image_path):
+    """Darknet's label path for an image (``replace_image_to_label``): ``images/`` and ``JPEGImages/`` become
+    ``labels/``, the extension becomes ``.txt``. When that file does not exist but a ``.txt`` beside the image
+    does, that one is returned (Darknet's rule already gives it for images not under ``images/``)."""
+    p = str(image_path)
+    sep = os.sep
+    q = p
+    for a, b in ((f"{sep}images{sep}", f"{sep}labels{sep}"), (f"{sep}JPEGImages{sep}", f"{sep}labels{sep}"),
+                 ("/images/", "/labels/"), ("/JPEGImages/", "/labels/")):
+        q = q.replace(a, b)
+    if q.startswith("images/") or q.startswith("JPEGImages/"):
+        q = "labels/" + q.split("/", 1)[1]
+    candidate = os.path.splitext(q)[0] + ".txt"
+    beside = os.path.splitext(p)[0] + ".txt"
+    if not os.path.exists(candidate) and os.path.exists(beside):
+        return beside
+    return candidate
+
+
+# ----- AP ----------------------------------------------------------------------------------------------------
+def average_precision(recall, precision, points=0):
+    """Darknet's AP from cumulative recall/precision in rank order (see the module doc)."""
+    recall = np.asarray(recall, dtype=np.float64)
+    precision = np.asarray(precision, dtype=np.float64)
+    if recall.size == 0:
+        return 0.0
+    if points == 0:
+        mrec = np.concatenate([[0.0], recall])
+        mpre = np.concatenate([[0.0], precision])
+        mpre = np.maximum.accumulate(mpre[::-1])[::-1]          # monotone envelope
+        return float(np.sum((mrec[1:] - mrec[:-1]) * mpre[1:]))
+    if points < 2:
+        raise ValueError(f"points={points}: use 0 (all points) or N >= 2 (e.g. 11 or 101)")
+    total = 0.0
+    for i in range(points):
+        r = i / (points - 1)
+        ok = recall >= r
+        total += float(precision[ok].max()) if ok.any() else 0.0
+    return total / points
+
+
+# ----- evaluator ---------------------------------------------------------------------------------------------
+def _as_dets(det):
+    """``Results`` or ``(boxes, scores, classes)`` -> three arrays."""
+    if hasattr(det, "xyxy") and hasattr(det, "conf"):
+        return np.asarray(det.xyxy, dtype=np.float64).reshape(-1, 4), np.asarray(det.conf, dtype=np.float64), \
+            np.asarray(det.class_id, dtype=np.int64)
+    boxes, scores, classes = det
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(scores, dtype=np.float64).reshape(-1), \
+        np.asarray(classes, dtype=np.int64).reshape(-1)
+
+
+class Evaluator:
+    """Accumulates ground truth and detections image by image; :meth:`compute` gives the metrics dict."""
+
+    def __init__(self, num_classes, names: Optional[Sequence[str]] = None):
+        self.num_classes = int(num_classes)
+        self.names = list(names) if names is not None else [str(i) for i in range(self.num_classes)]
+        if len(self.names) != self.num_classes:
+            raise ValueError(f"{len(self.names)} names for {self.num_classes} classes")
+        self.images: List[dict] = []
+
+    def add(self, gt_boxes, gt_classes, det_boxes=None, det_scores=None, det_classes=None, *, width=None,
+            height=None, image_id=None, detections=None):
+        """Add one image: GT boxes (n,4 xyxy pixels) and classes; detections as arrays or ``detections=Results``."""
+        gb = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+        gc = np.asarray(gt_classes, dtype=np.int64).reshape(-1)
+        if detections is not None:
+            db, ds, dc = _as_dets(detections)
+            if width is None and getattr(detections, "image_size", None) is not None:
+                width, height = detections.image_size
+        else:
+            db, ds, dc = _as_dets((det_boxes if det_boxes is not None else np.zeros((0, 4)),
+                                   det_scores if det_scores is not None else [],
+                                   det_classes if det_classes is not None else []))
+        if len(gb) != len(gc) or not (len(db) == len(ds) == len(dc)):
+            raise ValueError("boxes, scores and classes must have the same length")
+        bad = gc[(gc < 0) | (gc >= self.num_classes)]
+        if bad.size:
+            raise ValueError(f"ground-truth class {int(bad[0])} out of range 0..{self.num_classes - 1}")
+        if width is None:
+            allb = np.concatenate([gb, db]) if len(gb) + len(db) else np.zeros((1, 4))
+            width, height = float(max(1.0, allb[:, 2].max())), float(max(1.0, allb[:, 3].max()))
+        self.images.append(dict(gt_boxes=gb, gt_classes=gc, det_boxes=db, det_scores=ds, det_classes=dc,
+                                width=float(width), height=float(height),
+                                image_id=image_id if image_id is not None else len(self.images) + 1))
+
+    # Darknet-style -------------------------------------------------------------------------------------------
+    def _match(self, iou_thresh):
+        """Per detection: (image index, class, score, bound GT index or -1, its IoU)."""
+        rows = []
+        for k, im in enumerate(self.images):
+            gb, gc = im["gt_boxes"], im["gt_classes"]
+            ious = box_iou(im["det_boxes"], gb) if len(gb) else np.zeros((len(im["det_boxes"]), 0))
+            for i in range(len(im["det_boxes"])):
+                c = int(im["det_classes"][i])
+                best, best_iou = -1, 0.0
+                for j in range(len(gb)):
+                    if gc[j] == c and ious[i, j] > iou_thresh and ious[i, j] > best_iou:
+                        best, best_iou = j, float(ious[i, j])
+                rows.append((k, c, float(im["det_scores"][i]), best, best_iou))
+        return rows
+
+    def darknet_metrics(self, iou_thresh=0.5, points=0, thresh=0.25):
+        rows = self._match(iou_thresh)
+        n_gt = np.zeros(self.num_classes, dtype=np.int64)
+        for im in self.images:
+            np.add.at(n_gt, im["gt_classes"], 1)
+        order = sorted(range(len(rows)), key=lambda r: -rows[r][2])        # stable: ties keep input order
+        taken = set()
+        per_class_flags = [[] for _ in range(self.num_classes)]
+        for r in order:
+            k, c, s, j, _ = rows[r]
+            if c < 0 or c >= self.num_classes:
+                continue
+            if j >= 0 and (k, j) not in taken:
+                taken.add((k, j))
+                per_class_flags[c].append(1)
+            else:
+                per_class_flags[c].append(0)
+        per_class = []
+        for c in range(self.num_classes):
+            flags = np.asarray(per_class_flags[c], dtype=np.float64)
+            tp = np.cumsum(flags)
+            fp = np.cumsum(1 - flags)
+            prec = tp / np.maximum(tp + fp, 1e-12) if flags.size else flags
+            rec = tp / n_gt[c] if n_gt[c] > 0 else np.zeros_like(tp)
+            ap = average_precision(rec, prec, points) if n_gt[c] > 0 else 0.0
+            per_class.append(dict(class_id=c, name=self.names[c], ap=ap, tp=int(tp[-1]) if flags.size else 0,
+                                  fp=int(fp[-1]) if flags.size else 0, gt=int(n_gt[c]),
+                                  recall_curve=rec.tolist(), precision_curve=prec.tolist()))
+        # at the confidence threshold (Darknet's tp_for_thresh / fp_for_thresh / avg_iou)
+        tp_t = fp_t = 0
+        iou_sum = 0.0
+        taken_t = set()
+        for r in order:
+            k, c, s, j, iou = rows[r]
+            if s <= thresh:
+                continue
+            if j >= 0 and (k, j) not in taken_t:
+                taken_t.add((k, j))
+                tp_t += 1
+                iou_sum += iou
+            else:
+                fp_t += 1
+        total_gt = int(n_gt.sum())
+        fn_t = total_gt - tp_t
+        precision = tp_t / (tp_t + fp_t) if tp_t + fp_t else 0.0
+        recall = tp_t / total_gt if total_gt else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        mean_ap = float(np.mean([p["ap"] for p in per_class])) if per_class else 0.0
+        at_thresh = dict(thresh=thresh, precision=precision, recall=recall, f1=f1, tp=tp_t, fp=fp_t, fn=fn_t,
+                         avg_iou=iou_sum / (tp_t + fp_t) if tp_t + fp_t else 0.0)
+        return mean_ap, per_class, at_thresh
+
+    # COCO ----------------------------------------------------------------------------------------------------
+    def coco_datasets(self):
+        """``(ground-truth dataset dict, detection list)`` in COCO format (category id = class + 1)."""
+        images, anns, dets = [], [], []
+        for im in self.images:
+            images.append(dict(id=im["image_id"], width=im["width"], height=im["height"]))
+            for b, c in zip(im["gt_boxes"], im["gt_classes"]):
+                w, h = float(b[2] - b[0]), float(b[3] - b[1])
+                anns.append(dict(id=len(anns) + 1, image_id=im["image_id"], category_id=int(c) + 1,
+                                 bbox=[float(b[0]), float(b[1]), w, h], area=w * h, iscrowd=0))
+            for b, s, c in zip(im["det_boxes"], im["det_scores"], im["det_classes"]):
+                dets.append(dict(image_id=im["image_id"], category_id=int(c) + 1,
+                                 bbox=[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                                 score=float(s)))
+        cats = [dict(id=c + 1, name=self.names[c]) for c in range(self.num_classes)]
+        return dict(info={}, licenses=[], images=images, annotations=anns, categories=cats), dets
+
+    def compute(self, iou_thresh=0.5, points=0, thresh=0.25, coco=True):
+        """The metrics dict: ``map``, ``coco``, ``per_class``, ``at_thresh`` and the settings."""
+        mean_ap, per_class, at_thresh = self.darknet_metrics(iou_thresh, points, thresh)
+        out = dict(map=mean_ap, iou_thresh=iou_thresh, points=points, images=len(self.images),
+                   at_thresh=at_thresh, per_class=per_class, coco=None)
+        if coco:
+            gt, dets = self.coco_datasets()
+            out["coco"] = coco_eval(gt, dets)
+        return out
+
+
+def coco_eval(gt_dataset, detections):
+    """pycocotools' bbox evaluation; returns ``{AP, AP50, ..., ARl}`` (pycocotools' stats, -1 = undefined)."""
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        raise ImportError("COCO metrics need pycocotools: pip install pycocotools") from None
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_dataset
+        gt.createIndex()
+        if not detections or not gt_dataset["annotations"]:
+            # pycocotools cannot load an empty result list: nothing detected -> 0, nothing to find -> -1
+            return dict(zip(COCO_KEYS, [0.0 if gt_dataset["annotations"] else -1.0] * 12))
+        dt = gt.loadRes(list(detections))
+        ev = COCOeval(gt, dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return dict(zip(COCO_KEYS, (float(v) for v in ev.stats)))
+
+
+def evaluate(ground_truth, detections, num_classes, names=None, *, iou_thresh=0.5, points=0, thresh=0.25,
+             coco=True, sizes=None):
+    """One-call form: ``ground_truth`` a list of ``(boxes, classes)`` per image, ``detections`` a list of
+    ``Results`` or ``(boxes, scores, classes)``; ``sizes`` optional ``(width, height)`` per image."""
+    if len(ground_truth) != len(detections):
+        raise ValueError(f"{len(ground_truth)} ground-truth images but {len(detections)} detection sets")
+    ev = Evaluator(num_classes, names)
+    for k, ((gb, gc), det) in enumerate(zip(ground_truth, detections)):
+        w, h = sizes[k] if sizes is not None else (None, None)
+        if hasattr(det, "xyxy"):
+            ev.add(gb, gc, detections=det, width=w, height=h)
+        else:
+            db, ds, dc = det
+            ev.add(gb, gc, db, ds, dc, width=w, height=h)
+    return ev.compute(iou_thresh=iou_thresh, points=points, thresh=thresh, coco=coco)
+
+
+def format_report(metrics) -> str:
+    """The printed report: per-class table, the threshold line and the two headline numbers."""
+    lines = [f"{'id':>3s} {'class':20s} {'AP':>7s} {'TP':>6s} {'FP':>6s} {'GT':>6s}"]
+    for p in metrics["per_class"]:
+        if p["gt"] == 0 and p["tp"] + p["fp"] == 0 and len(metrics["per_class"]) > 20:
+            continue
+        lines.append(f"{p['class_id']:3d} {p['name'][:20]:20s} {100 * p['ap']:6.2f}% {p['tp']:6d} {p['fp']:6d} "
+                     f"{p['gt']:6d}")
+    t = metrics["at_thresh"]
+    lines.append(f"for conf_thresh = {t['thresh']:.2f}: precision = {t['precision']:.2f}, recall = {t['recall']:.2f}, "
+                 f"F1-score = {t['f1']:.2f}; TP = {t['tp']}, FP = {t['fp']}, FN = {t['fn']}, "
+                 f"average IoU = {100 * t['avg_iou']:.2f} %")
+    pts = metrics["points"]
+    style = "area under the envelope" if pts == 0 else f"{pts}-point"
+    lines.append(f"Darknet mAP@{metrics['iou_thresh']:.2f} ({style}, {len(metrics['per_class'])} classes): "
+                 f"{metrics['map']:.4f} ({100 * metrics['map']:.2f} %)")
+    c = metrics.get("coco")
+    if c:
+        lines.append(f"COCO (pycocotools) AP@[.50:.95] = {c['AP']:.4f}   AP50 = {c['AP50']:.4f}   AP75 = {c['AP75']:.4f}"
+                     f"   APs/APm/APl = {c['APs']:.3f}/{c['APm']:.3f}/{c['APl']:.3f}   "
+                     f"AR1/AR10/AR100 = {c['AR1']:.3f}/{c['AR10']:.3f}/{c['AR100']:.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""Darknet-style mAP and COCO metrics on hand-built cases whose answers are known."""
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+
+from pydarknet.evaluate import (COCO_KEYS, Evaluator, average_precision, box_iou, evaluate, format_report,
+                                label_path_for, yolo_to_xyxy)
+
+pytest.importorskip("pycocotools")
+
+
+def _one(gt_boxes, gt_cls, det_boxes, det_scores, det_cls, num_classes=1, **kw):
+    return evaluate([(gt_boxes, gt_cls)], [(det_boxes, det_scores, det_cls)], num_classes, sizes=[(200, 200)], **kw)
+
+
+def _coco_direct(ev, tmp_path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt, dets = ev.coco_datasets()
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(dets))
+    with contextlib.redirect_stdout(io.StringIO()):
+        cg = COCO(str(tmp_path / "gt.json"))
+        cd = cg.loadRes(str(tmp_path / "dt.json"))
+        e = COCOeval(cg, cd, "bbox")
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+    return dict(zip(COCO_KEYS, e.stats.tolist()))
+
+
+def test_iou_and_yolo_conversion():
+    assert box_iou([[0, 0, 10, 10]], [[5, 0, 15, 10]])[0, 0] == pytest.approx(50 / 150)
+    boxes, cls = yolo_to_xyxy([[2, 0.5, 0.25, 0.5, 0.5]], 200, 100)
+    np.testing.assert_allclose(boxes, [[50, 0, 150, 50]])
+    assert cls.tolist() == [2]
+
+
+def test_perfect_detections_give_one_in_both_styles():
+    gts, dets = [], []
+    for k in range(3):
+        b = np.array([[10 + k, 20, 60 + k, 90], [100, 100, 180, 150 + k]], dtype=float)
+        c = np.array([0, 1])
+        gts.append((b, c))
+        dets.append((b, [0.9, 0.8], c))
+    for points in (0, 11, 101):
+        m = evaluate(gts, dets, 2, sizes=[(200, 200)] * 3, points=points)
+        assert m["map"] == pytest.approx(1.0)
+        assert all(p["ap"] == pytest.approx(1.0) and p["fp"] == 0 and p["tp"] == 3 for p in m["per_class"])
+    assert m["coco"]["AP"] == pytest.approx(1.0)
+    assert m["coco"]["AP50"] == pytest.approx(1.0)
+    assert m["coco"]["AR100"] == pytest.approx(1.0)
+    t = m["at_thresh"]
+    assert (t["tp"], t["fp"], t["fn"]) == (6, 0, 0)
+    assert t["precision"] == t["recall"] == t["f1"] == pytest.approx(1.0)
+    assert t["avg_iou"] == pytest.approx(1.0)
+    assert set(m) >= {"map", "coco", "per_class"}
+
+
+def test_shifted_boxes():
+    gt = [[0, 0, 100, 100]]
+    small = _one(gt, [0], [[20, 0, 120, 100]], [0.9], [0])          # IoU 80/120 = 0.667
+    assert small["map"] == pytest.approx(1.0)
+    assert small["at_thresh"]["avg_iou"] == pytest.approx(80 / 120)
+    assert _one(gt, [0], [[20, 0, 120, 100]], [0.9], [0], iou_thresh=0.7)["map"] == 0.0
+    big = _one(gt, [0], [[40, 0, 140, 100]], [0.9], [0])            # IoU 60/140 = 0.43
+    assert big["map"] == 0.0
+    assert (big["at_thresh"]["tp"], big["at_thresh"]["fp"], big["at_thresh"]["fn"]) == (0, 1, 1)
+    assert big["coco"]["AP50"] == pytest.approx(0.0)
+    # a box below the confidence threshold counts in the AP but not in the TP/FP at --thresh
+    low = _one(gt, [0], [[0, 0, 100, 100]], [0.1], [0])
+    assert low["map"] == pytest.approx(1.0)
+    assert (low["at_thresh"]["tp"], low["at_thresh"]["fn"]) == (0, 1)
+
+
+def test_duplicates_and_point_styles():
+    g = [[10, 10, 60, 60]]
+    gts = [(g, [0]), (g, [0])]
+    dets = [([g[0], g[0]], [0.9, 0.8], [0, 0]), (g, [0.7], [0])]
+    # ranked: TP, FP (duplicate), TP -> recall .5 .5 1, precision 1 .5 .667
+    m0 = evaluate(gts, dets, 1, sizes=[(100, 100)] * 2, points=0)
+    assert m0["map"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert (m0["per_class"][0]["tp"], m0["per_class"][0]["fp"], m0["per_class"][0]["gt"]) == (2, 1, 2)
+    m11 = evaluate(gts, dets, 1, sizes=[(100, 100)] * 2, points=11)
+    assert m11["map"] == pytest.approx((6 + 5 * 2 / 3) / 11)
+    m101 = evaluate(gts, dets, 1, sizes=[(100, 100)] * 2, points=101)
+    assert m101["map"] == pytest.approx((51 + 50 * 2 / 3) / 101)
+    # pycocotools' AP50 is the same 101-point interpolation here
+    assert m0["coco"]["AP50"] == pytest.approx(m101["map"])
+
+
+def test_average_precision_by_hand():
+    assert average_precision([], [], 0) == 0.0
+    assert average_precision([0.5, 1.0], [1.0, 0.5], 0) == pytest.approx(0.75)
+    assert average_precision([0.5, 1.0], [1.0, 0.5], 11) == pytest.approx((6 + 5 * 0.5) / 11)
+    with pytest.raises(ValueError):
+        average_precision([1.0], [1.0], 1)
+
+
+def test_missing_classes_count_zero_in_darknet_not_in_coco():
+    b = [[10, 10, 50, 50], [60, 60, 120, 120]]
+    m = _one(b, [0, 1], b, [0.9, 0.9], [0, 1], num_classes=3)
+    assert [p["ap"] for p in m["per_class"]] == pytest.approx([1.0, 1.0, 0.0])
+    assert m["per_class"][2]["gt"] == 0
+    assert m["map"] == pytest.approx(2 / 3)
+    assert m["coco"]["AP"] == pytest.approx(1.0)     # pycocotools skips categories without ground truth
+    # a class with GT but no detection: AP 0 in both
+    m = _one(b, [0, 1], b[:1], [0.9], [0], num_classes=2)
+    assert m["map"] == pytest.approx(0.5)
+    assert m["coco"]["AP50"] == pytest.approx(0.5)
+
+
+def test_darknet_one_best_gt_rule_disagrees_with_pycocotools():
+    # two overlapping GTs; the second detection's best GT is already taken by the first detection.
+    g1, g2 = [0, 0, 10, 10], [2, 0, 12, 10]
+    d1, d2 = [0, 0, 10, 10], [0.5, 0, 10.5, 10]          # d2: IoU .905 with g1, .739 with g2
+    assert box_iou([d2], [g1, g2])[0].tolist() == pytest.approx([95 / 105, 85 / 115])
+    m = _one([g1, g2], [0, 0], [d1, d2], [0.9, 0.8], [0, 0])
+    # Darknet: d2 stays bound to g1 -> FP; g2 never found -> recall .5, AP .5
+    assert (m["per_class"][0]["tp"], m["per_class"][0]["fp"]) == (1, 1)
+    assert m["map"] == pytest.approx(0.5)
+    # pycocotools: d2 falls back to the unmatched g2 (IoU .739 >= .5) -> all found at IoU .5
+    assert m["coco"]["AP50"] == pytest.approx(1.0)
+    assert m["coco"]["AR100"] < 1.0                       # d2 fails at IoU >= .75
+
+
+def test_crowded_image_matches_pycocotools_directly(tmp_path):
+    rng = np.random.default_rng(0)
+    ev = Evaluator(3, ["a", "b", "c"])
+    for img in range(4):
+        n = 30
+        xy = rng.uniform(0, 500, size=(n, 2))
+        wh = rng.uniform(8, 150, size=(n, 2))
+        gt = np.concatenate([xy, xy + wh], 1)
+        gc = rng.integers(0, 3, n)
+        keep = rng.random(n) < 0.8
+        det = gt[keep] + rng.normal(0, 6, size=(keep.sum(), 4))
+        dc = gc[keep].copy()
+        flip = rng.random(len(dc)) < 0.1
+        dc[flip] = (dc[flip] + 1) % 3
+        fp = np.concatenate([rng.uniform(0, 500, (5, 2)), rng.uniform(0, 500, (5, 2)) + 20], 1)
+        fp[:, 2:] = np.maximum(fp[:, 2:], fp[:, :2] + 10)
+        boxes = np.concatenate([det, fp])
+        scores = rng.uniform(0.01, 1, len(boxes))
+        classes = np.concatenate([dc, rng.integers(0, 3, 5)])
+        ev.add(gt, gc, boxes, scores, classes, width=700, height=700, image_id=img + 1)
+    m = ev.compute()
+    direct = _coco_direct(ev, tmp_path)
+    for k in COCO_KEYS:
+        assert m["coco"][k] == pytest.approx(direct[k], abs=1e-12), k
+    assert 0.3 < m["map"] < 1.0
+    assert 0.0 < m["coco"]["AP"] < m["coco"]["AP50"]
+    # Darknet's AP50 can never exceed a perfect score and is close to COCO's here
+    assert abs(m["map"] - m["coco"]["AP50"]) < 0.1
+    rep = format_report(m)
+    assert "Darknet mAP@0.50" in rep and "COCO (pycocotools) AP@[.50:.95]" in rep
+
+
+def test_perfect_crowded_image(tmp_path):
+    xs = np.arange(10) * 20.0
+    gt = np.array([[x, y, x + 18, y + 18] for x in xs for y in xs])
+    gc = np.zeros(len(gt), int)
+    m = _one(gt, gc, gt, np.linspace(0.9, 0.5, len(gt)), gc)
+    assert m["map"] == pytest.approx(1.0)
+    assert m["coco"]["AP"] == pytest.approx(1.0)
+
+
+def test_no_detections_and_no_gt():
+    m = _one([[0, 0, 10, 10]], [0], np.zeros((0, 4)), [], [])
+    assert m["map"] == 0.0 and m["coco"]["AP"] == 0.0
+    m = _one(np.zeros((0, 4)), [], [[0, 0, 10, 10]], [0.9], [0])
+    assert m["map"] == 0.0 and m["coco"]["AP"] == -1.0
+
+
+def test_label_path_rules(tmp_path):
+    assert label_path_for("/d/images/a/x.jpg") == "/d/labels/a/x.txt"
+    assert label_path_for("/voc/JPEGImages/x.png") == "/voc/labels/x.txt"
+    (tmp_path / "y.jpg").write_bytes(b"")
+    (tmp_path / "y.txt").write_text("0 .5 .5 .1 .1\n")
+    assert label_path_for(str(tmp_path / "y.jpg")) == str(tmp_path / "y.txt")
