@@ -349,6 +349,10 @@ def build_parser():
     dl.add_argument("--list", action="store_true", help="list the models and whether they are cached")
     dl.add_argument("--quiet", "-q", action="store_true")
     dl.set_defaults(func=cmd_download)
+
+    from .evalcmd import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
