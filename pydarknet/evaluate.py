@@ -13,10 +13,20 @@
 * mAP is the mean over **all** classes; a class without ground truth counts as AP 0.
 * At the confidence threshold ``thresh`` (0.25): precision, recall, F1, TP/FP/FN and Darknet's "average IoU"
   (the summed IoU of the TPs divided by TP+FP).
+* "Difficult" ground truth (the ``.data`` key ``difficult``, VOC2007): kept apart from the ordinary boxes, so it
+  is never a TP nor a FN. A detection bound to no ordinary box but overlapping a difficult box of its class with
+  IoU ``> iou_thresh`` is dropped from the ranking (it is not an FP for the AP). Darknet still counts such a
+  detection as an FP in the numbers at ``thresh`` (its threshold bookkeeping runs after the drop); so do we.
+* The precision/recall curves behind the APs are in the result: per class (``recall_curve``,
+  ``precision_curve``, ``score_curve``, in rank order) and ``overall``, all classes ranked together (the
+  threshold numbers above are the point of that curve at ``thresh``). :func:`plot_pr_curves` draws them.
 
 **COCO metrics**: pycocotools' ``COCOeval`` (bbox) on the same detections, with the ground truth converted to a
-COCO dataset (category id = class index + 1, ``iscrowd=0``, area = w*h). Values of -1 are pycocotools' "no
-ground truth in this range".
+COCO dataset (category id = class index + 1, or ``category_ids[class]``; area = w*h; difficult boxes become
+``iscrowd=1`` regions, pycocotools' way of ignoring an object). Values of -1 are pycocotools' "no ground truth
+in this range". When the ground truth came from a COCO annotation file, pass that file's dataset as
+``coco_ground_truth``: pycocotools then evaluates against it unchanged (its own areas, crowd regions and image
+ids), restricted to the images added and the categories the classes map to.
 
 Boxes everywhere are ``x1, y1, x2, y2`` in pixels. Typical use::
 
@@ -36,7 +46,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 __all__ = ["Evaluator", "evaluate", "average_precision", "box_iou", "yolo_to_xyxy", "read_yolo_labels",
-           "label_path_for", "coco_eval", "COCO_KEYS", "format_report"]
+           "label_path_for", "coco_eval", "COCO_KEYS", "format_report", "plot_pr_curves"]
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -133,20 +143,40 @@ def _as_dets(det):
 
 
 class Evaluator:
-    """Accumulates ground truth and detections image by image; :meth:`compute` gives the metrics dict."""
+    """Accumulates ground truth and detections image by image; :meth:`compute` gives the metrics dict.
 
-    def __init__(self, num_classes, names: Optional[Sequence[str]] = None):
+    ``category_ids``: COCO category id of each class (default ``class + 1``). ``coco_ground_truth``: a COCO
+    annotation dataset (dict) to hand to pycocotools as it is, instead of converting the added boxes; the
+    ``image_id`` given to :meth:`add` must then be that dataset's ids.
+    """
+
+    def __init__(self, num_classes, names: Optional[Sequence[str]] = None, *,
+                 category_ids: Optional[Sequence[int]] = None, coco_ground_truth: Optional[dict] = None):
         self.num_classes = int(num_classes)
         self.names = list(names) if names is not None else [str(i) for i in range(self.num_classes)]
         if len(self.names) != self.num_classes:
             raise ValueError(f"{len(self.names)} names for {self.num_classes} classes")
+        self.category_ids = [c + 1 for c in range(self.num_classes)] if category_ids is None \
+            else [int(c) for c in category_ids]
+        if len(self.category_ids) != self.num_classes:
+            raise ValueError(f"{len(self.category_ids)} category ids for {self.num_classes} classes")
+        self.coco_ground_truth = coco_ground_truth
         self.images: List[dict] = []
 
+    def _check_classes(self, classes, what):
+        bad = classes[(classes < 0) | (classes >= self.num_classes)]
+        if bad.size:
+            raise ValueError(f"{what} class {int(bad[0])} out of range 0..{self.num_classes - 1}")
+
     def add(self, gt_boxes, gt_classes, det_boxes=None, det_scores=None, det_classes=None, *, width=None,
-            height=None, image_id=None, detections=None):
-        """Add one image: GT boxes (n,4 xyxy pixels) and classes; detections as arrays or ``detections=Results``."""
+            height=None, image_id=None, detections=None, difficult_boxes=None, difficult_classes=None):
+        """Add one image: GT boxes (n,4 xyxy pixels) and classes; detections as arrays or ``detections=Results``;
+        optionally difficult GT boxes and classes (see the module doc)."""
         gb = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
         gc = np.asarray(gt_classes, dtype=np.int64).reshape(-1)
+        hb = np.asarray(difficult_boxes if difficult_boxes is not None else np.zeros((0, 4)),
+                        dtype=np.float64).reshape(-1, 4)
+        hc = np.asarray(difficult_classes if difficult_classes is not None else [], dtype=np.int64).reshape(-1)
         if detections is not None:
             db, ds, dc = _as_dets(detections)
             if width is None and getattr(detections, "image_size", None) is not None:
@@ -155,35 +185,43 @@ class Evaluator:
             db, ds, dc = _as_dets((det_boxes if det_boxes is not None else np.zeros((0, 4)),
                                    det_scores if det_scores is not None else [],
                                    det_classes if det_classes is not None else []))
-        if len(gb) != len(gc) or not (len(db) == len(ds) == len(dc)):
+        if len(gb) != len(gc) or len(hb) != len(hc) or not (len(db) == len(ds) == len(dc)):
             raise ValueError("boxes, scores and classes must have the same length")
-        bad = gc[(gc < 0) | (gc >= self.num_classes)]
-        if bad.size:
-            raise ValueError(f"ground-truth class {int(bad[0])} out of range 0..{self.num_classes - 1}")
+        self._check_classes(gc, "ground-truth")
+        self._check_classes(hc, "difficult ground-truth")
         if width is None:
-            allb = np.concatenate([gb, db]) if len(gb) + len(db) else np.zeros((1, 4))
+            allb = np.concatenate([gb, hb, db]) if len(gb) + len(hb) + len(db) else np.zeros((1, 4))
             width, height = float(max(1.0, allb[:, 2].max())), float(max(1.0, allb[:, 3].max()))
-        self.images.append(dict(gt_boxes=gb, gt_classes=gc, det_boxes=db, det_scores=ds, det_classes=dc,
-                                width=float(width), height=float(height),
+        self.images.append(dict(gt_boxes=gb, gt_classes=gc, difficult_boxes=hb, difficult_classes=hc,
+                                det_boxes=db, det_scores=ds, det_classes=dc, width=float(width),
+                                height=float(height),
                                 image_id=image_id if image_id is not None else len(self.images) + 1))
 
     # Darknet-style -------------------------------------------------------------------------------------------
+    _DIFFICULT = -2     # bound-GT marker of a detection that only a difficult box explains
+
     def _match(self, iou_thresh):
-        """Per detection: (image index, class, score, bound GT index or -1, its IoU)."""
+        """Per detection: (image index, class, score, bound GT index, -1 or _DIFFICULT, its IoU)."""
         rows = []
         for k, im in enumerate(self.images):
             gb, gc = im["gt_boxes"], im["gt_classes"]
-            ious = box_iou(im["det_boxes"], gb) if len(gb) else np.zeros((len(im["det_boxes"]), 0))
-            for i in range(len(im["det_boxes"])):
+            hb, hc = im["difficult_boxes"], im["difficult_classes"]
+            n = len(im["det_boxes"])
+            ious = box_iou(im["det_boxes"], gb) if len(gb) else np.zeros((n, 0))
+            hard = box_iou(im["det_boxes"], hb) if len(hb) else np.zeros((n, 0))
+            for i in range(n):
                 c = int(im["det_classes"][i])
                 best, best_iou = -1, 0.0
                 for j in range(len(gb)):
                     if gc[j] == c and ious[i, j] > iou_thresh and ious[i, j] > best_iou:
                         best, best_iou = j, float(ious[i, j])
+                if best < 0 and np.any((hc == c) & (hard[i] > iou_thresh)):
+                    best = self._DIFFICULT
                 rows.append((k, c, float(im["det_scores"][i]), best, best_iou))
         return rows
 
     def darknet_metrics(self, iou_thresh=0.5, points=0, thresh=0.25):
+        """``(mAP, per-class list, numbers at thresh, overall curve)`` as Darknet's ``detector map`` computes them."""
         rows = self._match(iou_thresh)
         n_gt = np.zeros(self.num_classes, dtype=np.int64)
         for im in self.images:
@@ -191,26 +229,31 @@ class Evaluator:
         order = sorted(range(len(rows)), key=lambda r: -rows[r][2])        # stable: ties keep input order
         taken = set()
         per_class_flags = [[] for _ in range(self.num_classes)]
+        per_class_scores = [[] for _ in range(self.num_classes)]
+        all_flags, all_scores = [], []
         for r in order:
             k, c, s, j, _ = rows[r]
-            if c < 0 or c >= self.num_classes:
+            if c < 0 or c >= self.num_classes or j == self._DIFFICULT:
                 continue
-            if j >= 0 and (k, j) not in taken:
+            hit = 1 if j >= 0 and (k, j) not in taken else 0
+            if hit:
                 taken.add((k, j))
-                per_class_flags[c].append(1)
-            else:
-                per_class_flags[c].append(0)
+            per_class_flags[c].append(hit)
+            per_class_scores[c].append(s)
+            all_flags.append(hit)
+            all_scores.append(s)
         per_class = []
         for c in range(self.num_classes):
-            flags = np.asarray(per_class_flags[c], dtype=np.float64)
-            tp = np.cumsum(flags)
-            fp = np.cumsum(1 - flags)
-            prec = tp / np.maximum(tp + fp, 1e-12) if flags.size else flags
-            rec = tp / n_gt[c] if n_gt[c] > 0 else np.zeros_like(tp)
+            rec, prec = _pr_curve(per_class_flags[c], n_gt[c])
             ap = average_precision(rec, prec, points) if n_gt[c] > 0 else 0.0
-            per_class.append(dict(class_id=c, name=self.names[c], ap=ap, tp=int(tp[-1]) if flags.size else 0,
-                                  fp=int(fp[-1]) if flags.size else 0, gt=int(n_gt[c]),
-                                  recall_curve=rec.tolist(), precision_curve=prec.tolist()))
+            flags = per_class_flags[c]
+            per_class.append(dict(class_id=c, name=self.names[c], ap=ap, tp=int(sum(flags)),
+                                  fp=int(len(flags) - sum(flags)), gt=int(n_gt[c]), recall_curve=rec.tolist(),
+                                  precision_curve=prec.tolist(), score_curve=list(per_class_scores[c])))
+        total_gt = int(n_gt.sum())
+        rec, prec = _pr_curve(all_flags, total_gt)
+        overall = dict(recall_curve=rec.tolist(), precision_curve=prec.tolist(), score_curve=all_scores,
+                       gt=total_gt)
         # at the confidence threshold (Darknet's tp_for_thresh / fp_for_thresh / avg_iou)
         tp_t = fp_t = 0
         iou_sum = 0.0
@@ -225,7 +268,6 @@ class Evaluator:
                 iou_sum += iou
             else:
                 fp_t += 1
-        total_gt = int(n_gt.sum())
         fn_t = total_gt - tp_t
         precision = tp_t / (tp_t + fp_t) if tp_t + fp_t else 0.0
         recall = tp_t / total_gt if total_gt else 0.0
@@ -233,38 +275,65 @@ class Evaluator:
         mean_ap = float(np.mean([p["ap"] for p in per_class])) if per_class else 0.0
         at_thresh = dict(thresh=thresh, precision=precision, recall=recall, f1=f1, tp=tp_t, fp=fp_t, fn=fn_t,
                          avg_iou=iou_sum / (tp_t + fp_t) if tp_t + fp_t else 0.0)
-        return mean_ap, per_class, at_thresh
+        return mean_ap, per_class, at_thresh, overall
 
     # COCO ----------------------------------------------------------------------------------------------------
-    def coco_datasets(self):
-        """``(ground-truth dataset dict, detection list)`` in COCO format (category id = class + 1)."""
-        images, anns, dets = [], [], []
+    def _coco_detections(self):
+        dets = []
         for im in self.images:
-            images.append(dict(id=im["image_id"], width=im["width"], height=im["height"]))
-            for b, c in zip(im["gt_boxes"], im["gt_classes"]):
-                w, h = float(b[2] - b[0]), float(b[3] - b[1])
-                anns.append(dict(id=len(anns) + 1, image_id=im["image_id"], category_id=int(c) + 1,
-                                 bbox=[float(b[0]), float(b[1]), w, h], area=w * h, iscrowd=0))
             for b, s, c in zip(im["det_boxes"], im["det_scores"], im["det_classes"]):
-                dets.append(dict(image_id=im["image_id"], category_id=int(c) + 1,
+                dets.append(dict(image_id=im["image_id"], category_id=self.category_ids[int(c)],
                                  bbox=[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
                                  score=float(s)))
-        cats = [dict(id=c + 1, name=self.names[c]) for c in range(self.num_classes)]
-        return dict(info={}, licenses=[], images=images, annotations=anns, categories=cats), dets
+        return dets
+
+    def coco_datasets(self):
+        """``(ground-truth dataset dict, detection list)`` in COCO format (see the module doc)."""
+        images, anns = [], []
+        for im in self.images:
+            images.append(dict(id=im["image_id"], width=im["width"], height=im["height"]))
+            for boxes, classes, crowd in ((im["gt_boxes"], im["gt_classes"], 0),
+                                          (im["difficult_boxes"], im["difficult_classes"], 1)):
+                for b, c in zip(boxes, classes):
+                    w, h = float(b[2] - b[0]), float(b[3] - b[1])
+                    anns.append(dict(id=len(anns) + 1, image_id=im["image_id"],
+                                     category_id=self.category_ids[int(c)], bbox=[float(b[0]), float(b[1]), w, h],
+                                     area=w * h, iscrowd=crowd))
+        cats = [dict(id=self.category_ids[c], name=self.names[c]) for c in range(self.num_classes)]
+        return dict(info={}, licenses=[], images=images, annotations=anns, categories=cats), self._coco_detections()
+
+    def coco_metrics(self):
+        """pycocotools' twelve numbers on the added images (see the module doc for the ground truth used)."""
+        if self.coco_ground_truth is None:
+            gt, dets = self.coco_datasets()
+            return coco_eval(gt, dets)
+        return coco_eval(self.coco_ground_truth, self._coco_detections(),
+                         image_ids=[im["image_id"] for im in self.images], category_ids=self.category_ids)
 
     def compute(self, iou_thresh=0.5, points=0, thresh=0.25, coco=True):
-        """The metrics dict: ``map``, ``coco``, ``per_class``, ``at_thresh`` and the settings."""
-        mean_ap, per_class, at_thresh = self.darknet_metrics(iou_thresh, points, thresh)
+        """The metrics dict: ``map``, ``coco``, ``per_class``, ``overall``, ``at_thresh`` and the settings."""
+        mean_ap, per_class, at_thresh, overall = self.darknet_metrics(iou_thresh, points, thresh)
         out = dict(map=mean_ap, iou_thresh=iou_thresh, points=points, images=len(self.images),
-                   at_thresh=at_thresh, per_class=per_class, coco=None)
+                   at_thresh=at_thresh, per_class=per_class, overall=overall, coco=None)
         if coco:
-            gt, dets = self.coco_datasets()
-            out["coco"] = coco_eval(gt, dets)
+            out["coco"] = self.coco_metrics()
         return out
 
 
-def coco_eval(gt_dataset, detections):
-    """pycocotools' bbox evaluation; returns ``{AP, AP50, ..., ARl}`` (pycocotools' stats, -1 = undefined)."""
+def _pr_curve(flags, n_gt):
+    """Cumulative (recall, precision) in rank order from TP(1)/FP(0) flags; recall 0 where there is no GT."""
+    flags = np.asarray(flags, dtype=np.float64)
+    tp = np.cumsum(flags)
+    fp = np.cumsum(1 - flags)
+    prec = tp / np.maximum(tp + fp, 1e-12) if flags.size else flags
+    rec = tp / n_gt if n_gt > 0 else np.zeros_like(tp)
+    return rec, prec
+
+
+def coco_eval(gt_dataset, detections, image_ids=None, category_ids=None):
+    """pycocotools' bbox evaluation; returns ``{AP, AP50, ..., ARl}`` (pycocotools' stats, -1 = undefined).
+
+    ``image_ids`` / ``category_ids`` restrict the evaluation (pycocotools' ``params.imgIds`` / ``catIds``)."""
     try:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
@@ -274,11 +343,16 @@ def coco_eval(gt_dataset, detections):
         gt = COCO()
         gt.dataset = gt_dataset
         gt.createIndex()
-        if not detections or not gt_dataset["annotations"]:
+        img_ids = sorted(gt.getImgIds()) if image_ids is None else sorted(set(image_ids))
+        cat_ids = sorted(gt.getCatIds()) if category_ids is None else sorted(set(category_ids))
+        has_gt = any(not a.get("iscrowd", 0) for a in gt.loadAnns(gt.getAnnIds(imgIds=img_ids, catIds=cat_ids)))
+        if not detections or not has_gt:
             # pycocotools cannot load an empty result list: nothing detected -> 0, nothing to find -> -1
-            return dict(zip(COCO_KEYS, [0.0 if gt_dataset["annotations"] else -1.0] * 12))
+            return dict(zip(COCO_KEYS, [0.0 if has_gt else -1.0] * 12))
         dt = gt.loadRes(list(detections))
         ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = img_ids
+        ev.params.catIds = cat_ids
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -324,3 +398,50 @@ def format_report(metrics) -> str:
                      f"   APs/APm/APl = {c['APs']:.3f}/{c['APm']:.3f}/{c['APl']:.3f}   "
                      f"AR1/AR10/AR100 = {c['AR1']:.3f}/{c['AR10']:.3f}/{c['AR100']:.3f}")
     return "\n".join(lines)
+
+
+def plot_pr_curves(metrics, path=None, *, max_legend=20):
+    """Draw the precision/recall curves of a :meth:`Evaluator.compute` result and save them as a PNG at ``path``.
+
+    One line per class that has ground truth (the ``recall_curve``/``precision_curve`` its AP was computed
+    from; legend: name and AP, best first, at most ``max_legend`` entries), the overall curve (all classes
+    ranked together) in black, and a dot at the numbers printed for ``thresh``. Each line's ``gid`` names what it
+    shows (``class:<id>``, ``overall``, ``at_thresh``). Drawn with matplotlib's Agg canvas (no window, no global
+    pyplot state); returns the Figure.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 6.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    present = sorted((p for p in metrics["per_class"] if p["gt"] > 0), key=lambda p: (-p["ap"], p["class_id"]))
+    for rank, p in enumerate(present):
+        label = f"{p['name'][:24]} {p['ap']:.3f}" if rank < max_legend else None
+        (line,) = ax.plot(p["recall_curve"], p["precision_curve"], linewidth=1.2, alpha=0.85, label=label)
+        line.set_gid(f"class:{p['class_id']}")
+    overall = metrics.get("overall")
+    if overall is not None:
+        (line,) = ax.plot(overall["recall_curve"], overall["precision_curve"], color="black", linewidth=2.6,
+                          label="all classes ranked together")
+        line.set_gid("overall")
+    t = metrics.get("at_thresh")
+    if t is not None:
+        (line,) = ax.plot([t["recall"]], [t["precision"]], "o", color="black", markersize=7,
+                          label=f"conf > {t['thresh']:g}: P {t['precision']:.2f} R {t['recall']:.2f}")
+        line.set_gid("at_thresh")
+    pts = metrics.get("points", 0)
+    style = "area under the envelope" if pts == 0 else f"{pts}-point"
+    ax.set_title(f"Precision-recall, IoU > {metrics['iou_thresh']:.2f}: Darknet mAP {metrics['map']:.4f} "
+                 f"({style}, {len(metrics['per_class'])} classes)", fontsize=10)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, format="png")
+    return fig

@@ -1,4 +1,5 @@
-"""Darknet-style mAP and COCO metrics on hand-built cases whose answers are known."""
+"""Darknet-style mAP and COCO metrics on hand-built cases whose answers are known; the precision/recall curves
+against a loop-by-loop reference and their PNG; Darknet's difficult ground truth."""
 
 import contextlib
 import io
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from pydarknet.evaluate import (COCO_KEYS, Evaluator, average_precision, box_iou, evaluate, format_report,
-                                label_path_for, yolo_to_xyxy)
+                                label_path_for, plot_pr_curves, yolo_to_xyxy)
 
 pytest.importorskip("pycocotools")
 
@@ -183,3 +184,158 @@ def test_label_path_rules(tmp_path):
     (tmp_path / "y.jpg").write_bytes(b"")
     (tmp_path / "y.txt").write_text("0 .5 .5 .1 .1\n")
     assert label_path_for(str(tmp_path / "y.jpg")) == str(tmp_path / "y.txt")
+
+
+# ----- precision/recall curves and their plot ----------------------------------------------------------------
+def _naive_iou(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _naive_darknet_curves(images, num_classes, iou_thresh=0.5):
+    """Darknet's rule written out loop by loop: bind each detection to its best same-class GT above the
+    threshold, rank everything by score, a bound GT counts once. Returns per-class and pooled (recall, precision)."""
+    ranked = []
+    for k, (gb, gc, db, ds, dc) in enumerate(images):
+        for i in range(len(db)):
+            best, best_iou = None, 0.0
+            for j in range(len(gb)):
+                v = _naive_iou(db[i], gb[j])
+                if gc[j] == dc[i] and v > iou_thresh and v > best_iou:
+                    best, best_iou = (k, j), v
+            ranked.append((ds[i], dc[i], best))
+    ranked.sort(key=lambda r: -r[0])
+    n_gt = [sum(int(c == cls) for im in images for c in im[1]) for cls in range(num_classes)]
+    taken, curves, pooled = set(), {c: ([], []) for c in range(num_classes)}, ([], [])
+    tp = [0] * num_classes
+    fp = [0] * num_classes
+    for score, c, best in ranked:
+        if best is not None and best not in taken:
+            taken.add(best)
+            tp[c] += 1
+        else:
+            fp[c] += 1
+        curves[c][0].append(tp[c] / n_gt[c] if n_gt[c] else 0.0)
+        curves[c][1].append(tp[c] / (tp[c] + fp[c]))
+        pooled[0].append(sum(tp) / sum(n_gt))
+        pooled[1].append(sum(tp) / (sum(tp) + sum(fp)))
+    return curves, pooled
+
+
+def _crowded_images(seed, n_images=3, n_classes=3):
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(n_images):
+        n = 12
+        xy = rng.uniform(0, 300, size=(n, 2))
+        gt = np.concatenate([xy, xy + rng.uniform(10, 90, size=(n, 2))], 1)
+        gc = rng.integers(0, n_classes, n)
+        keep = rng.random(n) < 0.8
+        det = np.concatenate([gt[keep] + rng.normal(0, 5, size=(keep.sum(), 4)),
+                              gt[:4] + 25.0])                                # plus some poor duplicates
+        dc = np.concatenate([gc[keep], gc[:4]])
+        ds = rng.uniform(0.01, 1, len(det))
+        images.append((gt, gc, det, ds, dc))
+    return images
+
+
+def test_curves_match_a_naive_reference():
+    images = _crowded_images(1)
+    ev = Evaluator(3, ["a", "b", "c"])
+    for gt, gc, det, ds, dc in images:
+        ev.add(gt, gc, det, ds, dc, width=400, height=400)
+    m = ev.compute(coco=False)
+    curves, pooled = _naive_darknet_curves(images, 3)
+    for p in m["per_class"]:
+        rec, prec = curves[p["class_id"]]
+        np.testing.assert_allclose(p["recall_curve"], rec, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(p["precision_curve"], prec, rtol=0, atol=1e-12)
+        assert p["score_curve"] == sorted(p["score_curve"], reverse=True)
+        # the AP is the area under the monotone envelope of exactly this curve
+        env = [max(prec[i:]) for i in range(len(prec))]
+        area = sum((r - r0) * e for r0, r, e in zip([0.0] + rec[:-1], rec, env))
+        assert p["ap"] == pytest.approx(area, abs=1e-12)
+    np.testing.assert_allclose(m["overall"]["recall_curve"], pooled[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(m["overall"]["precision_curve"], pooled[1], rtol=0, atol=1e-12)
+    # the numbers printed at the confidence threshold are the overall curve's point at that threshold
+    t = m["at_thresh"]
+    last = sum(s > t["thresh"] for s in m["overall"]["score_curve"]) - 1
+    assert t["recall"] == pytest.approx(m["overall"]["recall_curve"][last])
+    assert t["precision"] == pytest.approx(m["overall"]["precision_curve"][last])
+
+
+def test_pr_curve_png(tmp_path):
+    from PIL import Image
+
+    images = _crowded_images(2)
+    ev = Evaluator(4, ["a", "b", "c", "never seen"])
+    for gt, gc, det, ds, dc in images:
+        ev.add(gt, gc, det, ds, dc, width=400, height=400)
+    m = ev.compute(coco=False)
+    out = tmp_path / "pr.png"
+    fig = plot_pr_curves(m, out)
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(out) as im:
+        im.verify()
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size == (1000, 650)
+    lines = {ln.get_gid(): ln for ln in fig.axes[0].lines}
+    # one line per class with ground truth (not for "never seen"), the overall curve and the threshold point
+    assert set(lines) == {"class:0", "class:1", "class:2", "overall", "at_thresh"}
+    for p in m["per_class"][:3]:
+        ln = lines[f"class:{p['class_id']}"]
+        np.testing.assert_array_equal(ln.get_xdata(), p["recall_curve"])
+        np.testing.assert_array_equal(ln.get_ydata(), p["precision_curve"])
+        assert ln.get_label().startswith(p["name"]) and f"{p['ap']:.3f}" in ln.get_label()
+    np.testing.assert_array_equal(lines["overall"].get_xdata(), m["overall"]["recall_curve"])
+    np.testing.assert_array_equal(lines["overall"].get_ydata(), m["overall"]["precision_curve"])
+    assert list(lines["at_thresh"].get_xdata()) == [m["at_thresh"]["recall"]]
+
+
+# ----- Darknet's difficult ground truth ----------------------------------------------------------------------
+def test_difficult_boxes_are_neither_found_nor_missed():
+    normal, hard, empty = [10, 10, 60, 60], [100, 100, 150, 150], [200, 10, 250, 60]
+    dets = [hard, normal, empty]
+    scores = [0.95, 0.9, 0.7]
+    ev = Evaluator(1)
+    ev.add([normal], [0], dets, scores, [0, 0, 0], width=300, height=300, difficult_boxes=[hard],
+           difficult_classes=[0])
+    m = ev.compute()
+    p = m["per_class"][0]
+    # the detection on the difficult box leaves the ranking: TP (0.9), FP (0.7)
+    assert (p["gt"], p["tp"], p["fp"]) == (1, 1, 1)
+    assert p["precision_curve"] == [1.0, 0.5] and p["recall_curve"] == [1.0, 1.0]
+    assert m["map"] == pytest.approx(1.0)
+    # at the threshold Darknet still counts it as an FP (its threshold bookkeeping runs after the drop)
+    t = m["at_thresh"]
+    assert (t["tp"], t["fp"], t["fn"]) == (1, 2, 0)
+    # pycocotools: the difficult box is a crowd region, a detection on it is ignored
+    assert m["coco"]["AP50"] == pytest.approx(1.0)
+
+    # the same without the difficult box: the top detection is an FP ranked first
+    plain = _one([normal], [0], dets, scores, [0, 0, 0])
+    assert plain["map"] == pytest.approx(0.5)
+    assert plain["coco"]["AP50"] == pytest.approx(0.5, abs=0.01)
+    # ... and counted as ordinary ground truth it would be a TP, with a second object to find
+    both = _one([normal, hard], [0, 0], dets, scores, [0, 0, 0])
+    assert both["per_class"][0]["gt"] == 2 and both["at_thresh"]["fp"] == 1
+
+
+def test_difficult_box_rules():
+    a, b = [0, 0, 50, 50], [300, 0, 350, 50]
+    ev = Evaluator(2)
+    # a missed difficult box costs nothing; a detection of another class on a difficult box is an FP;
+    # a detection overlapping both an ordinary and a difficult box is bound to the ordinary one
+    ev.add([a], [0], [a, b, [1, 1, 51, 51]], [0.9, 0.8, 0.7], [0, 1, 0], width=400, height=100,
+           difficult_boxes=[b, [150, 0, 200, 50], [2, 0, 52, 50]], difficult_classes=[0, 0, 0])
+    m = ev.compute(coco=False)
+    c0, c1 = m["per_class"]
+    assert (c0["gt"], c0["tp"], c0["fp"]) == (1, 1, 1)     # second class-0 detection: duplicate of the bound GT
+    assert (c1["gt"], c1["tp"], c1["fp"]) == (0, 0, 1)
+    assert m["at_thresh"]["fn"] == 0
+    with pytest.raises(ValueError, match="difficult ground-truth class 5"):
+        ev.add([a], [0], difficult_boxes=[b], difficult_classes=[5])
