@@ -413,6 +413,7 @@ class _Pass:
         self.total_bbox = self.rewritten_bbox = 0
 
     def pred_box(self, b, a, j, i, anchor):
+        """get_yolo_box: the box predicted at (a, j, i) with `anchor`, and its raw x, y, w, h outputs."""
         o = self.out[b, a, :4, j, i].astype(np.float64)
         aw, ah = self.cfg.anchors[anchor]
         if self.cfg.new_coords:
@@ -477,7 +478,7 @@ class _Pass:
             if math.isfinite(r):
                 d[class_id] = r
             if mult is not None:
-                d[class_id] *= mult[class_id]
+                d[class_id] *= mult[class_id]       # Darknet leaves cls_normalizer out of this rewrite
             return
         onehot = np.zeros(cfg.classes)
         onehot[class_id] = 1.0

@@ -647,3 +647,24 @@ def test_config_from_a_graph_layer():
     assert (defaults.iou_loss, defaults.iou_normalizer, defaults.ignore_thresh, defaults.truth_thresh,
             defaults.iou_thresh, defaults.max_boxes, defaults.class_multipliers) == ("mse", 0.75, 0.5, 1.0, 1.0,
                                                                                      200, None)
+
+
+def test_nan_objectness_reads_as_zero_once_compared_with_a_truth():
+    o = make_out(27, batch=2)
+    o[:, 0, 4, 0, 0] = np.nan
+    res, d = run(o, [truth_rows((*TRUTH, CLS))[0], None], yolo_layer())
+    assert d[0, 0, 4, 0, 0] == 0.0                  # image 0 has a truth: its NaN objectness became 0
+    assert np.isnan(d[1, 0, 4, 0, 0])               # image 1 has none: Darknet never touches it
+    assert np.isnan(res.avg_noobj)
+
+
+def test_zero_predicted_size_is_read_as_one_for_the_iou_step():
+    # new_coords with a raw size of 0 decodes to a zero-width box; Darknet then takes w = 1 for dx_box_iou
+    layer = yolo_layer(iou_loss="giou", new_coords=1, iou_normalizer=1.0)
+    o = make_out(28)
+    set_prediction(o, PREDICTIONS["overlap"], new_coords=True)
+    o[0, 1, 2, 1, 1] = 0.0
+    res, d = run(o, truth_rows((*TRUTH, CLS)), layer)
+    x, y, _, h = pred_box(o, 0, 1, 1, 1, 1, new_coords=True)
+    close(d[0, 1, :4, 1, 1], expected_step("giou", (x, y, 1.0, h), TRUTH))
+    assert res.avg_iou == 0.0                       # the statistics use the real (empty) box
