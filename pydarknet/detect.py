@@ -19,6 +19,16 @@ The pipeline, step by step (AlexeyAB/darknet semantics):
 7. Every class of every box whose probability survived becomes one detection (Darknet's ``-out`` JSON and
    COCO export list them the same way); boxes are in original-image pixels.
 
+**Test-time augmentation** (``tta=True``; not a Darknet feature, Scaled-YOLOv4's ``test.py --augment``): the
+image also goes through the network at smaller input sizes, once mirrored, and every pass's candidates are
+mapped back to the original image and merged *before* the single NMS of step 6. The passes are Scaled-YOLOv4's
+``(scale, flip)`` = ``(1, no)``, ``(0.83, left-right)``, ``(0.67, no)``: a pass prepares the image exactly as
+above at ``int(net_w*scale) x int(net_h*scale)``, mirrors it if asked, and places it in the top-left corner of
+an input padded to a multiple of the network's stride with 0.447 (Scaled-YOLOv4's fill). The network is the same
+cfg and weights built at that input size. Boxes are mapped back with the size actually used
+(``int(net_w*scale)/net_w`` rather than ``scale``, which Scaled-YOLOv4 divides by: exact instead of 0.1 % off),
+un-mirrored, and letterbox-corrected for that pass; thresholds are those of a plain run.
+
 Usage::
 
     net = pydarknet.load("cfg/yolov4-tiny.cfg", "yolov4-tiny.weights")
@@ -40,12 +50,16 @@ import numpy as np
 from .errors import DarknetError
 
 __all__ = ["ImageError", "Detector", "Prepared", "detect", "load_image", "resize_image", "letterbox_size",
-           "letterbox_image", "preprocess", "correct_boxes", "nms", "box_metric", "default_names"]
+           "letterbox_image", "preprocess", "correct_boxes", "nms", "box_metric", "default_names", "TTA_PASSES",
+           "network_at_size"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm",
                     ".jp2", ".jpe", ".jfif")
 
 _F32 = np.float32
+# Scaled-YOLOv4's test-time augmentation (models/yolo.py, forward with augment): (scale, mirror left-right).
+TTA_PASSES = ((1.0, False), (0.83, True), (0.67, False))
+_TTA_FILL = 0.447            # Scaled-YOLOv4 pads the scaled input with this value (ImageNet's mean)
 # value/255 computed in double and stored as float, as Darknet's loaders do; a table is exact and fast.
 _TO_FLOAT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
 
@@ -335,6 +349,76 @@ def default_names(classes):
     return [str(i) for i in range(classes)]
 
 
+# ----- test-time augmentation ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Pass:
+    """One test-time-augmentation pass: the image fills ``content_w x content_h`` of an ``input_w x input_h``
+    network input (top-left, the rest padded), mirrored left-right when ``flip``."""
+
+    scale: float
+    flip: bool
+    content_w: int
+    content_h: int
+    input_w: int
+    input_h: int
+
+
+def _network_stride(net):
+    """The largest down-sampling factor from the input to a [yolo] layer (32 for most YOLOs, 64 for P6)."""
+    _, h, w = net.input_shape
+    strides = [max(w // net.desc.layers[i].out_shape[2], h // net.desc.layers[i].out_shape[1])
+               for i in net.yolo_layers]
+    return max(strides + [1])
+
+
+def _tta_passes(tta, net_w, net_h, stride):
+    passes = TTA_PASSES if tta is True else tta
+    try:
+        passes = [(float(s), bool(f)) for s, f in passes]
+    except (TypeError, ValueError):
+        raise ValueError(f"tta must be True or a list of (scale, flip) pairs; got {tta!r}") from None
+    out = []
+    for scale, flip in passes:
+        if not 0 < scale <= 4:
+            raise ValueError(f"tta: scale {scale} must be in (0, 4]")
+        if scale == 1.0:
+            cw, ch, iw, ih = net_w, net_h, net_w, net_h
+        else:
+            cw, ch = max(1, int(net_w * scale)), max(1, int(net_h * scale))
+            iw, ih = (math.ceil(v / stride) * stride for v in (cw, ch))
+        out.append(_Pass(scale, flip, cw, ch, iw, ih))
+    return out
+
+
+def network_at_size(net, width, height):
+    """``net``'s cfg built at another input size, with a copy of ``net``'s parameters (``net`` itself when the size
+    is its own). Raises DarknetError when the cfg cannot be rebuilt or its parameters depend on the size."""
+    import warnings
+
+    from . import graph
+    from .network import Network
+
+    if (height, width) == tuple(net.input_shape[1:]):
+        return net
+    path = net.desc.path
+    if not os.path.isfile(path):
+        raise DarknetError(f"test-time augmentation needs the network at {width}x{height}, built from its cfg file, "
+                           f"but the network was not loaded from a file ({path})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # the cfg was already accepted (and warned about) once
+        desc = graph.load_network_desc(path, lenient=True, width=width, height=height)
+    if desc.param_count != net.desc.param_count:
+        raise DarknetError(f"{path}: at {width}x{height} the network has {desc.param_count} parameters instead of "
+                           f"{net.desc.param_count} (a layer depends on the input size), so it cannot run the "
+                           "test-time-augmentation passes")
+    other = Network(desc, device=net.device)
+    other._core.params[:] = net._core.params
+    other._core.touch_params()
+    other.bn_epsilon = net.bn_epsilon
+    other.names = getattr(net, "names", None)
+    return other
+
+
 # ----- the detector ----------------------------------------------------------------------------------------
 @dataclass
 class Prepared:
@@ -344,6 +428,7 @@ class Prepared:
     tensor: np.ndarray         # (3, net_h, net_w) float32
     path: Optional[str]
     preprocess_ms: float
+    tta_tensors: Optional[List[np.ndarray]] = None     # one input per test-time-augmentation pass
 
 
 class Detector:
@@ -354,10 +439,12 @@ class Detector:
     (``default``, ``greedynms``, ``diounms``). ``letterbox``: None follows ``[net] letter_box``; True/False
     force letterbox or stretch. ``names``: class names (default: the network's ``names`` attribute, else COCO
     for 80 classes). ``batch``: images per forward pass (None: up to 8, fewer for networks whose activations
-    would take more than about 2 GB).
+    would take more than about 2 GB). ``tta``: test-time augmentation (see the module doc): True for
+    Scaled-YOLOv4's three passes, or a list of ``(scale, flip)`` pairs.
     """
 
-    def __init__(self, net, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=None):
+    def __init__(self, net, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=None,
+                 tta=False):
         heads = list(net.yolo_layers)
         if not heads:
             raise DarknetError(f"{net.desc.path}: the network has no [yolo] layer, so it cannot detect objects")
@@ -387,6 +474,34 @@ class Detector:
             batch = min(8, (2 << 30) // max(per_image, 1))
         self.batch = max(1, int(batch))
         _, self.net_h, self.net_w = net.input_shape
+        self.passes = _tta_passes(tta, self.net_w, self.net_h, _network_stride(net)) if tta else None
+        self._pass_nets = {}
+        if self.passes:
+            for p in self.passes:          # built now, so that a cfg that cannot run a pass fails before any image
+                self._pass_network(p)
+
+    @property
+    def tta(self):
+        """The test-time-augmentation passes as ``(scale, flip)`` pairs, or None."""
+        return [(p.scale, p.flip) for p in self.passes] if self.passes else None
+
+    def _pass_network(self, p):
+        size = (p.input_w, p.input_h)
+        if size not in self._pass_nets:
+            self._pass_nets[size] = network_at_size(self.net, *size)
+        return self._pass_nets[size]
+
+    def _pass_input(self, rgb, p, plain):
+        if p.scale == 1.0 and not p.flip:
+            return plain
+        content = plain if p.scale == 1.0 else preprocess(rgb, p.content_w, p.content_h, self.letterbox)
+        if p.flip:
+            content = content[:, :, ::-1]
+        if (p.input_w, p.input_h) == (p.content_w, p.content_h):
+            return np.ascontiguousarray(content)
+        x = np.full((content.shape[0], p.input_h, p.input_w), _TTA_FILL, _F32)
+        x[:, :p.content_h, :p.content_w] = content
+        return x
 
     # -- stages --
     def prepare(self, source):
@@ -394,24 +509,75 @@ class Detector:
         t0 = time.perf_counter()
         rgb, path = load_image(source)
         tensor = preprocess(rgb, self.net_w, self.net_h, self.letterbox)
-        return Prepared(rgb, tensor, path, (time.perf_counter() - t0) * 1e3)
+        passes = [self._pass_input(rgb, p, tensor) for p in self.passes] if self.passes else None
+        return Prepared(rgb, tensor, path, (time.perf_counter() - t0) * 1e3, passes)
 
     def infer(self, prepared: Sequence[Prepared]):
         """Run prepared images through the network (in chunks of ``batch``); one Results per image."""
         results = []
         for start in range(0, len(prepared), self.batch):
             chunk = list(prepared[start:start + self.batch])
-            x = np.stack([p.tensor for p in chunk])
             t0 = time.perf_counter()
-            outs = self.net.forward(x)
+            if self.passes:
+                if any(p.tta_tensors is None for p in chunk):
+                    raise ValueError("these images were prepared without test-time augmentation; prepare them "
+                                     "with this detector")
+                pass_outs = [self._pass_network(ps).forward(np.stack([p.tta_tensors[k] for p in chunk]))
+                             for k, ps in enumerate(self.passes)]
+            else:
+                outs = self.net.forward(np.stack([p.tensor for p in chunk]))
             infer_ms = (time.perf_counter() - t0) * 1e3 / len(chunk)
             for b, p in enumerate(chunk):
                 t1 = time.perf_counter()
-                res = self.postprocess([o[b] for o in outs], p.image, p.path)
+                if self.passes:
+                    res = self.postprocess_tta([[o[b] for o in outs] for outs in pass_outs], p.image, p.path)
+                else:
+                    res = self.postprocess([o[b] for o in outs], p.image, p.path)
                 res.speed = {"preprocess": p.preprocess_ms, "inference": infer_ms,
                              "postprocess": (time.perf_counter() - t1) * 1e3}
                 results.append(res)
         return results
+
+    def _candidates(self, outputs, net_w, net_h):
+        """All [yolo] heads of one image decoded: boxes relative to an ``net_w x net_h`` input, objectness, probs."""
+        boxes, objs, probs = [], [], []
+        for out, opts in zip(outputs, self.heads):
+            b, o, p = _yolo_candidates(np.asarray(out, _F32), opts, net_w, net_h, self.thresh)
+            boxes.append(b)
+            objs.append(o)
+            probs.append(p)
+        boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), _F32)
+        objs = np.concatenate(objs) if objs else np.zeros(0, _F32)
+        probs = np.concatenate(probs) if probs else np.zeros((0, self.classes), _F32)
+        return boxes, objs, probs
+
+    def pass_candidates(self, outputs, p, img_w, img_h):
+        """One augmentation pass's candidates with boxes relative to the original image (before NMS)."""
+        boxes, objs, probs = self._candidates(outputs, p.input_w, p.input_h)
+        b = boxes.astype(np.float64)
+        # relative to the padded input -> relative to the part the image fills
+        b[:, 0] *= p.input_w / p.content_w
+        b[:, 2] *= p.input_w / p.content_w
+        b[:, 1] *= p.input_h / p.content_h
+        b[:, 3] *= p.input_h / p.content_h
+        if p.flip:
+            b[:, 0] = 1.0 - b[:, 0]
+        boxes = correct_boxes(b.astype(_F32), img_w, img_h, p.content_w, p.content_h, self.letterbox)
+        return boxes, objs, probs
+
+    def postprocess_tta(self, pass_outputs, image, path=None, image_size=None):
+        """Merge the augmentation passes' outputs of one image (one list of head outputs per pass) into a
+        Results: candidates mapped back to the image, then one NMS over all of them."""
+        from .results import Results
+
+        img_w, img_h = (image.shape[1], image.shape[0]) if image is not None else image_size
+        parts = [self.pass_candidates(outs, p, img_w, img_h) for outs, p in zip(pass_outputs, self.passes)]
+        boxes = np.concatenate([q[0] for q in parts])
+        objs = np.concatenate([q[1] for q in parts])
+        probs = np.concatenate([q[2] for q in parts])
+        probs = nms(boxes, probs, self.nms, self.nms_kind, self.beta_nms)
+        return Results.from_darknet(boxes, objs, probs, names=self.names, image=image, path=path,
+                                    image_size=(img_w, img_h))
 
     def postprocess(self, outputs, image, path=None, image_size=None):
         """Decode one image's [yolo] outputs (one (A*(5+C), h, w) array per head) into a Results."""
@@ -421,15 +587,7 @@ class Detector:
             img_h, img_w = image.shape[:2]
         else:
             img_w, img_h = image_size
-        boxes, objs, probs = [], [], []
-        for out, opts in zip(outputs, self.heads):
-            b, o, p = _yolo_candidates(np.asarray(out, _F32), opts, self.net_w, self.net_h, self.thresh)
-            boxes.append(b)
-            objs.append(o)
-            probs.append(p)
-        boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), _F32)
-        objs = np.concatenate(objs) if objs else np.zeros(0, _F32)
-        probs = np.concatenate(probs) if probs else np.zeros((0, self.classes), _F32)
+        boxes, objs, probs = self._candidates(outputs, self.net_w, self.net_h)
         boxes = correct_boxes(boxes, img_w, img_h, self.net_w, self.net_h, self.letterbox)
         probs = nms(boxes, probs, self.nms, self.nms_kind, self.beta_nms)
         return Results.from_darknet(boxes, objs, probs, names=self.names, image=image, path=path,
@@ -442,13 +600,15 @@ class Detector:
         return results[0] if single else results
 
 
-def detect(net, images, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=None):
+def detect(net, images, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=None,
+           tta=False):
     """Detect objects in one image or a list of images (paths, PIL images or HxWx3 uint8 RGB arrays).
 
     Returns a :class:`~pydarknet.results.Results` for a single image, a list of them for a list. All images
     are resized to the network input, so a list runs through the network in batches of ``batch`` (see
     :class:`Detector`).
-    See :class:`Detector` for the options.
+    See :class:`Detector` for the options (``tta=True``: test-time augmentation).
     """
-    det = Detector(net, thresh=thresh, nms=nms, letterbox=letterbox, names=names, nms_kind=nms_kind, batch=batch)
+    det = Detector(net, thresh=thresh, nms=nms, letterbox=letterbox, names=names, nms_kind=nms_kind, batch=batch,
+                   tta=tta)
     return det(images)
