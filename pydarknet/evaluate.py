@@ -405,9 +405,9 @@ def plot_pr_curves(metrics, path=None, *, max_legend=20):
 
     One line per class that has ground truth (the ``recall_curve``/``precision_curve`` its AP was computed
     from; legend: name and AP, best first, at most ``max_legend`` entries), the overall curve (all classes
-    ranked together) in black, and a dot at the numbers printed for ``thresh``. Each line's ``gid`` names what it
-    shows (``class:<id>``, ``overall``, ``at_thresh``). Drawn with matplotlib's Agg canvas (no window, no global
-    pyplot state); returns the Figure.
+    ranked together) dashed in black, and a dot at the numbers printed for ``thresh``. Each line's ``gid`` names
+    what it shows (``class:<id>``, ``overall``, ``at_thresh``). Drawn with matplotlib's Agg canvas (no window, no
+    global pyplot state); returns the Figure.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -422,8 +422,9 @@ def plot_pr_curves(metrics, path=None, *, max_legend=20):
         line.set_gid(f"class:{p['class_id']}")
     overall = metrics.get("overall")
     if overall is not None:
-        (line,) = ax.plot(overall["recall_curve"], overall["precision_curve"], color="black", linewidth=2.6,
-                          label="all classes ranked together")
+        # dashed, so that class curves lying on it stay visible
+        (line,) = ax.plot(overall["recall_curve"], overall["precision_curve"], color="black", linewidth=2.2,
+                          linestyle="--", label="all classes ranked together")
         line.set_gid("overall")
     t = metrics.get("at_thresh")
     if t is not None:
