@@ -142,7 +142,7 @@ def test_valid_with_coco_annotations(dataset):
     data.write_text(f"classes = 80\nvalid = {root / 'valid.txt'}\nnames = {root / 'coco.names'}\n"
                     f"annotations = {ann}\n")
     out = root / "ann_results.json"
-    assert cli.main(["valid", str(data), cfg, weights, "--out", str(out), "-q"]) == 0
+    assert cli.main(["valid", str(data), cfg, weights, "--out", str(out), "-q", "--tta"]) == 0
     res = json.loads(out.read_text())
     assert {r["image_id"] for r in res} == {1000, 1001}   # the annotation's ids, found by file name
     assert {r["category_id"] for r in res} >= {ids[0], ids[5], ids[27]}       # person, bus, tie in id order
