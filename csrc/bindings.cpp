@@ -5,10 +5,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/network.h"
 #include "cpu/ops.h"
+#include "math/activations.h"
 
 namespace py = pybind11;
 
@@ -56,26 +58,42 @@ LayerSpec to_spec(const py::dict& d) {
     return s;
 }
 
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+py::array_t<float> copy_output(const Network& net, int i, int batch, const float* data) {
+    const Shape s = net.layer(i).spec.out;
+    py::array_t<float> out({(py::ssize_t)batch, (py::ssize_t)s.c, (py::ssize_t)s.h, (py::ssize_t)s.w});
+    std::memcpy(out.mutable_data(), data, sizeof(float) * batch * s.size());
+    return out;
+}
+
+// A numpy view of a buffer owned by the network (kept alive by `owner`).
+py::array_t<float> view_of(std::vector<float>& buffer, py::object owner) {
+    return py::array_t<float>({(py::ssize_t)buffer.size()}, {(py::ssize_t)sizeof(float)}, buffer.data(), owner);
+}
+
 }  // namespace
 }  // namespace pd
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "pydarknet's C++ engine";
     py::class_<pd::Network>(m, "Network")
-        .def(py::init([](const py::list& specs, size_t param_count, const py::tuple& input) {
+        .def(py::init([](const py::list& specs, size_t param_count, const py::tuple& input, pd::Network* share_with) {
                  std::vector<pd::LayerSpec> converted;
                  for (auto s : specs) converted.push_back(pd::to_spec(s.cast<py::dict>()));
-                 return new pd::Network(converted, param_count, pd::to_shape(input));
+                 return new pd::Network(converted, param_count, pd::to_shape(input),
+                                        share_with ? share_with->store() : nullptr);
              }),
-             py::arg("specs"), py::arg("param_count"), py::arg("input_shape"))
+             py::arg("specs"), py::arg("param_count"), py::arg("input_shape"), py::arg("share_with") = nullptr,
+             "share_with: another network of the same parameter layout whose parameters and gradients to share.")
         .def_property_readonly(
             "params",
-            [](py::object self) {
-                auto& net = self.cast<pd::Network&>();
-                return py::array_t<float>({(py::ssize_t)net.params.size()}, {(py::ssize_t)sizeof(float)},
-                                          net.params.data(), self);
-            },
+            [](py::object self) { return pd::view_of(self.cast<pd::Network&>().params, self); },
             "The flat parameter buffer (a writable view; call touch_params() after writing).")
+        .def_property_readonly(
+            "grads", [](py::object self) { return pd::view_of(self.cast<pd::Network&>().grads_buffer(), self); },
+            "The flat gradient buffer, laid out like params (a writable view).")
+        .def("zero_grads", &pd::Network::zero_grads)
         .def("touch_params", [](pd::Network& net) { ++net.params_version; })
         .def_readwrite("bn_epsilon", &pd::Network::bn_epsilon)
         .def_readwrite("keep", &pd::Network::keep)
@@ -103,7 +121,63 @@ PYBIND11_MODULE(_core, m) {
                 std::memcpy(out.mutable_data(), net.output(i), sizeof(float) * net.batch() * s.size());
                 return out;
             },
-            py::arg("layer"));
+            py::arg("layer"))
+        .def(
+            "forward_train",
+            [](pd::Network& net, pd::FloatArray x, unsigned long long seed, long long iteration) {
+                auto shape = net.input_shape();
+                PD_CHECK(x.ndim() == 4 && x.shape(1) == shape.c && x.shape(2) == shape.h && x.shape(3) == shape.w,
+                         "input must have shape (N, ", shape.c, ", ", shape.h, ", ", shape.w, ")");
+                PD_CHECK(x.shape(0) >= 1, "input batch must not be empty");
+                const float* data = x.data();
+                const int batch = (int)x.shape(0);
+                py::gil_scoped_release release;
+                net.forward_train(data, batch, seed, iteration);
+            },
+            py::arg("x"), py::arg("seed") = 0, py::arg("iteration") = 0)
+        .def_property_readonly("train_batch", &pd::Network::train_batch)
+        .def(
+            "train_output",
+            [](const pd::Network& net, int i) {
+                PD_CHECK(i >= 0 && i < net.layer_count(), "layer index ", i, " out of range");
+                return pd::copy_output(net, i, net.train_batch(), net.train_output(i));
+            },
+            py::arg("layer"))
+        .def(
+            "backward",
+            [](pd::Network& net, const py::dict& output_grads, bool want_input_grad) -> py::object {
+                const int batch = net.train_batch();
+                PD_CHECK(batch > 0, "backward needs a forward_train first");
+                std::vector<pd::FloatArray> arrays;  // keep converted arrays alive for the call
+                std::vector<std::pair<int, const float*>> seeds;
+                for (auto item : output_grads) {
+                    const int i = item.first.cast<int>();
+                    PD_CHECK(i >= 0 && i < net.layer_count(), "gradient given for layer ", i, ", which does not exist");
+                    const pd::Shape s = net.layer(i).spec.out;
+                    pd::FloatArray a = pd::FloatArray::ensure(item.second);
+                    PD_CHECK(a && a.ndim() == 4 && a.shape(0) == batch && a.shape(1) == s.c && a.shape(2) == s.h &&
+                                 a.shape(3) == s.w,
+                             "the gradient for layer ", i, " must have shape (", batch, ", ", s.c, ", ", s.h, ", ", s.w,
+                             ")");
+                    arrays.push_back(a);
+                    seeds.emplace_back(i, arrays.back().data());
+                }
+                py::array_t<float> input_grad;
+                float* input_grad_data = nullptr;
+                if (want_input_grad) {
+                    const pd::Shape s = net.input_shape();
+                    input_grad = py::array_t<float>({(py::ssize_t)batch, (py::ssize_t)s.c, (py::ssize_t)s.h, (py::ssize_t)s.w});
+                    input_grad_data = input_grad.mutable_data();
+                    std::fill(input_grad_data, input_grad_data + (size_t)batch * s.size(), 0.f);
+                }
+                {
+                    py::gil_scoped_release release;
+                    net.backward(seeds, input_grad_data);
+                }
+                if (!want_input_grad) return py::none();
+                return std::move(input_grad);
+            },
+            py::arg("output_grads"), py::arg("input_grad") = false);
 #ifdef PYDARKNET_WITH_CUDA
     m.attr("built_with_cuda") = true;
     m.def("cuda_device_count", &pd::cuda_device_count, "Number of usable CUDA GPUs (0 on any CUDA error).");
@@ -120,5 +194,14 @@ PYBIND11_MODULE(_core, m) {
             return values;
         },
         py::arg("values"), py::arg("activation"), "Applies an element-wise activation on the CPU.");
+    m.def(
+        "cpu_activation_gradient",
+        [](std::vector<float> values, int activation) {
+            PD_CHECK(activation >= 0 && activation < pd::NORM_CHAN, "activation ", activation, " is not element-wise");
+            for (float& v : values) v = pd::gradient(pd::activate(v, activation), v, activation);
+            return values;
+        },
+        py::arg("values"), py::arg("activation"),
+        "d activate(x) / dx at each value, as the CPU backward pass computes it (element-wise activations).");
     m.def("has_layer_type", [](const std::string& name) { return pd::layer_registry().count(name) != 0; });
 }

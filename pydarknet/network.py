@@ -1,13 +1,14 @@
 """The Network object: a validated network description bound to the C++ engine.
 
 `pydarknet.load()` builds one. Parameters live in one flat float32 buffer owned by the engine, in `.weights`
-file order; `net.params` and each layer's `params` dict are numpy views into it.
+file order; `net.params` and each layer's `params` dict are numpy views into it. Training adds a gradient buffer
+of the same layout (`net.grads`), a training-mode forward pass and the backward pass.
 """
 
 import numpy as np
 
 from . import graph, weights as weights_io
-from .errors import DarknetError
+from .errors import CfgError, DarknetError
 
 try:
     from . import _core
@@ -63,13 +64,19 @@ class LayerView:
 
 
 class Network:
-    def __init__(self, desc, device="cpu", seed=None):
+    def __init__(self, desc, device="cpu", seed=None, *, lenient=False, _share=None):
         self.desc = desc
         self.device = _check_device(device)
-        self._core = _core.Network([_spec(l) for l in desc.layers], desc.param_count, desc.input_shape)
+        self._lenient = lenient
+        self._core = _core.Network([_spec(l) for l in desc.layers], desc.param_count, desc.input_shape,
+                                   share_with=_share._core if _share is not None else None)
         last = len(desc.layers) - 1
         self._core.keep = sorted(set(desc.yolo_layers + [last]))
         self.layers = [LayerView(self, l) for l in desc.layers]
+        self._untrainable = None
+        if _share is not None:
+            self.seen, self.version, self.bn_epsilon = _share.seen, _share.version, _share.bn_epsilon
+            return
         self.seen = 0
         self.version = weights_io.CURRENT_VERSION
         self._initialise(np.random.default_rng(seed))
@@ -80,6 +87,17 @@ class Network:
         """The flat float32 parameter buffer (a writable view, in .weights file order)."""
         self._core.touch_params()
         return self._core.params
+
+    @property
+    def flat_params(self):
+        """The same flat parameter view as `params` (the optimizer's name for it). After writing through a view
+        kept from earlier, call touch_params() before the next `forward`; forward_train always reads the
+        current values."""
+        return self.params
+
+    def touch_params(self):
+        """Tell the engine the parameters changed, so the next inference forward re-derives its folded copies."""
+        self._core.touch_params()
 
     def _initialise(self, rng):
         """Darknet's training initialisation: uniform +-sqrt(2/fan_in) weights, zero biases, unit BN scales."""
@@ -155,6 +173,86 @@ class Network:
         self._core.forward(self._prepare_input(x), True)
         return [self._core.output(i) for i in range(len(self.layers))]
 
+    # ----- training -----------------------------------------------------------------------------------------
+    def forward_train(self, x, seed=0, iteration=0):
+        """Run the network in training mode and keep what backward() needs.
+
+        Batch-norm uses the statistics of this batch and moves the rolling statistics in `params`
+        (rolling = .99 rolling + .01 batch, the variance with Bessel's correction, as Darknet); dropout draws its
+        mask from (seed, iteration, layer, element), so equal arguments give equal masks. `iteration` also decides
+        `stopbackward=N` (frozen while iteration < N). Returns {layer index: output} for the [yolo] layers and the
+        last layer.
+        """
+        self._check_trainable()
+        self._core.forward_train(self._prepare_input(x), int(seed), int(iteration))
+        heads = sorted(set(self.yolo_layers + [len(self.layers) - 1]))
+        return {i: self._core.train_output(i) for i in heads}
+
+    def train_output(self, index):
+        """The output of any layer in the last forward_train (a copy)."""
+        return self._core.train_output(int(index))
+
+    def backward(self, output_grads, input_grad=False):
+        """Backpropagate after forward_train.
+
+        output_grads: {layer index: dLoss/dOutput} shaped like that layer's output (N, C, H, W). For a [yolo]
+        layer the gradient is taken with respect to its *input*, as Darknet's yolo loss defines its delta; the
+        layer passes it through unchanged. Parameter gradients are added (+=) to `grads` (call zero_grads()
+        between optimizer steps); with input_grad=True the gradient with respect to the network input is
+        returned, else None. Darknet's stopbackward (that layer and all before it get nothing), onlyforward and
+        train_only_bn (no weight gradient for that layer) apply.
+        """
+        n = len(self.layers)
+        grads = {}
+        for index, grad in output_grads.items():
+            index = int(index)
+            if not 0 <= index < n:
+                raise ValueError(f"gradient given for layer {index}; the network has layers 0..{n - 1}")
+            grads[index] = np.ascontiguousarray(grad, dtype=np.float32)
+        return self._core.backward(grads, bool(input_grad))
+
+    @property
+    def grads(self):
+        """The flat float32 gradient buffer (a writable view), laid out exactly like `params`."""
+        return self._core.grads
+
+    def zero_grads(self):
+        self._core.zero_grads()
+
+    def resized(self, width, height):
+        """This network at another input size (Darknet's multi-scale training), sharing the parameters and the
+        gradient buffer with this one: an optimizer step through either is seen by both."""
+        if self.desc.path == "<cfg>":
+            raise DarknetError("this network was not built from a cfg file, so it cannot be rebuilt at another size")
+        desc = graph.load_network_desc(self.desc.path, lenient=self._lenient, width=width, height=height)
+
+        def layout(d):
+            return [(l.type, [(t.name, t.offset, t.shape) for t in l.tensors]) for l in d.layers]
+
+        if desc.param_count != self.desc.param_count or layout(desc) != layout(self.desc):
+            raise DarknetError(f"{self.desc.path}: at {width}x{height} the parameters are laid out differently "
+                               f"(a [connected] layer's weights depend on the input size), so the network cannot "
+                               f"be resized")
+        return Network(desc, device=self.device, lenient=self._lenient, _share=self)
+
+    def _check_trainable(self):
+        """Refuse, naming the cfg line, the layer options that have no training implementation."""
+        if self._untrainable is None:
+            self._untrainable = []
+            for l in self.desc.layers:
+                o = l.options
+                if l.type in ("convolutional", "connected") and o.get("batch_normalize") == 2:
+                    self._untrainable.append((l, "cross-iteration batch normalisation (cbn=1) is not supported in "
+                                                 "training"))
+                if l.type == "dropout" and o.get("dropblock"):
+                    self._untrainable.append((l, "dropblock is not supported in training"))
+                if l.type == "dropout" and not 0 <= o.get("probability", 0) < 1:
+                    self._untrainable.append((l, f"dropout probability {o['probability']} must be in [0, 1) for "
+                                                 f"training"))
+        if self._untrainable:
+            layer, problem = self._untrainable[0]
+            raise CfgError(f"layer {layer.index} [{layer.type}]: {problem}", self.desc.path, layer.line)
+
     def detect(self, images, *, thresh=0.25, nms=0.45, letterbox=None, **options):
         """Detect objects in a path, PIL image, HxWx3 uint8 RGB array, or a list of them, as Darknet's
         `detector test` does; returns a Results (a list of them for a list). See pydarknet.detect.detect."""
@@ -213,7 +311,7 @@ def _check_device(device):
 def load(cfg, weights=None, *, device="cpu", width=None, height=None, lenient=False, partial=False, seed=None):
     """Build a network from a Darknet .cfg and optionally load original .weights into it."""
     desc = graph.load_network_desc(cfg, lenient=lenient, width=width, height=height)
-    net = Network(desc, device=device, seed=seed)
+    net = Network(desc, device=device, seed=seed, lenient=lenient)
     if weights is not None:
         net.load_weights(weights, partial=partial)
     return net

@@ -51,6 +51,32 @@ struct ForwardContext {
     float* workspace = nullptr;    // scratch shared by all layers, workspace_floats() long
 };
 
+// A forward pass in training mode: besides the inference context, the parameters are writable (batch-norm
+// moves its rolling statistics) and random decisions (dropout) are keyed by (seed, iteration, layer, element).
+struct TrainContext : ForwardContext {
+    float* params = nullptr;  // the flat parameter buffer, read directly (no folded copies while training)
+    float bn_epsilon = 1e-5f;
+    unsigned long long seed = 0;
+    long long iteration = 0;
+};
+
+// A backward pass through one layer, after a training forward. Layers add (+=) into the gradient buffers, so
+// several readers of one output and several backward passes (subdivisions) accumulate.
+struct BackwardContext {
+    int batch = 1;
+    const float* input = nullptr;   // this layer's input in the training forward (the previous layer's output)
+    const float* output = nullptr;  // this layer's output in the training forward
+    float* output_grad = nullptr;   // dLoss/dOutput; the layer may overwrite it, nobody reads it afterwards
+    float* input_grad = nullptr;    // += dLoss/dInput, or null when no earlier layer needs it
+    const float* params = nullptr;
+    float* grads = nullptr;         // += dLoss/dParams, laid out exactly like params
+    bool weight_grads = true;       // false under train_only_bn: batch-norm scales and biases only
+    unsigned long long seed = 0;    // the training forward's random key (dropout recomputes its mask)
+    long long iteration = 0;
+    Network* net = nullptr;         // other layers' training outputs and gradient buffers (route, shortcut...)
+    float* workspace = nullptr;     // scratch shared by all layers, backward_workspace_floats() long
+};
+
 class Layer {
 public:
     explicit Layer(LayerSpec spec) : spec(std::move(spec)) {}
@@ -61,6 +87,16 @@ public:
     virtual void forward(const ForwardContext& ctx) = 0;
     // Scratch floats this layer needs for one forward pass of `batch` images.
     virtual size_t workspace_floats(int batch) const { (void)batch; return 0; }
+
+    // Forward in training mode, keeping what backward() needs. Layers without training behaviour of their own
+    // run their inference forward.
+    virtual void forward_train(const TrainContext& ctx) { forward(ctx); }
+    // Backward after forward_train. A layer type without one says so rather than return a wrong gradient.
+    virtual void backward(const BackwardContext& ctx);
+    // Scratch floats backward() needs for `batch` images (forward_train uses workspace_floats()).
+    virtual size_t backward_workspace_floats(int batch) const { (void)batch; return 0; }
+    // Whether the layer reads the previous layer's output (route reads only its listed layers).
+    virtual bool reads_previous_output() const { return true; }
 
     const LayerSpec spec;
 };

@@ -1,9 +1,12 @@
-// Network construction, activation-buffer planning and the forward loop.
+// Network construction, activation-buffer planning, the forward loop and the training passes.
 #include "network.h"
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <limits>
+
+#include "../cpu/train_ops.h"
 
 namespace pd {
 
@@ -41,8 +44,19 @@ const TensorRef& LayerSpec::tensor(const std::string& key) const {
     return it->second;
 }
 
-Network::Network(const std::vector<LayerSpec>& specs, size_t param_count, Shape input)
-    : params(param_count, 0.f), input_(input) {
+void Layer::backward(const BackwardContext&) {
+    throw InvalidArgument(concat("layer ", spec.index, " (", spec.type, "): this layer type has no backward pass"));
+}
+
+Network::Network(const std::vector<LayerSpec>& specs, size_t param_count, Shape input,
+                 std::shared_ptr<ParamStore> shared)
+    : store_(shared ? std::move(shared) : std::make_shared<ParamStore>()),
+      params(store_->params),
+      params_version(store_->version),
+      input_(input) {
+    if (store_->params.empty() && param_count > 0) store_->params.assign(param_count, 0.f);
+    PD_CHECK(store_->params.size() == param_count, "shared parameters hold ", store_->params.size(),
+             " values but this network has ", param_count);
     PD_CHECK(!specs.empty(), "a network needs at least one layer");
     Shape expected = input;
     for (size_t i = 0; i < specs.size(); ++i) {
@@ -60,6 +74,7 @@ Network::Network(const std::vector<LayerSpec>& specs, size_t param_count, Shape 
         expected = s.out;
     }
     keep.push_back((int)specs.size() - 1);
+    live_.assign(layers_.size(), nullptr);
 }
 
 bool Network::output_available(int i) const {
@@ -129,6 +144,7 @@ void Network::forward(const float* input, int batch, bool keep_all) {
         prepared_epsilon_ = bn_epsilon;
     }
     batch_ = batch;
+    for (size_t i = 0; i < layers_.size(); ++i) live_[i] = buffers_[buffer_of_[i]].data();
     ForwardContext ctx;
     ctx.batch = batch;
     ctx.net = this;
@@ -144,6 +160,118 @@ void Network::forward(const float* input, int batch, bool keep_all) {
             layer_seconds[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         in = ctx.output;
     }
+}
+
+// ----- training ----------------------------------------------------------------------------------------------
+
+void Network::forward_train(const float* input, int batch, unsigned long long seed, long long iteration) {
+    PD_CHECK(batch >= 1, "batch must be at least 1");
+    const int n = (int)layers_.size();
+    train_batch_ = 0;  // stays 0 (no backward possible) if a layer throws below
+    train_input_.assign(input, input + (size_t)batch * input_.size());
+    train_outputs_.resize(n);
+    size_t workspace = 0;
+    for (int i = 0; i < n; ++i) {
+        train_outputs_[i].resize((size_t)batch * layers_[i]->spec.out.size());
+        live_[i] = train_outputs_[i].data();
+        workspace = std::max({workspace, layers_[i]->workspace_floats(batch),
+                              layers_[i]->backward_workspace_floats(batch)});
+    }
+    train_workspace_.resize(workspace);
+    TrainContext ctx;
+    ctx.batch = batch;
+    ctx.net = this;
+    ctx.workspace = train_workspace_.data();
+    ctx.params = params.data();
+    ctx.bn_epsilon = bn_epsilon;
+    ctx.seed = seed;
+    ctx.iteration = iteration;
+    // The rolling statistics change below; inference re-derives its folded weights from them afterwards.
+    ++params_version;
+    const float* in = train_input_.data();
+    for (int i = 0; i < n; ++i) {
+        ctx.input = in;
+        ctx.output = train_outputs_[i].data();
+        layers_[i]->forward_train(ctx);
+        in = ctx.output;
+    }
+    train_batch_ = batch;
+    train_seed_ = seed;
+    train_iteration_ = iteration;
+}
+
+const float* Network::train_output(int i) const {
+    PD_CHECK(train_batch_ > 0 && i >= 0 && i < (int)layers_.size(), "no training output of layer ", i,
+             " (run forward_train first)");
+    return train_outputs_[i].data();
+}
+
+std::vector<float>& Network::grads_buffer() {
+    if (store_->grads.size() != store_->params.size()) store_->grads.assign(store_->params.size(), 0.f);
+    return store_->grads;
+}
+
+void Network::zero_grads() { std::fill(grads_buffer().begin(), grads_buffer().end(), 0.f); }
+
+// Darknet's backward_network walks back from the last layer and stops at the first layer whose stopbackward is
+// 1, or N > 1 while the iteration is below N: that layer and every layer before it get no gradient.
+int Network::backward_stop() const {
+    for (int i = (int)layers_.size() - 1; i >= 0; --i) {
+        const double stop = layers_[i]->spec.get("stopbackward", 0);
+        if (stop == 1 || stop > (double)train_iteration_) return i;
+    }
+    return -1;
+}
+
+void Network::backward(const std::vector<std::pair<int, const float*>>& output_grads, float* input_grad) {
+    PD_CHECK(train_batch_ > 0, "backward needs a forward_train first");
+    const int n = (int)layers_.size(), batch = train_batch_, stop = backward_stop();
+    std::vector<float>& grads = grads_buffer();
+    grad_buffers_.resize(n);
+    std::vector<char> reached(n, 0);
+    for (int i = 0; i < n; ++i) {
+        if (i <= stop) {
+            std::vector<float>().swap(grad_buffers_[i]);
+            continue;
+        }
+        grad_buffers_[i].assign((size_t)batch * layers_[i]->spec.out.size(), 0.f);
+    }
+    for (const auto& seed : output_grads) {
+        PD_CHECK(seed.first >= 0 && seed.first < n, "gradient given for layer ", seed.first, ", which does not exist");
+        if (seed.first <= stop) continue;  // frozen by stopbackward: Darknet never gets there
+        add_into(grad_buffers_[seed.first].data(), seed.second, grad_buffers_[seed.first].size());
+        reached[seed.first] = 1;
+    }
+    BackwardContext ctx;
+    ctx.batch = batch;
+    ctx.params = params.data();
+    ctx.grads = grads.data();
+    ctx.seed = train_seed_;
+    ctx.iteration = train_iteration_;
+    ctx.net = this;
+    ctx.workspace = train_workspace_.data();
+    for (int i = n - 1; i > stop; --i) {
+        Layer& l = *layers_[i];
+        if (!reached[i] || l.spec.get("onlyforward", 0) != 0) continue;
+        ctx.input = i == 0 ? train_input_.data() : train_outputs_[i - 1].data();
+        ctx.output = train_outputs_[i].data();
+        ctx.output_grad = grad_buffers_[i].data();
+        ctx.input_grad = nullptr;
+        if (l.reads_previous_output()) {
+            if (i == 0) {
+                ctx.input_grad = input_grad;
+            } else if (i - 1 > stop) {
+                ctx.input_grad = grad_buffers_[i - 1].data();
+                reached[i - 1] = 1;
+            }
+        }
+        for (int ref : l.spec.inputs)
+            if (ref > stop) reached[ref] = 1;
+        ctx.weight_grads = l.spec.get("train_only_bn", 0) == 0;
+        l.backward(ctx);
+    }
+    // An optimizer writes the parameters after this; the next inference forward must not reuse folded copies.
+    ++params_version;
 }
 
 }  // namespace pd

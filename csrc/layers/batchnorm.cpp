@@ -1,9 +1,12 @@
-// [batchnorm]: a standalone batch-norm on the rolling statistics (inference).
+// [batchnorm]: a standalone batch-norm on the rolling statistics (inference) or on the batch statistics
+// (training, see cpu/train_ops.h).
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "../core/network.h"
 #include "../cpu/ops.h"
+#include "../cpu/train_ops.h"
 
 namespace pd {
 namespace {
@@ -34,8 +37,24 @@ public:
             }
     }
 
+    void forward_train(const TrainContext& ctx) override {
+        const size_t total = (size_t)ctx.batch * spec.out.size();
+        std::memcpy(ctx.output, ctx.input, sizeof(float) * total);
+        trainer_.forward(ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w,
+                         ctx.params + spec.tensor("scales").offset, ctx.params + spec.tensor("biases").offset,
+                         ctx.params + spec.tensor("rolling_mean").offset,
+                         ctx.params + spec.tensor("rolling_variance").offset, ctx.bn_epsilon, spec.index);
+    }
+
+    void backward(const BackwardContext& ctx) override {
+        trainer_.backward(ctx.output_grad, ctx.params + spec.tensor("scales").offset,
+                          ctx.grads + spec.tensor("scales").offset, ctx.grads + spec.tensor("biases").offset);
+        if (ctx.input_grad) add_into(ctx.input_grad, ctx.output_grad, (size_t)ctx.batch * spec.out.size());
+    }
+
 private:
     std::vector<float> scale_, shift_;
+    BatchNormTrainer trainer_;
 };
 
 }  // namespace

@@ -1,8 +1,10 @@
 // [maxpool]: Darknet's window placement (offset -padding/2, positions outside the image never win), which keeps
 // the size for stride 1 (yolov3-tiny's 2x2/1, the SPP 5/9/13 pools). maxpool_depth=1 takes the maximum over
-// channels out_channels apart instead.
+// channels out_channels apart instead. Training records where each maximum came from (the first of equal values,
+// as Darknet's strict comparison picks) and backward sends the gradient there.
 #include <algorithm>
 #include <cfloat>
+#include <vector>
 
 #include "../core/network.h"
 #include "../cpu/ops.h"
@@ -34,6 +36,87 @@ public:
         pool2d(ctx.input, ctx.output, (long long)ctx.batch * in.c, in.h, in.w, out.h, out.w, (int)spec.get("size"),
                (int)spec.get("stride_y"), (int)spec.get("stride_x"), -(int)spec.get("padding") / 2, false);
     }
+
+    // Records, per output value, the input it came from: the position within the input plane, or for
+    // maxpool_depth the input channel; -1 when the window holds no input value (the output is -FLT_MAX).
+    void forward_train(const TrainContext& ctx) override {
+        const Shape in = spec.in, out = spec.out;
+        const size_t in_plane = (size_t)in.h * in.w, out_plane = (size_t)out.h * out.w;
+        argmax_.resize((size_t)ctx.batch * out.size());
+        if (spec.get("maxpool_depth") != 0) {
+#pragma omp parallel for collapse(2) schedule(static)
+            for (int b = 0; b < ctx.batch; ++b)
+                for (int g = 0; g < out.c; ++g) {
+                    const size_t o = ((size_t)b * out.c + g) * out_plane;
+                    for (size_t p = 0; p < in_plane; ++p) {
+                        float best = -FLT_MAX;
+                        int from = -1;
+                        for (int k = g; k < in.c; k += out.c) {
+                            const float v = ctx.input[((size_t)b * in.c + k) * in_plane + p];
+                            if (v > best) best = v, from = k;
+                        }
+                        ctx.output[o + p] = best;
+                        argmax_[o + p] = from;
+                    }
+                }
+            return;
+        }
+        const int size = (int)spec.get("size"), stride_y = (int)spec.get("stride_y"), stride_x = (int)spec.get("stride_x");
+        const int offset = -(int)spec.get("padding") / 2;
+        const long long planes = (long long)ctx.batch * in.c;
+#pragma omp parallel for schedule(static)
+        for (long long p = 0; p < planes; ++p) {
+            const float* src = ctx.input + p * in_plane;
+            for (int oy = 0; oy < out.h; ++oy)
+                for (int ox = 0; ox < out.w; ++ox) {
+                    float best = -FLT_MAX;
+                    int from = -1;
+                    for (int ky = 0; ky < size; ++ky) {
+                        const int y = offset + oy * stride_y + ky;
+                        if (y < 0 || y >= in.h) continue;
+                        for (int kx = 0; kx < size; ++kx) {
+                            const int x = offset + ox * stride_x + kx;
+                            if (x < 0 || x >= in.w) continue;
+                            if (src[y * in.w + x] > best) best = src[y * in.w + x], from = y * in.w + x;
+                        }
+                    }
+                    const size_t o = p * out_plane + (size_t)oy * out.w + ox;
+                    ctx.output[o] = best;
+                    argmax_[o] = from;
+                }
+        }
+    }
+
+    void backward(const BackwardContext& ctx) override {
+        if (!ctx.input_grad) return;
+        const Shape in = spec.in, out = spec.out;
+        const size_t in_plane = (size_t)in.h * in.w, out_plane = (size_t)out.h * out.w;
+        if (spec.get("maxpool_depth") != 0) {
+            // Output channel g only ever draws from input channels g, g + out_c, ...: no two threads share a target.
+#pragma omp parallel for collapse(2) schedule(static)
+            for (int b = 0; b < ctx.batch; ++b)
+                for (int g = 0; g < out.c; ++g) {
+                    const size_t o = ((size_t)b * out.c + g) * out_plane;
+                    for (size_t p = 0; p < out_plane; ++p)
+                        if (argmax_[o + p] >= 0)
+                            ctx.input_grad[((size_t)b * in.c + argmax_[o + p]) * in_plane + p] += ctx.output_grad[o + p];
+                }
+            return;
+        }
+        // Overlapping windows (stride 1) can pick the same input, so threads split by plane, never within one.
+        const long long planes = (long long)ctx.batch * in.c;
+#pragma omp parallel for schedule(static)
+        for (long long p = 0; p < planes; ++p) {
+            float* dst = ctx.input_grad + p * in_plane;
+            const float* g = ctx.output_grad + p * out_plane;
+            const int* from = argmax_.data() + p * out_plane;
+            for (size_t o = 0; o < out_plane; ++o)
+                if (from[o] >= 0) dst[from[o]] += g[o];
+        }
+    }
+
+private:
+    std::vector<int> argmax_;
 };
 
 }  // namespace

@@ -1,12 +1,15 @@
 // [shortcut]: adds the outputs of the `from` layers to the input (only the overlapping prefix of a smaller one,
 // as Darknet does), optionally weighted per layer or per channel with relu/softmax-normalised weights, then
-// applies the activation.
+// applies the activation. Backward gives each source its weight times the gradient and the weights the exact
+// derivative through their normalisation (Darknet's backward leaves the normalisation out of the weight update).
 #include <cfloat>
 #include <cmath>
 #include <vector>
 
 #include "../core/network.h"
 #include "../cpu/ops.h"
+#include "../cpu/train_ops.h"
+#include "../math/activations.h"
 
 namespace pd {
 namespace {
@@ -16,6 +19,103 @@ public:
     using Layer::Layer;
 
     void forward(const ForwardContext& ctx) override {
+        weighted_sum(ctx, ctx.net->params.data());
+        activate_array(ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w,
+                       (int)spec.get("activation"));
+    }
+
+    void forward_train(const TrainContext& ctx) override {
+        weighted_sum(ctx, ctx.params);
+        const int activation = (int)spec.get("activation");
+        if (activation_needs_input(activation))
+            pre_activation_.assign(ctx.output, ctx.output + (size_t)ctx.batch * spec.out.size());
+        activate_array(ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w, activation);
+    }
+
+    void backward(const BackwardContext& ctx) override {
+        const size_t outputs = spec.out.size();
+        const int n = (int)spec.inputs.size();
+        float* grad = ctx.output_grad;
+        activation_backward(grad, ctx.output, pre_activation_.empty() ? nullptr : pre_activation_.data(), ctx.batch,
+                            spec.out.c, (size_t)spec.out.h * spec.out.w, (int)spec.get("activation"));
+        const Weights w = weights(ctx.params);
+        const long long total = (long long)ctx.batch * outputs;
+        std::vector<float> norm(n + 1);
+        if (ctx.input_grad) {
+            if (!w.values) {
+                add_into(ctx.input_grad, grad, (size_t)total);
+            } else {
+                for (long long id = 0; id < total; ++id) {
+                    w.normalised((size_t)(id % outputs) / w.step, norm.data());
+                    ctx.input_grad[id] += grad[id] * norm[0];
+                }
+            }
+        }
+        // One source at a time: within one, every gradient element has its own target.
+        for (int k = 0; k < n; ++k) {
+            float* dst = ctx.net->grad_buffer(spec.inputs[k]);
+            if (!dst) continue;
+            const size_t size = ctx.net->layer(spec.inputs[k]).spec.out.size(), common = std::min(size, outputs);
+#pragma omp parallel for schedule(static) if (total > 65536)
+            for (long long id = 0; id < total; ++id) {
+                const size_t i = (size_t)(id % outputs), b = (size_t)(id / outputs);
+                if (i >= common) continue;
+                float scale = 1.f;
+                if (w.values) {
+                    float local[64];
+                    std::vector<float> heap;
+                    float* nw = local;
+                    if (n + 1 > 64) heap.resize(n + 1), nw = heap.data();
+                    w.normalised(i / w.step, nw);
+                    scale = nw[k + 1];
+                }
+                dst[b * size + i] += grad[id] * scale;
+            }
+        }
+        if (w.values && ctx.weight_grads) weight_backward(ctx, w);
+    }
+
+private:
+    // The shortcut weights of one forward or backward pass and Darknet's normalisation of them.
+    struct Weights {
+        const float* values = nullptr;  // (n + 1) x layer_step, or null without weights_type
+        size_t layer_step = 1, step = 1;  // weights per source (1 or channels); outputs sharing one weight
+        int sources = 0;                  // n + 1 (the input, then each `from`)
+        bool relu = false, softmax = false;
+
+        // The n + 1 normalised weights of weight group w0.
+        void normalised(size_t w0, float* out) const {
+            float max_val = -FLT_MAX, sum = 1.f;
+            if (relu || softmax) {
+                for (int k = 0; k < sources; ++k) max_val = std::fmax(max_val, values[w0 + k * layer_step]);
+                sum = 0.0001f;
+                for (int k = 0; k < sources; ++k) {
+                    const float v = values[w0 + k * layer_step];
+                    sum += relu ? std::fmax(v, 0.f) : std::exp(v - max_val);
+                }
+            }
+            for (int k = 0; k < sources; ++k) {
+                const float v = values[w0 + k * layer_step];
+                out[k] = relu ? std::fmax(v, 0.f) / sum : (softmax ? std::exp(v - max_val) / sum : v);
+            }
+        }
+    };
+
+    Weights weights(const float* params) const {
+        Weights w;
+        w.sources = (int)spec.inputs.size() + 1;
+        if (!spec.has_tensor("weights")) return w;
+        w.values = params + spec.tensor("weights").offset;
+        const std::string& norm = spec.text("weights_normalization");
+        w.relu = norm == "relu" || norm == "avg_relu";
+        w.softmax = norm == "softmax";
+        w.layer_step = spec.tensor("weights").size / w.sources;
+        w.step = spec.out.size() / w.layer_step;
+        return w;
+    }
+
+    // output = w0 * input + sum_k w_k * from_k (all weights 1 without weights_type), before the activation.
+    void weighted_sum(const ForwardContext& ctx, const float* params) const {
         const size_t outputs = spec.out.size();
         const int n = (int)spec.inputs.size();
         std::vector<const float*> sources(n);
@@ -24,46 +124,76 @@ public:
             sources[i] = ctx.net->live_output(spec.inputs[i]);
             sizes[i] = ctx.net->layer(spec.inputs[i]).spec.out.size();
         }
-        const float* weights = spec.has_tensor("weights") ? ctx.net->params.data() + spec.tensor("weights").offset
-                                                          : nullptr;
-        const std::string& norm = spec.text("weights_normalization");
-        const bool relu_norm = norm == "relu" || norm == "avg_relu", softmax_norm = norm == "softmax";
-        const size_t layer_step = weights ? spec.tensor("weights").size / (n + 1) : 1;  // 1 or channels
-        const size_t step = outputs / layer_step;  // elements sharing one weight
+        const Weights w = weights(params);
         const long long total = (long long)ctx.batch * outputs;
 #pragma omp parallel for schedule(static) if (total > 65536)
         for (long long id = 0; id < total; ++id) {
             const size_t i = (size_t)(id % outputs), b = (size_t)(id / outputs);
             float value = ctx.input[id];
-            if (!weights) {
+            if (!w.values) {
                 for (int k = 0; k < n; ++k)
                     if (i < sizes[k]) value += sources[k][b * sizes[k] + i];
             } else {
-                const size_t w0 = i / step;
-                float max_val = -FLT_MAX, sum = 1.f;
-                if (relu_norm || softmax_norm) {
-                    for (int k = 0; k <= n; ++k) max_val = std::fmax(max_val, weights[w0 + k * layer_step]);
-                    sum = 0.0001f;
-                    for (int k = 0; k <= n; ++k) {
-                        const float w = weights[w0 + k * layer_step];
-                        sum += relu_norm ? std::fmax(w, 0.f) : std::exp(w - max_val);
-                    }
-                }
-                auto weight = [&](int k) {
-                    const float w = weights[w0 + k * layer_step];
-                    if (relu_norm) return std::fmax(w, 0.f) / sum;
-                    if (softmax_norm) return std::exp(w - max_val) / sum;
-                    return w;
-                };
-                value *= weight(0);
+                float local[64];
+                std::vector<float> heap;
+                float* nw = local;
+                if (n + 1 > 64) heap.resize(n + 1), nw = heap.data();
+                w.normalised(i / w.step, nw);
+                value *= nw[0];
                 for (int k = 0; k < n; ++k)
-                    if (i < sizes[k]) value += sources[k][b * sizes[k] + i] * weight(k + 1);
+                    if (i < sizes[k]) value += sources[k][b * sizes[k] + i] * nw[k + 1];
             }
             ctx.output[id] = value;
         }
-        activate_array(ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w,
-                       (int)spec.get("activation"));
     }
+
+    // dLoss/dweights: first with respect to the normalised weights (sum of gradient x source over the elements
+    // sharing a weight), then through the normalisation. relu: nw_k = r_k / S, r = max(w, 0), S = eps + sum r.
+    // softmax: nw_k = e_k / S, e_k = exp(w_k - max): dnw_k/dw_j = d_kj nw_k - nw_k nw_j, and the maximum's
+    // weight, which shifts every exponent, gets an extra -nw_k (1 - sum nw).
+    void weight_backward(const BackwardContext& ctx, const Weights& w) const {
+        const size_t outputs = spec.out.size();
+        const int n = (int)spec.inputs.size(), sources = n + 1;
+        std::vector<const float*> from(n);
+        std::vector<size_t> sizes(n);
+        for (int k = 0; k < n; ++k) {
+            from[k] = ctx.net->train_output(spec.inputs[k]);
+            sizes[k] = ctx.net->layer(spec.inputs[k]).spec.out.size();
+        }
+        std::vector<double> d_norm(w.layer_step * sources, 0.0);  // [w0][k]
+        for (int b = 0; b < ctx.batch; ++b)
+            for (size_t i = 0; i < outputs; ++i) {
+                const double g = ctx.output_grad[(size_t)b * outputs + i];
+                double* d = d_norm.data() + (i / w.step) * sources;
+                d[0] += g * ctx.input[(size_t)b * outputs + i];
+                for (int k = 0; k < n; ++k)
+                    if (i < sizes[k]) d[k + 1] += g * from[k][(size_t)b * sizes[k] + i];
+            }
+        float* grad_weights = ctx.grads + spec.tensor("weights").offset;
+        std::vector<float> nw(sources);
+        for (size_t w0 = 0; w0 < w.layer_step; ++w0) {
+            const double* d = d_norm.data() + w0 * sources;
+            w.normalised(w0, nw.data());
+            double dot = 0.0, total = 0.0, sum = 0.0001;
+            int arg_max = 0;
+            for (int k = 0; k < sources; ++k) {
+                dot += d[k] * nw[k];
+                total += nw[k];
+                const float v = w.values[w0 + k * w.layer_step];
+                sum += std::fmax(v, 0.f);
+                if (v > w.values[w0 + arg_max * w.layer_step]) arg_max = k;
+            }
+            for (int k = 0; k < sources; ++k) {
+                const float v = w.values[w0 + k * w.layer_step];
+                double dw = d[k];
+                if (w.relu) dw = v > 0.f ? (d[k] - dot) / sum : 0.0;
+                if (w.softmax) dw = nw[k] * (d[k] - dot) - (k == arg_max ? dot * (1.0 - total) : 0.0);
+                grad_weights[w0 + k * w.layer_step] += (float)dw;
+            }
+        }
+    }
+
+    std::vector<float> pre_activation_;
 };
 
 }  // namespace

@@ -1,4 +1,7 @@
-// [softmax]: softmax with temperature over each of `groups` equal slices of a layer's inputs.
+// [softmax]: softmax with temperature over each of `groups` equal slices of a layer's inputs. Backward is the
+// softmax Jacobian, dx_i = y_i (g_i - sum_j g_j y_j) / temperature. (Darknet's softmax backward passes the delta
+// through unchanged because its cost layers compute the delta of the logits; here the gradient handed in is
+// with respect to the probabilities.)
 #include <cfloat>
 #include <cmath>
 
@@ -26,6 +29,22 @@ public:
                     sum += out[i];
                 }
                 for (size_t i = 0; i < n; ++i) out[i] /= sum;
+            }
+    }
+
+    void backward(const BackwardContext& ctx) override {
+        if (!ctx.input_grad) return;
+        const int groups = (int)spec.get("groups");
+        const double temperature = spec.get("temperature");
+        const size_t inputs = spec.in.size(), n = inputs / groups;
+        for (int b = 0; b < ctx.batch; ++b)
+            for (int g = 0; g < groups; ++g) {
+                const size_t base = b * inputs + g * n;
+                const float* y = ctx.output + base;
+                const float* grad = ctx.output_grad + base;
+                double dot = 0.0;
+                for (size_t i = 0; i < n; ++i) dot += (double)grad[i] * y[i];
+                for (size_t i = 0; i < n; ++i) ctx.input_grad[base + i] += (float)(y[i] * (grad[i] - dot) / temperature);
             }
     }
 };

@@ -35,6 +35,29 @@ public:
             }
         }
     }
+
+    // The adjoint: each input pixel collects scale times the gradient of every output it was copied to (or, for
+    // the summing downsample, receives scale times the gradient of the block it was added into).
+    void backward(const BackwardContext& ctx) override {
+        if (!ctx.input_grad) return;
+        const int stride = (int)spec.get("stride");
+        const float scale = (float)spec.get("scale");
+        const Shape in = spec.in, out = spec.out;
+        const long long planes = (long long)ctx.batch * in.c;
+        const bool reverse = spec.get("reverse") != 0;
+#pragma omp parallel for schedule(static)
+        for (long long p = 0; p < planes; ++p) {
+            float* dst = ctx.input_grad + p * in.h * in.w;
+            const float* g = ctx.output_grad + p * out.h * out.w;
+            if (reverse) {
+                for (int y = 0; y < out.h * stride; ++y)
+                    for (int x = 0; x < out.w * stride; ++x) dst[y * in.w + x] += scale * g[(y / stride) * out.w + x / stride];
+                continue;
+            }
+            for (int y = 0; y < out.h; ++y)
+                for (int x = 0; x < out.w; ++x) dst[(y / stride) * in.w + x / stride] += scale * g[y * out.w + x];
+        }
+    }
 };
 
 }  // namespace

@@ -1,9 +1,15 @@
 // [yolo] forward: what Darknet's layer holds after forward_yolo_layer. Without new_coords, x, y, objectness and
 // the class scores go through the logistic (w, h stay raw); with new_coords=1 the previous layer already applied
 // it. Then x, y <- x*scale_x_y - (scale_x_y - 1)/2.
+//
+// Backward is the identity: Darknet's yolo loss (process_batch) produces its delta with respect to the layer's
+// *input* (t - sigma is the logistic cross-entropy gradient of the logit; see the reference, section 4.4), and
+// backward_yolo_layer adds that delta unchanged to the previous layer's. So the gradient handed to
+// Network::backward for a [yolo] layer is dLoss/d(yolo input), and it passes through as is.
 #include <cstring>
 
 #include "../core/network.h"
+#include "../cpu/train_ops.h"
 #include "../math/activations.h"
 
 namespace pd {
@@ -31,6 +37,10 @@ public:
             if (s != 1.f)
                 for (size_t i = 0; i < 2 * plane; ++i) base[i] = base[i] * s - 0.5f * (s - 1.f);
         }
+    }
+
+    void backward(const BackwardContext& ctx) override {
+        if (ctx.input_grad) add_into(ctx.input_grad, ctx.output_grad, (size_t)ctx.batch * spec.out.size());
     }
 };
 

@@ -105,4 +105,62 @@ PD_HD float activate(float x, int a) {
     }
 }
 
+// ----- gradients (training) -----------------------------------------------------------------------------------
+// Darknet writes most gradients in terms of the activation's output y (gradient_array), which is all a layer
+// has to keep; swish, mish and hard_mish need the pre-activation input x (Darknet keeps it for them). gelu is
+// also taken at x here: Darknet evaluates its gelu formula at the output, which is not the derivative.
+
+// Whether the gradient needs the pre-activation value x (otherwise the output y suffices).
+PD_HD bool activation_needs_input(int a) {
+    return a == SWISH || a == MISH || a == HARD_MISH || a == GELU || a == NORM_CHAN;
+}
+
+// d mish / dx = tanh(sp) + x (1 - tanh^2(sp)) sigmoid(x) with sp = softplus(x) (Darknet's formula), written with
+// the same n = e^x (e^x + 2) as the forward: tanh(sp) = n / (n + 2), 1 - tanh^2(sp) = 4 (n + 1) / (n + 2)^2.
+PD_HD float mish_gradient(float x) {
+    if (x > 20.f) return 1.f;
+    const float e = exp_approx(x);
+    const float n = e * (e + 2.f), d = n + 2.f;
+    return n / d + x * (4.f * (n + 1.f) / (d * d)) * (e / (1.f + e));
+}
+
+PD_HD float gelu_gradient(float x) {
+    const float t = tanh_activate(0.797885f * x + 0.035677f * x * x * x);
+    return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * (0.797885f + 3.f * 0.035677f * x * x);
+}
+
+// dy/dx of an element-wise activation with output y = activate(x, a). The normalize_channels family is not
+// element-wise; its Jacobian is applied per pixel by the layers (cpu/train_ops).
+PD_HD float gradient(float y, float x, int a) {
+    switch (a) {
+        case LINEAR: return 1.f;
+        case LOGISTIC: return y * (1.f - y);
+        case LOGGY: {
+            const float s = (y + 1.f) * 0.5f;
+            return 2.f * (1.f - s) * s;
+        }
+        case RELU: return y > 0.f ? 1.f : 0.f;
+        case ELU: return y >= 0.f ? 1.f : y + 1.f;
+        case SELU: return y >= 0.f ? 1.0507f : y + 1.0507f * 1.6732f;
+        case GELU: return gelu_gradient(x);
+        case RELIE: return y > 0.f ? 1.f : .01f;
+        case RAMP: return y > 0.f ? 1.1f : .1f;
+        case LEAKY:
+        case REVLEAKY: return y > 0.f ? 1.f : .1f;
+        case TANH: return 1.f - y * y;
+        case PLSE: return (y < 0.f || y > 1.f) ? .01f : .125f;
+        case STAIR: return floorf(y) == y ? 0.f : 1.f;
+        case HARDTAN: return (y > -1.f && y < 1.f) ? 1.f : 0.f;
+        case LHTAN: return (y > 0.f && y < 1.f) ? 1.f : .001f;
+        case SWISH: {
+            const float s = logistic_activate(x);
+            return y + s * (1.f - y);
+        }
+        case MISH: return mish_gradient(x);
+        case HARD_MISH: return x > 0.f ? 1.f : (x > -2.f ? x + 1.f : 0.f);
+        case RELU6: return (y > 0.f && y < 6.f) ? 1.f : 0.f;
+        default: return 1.f;
+    }
+}
+
 }  // namespace pd
