@@ -1,0 +1,374 @@
+"""The training data loader: reproducible, parallel batches of augmented images with their boxes.
+
+Every batch is a pure function of ``(seed, iteration)`` and every image in it of ``(seed, iteration, slot)``:
+the random numbers come from counter-based seeds (``numpy.random.default_rng([seed, stream, iteration,
+slot])``), never from a generator that carries state from one batch to the next. So a run resumed at iteration
+``k`` sees exactly the batches the first run would have seen from ``k`` on, without saving any random state,
+and the number of worker processes cannot change a single pixel.
+
+* **Order**: the ``n``-th image used in training (``n = iteration*batch + slot``) is image ``n mod N`` of a
+  seeded permutation of the usable images, a new permutation every epoch (Darknet instead picks images at
+  random with replacement). The extra images of a mosaic or a mixup are drawn at random from all images.
+* **Usable images**: the label files are checked when the loader is built (:func:`pydarknet.data.parse_labels`);
+  images whose labels are bad, and images that do not exist, are left out and written to the backup folder's
+  ``bad_label.list`` / ``bad.list``. An image that exists but cannot be decoded is found while loading: the next
+  image of the epoch's order takes its place (the same one in every run) and it goes to ``bad.list``.
+* **Modes**: with ``mosaic`` (or ``mixup``) in the cfg, half of the batches (a seeded coin per iteration) are
+  mosaics (mixups); the others are plain.
+* **Multi-scale** (:func:`input_size`): Darknet's rule with the last ``[yolo]``'s ``random``.
+* **Workers**: ``workers=0`` computes each batch in the calling thread. ``workers>0`` runs a pool of processes
+  that compute single images; after each batch the next ``prefetch`` batches are queued (at the sizes
+  :func:`input_size` gives), so a trainer that takes longer per batch than the loader never waits.
+
+Usage::
+
+    ds = pydarknet.data.load_dataset("obj.data")
+    with Loader.from_dataset(ds, "yolov4-tiny-obj.cfg", seed=1, workers=4) as loader:
+        for it in range(start, max_batches):
+            images, truths = loader.batch(it)   # (n, 3, h, w) float32 RGB in [0, 1]; n arrays (k, 5) x y w h class
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+import multiprocessing as mp
+import os
+import threading
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .augment import AugmentSettings, augment_sample, rand_scale, settings_from_network
+from .data import DataError, Dataset, ProblemLog, label_path, parse_labels
+
+__all__ = ["Loader", "input_size", "STREAM_SAMPLE", "STREAM_BATCH", "STREAM_EPOCH", "STREAM_SCALE"]
+
+# Independent random streams: the second entry of every seed.
+STREAM_SAMPLE, STREAM_BATCH, STREAM_EPOCH, STREAM_SCALE = 0, 1, 2, 3
+MULTISCALE_PERIOD = 10        # Darknet resizes the network every 10 iterations
+MULTISCALE_TAIL = 100         # ... and uses the largest size for the last 100
+PARTS = {"plain": 1, "mixup": 2, "mosaic": 4}
+_TO_FLOAT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+
+
+def _round_half_away(x):
+    """C's ``roundl``."""
+    return math.floor(x + 0.5) if x >= 0 else -math.floor(-x + 0.5)
+
+
+def input_size(iteration, s: AugmentSettings, seed=0, max_batches=None) -> Tuple[int, int]:
+    """The network input size (width, height) for ``iteration`` under Darknet's multi-scale rule.
+
+    With ``random = 0`` it is the cfg's size. Otherwise the size is drawn once per block of 10 iterations:
+    ``coef = 1.4`` (``random=1``) or ``random``; ``r = rand_scale(coef)``; ``dim = roundl(r*init/step + 1)*step``
+    (``step = resize_step``), the initial size when ``r < 1`` would still make it larger; at least ``step``. The
+    first block and every block starting in the last 100 iterations use the largest size,
+    ``roundl(coef*init/step + 1)*step``. Darknet applies "first" to the first block after every (re)start; here
+    it is the first block of training, so that a resumed run gets the same sizes.
+    """
+    w0, h0 = int(s.width), int(s.height)
+    if not s.random:
+        return w0, h0
+    coef = 1.4 if s.random == 1 else float(s.random)
+    step = int(s.resize_step) or 32
+    max_batches = s.max_batches if max_batches is None else max_batches
+    block_start = (int(iteration) // MULTISCALE_PERIOD) * MULTISCALE_PERIOD
+    max_w = _round_half_away(coef * w0 / step + 1) * step
+    max_h = _round_half_away(coef * h0 / step + 1) * step
+    if block_start == 0 or (max_batches and block_start > max_batches - MULTISCALE_TAIL):
+        w, h = max_w, max_h
+    else:
+        rng = np.random.default_rng([int(seed), STREAM_SCALE, block_start // MULTISCALE_PERIOD])
+        r = rand_scale(rng, coef)
+        w = _round_half_away(r * w0 / step + 1) * step
+        h = _round_half_away(r * h0 / step + 1) * step
+        if r < 1 and (w > w0 or h > h0):
+            w, h = w0, h0
+    return max(w, step), max(h, step)
+
+
+# ----- the part that runs in workers -------------------------------------------------------------------------
+class _Source:
+    """What computing a sample needs (picklable): image paths, their boxes, the settings and the seed."""
+
+    def __init__(self, paths, boxes, settings, seed, batch):
+        self.paths = paths
+        self.boxes = boxes
+        self.settings = settings
+        self.seed = int(seed)
+        self.batch = int(batch)
+        self._perms = {}
+        self._unreadable = {}      # index -> reason, found by this process
+
+    def permutation(self, epoch):
+        perm = self._perms.get(epoch)
+        if perm is None:
+            if len(self._perms) > 2:
+                self._perms.clear()
+            perm = np.random.default_rng([self.seed, STREAM_EPOCH, int(epoch)]).permutation(len(self.paths))
+            self._perms[epoch] = perm
+        return perm
+
+    def _read(self, index, problems):
+        from .detect import load_image
+
+        if index in self._unreadable:
+            problems.append((self.paths[index], self._unreadable[index]))
+            return None
+        try:
+            rgb, _ = load_image(self.paths[index])
+        except (OSError, ValueError) as e:            # FileNotFoundError, ImageError, decoder errors
+            reason = str(e).replace(self.paths[index] + ": ", "", 1) or type(e).__name__
+            self._unreadable[index] = reason
+            problems.append((self.paths[index], reason))
+            return None
+        return rgb, self.boxes[index]
+
+    def read_walking(self, first, order, problems):
+        """The image at position ``first`` of ``order`` (a function position -> index), or the next readable one."""
+        n = len(self.paths)
+        for step in range(n):
+            part = self._read(order((first + step) % n), problems)
+            if part is not None:
+                return part
+        raise DataError(f"none of the {n} training images can be read (see bad.list)")
+
+    def sample(self, iteration, slot, w, h, mode):
+        """One augmented sample: ``(image float32 (3, h, w), boxes float32 (k, 5), problems)``."""
+        n = len(self.paths)
+        g = int(iteration) * self.batch + int(slot)
+        epoch, pos = divmod(g, n)
+        perm = self.permutation(epoch)
+        rng = np.random.default_rng([self.seed, STREAM_SAMPLE, int(iteration), int(slot)])
+        extra = rng.integers(n, size=3)
+        problems = []
+        parts = [self.read_walking(pos, lambda i: perm[i], problems)]
+        for k in range(PARTS[mode] - 1):
+            parts.append(self.read_walking(int(extra[k]), lambda i: i, problems))
+        img, boxes = augment_sample(parts, w, h, self.settings, rng, mode)
+        if img.dtype == np.uint8:
+            planar = _TO_FLOAT[img].transpose(2, 0, 1)
+        else:
+            planar = img.transpose(2, 0, 1)
+        return np.ascontiguousarray(planar, dtype=np.float32), boxes, problems
+
+
+_WORKER_SOURCE: Optional[_Source] = None
+
+
+def _init_worker(source):
+    global _WORKER_SOURCE
+    _WORKER_SOURCE = source
+
+
+def _worker_sample(iteration, slot, w, h, mode):
+    return _WORKER_SOURCE.sample(iteration, slot, w, h, mode)
+
+
+def _worker_ready(_=None):
+    return os.getpid()
+
+
+# ----- the loader --------------------------------------------------------------------------------------------
+class Loader:
+    """Batches of augmented training images; see the module documentation.
+
+    ``images``: image paths; ``classes``: the number of classes (labels are checked against it); ``settings``:
+    an :class:`~pydarknet.augment.AugmentSettings` (see :func:`~pydarknet.augment.settings_from_network`);
+    ``batch``: images per iteration (the cfg's ``batch``); ``problems``: a
+    :class:`~pydarknet.data.ProblemLog`, or a folder to write ``bad.list``/``bad_label.list`` in, or None
+    (kept in memory); ``start_method``: the multiprocessing start method (default ``fork`` where available).
+    """
+
+    def __init__(self, images: Sequence[str], classes: int, settings: AugmentSettings, *, batch: int, seed: int = 0,
+                 workers: int = 0, prefetch: int = 2, problems=None, start_method: Optional[str] = None):
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        if workers < 0 or prefetch < 0:
+            raise ValueError("workers and prefetch must be >= 0")
+        self.settings = settings
+        self.classes = int(classes)
+        self.batch_size = int(batch)
+        self.seed = int(seed)
+        self.workers = int(workers)
+        self.prefetch = int(prefetch)
+        self.problems = problems if isinstance(problems, ProblemLog) else ProblemLog(problems)
+        paths, boxes = self._scan(images)
+        if not paths:
+            raise DataError(f"no usable training images among {len(images)} (see bad.list and bad_label.list"
+                            + (f" in {self.problems.folder})" if self.problems.folder else ")"))
+        self.images = paths
+        self._source = _Source(paths, boxes, settings, self.seed, self.batch_size)
+        self._pool = None
+        self._pending = {}
+        if self.workers:
+            method = start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method),
+                                                initializer=_init_worker, initargs=(self._source,))
+            # Start the processes now, before the caller starts threads of its own.
+            list(self._pool.map(_worker_ready, range(self.workers)))
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, net, *, batch: Optional[int] = None, **kwargs):
+        """A loader over ``dataset.train`` with the augmentation of ``net`` (a network, its description or a
+        cfg path); ``batch`` defaults to the cfg's; problems go to the dataset's backup folder."""
+        from .graph import NetworkDesc, load_network_desc
+
+        settings = settings_from_network(net)
+        if batch is None:
+            desc = net if isinstance(net, NetworkDesc) else getattr(net, "desc", None) or \
+                load_network_desc(net, lenient=True)
+            batch = int(desc.net["batch"])
+        kwargs.setdefault("problems", dataset.backup)
+        return cls(dataset.train, dataset.classes, settings, batch=batch, **kwargs)
+
+    # ----- set-up --------------------------------------------------------------------------------------------
+    def _scan(self, images):
+        paths, boxes = [], []
+        for img in images:
+            img = str(img)
+            if not os.path.isfile(img):
+                self.problems.image(img, "no such file" if not os.path.exists(img) else "not a file")
+                continue
+            lp = label_path(img)
+            if not os.path.isfile(lp):
+                self.problems.image(lp, f"no label file for {img}; the image is used without objects")
+                b = np.zeros((0, 5), np.float32)
+            else:
+                b, bad = parse_labels(lp, self.classes)
+                if bad:
+                    for reason in bad:
+                        self.problems.label(lp, reason)
+                    continue
+            paths.append(img)
+            boxes.append(b)
+        return paths, boxes
+
+    # ----- schedule ------------------------------------------------------------------------------------------
+    def __len__(self):
+        return len(self.images)
+
+    def epoch(self, iteration) -> float:
+        """How many passes over the usable images the batches before ``iteration`` make."""
+        return iteration * self.batch_size / len(self.images)
+
+    def input_size(self, iteration) -> Tuple[int, int]:
+        """The network input size for ``iteration`` (Darknet's multi-scale rule; see :func:`input_size`)."""
+        return input_size(iteration, self.settings, self.seed)
+
+    def mode(self, iteration) -> str:
+        """``plain``, ``mosaic`` or ``mixup`` for this iteration's batch (mixing on half of the batches)."""
+        s = self.settings
+        if not (s.mosaic or s.mixup):
+            return "plain"
+        coin = np.random.default_rng([self.seed, STREAM_BATCH, int(iteration)]).integers(2)
+        if coin == 0:
+            return "plain"
+        return "mosaic" if s.mosaic else "mixup"
+
+    # ----- batches -------------------------------------------------------------------------------------------
+    def sample(self, iteration, slot, width=None, height=None, mode=None):
+        """One image of a batch, computed here: ``(image float32 (3, h, w), boxes float32 (k, 5))``."""
+        w, h = self._size(iteration, width, height)
+        img, boxes, problems = self._source.sample(iteration, slot, w, h, mode or self.mode(iteration))
+        self._log(problems)
+        return img, boxes
+
+    def batch(self, iteration, width=None, height=None):
+        """The batch of ``iteration``: ``(images float32 (n, 3, h, w) RGB in [0, 1], truths)`` with ``truths``
+        a list of ``n`` float32 arrays ``(k, 5)``: ``x, y, w, h`` relative to the input, then the class.
+        The size defaults to :meth:`input_size`."""
+        w, h = self._size(iteration, width, height)
+        mode = self.mode(iteration)
+        if self._pool is None:
+            images = np.empty((self.batch_size, 3, h, w), np.float32)
+            truths = []
+            for slot in range(self.batch_size):
+                img, boxes, problems = self._source.sample(iteration, slot, w, h, mode)
+                images[slot] = img
+                truths.append(boxes)
+                self._log(problems)
+            return images, truths
+        key = (int(iteration), w, h, mode)
+        pending = self._pending.pop(key, None) or self._submit(*key)
+        self._schedule(int(iteration))
+        return self._collect(pending)
+
+    def _size(self, iteration, width, height):
+        if width is None or height is None:
+            dw, dh = self.input_size(iteration)
+            width, height = width or dw, height or dh
+        return int(width), int(height)
+
+    def _submit(self, iteration, w, h, mode):
+        images = np.empty((self.batch_size, 3, h, w), np.float32)
+        truths = [None] * self.batch_size
+        stored = [threading.Event() for _ in range(self.batch_size)]
+        futures = []
+        for slot in range(self.batch_size):
+            fut = self._pool.submit(_worker_sample, iteration, slot, w, h, mode)
+
+            def store(f, slot=slot):
+                # Runs in the executor's result thread: the copy happens while the caller trains.
+                try:
+                    if not f.cancelled() and f.exception() is None:
+                        img, boxes, _ = f.result()
+                        images[slot] = img
+                        truths[slot] = boxes
+                finally:
+                    stored[slot].set()
+            fut.add_done_callback(store)
+            futures.append(fut)
+        return images, truths, futures, stored
+
+    def _schedule(self, iteration):
+        """Queue the next ``prefetch`` batches; drop queued ones that will not be asked for."""
+        wanted = set()
+        for it in range(iteration + 1, iteration + 1 + self.prefetch):
+            w, h = self.input_size(it)
+            wanted.add((it, w, h, self.mode(it)))
+        for key in list(self._pending):
+            if key not in wanted:
+                for f in self._pending.pop(key)[2]:
+                    f.cancel()
+        for key in sorted(wanted):
+            if key not in self._pending:
+                self._pending[key] = self._submit(*key)
+
+    def _collect(self, pending):
+        images, truths, futures, stored = pending
+        for f, done in zip(futures, stored):
+            err = f.exception()          # waits for the worker
+            if err is not None:
+                raise err
+            done.wait()                  # and for the copy into the batch
+            self._log(f.result()[2])
+        return images, list(truths)
+
+    def _log(self, problems):
+        for path, reason in problems:
+            self.problems.image(path, f"cannot read the image ({reason}); skipped")
+
+    # ----- life cycle ----------------------------------------------------------------------------------------
+    def close(self):
+        """Stop the worker processes (queued batches are dropped)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            for _, _, futures, _ in self._pending.values():
+                for f in futures:
+                    f.cancel()
+            self._pending.clear()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the pool may already be gone
+            pass
