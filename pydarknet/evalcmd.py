@@ -18,37 +18,23 @@ import time
 
 import numpy as np
 
+from . import data as _data
 from .cli import EXIT_OK, EXIT_SOME_FAILED, UsageError, _err, expand_sources
 
 
 # ----- .data -----------------------------------------------------------------------------------------------
 def read_data_file(path):
-    """Darknet's ``read_data_cfg``: ``key = value`` lines (``#``/``;`` comments); returns a dict of strings."""
-    out = {}
+    """Darknet's ``read_data_cfg`` (:func:`pydarknet.data.read_data_file`); a problem is a usage error."""
     try:
-        text = pathlib.Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read ({e.strerror or e})") from None
-    for k, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line[0] in "#;":
-            continue
-        if "=" not in line:
-            raise UsageError(f"{path}:{k}: expected 'key = value', got {line!r}")
-        key, value = line.split("=", 1)
-        out[key.strip()] = value.strip()
-    if "labels" in out and "names" not in out:
-        out["names"] = out["labels"]
-    return out
+        return _data.read_data_file(path)
+    except _data.DataError as e:
+        raise UsageError(str(e)) from None
 
 
 def _resolve(value, data_path):
-    """A path from a .data file: as given (relative to the current folder), else relative to the .data's folder."""
-    p = pathlib.Path(value).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    q = pathlib.Path(data_path).parent / p
-    return q if q.exists() else p
+    """A path from a .data file: as given (relative to the current folder), else relative to the .data's folder
+    (or a folder above it), as :func:`pydarknet.data.resolve_path` resolves it."""
+    return _data.resolve_path(value, data_path)
 
 
 def _looks_like_data(path):
@@ -205,7 +191,7 @@ def _read_labels(label_path, num_classes, what="label file"):
 
 def _yolo_ground_truth(setup):
     """Label rows per image (``labels/`` beside ``images/``), and difficult rows when the .data names a list."""
-    from .evaluate import label_path_for
+    from .data import label_path as label_path_for
 
     paths, names, data = setup["paths"], setup["names"], setup["data"]
     labels, missing = {}, []
@@ -226,7 +212,7 @@ def _yolo_ground_truth(setup):
 
 def _difficult_labels(setup, paths):
     """Darknet's ``difficult`` list: line i names an image path whose label file holds image i's difficult boxes."""
-    from .evaluate import label_path_for
+    from .data import label_path as label_path_for
 
     data_path = setup["data_path"]
     list_path = _resolve(setup["data"]["difficult"], data_path)
