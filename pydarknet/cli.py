@@ -357,9 +357,11 @@ def build_parser():
     dl.add_argument("--quiet", "-q", action="store_true")
     dl.set_defaults(func=cmd_download)
 
-    from .evalcmd import add_parsers
+    from .evalcmd import add_parsers as add_eval_parsers
+    from .traincmd import add_parsers as add_train_parsers
 
-    add_parsers(sub)
+    add_eval_parsers(sub)
+    add_train_parsers(sub)
     return parser
 
 

@@ -1,0 +1,386 @@
+"""Darknet-style training: ``pydarknet train CFG DATA [WEIGHTS]``.
+
+One iteration is Darknet's: ``batch`` images (from the cfg, or ``--batch``) in ``subdivisions`` forward/backward
+passes of ``batch/subdivisions`` images each, the gradients summed, then one weight update
+(:class:`pydarknet.optim.Optimizer`) at the learning rate of :func:`pydarknet.schedule.learning_rate`. The
+``[yolo]`` loss is :func:`pydarknet.yolo_loss.yolo_loss`; batches come from :class:`pydarknet.loader.Loader`,
+multi-scale sizes included; backups follow Darknet's naming (:class:`pydarknet.checkpoint.CheckpointManager`).
+
+Everything random is a function of ``(seed, iteration)`` (the loader's augmentation and order, the dropout
+masks), and the optimizer's buffers are saved beside ``_last.weights``, so a run stopped and resumed from
+``_last`` produces bit-identical weights to one that never stopped.
+
+A non-finite loss or gradient skips that update (nothing is changed) and names the first layer whose output or
+gradient is not finite; after ``max_nonfinite`` such iterations in a row the run stops with a
+:class:`TrainingError` that says what to try. NaNs are never replaced by zeros.
+
+Beside the weights (in the backup folder) the trainer keeps ``results.csv`` (one row per iteration) and
+``chart.png`` (loss curve and mAP points, redrawn every ``chart_every`` iterations).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import pathlib
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .data import load_dataset, label_path, parse_labels
+from .errors import DarknetError
+from .graph import load_network_desc
+from .loader import Loader
+from .optim import Optimizer
+from .schedule import images_per_iteration, learning_rate
+from .yolo_loss import yolo_loss
+
+
+class TrainingError(DarknetError, RuntimeError):
+    """Training cannot go on (repeated non-finite losses, an unusable dataset, ...)."""
+
+
+@dataclass
+class TrainOptions:
+    """What ``pydarknet train`` lets a user change; None keeps the cfg's / .data's value."""
+    backup: Optional[str] = None          # folder for weights, results.csv, chart.png, bad.list
+    max_batches: Optional[int] = None     # overrides [net] max_batches
+    batch: Optional[int] = None           # overrides [net] batch
+    subdivisions: Optional[int] = None    # overrides [net] subdivisions
+    seed: Optional[int] = None            # default: the resumed run's seed, else 0
+    workers: int = 0                      # loader processes (0: load in this process)
+    device: str = "cpu"
+    clear: bool = False                   # Darknet's -clear: start counting iterations from 0
+    map: bool = False                     # evaluate on the valid list and keep _best.weights
+    map_every: Optional[int] = None       # iterations between evaluations (default as Darknet: max(100, 4 epochs))
+    save_every: Optional[int] = None      # <cfg>_<iter>.weights interval (default Darknet's 1000 / 10000)
+    save_last_every: int = 100            # <cfg>_last.weights interval
+    chart_every: int = 100
+    max_nonfinite: int = 10               # non-finite iterations in a row before giving up
+    lenient: bool = False                 # cfg parsing
+    quiet: bool = False
+    progress: Optional[bool] = None       # progress bar (default: when stderr is a terminal)
+
+
+@dataclass
+class IterationLog:
+    iteration: int
+    loss: float
+    avg_loss: float
+    rate: float
+    seconds: float
+    images: int
+    width: int
+    height: int
+    skipped: bool = False
+    map: Optional[float] = None
+
+
+@dataclass
+class TrainResult:
+    iterations: int                        # iterations completed in total (including before a resume)
+    final_weights: Optional[pathlib.Path]
+    best_map: float
+    history: List[IterationLog] = field(default_factory=list)
+
+
+def _finite(x):
+    return bool(np.isfinite(x).all())
+
+
+class Trainer:
+    """A training run. ``cfg``: the model cfg; ``data``: a Darknet ``.data`` or ultralytics ``data.yaml``;
+    ``weights``: optional start weights -- a full file, a backbone prefix (``yolov4-tiny.conv.29``), or a
+    ``_last.weights`` whose state file makes the run continue exactly where it stopped."""
+
+    def __init__(self, cfg, data, weights=None, options: Optional[TrainOptions] = None,
+                 log: Optional[Callable[[str], None]] = None):
+        import pydarknet
+
+        self.options = o = options or TrainOptions()
+        self.cfg = str(cfg)
+        self.log = log or (lambda line: None if o.quiet else print(line, flush=True))
+        self.dataset = load_dataset(data, backup=o.backup)
+        self.backup = pathlib.Path(self.dataset.backup)
+        desc = load_network_desc(self.cfg, lenient=o.lenient)
+        for key in ("batch", "subdivisions", "max_batches"):
+            value = getattr(o, key)
+            if value is not None:
+                if value < 1:
+                    raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
+                desc.net[key] = int(value)
+        if int(desc.net["max_batches"]) < 1:
+            raise TrainingError(f"{self.cfg}: [net] max_batches is {desc.net['max_batches']}; set it (or pass "
+                                f"--max-batches) to the number of iterations to train")
+        self.images_per_iteration = images_per_iteration(desc)
+        self.subdivisions = int(desc.net["subdivisions"])
+        self.mini_batch = self.images_per_iteration // self.subdivisions
+        yolo = [l for l in desc.layers if l.type == "yolo"]
+        if not yolo:
+            raise TrainingError(f"{self.cfg}: the network has no [yolo] layer; pydarknet trains detectors")
+        classes = {int(l.options["classes"]) for l in yolo}
+        if classes != {self.dataset.classes}:
+            raise TrainingError(f"{self.cfg}: the [yolo] layers have classes={sorted(classes)} but "
+                                f"{self.dataset.source} has classes={self.dataset.classes}; set classes= in every "
+                                f"[yolo] and filters=(classes+5)*<anchors in mask> in the [convolutional] before it")
+
+        self.net = pydarknet.Network(desc, device=o.device, seed=0 if o.seed is None else o.seed)
+        self.net.names = list(self.dataset.names)
+        self.desc = desc
+        self.optimizer = Optimizer(self.net)
+        self.state = ckpt.TrainState()
+        self.avg_loss = -1.0
+        if weights is not None:
+            info = ckpt.resume(self.net, weights, optimizer=self.optimizer, clear=o.clear, partial=True)
+            self.state.iteration = info.iteration
+            self.state.best_map = info.best_map
+            self.state.seed = info.seed
+            self.avg_loss = float(info.extra.get("avg_loss", -1.0))
+            how = "with its training state" if info.state_path else "(fresh momentum)"
+            self.log(f"Loaded {info.layers_loaded} layers from {weights} {how}; iteration {info.iteration}")
+        if o.seed is not None:
+            self.state.seed = int(o.seed)
+        elif self.state.seed is None:
+            self.state.seed = 0
+        self.seed = self.state.seed
+        self.max_batches = int(desc.net["max_batches"])
+        self.checkpoints = ckpt.CheckpointManager(self.backup, self.cfg, desc, save_every=o.save_every,
+                                                  save_last_every=o.save_last_every,
+                                                  start_iteration=self.state.iteration)
+        self.loader = Loader.from_dataset(self.dataset, desc, batch=self.images_per_iteration, seed=self.seed,
+                                          workers=o.workers)
+        self._nets = {}
+        self.history: List[IterationLog] = []
+        self.valid = self._validation_set() if o.map else None
+
+    # ----- pieces -------------------------------------------------------------------------------------------
+    def _net_at(self, width, height):
+        """The network at a multi-scale size, sharing parameters and gradients with the base network."""
+        c, h, w = self.net.input_shape
+        if (width, height) == (w, h):
+            return self.net
+        key = (width, height)
+        if key not in self._nets:
+            self._nets.clear()  # keep one resized copy: training buffers of big nets are large
+            self._nets[key] = self.net.resized(width, height)
+        return self._nets[key]
+
+    def _validation_set(self):
+        paths = list(self.dataset.valid)
+        if not paths:
+            raise TrainingError(f"{self.dataset.source}: --map needs a valid= list of images")
+        labels = []
+        for p in paths:
+            lp = label_path(p)
+            if not os.path.isfile(lp):
+                raise TrainingError(f"--map: no label file for validation image {p} (looked for {lp})")
+            boxes, bad = parse_labels(lp, self.dataset.classes)
+            if bad:
+                raise TrainingError(f"--map: {lp}: {bad[0]}")
+            labels.append(boxes)
+        return paths, labels
+
+    def map_every(self):
+        """Darknet's interval: every max(100, 4 epochs) iterations, unless --map-every says otherwise."""
+        if self.options.map_every:
+            return int(self.options.map_every)
+        epoch = max(1, len(self.loader) // self.images_per_iteration)
+        return max(100, 4 * epoch)
+
+    def evaluate(self):
+        """Darknet-style mAP@0.5 on the valid list (threshold 0.005, NMS 0.45, as ``detector map``)."""
+        from PIL import Image
+
+        from .detect import Detector
+        from .evaluate import Evaluator, yolo_to_xyxy
+
+        paths, labels = self.valid
+        self.net.touch_params()
+        detector = Detector(self.net, thresh=0.005, nms=0.45, names=self.net.names)
+        ev = Evaluator(self.dataset.classes, self.dataset.names)
+        for start in range(0, len(paths), 16):
+            chunk = paths[start:start + 16]
+            results = detector(chunk)
+            for path, boxes, res in zip(chunk, labels[start:start + 16], results):
+                with Image.open(path) as im:
+                    w, h = im.size
+                gt_boxes, gt_classes = yolo_to_xyxy(np.concatenate([boxes[:, 4:5], boxes[:, :4]], axis=1), w, h)
+                ev.add(gt_boxes, gt_classes, detections=res, width=w, height=h)
+        return ev.compute(iou_thresh=0.5, points=0, thresh=0.25, coco=False)
+
+    def _first_nonfinite_layer(self, net):
+        for i in range(len(net.layers)):
+            out = net.train_output(i)
+            if not _finite(out):
+                return f"layer {i} [{net.desc.layers[i].type}] (cfg line {net.desc.layers[i].line}) output"
+        where = self.optimizer.first_nonfinite(self.net.grads)
+        if where is not None:
+            return f"gradient of {where}"
+        return "the loss"
+
+    # ----- one iteration ------------------------------------------------------------------------------------
+    def step(self):
+        """Run the next iteration; returns its IterationLog."""
+        it = self.state.iteration            # iterations done so far; this one uses the batch of index `it`
+        start = time.perf_counter()
+        width, height = self.loader.input_size(it)
+        net = self._net_at(width, height)
+        images, truths = self.loader.batch(it, width, height)
+        heads = net.yolo_layers
+        loss = 0.0
+        problem = None
+        self.net.zero_grads()
+        for s in range(self.subdivisions):
+            part = slice(s * self.mini_batch, (s + 1) * self.mini_batch)
+            outputs = net.forward_train(images[part], seed=self.seed, iteration=it * self.subdivisions + s)
+            grads = {}
+            for i in heads:
+                r = yolo_loss(outputs[i], truths[part], net.desc.layers[i], width, height)
+                grads[i] = r.grad
+                loss += r.loss
+            if not (math.isfinite(loss) and all(_finite(g) for g in grads.values())):
+                problem = self._first_nonfinite_layer(net)
+                break
+            net.backward(grads)
+        loss /= int(self.desc.net["batch"])  # Darknet divides the summed costs by the cfg's batch
+        rate = float(learning_rate(it + 1, self.desc))
+        skipped = problem is not None
+        if not skipped:
+            result = self.optimizer.step(self.net.flat_params, self.net.grads, it + 1, rate=rate)
+            if result.skipped:
+                skipped, problem = True, f"gradient of {result.nonfinite}"
+        self.net.touch_params()
+        if skipped:
+            self._nonfinite_run += 1
+            self.log(f"iteration {it + 1}: non-finite value first in {problem}; the update is skipped "
+                     f"({self._nonfinite_run} in a row)")
+            if self._nonfinite_run >= self.options.max_nonfinite:
+                raise TrainingError(
+                    f"{self._nonfinite_run} iterations in a row produced non-finite values (last one first in "
+                    f"{problem}). Lower learning_rate in [net] (or raise burn_in), check the labels for "
+                    f"degenerate boxes, and start from the last good weights: {self.checkpoints.path('last')}")
+        else:
+            self._nonfinite_run = 0
+            self.avg_loss = loss if self.avg_loss < 0 else self.avg_loss * 0.9 + loss * 0.1
+        self.state.iteration = it + 1
+        self.state.extra["avg_loss"] = self.avg_loss
+        self.net.seen = self.state.iteration * self.images_per_iteration
+        entry = IterationLog(it + 1, loss, self.avg_loss, rate, time.perf_counter() - start,
+                             self.net.seen, width, height, skipped)
+        self.history.append(entry)
+        return entry
+
+    # ----- the run ------------------------------------------------------------------------------------------
+    def run(self, stop_after: Optional[int] = None) -> TrainResult:
+        """Train up to max_batches (or ``stop_after`` more iterations: a planned stop that saves ``_last`` with
+        its state, as an interrupted run would be resumed)."""
+        o = self.options
+        self._nonfinite_run = 0
+        target = self.max_batches
+        if stop_after is not None:
+            target = min(target, self.state.iteration + int(stop_after))
+        self.backup.mkdir(parents=True, exist_ok=True)
+        csv_path = self.backup / "results.csv"
+        new_csv = not csv_path.exists() or self.state.iteration == 0
+        csv_file = open(csv_path, "w" if new_csv else "a", newline="")
+        writer = csv.writer(csv_file)
+        if new_csv:
+            writer.writerow(["iteration", "loss", "avg_loss", "learning_rate", "seconds", "images", "width",
+                             "height", "skipped", "map"])
+        show_bar = o.progress if o.progress is not None else (sys.stderr.isatty() and not o.quiet)
+        bar = None
+        if show_bar:
+            from tqdm import tqdm
+            bar = tqdm(total=self.max_batches, initial=self.state.iteration, unit="it", file=sys.stderr,
+                       dynamic_ncols=True)
+        log = self.log if bar is None else (lambda line: bar.write(line) if not o.quiet else None)
+        self.log(f"Training {self.cfg} on {len(self.loader)} images: batch {self.images_per_iteration} in "
+                 f"{self.subdivisions} subdivision(s), max_batches {self.max_batches}, seed {self.seed}, "
+                 f"backup {self.backup}")
+        final = None
+        interrupted = False
+        try:
+            while self.state.iteration < target:
+                entry = self.step()
+                left = (self.max_batches - entry.iteration) * entry.seconds / 3600
+                log(f" {entry.iteration}: {entry.loss:f}, {entry.avg_loss:f} avg loss, {entry.rate:f} rate, "
+                    f"{entry.seconds:f} seconds, {entry.images} images, {left:.2f} hours left")
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{entry.avg_loss:.3f}", size=f"{entry.width}x{entry.height}")
+                self.checkpoints.after_iteration(self.net.flat_params, self.state, self.optimizer)
+                if self.valid is not None and (entry.iteration % self.map_every() == 0
+                                               or entry.iteration == self.max_batches) \
+                        and entry.iteration >= int(self.desc.net["burn_in"]):
+                    metrics = self.evaluate()
+                    entry.map = float(metrics["map"])
+                    best = self.checkpoints.save_best(self.net.flat_params, self.state, entry.map, self.optimizer)
+                    log(f" mean average precision (mAP@0.50) = {entry.map:f}, best = {self.state.best_map:f}"
+                        + (f" -> {best}" if best else ""))
+                writer.writerow([entry.iteration, f"{entry.loss:.6f}", f"{entry.avg_loss:.6f}", f"{entry.rate:.8g}",
+                                 f"{entry.seconds:.4f}", entry.images, entry.width, entry.height,
+                                 int(entry.skipped), "" if entry.map is None else f"{entry.map:.6f}"])
+                csv_file.flush()
+                if entry.iteration % max(1, o.chart_every) == 0:
+                    self.draw_chart()
+        except KeyboardInterrupt:
+            interrupted = True
+            log("interrupted: saving the last weights and training state")
+        finally:
+            if bar is not None:
+                bar.close()
+            csv_file.close()
+            self.loader.close()
+        self.checkpoints.save_last(self.net.flat_params, self.state, self.optimizer)
+        if self.state.iteration >= self.max_batches:
+            final = self.checkpoints.save_final(self.net.flat_params, self.state)
+            self.log(f"Saved {final}")
+        self.draw_chart()
+        if interrupted:
+            raise KeyboardInterrupt
+        return TrainResult(self.state.iteration, final, self.state.best_map, self.history)
+
+    def draw_chart(self):
+        """chart.png: loss and average loss per iteration, mAP points on a second axis (atomic write)."""
+        if not self.history:
+            return
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        its = [e.iteration for e in self.history]
+        fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+        ax.plot(its, [e.loss for e in self.history], color="#9ab", linewidth=0.8, label="loss")
+        ax.plot(its, [e.avg_loss for e in self.history], color="#1f4e99", linewidth=1.5, label="avg loss")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss")
+        ax.set_xlim(0, self.max_batches)
+        finite = [e.avg_loss for e in self.history if math.isfinite(e.avg_loss) and e.avg_loss >= 0]
+        if finite:
+            ax.set_ylim(0, min(max(finite) * 1.2, float(self.desc.net.get("max_chart_loss", 20)) or 20))
+        ax.grid(alpha=0.3)
+        maps = [(e.iteration, e.map) for e in self.history if e.map is not None]
+        if maps:
+            ax2 = ax.twinx()
+            ax2.plot([m[0] for m in maps], [100 * m[1] for m in maps], "o-", color="#c0392b", label="mAP@0.5 %")
+            ax2.set_ylim(0, 100)
+            ax2.set_ylabel("mAP@0.5 (%)")
+        ax.set_title(f"{os.path.basename(self.cfg)}: iteration {its[-1]}, avg loss {self.history[-1].avg_loss:.3f}")
+        ax.legend(loc="upper right")
+        fig.tight_layout()
+        path = self.backup / "chart.png"
+
+        def write(f):
+            fig.savefig(f, format="png")
+        ckpt.atomic_write(path, write)
+        plt.close(fig)
+
+
+def train(cfg, data, weights=None, **options) -> TrainResult:
+    """Train ``cfg`` on ``data`` (see :class:`TrainOptions` for the keyword options)."""
+    return Trainer(cfg, data, weights, TrainOptions(**options)).run()

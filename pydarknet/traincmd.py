@@ -1,0 +1,168 @@
+"""``pydarknet train``, ``partial``, ``calc-anchors`` and ``synthetic``: the training side of the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+
+from .cli import EXIT_OK, UsageError
+
+
+def _kind(path):
+    """'data' (.data / data.yaml), 'cfg' or 'weights' from the name, then from the contents."""
+    name = str(path).lower()
+    if name.endswith((".data", ".yaml", ".yml")):
+        return "data"
+    if name.endswith(".cfg"):
+        return "cfg"
+    if name.endswith(".weights") or ".conv." in os.path.basename(name):
+        return "weights"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    text = head.decode("utf-8", errors="replace")
+    if "[net]" in text or "[network]" in text:
+        return "cfg"
+    if "classes" in text and "\x00" not in text:
+        return "data"
+    return "weights"
+
+
+def _order(files):
+    """``CFG DATA [WEIGHTS]`` or Darknet's ``DATA CFG [WEIGHTS]``, told apart by extension or contents."""
+    for f in files:
+        if not os.path.isfile(f):
+            raise UsageError(f"{f}: no such file")
+    if len(files) not in (2, 3):
+        raise UsageError("expected CFG DATA [WEIGHTS]")
+    kinds = {}
+    for f in files:
+        kind = _kind(f)
+        if kind in kinds:
+            raise UsageError(f"{kinds[kind]} and {f} both look like {kind} files; expected CFG DATA [WEIGHTS]")
+        kinds[kind] = f
+    if "cfg" not in kinds or "data" not in kinds:
+        raise UsageError(f"could not tell the cfg and the .data/data.yaml apart among {', '.join(files)}")
+    return kinds["cfg"], kinds["data"], kinds.get("weights")
+
+
+def cmd_train(args):
+    from .errors import DarknetError
+    from .train import Trainer, TrainOptions
+
+    cfg, data, weights = _order(args.files)
+    options = TrainOptions(backup=args.backup, max_batches=args.max_batches, batch=args.batch,
+                           subdivisions=args.subdivisions, seed=args.seed, workers=args.workers,
+                           device=args.device, clear=args.clear, map=args.map, map_every=args.map_every,
+                           save_every=args.save_every, save_last_every=args.save_last_every,
+                           lenient=args.lenient, quiet=args.quiet, progress=args.progress)
+    try:
+        trainer = Trainer(cfg, data, weights, options)
+        result = trainer.run(stop_after=args.iterations)
+    except (DarknetError, ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
+    if not args.quiet:
+        done = f"{result.iterations} iterations"
+        print(f"done: {done}; weights in {trainer.backup}"
+              + (f"; best mAP@0.5 {result.best_map:.4f}" if args.map and result.best_map >= 0 else ""))
+    return EXIT_OK
+
+
+def cmd_partial(args):
+    from .checkpoint import partial
+    from .errors import DarknetError
+
+    try:
+        r = partial(args.cfg, args.weights, args.out, args.layers, lenient=args.lenient)
+    except (DarknetError, ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {r.path}: layers 0..{r.layers - 1}, {r.floats} floats, {r.bytes} bytes")
+    return EXIT_OK
+
+
+def cmd_calc_anchors(args):
+    from .anchors import calc_anchors
+    from .errors import DarknetError
+
+    try:
+        r = calc_anchors(args.data, args.num_of_clusters, args.width, args.height, seed=args.seed)
+    except (DarknetError, ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
+    print(f"{r.boxes} boxes in {args.data}")
+    print(r.report())
+    out = pathlib.Path(args.out)
+    out.write_text(r.anchors_text() + "\n")
+    counters = out.with_name("counters_per_class.txt")
+    counters.write_text(r.counters_text() + "\n")
+    print(f"saved {out} and {counters}")
+    return EXIT_OK
+
+
+def cmd_synthetic(args):
+    from .synthetic import generate
+
+    data = generate(args.out, n_train=args.train, n_valid=args.valid, size=args.size, classes=args.classes,
+                    seed=args.seed)
+    print(f"wrote {data}")
+    return EXIT_OK
+
+
+def add_parsers(sub):
+    t = sub.add_parser(
+        "train", help="train a detector as Darknet's `detector train` does",
+        description="Train CFG on the images of DATA (a Darknet .data or an ultralytics data.yaml), optionally "
+                    "starting from WEIGHTS (full weights, a backbone like yolov4-tiny.conv.29, or a "
+                    "_last.weights to resume exactly). Darknet's order DATA CFG [WEIGHTS] is accepted too.",
+        epilog="Writes <backup>/<cfg>_last.weights every 100 iterations (with a .state file for exact resume), "
+               "<cfg>_<N>.weights every 1000, <cfg>_final.weights at max_batches, <cfg>_best.weights with --map, "
+               "results.csv and chart.png.")
+    t.add_argument("files", nargs="+", metavar="FILE", help="CFG DATA [WEIGHTS]")
+    t.add_argument("--backup", help="folder for weights, logs and charts (default: the .data's backup=)")
+    t.add_argument("--max-batches", type=int, help="override [net] max_batches (iterations)")
+    t.add_argument("--batch", type=int, help="override [net] batch (images per iteration)")
+    t.add_argument("--subdivisions", type=int, help="override [net] subdivisions")
+    t.add_argument("--iterations", type=int, help="stop after this many iterations (resumable with _last.weights)")
+    t.add_argument("--seed", type=int, help="random seed (default: the resumed run's, else 0)")
+    t.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="image loading processes (default min(4, CPUs); 0 loads in the training process)")
+    t.add_argument("--device", default="cpu", help="cpu (cuda training needs backward kernels, not yet built)")
+    t.add_argument("--clear", action="store_true", help="reset the iteration counter of WEIGHTS (Darknet's -clear)")
+    t.add_argument("--map", action="store_true", help="compute mAP@0.5 on the valid list and keep _best.weights")
+    t.add_argument("--map-every", type=int, help="iterations between mAP evaluations (default max(100, 4 epochs))")
+    t.add_argument("--save-every", type=int, help="iterations between <cfg>_<N>.weights (default 1000)")
+    t.add_argument("--save-last-every", type=int, default=100, help="iterations between _last.weights (100)")
+    t.add_argument("--lenient", action="store_true", help="warn instead of failing on unknown cfg keys")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: when stderr is a terminal)")
+    t.add_argument("--quiet", "-q", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("partial", help="keep the first N layers of a weights file (Darknet's `partial`)")
+    p.add_argument("cfg")
+    p.add_argument("weights")
+    p.add_argument("out")
+    p.add_argument("layers", type=int, metavar="N")
+    p.add_argument("--lenient", action="store_true")
+    p.set_defaults(func=cmd_partial)
+
+    a = sub.add_parser("calc-anchors", help="k-means anchors for a dataset (Darknet's `detector calc_anchors`)")
+    a.add_argument("data", help=".data file or image list file")
+    a.add_argument("-n", "--num-of-clusters", type=int, default=9)
+    a.add_argument("--width", type=int, default=416)
+    a.add_argument("--height", type=int, default=416)
+    a.add_argument("--seed", type=int)
+    a.add_argument("--out", default="anchors.txt",
+                   help="anchors file (default anchors.txt, as Darknet; counters_per_class.txt goes beside it)")
+    a.set_defaults(func=cmd_calc_anchors)
+
+    s = sub.add_parser("synthetic", help="write a small synthetic detection dataset (shapes) with a .data file")
+    s.add_argument("out", help="output folder")
+    s.add_argument("--train", type=int, default=400)
+    s.add_argument("--valid", type=int, default=100)
+    s.add_argument("--size", type=int, default=256)
+    s.add_argument("--classes", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_synthetic)
