@@ -37,10 +37,9 @@ per batch (Darknet tosses it per loading thread's share of the batch).
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, replace
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -247,37 +246,52 @@ def _taps(n_out, n_src):
     return i0, i1, frac
 
 
-def crop_resize(rgb, pleft, ptop, swidth, sheight, w, h, fill=None):
+def crop_resize(rgb, pleft, ptop, swidth, sheight, w, h, fill=None, window=None):
     """Cut the rectangle ``(pleft, ptop, swidth, sheight)`` out of ``rgb`` (HxWx3 uint8), filling what lies
     outside the image with ``fill`` (default: the image's mean colour, rounded), and resize it bilinearly to
-    ``w x h``. The padded rectangle is never built: each output pixel samples it directly."""
+    ``w x h``. The padded rectangle is never built: each output pixel samples it directly, so ``window``
+    ``(x0, y0, x1, y1)`` computes just that part of the output (the same pixels)."""
     oh, ow = rgb.shape[:2]
     ya, yb, fy = _taps(h, sheight)
     xa, xb, fx = _taps(w, swidth)
+    if window is not None:
+        x0, y0, x1, y1 = window
+        ya, yb, fy, xa, xb, fx = ya[y0:y1], yb[y0:y1], fy[y0:y1], xa[x0:x1], xb[x0:x1], fx[x0:x1]
     ya, yb, xa, xb = ya + ptop, yb + ptop, xa + pleft, xb + pleft
     in_ya, in_yb, in_xa, in_xb = ((0 <= t) & (t < n) for t, n in ((ya, oh), (yb, oh), (xa, ow), (xb, ow)))
     complete = in_ya.all() and in_yb.all() and in_xa.all() and in_xb.all()
     if fill is None and not complete:
-        fill = np.rint(rgb.reshape(-1, 3).mean(axis=0, dtype=np.float64))
+        # cv::mean, rounded as cv::Mat::setTo does; per-channel integer sums are exact (and fast)
+        fill = np.rint([rgb[..., c].sum(dtype=np.int64) / (oh * ow) for c in range(3)])
     fill = None if fill is None else np.asarray(fill, _F32)
-    xa, xb = np.clip(xa, 0, ow - 1), np.clip(xb, 0, ow - 1)
-    gx = fx[None, :, None]
+    rows_out, cols_out = len(fy), len(fx)
+    # Work in a (rows, cols*3) layout: gathers of flat indices and weights broadcast along contiguous rows.
+    channel = np.arange(3)
+    xa3 = (np.clip(xa, 0, ow - 1)[:, None] * 3 + channel).ravel()
+    xb3 = (np.clip(xb, 0, ow - 1)[:, None] * 3 + channel).ravel()
+    gx = np.repeat(fx, 3)[None, :]
+    flat = rgb.reshape(oh, ow * 3)
 
     def row_pass(ys, in_y):
-        # Rows of the padded rectangle at the taps ys, interpolated horizontally: (h, w, 3) float32.
-        rows = rgb[np.clip(ys, 0, oh - 1)]
-        left, right = rows[:, xa].astype(_F32), rows[:, xb].astype(_F32)
+        # Rows of the padded rectangle at the taps ys, interpolated horizontally.
+        rows = flat[np.clip(ys, 0, oh - 1)]
+        left, right = rows[:, xa3].astype(_F32), rows[:, xb3].astype(_F32)
         if not complete:
-            left[:, ~in_xa] = fill
-            right[:, ~in_xb] = fill
-        out = left + (right - left) * gx
-        if not complete:
-            out[~in_y] = fill
-        return out
+            for v, inside in ((left, in_xa), (right, in_xb)):
+                v3 = v.reshape(rows_out, cols_out, 3)
+                v3[:, ~inside] = fill
+                v3[~in_y] = fill
+        right -= left
+        right *= gx
+        right += left
+        return right
 
     top, bottom = row_pass(ya, in_ya), row_pass(yb, in_yb)
-    out = top + (bottom - top) * fy[:, None, None]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    bottom -= top
+    bottom *= fy[:, None]
+    bottom += top
+    bottom += _F32(0.5)                     # round half up (OpenCV's fixed-point rounding); values are in [0, 255]
+    return bottom.astype(np.uint8).reshape(rows_out, cols_out, 3)
 
 
 def correct_boxes(boxes, pleft, ptop, swidth, sheight, ow, oh, flip):
@@ -408,15 +422,19 @@ def gaussian_blur(rgb, ksize):
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def blur_background(rgb, boxes, ksize=BACKGROUND_BLUR_KSIZE):
+def blur_background(rgb, boxes, ksize=BACKGROUND_BLUR_KSIZE, origin=(0, 0), size=None):
     """Darknet's ``blur=1``: blur the whole image, then put back the original pixels inside every box
-    (``[x, y, w, h]`` relative; the pixel rectangle truncated to int as Darknet does)."""
+    (``[x, y, w, h]`` relative; the pixel rectangle truncated to int as Darknet does). ``rgb`` may be the part
+    at ``origin`` of an image of ``size`` (width, height) to which the boxes refer."""
     out = gaussian_blur(rgb, ksize)
     hgt, wid = rgb.shape[:2]
+    full_w, full_h = size or (wid, hgt)
+    ox, oy = origin
     for x, y, bw, bh in np.asarray(boxes, np.float64)[:, :4]:
-        left, top = _trunc((x - bw / 2) * wid), _trunc((y - bh / 2) * hgt)
-        right, bottom = left + _trunc(bw * wid), top + _trunc(bh * hgt)
-        left, top, right, bottom = max(left, 0), max(top, 0), min(right, wid), min(bottom, hgt)
+        left, top = _trunc((x - bw / 2) * full_w), _trunc((y - bh / 2) * full_h)
+        right, bottom = left + _trunc(bw * full_w), top + _trunc(bh * full_h)
+        left, top = max(left - ox, 0), max(top - oy, 0)
+        right, bottom = min(right - ox, wid), min(bottom - oy, hgt)
         if right > left and bottom > top:
             out[top:bottom, left:right] = rgb[top:bottom, left:right]
     return out
@@ -433,12 +451,13 @@ def add_gaussian_noise(rgb, sigma, rng):
 
 # ----- one image ---------------------------------------------------------------------------------------------
 def augment_image(rgb, boxes, w, h, s: AugmentSettings, p: AugmentParams, rng, *, mosaic_part=None,
-                  letter_box=None, shuffle=True):
+                  letter_box=None, shuffle=True, window=None):
     """Augment one image (HxWx3 uint8 RGB) with its boxes (``(k, 5)`` rows ``[x, y, w, h, class]`` relative to
     the image) into a ``w x h`` network input.
 
     Returns ``(image uint8 (h, w, 3), boxes float64 (k', 5) relative to the output, (pleft, ptop, pright,
-    pbot))``. ``rng`` shuffles the boxes and draws the noise.
+    pbot))``. ``rng`` shuffles the boxes and draws the noise. ``window`` ``(x0, y0, x1, y1)``: compute only
+    that part of the output image (exactly its pixels in the whole one; a mosaic needs only a quadrant).
     """
     oh, ow = rgb.shape[:2]
     pleft, ptop, pright, pbot = crop_rect(ow, oh, w, h, s, p, mosaic_part, letter_box)
@@ -448,22 +467,33 @@ def augment_image(rgb, boxes, w, h, s: AugmentSettings, p: AugmentParams, rng, *
         b = b[rng.permutation(len(b))]
     b = b[: max(int(s.max_boxes), 0)]
     b = _drop_small(correct_boxes(b, pleft, ptop, swidth, sheight, ow, oh, p.flip), w, h)
-    img = crop_resize(rgb, pleft, ptop, swidth, sheight, w, h)
-    if p.flip:
-        img = np.ascontiguousarray(img[:, ::-1])
-    img = adjust_hsv(img, p.dhue, p.dsat, p.dexp)
     blur = p.blur
     if blur > 1:
         # Darknet shrinks the kernel when an object is small (and drops it when there is no object at all).
         min_side = min((_trunc(min(bw * w, bh * h)) for bw, bh in b[:, 2:4]), default=0)
         if min_side // 8 < blur:
             blur = min_side // 8
+    ksize = BACKGROUND_BLUR_KSIZE if blur == 1 else (blur // 2) * 2 + 1 if blur > 1 else 1
+    x0, y0, x1, y1 = window if window is not None else (0, 0, w, h)
+    # the blur needs the pixels around the window (up to the image border, where it mirrors)
+    r = ksize // 2
+    ex0, ey0, ex1, ey1 = max(x0 - r, 0), max(y0 - r, 0), min(x1 + r, w), min(y1 + r, h)
+    columns = (w - ex1, ey0, w - ex0, ey1) if p.flip else (ex0, ey0, ex1, ey1)
+    img = crop_resize(rgb, pleft, ptop, swidth, sheight, w, h, window=columns)
+    if p.flip:
+        img = np.ascontiguousarray(img[:, ::-1])
+    img = adjust_hsv(img, p.dhue, p.dsat, p.dexp)
     if blur == 1:
-        img = blur_background(img, b)
+        img = blur_background(img, b, ksize, origin=(ex0, ey0), size=(w, h))
     elif blur > 1:
-        img = gaussian_blur(img, (blur // 2) * 2 + 1)
-    img = add_gaussian_noise(img, p.noise, rng)
-    return img, b, (pleft, ptop, pright, pbot)
+        img = gaussian_blur(img, ksize)
+    img = img[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
+    sigma = min(max(int(p.noise), 0), 127)
+    if sigma:
+        # drawn for the whole image, so that a window gets the very values the whole image would
+        noise = rng.standard_normal((h, w, 3), dtype=_F32)[y0:y1, x0:x1] * _F32(sigma)
+        img = np.clip(np.rint(img.astype(_F32) + noise), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img), b, (pleft, ptop, pright, pbot)
 
 
 # ----- mosaic and mixup --------------------------------------------------------------------------------------
@@ -537,16 +567,18 @@ def mosaic(parts, w, h, s: AugmentSettings, rng, params: Optional[Sequence[Augme
                 bk[:, 0], bk[:, 1] = (px + bk[:, 0] * pw) / w, (py + bk[:, 1] * ph) / h
                 bk[:, 2], bk[:, 3] = bk[:, 2] * pw / w, bk[:, 3] * ph / h
         else:
-            img, bk, (pleft, ptop, pright, pbot) = augment_image(rgb, b, w, h, s, p, rng, mosaic_part=k)
+            oh, ow = rgb.shape[:2]
+            pleft, ptop, pright, pbot = crop_rect(ow, oh, w, h, s, p, mosaic_part=k)
             if p.flip:
                 pleft, pright = pright, pleft
-            oh, ow = rgb.shape[:2]
+            # Darknet skips the padding facing away from the cut, measured in original-image pixels
             shifts = (min(cut_x, max(0, _cdiv(-pleft * w, ow))), min(cut_y, max(0, _cdiv(-ptop * h, oh))),
                       min(w - cut_x, max(0, _cdiv(-pright * w, ow))), min(h - cut_y, max(0, _cdiv(-pbot * h, oh))))
             left_shift, top_shift, right_shift, bot_shift = shifts
             sx = w - cut_x - right_shift if k in (0, 2) else left_shift
             sy = h - cut_y - bot_shift if k in (0, 1) else top_shift
-            out[py:py + ph, px:px + pw] = img[sy:sy + ph, sx:sx + pw]
+            img, bk, _ = augment_image(rgb, b, w, h, s, p, rng, mosaic_part=k, window=(sx, sy, sx + pw, sy + ph))
+            out[py:py + ph, px:px + pw] = img
             bk = _mosaic_boxes(bk, k, w, h, cut_x, cut_y, shifts, s.mosaic_bound)
         room = max(int(s.max_boxes) - total, 0)
         bk = bk[:room]

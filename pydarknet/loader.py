@@ -35,7 +35,8 @@ import math
 import multiprocessing as mp
 import os
 import threading
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import replace
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -178,15 +179,19 @@ class Loader:
     an :class:`~pydarknet.augment.AugmentSettings` (see :func:`~pydarknet.augment.settings_from_network`);
     ``batch``: images per iteration (the cfg's ``batch``); ``problems``: a
     :class:`~pydarknet.data.ProblemLog`, or a folder to write ``bad.list``/``bad_label.list`` in, or None
-    (kept in memory); ``start_method``: the multiprocessing start method (default ``fork`` where available).
+    (kept in memory); ``max_batches``: overrides the settings' (multi-scale uses the largest size for the last
+    100 iterations); ``start_method``: the multiprocessing start method (default ``fork`` where available).
     """
 
     def __init__(self, images: Sequence[str], classes: int, settings: AugmentSettings, *, batch: int, seed: int = 0,
-                 workers: int = 0, prefetch: int = 2, problems=None, start_method: Optional[str] = None):
+                 workers: int = 0, prefetch: int = 2, problems=None, max_batches: Optional[int] = None,
+                 start_method: Optional[str] = None):
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
         if workers < 0 or prefetch < 0:
             raise ValueError("workers and prefetch must be >= 0")
+        if max_batches is not None:
+            settings = replace(settings, max_batches=int(max_batches))
         self.settings = settings
         self.classes = int(classes)
         self.batch_size = int(batch)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import pathlib
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 

@@ -216,6 +216,24 @@ def test_letterbox_keeps_the_aspect_ratio():
     assert abs((px[2] - px[0]) - (px[3] - px[1])) <= 1       # still a square on screen
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_a_window_is_exactly_that_part_of_the_whole_image(seed):
+    """Mosaics compute only their quadrant: the same pixels, blur (which looks around) and noise included."""
+    img, rows = scene(200, 120, RECTS[:2])
+    s = A.AugmentSettings(width=160, height=128, jitter=0.3, resize=1.5, hue=0.1, saturation=1.5, exposure=1.5,
+                          blur=7, gaussian_noise=15)
+    p = A.draw_params(np.random.default_rng(seed), s)
+    p = A.AugmentParams(p.jitter_r, p.resize_r, p.flip, p.dhue, p.dsat, p.dexp, blur=(0, 1, 7)[seed % 3],
+                        noise=15 * (seed % 2), corner=p.corner)
+    whole, b_whole, rect = A.augment_image(img, rows, 160, 128, s, p, np.random.default_rng(seed))
+    r = np.random.default_rng(100 + seed)
+    x0, y0 = int(r.integers(0, 100)), int(r.integers(0, 80))
+    window = (x0, y0, x0 + int(r.integers(1, 160 - x0)), y0 + int(r.integers(1, 128 - y0)))
+    part, b_part, rect_part = A.augment_image(img, rows, 160, 128, s, p, np.random.default_rng(seed), window=window)
+    assert np.array_equal(part, whole[window[1]:window[3], window[0]:window[2]])
+    assert np.array_equal(b_part, b_whole) and rect_part == rect
+
+
 def test_tiny_boxes_dropped_max_kept_and_order_shuffled():
     img, rows = scene(400, 400, [(10 * i, 10, 10 * i + 6, 16) for i in range(6)])
     rows = rows.copy()
