@@ -49,6 +49,8 @@ __all__ = ["DataError", "Dataset", "ProblemLog", "LABEL_EPS", "read_data_file", 
 # round, and boxes touching the border often end at 1.0004; anything further out is a wrong label.
 LABEL_EPS = 0.01
 
+MAX_PROBLEMS_LISTED = 20     # bad lines reported per label file
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif", ".jpe")
 
 # AlexeyAB's replace_image_to_label substitutions, in its order (first occurrence of each).
@@ -190,7 +192,7 @@ def parse_labels(path, classes: int, eps: float = LABEL_EPS) -> Tuple[np.ndarray
         return np.zeros((0, 5), np.float32), [f"cannot read ({e.strerror or e})"]
     if b"\0" in raw:
         return np.zeros((0, 5), np.float32), ["not a text file (contains NUL bytes)"]
-    text = raw.decode("utf-8", errors="replace")
+    text = raw.decode("utf-8-sig", errors="replace")
     rows, problems = [], []
     lo, hi = -eps, 1.0 + eps
     for k, line in enumerate(text.splitlines(), 1):
@@ -229,6 +231,8 @@ def parse_labels(path, classes: int, eps: float = LABEL_EPS) -> Tuple[np.ndarray
             problems.append(f"{where}: the box is empty after clipping to the image")
             continue
         rows.append(((left + right) / 2, (top + bottom) / 2, right - left, bottom - top, cls))
+    if len(problems) > MAX_PROBLEMS_LISTED:
+        problems = problems[:MAX_PROBLEMS_LISTED] + [f"... and {len(problems) - MAX_PROBLEMS_LISTED} more bad lines"]
     return np.asarray(rows, np.float32).reshape(-1, 5), problems
 
 

@@ -249,6 +249,16 @@ def test_parse_labels_unreadable(tmp_path):
     assert "not a text file" in D.parse_labels(binary, 2)[1][0]
 
 
+def test_parse_labels_bom_crlf_and_many_bad_lines(tmp_path):
+    p = tmp_path / "bom.txt"
+    p.write_bytes("\ufeff0 0.5 0.5 0.2 0.2\r\n1 0.25 0.25 0.1 0.1\r\n".encode("utf-8"))
+    boxes, problems = D.parse_labels(p, 2)
+    assert problems == [] and boxes.shape == (2, 5)
+    many = write(tmp_path / "many.txt", "x\n" * 100)
+    _, problems = D.parse_labels(many, 2)
+    assert len(problems) == D.MAX_PROBLEMS_LISTED + 1 and problems[-1] == "... and 80 more bad lines"
+
+
 # ----- the loader: bad files ---------------------------------------------------------------------------------
 def _plain_settings(w=32, h=32):
     return AugmentSettings(width=w, height=h, flip=False)
@@ -411,3 +421,4 @@ def test_multiscale_coefficient_and_step():
     assert input_size(0, s) == (384, 384)                     # roundl(1.2*256/64 + 1)*64 = 6*64
     assert all(w % 64 == 0 and w == h and 256 <= w <= 384 for w, h in sizes)
     assert input_size(123, AugmentSettings(width=320, height=192)) == (320, 192)   # random=0: the cfg size
+
