@@ -10,7 +10,8 @@ Everything random is a function of ``(seed, iteration)`` (the loader's augmentat
 masks), and the optimizer's buffers are saved beside ``_last.weights``, so a run stopped and resumed from
 ``_last`` produces bit-identical weights to one that never stopped.
 
-A non-finite loss or gradient skips that update (nothing is changed) and names the first layer whose output or
+A non-finite loss or gradient skips that update (nothing is changed: the batch-norm rolling statistics the
+forward pass moved are put back) and names the first layer whose output or
 gradient is not finite; after ``max_nonfinite`` such iterations in a row the run stops with a
 :class:`TrainingError` that says what to try. NaNs are never replaced by zeros.
 
@@ -154,6 +155,10 @@ class Trainer:
                                                   start_iteration=self.state.iteration)
         self.loader = Loader.from_dataset(self.dataset, desc, batch=self.images_per_iteration, seed=self.seed,
                                           workers=o.workers)
+        # The training forward moves the batch-norm rolling statistics; a skipped iteration puts them back.
+        rolling = [np.arange(t.offset, t.offset + t.size) for l in desc.layers for t in l.tensors
+                   if t.name in ("rolling_mean", "rolling_variance")]
+        self._rolling = np.concatenate(rolling) if rolling else np.zeros(0, np.int64)
         self._nets = {}
         self.history: List[IterationLog] = []
         self.valid = self._validation_set() if o.map else None
@@ -235,6 +240,7 @@ class Trainer:
         loss = 0.0
         problem = None
         self.net.zero_grads()
+        rolling_before = self.net.flat_params[self._rolling]
         for s in range(self.subdivisions):
             part = slice(s * self.mini_batch, (s + 1) * self.mini_batch)
             outputs = net.forward_train(images[part], seed=self.seed, iteration=it * self.subdivisions + s)
@@ -254,6 +260,8 @@ class Trainer:
             result = self.optimizer.step(self.net.flat_params, self.net.grads, it + 1, rate=rate)
             if result.skipped:
                 skipped, problem = True, f"gradient of {result.nonfinite}"
+        if skipped:
+            self.net.flat_params[self._rolling] = rolling_before
         self.net.touch_params()
         if skipped:
             self._nonfinite_run += 1

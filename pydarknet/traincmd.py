@@ -104,9 +104,17 @@ def cmd_calc_anchors(args):
 def cmd_synthetic(args):
     from .synthetic import generate
 
+    from .anchors import calc_anchors
+    from .starter import starter_cfg
+
+    if args.size % 32:
+        raise UsageError(f"--size must be a multiple of 32 (the starter cfg's stride), got {args.size}")
     data = generate(args.out, n_train=args.train, n_valid=args.valid, size=args.size, classes=args.classes,
                     seed=args.seed)
-    print(f"wrote {data}")
+    anchors = calc_anchors(str(data), 6, args.size, args.size, seed=args.seed).anchors
+    cfg = data.with_name(data.stem + "-tiny.cfg")
+    cfg.write_text(starter_cfg(args.classes, args.size, args.size, anchors))
+    print(f"wrote {data} and {cfg}; train with:\n  pydarknet train {cfg} {data}")
     return EXIT_OK
 
 
@@ -158,11 +166,11 @@ def add_parsers(sub):
                    help="anchors file (default anchors.txt, as Darknet; counters_per_class.txt goes beside it)")
     a.set_defaults(func=cmd_calc_anchors)
 
-    s = sub.add_parser("synthetic", help="write a small synthetic detection dataset (shapes) with a .data file")
+    s = sub.add_parser("synthetic", help="write a synthetic detection dataset (shapes) with a .data file and a small cfg to train on it")
     s.add_argument("out", help="output folder")
     s.add_argument("--train", type=int, default=400)
     s.add_argument("--valid", type=int, default=100)
-    s.add_argument("--size", type=int, default=256)
+    s.add_argument("--size", type=int, default=160, help="image and network size (a multiple of 32)")
     s.add_argument("--classes", type=int, default=5)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synthetic)

