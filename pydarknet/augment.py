@@ -24,21 +24,23 @@ Follows AlexeyAB/darknet ``load_data_detection`` (``data.c``, OpenCV build) and 
 
 Whole-sample modes, each used on half of the batches as in Darknet: **mosaic** (4 images; the cut point
 ``cut_x ~ [0.2w, 0.8w]``, ``cut_y ~ [0.2h, 0.8h]``; each image augmented at the network size, half of them
-pushed to their corner, and the part facing the cut copied into its quadrant; boxes shifted, clipped to the
-image, or to the quadrant with ``mosaic_bound=1``) and **mixup** (two augmented images blended 50/50, the boxes
-of both). ``mosaic`` together with ``letter_box``, which Darknet refuses, is supported: each of the 4 images is
-letterboxed into its own quadrant.
+pushed to their corner, and the part facing the cut copied into its quadrant (only that part is computed);
+boxes shifted and clipped to the image, or to the quadrant with ``mosaic_bound=1``. Darknet measures the
+padding it skips in original-image pixels rather than crop pixels, so without ``mosaic_bound`` a box can reach
+a little into the next quadrant; that is reproduced) and **mixup** (two augmented images blended 50/50, the
+boxes of both). ``mosaic`` together with ``letter_box``, which Darknet refuses, is supported: each of the 4
+images is letterboxed into its own quadrant.
 
 Deliberate differences from Darknet: Gaussian noise is symmetric (Darknet draws it into a uint8 matrix, which
 clips the negative half to 0, so its noise only brightens); the resize and blur are computed in float and
-rounded once (OpenCV uses 11-bit fixed point: results may differ by 1 level); the mosaic/mixup coin is tossed
-per batch (Darknet tosses it per loading thread's share of the batch).
+rounded once (OpenCV uses fixed point: results may differ by 1 level); the mosaic/mixup coin is tossed per
+batch (Darknet tosses it per loading thread's share of the batch).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -77,11 +79,6 @@ class AugmentSettings:
     random: float = 0.0
     resize_step: int = 32
     max_batches: int = 0
-
-    def without_randomness(self):
-        """The same sizes with every augmentation off (a plain resize): for checks and validation-style input."""
-        return replace(self, jitter=0.0, resize=1.0, flip=False, hue=0.0, saturation=1.0, exposure=1.0, blur=0,
-                       gaussian_noise=0, mosaic=False, mixup=False, random=0.0)
 
 
 def settings_from_network(net) -> AugmentSettings:
@@ -142,11 +139,6 @@ class AugmentParams:
     blur: int = 0
     noise: int = 0
     corner: bool = False     # mosaic: push this image to its corner
-
-    @staticmethod
-    def identity():
-        """No jitter (with ``jitter`` = 0 the r's do not matter), no flip, no colour change, no blur or noise."""
-        return AugmentParams()
 
 
 def draw_params(rng, s: AugmentSettings) -> AugmentParams:
@@ -440,12 +432,17 @@ def blur_background(rgb, boxes, ksize=BACKGROUND_BLUR_KSIZE, origin=(0, 0), size
     return out
 
 
-def add_gaussian_noise(rgb, sigma, rng):
-    """Add N(0, sigma) noise (0..255 scale, sigma clamped to [0, 127]) to a uint8 image, rounded and clipped."""
+def add_gaussian_noise(rgb, sigma, rng, *, full=None, origin=(0, 0)):
+    """Add N(0, sigma) noise (0..255 scale, sigma clamped to [0, 127]) to a uint8 image, rounded and clipped.
+    ``rgb`` may be the part at ``origin`` (x, y) of an image of ``full`` (height, width) size: the noise is drawn
+    for the whole image, so the part gets the very values the whole image would."""
     sigma = min(max(int(sigma), 0), 127)
     if sigma == 0:
         return rgb
-    noise = rng.standard_normal(rgb.shape, dtype=_F32) * _F32(sigma)
+    hgt, wid = rgb.shape[:2]
+    full_h, full_w = full or (hgt, wid)
+    x0, y0 = origin
+    noise = rng.standard_normal((full_h, full_w, 3), dtype=_F32)[y0:y0 + hgt, x0:x0 + wid] * _F32(sigma)
     return np.clip(np.rint(rgb.astype(_F32) + noise), 0, 255).astype(np.uint8)
 
 
@@ -488,11 +485,7 @@ def augment_image(rgb, boxes, w, h, s: AugmentSettings, p: AugmentParams, rng, *
     elif blur > 1:
         img = gaussian_blur(img, ksize)
     img = img[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
-    sigma = min(max(int(p.noise), 0), 127)
-    if sigma:
-        # drawn for the whole image, so that a window gets the very values the whole image would
-        noise = rng.standard_normal((h, w, 3), dtype=_F32)[y0:y1, x0:x1] * _F32(sigma)
-        img = np.clip(np.rint(img.astype(_F32) + noise), 0, 255).astype(np.uint8)
+    img = add_gaussian_noise(img, p.noise, rng, full=(h, w), origin=(x0, y0))
     return np.ascontiguousarray(img), b, (pleft, ptop, pright, pbot)
 
 
