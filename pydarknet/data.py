@@ -338,6 +338,9 @@ def read_data_yaml(path, backup=None) -> Dataset:
         raise DataError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(doc, dict):
         raise DataError(f"{path}: expected a mapping with path/train/val/names")
+    nc = doc.get("nc")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
+        raise DataError(f"{path}: nc={nc!r} is not a positive number of classes")
     names = doc.get("names")
     if isinstance(names, dict):
         try:
@@ -349,14 +352,14 @@ def read_data_yaml(path, backup=None) -> Dataset:
         names = [str(names[k] if k in names else names[str(k)]) for k in keys]
     elif isinstance(names, (list, tuple)):
         names = [str(n) for n in names]
-    elif names is None and "nc" in doc:
-        names = [str(i) for i in range(int(doc["nc"]))]
+    elif names is None and nc is not None:
+        names = [str(i) for i in range(nc)]
     else:
         raise DataError(f"{path}: 'names' must be a list or a {{index: name}} mapping")
     if not names:
         raise DataError(f"{path}: no class names")
-    if "nc" in doc and int(doc["nc"]) != len(names):
-        raise DataError(f"{path}: nc={doc['nc']} but {len(names)} names")
+    if nc is not None and nc != len(names):
+        raise DataError(f"{path}: nc={nc} but {len(names)} names")
     root_value = doc.get("path")
     root = resolve_path(root_value, path) if root_value else pathlib.Path(path).parent
     if "train" not in doc:

@@ -196,6 +196,7 @@ def test_data_yaml_folders_lists_and_names(tmp_path):
     ("train: images\nnames: 5\n", "'names' must be"),
     ("- a\n- b\n", "expected a mapping"),
     ("train: [images\n", "not valid YAML"),
+    ("train: images\nnc: two\n", "nc='two' is not a positive number"),
 ])
 def test_data_yaml_errors(tmp_path, text, needle):
     pytest.importorskip("yaml")
