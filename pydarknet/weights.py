@@ -119,6 +119,10 @@ def save_from(desc, params, path, cutoff=None, seen=0, version=CURRENT_VERSION):
                 f.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates the file 0600; a weights file is an ordinary file, readable as the umask allows.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         try:

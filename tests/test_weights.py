@@ -652,3 +652,16 @@ def test_connected_dontloadscales_file_has_no_bn_triplet(tmp_path):
         np.testing.assert_array_equal(net.layers[index].params[name], values, err_msg=f"layer {index} {name}")
     for name, value in bn.items():
         np.testing.assert_array_equal(net.layers[3].params[name], value, err_msg=name)
+
+
+def test_saved_weights_are_ordinary_readable_files(tmp_path):
+    import os
+    import stat
+
+    cfg = write_cfg(tmp_path, SMALL_CFG)
+    net = pydarknet.load(str(cfg))
+    path = tmp_path / "perm.weights"
+    net.save_weights(str(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
