@@ -624,6 +624,62 @@ def reorg3d_reverse(x, *, stride):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Training mode (forward with batch statistics; the gradient tests differentiate these numerically)
+# ----------------------------------------------------------------------------------------------------------
+
+BN_ROLLING_MOMENTUM = 0.99
+
+
+def batchnorm_train(x, scales, biases, eps=BN_EPSILON):
+    """Darknet's training batch norm over axis 1 (forward_batchnorm_layer with state.train): per channel, the
+    mean over batch and positions (mean_cpu) and the variance with Bessel's correction (variance_cpu divides by
+    count - 1), then scale * (x - mean) / sqrt(variance + eps) + bias. Returns (y, mean, variance)."""
+    x = _f64(x)
+    axes = (0,) + tuple(range(2, x.ndim))
+    count = x.size // x.shape[1]
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean = x.mean(axis=axes)
+    variance = ((x - mean.reshape(shape)) ** 2).sum(axis=axes) / (count - 1)
+    xhat = (x - mean.reshape(shape)) / np.sqrt(variance.reshape(shape) + eps)
+    y = xhat * _f64(scales).reshape(shape) + _f64(biases).reshape(shape)
+    return y, mean, variance
+
+
+def rolling_update(rolling, batch_stat):
+    """Darknet's GPU rolling statistics (cuDNN factor .01): rolling = .99 rolling + .01 batch statistic."""
+    return BN_ROLLING_MOMENTUM * _f64(rolling) + (1.0 - BN_ROLLING_MOMENTUM) * _f64(batch_stat)
+
+
+def convolutional_train(x, weights, biases, *, stride_x=1, stride_y=1, padding=0, dilation=1, groups=1,
+                        batch_normalize=False, scales=None, activation="logistic", bn_eps=BN_EPSILON):
+    """[convolutional] in training: conv -> (BN on batch statistics, which adds the bias) or +bias -> activation."""
+    y = conv2d_raw(x, weights, stride_x=stride_x, stride_y=stride_y, padding=padding, dilation=dilation,
+                   groups=groups)
+    if batch_normalize:
+        y = batchnorm_train(y, scales, biases, bn_eps)[0]
+    else:
+        y = y + _f64(biases).reshape(1, -1, 1, 1)
+    return activate(y, activation)
+
+
+def connected_train(x, weights, biases, *, batch_normalize=False, scales=None, activation="logistic",
+                    bn_eps=BN_EPSILON):
+    """[connected] in training: W . flatten(x) -> (BN over the images) or +bias -> activation; (N, out, 1, 1)."""
+    x = _f64(x)
+    y = x.reshape(x.shape[0], -1) @ _f64(weights).T
+    if batch_normalize:
+        y = batchnorm_train(y, scales, biases, bn_eps)[0]
+    else:
+        y = y + _f64(biases).reshape(1, -1)
+    return activate(y, activation).reshape(y.shape[0], -1, 1, 1)
+
+
+def dropout_train(x, keep, probability):
+    """[dropout] in training: kept values scaled by 1 / (1 - probability), the others 0."""
+    return np.where(keep, _f64(x) / (1.0 - probability), 0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Helpers shared by the tests (numpy only)
 # ----------------------------------------------------------------------------------------------------------
 

@@ -53,7 +53,10 @@ public:
                         int from = -1;
                         for (int k = g; k < in.c; k += out.c) {
                             const float v = ctx.input[((size_t)b * in.c + k) * in_plane + p];
-                            if (v > best) best = v, from = k;
+                            if (v > best) {
+                                best = v;
+                                from = k;
+                            }
                         }
                         ctx.output[o + p] = best;
                         argmax_[o + p] = from;
@@ -77,7 +80,10 @@ public:
                         for (int kx = 0; kx < size; ++kx) {
                             const int x = offset + ox * stride_x + kx;
                             if (x < 0 || x >= in.w) continue;
-                            if (src[y * in.w + x] > best) best = src[y * in.w + x], from = y * in.w + x;
+                            if (src[y * in.w + x] > best) {
+                                best = src[y * in.w + x];
+                                from = y * in.w + x;
+                            }
                         }
                     }
                     const size_t o = p * out_plane + (size_t)oy * out.w + ox;

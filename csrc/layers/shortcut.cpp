@@ -2,6 +2,7 @@
 // as Darknet does), optionally weighted per layer or per channel with relu/softmax-normalised weights, then
 // applies the activation. Backward gives each source its weight times the gradient and the weights the exact
 // derivative through their normalisation (Darknet's backward leaves the normalisation out of the weight update).
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <vector>
