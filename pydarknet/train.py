@@ -104,6 +104,9 @@ class Trainer:
         import pydarknet
 
         self.options = o = options or TrainOptions()
+        if str(o.device).split(":")[0] != "cpu":
+            raise TrainingError(f"training runs on the CPU for now (device={o.device!r}): the CUDA backend has "
+                                f"forward kernels only; its backward kernels are not written yet")
         self.cfg = str(cfg)
         self.log = log or (lambda line: None if o.quiet else print(line, flush=True))
         self.dataset = load_dataset(data, backup=o.backup)

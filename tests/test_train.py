@@ -174,3 +174,9 @@ def test_fine_tuning_from_yolov4_tiny_conv29_learns(shapes, tmp_path):
     final_map = trainer.history[-1].map
     print(f"fine-tuned yolov4-tiny mAP@0.5 after 120 iterations: {final_map:.4f}")
     assert final_map >= 0.5
+
+
+def test_training_on_cuda_is_refused_clearly(tmp_path):
+    cfg, data = _tiny_setup(tmp_path, mosaic=False)
+    with pytest.raises(TrainingError, match="backward kernels"):
+        Trainer(cfg, data, None, TrainOptions(device="cuda", workers=0))
