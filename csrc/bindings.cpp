@@ -99,6 +99,8 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("keep", &pd::Network::keep)
         .def_readwrite("profile", &pd::Network::profile)
         .def_readonly("layer_seconds", &pd::Network::layer_seconds)
+        .def_readonly("train_layer_seconds", &pd::Network::train_layer_seconds)
+        .def_readonly("backward_layer_seconds", &pd::Network::backward_layer_seconds)
         .def(
             "forward",
             [](pd::Network& net, py::array_t<float, py::array::c_style | py::array::forcecast> x, bool keep_all) {

@@ -173,6 +173,22 @@ class Network:
         self._core.forward(self._prepare_input(x), True)
         return [self._core.output(i) for i in range(len(self.layers))]
 
+    @property
+    def profile(self):
+        """When True, forward, forward_train and backward record each layer's wall time (see layer_times)."""
+        return self._core.profile
+
+    @profile.setter
+    def profile(self, value):
+        self._core.profile = bool(value)
+
+    def layer_times(self):
+        """Seconds per layer of the last forward, forward_train and backward run with `profile` on:
+        {"forward": [...], "forward_train": [...], "backward": [...]}, one value per layer (a layer that
+        backward skips counts 0); a pass not run with profiling gives an empty list."""
+        return {"forward": list(self._core.layer_seconds), "forward_train": list(self._core.train_layer_seconds),
+                "backward": list(self._core.backward_layer_seconds)}
+
     # ----- training -----------------------------------------------------------------------------------------
     def forward_train(self, x, seed=0, iteration=0):
         """Run the network in training mode and keep what backward() needs.

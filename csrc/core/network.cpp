@@ -188,10 +188,14 @@ void Network::forward_train(const float* input, int batch, unsigned long long se
     // The rolling statistics change below; inference re-derives its folded weights from them afterwards.
     ++params_version;
     const float* in = train_input_.data();
+    train_layer_seconds.assign(profile ? n : 0, 0.0);
     for (int i = 0; i < n; ++i) {
         ctx.input = in;
         ctx.output = train_outputs_[i].data();
+        const auto start = std::chrono::steady_clock::now();
         layers_[i]->forward_train(ctx);
+        if (profile)
+            train_layer_seconds[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         in = ctx.output;
     }
     train_batch_ = batch;
@@ -249,6 +253,7 @@ void Network::backward(const std::vector<std::pair<int, const float*>>& output_g
     ctx.iteration = train_iteration_;
     ctx.net = this;
     ctx.workspace = train_workspace_.data();
+    backward_layer_seconds.assign(profile ? n : 0, 0.0);
     for (int i = n - 1; i > stop; --i) {
         Layer& l = *layers_[i];
         if (!reached[i] || l.spec.get("onlyforward", 0) != 0) continue;
@@ -267,7 +272,10 @@ void Network::backward(const std::vector<std::pair<int, const float*>>& output_g
         for (int ref : l.spec.inputs)
             if (ref > stop) reached[ref] = 1;
         ctx.weight_grads = l.spec.get("train_only_bn", 0) == 0;
+        const auto start = std::chrono::steady_clock::now();
         l.backward(ctx);
+        if (profile)
+            backward_layer_seconds[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
     // An optimizer writes the parameters after this; the next inference forward must not reuse folded copies.
     ++params_version;

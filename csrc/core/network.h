@@ -66,8 +66,10 @@ public:
     // Bumped by anyone who changes `params`; layers re-derive what they cache from them when it changes.
     unsigned long long& params_version;
     std::vector<int> keep;              // layers whose outputs must survive a forward pass (the yolo heads, the last layer)
-    bool profile = false;               // when set, forward() records each layer's wall time
-    std::vector<double> layer_seconds;
+    // When set, forward(), forward_train() and backward() record each layer's wall time (seconds) in
+    // layer_seconds, train_layer_seconds and backward_layer_seconds; a layer that backward skips records 0.
+    bool profile = false;
+    std::vector<double> layer_seconds, train_layer_seconds, backward_layer_seconds;
 
 private:
     void plan(int batch, bool keep_all);

@@ -1,5 +1,10 @@
-// CPU building blocks of training shared by several layers: batch-norm on batch statistics, activation
-// gradients over whole arrays, col2im (the adjoint of im2col) and the small copies around our sgemm.
+// CPU building blocks of training shared by several layers: batch-norm on batch statistics (fused with the
+// activation), activation gradients over whole arrays, the convolution unrolling and its adjoint, and the
+// transposes that put operands in the row-major layout our sgemm takes.
+//
+// Every reduction here has a fixed order that depends only on the shapes (each sum is owned by one thread and
+// runs in a fixed lane order), never on the thread count or the scheduling, so a training step repeats bit for
+// bit: resuming a run gives the weights an uninterrupted run gives.
 #pragma once
 
 #include <cstddef>
@@ -10,11 +15,20 @@ namespace pd {
 // dst[j * rows + i] = src[i * cols + j]: a rows x cols matrix into its cols x rows transpose.
 void transpose(const float* src, int rows, int cols, float* dst);
 
+// dst[j * rows + i] += src[i * cols + j]: adds the transpose of a rows x cols matrix.
+void add_transposed(const float* src, int rows, int cols, float* dst);
+
 // dst[i] += src[i] for n values.
 void add_into(float* dst, const float* src, size_t n);
 
-// The adjoint of im2col (ops.h) for one image: every column entry is added back to the pixel it was sampled
-// from; entries that sampled the zero padding are dropped.
+// Unrolls one image (c x h x w) into columns for a convolution, as ops.h's im2col (Darknet's im2col_cpu_ext):
+// row (ch*ksize + ky)*ksize + kx, column oy*out_w + ox, sampling (oy*stride_y - pad + ky*dilation,
+// ox*stride_x - pad + kx*dilation) and 0 outside the image; row r starts at columns + r * ld (ld >= out_h*out_w).
+void unroll(const float* image, int c, int h, int w, int ksize, int pad, int stride_y, int stride_x, int dilation,
+            int out_h, int out_w, float* columns, size_t ld);
+
+// The adjoint of unroll (with ld = out_h*out_w) for one image: every column entry is added back to the pixel it
+// was sampled from; entries that sampled the zero padding are dropped.
 void col2im_add(const float* columns, int c, int h, int w, int ksize, int pad, int stride_y, int stride_x,
                 int dilation, int out_h, int out_w, float* image);
 
@@ -24,20 +38,29 @@ void col2im_add(const float* columns, int c, int h, int w, int ksize, int pad, i
 void activation_backward(float* grad, const float* output, const float* input, int batch, int channels,
                          size_t spatial, int activation);
 
+// sums[c] += the sum of channel c over all images (batch blocks of channels x spatial), in double.
+void add_channel_sums(const float* x, int batch, int channels, size_t spatial, float* sums);
+
 // Batch normalisation in training mode, as Darknet's forward_batchnorm_layer with state.train: per channel,
 // mean and variance over batch x spatial of the current batch, the variance with Bessel's correction
 // (variance_cpu divides by N - 1), xhat = (x - mean) / sqrt(variance + eps), y = scale * xhat + bias; the
 // rolling statistics move with Darknet's GPU momentum, rolling = .99 rolling + .01 batch statistic.
 class BatchNormTrainer {
 public:
-    // x holds the raw values on entry and y on return. Throws when a channel has a single value (N - 1 = 0).
+    // x holds the raw values on entry and activation(y) on return, where `activation` is element-wise (LINEAR
+    // for none; the normalize_channels family is the caller's to apply afterwards). With pre_activation, y itself
+    // is also written there. Throws when a channel has a single value (N - 1 = 0).
     void forward(float* x, int batch, int channels, size_t spatial, const float* scales, const float* biases,
-                 float* rolling_mean, float* rolling_variance, float epsilon, int layer_index);
+                 float* rolling_mean, float* rolling_variance, float epsilon, int layer_index,
+                 int activation = 0, float* pre_activation = nullptr);
 
-    // grad holds dLoss/dy on entry and dLoss/dx on return; dLoss/dscale and dLoss/dbias are added to
-    // grad_scales and grad_biases. This is the exact derivative of forward(), including the N - 1 of the
-    // variance (Darknet's normalize_delta_cpu uses N in that one term, a difference of order 1/N).
-    void backward(float* grad, const float* scales, float* grad_scales, float* grad_biases) const;
+    // grad holds dLoss/d(output) on entry and dLoss/dx on return; dLoss/dscale and dLoss/dbias are added to
+    // grad_scales and grad_biases. The element-wise `activation` of forward() is differentiated first (from its
+    // `output`, and `pre_activation` when activation_needs_input). This is the exact derivative of forward(),
+    // including the N - 1 of the variance (Darknet's normalize_delta_cpu uses N in that one term, a difference of
+    // order 1/N).
+    void backward(float* grad, const float* scales, float* grad_scales, float* grad_biases,
+                  const float* output = nullptr, const float* pre_activation = nullptr, int activation = 0) const;
 
     // The statistics of the last forward(), for tests and diagnostics.
     const std::vector<double>& batch_mean() const { return mean_; }

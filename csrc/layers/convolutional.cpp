@@ -1,8 +1,12 @@
 // [convolutional]: im2col + GEMM per image and group, with batch-norm folded into the weights and bias once per
 // parameter change (Darknet's fuse_conv_batchnorm, computed in double) and bias + activation fused into the GEMM.
-// Training runs on the raw parameters with batch statistics; backward is GEMMs on the same columns (weights) and
-// a GEMM + col2im (input), with transposed operands copied into the workspace for our row-major sgemm.
+// Training runs on the raw parameters with batch statistics (batch-norm and activation in one pass); backward
+// is a GEMM on the same columns (weights) and, for the input, a convolution of the output gradient with the
+// flipped filters (stride 1) or a GEMM + col2im, with transposed operands copied into the workspace for our
+// row-major sgemm.
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "../core/network.h"
@@ -88,15 +92,16 @@ public:
         const float* weights = ctx.params + spec.tensor("weights").offset;
         const float* biases = ctx.params + spec.tensor("biases").offset;
         const bool keep_input = activation_needs_input(activation_);
-        const bool fuse_activation = !batch_normalize_ && !keep_input && !is_channel_activation(activation_);
+        const bool elementwise = !is_channel_activation(activation_);
+        const bool fuse_activation = !batch_normalize_ && !keep_input && elementwise;
         for (int b = 0; b < ctx.batch; ++b)
             for (int g = 0; g < groups_; ++g) {
                 const float* image = ctx.input + ((size_t)b * spec.in.c + (size_t)g * in_c) * in_plane;
                 float* out = ctx.output + ((size_t)b * filters_ + (size_t)g * out_c) * N;
                 const float* columns = image;
                 if (!direct()) {
-                    im2col(image, in_c, spec.in.h, spec.in.w, size_, padding_ * dilation_, stride_y_, stride_x_,
-                           dilation_, spec.out.h, spec.out.w, ctx.workspace);
+                    unroll(image, in_c, spec.in.h, spec.in.w, size_, padding_ * dilation_, stride_y_, stride_x_,
+                           dilation_, spec.out.h, spec.out.w, ctx.workspace, (size_t)N);
                     columns = ctx.workspace;
                 }
                 GemmEpilogue epilogue;
@@ -105,86 +110,145 @@ public:
                 sgemm(out_c, N, K, weights + (size_t)g * out_c * K, K, columns, N, out, N, epilogue);
             }
         const size_t total = (size_t)ctx.batch * filters_ * N;
-        if (batch_normalize_)
+        float* pre = nullptr;
+        if (keep_input) {
+            pre_activation_.resize(total);
+            pre = pre_activation_.data();
+        } else {
+            pre_activation_.clear();
+        }
+        if (batch_normalize_) {
+            // Batch-norm applies an element-wise activation (and keeps its input) in the same pass.
             batch_norm_.forward(ctx.output, ctx.batch, filters_, (size_t)N, ctx.params + spec.tensor("scales").offset,
                                 biases, ctx.params + spec.tensor("rolling_mean").offset,
-                                ctx.params + spec.tensor("rolling_variance").offset, ctx.bn_epsilon, spec.index);
-        if (keep_input) pre_activation_.assign(ctx.output, ctx.output + total);
-        if (!fuse_activation) activate_array(ctx.output, ctx.batch, filters_, (size_t)N, activation_);
+                                ctx.params + spec.tensor("rolling_variance").offset, ctx.bn_epsilon, spec.index,
+                                elementwise ? activation_ : LINEAR, elementwise ? pre : nullptr);
+            if (elementwise) return;
+        } else if (fuse_activation) {
+            return;
+        }
+        if (pre) std::memcpy(pre, ctx.output, sizeof(float) * total);
+        activate_array(ctx.output, ctx.batch, filters_, (size_t)N, activation_);
     }
 
-    // Workspace layout: [columns K x N][output gradient transposed N x out_c][K x out_c], the last part holding
-    // first a weight-gradient product and later the transposed weights.
+    // The input gradient of a stride-1 convolution is itself a convolution: of the output gradient, padded by
+    // (size - 1) * dilation - pad, with the filters flipped and input and output channels swapped. Computed that
+    // way its GEMM sums over out_c * size^2 values into a small in_c x in_plane result, where the columns form
+    // (W^T G, then col2im) sums over only out_c values into a result size^2 times larger that col2im re-reads.
+    bool transposed_input_gradient() const {
+        const int pad = padding_ * dilation_, reach = (size_ - 1) * dilation_;
+        return stride_x_ == 1 && stride_y_ == 1 && reach >= pad && spec.out.h == spec.in.h + 2 * pad - reach &&
+               spec.out.w == spec.in.w + 2 * pad - reach;
+    }
+
+    // Workspace (floats), the largest of the passes:
+    //   forward_train   columns K x N
+    //   weight gradient columns K x N, output gradient transposed N x out_c, product K x out_c
+    //   input gradient  flipped weights in_c x out_c*size^2, output-gradient columns out_c*size^2 x in_plane and
+    //                   the product in_c x in_plane (stride 1); or transposed weights K x out_c and the columns
+    //                   gradient K x N for col2im
     size_t backward_workspace_floats(int) const override {
-        const size_t K = (size_t)(spec.in.c / groups_) * size_ * size_, N = (size_t)spec.out.h * spec.out.w;
-        const size_t out_c = (size_t)(filters_ / groups_);
-        return K * N + N * out_c + K * out_c;
+        const size_t in_c = (size_t)(spec.in.c / groups_), out_c = (size_t)(filters_ / groups_);
+        const size_t K = in_c * size_ * size_, N = (size_t)spec.out.h * spec.out.w;
+        const size_t in_plane = (size_t)spec.in.h * spec.in.w;
+        const size_t weight_pass = K * N + N * out_c + K * out_c;
+        const size_t input_pass = transposed_input_gradient()
+                                      ? K * out_c + out_c * size_ * size_ * in_plane + in_c * in_plane
+                                      : K * out_c + K * N;
+        return std::max(weight_pass, input_pass);
     }
 
     void backward(const BackwardContext& ctx) override {
         const int in_c = spec.in.c / groups_, out_c = filters_ / groups_;
         const int K = in_c * size_ * size_, N = spec.out.h * spec.out.w;
         const size_t in_plane = (size_t)spec.in.h * spec.in.w;
+        const bool elementwise = !is_channel_activation(activation_);
+        const float* pre = pre_activation_.empty() ? nullptr : pre_activation_.data();
         float* grad = ctx.output_grad;
-        activation_backward(grad, ctx.output, pre_activation_.empty() ? nullptr : pre_activation_.data(), ctx.batch,
-                            filters_, (size_t)N, activation_);
         float* grad_biases = ctx.grads + spec.tensor("biases").offset;
         if (batch_normalize_) {
+            if (!elementwise) activation_backward(grad, ctx.output, pre, ctx.batch, filters_, (size_t)N, activation_);
             batch_norm_.backward(grad, ctx.params + spec.tensor("scales").offset,
-                                 ctx.grads + spec.tensor("scales").offset, grad_biases);
+                                 ctx.grads + spec.tensor("scales").offset, grad_biases, ctx.output, pre,
+                                 elementwise ? activation_ : LINEAR);
         } else {
-#pragma omp parallel for schedule(static) if ((long long)ctx.batch * filters_ * N > 65536)
-            for (int f = 0; f < filters_; ++f) {
-                double sum = 0.0;
-                for (int b = 0; b < ctx.batch; ++b) {
-                    const float* g = grad + ((size_t)b * filters_ + f) * N;
-                    for (int i = 0; i < N; ++i) sum += g[i];
-                }
-                grad_biases[f] += (float)sum;
-            }
+            activation_backward(grad, ctx.output, pre, ctx.batch, filters_, (size_t)N, activation_);
+            add_channel_sums(grad, ctx.batch, filters_, (size_t)N, grad_biases);
         }
-        float* columns = ctx.workspace;
-        float* grad_t = columns + (size_t)K * N;
-        float* product = grad_t + (size_t)N * out_c;
         const float* weights = ctx.params + spec.tensor("weights").offset;
         if (ctx.weight_grads) {
-            // dW_g (out_c x K) += G (out_c x N) * columns^T, computed as its transpose columns * G^T.
+            // dW_g (out_c x K) += G (out_c x N) * columns^T, computed as its transpose columns * G^T (the smaller
+            // operand is the one transposed), one image at a time in image order.
+            float* columns = ctx.workspace;
+            float* grad_t = columns + (size_t)K * N;
+            float* product = grad_t + (size_t)N * out_c;
             float* grad_weights = ctx.grads + spec.tensor("weights").offset;
             for (int b = 0; b < ctx.batch; ++b)
                 for (int g = 0; g < groups_; ++g) {
                     const float* image = ctx.input + ((size_t)b * spec.in.c + (size_t)g * in_c) * in_plane;
                     const float* cols = image;
                     if (!direct()) {
-                        im2col(image, in_c, spec.in.h, spec.in.w, size_, padding_ * dilation_, stride_y_, stride_x_,
-                               dilation_, spec.out.h, spec.out.w, columns);
+                        unroll(image, in_c, spec.in.h, spec.in.w, size_, padding_ * dilation_, stride_y_, stride_x_,
+                               dilation_, spec.out.h, spec.out.w, columns, (size_t)N);
                         cols = columns;
                     }
                     transpose(grad + ((size_t)b * filters_ + (size_t)g * out_c) * N, out_c, N, grad_t);
                     sgemm(K, out_c, N, cols, N, grad_t, out_c, product, out_c);
-                    float* gw = grad_weights + (size_t)g * out_c * K;
-#pragma omp parallel for schedule(static) if ((long long)out_c * K > 65536)
-                    for (int o = 0; o < out_c; ++o)
-                        for (int k = 0; k < K; ++k) gw[(size_t)o * K + k] += product[(size_t)k * out_c + o];
+                    add_transposed(product, K, out_c, grad_weights + (size_t)g * out_c * K);
                 }
         }
         if (!ctx.input_grad) return;
+        if (transposed_input_gradient()) {
+            input_gradient_by_convolution(ctx, weights);
+            return;
+        }
         // dX: columns gradient (K x N) = W_g^T (K x out_c) * G (out_c x N), folded back onto the image by col2im.
+        float* weights_t = ctx.workspace;
+        float* columns = weights_t + (size_t)K * out_c;
         for (int g = 0; g < groups_; ++g) {
-            transpose(weights + (size_t)g * out_c * K, out_c, K, product);
+            transpose(weights + (size_t)g * out_c * K, out_c, K, weights_t);
             for (int b = 0; b < ctx.batch; ++b) {
                 float* image_grad = ctx.input_grad + ((size_t)b * spec.in.c + (size_t)g * in_c) * in_plane;
-                sgemm(K, N, out_c, product, out_c, grad + ((size_t)b * filters_ + (size_t)g * out_c) * N, N, columns,
-                      N);
-                if (direct())
-                    add_into(image_grad, columns, (size_t)K * N);
-                else
-                    col2im_add(columns, in_c, spec.in.h, spec.in.w, size_, padding_ * dilation_, stride_y_, stride_x_,
-                               dilation_, spec.out.h, spec.out.w, image_grad);
+                sgemm(K, N, out_c, weights_t, out_c, grad + ((size_t)b * filters_ + (size_t)g * out_c) * N, N,
+                      columns, N);
+                col2im_add(columns, in_c, spec.in.h, spec.in.w, size_, padding_ * dilation_, stride_y_, stride_x_,
+                           dilation_, spec.out.h, spec.out.w, image_grad);
             }
         }
     }
 
 private:
+    // dX_g (in_c x in_plane) = W'_g (in_c x out_c*size^2) * unrolled G_g, W'[c][(o*size + ky)*size + kx] =
+    // W[o][c][size-1-ky][size-1-kx]; see transposed_input_gradient().
+    void input_gradient_by_convolution(const BackwardContext& ctx, const float* weights) {
+        const int in_c = spec.in.c / groups_, out_c = filters_ / groups_;
+        const int taps = size_ * size_, depth = out_c * taps, K = in_c * taps, N = spec.out.h * spec.out.w;
+        const int in_plane = spec.in.h * spec.in.w;
+        const int pad = (size_ - 1) * dilation_ - padding_ * dilation_;
+        float* flipped = ctx.workspace;
+        float* columns = flipped + (size_t)in_c * depth;
+        float* product = columns + (size_t)depth * in_plane;
+        for (int g = 0; g < groups_; ++g) {
+            const float* w = weights + (size_t)g * out_c * K;
+            for (int c = 0; c < in_c; ++c)
+                for (int o = 0; o < out_c; ++o)
+                    for (int t = 0; t < taps; ++t)
+                        flipped[(size_t)c * depth + (size_t)o * taps + t] = w[(size_t)o * K + (size_t)c * taps + taps - 1 - t];
+            for (int b = 0; b < ctx.batch; ++b) {
+                const float* g_out = ctx.output_grad + ((size_t)b * filters_ + (size_t)g * out_c) * N;
+                float* image_grad = ctx.input_grad + ((size_t)b * spec.in.c + (size_t)g * in_c) * in_plane;
+                const float* cols = g_out;
+                if (!direct()) {
+                    unroll(g_out, out_c, spec.out.h, spec.out.w, size_, pad, 1, 1, dilation_, spec.in.h, spec.in.w,
+                           columns, (size_t)in_plane);
+                    cols = columns;
+                }
+                sgemm(in_c, in_plane, depth, flipped, depth, cols, in_plane, product, in_plane);
+                add_into(image_grad, product, (size_t)in_c * in_plane);
+            }
+        }
+    }
+
     int filters_, size_, stride_x_, stride_y_, dilation_, padding_, groups_;
     bool batch_normalize_;
     int activation_;
