@@ -90,6 +90,9 @@ LARGE_CONV_CASES = {
     "3x3_bn_leaky": (16, 20, 23, dict(filters=24, size=3, stride=1, pad=1, batch_normalize=1, activation="leaky"), 3),
     # stride 2 on odd sizes: GEMM + col2im, strided unrolling, 8x8 transposes with ragged edges
     "3x3_s2_linear": (12, 25, 23, dict(filters=20, size=3, stride=2, pad=1, activation="linear"), 2),
+    # stride 2 with a columns gradient larger than one band: GEMM + col2im band by band (bands of 11 rows here)
+    "3x3_s2_bands_bn_leaky": (32, 79, 81, dict(filters=16, size=3, stride=2, pad=1, batch_normalize=1,
+                                               activation="leaky"), 2),
     # dilation 2 with Darknet's padding: stride-1 transposed path with a dilated kernel
     "3x3_dilation2_bn_logistic": (8, 17, 21, dict(filters=12, size=3, pad=1, dilation=2, batch_normalize=1,
                                                   activation="logistic"), 2),
