@@ -262,10 +262,13 @@ private:
         float* product = columns + (size_t)depth * in_plane;
         for (int g = 0; g < groups_; ++g) {
             const float* w = weights + (size_t)g * out_c * K;
+#pragma omp parallel for schedule(static) if ((long long)in_c * depth > 65536)
             for (int c = 0; c < in_c; ++c)
-                for (int o = 0; o < out_c; ++o)
-                    for (int t = 0; t < taps; ++t)
-                        flipped[(size_t)c * depth + (size_t)o * taps + t] = w[(size_t)o * K + (size_t)c * taps + taps - 1 - t];
+                for (int o = 0; o < out_c; ++o) {
+                    const float* from = w + (size_t)o * K + (size_t)c * taps;
+                    float* to = flipped + (size_t)c * depth + (size_t)o * taps;
+                    for (int t = 0; t < taps; ++t) to[t] = from[taps - 1 - t];
+                }
             for (int b = 0; b < ctx.batch; ++b) {
                 const float* g_out = ctx.output_grad + ((size_t)b * filters_ + (size_t)g * out_c) * N;
                 float* image_grad = ctx.input_grad + ((size_t)b * spec.in.c + (size_t)g * in_c) * in_plane;
