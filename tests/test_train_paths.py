@@ -90,6 +90,9 @@ LARGE_CONV_CASES = {
     "3x3_bn_leaky": (16, 20, 23, dict(filters=24, size=3, stride=1, pad=1, batch_normalize=1, activation="leaky"), 3),
     # stride 2 on odd sizes: GEMM + col2im, strided unrolling, 8x8 transposes with ragged edges
     "3x3_s2_linear": (12, 25, 23, dict(filters=20, size=3, stride=2, pad=1, activation="linear"), 2),
+    # stride 2 with a columns gradient larger than one band: GEMM + col2im band by band (bands of 11 rows here)
+    "3x3_s2_bands_bn_leaky": (32, 79, 81, dict(filters=16, size=3, stride=2, pad=1, batch_normalize=1,
+                                               activation="leaky"), 2),
     # dilation 2 with Darknet's padding: stride-1 transposed path with a dilated kernel
     "3x3_dilation2_bn_logistic": (8, 17, 21, dict(filters=12, size=3, pad=1, dilation=2, batch_normalize=1,
                                                   activation="logistic"), 2),
@@ -214,3 +217,32 @@ def test_per_layer_profile(engine, tmp_path):
     assert all(t > 0 for t in times["forward"] + times["forward_train"])
     # stopbackward=1 on layer 2: layers 0-2 are never run backward.
     assert times["backward"][:3] == [0.0, 0.0, 0.0] and times["backward"][3] > 0
+
+
+def test_maxpool_2x2_training_path(engine, tmp_path):
+    """The 2x2 stride-2 pool of even planes has its own training loop: the same outputs as the general rule
+    (start from -FLT_MAX, strictly greater wins, top row then left first), so ties send the gradient to the
+    first of equal values and an all -inf window outputs -FLT_MAX and passes nothing back."""
+    net = ref.load_cfg(tmp_path, cfg_text(34, 20, 8, ("maxpool", dict(size=2, stride=2))))
+    rng = np.random.default_rng(23)
+    x = rng.integers(-2, 3, size=(3, 8, 20, 34)).astype(np.float32)  # few distinct values: many ties
+    x[0, 0, :2, :2] = -np.inf
+    out = net.forward_train(x)[0]
+    r = rng.normal(size=out.shape).astype(np.float32)
+    got = net.backward({0: r}, input_grad=True)
+
+    windows = x.reshape(3, 8, 10, 2, 17, 2).transpose(0, 1, 2, 4, 3, 5).reshape(3, 8, 10, 17, 4)
+    best = np.full(windows.shape[:-1], -np.finfo(np.float32).max, np.float32)
+    which = np.full(windows.shape[:-1], -1)
+    for k in range(4):
+        wins = windows[..., k] > best
+        best = np.where(wins, windows[..., k], best)
+        which = np.where(wins, k, which)
+    np.testing.assert_array_equal(out, best)
+    want = np.zeros((3, 8, 10, 17, 4), np.float32)
+    for k in range(4):
+        want[..., k] = np.where(which == k, r, 0)
+    want = want.reshape(3, 8, 10, 17, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(x.shape)
+    np.testing.assert_array_equal(got, want)
+    assert out[0, 0, 0, 0] == -np.finfo(np.float32).max and np.all(got[0, 0, :2, :2] == 0)
+    assert np.mean(which == 0) < 0.9 and np.mean(which == 3) > 0.01  # ties and every window position occur

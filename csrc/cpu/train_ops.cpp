@@ -243,6 +243,15 @@ PD_CLONES void add_span(float* __restrict dst, const float* __restrict src, size
     for (size_t i = 0; i < n; ++i) dst[i] += src[i];
 }
 
+// dst[i] = src[i * stride] for i < n; stride 2 (downsampling convolutions) with the stride known to the compiler,
+// which turns the loop into vector loads and shuffles.
+PD_CLONES void copy_strided(float* __restrict dst, const float* __restrict src, int n, int stride) {
+    if (stride == 2)
+        for (int i = 0; i < n; ++i) dst[i] = src[2 * i];
+    else
+        for (int i = 0; i < n; ++i) dst[i] = src[(ptrdiff_t)i * stride];
+}
+
 }  // namespace
 
 void transpose(const float* src, int rows, int cols, float* dst) { transpose_blocked<false>(src, rows, cols, dst); }
@@ -280,29 +289,30 @@ void unroll(const float* image, int c, int h, int w, int ksize, int pad, int str
             if (stride_x == 1)
                 std::memcpy(row + lo, src + lo + x0, sizeof(float) * (hi - lo));
             else
-                for (int ox = lo; ox < hi; ++ox) row[ox] = src[ox * stride_x + x0];
+                copy_strided(row + lo, src + lo * stride_x + x0, hi - lo, stride_x);
             std::memset(row + hi, 0, sizeof(float) * (out_w - hi));
         }
     }
 }
 
 void col2im_add(const float* columns, int c, int h, int w, int ksize, int pad, int stride_y, int stride_x,
-                int dilation, int out_h, int out_w, float* image) {
+                int dilation, int out_w, int oy_begin, int oy_end, float* image) {
+    const size_t ld = (size_t)(oy_end - oy_begin) * out_w;
     // One channel per thread: all the rows of a channel write only that channel's plane, so no two threads
     // ever add to the same pixel, and each pixel's additions come in a fixed order.
-#pragma omp parallel for schedule(static) if ((long long)c * ksize * ksize * out_h * out_w > kParallelMin)
+#pragma omp parallel for schedule(static) if ((long long)c * ksize * ksize * (long long)ld > kParallelMin)
     for (int ch = 0; ch < c; ++ch) {
         float* plane = image + (size_t)ch * h * w;
         for (int ky = 0; ky < ksize; ++ky)
             for (int kx = 0; kx < ksize; ++kx) {
-                const float* row = columns + ((size_t)(ch * ksize + ky) * ksize + kx) * out_h * out_w;
+                const float* row = columns + ((size_t)(ch * ksize + ky) * ksize + kx) * ld;
                 const int x0 = kx * dilation - pad;
                 int lo, hi;
                 inside_range(x0, stride_x, out_w, w, &lo, &hi);
-                for (int oy = 0; oy < out_h; ++oy) {
+                for (int oy = oy_begin; oy < oy_end; ++oy) {
                     const int y = oy * stride_y - pad + ky * dilation;
                     if (y < 0 || y >= h) continue;
-                    const float* src = row + (size_t)oy * out_w;
+                    const float* src = row + (size_t)(oy - oy_begin) * out_w;
                     float* dst = plane + (size_t)y * w;  // sample ox came from dst[ox * stride_x + x0]
                     if (stride_x == 1)
                         add_span(dst + lo + x0, src + lo, (size_t)(hi - lo));

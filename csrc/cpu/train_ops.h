@@ -27,10 +27,11 @@ void add_into(float* dst, const float* src, size_t n);
 void unroll(const float* image, int c, int h, int w, int ksize, int pad, int stride_y, int stride_x, int dilation,
             int out_h, int out_w, float* columns, size_t ld);
 
-// The adjoint of unroll (with ld = out_h*out_w) for one image: every column entry is added back to the pixel it
+// The adjoint of unroll for output rows [oy_begin, oy_end) of one image: columns holds those rows only (row r,
+// column (oy - oy_begin)*out_w + ox, ld (oy_end - oy_begin)*out_w), and every entry is added back to the pixel it
 // was sampled from; entries that sampled the zero padding are dropped.
 void col2im_add(const float* columns, int c, int h, int w, int ksize, int pad, int stride_y, int stride_x,
-                int dilation, int out_h, int out_w, float* image);
+                int dilation, int out_w, int oy_begin, int oy_end, float* image);
 
 // Turns grad = dLoss/dy into dLoss/dx in place for y = activate(x) over `batch` blocks of channels x spatial
 // values. `output` is y; `input` is x, needed only when activation_needs_input() (may be null otherwise). The

@@ -18,6 +18,11 @@
 namespace pd {
 namespace {
 
+// The weight gradient sums over image positions; below this many per product, images are batched together.
+constexpr int kWeightDepth = 1024;
+// Floats of columns gradient per band in the GEMM + col2im input gradient.
+constexpr long long kBandFloats = 1 << 17;
+
 class Convolutional : public Layer {
 public:
     explicit Convolutional(const LayerSpec& s)
@@ -141,20 +146,34 @@ public:
                spec.out.w == spec.in.w + 2 * pad - reach;
     }
 
+    // Output rows per GEMM + col2im band of the input gradient: the band's K x rows*out_w columns fill about
+    // kBandFloats (half of a typical L2 cache).
+    int col2im_band() const {
+        const long long K = (long long)(spec.in.c / groups_) * size_ * size_;
+        return (int)std::max(1LL, std::min<long long>(spec.out.h, kBandFloats / (K * spec.out.w)));
+    }
+
+    // Images per weight-gradient product: enough for kWeightDepth positions, at most the batch.
+    int weight_chunk(int batch) const {
+        const int N = spec.out.h * spec.out.w;
+        return std::max(1, std::min(batch, (kWeightDepth + N - 1) / N));
+    }
+
     // Workspace (floats), the largest of the passes:
     //   forward_train   columns K x N
-    //   weight gradient columns K x N, output gradient transposed N x out_c, product K x out_c
+    //   weight gradient columns K x chunk*N, output gradient transposed chunk*N x out_c, product K x out_c
     //   input gradient  flipped weights in_c x out_c*size^2, output-gradient columns out_c*size^2 x in_plane and
-    //                   the product in_c x in_plane (stride 1); or transposed weights K x out_c and the columns
-    //                   gradient K x N for col2im
-    size_t backward_workspace_floats(int) const override {
+    //                   the product in_c x in_plane (stride 1); or transposed weights K x out_c and a band of
+    //                   the columns gradient, K x band*out_w, for col2im
+    size_t backward_workspace_floats(int batch) const override {
         const size_t in_c = (size_t)(spec.in.c / groups_), out_c = (size_t)(filters_ / groups_);
         const size_t K = in_c * size_ * size_, N = (size_t)spec.out.h * spec.out.w;
         const size_t in_plane = (size_t)spec.in.h * spec.in.w;
-        const size_t weight_pass = K * N + N * out_c + K * out_c;
+        const size_t width = (size_t)weight_chunk(batch) * N;
+        const size_t weight_pass = K * width + width * out_c + K * out_c;
         const size_t input_pass = transposed_input_gradient()
                                       ? K * out_c + out_c * size_ * size_ * in_plane + in_c * in_plane
-                                      : K * out_c + K * N;
+                                      : K * out_c + K * (size_t)col2im_band() * spec.out.w;
         return std::max(weight_pass, input_pass);
     }
 
@@ -178,22 +197,30 @@ public:
         const float* weights = ctx.params + spec.tensor("weights").offset;
         if (ctx.weight_grads) {
             // dW_g (out_c x K) += G (out_c x N) * columns^T, computed as its transpose columns * G^T (the smaller
-            // operand is the one transposed), one image at a time in image order.
+            // operand is the one transposed). Small maps put several images side by side, so that one product
+            // sums over at least kWeightDepth positions rather than writing and re-adding K x out_c per image.
+            const int chunk = weight_chunk(ctx.batch);
+            const size_t width = (size_t)chunk * N;
             float* columns = ctx.workspace;
-            float* grad_t = columns + (size_t)K * N;
-            float* product = grad_t + (size_t)N * out_c;
+            float* grad_t = columns + (size_t)K * width;
+            float* product = grad_t + width * out_c;
             float* grad_weights = ctx.grads + spec.tensor("weights").offset;
-            for (int b = 0; b < ctx.batch; ++b)
-                for (int g = 0; g < groups_; ++g) {
-                    const float* image = ctx.input + ((size_t)b * spec.in.c + (size_t)g * in_c) * in_plane;
-                    const float* cols = image;
-                    if (!direct()) {
-                        unroll(image, in_c, spec.in.h, spec.in.w, size_, padding_ * dilation_, stride_y_, stride_x_,
-                               dilation_, spec.out.h, spec.out.w, columns, (size_t)N);
-                        cols = columns;
+            for (int g = 0; g < groups_; ++g)
+                for (int b0 = 0; b0 < ctx.batch; b0 += chunk) {
+                    const int images = std::min(chunk, ctx.batch - b0);
+                    const float* cols = columns;
+                    for (int i = 0; i < images; ++i) {
+                        const int b = b0 + i;
+                        const float* image = ctx.input + ((size_t)b * spec.in.c + (size_t)g * in_c) * in_plane;
+                        if (direct() && chunk == 1)
+                            cols = image;
+                        else
+                            unroll(image, in_c, spec.in.h, spec.in.w, size_, padding_ * dilation_, stride_y_,
+                                   stride_x_, dilation_, spec.out.h, spec.out.w, columns + (size_t)i * N, width);
+                        transpose(grad + ((size_t)b * filters_ + (size_t)g * out_c) * N, out_c, N,
+                                  grad_t + (size_t)i * N * out_c);
                     }
-                    transpose(grad + ((size_t)b * filters_ + (size_t)g * out_c) * N, out_c, N, grad_t);
-                    sgemm(K, out_c, N, cols, N, grad_t, out_c, product, out_c);
+                    sgemm(K, out_c, images * N, cols, (int)width, grad_t, out_c, product, out_c);
                     add_transposed(product, K, out_c, grad_weights + (size_t)g * out_c * K);
                 }
         }
@@ -202,17 +229,22 @@ public:
             input_gradient_by_convolution(ctx, weights);
             return;
         }
-        // dX: columns gradient (K x N) = W_g^T (K x out_c) * G (out_c x N), folded back onto the image by col2im.
+        // dX: columns gradient (K x N) = W_g^T (K x out_c) * G (out_c x N), folded back onto the image by col2im,
+        // a band of output rows at a time so that the columns are still in cache when col2im reads them.
         float* weights_t = ctx.workspace;
         float* columns = weights_t + (size_t)K * out_c;
+        const int band = col2im_band();
         for (int g = 0; g < groups_; ++g) {
             transpose(weights + (size_t)g * out_c * K, out_c, K, weights_t);
             for (int b = 0; b < ctx.batch; ++b) {
                 float* image_grad = ctx.input_grad + ((size_t)b * spec.in.c + (size_t)g * in_c) * in_plane;
-                sgemm(K, N, out_c, weights_t, out_c, grad + ((size_t)b * filters_ + (size_t)g * out_c) * N, N,
-                      columns, N);
-                col2im_add(columns, in_c, spec.in.h, spec.in.w, size_, padding_ * dilation_, stride_y_, stride_x_,
-                           dilation_, spec.out.h, spec.out.w, image_grad);
+                const float* g_out = grad + ((size_t)b * filters_ + (size_t)g * out_c) * N;
+                for (int oy = 0; oy < spec.out.h; oy += band) {
+                    const int rows = std::min(band, spec.out.h - oy), width = rows * spec.out.w;
+                    sgemm(K, width, out_c, weights_t, out_c, g_out + (size_t)oy * spec.out.w, N, columns, width);
+                    col2im_add(columns, in_c, spec.in.h, spec.in.w, size_, padding_ * dilation_, stride_y_,
+                               stride_x_, dilation_, spec.out.w, oy, oy + rows, image_grad);
+                }
             }
         }
     }
@@ -230,10 +262,13 @@ private:
         float* product = columns + (size_t)depth * in_plane;
         for (int g = 0; g < groups_; ++g) {
             const float* w = weights + (size_t)g * out_c * K;
+#pragma omp parallel for schedule(static) if ((long long)in_c * depth > 65536)
             for (int c = 0; c < in_c; ++c)
-                for (int o = 0; o < out_c; ++o)
-                    for (int t = 0; t < taps; ++t)
-                        flipped[(size_t)c * depth + (size_t)o * taps + t] = w[(size_t)o * K + (size_t)c * taps + taps - 1 - t];
+                for (int o = 0; o < out_c; ++o) {
+                    const float* from = w + (size_t)o * K + (size_t)c * taps;
+                    float* to = flipped + (size_t)c * depth + (size_t)o * taps;
+                    for (int t = 0; t < taps; ++t) to[t] = from[taps - 1 - t];
+                }
             for (int b = 0; b < ctx.batch; ++b) {
                 const float* g_out = ctx.output_grad + ((size_t)b * filters_ + (size_t)g * out_c) * N;
                 float* image_grad = ctx.input_grad + ((size_t)b * spec.in.c + (size_t)g * in_c) * in_plane;

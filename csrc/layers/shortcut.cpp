@@ -57,6 +57,11 @@ public:
             float* dst = ctx.net->grad_buffer(spec.inputs[k]);
             if (!dst) continue;
             const size_t size = ctx.net->layer(spec.inputs[k]).spec.out.size(), common = std::min(size, outputs);
+            if (!w.values) {
+                for (int b = 0; b < ctx.batch; ++b)
+                    add_into(dst + (size_t)b * size, grad + (size_t)b * outputs, common);
+                continue;
+            }
 #pragma omp parallel for schedule(static) if (total > 65536)
             for (long long id = 0; id < total; ++id) {
                 const size_t i = (size_t)(id % outputs), b = (size_t)(id / outputs);
