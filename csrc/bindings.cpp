@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "core/network.h"
+#include "cpu/isa.h"
 #include "cpu/ops.h"
 
 namespace py = pybind11;
@@ -120,5 +121,21 @@ PYBIND11_MODULE(_core, m) {
             return values;
         },
         py::arg("values"), py::arg("activation"), "Applies an element-wise activation on the CPU.");
+    m.def("cpu_isa", []() { return std::string(pd::isa_name(pd::active_isa())); },
+          "The instruction set the CPU kernels use now: 'avx512', 'avx2' or 'generic'.");
+    m.def("cpu_best_isa", []() { return std::string(pd::isa_name(pd::cpu_best_isa())); },
+          "The widest instruction set this CPU supports.");
+    m.def("cpu_has_avx512_bf16", &pd::cpu_has_avx512_bf16, "Whether the CPU has the AVX512_BF16 instructions.");
+    m.def(
+        "set_cpu_isa",
+        [](const std::string& name) {
+            pd::Isa isa = pd::Isa::Generic;
+            if (name == "avx512") isa = pd::Isa::Avx512;
+            else if (name == "avx2") isa = pd::Isa::Avx2;
+            else PD_CHECK(name == "generic", "unknown instruction set '", name, "' (avx512, avx2 or generic)");
+            return std::string(pd::isa_name(pd::set_isa_cap(isa)));
+        },
+        py::arg("name"),
+        "Caps the CPU kernels' instruction set (for tests and comparisons); returns the one now in use.");
     m.def("has_layer_type", [](const std::string& name) { return pd::layer_registry().count(name) != 0; });
 }

@@ -1,4 +1,4 @@
-// im2col and whole-array activations for the CPU path (see ops.h).
+// Whole-array activations, pooling and batch-norm folding for the CPU path (see ops.h).
 #include "ops.h"
 
 #include <cfloat>
@@ -9,35 +9,6 @@
 #include "../math/activations.h"
 
 namespace pd {
-
-void im2col(const float* image, int c, int h, int w, int ksize, int pad, int stride_y, int stride_x, int dilation,
-            int out_h, int out_w, float* columns) {
-    const int rows = c * ksize * ksize;
-#pragma omp parallel for schedule(static) if (rows * out_h * out_w > 65536)
-    for (int r = 0; r < rows; ++r) {
-        const int kx = r % ksize, ky = (r / ksize) % ksize, ch = r / (ksize * ksize);
-        const float* plane = image + (size_t)ch * h * w;
-        float* out = columns + (size_t)r * out_h * out_w;
-        for (int oy = 0; oy < out_h; ++oy) {
-            const int y = oy * stride_y - pad + ky * dilation;
-            float* row = out + (size_t)oy * out_w;
-            if (y < 0 || y >= h) {
-                std::memset(row, 0, sizeof(float) * out_w);
-                continue;
-            }
-            const float* src = plane + (size_t)y * w;
-            const int x0 = -pad + kx * dilation;
-            if (stride_x == 1 && x0 >= 0 && x0 + out_w <= w) {
-                std::memcpy(row, src + x0, sizeof(float) * out_w);
-                continue;
-            }
-            for (int ox = 0; ox < out_w; ++ox) {
-                const int x = ox * stride_x + x0;
-                row[ox] = (x >= 0 && x < w) ? src[x] : 0.f;
-            }
-        }
-    }
-}
 
 namespace {
 

@@ -1,5 +1,7 @@
-// [convolutional]: im2col + GEMM per image and group, with batch-norm folded into the weights and bias once per
-// parameter change (Darknet's fuse_conv_batchnorm, computed in double) and bias + activation fused into the GEMM.
+// [convolutional]: batch-norm folded into the weights and bias once per parameter change (Darknet's
+// fuse_conv_batchnorm, computed in double), the folded weights packed for the CPU's micro-kernel, and per image and
+// group one packed GEMM whose B operand is packed straight from the input (1x1 convolutions read the image as it
+// is; others are unrolled im2col-style block by block), with bias + activation fused into the GEMM.
 #include <cmath>
 #include <vector>
 
@@ -36,51 +38,75 @@ public:
         const float* b = params + spec.tensor("biases").offset;
         weights_.assign(w, w + per_filter * filters_);
         bias_.assign(b, b + filters_);
-        if (!batch_normalize_) return;
-        std::vector<double> factor(filters_);
-        batchnorm_factors(b, params + spec.tensor("scales").offset, params + spec.tensor("rolling_mean").offset,
-                          params + spec.tensor("rolling_variance").offset, eps, filters_, factor.data(), bias_.data());
-        for (int f = 0; f < filters_; ++f)
-            for (size_t i = 0; i < per_filter; ++i)
-                weights_[f * per_filter + i] = (float)(weights_[f * per_filter + i] * factor[f]);
+        if (batch_normalize_) {
+            std::vector<double> factor(filters_);
+            batchnorm_factors(b, params + spec.tensor("scales").offset, params + spec.tensor("rolling_mean").offset,
+                              params + spec.tensor("rolling_variance").offset, eps, filters_, factor.data(),
+                              bias_.data());
+            for (int f = 0; f < filters_; ++f)
+                for (size_t i = 0; i < per_filter; ++i)
+                    weights_[f * per_filter + i] = (float)(weights_[f * per_filter + i] * factor[f]);
+        }
+        pack_weights();
     }
 
+    // A 1x1 convolution with stride 1 and no padding multiplies the image itself: no unrolling.
     bool direct() const { return size_ == 1 && stride_x_ == 1 && stride_y_ == 1 && padding_ == 0; }
 
-    size_t workspace_floats(int) const override {
-        if (direct()) return 0;
-        return (size_t)(spec.in.c / groups_) * size_ * size_ * spec.out.h * spec.out.w;
-    }
-
     void forward(const ForwardContext& ctx) override {
+        if (packed_.empty() || packed_.front().isa() != active_isa()) pack_weights();
         const int in_c = spec.in.c / groups_, out_c = filters_ / groups_;
-        const int K = in_c * size_ * size_, N = spec.out.h * spec.out.w;
+        const int N = spec.out.h * spec.out.w;
         const size_t in_plane = (size_t)spec.in.h * spec.in.w;
         const bool fuse_activation = !is_channel_activation(activation_);
+        ConvGeometry geometry;
+        geometry.channels = in_c;
+        geometry.height = spec.in.h;
+        geometry.width = spec.in.w;
+        geometry.ksize = size_;
+        geometry.pad = padding_ * dilation_;
+        geometry.stride_y = stride_y_;
+        geometry.stride_x = stride_x_;
+        geometry.dilation = dilation_;
+        geometry.out_h = spec.out.h;
+        geometry.out_w = spec.out.w;
         for (int b = 0; b < ctx.batch; ++b) {
             for (int g = 0; g < groups_; ++g) {
                 const float* image = ctx.input + ((size_t)b * spec.in.c + (size_t)g * in_c) * in_plane;
                 float* out = ctx.output + ((size_t)b * filters_ + (size_t)g * out_c) * N;
-                const float* columns = image;
-                if (!direct()) {
-                    im2col(image, in_c, spec.in.h, spec.in.w, size_, padding_ * dilation_, stride_y_, stride_x_,
-                           dilation_, spec.out.h, spec.out.w, ctx.workspace);
-                    columns = ctx.workspace;
-                }
-                GemmEpilogue epilogue;
-                epilogue.row_bias = bias_.data() + (size_t)g * out_c;
-                epilogue.activation = fuse_activation ? activation_ : LINEAR;
-                sgemm(out_c, N, K, weights_.data() + (size_t)g * out_c * K, K, columns, N, out, N, epilogue);
+                PanelPacker pack;
+                if (direct())
+                    pack = [&](int col0, int cols, int nr, float* dst) {
+                        pack_dense_panels(image, N, in_c, col0, cols, nr, dst);
+                    };
+                else
+                    pack = [&](int col0, int cols, int nr, float* dst) {
+                        pack_im2col_panels(geometry, image, col0, cols, nr, dst);
+                    };
+                gemm_packed(packed_[g], N, pack, out, N, bias_.data() + (size_t)g * out_c,
+                            fuse_activation ? activation_ : LINEAR);
             }
         }
         if (!fuse_activation) activate_array(ctx.output, ctx.batch, filters_, (size_t)N, activation_);
     }
 
 private:
+    // Packs each group's folded weights for the micro-kernel of the instruction set in use.
+    void pack_weights() {
+        const int out_c = filters_ / groups_, K = (spec.in.c / groups_) * size_ * size_;
+        // Few output columns per image: the narrow tile wastes less on padding.
+        const TileWidth width = spec.out.h * spec.out.w < 128 ? TileWidth::Narrow : TileWidth::Wide;
+        packed_.resize(groups_);
+        for (int g = 0; g < groups_; ++g)
+            packed_[g].pack(weights_.data() + (size_t)g * out_c * K, out_c, K, K, active_isa(), width,
+                            Precision::FP32);
+    }
+
     int filters_, size_, stride_x_, stride_y_, dilation_, padding_, groups_;
     bool batch_normalize_;
     int activation_;
     std::vector<float> weights_, bias_;  // batch-norm folded in
+    std::vector<PackedMatrix> packed_;   // weights_ per group, packed
 };
 
 }  // namespace
