@@ -10,6 +10,7 @@
 #include "core/network.h"
 #include "cpu/isa.h"
 #include "cpu/ops.h"
+#include "cpu/winograd.h"
 
 namespace py = pybind11;
 
@@ -137,5 +138,10 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("name"),
         "Caps the CPU kernels' instruction set (for tests and comparisons); returns the one now in use.");
+    m.def("set_cpu_winograd", &pd::set_winograd_enabled, py::arg("enabled"),
+          "Enables or disables the Winograd path for 3x3 stride-1 convolutions (for comparisons with plain GEMM).");
+    m.def("cpu_winograd", &pd::winograd_enabled, "Whether the Winograd path is enabled.");
+    m.def("set_cpu_winograd_band", &pd::set_winograd_band_floats, py::arg("floats"),
+          "Working-set budget of one band of Winograd tiles in floats (0: the default); for tests.");
     m.def("has_layer_type", [](const std::string& name) { return pd::layer_registry().count(name) != 0; });
 }

@@ -123,3 +123,208 @@ def test_set_cpu_isa_rejects_unknown_names(core):
     with pytest.raises(ValueError, match="unknown instruction set"):
         core.set_cpu_isa("sse9")
     assert core.cpu_isa() in ISA_ORDER
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Winograd F(4x4, 3x3)
+# ----------------------------------------------------------------------------------------------------------
+
+# The transform matrices of F(4x4, 3x3) for the interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray);
+# test_winograd_reference_is_a_convolution checks them against the direct sum, independently of the engine.
+WINO_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                    [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=np.float64)
+WINO_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                   [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=np.float64)
+WINO_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                   dtype=np.float64)
+
+
+def winograd_f43(x, w, padding, magnitude=False):
+    """3x3 stride-1 convolution through F(4x4, 3x3) tiles in float64. With magnitude=True, the same with every
+    matrix and operand replaced by its absolute value: the size of the terms whose rounding makes the errors."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    bt, g, at = WINO_BT, WINO_G, WINO_AT
+    if magnitude:
+        x, w, bt, g, at = np.abs(x), np.abs(w), np.abs(bt), np.abs(g), np.abs(at)
+    n, c, h, wd = x.shape
+    out_h, out_w = h + 2 * padding - 2, wd + 2 * padding - 2
+    ty, tx = -(-out_h // 4), -(-out_w // 4)
+    xp = np.zeros((n, c, 4 * ty + 2, 4 * tx + 2))
+    rows, cols = min(h, 4 * ty + 2 - padding), min(wd, 4 * tx + 2 - padding)
+    xp[:, :, padding:padding + rows, padding:padding + cols] = x[:, :, :rows, :cols]
+    d = np.empty((n, c, ty, tx, 6, 6))
+    for i in range(ty):
+        for j in range(tx):
+            d[:, :, i, j] = xp[:, :, 4 * i:4 * i + 6, 4 * j:4 * j + 6]
+    v = np.einsum("ab,nctxbd,ed->nctxae", bt, d, bt)
+    u = np.einsum("ab,fcbd,ed->fcae", g, w, g)
+    if magnitude:
+        v, u = np.abs(v), np.abs(u)
+    m = np.einsum("fcae,nctxae->nftxae", u, v)
+    y = np.einsum("ia,nftxab,jb->nftxij", at, m, at)
+    y = y.transpose(0, 1, 2, 4, 3, 5).reshape(n, w.shape[0], 4 * ty, 4 * tx)
+    return y[:, :, :out_h, :out_w]
+
+
+def folded(net):
+    """The layer's weights and bias with batch norm folded in, in float64 (what the engine multiplies)."""
+    p = params64(net.layers[0])
+    w, b = p["weights"], p["biases"]
+    if "scales" in p:
+        factor = p["scales"] / np.sqrt(p["rolling_variance"] + ref.BN_EPSILON)
+        w = w * factor[:, None, None, None]
+        b = b - p["rolling_mean"] * factor
+    return w, b
+
+
+@pytest.mark.parametrize("h,w,padding", [(13, 13, 1), (9, 14, 1), (10, 7, 0), (4, 5, 1)])
+def test_winograd_reference_is_a_convolution(h, w, padding):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 3, h, w))
+    k = rng.normal(size=(4, 3, 3, 3))
+    np.testing.assert_allclose(winograd_f43(x, k, padding), ref.conv2d_raw(x, k, padding=padding),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture
+def winograd_switch(core):
+    yield core
+    core.set_cpu_winograd(True)
+    core.set_cpu_winograd_band(0)
+
+
+# (channels, height, width, batch, cfg keys): shapes the engine runs through Winograd (3x3, stride 1, at least
+# 16 channels and filters, maps of 8 or more) with sizes that are not multiples of the 4x4 tile.
+WINOGRAD_CASES = {
+    "pad1_odd_map": (16, 13, 13, 1, dict(filters=16, size=3, stride=1, pad=1, batch_normalize=1,
+                                         activation="leaky")),
+    "pad1_batch3_rect": (24, 9, 18, 3, dict(filters=37, size=3, stride=1, pad=1, activation="mish")),
+    "valid_pad0": (20, 11, 10, 2, dict(filters=19, size=3, stride=1, padding=0, activation="linear")),
+    "deep_k600": (600, 8, 9, 1, dict(filters=30, size=3, stride=1, pad=1, batch_normalize=1,
+                                     activation="logistic")),
+    "wide_map_many_filters": (17, 26, 31, 2, dict(filters=70, size=3, stride=1, pad=1, activation="swish")),
+    "channel_activation": (16, 10, 12, 2, dict(filters=18, size=3, stride=1, pad=1,
+                                               activation="normalize_channels_softmax")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WINOGRAD_CASES))
+def test_winograd_conv(isa, winograd_switch, tmp_path, case):
+    c, h, w, n, keys = WINOGRAD_CASES[case]
+    net, rng = conv_net(tmp_path, c, h, w, keys)
+    x = random_input(rng, n, c, h, w)
+    want = conv_want(net, x, keys)
+    winograd_switch.set_cpu_winograd(True)
+    got = net.forward(x)[0]
+    assert_close(got, want, what=f"winograd {case} ({isa})")
+    winograd_switch.set_cpu_winograd(False)
+    plain = net.forward(x)[0]
+    assert_close(plain, want, what=f"plain GEMM {case} ({isa})")
+    # the two paths round differently: Winograd does not give bit-identical results
+    assert np.abs(got - plain).max() > 0
+
+
+def test_winograd_many_bands(winograd_switch, tmp_path):
+    """Tiles split into many bands (a small band budget), batch crossing band boundaries."""
+    keys = dict(filters=20, size=3, stride=1, pad=1, batch_normalize=1, activation="leaky")
+    net, rng = conv_net(tmp_path, 18, 21, 19, keys)
+    x = random_input(rng, 3, 18, 21, 19)
+    want = conv_want(net, x, keys)
+    for budget in (36 * 38 * 16, 36 * 38 * 48, 36 * 38 * 100):
+        winograd_switch.set_cpu_winograd_band(budget)
+        assert_close(net.forward(x)[0], want, what=f"band budget {budget}")
+
+
+def test_winograd_error_is_bounded_by_its_terms(winograd_switch, tmp_path):
+    """The Winograd path's deviation from the exact convolution stays within float32 rounding of the terms the
+    transforms add up: |error| <= 64 * 2^-24 * (|A^T| (sum_c |U| |V|) |A|), about 100x above the typical error and
+    far below what a wrong transform gives."""
+    keys = dict(filters=32, size=3, stride=1, pad=1, activation="linear")
+    net, rng = conv_net(tmp_path, 48, 17, 22, keys)
+    x = rng.normal(size=(2, 48, 17, 22)).astype(np.float32)
+    wf, bias = folded(net)
+    exact = ref.conv2d_raw(x, wf, padding=1) + bias[None, :, None, None]
+    terms = winograd_f43(x, wf, 1, magnitude=True)
+    winograd_switch.set_cpu_winograd(True)
+    err = np.abs(net.forward(x)[0] - exact)
+    assert np.all(err <= 64 * 2.0 ** -24 * terms + 1e-7), float(np.max(err / (terms + 1e-30)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bf16 precision
+# ----------------------------------------------------------------------------------------------------------
+
+def bf16_net(tmp_path, c, h, w, keys, seed=0):
+    import pydarknet
+    text = cfg_text(w, h, c, ("convolutional", keys))
+    path = tmp_path / "bf16.cfg"
+    path.write_text(text)
+    net = pydarknet.load(str(path), precision="bf16")
+    rng = np.random.default_rng(seed)
+    randomize_params(net, rng)
+    return net, rng
+
+
+# bf16 keeps 8 significant bits, so rounding to nearest is off by at most 2^-8 relative; two rounded operands make
+# each product off by at most 2^-7 + 2^-16. Float32 sums and transforms add far less (a 1e-5 relative allowance).
+BF16_PRODUCT = 2.0 ** -7 + 2.0 ** -16 + 1e-5
+
+# (channels, height, width, batch, cfg keys, padding): odd depths (unpaired last bf16), 1x1, strided, Winograd
+BF16_CASES = {
+    "1x1_odd_depth": (7, 9, 11, 2, dict(filters=13, size=1, stride=1, activation="linear"), 0),
+    "3x3_s2_rgb": (3, 21, 19, 1, dict(filters=32, size=3, stride=2, pad=1, batch_normalize=1,
+                                      activation="linear"), 1),
+    "3x3_k540": (60, 11, 12, 2, dict(filters=25, size=3, stride=1, pad=1, activation="leaky"), 1),
+    "3x3_small_filters": (5, 12, 12, 1, dict(filters=9, size=3, stride=1, pad=1, activation="linear"), 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BF16_CASES))
+def test_bf16_conv_within_rounding_bound(isa, winograd_switch, tmp_path, case):
+    """bf16 results differ from the exact convolution by no more than bf16 rounding of each product allows:
+    |error| <= BF16_PRODUCT * sum |w| |x| (through Winograd: the same over its transformed terms). The leaky
+    activation is 1-Lipschitz, so the bound holds after it too."""
+    c, h, w, n, keys, padding = BF16_CASES[case]
+    net, rng = bf16_net(tmp_path, c, h, w, keys)
+    x = rng.normal(size=(n, c, h, w)).astype(np.float32)
+    wf, bias = folded(net)
+    stride = keys.get("stride", 1)
+    exact = ref.conv2d_raw(x, wf, stride_x=stride, stride_y=stride, padding=padding) + bias[None, :, None, None]
+    exact = ref.activate(exact, keys["activation"])
+    direct_terms = ref.conv2d_raw(np.abs(x), np.abs(wf), stride_x=stride, stride_y=stride, padding=padding)
+    paths = [(False, direct_terms)]
+    if keys["size"] == 3 and stride == 1 and c >= 16 and keys["filters"] >= 16:
+        paths.append((True, winograd_f43(x, wf, padding, magnitude=True)))
+    for winograd, terms in paths:
+        winograd_switch.set_cpu_winograd(winograd)
+        got = net.forward(x)[0]
+        err = np.abs(got - exact)
+        bound = BF16_PRODUCT * terms + 1e-6
+        assert np.all(err <= bound), (f"{case} winograd={winograd} ({isa}): worst error/bound "
+                                      f"{float(np.max(err / bound)):.3g}")
+        # and bf16 is really in use: float32 stays within ~1e-5 of the largest output, bf16 goes beyond 1e-3
+        assert float(np.max(err)) > 1e-3 * float(np.max(np.abs(exact)))
+
+
+def test_bf16_precision_is_checked(tmp_path):
+    import pydarknet
+    path = tmp_path / "p.cfg"
+    path.write_text(cfg_text(8, 8, 3, ("convolutional", dict(filters=4, size=3, pad=1))))
+    with pytest.raises(pydarknet.DeviceError, match="unknown precision"):
+        pydarknet.load(str(path), precision="fp16")
+    assert pydarknet.load(str(path), precision="BF16").precision == "bf16"
+    assert pydarknet.load(str(path)).precision == "fp32"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Denormals
+# ----------------------------------------------------------------------------------------------------------
+
+def test_forward_leaves_the_callers_denormal_mode_alone(tmp_path):
+    """The engine flushes denormals in its threads during a forward pass and restores the caller's mode."""
+    keys = dict(filters=32, size=3, stride=1, pad=1, activation="leaky")
+    net, rng = conv_net(tmp_path, 16, 20, 20, keys)
+    net.forward(random_input(rng, 1, 16, 20, 20))
+    tiny = np.array([1e-38], np.float32) * np.float32(0.25)
+    assert tiny[0] != 0.0 and tiny[0] < np.finfo(np.float32).tiny

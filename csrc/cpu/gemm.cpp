@@ -45,14 +45,15 @@ void PackedMatrix::pack(const float* a, int rows, int depth, long lda, Isa isa, 
     precision_ = precision;
     kernel_ = &micro_kernel(isa, width);
     const int mr = kernel_->mr, panels = (rows + mr - 1) / mr;
-    if (precision == Precision::FP32) {
+    if (!pairs()) {
+        const bool round = precision == Precision::BF16;
         bf16_ = AlignedVector<uint32_t>();
         fp32_.assign((size_t)panels * depth * mr, 0.f);
         for (int pnl = 0; pnl < panels; ++pnl) {
             float* out = fp32_.data() + (size_t)pnl * depth * mr;
             for (int i = 0; i < mr && pnl * mr + i < rows; ++i) {
                 const float* src = a + (size_t)(pnl * mr + i) * lda;
-                for (int p = 0; p < depth; ++p) out[(size_t)p * mr + i] = src[p];
+                for (int p = 0; p < depth; ++p) out[(size_t)p * mr + i] = round ? round_to_bf16(src[p]) : src[p];
             }
         }
         return;
@@ -126,6 +127,7 @@ void pack_im2col_panels(const ConvGeometry& g, const float* image, int col_begin
     }
 }
 
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void fp32_panels_to_bf16(const float* in, int depth, int panels, int nr, uint32_t* out) {
     const int pairs = (depth + 1) / 2;
     for (int pnl = 0; pnl < panels; ++pnl) {
@@ -141,6 +143,11 @@ void fp32_panels_to_bf16(const float* in, int depth, int panels, int nr, uint32_
     }
 }
 
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void round_span_to_bf16(float* x, size_t n) {
+    for (size_t i = 0; i < n; ++i) x[i] = round_to_bf16(x[i]);
+}
+
 void gemm_block(const PackedMatrix& a, int m_begin, int m_end, const void* b, int cols, float* c, long ldc,
                 const float* bias, int activation) {
     const MicroKernel& k = a.kernel();
@@ -148,7 +155,7 @@ void gemm_block(const PackedMatrix& a, int m_begin, int m_end, const void* b, in
     const int panels = (cols + nr - 1) / nr;
     const int blocks = std::max(1, (depth + kKernelDepth - 1) / kKernelDepth);
     const int kc_step = (depth + blocks - 1) / blocks;
-    const bool bf16 = a.precision() == Precision::BF16;
+    const bool bf16 = a.pairs();
     const bool epilogue = bias != nullptr || activation != LINEAR;
     for (int k0 = 0; k0 < depth || k0 == 0; k0 += kc_step) {
         const int kc = std::min(kc_step, depth - k0);
@@ -188,7 +195,7 @@ void gemm_packed(const PackedMatrix& a, int n, const PanelPacker& pack, float* c
     const int row_chunks = col_blocks >= 2 * threads ? 1 : std::min(row_panels, (2 * threads + col_blocks - 1) / col_blocks);
     const int chunk_rows = (row_panels + row_chunks - 1) / row_chunks * mr;
     const int tasks = col_blocks * row_chunks;
-    const bool bf16 = a.precision() == Precision::BF16;
+    const bool bf16 = a.pairs(), round = a.precision() == Precision::BF16 && !bf16;
     const size_t block_floats = (size_t)std::max(depth, 1) * round_up(std::min(nc, n), nr);
     const bool parallel = tasks > 1 && (double)m * n * depth > 2e5;
 #pragma omp parallel if (parallel)
@@ -205,7 +212,9 @@ void gemm_packed(const PackedMatrix& a, int n, const PanelPacker& pack, float* c
             const int col0 = block * nc, cols = std::min(nc, n - col0);
             if (block != packed_block) {
                 pack(col0, cols, nr, packed.data());
-                if (bf16) fp32_panels_to_bf16(packed.data(), depth, (cols + nr - 1) / nr, nr, packed_bf16.data());
+                const int panels = (cols + nr - 1) / nr;
+                if (bf16) fp32_panels_to_bf16(packed.data(), depth, panels, nr, packed_bf16.data());
+                if (round) round_span_to_bf16(packed.data(), (size_t)panels * nr * depth);
                 packed_block = block;
             }
             const int row0 = chunk * chunk_rows, row1 = std::min(m, row0 + chunk_rows);

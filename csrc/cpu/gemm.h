@@ -24,15 +24,22 @@ inline uint16_t float_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+inline float round_to_bf16(float f) { return __builtin_bit_cast(float, (uint32_t)float_to_bf16(f) << 16); }
+
 // The left operand (weights: rows x depth, row-major with leading dimension lda) packed for one micro-kernel.
+// In bf16 precision the values are rounded to bf16 and stored as pairs for the kernel's bf16 dot products; where
+// the instruction set has none, they are stored as float32 values that are exactly the bf16 ones and run on the
+// fp32 kernel (the right operand is rounded the same way), which gives the same products.
 class PackedMatrix {
 public:
     void pack(const float* a, int rows, int depth, long lda, Isa isa, TileWidth width, Precision precision);
     bool empty() const { return rows_ == 0; }
     int rows() const { return rows_; }
     int depth() const { return depth_; }
-    // Depth as the kernels count it: values for fp32, pairs for bf16.
-    int kernel_depth() const { return precision_ == Precision::BF16 ? (depth_ + 1) / 2 : depth_; }
+    // Whether the panels hold bf16 pairs (bf16 precision on a kernel with bf16 dot products).
+    bool pairs() const { return precision_ == Precision::BF16 && kernel_->bf16 != nullptr; }
+    // Depth as the kernels count it: values, or pairs.
+    int kernel_depth() const { return pairs() ? (depth_ + 1) / 2 : depth_; }
     Isa isa() const { return isa_; }
     TileWidth width() const { return width_; }
     Precision precision() const { return precision_; }
@@ -74,9 +81,11 @@ void pack_im2col_panels(const ConvGeometry& g, const float* image, int col_begin
 // Converts a packed fp32 block (depth rows) into bf16 pairs along the depth (odd depth: the last pair's high half
 // is zero), panel layout kept.
 void fp32_panels_to_bf16(const float* in, int depth, int panels, int nr, uint32_t* out);
+// Rounds n floats to bf16 values in place (the right operand of bf16 precision without bf16 kernels).
+void round_span_to_bf16(float* x, size_t n);
 
-// C[m_begin:m_end, 0:cols) = A[m_begin:m_end, :] * B for one packed B block (fp32 panels, or bf16 pairs when A is
-// bf16), then c = activation(c + bias[row]) on each finished row strip (bias may be null). Single-threaded;
+// C[m_begin:m_end, 0:cols) = A[m_begin:m_end, :] * B for one packed B block (fp32 panels, or bf16 pairs when
+// a.pairs()), then c = activation(c + bias[row]) on each finished row strip (bias may be null). Single-threaded;
 // m_begin must be a multiple of the kernel's mr.
 void gemm_block(const PackedMatrix& a, int m_begin, int m_end, const void* b, int cols, float* c, long ldc,
                 const float* bias, int activation);
