@@ -10,7 +10,12 @@
 #include "core/network.h"
 #include "cpu/isa.h"
 #include "cpu/ops.h"
+#include "cpu/peak.h"
 #include "cpu/winograd.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace py = pybind11;
 
@@ -143,5 +148,30 @@ PYBIND11_MODULE(_core, m) {
     m.def("cpu_winograd", &pd::winograd_enabled, "Whether the Winograd path is enabled.");
     m.def("set_cpu_winograd_band", &pd::set_winograd_band_floats, py::arg("floats"),
           "Working-set budget of one band of Winograd tiles in floats (0: the default); for tests.");
+    m.def(
+        "cpu_peak_gflops",
+        [](int threads, bool bf16, double seconds) {
+            PD_CHECK(threads >= 1, "threads must be at least 1");
+            py::gil_scoped_release release;
+            return pd::measure_peak_gflops(threads, bf16, seconds);
+        },
+        py::arg("threads"), py::arg("bf16") = false, py::arg("seconds") = 0.2,
+        "Measured multiply-add peak in GFLOP/s (float32 FMA, or the bf16 dot product; 0 without AVX512_BF16).");
+    m.def(
+        "set_cpu_threads",
+        [](int threads) {
+            PD_CHECK(threads >= 1, "threads must be at least 1");
+#ifdef _OPENMP
+            omp_set_num_threads(threads);
+#endif
+        },
+        py::arg("threads"), "Threads for the CPU kernels from now on (OpenMP), for the calling thread.");
+    m.def("cpu_threads", []() {
+#ifdef _OPENMP
+        return omp_get_max_threads();
+#else
+        return 1;
+#endif
+    });
     m.def("has_layer_type", [](const std::string& name) { return pd::layer_registry().count(name) != 0; });
 }
