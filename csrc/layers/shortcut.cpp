@@ -2,6 +2,7 @@
 // as Darknet does), optionally weighted per layer or per channel with relu/softmax-normalised weights, then
 // applies the activation.
 #include <cfloat>
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -31,6 +32,22 @@ public:
         const size_t layer_step = weights ? spec.tensor("weights").size / (n + 1) : 1;  // 1 or channels
         const size_t step = outputs / layer_step;  // elements sharing one weight
         const long long total = (long long)ctx.batch * outputs;
+        bool same_sizes = true;
+        for (int k = 0; k < n; ++k) same_sizes = same_sizes && sizes[k] == outputs;
+        if (!weights && same_sizes) {
+            // The common case (plain residual sums): contiguous element-wise adds, vectorised and in chunks.
+            const long long chunk = 16384, chunks = (total + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (chunks > 4)
+            for (long long c = 0; c < chunks; ++c) {
+                const long long begin = c * chunk, end = std::min(total, begin + chunk);
+                for (long long id = begin; id < end; ++id) ctx.output[id] = ctx.input[id];
+                for (int k = 0; k < n; ++k)
+                    for (long long id = begin; id < end; ++id) ctx.output[id] += sources[k][id];
+            }
+            activate_array(ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w,
+                           (int)spec.get("activation"));
+            return;
+        }
 #pragma omp parallel for schedule(static) if (total > 65536)
         for (long long id = 0; id < total; ++id) {
             const size_t i = (size_t)(id % outputs), b = (size_t)(id / outputs);
