@@ -87,8 +87,30 @@ void pack_dense_panels(const float* b, long ld, int depth, int col_begin, int co
     }
 }
 
+namespace {
+
+// One depth row of an im2col run: run consecutive output columns starting at column x0 of the input row `src`
+// (null: the row lies outside the image), stepping stride_x, zero where x falls outside [0, width).
+inline void unroll_row(const float* src, int x0, int stride_x, int width, int run, float* dst) {
+    if (!src) {
+        std::memset(dst, 0, sizeof(float) * run);
+        return;
+    }
+    // valid t: 0 <= x0 + t * stride_x < width
+    const int lo = std::clamp(x0 >= 0 ? 0 : (-x0 + stride_x - 1) / stride_x, 0, run);
+    const int hi = std::clamp(width - x0 <= 0 ? 0 : (width - x0 + stride_x - 1) / stride_x, lo, run);
+    for (int t = 0; t < lo; ++t) dst[t] = 0.f;
+    if (stride_x == 1)
+        std::memcpy(dst + lo, src + x0 + lo, sizeof(float) * (hi - lo));
+    else
+        for (int t = lo; t < hi; ++t) dst[t] = src[x0 + t * stride_x];
+    for (int t = hi; t < run; ++t) dst[t] = 0.f;
+}
+
+}  // namespace
+
 void pack_im2col_panels(const ConvGeometry& g, const float* image, int col_begin, int cols, int nr, float* out) {
-    const int depth = g.depth(), kk = g.ksize * g.ksize;
+    const int depth = g.depth();
     const int panels = (cols + nr - 1) / nr;
     if (cols < panels * nr) {
         const int tail = panels * nr - cols;
@@ -102,25 +124,14 @@ void pack_im2col_panels(const ConvGeometry& g, const float* image, int col_begin
         const int lane = j % nr;
         const int run = std::min({g.out_w - ox, nr - lane, cols - j});
         float* dst = out + (size_t)(j / nr) * depth * nr + lane;
-        for (int r = 0; r < depth; ++r, dst += nr) {
-            const int ch = r / kk, ky = (r / g.ksize) % g.ksize, kx = r % g.ksize;
-            const int y = oy * g.stride_y - g.pad + ky * g.dilation;
-            if (y < 0 || y >= g.height) {
-                std::memset(dst, 0, sizeof(float) * run);
-                continue;
-            }
-            const float* src = image + ((size_t)ch * g.height + y) * g.width;
-            const int x0 = ox * g.stride_x - g.pad + kx * g.dilation;
-            if (g.stride_x == 1) {
-                const int lo = std::clamp(-x0, 0, run), hi = std::clamp(g.width - x0, lo, run);
-                if (lo > 0) std::memset(dst, 0, sizeof(float) * lo);
-                std::memcpy(dst + lo, src + x0 + lo, sizeof(float) * (hi - lo));
-                if (hi < run) std::memset(dst + hi, 0, sizeof(float) * (run - hi));
-                continue;
-            }
-            for (int t = 0; t < run; ++t) {
-                const int x = x0 + t * g.stride_x;
-                dst[t] = (x >= 0 && x < g.width) ? src[x] : 0.f;
+        const int y_base = oy * g.stride_y - g.pad, x_base = ox * g.stride_x - g.pad;
+        for (int ch = 0; ch < g.channels; ++ch) {
+            const float* plane = image + (size_t)ch * g.height * g.width;
+            for (int ky = 0; ky < g.ksize; ++ky) {
+                const int y = y_base + ky * g.dilation;
+                const float* src = (y >= 0 && y < g.height) ? plane + (size_t)y * g.width : nullptr;
+                for (int kx = 0; kx < g.ksize; ++kx, dst += nr)
+                    unroll_row(src, x_base + kx * g.dilation, g.stride_x, g.width, run, dst);
             }
         }
         j += run;

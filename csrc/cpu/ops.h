@@ -22,4 +22,10 @@ void batchnorm_factors(const float* bias, const float* scales, const float* mean
 // x[i] = activate(x[i] + bias) for an element-wise activation, vectorised for the CPU it runs on.
 void activate_span(float* x, size_t n, int activation, float bias = 0.f);
 
+// Applies X(code) to every element-wise activation code, e.g. to build a switch whose cases are loops with the
+// activation fixed at compile time (which the compiler vectorises).
+#define PD_FOR_EACH_ELEMENTWISE_ACTIVATION(X)                                                                 \
+    X(LINEAR) X(LOGISTIC) X(LOGGY) X(RELU) X(ELU) X(SELU) X(GELU) X(RELIE) X(RAMP) X(LEAKY) X(TANH) X(PLSE) \
+    X(STAIR) X(HARDTAN) X(LHTAN) X(SWISH) X(MISH) X(HARD_MISH) X(RELU6) X(REVLEAKY)
+
 }  // namespace pd

@@ -12,6 +12,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <vector>
+
+#include <immintrin.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -36,8 +39,12 @@ std::atomic<bool>& enabled_flag() {
     return flag;
 }
 
-std::atomic<size_t>& band_floats() {
-    static std::atomic<size_t> floats(kBandFloats);
+// Band budget when each thread runs its own bands: about half of a Zen 4 core's 1 MB L2.
+constexpr size_t kPrivateBandFloats = (size_t)128 << 10;
+
+// A budget set for tests (0: the defaults above), used for both kinds of band.
+std::atomic<size_t>& band_override() {
+    static std::atomic<size_t> floats(0);
     return floats;
 }
 
@@ -63,82 +70,207 @@ std::atomic<size_t>& band_floats() {
         o3 = d12 + 8.f * d34 + (m5);                      \
     } while (0)
 
-// Where each tile of a band comes from and goes to.
-struct TileMap {
-    std::vector<long> image;  // offset of the tile's image in the input (batch index * channels * h * w)
-    std::vector<long> out;    // offset of the tile's image in the output
-    std::vector<int> y0, x0;  // top-left input sample (may be negative: padding)
-    std::vector<int> oy, ox;  // top-left output sample
+// A run of tiles of one band that lie in one tile row of one image: tiles tx0 .. tx0 + n - 1 of row ty, which are
+// band columns t .. t + n - 1.
+struct Segment {
+    long in_image, out_image;  // offsets of the image in the input and in the output
+    int ty, tx0, n, t;
 };
 
-// Input transform of L tiles (lanes) of one channel: gathers each 6x6 input window (zeros outside the image),
-// transforms it, and stores the 36 values at dst + point * point_stride (L consecutive floats each).
-template <int L>
-PD_CLONES void input_chunk(const float* in, long channel_offset, int height, int width, const TileMap& map, int t0,
-                           int count, float* dst, size_t point_stride) {
-    float d[kPoints][L];
-    for (int l = 0; l < L; ++l) {
-        if (l >= count) {
-            for (int i = 0; i < kPoints; ++i) d[i][l] = 0.f;
-            continue;
+// Mask of the first n (0..16) lanes.
+__attribute__((target("avx512f"))) inline __mmask16 first_lanes(int n) {
+    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n > 0 ? n : 0)) - 1);
+}
+
+// src[4m + q] -> phase[q][m] for m < count (the four phases of a row, each a plain array). Writes whole blocks of
+// 16: the phase arrays need room for count rounded up to 16.
+__attribute__((target("avx512f"))) void deinterleave4_avx512(const float* src, int count, float* p0, float* p1,
+                                                             float* p2, float* p3) {
+    float* phase[4] = {p0, p1, p2, p3};
+    for (int m = 0; m < count; m += 16, src += 64) {
+        const int left = 4 * (count - m);  // samples left in this row
+        const __m512 v0 = _mm512_maskz_loadu_ps(first_lanes(left), src);
+        const __m512 v1 = _mm512_maskz_loadu_ps(first_lanes(left - 16), src + 16);
+        const __m512 v2 = _mm512_maskz_loadu_ps(first_lanes(left - 32), src + 32);
+        const __m512 v3 = _mm512_maskz_loadu_ps(first_lanes(left - 48), src + 48);
+        for (int q = 0; q < 4; ++q) {
+            // lanes 0-7: elements q, q+4, ..., q+28 of v0|v1; lanes 8-15: the same of v2|v3
+            const __m512i idx = _mm512_setr_epi32(q, q + 4, q + 8, q + 12, q + 16, q + 20, q + 24, q + 28, q, q + 4,
+                                                  q + 8, q + 12, q + 16, q + 20, q + 24, q + 28);
+            const __m512 lo = _mm512_permutex2var_ps(v0, idx, v1), hi = _mm512_permutex2var_ps(v2, idx, v3);
+            _mm512_storeu_ps(phase[q] + m, _mm512_mask_blend_ps((__mmask16)0xFF00, lo, hi));
         }
-        const int t = t0 + l, y0 = map.y0[t], x0 = map.x0[t];
-        const float* plane = in + map.image[t] + channel_offset;
-        if (y0 >= 0 && x0 >= 0 && y0 + 6 <= height && x0 + 6 <= width) {
-            for (int r = 0; r < 6; ++r) {
-                const float* row = plane + (long)(y0 + r) * width + x0;
-                for (int s = 0; s < 6; ++s) d[r * 6 + s][l] = row[s];
-            }
-        } else {
-            for (int r = 0; r < 6; ++r) {
-                const int y = y0 + r;
-                const bool row_in = y >= 0 && y < height;
-                for (int s = 0; s < 6; ++s) {
-                    const int x = x0 + s;
-                    d[r * 6 + s][l] = row_in && x >= 0 && x < width ? plane[(long)y * width + x] : 0.f;
-                }
-            }
-        }
-    }
-    float w[kPoints][L];
-    for (int s = 0; s < 6; ++s)
-        for (int l = 0; l < L; ++l)
-            PD_BT(d[s][l], d[6 + s][l], d[12 + s][l], d[18 + s][l], d[24 + s][l], d[30 + s][l], w[s][l],
-                  w[6 + s][l], w[12 + s][l], w[18 + s][l], w[24 + s][l], w[30 + s][l]);
-    for (int r = 0; r < 6; ++r) {
-        float v[6][L];
-        for (int l = 0; l < L; ++l)
-            PD_BT(w[r * 6][l], w[r * 6 + 1][l], w[r * 6 + 2][l], w[r * 6 + 3][l], w[r * 6 + 4][l], w[r * 6 + 5][l],
-                  v[0][l], v[1][l], v[2][l], v[3][l], v[4][l], v[5][l]);
-        for (int s = 0; s < 6; ++s) std::memcpy(dst + (size_t)(r * 6 + s) * point_stride, v[s], sizeof(v[s]));
     }
 }
 
-// Output transform of L tiles of one filter: reads the 36 sums of each tile at src + point * point_stride,
-// computes the 4x4 outputs, adds the bias, applies the activation and writes the tiles (clipped at the image edge).
-template <int L>
-PD_CLONES void output_chunk(const float* src, size_t point_stride, const TileMap& map, int t0, int count,
-                            long filter_offset, int out_h, int out_w, float bias, int activation, float* out) {
-    float m[kPoints][L];
-    for (int i = 0; i < kPoints; ++i) std::memcpy(m[i], src + (size_t)i * point_stride, sizeof(m[i]));
-    float t[4][6][L];
-    for (int s = 0; s < 6; ++s)
-        for (int l = 0; l < L; ++l)
-            PD_AT(m[s][l], m[6 + s][l], m[12 + s][l], m[18 + s][l], m[24 + s][l], m[30 + s][l], t[0][s][l],
-                  t[1][s][l], t[2][s][l], t[3][s][l]);
-    float y[16][L];
-    for (int r = 0; r < 4; ++r)
-        for (int l = 0; l < L; ++l)
-            PD_AT(t[r][0][l], t[r][1][l], t[r][2][l], t[r][3][l], t[r][4][l], t[r][5][l], y[r * 4][l],
-                  y[r * 4 + 1][l], y[r * 4 + 2][l], y[r * 4 + 3][l]);
-    activate_span(&y[0][0], (size_t)16 * L, activation, bias);
-    for (int l = 0; l < count; ++l) {
-        const int tile = t0 + l, oy = map.oy[tile], ox = map.ox[tile];
-        float* dst = out + map.out[tile] + filter_offset + (long)oy * out_w + ox;
-        const int rows = std::min(4, out_h - oy), cols = std::min(4, out_w - ox);
-        for (int r = 0; r < rows; ++r)
-            for (int s = 0; s < cols; ++s) dst[(long)r * out_w + s] = y[r * 4 + s][l];
+void deinterleave4_scalar(const float* src, int count, float* p0, float* p1, float* p2, float* p3) {
+    for (int m = 0; m < count; ++m) {
+        p0[m] = src[4 * m];
+        p1[m] = src[4 * m + 1];
+        p2[m] = src[4 * m + 2];
+        p3[m] = src[4 * m + 3];
     }
+}
+
+// phase[q][m] -> dst[4m + q] for m < count. Reads whole blocks of 16 from the phase arrays (room for count rounded
+// up to 16), writes exactly 4 * count values.
+__attribute__((target("avx512f"))) void interleave4_avx512(const float* p0, const float* p1, const float* p2,
+                                                           const float* p3, int count, float* dst) {
+    for (int m = 0; m < count; m += 16, dst += 64) {
+        const __m512 a = _mm512_loadu_ps(p0 + m), b = _mm512_loadu_ps(p1 + m);
+        const __m512 c = _mm512_loadu_ps(p2 + m), d = _mm512_loadu_ps(p3 + m);
+        // per 128-bit lane i: ab_lo = a[4i], b[4i], a[4i+1], b[4i+1]; ab_hi = a[4i+2], b[4i+2], a[4i+3], b[4i+3]
+        const __m512 ab_lo = _mm512_unpacklo_ps(a, b), ab_hi = _mm512_unpackhi_ps(a, b);
+        const __m512 cd_lo = _mm512_unpacklo_ps(c, d), cd_hi = _mm512_unpackhi_ps(c, d);
+        // e holds tiles 4i, f 4i+1, g 4i+2, h 4i+3 in lane i (each lane: the 4 phases of one tile)
+        const __m512 e = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab_lo), _mm512_castps_pd(cd_lo)));
+        const __m512 f = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab_lo), _mm512_castps_pd(cd_lo)));
+        const __m512 g = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab_hi), _mm512_castps_pd(cd_hi)));
+        const __m512 h = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab_hi), _mm512_castps_pd(cd_hi)));
+        // transpose the 4 x 4 grid of lanes so that output vector j holds tiles 4j .. 4j + 3
+        const __m512 ef_lo = _mm512_shuffle_f32x4(e, f, 0x44), ef_hi = _mm512_shuffle_f32x4(e, f, 0xEE);
+        const __m512 gh_lo = _mm512_shuffle_f32x4(g, h, 0x44), gh_hi = _mm512_shuffle_f32x4(g, h, 0xEE);
+        const int left = 4 * (count - m);
+        _mm512_mask_storeu_ps(dst, first_lanes(left), _mm512_shuffle_f32x4(ef_lo, gh_lo, 0x88));
+        _mm512_mask_storeu_ps(dst + 16, first_lanes(left - 16), _mm512_shuffle_f32x4(ef_lo, gh_lo, 0xDD));
+        _mm512_mask_storeu_ps(dst + 32, first_lanes(left - 32), _mm512_shuffle_f32x4(ef_hi, gh_hi, 0x88));
+        _mm512_mask_storeu_ps(dst + 48, first_lanes(left - 48), _mm512_shuffle_f32x4(ef_hi, gh_hi, 0xDD));
+    }
+}
+
+void interleave4_scalar(const float* p0, const float* p1, const float* p2, const float* p3, int count, float* dst) {
+    for (int m = 0; m < count; ++m) {
+        dst[4 * m] = p0[m];
+        dst[4 * m + 1] = p1[m];
+        dst[4 * m + 2] = p2[m];
+        dst[4 * m + 3] = p3[m];
+    }
+}
+
+// The row passes on whole tile rows, in blocks of 16 tiles (one AVX-512 vector; no scalar remainder, which on
+// small maps would be all of the work), with inputs and outputs declared unaliased so that the loops vectorise.
+// Every array involved has room for n rounded up to 16 (what lies past n is scratch).
+constexpr int kBlock = 16;
+
+__attribute__((always_inline)) inline void bt_row(int n, const float* __restrict p0, const float* __restrict p1,
+                                                  const float* __restrict p2, const float* __restrict p3,
+                                                  float* __restrict w0, float* __restrict w1, float* __restrict w2,
+                                                  float* __restrict w3, float* __restrict w4, float* __restrict w5) {
+    for (int m0 = 0; m0 < n; m0 += kBlock)
+        for (int m = m0; m < m0 + kBlock; ++m)
+            PD_BT(p0[m], p1[m], p2[m], p3[m], p0[m + 1], p1[m + 1], w0[m], w1[m], w2[m], w3[m], w4[m], w5[m]);
+}
+
+__attribute__((always_inline)) inline void at_row(int n, const float* __restrict z0, const float* __restrict z1,
+                                                  const float* __restrict z2, const float* __restrict z3,
+                                                  const float* __restrict z4, const float* __restrict z5,
+                                                  float* __restrict y0, float* __restrict y1, float* __restrict y2,
+                                                  float* __restrict y3) {
+    for (int m0 = 0; m0 < n; m0 += kBlock)
+        for (int m = m0; m < m0 + kBlock; ++m)
+            PD_AT(z0[m], z1[m], z2[m], z3[m], z4[m], z5[m], y0[m], y1[m], y2[m], y3[m]);
+}
+
+template <int A>
+__attribute__((always_inline)) inline void bias_activate(float* __restrict x, int n, float bias) {
+    for (int m0 = 0; m0 < n; m0 += kBlock)
+        for (int m = m0; m < m0 + kBlock; ++m) x[m] = activate(x[m] + bias, A);
+}
+
+// Per-thread scratch of the transforms.
+struct Scratch {
+    AlignedVector<float> rows;    // 36 rows: the row-transformed input tiles, or 24 rows: the column-transformed
+                                  // sums of one filter (rows of band + kBlock, the last kBlock as overrun room)
+    AlignedVector<float> line;    // one zero-padded input row, or one output row
+    AlignedVector<float> phases;  // four phase arrays of a row
+    void reserve(size_t band, size_t width) {
+        if (rows.size() < kPoints * (band + kBlock)) rows.resize(kPoints * (band + kBlock));
+        if (line.size() < 4 * width + 16) line.resize(4 * width + 16);
+        if (phases.size() < 4 * (width + 16)) phases.resize(4 * (width + 16));
+    }
+};
+
+// Row pass of the input transform for one tile row segment and one of its six input rows (r): writes the six
+// values B^T d_r of each tile (d_r: the tile's row r, six samples) to w[s' * stride + t + m].
+PD_CLONES void input_rows(const float* row, int width, int x0, int n, bool avx512, Scratch& s, float* w,
+                          size_t stride) {
+    // zero-padded samples x0 .. x0 + 4n + 3, then their four phases
+    const int len = 4 * n + 4;
+    if (!row) {
+        for (int i = 0; i < 6; ++i) std::memset(w + i * stride, 0, sizeof(float) * n);
+        return;
+    }
+    const int lo = std::clamp(-x0, 0, len), hi = std::clamp(width - x0, lo, len);
+    const float* line = row + x0;
+    if (lo > 0 || hi < len) {  // the tiles reach past the image: a zero-padded copy of the samples
+        float* padded = s.line.data();
+        if (lo > 0) std::memset(padded, 0, sizeof(float) * lo);
+        std::memcpy(padded + lo, row + x0 + lo, sizeof(float) * (hi - lo));
+        if (hi < len) std::memset(padded + hi, 0, sizeof(float) * (len - hi));
+        line = padded;
+    }
+    const int pstride = n + 16;
+    float* p0 = s.phases.data();
+    float *p1 = p0 + pstride, *p2 = p1 + pstride, *p3 = p2 + pstride;
+    if (avx512)
+        deinterleave4_avx512(line, n + 1, p0, p1, p2, p3);
+    else
+        deinterleave4_scalar(line, n + 1, p0, p1, p2, p3);
+    bt_row(n, p0, p1, p2, p3, w, w + stride, w + 2 * stride, w + 3 * stride, w + 4 * stride, w + 5 * stride);
+}
+
+// Column pass of the input transform for L tiles: w holds the 36 row-transformed values (w[(r * 6 + s) * stride]),
+// the result B^T (d B) goes to dst + point * point_stride (L consecutive floats per point).
+template <int L>
+PD_CLONES void input_columns(const float* w, size_t stride, float* dst, size_t point_stride) {
+    for (int s = 0; s < 6; ++s) {
+        float v[6][L];
+        const float* col = w + s * stride;
+        for (int l = 0; l < L; ++l)
+            PD_BT(col[l], col[6 * stride + l], col[12 * stride + l], col[18 * stride + l], col[24 * stride + l],
+                  col[30 * stride + l], v[0][l], v[1][l], v[2][l], v[3][l], v[4][l], v[5][l]);
+        for (int r = 0; r < 6; ++r) std::memcpy(dst + (size_t)(r * 6 + s) * point_stride, v[r], sizeof(v[r]));
+    }
+}
+
+// Column pass of the output transform for L tiles of one filter: the 36 sums at src + point * point_stride become
+// z[(r' * 6 + s) * stride + l] = (A^T m)[r'][s] for r' < 4.
+template <int L>
+PD_CLONES void output_columns(const float* src, size_t point_stride, float* z, size_t stride) {
+    for (int s = 0; s < 6; ++s) {
+        const float* m0 = src + (size_t)s * point_stride;
+        float o[4][L];
+        for (int l = 0; l < L; ++l)
+            PD_AT(m0[l], m0[6 * point_stride + l], m0[12 * point_stride + l], m0[18 * point_stride + l],
+                  m0[24 * point_stride + l], m0[30 * point_stride + l], o[0][l], o[1][l], o[2][l], o[3][l]);
+        for (int r = 0; r < 4; ++r) std::memcpy(z + (r * 6 + s) * stride, o[r], sizeof(o[r]));
+    }
+}
+
+// Row pass of the output transform for one tile row segment and output row r': the six column-transformed values
+// of each tile (z[s * stride + m]) become its four outputs, written interleaved to out (cols values), then bias and
+// activation.
+PD_CLONES void output_rows(const float* z, size_t stride, int n, int cols, bool avx512, Scratch& s, float* out,
+                           float bias, int activation) {
+    const int pstride = n + 16;
+    float* y0 = s.phases.data();
+    float *y1 = y0 + pstride, *y2 = y1 + pstride, *y3 = y2 + pstride;
+    at_row(n, z, z + stride, z + 2 * stride, z + 3 * stride, z + 4 * stride, z + 5 * stride, y0, y1, y2, y3);
+    switch (activation) {
+#define PD_ACTIVATION_CASE(A)                                           \
+    case A:                                                             \
+        for (float* y : {y0, y1, y2, y3}) bias_activate<A>(y, n, bias); \
+        break;
+        PD_FOR_EACH_ELEMENTWISE_ACTIVATION(PD_ACTIVATION_CASE)
+#undef PD_ACTIVATION_CASE
+        default: break;
+    }
+    float* dst = cols == 4 * n ? out : s.line.data();
+    if (avx512)
+        interleave4_avx512(y0, y1, y2, y3, n, dst);
+    else
+        interleave4_scalar(y0, y1, y2, y3, n, dst);
+    if (dst != out) std::memcpy(out, dst, sizeof(float) * cols);
 }
 
 int round_up(int v, int to) { return (v + to - 1) / to * to; }
@@ -146,7 +278,7 @@ int round_up(int v, int to) { return (v + to - 1) / to * to; }
 }  // namespace
 
 void set_winograd_enabled(bool enabled) { enabled_flag().store(enabled); }
-void set_winograd_band_floats(size_t floats) { band_floats().store(floats ? floats : kBandFloats); }
+void set_winograd_band_floats(size_t floats) { band_override().store(floats); }
 bool winograd_enabled() { return enabled_flag().load(); }
 
 bool winograd_worthwhile(int channels, int filters, int out_h, int out_w) {
@@ -190,101 +322,194 @@ void WinogradConv::prepare(const float* weights, int filters, int channels, int 
         u_[p].pack(u.data() + (size_t)p * plane, filters, channels, channels, isa, width, precision);
 }
 
+namespace {
+
+// The buffers of one band: the transformed inputs V (36 packed right operands, fp32, and their bf16 pairs when the
+// kernels take pairs) and the GEMM results M (36 matrices filters x band).
+struct BandBuffers {
+    AlignedVector<float> v, m;
+    AlignedVector<uint32_t> v_pairs;
+    void reserve(size_t v_floats, size_t m_floats, size_t pair_words) {
+        if (v.size() < v_floats) v.resize(v_floats);
+        if (m.size() < m_floats) m.resize(m_floats);
+        if (v_pairs.size() < pair_words) v_pairs.resize(pair_words);
+    }
+};
+
+}  // namespace
+
+// Everything one band needs, and its four steps; each step is a loop over independent items (channels, points,
+// filters) that the caller either shares among the threads or runs whole in one thread.
+struct WinogradConv::Band {
+    const WinogradConv& conv;
+    const float* in;
+    float* out;
+    int height, width, pad, out_h, out_w, tiles_x, per_image;
+    const float* bias;
+    int activation;
+    int C, K, nr, lanes, band, depth;
+    bool pairs, round, avx512;
+    long plane_in, plane_out;
+    size_t v_stride, m_stride;
+    float *V = nullptr, *M = nullptr;
+    uint32_t* Vb = nullptr;
+    int band0 = 0, count = 0, cols = 0;
+    std::vector<Segment> segments;
+
+    // Tiles band0 .. band0 + count - 1 (count <= band), as runs within tile rows.
+    void select(int first, int n) {
+        band0 = first;
+        count = n;
+        cols = round_up(n, nr);
+        segments.clear();
+        for (int t = band0; t < band0 + count;) {
+            const int b = t / per_image, ty = (t % per_image) / tiles_x, tx = t % tiles_x;
+            const int run = std::min(tiles_x - tx, band0 + count - t);
+            segments.push_back({(long)b * C * plane_in, (long)b * K * plane_out, ty, tx, run, t - band0});
+            t += run;
+        }
+    }
+
+    // Input transform of channel c: the row pass into the scratch (36 rows), then the column pass into the packed
+    // right operands: point p, panel j, channel c at V[p * v_stride + (j * C + c) * nr + lane]. The row pass of a
+    // segment may write up to kBlock - 1 values past its end: the next segment, written later, or the row's
+    // overrun room (then zeroed up to cols), takes them.
+    void input(int c, Scratch& scratch) const {
+        float* w = scratch.rows.data();
+        const size_t stride = (size_t)cols + kBlock;
+        for (const Segment& sg : segments) {
+            const float* plane = in + sg.in_image + c * plane_in;
+            for (int r = 0; r < 6; ++r) {
+                const int y = 4 * sg.ty - pad + r;
+                const float* row = y >= 0 && y < height ? plane + (long)y * width : nullptr;
+                input_rows(row, width, 4 * sg.tx0 - pad, sg.n, avx512, scratch, w + r * 6 * stride + sg.t, stride);
+            }
+        }
+        for (int i = 0; i < kPoints; ++i) std::memset(w + i * stride + count, 0, sizeof(float) * (cols - count));
+        for (int first = 0; first < cols; first += lanes) {
+            float* dst = V + ((size_t)(first / nr) * C + c) * nr + first % nr;
+            if (lanes == 16)
+                input_columns<16>(w + first, stride, dst, v_stride);
+            else
+                input_columns<8>(w + first, stride, dst, v_stride);
+        }
+    }
+
+    // bf16 precision: point p's right operand as bf16 pairs, or rounded to bf16 values in place.
+    void convert(int p) const {
+        if (pairs)
+            fp32_panels_to_bf16(V + p * v_stride, C, cols / nr, nr, Vb + (size_t)p * depth * band);
+        else if (round)
+            round_span_to_bf16(V + p * v_stride, (size_t)C * cols);
+    }
+
+    // M[p] (K x cols, leading dimension band) = U[p] * V[p]
+    void multiply(int p) const {
+        const void* right = pairs ? (const void*)(Vb + (size_t)p * depth * band) : (const void*)(V + p * v_stride);
+        gemm_block(conv.u_[p], 0, K, right, cols, M + p * m_stride, band, nullptr, LINEAR);
+    }
+
+    // Output transform of filter k: the column pass into the scratch (24 x cols), then the row pass into the output
+    // rows with bias and activation.
+    void output(int k, Scratch& scratch) const {
+        float* z = scratch.rows.data();
+        const size_t stride = (size_t)cols + kBlock;
+        for (int first = 0; first < count; first += lanes) {
+            const float* src = M + (size_t)k * band + first;
+            if (lanes == 16)
+                output_columns<16>(src, m_stride, z + first, stride);
+            else
+                output_columns<8>(src, m_stride, z + first, stride);
+        }
+        const float b = bias ? bias[k] : 0.f;
+        for (const Segment& sg : segments) {
+            float* plane = out + sg.out_image + k * plane_out;
+            const int cols_out = std::min(4 * sg.n, out_w - 4 * sg.tx0);
+            for (int r = 0; r < 4 && 4 * sg.ty + r < out_h; ++r)
+                output_rows(z + r * 6 * stride + sg.t, stride, sg.n, cols_out, avx512, scratch,
+                            plane + (long)(4 * sg.ty + r) * out_w + 4 * sg.tx0, b, activation);
+        }
+    }
+};
+
 void WinogradConv::forward(const float* in, int batch, int height, int width, int pad, float* out, int out_h,
                            int out_w, const float* bias, int activation) const {
     const int C = channels_, K = filters_;
-    const MicroKernel& kernel = u_.front().kernel();
-    const int nr = kernel.nr;
+    const int nr = u_.front().kernel().nr;
     const int tiles_y = (out_h + 3) / 4, tiles_x = (out_w + 3) / 4;
     const int per_image = tiles_y * tiles_x, total = batch * per_image;
-    // Tiles per band: as many whole panels as fit the band budget, at least one panel.
-    const int band_cap = std::max(nr, (int)(band_floats().load() / ((size_t)kPoints * (C + K)) / nr * nr));
-    const int band = std::min(band_cap, round_up(total, nr));
-    const bool bf16 = u_.front().pairs(), round = precision() == Precision::BF16 && !bf16;
-    const int depth = bf16 ? (C + 1) / 2 : C;  // rows of the right operands as the kernels count them
+#ifdef _OPENMP
+    const int threads = omp_get_max_threads();
+#else
+    const int threads = 1;
+#endif
+    // Bands that fit one core's L2 (with the weights streaming past): when there are enough of them for every
+    // thread, each thread runs whole bands on its own, without a barrier; otherwise all threads share one larger
+    // band at a time, splitting each step.
+    const size_t per_tile = (size_t)kPoints * (C + K), budget = band_override().load();
+    const int private_band = std::max(nr, (int)((budget ? budget : kPrivateBandFloats) / per_tile / nr * nr));
+    const bool independent = (total + private_band - 1) / private_band >= 2 * threads;
+    const int shared_band = std::max(nr, (int)((budget ? budget : kBandFloats) / per_tile / nr * nr));
+    const int band = independent ? private_band : std::min(shared_band, round_up(total, nr));
 
-    static thread_local AlignedVector<float> v_buffer, m_buffer;
-    static thread_local AlignedVector<uint32_t> v_bf16;
-    const size_t v_stride = (size_t)C * band, m_stride = (size_t)K * band;
-    if (v_buffer.size() < kPoints * v_stride) v_buffer.resize(kPoints * v_stride);
-    if (m_buffer.size() < kPoints * m_stride) m_buffer.resize(kPoints * m_stride);
-    if (bf16 && v_bf16.size() < (size_t)kPoints * depth * band) v_bf16.resize((size_t)kPoints * depth * band);
-    float* V = v_buffer.data();
-    float* M = m_buffer.data();
-    uint32_t* Vb = v_bf16.data();
+    Band proto{*this, in, out, height, width, pad, out_h, out_w, tiles_x, per_image, bias, activation, C, K, nr,
+               nr % 16 == 0 ? 16 : 8, band, 0, false, false, active_isa() == Isa::Avx512,
+               (long)height * width, (long)out_h * out_w, (size_t)C * band, (size_t)K * band};
+    proto.pairs = u_.front().pairs();
+    proto.round = precision() == Precision::BF16 && !proto.pairs;
+    proto.depth = proto.pairs ? (C + 1) / 2 : C;
+    const size_t v_floats = kPoints * proto.v_stride, m_floats = kPoints * proto.m_stride;
+    const size_t pair_words = proto.pairs ? (size_t)kPoints * proto.depth * band : 0;
 
-    TileMap map;
-    map.image.resize(total);
-    map.out.resize(total);
-    map.y0.resize(total);
-    map.x0.resize(total);
-    map.oy.resize(total);
-    map.ox.resize(total);
-    for (int t = 0; t < total; ++t) {
-        const int b = t / per_image, ty = (t % per_image) / tiles_x, tx = t % tiles_x;
-        map.image[t] = (long)b * C * height * width;
-        map.out[t] = (long)b * K * out_h * out_w;
-        map.oy[t] = 4 * ty;
-        map.ox[t] = 4 * tx;
-        map.y0[t] = 4 * ty - pad;
-        map.x0[t] = 4 * tx - pad;
+    if (independent) {
+#pragma omp parallel
+        {
+            DenormalsAsZero flush;
+            static thread_local Scratch scratch;
+            static thread_local BandBuffers buffers;
+            scratch.reserve(band, tiles_x + 1);
+            buffers.reserve(v_floats, m_floats, pair_words);
+            Band work = proto;
+            work.V = buffers.v.data();
+            work.M = buffers.m.data();
+            work.Vb = buffers.v_pairs.data();
+#pragma omp for schedule(dynamic, 1)
+            for (int band0 = 0; band0 < total; band0 += band) {
+                work.select(band0, std::min(band, total - band0));
+                for (int c = 0; c < C; ++c) work.input(c, scratch);
+                for (int p = 0; p < kPoints; ++p) {
+                    work.convert(p);
+                    work.multiply(p);
+                }
+                for (int k = 0; k < K; ++k) work.output(k, scratch);
+            }
+        }
+        return;
     }
-    // Lanes per transform chunk: a chunk must not straddle two panels.
-    const int lanes = nr % 16 == 0 ? 16 : 8;
-    const long plane_in = (long)height * width, plane_out = (long)out_h * out_w;
 
+    static thread_local BandBuffers shared;  // the calling thread's, used by the whole team
+    shared.reserve(v_floats, m_floats, pair_words);
+    proto.V = shared.v.data();
+    proto.M = shared.m.data();
+    proto.Vb = shared.v_pairs.data();
 #pragma omp parallel
     {
         DenormalsAsZero flush;
+        static thread_local Scratch scratch;
+        scratch.reserve(band, tiles_x + 1);
+        Band work = proto;
         for (int band0 = 0; band0 < total; band0 += band) {
-            const int count = std::min(band, total - band0);
-            const int cols = round_up(count, nr);
-            const int chunks = cols / lanes;
-            // 1. input transform into the packed right operands: point p, panel j, channel c at
-            //    V[p * v_stride + (j * C + c) * nr + lane]
+            work.select(band0, std::min(band, total - band0));
 #pragma omp for schedule(static)
-            for (long item = 0; item < (long)C * chunks; ++item) {
-                const int c = (int)(item / chunks), chunk = (int)(item % chunks);
-                const int first = chunk * lanes, panel = first / nr, lane = first % nr;
-                float* dst = V + ((size_t)panel * C + c) * nr + lane;
-                if (lanes == 16)
-                    input_chunk<16>(in, c * plane_in, height, width, map, band0 + first,
-                                    std::max(0, std::min(lanes, count - first)), dst, v_stride);
-                else
-                    input_chunk<8>(in, c * plane_in, height, width, map, band0 + first,
-                                   std::max(0, std::min(lanes, count - first)), dst, v_stride);
-            }
-            if (bf16 || round) {
+            for (int c = 0; c < C; ++c) work.input(c, scratch);
+            if (work.pairs || work.round) {
 #pragma omp for schedule(static)
-                for (int p = 0; p < kPoints; ++p) {
-                    if (bf16)
-                        fp32_panels_to_bf16(V + p * v_stride, C, cols / nr, nr, Vb + (size_t)p * depth * band);
-                    else
-                        round_span_to_bf16(V + p * v_stride, (size_t)C * cols);
-                }
+                for (int p = 0; p < kPoints; ++p) work.convert(p);
             }
-            // 2. the 36 GEMMs: M[p] (K x cols, leading dimension band) = U[p] * V[p]
 #pragma omp for schedule(dynamic, 1)
-            for (int p = 0; p < kPoints; ++p) {
-                const void* right = bf16 ? (const void*)(Vb + (size_t)p * depth * band) : (const void*)(V + p * v_stride);
-                gemm_block(u_[p], 0, K, right, cols, M + p * m_stride, band, nullptr, LINEAR);
-            }
-            // 3. output transform, bias, activation, store
+            for (int p = 0; p < kPoints; ++p) work.multiply(p);
 #pragma omp for schedule(static)
-            for (long item = 0; item < (long)K * chunks; ++item) {
-                const int k = (int)(item / chunks), chunk = (int)(item % chunks);
-                const int first = chunk * lanes;
-                const int n = std::min(lanes, count - first);
-                if (n <= 0) continue;
-                const float* src = M + (size_t)k * band + first;
-                const float b = bias ? bias[k] : 0.f;
-                if (lanes == 16)
-                    output_chunk<16>(src, m_stride, map, band0 + first, n, k * plane_out, out_h, out_w, b,
-                                     activation, out);
-                else
-                    output_chunk<8>(src, m_stride, map, band0 + first, n, k * plane_out, out_h, out_w, b,
-                                    activation, out);
-            }
+            for (int k = 0; k < K; ++k) work.output(k, scratch);
         }
     }
 }

@@ -23,7 +23,7 @@ bool winograd_worthwhile(int channels, int filters, int out_h, int out_w);
 // Globally disables (or re-enables) the Winograd path, e.g. to compare it with the plain GEMM path.
 void set_winograd_enabled(bool enabled);
 bool winograd_enabled();
-// Sets the working-set budget of one band of tiles (0: the default), so tests can force many bands.
+// Sets the working-set budget of one band of tiles (0: the defaults), so tests can force many bands.
 void set_winograd_band_floats(size_t floats);
 
 class WinogradConv {
@@ -40,6 +40,7 @@ public:
                  const float* bias, int activation) const;
 
 private:
+    struct Band;
     int filters_ = 0, channels_ = 0;
     std::vector<PackedMatrix> u_;  // the 36 transformed weight matrices, filters x channels each
 };
