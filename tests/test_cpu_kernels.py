@@ -277,6 +277,7 @@ BF16_CASES = {
                                       activation="linear"), 1),
     "3x3_k540": (60, 11, 12, 2, dict(filters=25, size=3, stride=1, pad=1, activation="leaky"), 1),
     "3x3_small_filters": (5, 12, 12, 1, dict(filters=9, size=3, stride=1, pad=1, activation="linear"), 1),
+    "winograd_odd_channels": (17, 12, 13, 2, dict(filters=18, size=3, stride=1, pad=1, activation="linear"), 1),
 }
 
 

@@ -179,12 +179,13 @@ __attribute__((always_inline)) inline void bias_activate(float* __restrict x, in
 
 // Per-thread scratch of the transforms.
 struct Scratch {
-    AlignedVector<float> rows;    // 36 rows: the row-transformed input tiles, or 24 rows: the column-transformed
-                                  // sums of one filter (rows of band + kBlock, the last kBlock as overrun room)
+    AlignedVector<float> rows;    // 36 rows per channel (two channels in bf16 pairs): the row-transformed input
+                                  // tiles, or 24 rows: the column-transformed sums of one filter (rows of
+                                  // band + kBlock, the last kBlock as overrun room)
     AlignedVector<float> line;    // one zero-padded input row, or one output row
     AlignedVector<float> phases;  // four phase arrays of a row
     void reserve(size_t band, size_t width) {
-        if (rows.size() < kPoints * (band + kBlock)) rows.resize(kPoints * (band + kBlock));
+        if (rows.size() < 2 * kPoints * (band + kBlock)) rows.resize(2 * kPoints * (band + kBlock));
         if (line.size() < 4 * width + 16) line.resize(4 * width + 16);
         if (phases.size() < 4 * (width + 16)) phases.resize(4 * (width + 16));
     }
@@ -230,6 +231,32 @@ PD_CLONES void input_columns(const float* w, size_t stride, float* dst, size_t p
             PD_BT(col[l], col[6 * stride + l], col[12 * stride + l], col[18 * stride + l], col[24 * stride + l],
                   col[30 * stride + l], v[0][l], v[1][l], v[2][l], v[3][l], v[4][l], v[5][l]);
         for (int r = 0; r < 6; ++r) std::memcpy(dst + (size_t)(r * 6 + s) * point_stride, v[r], sizeof(v[r]));
+    }
+}
+
+// The column pass for two channels at once in bf16 pairs: the results of channel 2q (w0) and 2q + 1 (w1; null
+// past the last channel) rounded to bf16 and stored as one 32-bit word per tile, low half first, as the bf16
+// kernels read their right operand.
+template <int L>
+PD_CLONES void input_columns_pairs(const float* w0, const float* w1, size_t stride, uint32_t* dst,
+                                   size_t point_stride) {
+    for (int s = 0; s < 6; ++s) {
+        float v0[6][L], v1[6][L] = {};
+        const float* col = w0 + s * stride;
+        for (int l = 0; l < L; ++l)
+            PD_BT(col[l], col[6 * stride + l], col[12 * stride + l], col[18 * stride + l], col[24 * stride + l],
+                  col[30 * stride + l], v0[0][l], v0[1][l], v0[2][l], v0[3][l], v0[4][l], v0[5][l]);
+        if (w1) {
+            col = w1 + s * stride;
+            for (int l = 0; l < L; ++l)
+                PD_BT(col[l], col[6 * stride + l], col[12 * stride + l], col[18 * stride + l], col[24 * stride + l],
+                      col[30 * stride + l], v1[0][l], v1[1][l], v1[2][l], v1[3][l], v1[4][l], v1[5][l]);
+        }
+        for (int r = 0; r < 6; ++r) {
+            uint32_t* out = dst + (size_t)(r * 6 + s) * point_stride;
+            for (int l = 0; l < L; ++l)
+                out[l] = (uint32_t)float_to_bf16(v0[r][l]) | ((uint32_t)float_to_bf16(v1[r][l]) << 16);
+        }
     }
 }
 
@@ -370,13 +397,10 @@ struct WinogradConv::Band {
         }
     }
 
-    // Input transform of channel c: the row pass into the scratch (36 rows), then the column pass into the packed
-    // right operands: point p, panel j, channel c at V[p * v_stride + (j * C + c) * nr + lane]. The row pass of a
-    // segment may write up to kBlock - 1 values past its end: the next segment, written later, or the row's
-    // overrun room (then zeroed up to cols), takes them.
-    void input(int c, Scratch& scratch) const {
-        float* w = scratch.rows.data();
-        const size_t stride = (size_t)cols + kBlock;
+    // Row pass of channel c into w (36 rows of `stride`). The row pass of a segment may write up to kBlock - 1
+    // values past its end: the next segment, written later, or the row's overrun room (then zeroed up to cols),
+    // takes them.
+    void input_rows_of(int c, float* w, size_t stride, Scratch& scratch) const {
         for (const Segment& sg : segments) {
             const float* plane = in + sg.in_image + c * plane_in;
             for (int r = 0; r < 6; ++r) {
@@ -386,6 +410,14 @@ struct WinogradConv::Band {
             }
         }
         for (int i = 0; i < kPoints; ++i) std::memset(w + i * stride + count, 0, sizeof(float) * (cols - count));
+    }
+
+    // Input transform of channel c: the row pass into the scratch, then the column pass into the packed right
+    // operands: point p, panel j, channel c at V[p * v_stride + (j * C + c) * nr + lane].
+    void input(int c, Scratch& scratch) const {
+        float* w = scratch.rows.data();
+        const size_t stride = (size_t)cols + kBlock;
+        input_rows_of(c, w, stride, scratch);
         for (int first = 0; first < cols; first += lanes) {
             float* dst = V + ((size_t)(first / nr) * C + c) * nr + first % nr;
             if (lanes == 16)
@@ -395,12 +427,36 @@ struct WinogradConv::Band {
         }
     }
 
-    // bf16 precision: point p's right operand as bf16 pairs, or rounded to bf16 values in place.
-    void convert(int p) const {
+    // In bf16 pairs: input transform of channels 2q and 2q + 1 straight into the pairs of the right operands:
+    // point p, panel j, pair q at Vb[p * depth * band + (j * depth + q) * nr + lane].
+    void input_pair(int q, Scratch& scratch) const {
+        const size_t stride = (size_t)cols + kBlock;
+        float* w0 = scratch.rows.data();
+        float* w1 = 2 * q + 1 < C ? w0 + kPoints * stride : nullptr;
+        input_rows_of(2 * q, w0, stride, scratch);
+        if (w1) input_rows_of(2 * q + 1, w1, stride, scratch);
+        const size_t point_stride = (size_t)depth * band;
+        for (int first = 0; first < cols; first += lanes) {
+            uint32_t* dst = Vb + ((size_t)(first / nr) * depth + q) * nr + first % nr;
+            if (lanes == 16)
+                input_columns_pairs<16>(w0 + first, w1 ? w1 + first : nullptr, stride, dst, point_stride);
+            else
+                input_columns_pairs<8>(w0 + first, w1 ? w1 + first : nullptr, stride, dst, point_stride);
+        }
+    }
+
+    // One item of the input step: a channel, or a pair of channels in bf16 pairs.
+    int input_items() const { return pairs ? depth : C; }
+    void input_item(int i, Scratch& scratch) const {
         if (pairs)
-            fp32_panels_to_bf16(V + p * v_stride, C, cols / nr, nr, Vb + (size_t)p * depth * band);
-        else if (round)
-            round_span_to_bf16(V + p * v_stride, (size_t)C * cols);
+            input_pair(i, scratch);
+        else
+            input(i, scratch);
+    }
+
+    // bf16 precision on kernels without bf16 pairs: point p's right operand rounded to bf16 values in place.
+    void convert(int p) const {
+        if (round) round_span_to_bf16(V + p * v_stride, (size_t)C * cols);
     }
 
     // M[p] (K x cols, leading dimension band) = U[p] * V[p]
@@ -458,7 +514,7 @@ void WinogradConv::forward(const float* in, int batch, int height, int width, in
     proto.pairs = u_.front().pairs();
     proto.round = precision() == Precision::BF16 && !proto.pairs;
     proto.depth = proto.pairs ? (C + 1) / 2 : C;
-    const size_t v_floats = kPoints * proto.v_stride, m_floats = kPoints * proto.m_stride;
+    const size_t v_floats = proto.pairs ? 0 : kPoints * proto.v_stride, m_floats = kPoints * proto.m_stride;
     const size_t pair_words = proto.pairs ? (size_t)kPoints * proto.depth * band : 0;
 
     if (independent) {
@@ -476,7 +532,7 @@ void WinogradConv::forward(const float* in, int batch, int height, int width, in
 #pragma omp for schedule(dynamic, 1)
             for (int band0 = 0; band0 < total; band0 += band) {
                 work.select(band0, std::min(band, total - band0));
-                for (int c = 0; c < C; ++c) work.input(c, scratch);
+                for (int i = 0; i < work.input_items(); ++i) work.input_item(i, scratch);
                 for (int p = 0; p < kPoints; ++p) {
                     work.convert(p);
                     work.multiply(p);
@@ -501,8 +557,8 @@ void WinogradConv::forward(const float* in, int batch, int height, int width, in
         for (int band0 = 0; band0 < total; band0 += band) {
             work.select(band0, std::min(band, total - band0));
 #pragma omp for schedule(static)
-            for (int c = 0; c < C; ++c) work.input(c, scratch);
-            if (work.pairs || work.round) {
+            for (int i = 0; i < work.input_items(); ++i) work.input_item(i, scratch);
+            if (work.round) {
 #pragma omp for schedule(static)
                 for (int p = 0; p < kPoints; ++p) work.convert(p);
             }
