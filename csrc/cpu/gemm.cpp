@@ -21,8 +21,9 @@ namespace {
 // negligible, short enough that the A panel and the B block slice stay in L1/L2 (measured: 512 beat longer runs
 // on 4608-deep products and equalled them elsewhere).
 constexpr int kKernelDepth = 512;
-// Target size of one packed B block, in floats (192 KB: a fifth of a Zen 4 core's L2).
-constexpr int kBlockFloats = 48 * 1024;
+// Target size of the slice of a packed B block that one depth block uses, in floats (384 KB: over a third of a
+// Zen 4 core's L2), so that each A panel slice loaded into L1 serves several B panels.
+constexpr int kBlockFloats = 96 * 1024;
 
 int max_threads() {
 #ifdef _OPENMP
@@ -89,19 +90,38 @@ void pack_dense_panels(const float* b, long ld, int depth, int col_begin, int co
 
 namespace {
 
+// A whole panel row inside the image, with the length and stride known at compile time: straight-line vector code.
+template <int N, int S>
+__attribute__((always_inline)) inline void copy_run(const float* __restrict src, float* __restrict dst) {
+    for (int t = 0; t < N; ++t) dst[t] = src[S * t];
+}
+
 // One depth row of an im2col run: run consecutive output columns starting at column x0 of the input row `src`
 // (null: the row lies outside the image), stepping stride_x, zero where x falls outside [0, width).
-inline void unroll_row(const float* src, int x0, int stride_x, int width, int run, float* dst) {
+__attribute__((always_inline)) inline void unroll_row(const float* src, int x0, int stride_x, int width, int run, float* dst) {
+    if (src && x0 >= 0 && x0 + (run - 1) * stride_x < width && (stride_x == 1 || stride_x == 2) &&
+        (run == 48 || run == 16)) {  // the common case: a full wide (48) or narrow (16) panel row
+        if (run == 48)
+            stride_x == 1 ? copy_run<48, 1>(src + x0, dst) : copy_run<48, 2>(src + x0, dst);
+        else
+            stride_x == 1 ? copy_run<16, 1>(src + x0, dst) : copy_run<16, 2>(src + x0, dst);
+        return;
+    }
     if (!src) {
         std::memset(dst, 0, sizeof(float) * run);
         return;
     }
-    // valid t: 0 <= x0 + t * stride_x < width
-    const int lo = std::clamp(x0 >= 0 ? 0 : (-x0 + stride_x - 1) / stride_x, 0, run);
-    const int hi = std::clamp(width - x0 <= 0 ? 0 : (width - x0 + stride_x - 1) / stride_x, lo, run);
+    // valid t: 0 <= x0 + t * stride_x < width (divisions only at the image edges)
+    int lo = 0, hi = run;
+    if (x0 < 0 || x0 + (run - 1) * stride_x >= width) {
+        lo = std::clamp(x0 >= 0 ? 0 : (-x0 + stride_x - 1) / stride_x, 0, run);
+        hi = std::clamp(width - x0 <= 0 ? 0 : (width - x0 + stride_x - 1) / stride_x, lo, run);
+    }
     for (int t = 0; t < lo; ++t) dst[t] = 0.f;
     if (stride_x == 1)
         std::memcpy(dst + lo, src + x0 + lo, sizeof(float) * (hi - lo));
+    else if (stride_x == 2)  // a separate loop with a constant stride, which vectorises (even/odd permutes)
+        for (int t = lo; t < hi; ++t) dst[t] = src[x0 + 2 * t];
     else
         for (int t = lo; t < hi; ++t) dst[t] = src[x0 + t * stride_x];
     for (int t = hi; t < run; ++t) dst[t] = 0.f;
@@ -109,6 +129,7 @@ inline void unroll_row(const float* src, int x0, int stride_x, int width, int ru
 
 }  // namespace
 
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void pack_im2col_panels(const ConvGeometry& g, const float* image, int col_begin, int cols, int nr, float* out) {
     const int depth = g.depth();
     const int panels = (cols + nr - 1) / nr;
@@ -118,23 +139,33 @@ void pack_im2col_panels(const ConvGeometry& g, const float* image, int col_begin
         for (int p = 0; p < depth; ++p) std::memset(last + (size_t)p * nr, 0, sizeof(float) * tail);
     }
     // Runs of columns that share one output row and one panel: within a run, one depth row is a (strided) slice
-    // of one input row.
+    // of one input row. Depth rows outermost, so that consecutive runs read consecutive parts of the same input
+    // rows (a few long streams instead of one short stream per channel and kernel row, which starves the
+    // prefetchers on large images).
+    struct Run {
+        int y_base, x_base, len;
+        size_t offset;  // of the run's first value in `out`
+    };
+    thread_local std::vector<Run> runs;
+    runs.clear();
     for (int j = 0; j < cols;) {
         const int col = col_begin + j, oy = col / g.out_w, ox = col % g.out_w;
         const int lane = j % nr;
-        const int run = std::min({g.out_w - ox, nr - lane, cols - j});
-        float* dst = out + (size_t)(j / nr) * depth * nr + lane;
-        const int y_base = oy * g.stride_y - g.pad, x_base = ox * g.stride_x - g.pad;
-        for (int ch = 0; ch < g.channels; ++ch) {
-            const float* plane = image + (size_t)ch * g.height * g.width;
-            for (int ky = 0; ky < g.ksize; ++ky) {
-                const int y = y_base + ky * g.dilation;
-                const float* src = (y >= 0 && y < g.height) ? plane + (size_t)y * g.width : nullptr;
-                for (int kx = 0; kx < g.ksize; ++kx, dst += nr)
-                    unroll_row(src, x_base + kx * g.dilation, g.stride_x, g.width, run, dst);
-            }
-        }
-        j += run;
+        const int len = std::min({g.out_w - ox, nr - lane, cols - j});
+        runs.push_back({oy * g.stride_y - g.pad, ox * g.stride_x - g.pad, len, (size_t)(j / nr) * depth * nr + lane});
+        j += len;
+    }
+    int r = 0;
+    for (int ch = 0; ch < g.channels; ++ch) {
+        const float* plane = image + (size_t)ch * g.height * g.width;
+        for (int ky = 0; ky < g.ksize; ++ky)
+            for (int kx = 0; kx < g.ksize; ++kx, ++r)
+                for (const Run& run : runs) {
+                    const int y = run.y_base + ky * g.dilation;
+                    const float* src = (y >= 0 && y < g.height) ? plane + (size_t)y * g.width : nullptr;
+                    unroll_row(src, run.x_base + kx * g.dilation, g.stride_x, g.width, run.len,
+                               out + run.offset + (size_t)r * nr);
+                }
     }
 }
 
@@ -199,7 +230,7 @@ void gemm_packed(const PackedMatrix& a, int n, const PanelPacker& pack, float* c
     const int mr = k.mr, nr = k.nr, threads = max_threads();
     // Column blocks of about kBlockFloats packed floats; if that leaves fewer than two blocks per thread, narrower
     // blocks, and if the columns still do not go round, the rows are split as well.
-    int nc = std::clamp(kBlockFloats / std::max(depth, 1) / nr * nr, nr, 16 * nr);
+    int nc = std::clamp(kBlockFloats / std::max(std::min(depth, kKernelDepth), 1) / nr * nr, nr, 16 * nr);
     if ((n + nc - 1) / nc < 2 * threads) nc = std::max(nr, round_up((n + 2 * threads - 1) / (2 * threads), nr));
     const int col_blocks = (n + nc - 1) / nc;
     const int row_panels = (m + mr - 1) / mr;
