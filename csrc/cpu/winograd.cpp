@@ -234,28 +234,44 @@ PD_CLONES void input_columns(const float* w, size_t stride, float* dst, size_t p
     }
 }
 
-// The column pass for two channels at once in bf16 pairs: the results of channel 2q (w0) and 2q + 1 (w1; null
-// past the last channel) rounded to bf16 and stored as one 32-bit word per tile, low half first, as the bf16
-// kernels read their right operand.
-template <int L>
-PD_CLONES void input_columns_pairs(const float* w0, const float* w1, size_t stride, uint32_t* dst,
-                                   size_t point_stride) {
+#define PD_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma,avx512bf16")))
+
+// B^T z on six vectors of 16 tiles each.
+PD_AVX512_BF16 inline void bt_vectors(const __m512 (&z)[6], __m512 (&o)[6]) {
+    const __m512 four = _mm512_set1_ps(4.f), five = _mm512_set1_ps(5.f), two = _mm512_set1_ps(2.f);
+    const __m512 z4_z2 = _mm512_sub_ps(z[4], z[2]);
+    const __m512 z1_z3 = _mm512_sub_ps(z[1], z[3]);
+    o[0] = _mm512_fmadd_ps(four, z[0], _mm512_fnmadd_ps(five, z[2], z[4]));
+    o[1] = _mm512_fnmadd_ps(four, _mm512_add_ps(z[1], z[2]), _mm512_add_ps(z[3], z[4]));
+    o[2] = _mm512_fmadd_ps(four, _mm512_sub_ps(z[1], z[2]), _mm512_sub_ps(z[4], z[3]));
+    o[3] = _mm512_fnmadd_ps(two, z1_z3, z4_z2);
+    o[4] = _mm512_fmadd_ps(two, z1_z3, z4_z2);
+    o[5] = _mm512_fmadd_ps(four, z[1], _mm512_fnmadd_ps(five, z[3], z[5]));
+}
+
+// The column pass for two channels at once, in bf16 pairs, for 16 tiles: the results of channel 2q (w0) and
+// 2q + 1 (w1; null past the last channel) rounded to bf16 (vcvtne2ps2bf16: to nearest even) and stored as one
+// 32-bit word per tile, low half first, as the bf16 kernels read their right operand. Only used with the AVX512_BF16
+// kernels, whose panels are multiples of 16 tiles.
+PD_AVX512_BF16 void input_columns_pairs(const float* w0, const float* w1, size_t stride, uint32_t* dst,
+                                        size_t point_stride) {
+    // 16-bit lane 2l takes channel 2q's tile l (element l of the conversion's low half), lane 2l + 1 channel
+    // 2q + 1's (element 16 + l of its high half)
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     for (int s = 0; s < 6; ++s) {
-        float v0[6][L], v1[6][L] = {};
-        const float* col = w0 + s * stride;
-        for (int l = 0; l < L; ++l)
-            PD_BT(col[l], col[6 * stride + l], col[12 * stride + l], col[18 * stride + l], col[24 * stride + l],
-                  col[30 * stride + l], v0[0][l], v0[1][l], v0[2][l], v0[3][l], v0[4][l], v0[5][l]);
+        __m512 z[6], v0[6], v1[6];
+        for (int r = 0; r < 6; ++r) z[r] = _mm512_loadu_ps(w0 + (size_t)(6 * r + s) * stride);
+        bt_vectors(z, v0);
         if (w1) {
-            col = w1 + s * stride;
-            for (int l = 0; l < L; ++l)
-                PD_BT(col[l], col[6 * stride + l], col[12 * stride + l], col[18 * stride + l], col[24 * stride + l],
-                      col[30 * stride + l], v1[0][l], v1[1][l], v1[2][l], v1[3][l], v1[4][l], v1[5][l]);
+            for (int r = 0; r < 6; ++r) z[r] = _mm512_loadu_ps(w1 + (size_t)(6 * r + s) * stride);
+            bt_vectors(z, v1);
+        } else {
+            for (int r = 0; r < 6; ++r) v1[r] = _mm512_setzero_ps();
         }
         for (int r = 0; r < 6; ++r) {
-            uint32_t* out = dst + (size_t)(r * 6 + s) * point_stride;
-            for (int l = 0; l < L; ++l)
-                out[l] = (uint32_t)float_to_bf16(v0[r][l]) | ((uint32_t)float_to_bf16(v1[r][l]) << 16);
+            const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(v1[r], v0[r]);
+            _mm512_storeu_si512(dst + (size_t)(r * 6 + s) * point_stride, _mm512_permutexvar_epi16(interleave, both));
         }
     }
 }
@@ -436,12 +452,9 @@ struct WinogradConv::Band {
         input_rows_of(2 * q, w0, stride, scratch);
         if (w1) input_rows_of(2 * q + 1, w1, stride, scratch);
         const size_t point_stride = (size_t)depth * band;
-        for (int first = 0; first < cols; first += lanes) {
+        for (int first = 0; first < cols; first += 16) {
             uint32_t* dst = Vb + ((size_t)(first / nr) * depth + q) * nr + first % nr;
-            if (lanes == 16)
-                input_columns_pairs<16>(w0 + first, w1 ? w1 + first : nullptr, stride, dst, point_stride);
-            else
-                input_columns_pairs<8>(w0 + first, w1 ? w1 + first : nullptr, stride, dst, point_stride);
+            input_columns_pairs(w0 + first, w1 ? w1 + first : nullptr, stride, dst, point_stride);
         }
     }
 
