@@ -129,14 +129,28 @@ def test_set_cpu_isa_rejects_unknown_names(core):
 # Winograd F(4x4, 3x3)
 # ----------------------------------------------------------------------------------------------------------
 
-# The transform matrices of F(4x4, 3x3) for the interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray);
-# test_winograd_reference_is_a_convolution checks them against the direct sum, independently of the engine.
-WINO_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
-                    [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=np.float64)
-WINO_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
-                   [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=np.float64)
-WINO_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
-                   dtype=np.float64)
+# The transform matrices of F(4x4, 3x3) for the interpolation points 0, 1, -1, 2, -1/2 and infinity (the engine's
+# choice), built here by the Toom-Cook construction; test_winograd_reference_is_a_convolution checks them against
+# the direct sum, independently of the engine.
+def toom_cook_f43(points):
+    from numpy.polynomial import polynomial as P
+    p = np.asarray(points, dtype=np.float64)
+    at = np.zeros((4, 6))
+    for i in range(4):
+        at[i, :5] = p ** i
+    at[3, 5] = 1.0
+    g = np.zeros((6, 3))
+    for j in range(5):
+        g[j] = p[j] ** np.arange(3) / np.prod([p[j] - p[k] for k in range(5) if k != j])
+    g[5, 2] = 1.0
+    bt = np.zeros((6, 6))
+    for j in range(5):
+        bt[j, :5] = P.polyfromroots(np.delete(p, j))  # coefficients of prod_{k != j} (x - p_k), lowest first
+    bt[5] = P.polyfromroots(p)
+    return bt, g, at
+
+
+WINO_BT, WINO_G, WINO_AT = toom_cook_f43([0, 1, -1, 2, -0.5])
 
 
 def winograd_f43(x, w, padding, magnitude=False):

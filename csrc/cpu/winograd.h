@@ -5,9 +5,10 @@
 //   Y = A^T [ (G g G^T) . (B^T d B) ] A      (g: 3x3 filter, d: 6x6 input tile, Y: 4x4 output tile)
 //
 // The element-wise products summed over input channels are 36 independent GEMMs (filters x channels times
-// channels x tiles), run on the packed GEMM kernels. Rounding: the transforms use coefficients up to 8 (A) and 5
-// (B), so the result differs from direct convolution by a few float32 ulps of the largest intermediate terms;
-// measured on real networks in benchmarks/RESULTS.md.
+// channels x tiles), run on the packed GEMM kernels. Rounding: the transforms add up multiples (up to 8) of values
+// larger than the result, so the result differs from a direct convolution by a few float32 ulps of those terms
+// (about 2.3x the direct convolution's own rounding error with the interpolation points used here); measured on
+// whole networks in benchmarks/RESULTS.md.
 #pragma once
 
 #include <vector>
