@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -87,27 +88,6 @@ __attribute__((target("avx512f"))) inline __mmask16 first_lanes(int n) {
     return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n > 0 ? n : 0)) - 1);
 }
 
-// src[4m + q] -> phase[q][m] for m < count (the four phases of a row, each a plain array). Writes whole blocks of
-// 16: the phase arrays need room for count rounded up to 16.
-__attribute__((target("avx512f"))) void deinterleave4_avx512(const float* src, int count, float* p0, float* p1,
-                                                             float* p2, float* p3) {
-    float* phase[4] = {p0, p1, p2, p3};
-    for (int m = 0; m < count; m += 16, src += 64) {
-        const int left = 4 * (count - m);  // samples left in this row
-        const __m512 v0 = _mm512_maskz_loadu_ps(first_lanes(left), src);
-        const __m512 v1 = _mm512_maskz_loadu_ps(first_lanes(left - 16), src + 16);
-        const __m512 v2 = _mm512_maskz_loadu_ps(first_lanes(left - 32), src + 32);
-        const __m512 v3 = _mm512_maskz_loadu_ps(first_lanes(left - 48), src + 48);
-        for (int q = 0; q < 4; ++q) {
-            // lanes 0-7: elements q, q+4, ..., q+28 of v0|v1; lanes 8-15: the same of v2|v3
-            const __m512i idx = _mm512_setr_epi32(q, q + 4, q + 8, q + 12, q + 16, q + 20, q + 24, q + 28, q, q + 4,
-                                                  q + 8, q + 12, q + 16, q + 20, q + 24, q + 28);
-            const __m512 lo = _mm512_permutex2var_ps(v0, idx, v1), hi = _mm512_permutex2var_ps(v2, idx, v3);
-            _mm512_storeu_ps(phase[q] + m, _mm512_mask_blend_ps((__mmask16)0xFF00, lo, hi));
-        }
-    }
-}
-
 void deinterleave4_scalar(const float* src, int count, float* p0, float* p1, float* p2, float* p3) {
     for (int m = 0; m < count; ++m) {
         p0[m] = src[4 * m];
@@ -182,6 +162,61 @@ __attribute__((always_inline)) inline void bias_activate(float* __restrict x, in
         for (int m = m0; m < m0 + kBlock; ++m) x[m] = activate(x[m] + bias, A);
 }
 
+#define PD_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma")))
+
+// B^T z on six vectors of 16 tiles each (the same arithmetic as PD_BT).
+PD_AVX512 inline void bt_vectors(const __m512 (&z)[6], __m512 (&o)[6]) {
+    const __m512 d13 = _mm512_sub_ps(z[1], z[3]), d42 = _mm512_sub_ps(z[4], z[2]);
+    const __m512 two = _mm512_set1_ps(2.f), half = _mm512_set1_ps(0.5f), one5 = _mm512_set1_ps(1.5f),
+                 two5 = _mm512_set1_ps(2.5f);
+    o[0] = _mm512_fmadd_ps(one5, d13, _mm512_fnmadd_ps(two, z[2], _mm512_add_ps(z[0], z[4])));
+    o[1] = _mm512_fnmadd_ps(half, z[3], _mm512_fnmadd_ps(two5, z[2], _mm512_sub_ps(z[4], z[1])));
+    o[2] = _mm512_fnmadd_ps(two5, z[3], _mm512_fmadd_ps(half, z[2], _mm512_add_ps(z[4], z[1])));
+    o[3] = _mm512_fnmadd_ps(half, d13, d42);
+    o[4] = _mm512_fmadd_ps(two, d13, d42);
+    o[5] = _mm512_fmadd_ps(one5, _mm512_sub_ps(z[2], z[4]), _mm512_fnmadd_ps(two, z[3], _mm512_add_ps(z[1], z[5])));
+}
+
+// Mask of the lanes of a 16-float vector starting at sample `at` whose samples lie in [lo, hi).
+__attribute__((target("avx512f"))) inline __mmask16 lanes_within(int at, int lo, int hi) {
+    return first_lanes(hi - at) & (__mmask16) ~first_lanes(lo - at);
+}
+
+// The 16 samples at + 0 .. 15 of a row segment, zero outside [lo, hi); those are never read.
+PD_AVX512 inline __m512 load_within(const float* line, int at, int lo, int hi) {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(line) + (uintptr_t)((intptr_t)at * 4);
+    return _mm512_maskz_loadu_ps(lanes_within(at, lo, hi), reinterpret_cast<const float*>(address));
+}
+
+// The row pass of the input transform with AVX-512, 16 tiles per step, all in registers: the step's 64 samples
+// (plus the two that the last tile shares with the next step) split into their four phases by permutes, the
+// phases shifted by one tile for the last two taps, B^T on the six tap vectors, six stores. Sample i of the row
+// segment is at line + i and exists for lo <= i < hi; the others read as zero (masked loads, so `line` may point
+// before the row: the samples outside are never touched). w rows have room for n rounded up to 16.
+PD_AVX512 void input_rows_avx512(const float* line, int lo, int hi, int n, float* w, size_t stride) {
+    const __m512i idx[4] = {
+        _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28),
+        _mm512_setr_epi32(1, 5, 9, 13, 17, 21, 25, 29, 1, 5, 9, 13, 17, 21, 25, 29),
+        _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 2, 6, 10, 14, 18, 22, 26, 30),
+        _mm512_setr_epi32(3, 7, 11, 15, 19, 23, 27, 31, 3, 7, 11, 15, 19, 23, 27, 31)};
+    for (int m = 0; m < n; m += 16) {
+        const int at = 4 * m;
+        const __m512 v0 = load_within(line, at, lo, hi), v1 = load_within(line, at + 16, lo, hi);
+        const __m512 v2 = load_within(line, at + 32, lo, hi), v3 = load_within(line, at + 48, lo, hi);
+        const __m512 v4 = load_within(line, at + 64, lo, hi);
+        __m512 z[6], o[6];
+        for (int q = 0; q < 4; ++q)
+            z[q] = _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_permutex2var_ps(v0, idx[q], v1),
+                                        _mm512_permutex2var_ps(v2, idx[q], v3));
+        // taps 4 and 5 of tile l are taps 0 and 1 of tile l + 1
+        z[4] = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(v4), _mm512_castps_si512(z[0]), 1));
+        const __m512i v4_next = _mm512_alignr_epi32(_mm512_castps_si512(v4), _mm512_castps_si512(v4), 1);
+        z[5] = _mm512_castsi512_ps(_mm512_alignr_epi32(v4_next, _mm512_castps_si512(z[1]), 1));
+        bt_vectors(z, o);
+        for (int i = 0; i < 6; ++i) _mm512_storeu_ps(w + i * stride + m, o[i]);
+    }
+}
+
 // Per-thread scratch of the transforms.
 struct Scratch {
     AlignedVector<float> rows;    // 36 rows per channel (two channels in bf16 pairs): the row-transformed input
@@ -207,6 +242,11 @@ PD_CLONES void input_rows(const float* row, int width, int x0, int n, bool avx51
         return;
     }
     const int lo = std::clamp(-x0, 0, len), hi = std::clamp(width - x0, lo, len);
+    if (avx512) {
+        input_rows_avx512(reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(row) + (intptr_t)x0 * 4), lo,
+                          hi, n, w, stride);
+        return;
+    }
     const float* line = row + x0;
     if (lo > 0 || hi < len) {  // the tiles reach past the image: a zero-padded copy of the samples
         float* padded = s.line.data();
@@ -218,10 +258,7 @@ PD_CLONES void input_rows(const float* row, int width, int x0, int n, bool avx51
     const int pstride = n + 16;
     float* p0 = s.phases.data();
     float *p1 = p0 + pstride, *p2 = p1 + pstride, *p3 = p2 + pstride;
-    if (avx512)
-        deinterleave4_avx512(line, n + 1, p0, p1, p2, p3);
-    else
-        deinterleave4_scalar(line, n + 1, p0, p1, p2, p3);
+    deinterleave4_scalar(line, n + 1, p0, p1, p2, p3);
     bt_row(n, p0, p1, p2, p3, w, w + stride, w + 2 * stride, w + 3 * stride, w + 4 * stride, w + 5 * stride);
 }
 
@@ -240,19 +277,6 @@ PD_CLONES void input_columns(const float* w, size_t stride, float* dst, size_t p
 }
 
 #define PD_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma,avx512bf16")))
-
-// B^T z on six vectors of 16 tiles each (the same arithmetic as PD_BT).
-PD_AVX512_BF16 inline void bt_vectors(const __m512 (&z)[6], __m512 (&o)[6]) {
-    const __m512 d13 = _mm512_sub_ps(z[1], z[3]), d42 = _mm512_sub_ps(z[4], z[2]);
-    const __m512 two = _mm512_set1_ps(2.f), half = _mm512_set1_ps(0.5f), one5 = _mm512_set1_ps(1.5f),
-                 two5 = _mm512_set1_ps(2.5f);
-    o[0] = _mm512_fmadd_ps(one5, d13, _mm512_fnmadd_ps(two, z[2], _mm512_add_ps(z[0], z[4])));
-    o[1] = _mm512_fnmadd_ps(half, z[3], _mm512_fnmadd_ps(two5, z[2], _mm512_sub_ps(z[4], z[1])));
-    o[2] = _mm512_fnmadd_ps(two5, z[3], _mm512_fmadd_ps(half, z[2], _mm512_add_ps(z[4], z[1])));
-    o[3] = _mm512_fnmadd_ps(half, d13, d42);
-    o[4] = _mm512_fmadd_ps(two, d13, d42);
-    o[5] = _mm512_fmadd_ps(one5, _mm512_sub_ps(z[2], z[4]), _mm512_fnmadd_ps(two, z[3], _mm512_add_ps(z[1], z[5])));
-}
 
 // The column pass for two channels at once, in bf16 pairs, for 16 tiles: the results of channel 2q (w0) and
 // 2q + 1 (w1; null past the last channel) rounded to bf16 (vcvtne2ps2bf16: to nearest even) and stored as one
@@ -532,7 +556,8 @@ void WinogradConv::forward(const float* in, int batch, int height, int width, in
 
     Band proto{*this, in, out, height, width, pad, out_h, out_w, tiles_x, per_image, bias, activation, C, K, nr,
                nr % 16 == 0 ? 16 : 8, band, 0, false, false, active_isa() == Isa::Avx512,
-               (long)height * width, (long)out_h * out_w, (size_t)C * band, (size_t)K * band};
+               (long)height * width, (long)out_h * out_w, (size_t)C * band, (size_t)K * band,
+               nullptr, nullptr, nullptr, 0, 0, 0, {}};
     proto.pairs = u_.front().pairs();
     proto.round = precision() == Precision::BF16 && !proto.pairs;
     proto.depth = proto.pairs ? (C + 1) / 2 : C;
