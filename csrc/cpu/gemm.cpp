@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include <immintrin.h>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -169,8 +171,38 @@ void pack_im2col_panels(const ConvGeometry& g, const float* image, int col_begin
     }
 }
 
+namespace {
+
+// fp32_panels_to_bf16 with AVX512_BF16: vcvtne2ps2bf16 rounds 32 values (to nearest even) and one permute
+// interleaves each value of depth 2q with the one of depth 2q + 1 below it.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void panels_to_bf16_avx512(const float* in, int depth,
+                                                                                int panels, int nr, uint32_t* out) {
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const int pairs = (depth + 1) / 2;
+    for (int pnl = 0; pnl < panels; ++pnl) {
+        const float* src = in + (size_t)pnl * depth * nr;
+        uint32_t* dst = out + (size_t)pnl * pairs * nr;
+        for (int q = 0; q < pairs; ++q) {
+            const float* lo = src + (size_t)2 * q * nr;
+            const bool has_hi = 2 * q + 1 < depth;
+            for (int j = 0; j < nr; j += 16) {
+                const __m512 hi = has_hi ? _mm512_loadu_ps(lo + nr + j) : _mm512_setzero_ps();
+                const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(hi, _mm512_loadu_ps(lo + j));
+                _mm512_storeu_si512(dst + (size_t)q * nr + j, _mm512_permutexvar_epi16(interleave, both));
+            }
+        }
+    }
+}
+
+}  // namespace
+
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void fp32_panels_to_bf16(const float* in, int depth, int panels, int nr, uint32_t* out) {
+    if (nr % 16 == 0 && cpu_has_avx512_bf16()) {
+        panels_to_bf16_avx512(in, depth, panels, nr, out);
+        return;
+    }
     const int pairs = (depth + 1) / 2;
     for (int pnl = 0; pnl < panels; ++pnl) {
         const float* src = in + (size_t)pnl * depth * nr;

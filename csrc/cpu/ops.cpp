@@ -72,9 +72,28 @@ namespace {
 // columns in the inner one, so the inner loop is a plain vectorisable max; the SPP pools (13x13 windows) do 26
 // comparisons per output instead of 169. Same result as the direct loop: max is exact and order-independent, and
 // `a < b ? b : a` keeps the running maximum on a NaN exactly as the direct loop does.
+inline float larger(float a, float b) { return a < b ? b : a; }
+
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void max_pool_plane(const float* src, float* dst, float* rows, int in_h, int in_w, int out_h, int out_w, int size,
                     int stride_y, int stride_x, int offset) {
+    if (size == 2 && stride_y == 2 && stride_x == 2 && offset == 0) {
+        // the 2x2/2 pools of the tiny models: one pass, pairs of columns from two rows
+        const int full = std::min(out_w, in_w / 2);
+        for (int oy = 0; oy < out_h; ++oy) {
+            const float* r0 = src + (size_t)(2 * oy) * in_w;
+            const float* r1 = 2 * oy + 1 < in_h ? r0 + in_w : r0;
+            float* out = dst + (size_t)oy * out_w;
+            for (int ox = 0; ox < full; ++ox)
+                out[ox] = larger(larger(r0[2 * ox], r0[2 * ox + 1]), larger(r1[2 * ox], r1[2 * ox + 1]));
+            for (int ox = full; ox < out_w; ++ox) {  // a window reaching past the right edge
+                float best = -FLT_MAX;
+                for (int x = 2 * ox; x < std::min(in_w, 2 * ox + 2); ++x) best = larger(larger(best, r0[x]), r1[x]);
+                out[ox] = best;
+            }
+        }
+        return;
+    }
     for (int y = 0; y < in_h; ++y) {
         const float* in = src + (size_t)y * in_w;
         float* row = rows + (size_t)y * out_w;

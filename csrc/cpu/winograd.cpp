@@ -97,11 +97,11 @@ void deinterleave4_scalar(const float* src, int count, float* p0, float* p1, flo
     }
 }
 
-// phase[q][m] -> dst[4m + q] for m < count. Reads whole blocks of 16 from the phase arrays (room for count rounded
-// up to 16), writes exactly 4 * count values.
+// phase[q][m] -> dst[4m + q] for 4m + q < values. Reads whole blocks of 16 from the phase arrays (room for
+// values / 4 rounded up to 16), writes exactly `values` floats.
 __attribute__((target("avx512f"))) void interleave4_avx512(const float* p0, const float* p1, const float* p2,
-                                                           const float* p3, int count, float* dst) {
-    for (int m = 0; m < count; m += 16, dst += 64) {
+                                                           const float* p3, int values, float* dst) {
+    for (int m = 0; 4 * m < values; m += 16, dst += 64) {
         const __m512 a = _mm512_loadu_ps(p0 + m), b = _mm512_loadu_ps(p1 + m);
         const __m512 c = _mm512_loadu_ps(p2 + m), d = _mm512_loadu_ps(p3 + m);
         // per 128-bit lane i: ab_lo = a[4i], b[4i], a[4i+1], b[4i+1]; ab_hi = a[4i+2], b[4i+2], a[4i+3], b[4i+3]
@@ -115,7 +115,7 @@ __attribute__((target("avx512f"))) void interleave4_avx512(const float* p0, cons
         // transpose the 4 x 4 grid of lanes so that output vector j holds tiles 4j .. 4j + 3
         const __m512 ef_lo = _mm512_shuffle_f32x4(e, f, 0x44), ef_hi = _mm512_shuffle_f32x4(e, f, 0xEE);
         const __m512 gh_lo = _mm512_shuffle_f32x4(g, h, 0x44), gh_hi = _mm512_shuffle_f32x4(g, h, 0xEE);
-        const int left = 4 * (count - m);
+        const int left = values - 4 * m;
         _mm512_mask_storeu_ps(dst, first_lanes(left), _mm512_shuffle_f32x4(ef_lo, gh_lo, 0x88));
         _mm512_mask_storeu_ps(dst + 16, first_lanes(left - 16), _mm512_shuffle_f32x4(ef_lo, gh_lo, 0xDD));
         _mm512_mask_storeu_ps(dst + 32, first_lanes(left - 32), _mm512_shuffle_f32x4(ef_hi, gh_hi, 0x88));
@@ -123,13 +123,9 @@ __attribute__((target("avx512f"))) void interleave4_avx512(const float* p0, cons
     }
 }
 
-void interleave4_scalar(const float* p0, const float* p1, const float* p2, const float* p3, int count, float* dst) {
-    for (int m = 0; m < count; ++m) {
-        dst[4 * m] = p0[m];
-        dst[4 * m + 1] = p1[m];
-        dst[4 * m + 2] = p2[m];
-        dst[4 * m + 3] = p3[m];
-    }
+void interleave4_scalar(const float* p0, const float* p1, const float* p2, const float* p3, int values, float* dst) {
+    const float* phase[4] = {p0, p1, p2, p3};
+    for (int i = 0; i < values; ++i) dst[i] = phase[i % 4][i / 4];
 }
 
 // The row passes on whole tile rows, in blocks of 16 tiles (one AVX-512 vector; no scalar remainder, which on
@@ -222,7 +218,7 @@ struct Scratch {
     AlignedVector<float> rows;    // 36 rows per channel (two channels in bf16 pairs): the row-transformed input
                                   // tiles, or 24 rows: the column-transformed sums of one filter (rows of
                                   // band + kBlock, the last kBlock as overrun room)
-    AlignedVector<float> line;    // one zero-padded input row, or one output row
+    AlignedVector<float> line;    // one zero-padded input row (for kernels without AVX-512)
     AlignedVector<float> phases;  // four phase arrays of a row
     void reserve(size_t band, size_t width) {
         if (rows.size() < 2 * kPoints * (band + kBlock)) rows.resize(2 * kPoints * (band + kBlock));
@@ -337,12 +333,10 @@ PD_CLONES void output_rows(const float* z, size_t stride, int n, int cols, bool 
 #undef PD_ACTIVATION_CASE
         default: break;
     }
-    float* dst = cols == 4 * n ? out : s.line.data();
     if (avx512)
-        interleave4_avx512(y0, y1, y2, y3, n, dst);
+        interleave4_avx512(y0, y1, y2, y3, cols, out);
     else
-        interleave4_scalar(y0, y1, y2, y3, n, dst);
-    if (dst != out) std::memcpy(out, dst, sizeof(float) * cols);
+        interleave4_scalar(y0, y1, y2, y3, cols, out);
 }
 
 int round_up(int v, int to) { return (v + to - 1) / to * to; }
