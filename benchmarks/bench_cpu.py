@@ -19,7 +19,7 @@ GFLOP/s is ``net.bflops`` (Darknet's count of multiply-adds x 2 of a direct conv
 / median time: an effective rate, which the Winograd path can lift above the multiply-add peak. "% peak" divides
 it by the float32 FMA peak measured at start-up for the same thread count (bf16 rows: by the bf16 dot-product
 peak, twice the float32 one on CPUs with AVX512_BF16). The slowest layers come from a separate profiled pass
-(per-layer wall time, median over the runs).
+(per-layer wall time, or CPU time with --cpu-time; median over the runs).
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ def parse_args(argv=None):
     ap.add_argument("--peak", type=float, default=None,
                     help="float32 FMA peak in GFLOP/s for all cores (default: measured at start-up)")
     ap.add_argument("--no-winograd", action="store_true", help="pydarknet without its Winograd path")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with the process's CPU time instead of the wall clock: with --threads 1 this is the "
+                         "work each engine does, unaffected by other processes taking turns on the cores")
     ap.add_argument("--random-weights", action="store_true",
                     help="use random weights for every model, yolov4-tiny included")
     return ap.parse_args(argv)
@@ -149,17 +152,19 @@ def main(argv=None):
                 for batch in batches:
                     x = np.ascontiguousarray(x_all[:batch])
 
+                    clock = time.process_time if args.cpu_time else time.perf_counter
+
                     def run_cv():
-                        t = time.perf_counter()
+                        t = clock()
                         cv_net.setInput(x)
                         cv_net.forward(out_names)
-                        return time.perf_counter() - t
+                        return clock() - t
 
                     for precision, net in nets.items():
                         def run_ours():
-                            t = time.perf_counter()
+                            t = clock()
                             net.forward(x)
-                            return time.perf_counter() - t
+                            return clock() - t
 
                         for _ in range(args.warmup):
                             run_ours()
@@ -180,14 +185,14 @@ def main(argv=None):
                                      t_ours / t_cv, gflops, 100 * gflops / peak if peak else float("nan"),
                                      net.bflops * batch / t_cv, min(ours) * 1e3, min(theirs) * 1e3))
                         if args.layers:
-                            slowest.append((rows[-1], profile(net, x, args.runs, args.layers)))
+                            slowest.append((rows[-1], profile(net, x, args.runs, args.layers, args.cpu_time)))
             del nets, cv_net
 
     print(f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, kernels {_core.cpu_isa()}"
           f"{' + AVX512_BF16' if _core.cpu_has_avx512_bf16() else ''}; pydarknet "
           f"{getattr(pydarknet, '__version__', '?')}{' (Winograd off)' if args.no_winograd else ''}, "
           f"OpenCV {cv2.__version__}, numpy {np.__version__}; median of {args.runs} runs after {args.warmup} "
-          f"warm-up runs, interleaved")
+          f"warm-up runs, interleaved{'; CPU time' if args.cpu_time else ''}")
     print("measured peak GFLOP/s: " + ", ".join(
         f"{t} thread{'s' if t > 1 else ''}: fp32 {p[0]:.0f}" + (f", bf16 {p[1]:.0f}" if p[1] else "")
         for t, p in peaks.items()) + (" (given)" if args.peak is not None else ""))
@@ -208,7 +213,7 @@ def main(argv=None):
     return 0
 
 
-def profile(net, x, runs, count):
+def profile(net, x, runs, count, cpu_time=False):
     """The `count` slowest layers of a forward pass: (index, description, median ms, GFLOP/s)."""
     import numpy as np
 
@@ -218,7 +223,7 @@ def profile(net, x, runs, count):
         times = []
         for _ in range(runs):
             net.forward(x)
-            times.append(list(core.layer_seconds))
+            times.append(list(core.layer_cpu_seconds if cpu_time else core.layer_seconds))
     finally:
         core.profile = False
     median = np.median(np.array(times), axis=0)

@@ -88,6 +88,7 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("keep", &pd::Network::keep)
         .def_readwrite("profile", &pd::Network::profile)
         .def_readonly("layer_seconds", &pd::Network::layer_seconds)
+        .def_readonly("layer_cpu_seconds", &pd::Network::layer_cpu_seconds)
         .def(
             "forward",
             [](pd::Network& net, py::array_t<float, py::array::c_style | py::array::forcecast> x, bool keep_all) {

@@ -34,6 +34,7 @@ public:
     std::vector<int> keep;
     bool profile = false;              // when set, forward() records each layer's wall time
     std::vector<double> layer_seconds;  // layers whose outputs must survive a forward pass (the yolo heads, the last layer)
+    std::vector<double> layer_cpu_seconds;  // with profile: each layer's CPU time, all threads of the process
 
 private:
     void plan(int batch, bool keep_all);
