@@ -9,8 +9,15 @@
 #include <cstring>
 
 #include "core/network.h"
+#include "cpu/isa.h"
 #include "cpu/ops.h"
 #include "math/activations.h"
+#include "cpu/peak.h"
+#include "cpu/winograd.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace py = pybind11;
 
@@ -101,6 +108,7 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("layer_seconds", &pd::Network::layer_seconds)
         .def_readonly("train_layer_seconds", &pd::Network::train_layer_seconds)
         .def_readonly("backward_layer_seconds", &pd::Network::backward_layer_seconds)
+        .def_readonly("layer_cpu_seconds", &pd::Network::layer_cpu_seconds)
         .def(
             "forward",
             [](pd::Network& net, py::array_t<float, py::array::c_style | py::array::forcecast> x, bool keep_all) {
@@ -205,5 +213,51 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("values"), py::arg("activation"),
         "d activate(x) / dx at each value, as the CPU backward pass computes it (element-wise activations).");
+    m.def("cpu_isa", []() { return std::string(pd::isa_name(pd::active_isa())); },
+          "The instruction set the CPU kernels use now: 'avx512', 'avx2' or 'generic'.");
+    m.def("cpu_best_isa", []() { return std::string(pd::isa_name(pd::cpu_best_isa())); },
+          "The widest instruction set this CPU supports.");
+    m.def("cpu_has_avx512_bf16", &pd::cpu_has_avx512_bf16, "Whether the CPU has the AVX512_BF16 instructions.");
+    m.def(
+        "set_cpu_isa",
+        [](const std::string& name) {
+            pd::Isa isa = pd::Isa::Generic;
+            if (name == "avx512") isa = pd::Isa::Avx512;
+            else if (name == "avx2") isa = pd::Isa::Avx2;
+            else PD_CHECK(name == "generic", "unknown instruction set '", name, "' (avx512, avx2 or generic)");
+            return std::string(pd::isa_name(pd::set_isa_cap(isa)));
+        },
+        py::arg("name"),
+        "Caps the CPU kernels' instruction set (for tests and comparisons); returns the one now in use.");
+    m.def("set_cpu_winograd", &pd::set_winograd_enabled, py::arg("enabled"),
+          "Enables or disables the Winograd path for 3x3 stride-1 convolutions (for comparisons with plain GEMM).");
+    m.def("cpu_winograd", &pd::winograd_enabled, "Whether the Winograd path is enabled.");
+    m.def("set_cpu_winograd_band", &pd::set_winograd_band_floats, py::arg("floats"),
+          "Working-set budget of one band of Winograd tiles in floats (0: the default); for tests.");
+    m.def(
+        "cpu_peak_gflops",
+        [](int threads, bool bf16, double seconds) {
+            PD_CHECK(threads >= 1, "threads must be at least 1");
+            py::gil_scoped_release release;
+            return pd::measure_peak_gflops(threads, bf16, seconds);
+        },
+        py::arg("threads"), py::arg("bf16") = false, py::arg("seconds") = 0.2,
+        "Measured multiply-add peak in GFLOP/s (float32 FMA, or the bf16 dot product; 0 without AVX512_BF16).");
+    m.def(
+        "set_cpu_threads",
+        [](int threads) {
+            PD_CHECK(threads >= 1, "threads must be at least 1");
+#ifdef _OPENMP
+            omp_set_num_threads(threads);
+#endif
+        },
+        py::arg("threads"), "Threads for the CPU kernels from now on (OpenMP), for the calling thread.");
+    m.def("cpu_threads", []() {
+#ifdef _OPENMP
+        return omp_get_max_threads();
+#else
+        return 1;
+#endif
+    });
     m.def("has_layer_type", [](const std::string& name) { return pd::layer_registry().count(name) != 0; });
 }

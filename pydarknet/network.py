@@ -63,12 +63,20 @@ class LayerView:
         return f"<Layer {self.index} {self.type} {self.in_shape} -> {self.out_shape}>"
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 class Network:
-    def __init__(self, desc, device="cpu", seed=None, *, lenient=False, _share=None):
+    def __init__(self, desc, device="cpu", seed=None, precision="fp32", *, lenient=False, _share=None):
         self.desc = desc
         self.device = _check_device(device)
+        self.precision = _check_precision(precision)
         self._lenient = lenient
-        self._core = _core.Network([_spec(l) for l in desc.layers], desc.param_count, desc.input_shape,
+        specs = [_spec(l) for l in desc.layers]
+        for spec in specs:
+            if spec["type"] == "convolutional":
+                spec["options"]["precision"] = PRECISIONS.index(self.precision)
+        self._core = _core.Network(specs, desc.param_count, desc.input_shape,
                                    share_with=_share._core if _share is not None else None)
         last = len(desc.layers) - 1
         self._core.keep = sorted(set(desc.yolo_layers + [last]))
@@ -249,7 +257,7 @@ class Network:
             raise DarknetError(f"{self.desc.path}: at {width}x{height} the parameters are laid out differently "
                                f"(a [connected] layer's weights depend on the input size), so the network cannot "
                                f"be resized")
-        return Network(desc, device=self.device, lenient=self._lenient, _share=self)
+        return Network(desc, device=self.device, precision=self.precision, lenient=self._lenient, _share=self)
 
     def _check_trainable(self):
         """Refuse, naming the cfg line, the layer options that have no training implementation."""
@@ -324,10 +332,23 @@ def _check_device(device):
     raise DeviceError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
 
 
-def load(cfg, weights=None, *, device="cpu", width=None, height=None, lenient=False, partial=False, seed=None):
-    """Build a network from a Darknet .cfg and optionally load original .weights into it."""
+def _check_precision(precision):
+    name = str(precision).lower()
+    if name not in PRECISIONS:
+        raise DeviceError(f"unknown precision {precision!r}; use 'fp32' (the default) or 'bf16'")
+    return name
+
+
+def load(cfg, weights=None, *, device="cpu", width=None, height=None, lenient=False, partial=False, seed=None,
+         precision="fp32"):
+    """Build a network from a Darknet .cfg and optionally load original .weights into it.
+
+    precision="bf16" runs the convolutions with bfloat16 weights and inputs (float32 sums), using the CPU's
+    AVX512_BF16 dot products where it has them and the same rounding on float32 kernels where it does not;
+    results then differ from float32 by bf16 rounding (see benchmarks/RESULTS.md). The default, "fp32", computes in
+    float32 throughout."""
     desc = graph.load_network_desc(cfg, lenient=lenient, width=width, height=height)
-    net = Network(desc, device=device, seed=seed, lenient=lenient)
+    net = Network(desc, device=device, seed=seed, precision=precision, lenient=lenient)
     if weights is not None:
         net.load_weights(weights, partial=partial)
     return net

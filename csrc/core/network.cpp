@@ -3,11 +3,22 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <limits>
 
 #include "../cpu/train_ops.h"
 
 namespace pd {
+namespace {
+
+// CPU time used so far by all threads of the process (it excludes time spent waiting for a core).
+double process_cpu_seconds() {
+    timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+}  // namespace
 
 std::map<std::string, LayerFactory>& layer_registry() {
     static std::map<std::string, LayerFactory> registry;
@@ -150,13 +161,17 @@ void Network::forward(const float* input, int batch, bool keep_all) {
     ctx.workspace = workspace_.data();
     const float* in = input;
     layer_seconds.assign(profile ? layers_.size() : 0, 0.0);
+    layer_cpu_seconds.assign(profile ? layers_.size() : 0, 0.0);
     for (size_t i = 0; i < layers_.size(); ++i) {
         ctx.input = in;
         ctx.output = buffers_[buffer_of_[i]].data();
         const auto start = std::chrono::steady_clock::now();
+        const double cpu_start = profile ? process_cpu_seconds() : 0.0;
         layers_[i]->forward(ctx);
-        if (profile)
+        if (profile) {
             layer_seconds[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            layer_cpu_seconds[i] = process_cpu_seconds() - cpu_start;
+        }
         in = ctx.output;
     }
 }

@@ -70,6 +70,7 @@ public:
     // layer_seconds, train_layer_seconds and backward_layer_seconds; a layer that backward skips records 0.
     bool profile = false;
     std::vector<double> layer_seconds, train_layer_seconds, backward_layer_seconds;
+    std::vector<double> layer_cpu_seconds;  // with profile: each layer's CPU time, all threads of the process
 
 private:
     void plan(int batch, bool keep_all);

@@ -1,43 +1,15 @@
-// im2col and whole-array activations for the CPU path (see ops.h).
+// Whole-array activations, pooling and batch-norm folding for the CPU path (see ops.h).
 #include "ops.h"
 
 #include <cfloat>
 #include <cmath>
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "../math/activations.h"
 
 namespace pd {
-
-void im2col(const float* image, int c, int h, int w, int ksize, int pad, int stride_y, int stride_x, int dilation,
-            int out_h, int out_w, float* columns) {
-    const int rows = c * ksize * ksize;
-#pragma omp parallel for schedule(static) if (rows * out_h * out_w > 65536)
-    for (int r = 0; r < rows; ++r) {
-        const int kx = r % ksize, ky = (r / ksize) % ksize, ch = r / (ksize * ksize);
-        const float* plane = image + (size_t)ch * h * w;
-        float* out = columns + (size_t)r * out_h * out_w;
-        for (int oy = 0; oy < out_h; ++oy) {
-            const int y = oy * stride_y - pad + ky * dilation;
-            float* row = out + (size_t)oy * out_w;
-            if (y < 0 || y >= h) {
-                std::memset(row, 0, sizeof(float) * out_w);
-                continue;
-            }
-            const float* src = plane + (size_t)y * w;
-            const int x0 = -pad + kx * dilation;
-            if (stride_x == 1 && x0 >= 0 && x0 + out_w <= w) {
-                std::memcpy(row, src + x0, sizeof(float) * out_w);
-                continue;
-            }
-            for (int ox = 0; ox < out_w; ++ox) {
-                const int x = ox * stride_x + x0;
-                row[ox] = (x >= 0 && x < w) ? src[x] : 0.f;
-            }
-        }
-    }
-}
 
 namespace {
 
@@ -54,12 +26,7 @@ void activate_span(float* x, size_t n, int activation, float bias) {
     switch (activation) {
 #define PD_ACTIVATION_CASE(A) \
     case A: activate_loop<A>(x, n, bias); break;
-        PD_ACTIVATION_CASE(LINEAR) PD_ACTIVATION_CASE(LOGISTIC) PD_ACTIVATION_CASE(LOGGY) PD_ACTIVATION_CASE(RELU)
-        PD_ACTIVATION_CASE(ELU) PD_ACTIVATION_CASE(SELU) PD_ACTIVATION_CASE(GELU) PD_ACTIVATION_CASE(RELIE)
-        PD_ACTIVATION_CASE(RAMP) PD_ACTIVATION_CASE(LEAKY) PD_ACTIVATION_CASE(TANH) PD_ACTIVATION_CASE(PLSE)
-        PD_ACTIVATION_CASE(STAIR) PD_ACTIVATION_CASE(HARDTAN) PD_ACTIVATION_CASE(LHTAN) PD_ACTIVATION_CASE(SWISH)
-        PD_ACTIVATION_CASE(MISH) PD_ACTIVATION_CASE(HARD_MISH) PD_ACTIVATION_CASE(RELU6)
-        PD_ACTIVATION_CASE(REVLEAKY)
+        PD_FOR_EACH_ELEMENTWISE_ACTIVATION(PD_ACTIVATION_CASE)
 #undef PD_ACTIVATION_CASE
         default: break;
     }
@@ -98,15 +65,90 @@ void activate_array(float* x, int batch, int channels, size_t spatial, int activ
     }
 }
 
+namespace {
+
+// Max over size x size windows, separably: a pass along x into a scratch plane (one row per input row, one column
+// per output column), then a pass along y. Each pass walks the window taps in the outer loop and the output
+// columns in the inner one, so the inner loop is a plain vectorisable max; the SPP pools (13x13 windows) do 26
+// comparisons per output instead of 169. Same result as the direct loop: max is exact and order-independent, and
+// `a < b ? b : a` keeps the running maximum on a NaN exactly as the direct loop does.
+inline float larger(float a, float b) { return a < b ? b : a; }
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void max_pool_plane(const float* src, float* dst, float* rows, int in_h, int in_w, int out_h, int out_w, int size,
+                    int stride_y, int stride_x, int offset) {
+    if (size == 2 && stride_y == 2 && stride_x == 2 && offset == 0) {
+        // the 2x2/2 pools of the tiny models: one pass, pairs of columns from two rows
+        const int full = std::min(out_w, in_w / 2);
+        for (int oy = 0; oy < out_h; ++oy) {
+            const float* r0 = src + (size_t)(2 * oy) * in_w;
+            const float* r1 = 2 * oy + 1 < in_h ? r0 + in_w : r0;
+            float* out = dst + (size_t)oy * out_w;
+            for (int ox = 0; ox < full; ++ox)
+                out[ox] = larger(larger(r0[2 * ox], r0[2 * ox + 1]), larger(r1[2 * ox], r1[2 * ox + 1]));
+            for (int ox = full; ox < out_w; ++ox) {  // a window reaching past the right edge
+                float best = -FLT_MAX;
+                for (int x = 2 * ox; x < std::min(in_w, 2 * ox + 2); ++x) best = larger(larger(best, r0[x]), r1[x]);
+                out[ox] = best;
+            }
+        }
+        return;
+    }
+    for (int y = 0; y < in_h; ++y) {
+        const float* in = src + (size_t)y * in_w;
+        float* row = rows + (size_t)y * out_w;
+        for (int ox = 0; ox < out_w; ++ox) row[ox] = -FLT_MAX;
+        for (int kx = 0; kx < size; ++kx) {
+            // output columns whose tap kx lands inside the row: 0 <= offset + ox * stride_x + kx < in_w
+            const int first = std::max(0, (-(offset + kx) + stride_x - 1) / stride_x);
+            const int last = std::min(out_w, (in_w - (offset + kx) + stride_x - 1) / stride_x);
+            const int shift = offset + kx;
+            if (stride_x == 1)
+                for (int ox = first; ox < last; ++ox) {
+                    const float v = in[ox + shift];
+                    row[ox] = row[ox] < v ? v : row[ox];
+                }
+            else
+                for (int ox = first; ox < last; ++ox) {
+                    const float v = in[ox * stride_x + shift];
+                    row[ox] = row[ox] < v ? v : row[ox];
+                }
+        }
+    }
+    for (int oy = 0; oy < out_h; ++oy) {
+        float* out = dst + (size_t)oy * out_w;
+        for (int ox = 0; ox < out_w; ++ox) out[ox] = -FLT_MAX;
+        for (int ky = 0; ky < size; ++ky) {
+            const int y = offset + oy * stride_y + ky;
+            if (y < 0 || y >= in_h) continue;
+            const float* row = rows + (size_t)y * out_w;
+            for (int ox = 0; ox < out_w; ++ox) out[ox] = out[ox] < row[ox] ? row[ox] : out[ox];
+        }
+    }
+}
+
+}  // namespace
+
 void pool2d(const float* in, float* out, long long planes, int in_h, int in_w, int out_h, int out_w, int size,
             int stride_y, int stride_x, int offset, bool average) {
+    if (!average) {
+#pragma omp parallel
+        {
+            std::vector<float> rows((size_t)in_h * out_w);
+#pragma omp for schedule(static)
+            for (long long p = 0; p < planes; ++p)
+                max_pool_plane(in + p * in_h * in_w, out + p * out_h * out_w, rows.data(), in_h, in_w, out_h, out_w,
+                               size, stride_y, stride_x, offset);
+        }
+        return;
+    }
 #pragma omp parallel for schedule(static)
     for (long long p = 0; p < planes; ++p) {
         const float* src = in + p * in_h * in_w;
         float* dst = out + p * out_h * out_w;
         for (int oy = 0; oy < out_h; ++oy)
             for (int ox = 0; ox < out_w; ++ox) {
-                float best = -FLT_MAX, sum = 0.f;
+                float sum = 0.f;
                 int count = 0;
                 for (int ky = 0; ky < size; ++ky) {
                     const int y = offset + oy * stride_y + ky;
@@ -114,13 +156,11 @@ void pool2d(const float* in, float* out, long long planes, int in_h, int in_w, i
                     for (int kx = 0; kx < size; ++kx) {
                         const int x = offset + ox * stride_x + kx;
                         if (x < 0 || x >= in_w) continue;
-                        const float v = src[y * in_w + x];
-                        best = v > best ? v : best;
-                        sum += v;
+                        sum += src[y * in_w + x];
                         ++count;
                     }
                 }
-                dst[oy * out_w + ox] = average ? (count ? sum / count : 0.f) : best;
+                dst[oy * out_w + ox] = count ? sum / count : 0.f;
             }
     }
 }

@@ -1,15 +1,9 @@
-// CPU building blocks shared by several layers: im2col and activation over whole arrays.
+// CPU building blocks shared by several layers: activations over whole arrays, pooling, batch-norm folding.
 #pragma once
 
 #include <cstddef>
 
 namespace pd {
-
-// Unrolls one image (c x h x w) into columns for a convolution as Darknet's im2col_cpu_ext does:
-// row (ch*ksize + ky)*ksize + kx, column oy*out_w + ox, sampling (oy*stride_y - pad + ky*dilation,
-// ox*stride_x - pad + kx*dilation) and 0 outside the image.
-void im2col(const float* image, int c, int h, int w, int ksize, int pad, int stride_y, int stride_x, int dilation,
-            int out_h, int out_w, float* columns);
 
 // Applies an activation in place to `batch` blocks of `channels` x `spatial` values. The element-wise ones ignore
 // the layout; the normalize_channels family normalises across channels per pixel.
@@ -27,5 +21,11 @@ void batchnorm_factors(const float* bias, const float* scales, const float* mean
 
 // x[i] = activate(x[i] + bias) for an element-wise activation, vectorised for the CPU it runs on.
 void activate_span(float* x, size_t n, int activation, float bias = 0.f);
+
+// Applies X(code) to every element-wise activation code, e.g. to build a switch whose cases are loops with the
+// activation fixed at compile time (which the compiler vectorises).
+#define PD_FOR_EACH_ELEMENTWISE_ACTIVATION(X)                                                                 \
+    X(LINEAR) X(LOGISTIC) X(LOGGY) X(RELU) X(ELU) X(SELU) X(GELU) X(RELIE) X(RAMP) X(LEAKY) X(TANH) X(PLSE) \
+    X(STAIR) X(HARDTAN) X(LHTAN) X(SWISH) X(MISH) X(HARD_MISH) X(RELU6) X(REVLEAKY)
 
 }  // namespace pd

@@ -4,6 +4,7 @@
 // derivative through their normalisation (Darknet's backward leaves the normalisation out of the weight update).
 #include <algorithm>
 #include <cfloat>
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -132,6 +133,20 @@ private:
         }
         const Weights w = weights(params);
         const long long total = (long long)ctx.batch * outputs;
+        bool same_sizes = true;
+        for (int k = 0; k < n; ++k) same_sizes = same_sizes && sizes[k] == outputs;
+        if (!w.values && same_sizes) {
+            // The common case (plain residual sums): contiguous element-wise adds, vectorised and in chunks.
+            const long long chunk = 16384, chunks = (total + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (chunks > 4)
+            for (long long c = 0; c < chunks; ++c) {
+                const long long begin = c * chunk, end = std::min(total, begin + chunk);
+                for (long long id = begin; id < end; ++id) ctx.output[id] = ctx.input[id];
+                for (int k = 0; k < n; ++k)
+                    for (long long id = begin; id < end; ++id) ctx.output[id] += sources[k][id];
+            }
+            return;
+        }
 #pragma omp parallel for schedule(static) if (total > 65536)
         for (long long id = 0; id < total; ++id) {
             const size_t i = (size_t)(id % outputs), b = (size_t)(id / outputs);

@@ -10,6 +10,7 @@
 
 #include "../core/network.h"
 #include "../cpu/train_ops.h"
+#include "../cpu/ops.h"
 #include "../math/activations.h"
 
 namespace pd {
@@ -31,8 +32,8 @@ public:
         for (long long blk = 0; blk < blocks; ++blk) {
             float* base = ctx.output + blk * (5 + classes) * plane;
             if (!new_coords) {
-                for (size_t i = 0; i < 2 * plane; ++i) base[i] = logistic_activate(base[i]);
-                for (size_t i = 4 * plane; i < (size_t)(5 + classes) * plane; ++i) base[i] = logistic_activate(base[i]);
+                activate_span(base, 2 * plane, LOGISTIC);
+                activate_span(base + 4 * plane, (size_t)(1 + classes) * plane, LOGISTIC);
             }
             if (s != 1.f)
                 for (size_t i = 0; i < 2 * plane; ++i) base[i] = base[i] * s - 0.5f * (s - 1.f);
