@@ -50,7 +50,7 @@ def parse_args(argv=None):
     ap.add_argument("--precision", default="fp32,bf16", help="pydarknet precisions, comma-separated")
     ap.add_argument("--layers", type=int, default=5, help="slowest layers to list per row (0: none)")
     ap.add_argument("--peak", type=float, default=None,
-                    help="float32 FMA peak in GFLOP/s for all cores (default: measured at start-up)")
+                    help="float32 FMA peak in GFLOP/s of all the machine's cores (default: measured at start-up)")
     ap.add_argument("--no-winograd", action="store_true", help="pydarknet without its Winograd path")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time with the process's CPU time instead of the wall clock: with --threads 1 this is the "
@@ -87,7 +87,7 @@ def measure_peaks(core, thread_counts, fixed):
     peaks = {}
     for t in thread_counts:
         if fixed is not None:
-            fp32 = fixed * t / max(thread_counts)
+            fp32 = fixed * min(t, os.cpu_count() or t) / (os.cpu_count() or t)
             peaks[t] = (fp32, 2 * fp32 if core.cpu_has_avx512_bf16() else 0.0)
             continue
         fp32 = max(core.cpu_peak_gflops(t, False, 0.2) for _ in range(3))
