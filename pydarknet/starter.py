@@ -25,10 +25,10 @@ def _yolo(mask, anchors_text, classes, num):
             "jitter=.2", "ignore_thresh = .7", "truth_thresh = 1", "random=0", ""]
 
 
-def starter_cfg(classes: int, width: int = 160, height: int = 160,
+def starter_cfg(classes: int, width: int = 128, height: int = 128,
                 anchors: Sequence[Tuple[float, float]] = ((27, 26), (33, 36), (44, 38), (44, 53), (59, 51),
                                                           (62, 67)),
-                max_batches: int = 400, batch: int = 16, learning_rate: float = 0.002) -> str:
+                max_batches: int = 1200, batch: int = 16, learning_rate: float = 0.004) -> str:
     """The cfg text. ``anchors``: six (w, h) pairs in network pixels, smallest area first (the fine head takes
     the first three); ``width``/``height`` multiples of 32."""
     if classes < 1:
@@ -41,7 +41,7 @@ def starter_cfg(classes: int, width: int = 160, height: int = 160,
     steps = f"{int(max_batches * 0.8)},{int(max_batches * 0.9)}"
     lines = ["[net]", f"batch={batch}", "subdivisions=1", f"width={width}", f"height={height}", "channels=3",
              "momentum=0.9", "decay=0.0005", "hue=.05", "saturation=1.5", "exposure=1.5",
-             f"learning_rate={learning_rate}", "burn_in=100", f"max_batches={max_batches}", "policy=steps",
+             f"learning_rate={learning_rate}", "burn_in=200", f"max_batches={max_batches}", "policy=steps",
              f"steps={steps}", "scales=.1,.1", ""]
     for filters in _BACKBONE:
         lines += _conv(filters, 3) + ["[maxpool]", "size=2", "stride=2", ""]
