@@ -109,11 +109,10 @@ def _shape_mask(name, angle, stretch, radius, cx, cy, width, height):
     return np.asarray(small, np.float32) / 255.0, x0, y0
 
 
-def _background(rng, width, height, spread=255.0):
-    """A textured background, float32 (h, w, 3) in [0, 255]; its colours stay within ``spread`` of a base."""
+def _background(rng, width, height):
+    """A textured background, float32 (h, w, 3) in [0, 255]."""
     kind = int(rng.integers(3))
-    base = rng.uniform(0, 255, 3)
-    c1, c2 = (np.clip(base + rng.uniform(-spread, spread, 3), 0, 255).astype(np.float32) for _ in range(2))
+    c1, c2 = rng.uniform(0, 255, 3).astype(np.float32), rng.uniform(0, 255, 3).astype(np.float32)
     xs = np.arange(width, dtype=np.float32)[None, :]
     ys = np.arange(height, dtype=np.float32)[:, None]
     if kind == 0:                                   # linear gradient
@@ -132,7 +131,7 @@ def _background(rng, width, height, spread=255.0):
         from PIL import Image
 
         gw, gh = int(rng.integers(3, 9)), int(rng.integers(3, 9))
-        grid = np.clip(base + rng.uniform(-spread, spread, (gh, gw, 3)), 0, 255).astype(np.uint8)
+        grid = rng.uniform(0, 255, (gh, gw, 3)).astype(np.uint8)
         img = np.asarray(Image.fromarray(grid).resize((width, height), Image.BICUBIC), np.float32)
     grain = np.float32(rng.uniform(0, 20))          # uniform grain, up to +-10 levels
     img = img + (rng.random((height, width, 3), dtype=np.float32) - np.float32(0.5)) * grain
@@ -163,9 +162,9 @@ def _overlap(a, b):
 
 
 def render_image(rng, width, height, classes: Sequence[str], max_objects=4, min_size=0.15, max_size=0.45,
-                 max_overlap=0.3, empty_fraction=0.05, occluders=0.3, background_spread=255.0):
+                 max_overlap=0.3, empty_fraction=0.05, occluders=0.3):
     """One image: ``(rgb uint8 (h, w, 3), rows)`` with ``rows`` a list of ``(class, x, y, w, h)`` relative."""
-    img = _background(rng, width, height, background_spread)
+    img = _background(rng, width, height)
     short = min(width, height)
     n = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
     placed: List[Tuple[float, float, float, float]] = []
@@ -248,8 +247,7 @@ def _class_names(classes) -> List[str]:
 
 def generate(out_dir, n_train=200, n_valid=50, size: Union[int, Tuple[int, int]] = 256,
              classes: Union[int, Sequence[str]] = 5, seed=0, *, max_objects=4, min_size=0.15, max_size=0.45,
-             max_overlap=0.3, empty_fraction=0.05, occluders=0.3, background_spread=255.0, image_format="jpg",
-             quality=92) -> pathlib.Path:
+             max_overlap=0.3, empty_fraction=0.05, occluders=0.3, image_format="jpg", quality=92) -> pathlib.Path:
     """Write the dataset (see the module documentation) and return the path of its ``.data`` file.
 
     ``size``: image width and height (an int for square images); ``classes``: how many of :data:`SHAPES`
@@ -274,7 +272,7 @@ def generate(out_dir, n_train=200, n_valid=50, size: Union[int, Tuple[int, int]]
         for i in range(int(count)):
             rng = np.random.default_rng([int(seed), split_id, i])
             rgb, rows = render_image(rng, width, height, names, max_objects, min_size, max_size, max_overlap,
-                                     empty_fraction, occluders, background_spread)
+                                     empty_fraction, occluders)
             path = folder / f"{i:05d}.{image_format}"
             if image_format == "jpg":
                 Image.fromarray(rgb).save(path, quality=quality)

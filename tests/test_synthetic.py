@@ -43,7 +43,7 @@ def test_labels_frame_the_shapes(monkeypatch):
     """On a flat background, without occluders or overlaps, each box is the tight box of the pixels its shape
     covers at least half (antialiasing blends the rim; the coverage read back from a shaded colour is good to a
     pixel); nothing is drawn outside the boxes but that rim (the faint tip of a thin spike reaches 2 pixels)."""
-    def flat(rng, width, height, spread):
+    def flat(rng, width, height):
         rng.integers(3)
         return np.full((height, width, 3), 128, np.float32)
 
