@@ -4,7 +4,9 @@ For each model the same network, at the same batch, runs interleaved in one proc
 then a training step (``zero_grads``, ``forward_train``, ``backward`` from a fixed random gradient at every
 [yolo] layer), repeated after warm-up; the table reports medians. The machine is shared, so absolute times move
 with its load; the ratios to the inference forward measured in the same run move much less and are the figures
-to compare between versions.
+to compare between versions. "step CPU ms" is the process's CPU time per step: on one thread it is close to the
+step's time on an idle machine (other work still shares the caches and memory bandwidth); on more threads it
+also counts threads spinning while they wait for each other.
 
 Weights are Darknet's training initialisation (``Network(seed=0)``); inputs are uniform random images. The yolo
 loss itself (numpy, ``pydarknet.yolo_loss``) is not part of the step timed here.
@@ -19,6 +21,7 @@ Models are ``NAME:SIZE:BATCH``; NAME is a cfg in cfg/ or ``starter`` (the cfg ``
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import statistics
@@ -37,6 +40,7 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--profile", action="store_true", help="print per-layer median times")
+    ap.add_argument("--json", help="also write the rows to this JSON file")
     return ap.parse_args(argv)
 
 
@@ -81,21 +85,23 @@ def main(argv=None):
                      for i in heads}
             times = {"forward": [], "forward_train": [], "backward": []}
             per_layer = {k: [] for k in times}
+            step_cpu = []
             for r in range(args.warmup + args.runs):
                 t0 = time.perf_counter()
                 net.forward(x)
                 t1 = time.perf_counter()
                 net.zero_grads()
-                t2 = time.perf_counter()
+                c2, t2 = time.process_time(), time.perf_counter()
                 net.forward_train(x, seed=1, iteration=r)
                 t3 = time.perf_counter()
                 net.backward(grads)
-                t4 = time.perf_counter()
+                c4, t4 = time.process_time(), time.perf_counter()
                 if r < args.warmup:
                     continue
                 times["forward"].append(t1 - t0)
                 times["forward_train"].append(t3 - t2)
                 times["backward"].append(t4 - t3)
+                step_cpu.append(c4 - c2)
                 if args.profile:
                     for k, v in net.layer_times().items():
                         per_layer[k].append(v)
@@ -103,7 +109,7 @@ def main(argv=None):
             step = statistics.median(a + b for a, b in zip(times["forward_train"], times["backward"])) * 1e3
             rows.append((name, size, batch, med["forward"], med["forward_train"], med["backward"], step,
                          batch / step * 1e3, step / med["forward"], med["forward_train"] / med["forward"],
-                         med["backward"] / med["forward"]))
+                         med["backward"] / med["forward"], statistics.median(step_cpu) * 1e3))
             if args.profile:
                 print(f"\n{name} {size}x{size} batch {batch}: per-layer median ms "
                       f"(forward / forward_train / backward)")
@@ -115,12 +121,18 @@ def main(argv=None):
 
     print(f"\n{args.threads} threads, {args.runs} runs after {args.warmup} warm-up, medians")
     header = ("model", "size", "batch", "forward ms", "forward_train ms", "backward ms", "step ms", "images/s",
-              "step/forward", "forward_train/forward", "backward/forward")
+              "step/forward", "forward_train/forward", "backward/forward", "step CPU ms")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         print(f"| {r[0]} | {r[1]}x{r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.1f} | "
-              f"{r[7]:.1f} | {r[8]:.2f} | {r[9]:.2f} | {r[10]:.2f} |")
+              f"{r[7]:.1f} | {r[8]:.2f} | {r[9]:.2f} | {r[10]:.2f} | {r[11]:.1f} |")
+    if args.json:
+        keys = ("model", "size", "batch", "forward_ms", "forward_train_ms", "backward_ms", "step_ms", "images_per_s",
+                "step_over_forward", "forward_train_over_forward", "backward_over_forward", "step_cpu_ms")
+        rows_out = [dict(zip(keys, r)) for r in rows]
+        pathlib.Path(args.json).write_text(json.dumps({"threads": args.threads, "runs": args.runs, "rows": rows_out},
+                                                      indent=1))
 
 
 if __name__ == "__main__":

@@ -86,13 +86,19 @@ def bn_backward64(z, scales, biases, r, activation):
 
 # (channels, height, width, conv options, batch); the comment names the path each one takes.
 LARGE_CONV_CASES = {
-    # stride 1: input gradient as a convolution; batch-norm fused with leaky; outputs above the thread threshold
+    # stride 1: input gradient as a convolution (three images per product); batch-norm fused with leaky; outputs
+    # above the thread threshold
     "3x3_bn_leaky": (16, 20, 23, dict(filters=24, size=3, stride=1, pad=1, batch_normalize=1, activation="leaky"), 3),
     # stride 2 on odd sizes: GEMM + col2im, strided unrolling, 8x8 transposes with ragged edges
     "3x3_s2_linear": (12, 25, 23, dict(filters=20, size=3, stride=2, pad=1, activation="linear"), 2),
-    # stride 2 with a columns gradient larger than one band: GEMM + col2im band by band (bands of 11 rows here)
-    "3x3_s2_bands_bn_leaky": (32, 79, 81, dict(filters=16, size=3, stride=2, pad=1, batch_normalize=1,
-                                               activation="leaky"), 2),
+    # stride 2 with a columns gradient larger than one band: GEMM + col2im band by band (22 + 18 rows here)
+    "3x3_s2_bands_bn_leaky": (128, 79, 81, dict(filters=16, size=3, stride=2, pad=1, batch_normalize=1,
+                                                activation="leaky"), 2),
+    # maps of 1024 positions or more: one image per product (1x1: the gradient itself is the column matrix)
+    "3x3_large_plane_bn_leaky": (4, 32, 33, dict(filters=6, size=3, pad=1, batch_normalize=1, activation="leaky"), 2),
+    "1x1_large_plane": (6, 32, 33, dict(filters=5, size=1, activation="linear"), 2),
+    # smaller maps: two images per product here, and a batch of three leaves one image for the last product
+    "3x3_chunk_remainder_bn": (8, 24, 30, dict(filters=8, size=3, pad=1, batch_normalize=1, activation="linear"), 3),
     # dilation 2 with Darknet's padding: stride-1 transposed path with a dilated kernel
     "3x3_dilation2_bn_logistic": (8, 17, 21, dict(filters=12, size=3, pad=1, dilation=2, batch_normalize=1,
                                                   activation="logistic"), 2),

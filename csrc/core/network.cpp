@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <limits>
 
@@ -247,13 +248,22 @@ void Network::backward(const std::vector<std::pair<int, const float*>>& output_g
     std::vector<float>& grads = grads_buffer();
     grad_buffers_.resize(n);
     std::vector<char> reached(n, 0);
+    // Sized here, zeroed below in one parallel pass (the buffers add up to every layer's output).
+    std::vector<std::pair<float*, size_t>> pieces;
+    const size_t piece = (size_t)1 << 16;
     for (int i = 0; i < n; ++i) {
         if (i <= stop) {
             std::vector<float>().swap(grad_buffers_[i]);
             continue;
         }
-        grad_buffers_[i].assign((size_t)batch * layers_[i]->spec.out.size(), 0.f);
+        std::vector<float>& buffer = grad_buffers_[i];
+        buffer.resize((size_t)batch * layers_[i]->spec.out.size());
+        for (size_t start = 0; start < buffer.size(); start += piece)
+            pieces.emplace_back(buffer.data() + start, std::min(piece, buffer.size() - start));
     }
+#pragma omp parallel for schedule(static) if (pieces.size() > 1)
+    for (long long k = 0; k < (long long)pieces.size(); ++k)
+        std::memset(pieces[k].first, 0, pieces[k].second * sizeof(float));
     for (const auto& seed : output_grads) {
         PD_CHECK(seed.first >= 0 && seed.first < n, "gradient given for layer ", seed.first, ", which does not exist");
         if (seed.first <= stop) continue;  // frozen by stopbackward: Darknet never gets there

@@ -22,10 +22,11 @@
 namespace pd {
 namespace {
 
-// The weight gradient sums over image positions; below this many per product, images are batched together.
-constexpr int kWeightDepth = 1024;
-// Floats of columns gradient per band in the GEMM + col2im input gradient.
-constexpr long long kBandFloats = 1 << 17;
+// Backward GEMMs over image positions (the weight gradient's sum, the input gradient's columns) take several
+// images at once on maps smaller than this: fewer, better-shaped products.
+constexpr int kMinPositions = 1024;
+// Floats of columns gradient per band in the GEMM + col2im input gradient (within the last-level cache).
+constexpr long long kBandFloats = 1 << 20;
 
 class Convolutional : public Layer {
 public:
@@ -181,23 +182,29 @@ public:
     }
 
     // Output rows per GEMM + col2im band of the input gradient: the band's K x rows*out_w columns fill about
-    // kBandFloats (half of a typical L2 cache).
+    // kBandFloats.
     int col2im_band() const {
         const long long K = (long long)(spec.in.c / groups_) * size_ * size_;
         return (int)std::max(1LL, std::min<long long>(spec.out.h, kBandFloats / (K * spec.out.w)));
     }
 
-    // Images per weight-gradient product: enough for kWeightDepth positions, at most the batch.
+    // Images per weight-gradient product: enough for kMinPositions output positions, at most the batch.
     int weight_chunk(int batch) const {
         const int N = spec.out.h * spec.out.w;
-        return std::max(1, std::min(batch, (kWeightDepth + N - 1) / N));
+        return std::max(1, std::min(batch, (kMinPositions + N - 1) / N));
+    }
+
+    // Images per input-gradient product (stride 1): enough for kMinPositions input positions.
+    int input_chunk(int batch) const {
+        const int in_plane = spec.in.h * spec.in.w;
+        return std::max(1, std::min(batch, (kMinPositions + in_plane - 1) / in_plane));
     }
 
     // Workspace (floats), the largest of the passes:
     //   forward_train   columns K x N
     //   weight gradient columns K x chunk*N, output gradient transposed chunk*N x out_c, product K x out_c
-    //   input gradient  flipped weights in_c x out_c*size^2, output-gradient columns out_c*size^2 x in_plane and
-    //                   the product in_c x in_plane (stride 1); or transposed weights K x out_c and a band of
+    //   input gradient  flipped weights in_c x out_c*size^2, output-gradient columns out_c*size^2 x chunk*in_plane
+    //                   and the product in_c x chunk*in_plane (stride 1); or transposed weights K x out_c and a band of
     //                   the columns gradient, K x band*out_w, for col2im
     size_t backward_workspace_floats(int batch) const override {
         const size_t in_c = (size_t)(spec.in.c / groups_), out_c = (size_t)(filters_ / groups_);
@@ -205,8 +212,9 @@ public:
         const size_t in_plane = (size_t)spec.in.h * spec.in.w;
         const size_t width = (size_t)weight_chunk(batch) * N;
         const size_t weight_pass = K * width + width * out_c + K * out_c;
+        const size_t in_width = (size_t)input_chunk(batch) * in_plane;
         const size_t input_pass = transposed_input_gradient()
-                                      ? K * out_c + out_c * size_ * size_ * in_plane + in_c * in_plane
+                                      ? K * out_c + out_c * size_ * size_ * in_width + in_c * in_width
                                       : K * out_c + K * (size_t)col2im_band() * spec.out.w;
         return std::max(weight_pass, input_pass);
     }
@@ -232,7 +240,7 @@ public:
         if (ctx.weight_grads) {
             // dW_g (out_c x K) += G (out_c x N) * columns^T, computed as its transpose columns * G^T (the smaller
             // operand is the one transposed). Small maps put several images side by side, so that one product
-            // sums over at least kWeightDepth positions rather than writing and re-adding K x out_c per image.
+            // sums over at least kMinPositions positions rather than writing and re-adding K x out_c per image.
             const int chunk = weight_chunk(ctx.batch);
             const size_t width = (size_t)chunk * N;
             float* columns = ctx.workspace;
@@ -285,15 +293,18 @@ public:
 
 private:
     // dX_g (in_c x in_plane) = W'_g (in_c x out_c*size^2) * unrolled G_g, W'[c][(o*size + ky)*size + kx] =
-    // W[o][c][size-1-ky][size-1-kx]; see transposed_input_gradient().
+    // W[o][c][size-1-ky][size-1-kx]; see transposed_input_gradient(). Small maps put several images side by side
+    // in one product, as the weight gradient does.
     void input_gradient_by_convolution(const BackwardContext& ctx, const float* weights) {
         const int in_c = spec.in.c / groups_, out_c = filters_ / groups_;
         const int taps = size_ * size_, depth = out_c * taps, K = in_c * taps, N = spec.out.h * spec.out.w;
         const int in_plane = spec.in.h * spec.in.w;
         const int pad = (size_ - 1) * dilation_ - padding_ * dilation_;
+        const int chunk = input_chunk(ctx.batch);
+        const size_t width = (size_t)chunk * in_plane;
         float* flipped = ctx.workspace;
         float* columns = flipped + (size_t)in_c * depth;
-        float* product = columns + (size_t)depth * in_plane;
+        float* product = columns + (size_t)depth * width;
         for (int g = 0; g < groups_; ++g) {
             const float* w = weights + (size_t)g * out_c * K;
 #pragma omp parallel for schedule(static) if ((long long)in_c * depth > 65536)
@@ -303,17 +314,26 @@ private:
                     float* to = flipped + (size_t)c * depth + (size_t)o * taps;
                     for (int t = 0; t < taps; ++t) to[t] = from[taps - 1 - t];
                 }
-            for (int b = 0; b < ctx.batch; ++b) {
-                const float* g_out = ctx.output_grad + ((size_t)b * filters_ + (size_t)g * out_c) * N;
-                float* image_grad = ctx.input_grad + ((size_t)b * spec.in.c + (size_t)g * in_c) * in_plane;
-                const float* cols = g_out;
-                if (!direct()) {
-                    unroll(g_out, out_c, spec.out.h, spec.out.w, size_, pad, 1, 1, dilation_, spec.in.h, spec.in.w,
-                           columns, (size_t)in_plane);
-                    cols = columns;
+            for (int b0 = 0; b0 < ctx.batch; b0 += chunk) {
+                const int images = std::min(chunk, ctx.batch - b0);
+                const float* cols = columns;
+                for (int i = 0; i < images; ++i) {
+                    const float* g_out = ctx.output_grad + ((size_t)(b0 + i) * filters_ + (size_t)g * out_c) * N;
+                    if (direct() && chunk == 1)
+                        cols = g_out;
+                    else
+                        unroll(g_out, out_c, spec.out.h, spec.out.w, size_, pad, 1, 1, dilation_, spec.in.h,
+                               spec.in.w, columns + (size_t)i * in_plane, width);
                 }
-                sgemm(in_c, in_plane, depth, flipped, depth, cols, in_plane, product, in_plane);
-                add_into(image_grad, product, (size_t)in_c * in_plane);
+                sgemm(in_c, images * in_plane, depth, flipped, depth, cols, (int)width, product, (int)width);
+                // Row c of the product holds channel c of each image in turn.
+#pragma omp parallel for collapse(2) schedule(static) if ((long long)images * in_c * in_plane > 65536)
+                for (int i = 0; i < images; ++i)
+                    for (int c = 0; c < in_c; ++c) {
+                        float* dst = ctx.input_grad + ((size_t)(b0 + i) * spec.in.c + (size_t)g * in_c + c) * in_plane;
+                        const float* src = product + (size_t)c * width + (size_t)i * in_plane;
+                        for (int p = 0; p < in_plane; ++p) dst[p] += src[p];
+                    }
             }
         }
     }
