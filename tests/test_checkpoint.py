@@ -329,8 +329,10 @@ def test_checkpoint_survives_a_writer_killed_mid_way(tmp_path):
     interrupted = 0
     for run in range(5):
         backup = tmp_path / f"run{run}"
+        # cwd outside the checkout: `python -c` puts the working folder first on sys.path, and the source tree's
+        # pydarknet has no compiled engine unless it was installed in place.
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(backup), BIG_CFG], stdout=subprocess.PIPE,
-                                text=True)
+                                text=True, cwd=tmp_path)
         try:
             assert proc.stdout.readline().strip() == "1"        # one complete checkpoint exists
             time.sleep(rng.uniform(0.05, 1.0))

@@ -185,7 +185,10 @@ dx = net.backward(grads, input_grad=True)
 print(json.dumps({{"grads": np.asarray(net.grads).tobytes().hex(), "input": dx.tobytes().hex()}}))
 """
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    # cwd outside the checkout: `python -c` puts the working folder first on sys.path, and the source tree's
+    # pydarknet has no compiled engine unless it was installed in place.
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=os.path.dirname(os.path.abspath(str(cfg))))
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
