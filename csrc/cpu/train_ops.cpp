@@ -3,8 +3,7 @@
 // Speed: the element-wise passes (activation gradients, batch-norm) are loops with the activation fixed at
 // compile time, cloned for AVX-512, AVX2 and baseline x86-64 like ops.cpp's activate_span, so they vectorise; the
 // sums run in double on explicit vectors of eight lanes (a fixed order, so results do not depend on threads).
-// OpenMP regions live in plain functions that call the cloned kernels: a parallel region inside a cloned function
-// would be outlined into a function of the baseline instruction set.
+// OpenMP regions stay in plain functions that call the cloned kernels (the pattern of ops.cpp).
 #include "train_ops.h"
 
 #include <immintrin.h>
