@@ -1,12 +1,11 @@
 // [shortcut]: adds the outputs of the `from` layers to the input (only the overlapping prefix of a smaller one,
 // as Darknet does), optionally weighted per layer or per channel with relu/softmax-normalised weights, then
 // applies the activation.
-#include <cfloat>
-#include <cmath>
 #include <vector>
 
 #include "../core/network.h"
 #include "../cpu/ops.h"
+#include "../math/shortcut.h"
 
 namespace pd {
 namespace {
@@ -26,8 +25,7 @@ public:
         }
         const float* weights = spec.has_tensor("weights") ? ctx.net->params.data() + spec.tensor("weights").offset
                                                           : nullptr;
-        const std::string& norm = spec.text("weights_normalization");
-        const bool relu_norm = norm == "relu" || norm == "avg_relu", softmax_norm = norm == "softmax";
+        const int norm = shortcut_normalization(spec.text("weights_normalization"));
         const size_t layer_step = weights ? spec.tensor("weights").size / (n + 1) : 1;  // 1 or channels
         const size_t step = outputs / layer_step;  // elements sharing one weight
         const long long total = (long long)ctx.batch * outputs;
@@ -40,24 +38,12 @@ public:
                     if (i < sizes[k]) value += sources[k][b * sizes[k] + i];
             } else {
                 const size_t w0 = i / step;
-                float max_val = -FLT_MAX, sum = 1.f;
-                if (relu_norm || softmax_norm) {
-                    for (int k = 0; k <= n; ++k) max_val = std::fmax(max_val, weights[w0 + k * layer_step]);
-                    sum = 0.0001f;
-                    for (int k = 0; k <= n; ++k) {
-                        const float w = weights[w0 + k * layer_step];
-                        sum += relu_norm ? std::fmax(w, 0.f) : std::exp(w - max_val);
-                    }
-                }
-                auto weight = [&](int k) {
-                    const float w = weights[w0 + k * layer_step];
-                    if (relu_norm) return std::fmax(w, 0.f) / sum;
-                    if (softmax_norm) return std::exp(w - max_val) / sum;
-                    return w;
-                };
-                value *= weight(0);
+                const ShortcutNormalizer normalizer = shortcut_normalizer(weights, w0, layer_step, n + 1, norm);
+                value *= shortcut_weight(weights[w0], normalizer, norm);
                 for (int k = 0; k < n; ++k)
-                    if (i < sizes[k]) value += sources[k][b * sizes[k] + i] * weight(k + 1);
+                    if (i < sizes[k])
+                        value += sources[k][b * sizes[k] + i] *
+                                 shortcut_weight(weights[w0 + (k + 1) * layer_step], normalizer, norm);
             }
             ctx.output[id] = value;
         }

@@ -4,7 +4,7 @@
 #include <cstring>
 
 #include "../core/network.h"
-#include "../math/activations.h"
+#include "../math/yolo.h"
 
 namespace pd {
 namespace {
@@ -29,7 +29,7 @@ public:
                 for (size_t i = 4 * plane; i < (size_t)(5 + classes) * plane; ++i) base[i] = logistic_activate(base[i]);
             }
             if (s != 1.f)
-                for (size_t i = 0; i < 2 * plane; ++i) base[i] = base[i] * s - 0.5f * (s - 1.f);
+                for (size_t i = 0; i < 2 * plane; ++i) base[i] = yolo_scale_xy(base[i], s);
         }
     }
 };
