@@ -92,7 +92,8 @@ def _load_model(args):
             weights = args.weights if args.weights is not None else models.fetch(m, quiet=False)
             names = models.read_names(models.find_data_file(m.names))
             label = m.name
-        net = pydarknet.load(cfg, weights, device=args.device, width=args.width, height=args.height)
+        net = pydarknet.load(cfg, weights, device=args.device, precision=args.precision,
+                             width=args.width, height=args.height)
         if args.names is not None:
             names = models.read_names(args.names)
     except pydarknet.WeightsError as e:
@@ -323,7 +324,9 @@ def build_parser():
     g.add_argument("--cfg", help="Darknet .cfg file (with --weights)")
     g.add_argument("--weights", help="Darknet .weights file (with --cfg, or with --model to use your own file)")
     g.add_argument("--names", help="class names file, one per line (default: the model's, or COCO for 80 classes)")
-    g.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="activations on the GPU: fp32 (default), or fp16/bf16 on the tensor cores")
     g.add_argument("--width", type=int, help="override the network input width")
     g.add_argument("--height", type=int, help="override the network input height")
     o = d.add_argument_group("detection")

@@ -95,7 +95,8 @@ def _setup(args, default_thresh, default_nms):
 
         names = default_names(classes)
     try:
-        net = pydarknet.load(cfg, args.weights, device=args.device, width=args.width, height=args.height)
+        net = pydarknet.load(cfg, args.weights, device=args.device, precision=args.precision,
+                             width=args.width, height=args.height)
     except pydarknet.WeightsError as e:
         raise UsageError(f"{e}\nThe weights do not fit {cfg}") from None
     except (pydarknet.DarknetError, OSError, ValueError) as e:
@@ -224,7 +225,9 @@ def _common(p):
     p.add_argument("data", metavar="DATA", help="Darknet .data file (classes, valid, names)")
     p.add_argument("cfg", metavar="CFG", help="Darknet .cfg file (DATA and CFG may be given in either order)")
     p.add_argument("weights", metavar="WEIGHTS", help="Darknet .weights file")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="activations on the GPU: fp32 (default), or fp16/bf16 on the tensor cores")
     p.add_argument("--width", type=int, help="override the network input width")
     p.add_argument("--height", type=int, help="override the network input height")
     p.add_argument("--nms", type=float, help="NMS threshold (the cfg's nms_kind)")

@@ -1,7 +1,9 @@
 """The Network object: a validated network description bound to the C++ engine.
 
 `pydarknet.load()` builds one. Parameters live in one flat float32 buffer owned by the engine, in `.weights`
-file order; `net.params` and each layer's `params` dict are numpy views into it.
+file order; `net.params` and each layer's `params` dict are numpy views into it. With ``device="cuda"`` the layers
+run on a GPU (``_core.CudaNetwork``), which re-reads that buffer whenever it changes; ``precision`` chooses the
+activations' type there (fp32, or fp16/bf16 with tensor-core convolutions).
 """
 
 import numpy as np
@@ -20,6 +22,10 @@ except ImportError as exc:  # pragma: no cover - only when the package was not b
 
 class DeviceError(DarknetError, ValueError):
     """A device that this build or this machine cannot run on."""
+
+
+# Precision names and the codes of the C++ engine (csrc/core/cuda_network.h).
+PRECISIONS = {"fp32": 0, "fp16": 1, "bf16": 2}
 
 
 def _spec(layer):
@@ -63,12 +69,17 @@ class LayerView:
 
 
 class Network:
-    def __init__(self, desc, device="cpu", seed=None):
+    def __init__(self, desc, device="cpu", seed=None, precision="fp32"):
         self.desc = desc
         self.device = _check_device(device)
+        self.precision = _check_precision(precision, self.device)
         self._core = _core.Network([_spec(l) for l in desc.layers], desc.param_count, desc.input_shape)
         last = len(desc.layers) - 1
         self._core.keep = sorted(set(desc.yolo_layers + [last]))
+        self._cuda = None
+        if self.device != "cpu":
+            self._cuda = _core.CudaNetwork(self._core, PRECISIONS[self.precision], int(self.device.split(":")[1]))
+            self._cuda.use_graph = bool(desc.net.get("use_cuda_graph", 0))
         self.layers = [LayerView(self, l) for l in desc.layers]
         self.seen = 0
         self.version = weights_io.CURRENT_VERSION
@@ -144,16 +155,34 @@ class Network:
             raise ValueError("input batch is empty")
         return np.ascontiguousarray(x, dtype=np.float32)
 
+    @property
+    def _engine(self):
+        return self._core if self._cuda is None else self._cuda
+
     def forward(self, x):
         """Run the network; returns one array per [yolo] layer (or the final output for other networks)."""
-        self._core.forward(self._prepare_input(x), False)
+        engine = self._engine
+        engine.forward(self._prepare_input(x), False)
         heads = self.yolo_layers or [len(self.layers) - 1]
-        return [self._core.output(i) for i in heads]
+        return [engine.output(i) for i in heads]
 
     def forward_all(self, x):
         """Run the network and return every layer's output (for debugging and layer-by-layer checks)."""
-        self._core.forward(self._prepare_input(x), True)
-        return [self._core.output(i) for i in range(len(self.layers))]
+        engine = self._engine
+        engine.forward(self._prepare_input(x), True)
+        return [engine.output(i) for i in range(len(self.layers))]
+
+    @property
+    def cuda_graph(self):
+        """On a CUDA device: replay the layers from a CUDA graph captured at the first pass of each batch size
+        (less launch overhead at small batch). Defaults to the cfg's ``use_cuda_graph``."""
+        return self._cuda is not None and self._cuda.use_graph
+
+    @cuda_graph.setter
+    def cuda_graph(self, value):
+        if self._cuda is None:
+            raise DeviceError("cuda_graph needs a network on a CUDA device")
+        self._cuda.use_graph = bool(value)
 
     def detect(self, images, *, thresh=0.25, nms=0.45, letterbox=None, **options):
         """Detect objects in a path, PIL image, HxWx3 uint8 RGB array, or a list of them, as Darknet's
@@ -194,26 +223,47 @@ class Network:
 
     def __repr__(self):
         c, h, w = self.input_shape
+        where = "" if self.device == "cpu" else f", {self.device} {self.precision}"
         return f"<pydarknet.Network {self.desc.path} {len(self.layers)} layers, input {w}x{h}x{c}, " \
-               f"{self.bflops:.2f} BFLOPs>"
+               f"{self.bflops:.2f} BFLOPs{where}>"
 
 
 def _check_device(device):
-    name = str(device).lower()
+    """'cpu' or 'cuda:N' for a device this build and machine can run on; DeviceError otherwise."""
+    name = str(device).strip().lower()
     if name == "cpu":
         return "cpu"
-    if name.startswith("cuda"):
-        if _core.cuda_device_count() == 0:
+    if name == "cuda" or name.startswith("cuda:"):
+        index = name[5:] if name.startswith("cuda:") else "0"
+        if not index.isdigit():
+            raise DeviceError(f"device={device!r}: write 'cuda' or 'cuda:N' with N the GPU's index")
+        count = _core.cuda_device_count()
+        if count == 0:
             raise DeviceError(f"device={device!r}: no CUDA GPU is available on this machine"
                               + ("" if _core.built_with_cuda else " (and this build has no CUDA support)"))
-        raise DeviceError(f"device={device!r}: the CUDA backend does not run networks yet; use device='cpu'")
+        if int(index) >= count:
+            raise DeviceError(f"device={device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+        return f"cuda:{int(index)}"
     raise DeviceError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
 
 
-def load(cfg, weights=None, *, device="cpu", width=None, height=None, lenient=False, partial=False, seed=None):
-    """Build a network from a Darknet .cfg and optionally load original .weights into it."""
+def _check_precision(precision, device):
+    name = str(precision).strip().lower()
+    if name not in PRECISIONS:
+        raise DeviceError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if device == "cpu" and name != "fp32":
+        raise DeviceError(f"precision={precision!r} needs device='cuda'; the CPU runs fp32")
+    return name
+
+
+def load(cfg, weights=None, *, device="cpu", precision="fp32", width=None, height=None, lenient=False, partial=False,
+         seed=None):
+    """Build a network from a Darknet .cfg and optionally load original .weights into it.
+
+    ``device``: "cpu", "cuda" or "cuda:N". ``precision`` (CUDA only): "fp32" (default), "fp16" or "bf16" -- the
+    activations' type on the GPU; fp16/bf16 convolutions run on the tensor cores with float32 accumulation."""
     desc = graph.load_network_desc(cfg, lenient=lenient, width=width, height=height)
-    net = Network(desc, device=device, seed=seed)
+    net = Network(desc, device=device, seed=seed, precision=precision)
     if weights is not None:
         net.load_weights(weights, partial=partial)
     return net
