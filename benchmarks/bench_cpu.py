@@ -75,9 +75,9 @@ def main(argv=None):
     import pydarknet
     from pydarknet import assets
 
-    # The parity tests own the cfg resizing and the random-weight calibration; the benchmark reuses them.
+    # The tests own the cfg resizing and the random-weight calibration; the benchmark reuses them.
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_opencv_parity import calibrate, randomize, with_input_size
+    from netcalib import calibrate, randomize, with_input_size
 
     cv2.setNumThreads(args.threads)
     rng = np.random.default_rng(0)
