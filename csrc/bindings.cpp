@@ -204,6 +204,9 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("profile", &pd::CudaNetwork::profile)
         .def_readonly("layer_seconds", &pd::CudaNetwork::layer_seconds)
         .def_property("guard", &pd::CudaNetwork::guard, &pd::CudaNetwork::set_guard)
+        .def_property_readonly("guard_region_count", &pd::CudaNetwork::guard_region_count)
+        .def("damage_guard_region", &pd::CudaNetwork::damage_guard_region, py::arg("region"),
+             "Changes one byte of a guard region (to test the guard check).")
         .def_property(
             "conv_algorithm", [](const pd::CudaNetwork& net) { return (int)net.conv_algorithm(); },
             [](pd::CudaNetwork& net, int algorithm) {

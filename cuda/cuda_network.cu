@@ -114,6 +114,7 @@ struct CudaNetwork::Impl {
 
     void release_arena() {
         release_graph();
+        if (stream && cudaStreamSynchronize(stream) != cudaSuccess) cudaGetLastError();  // nothing may still use it
         if (arena) cudaFree(arena);
         arena = nullptr;
         arena_size = 0;
@@ -158,7 +159,8 @@ struct CudaNetwork::Impl {
         }
         arena_size = offset;
         PD_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&arena), arena_size));
-        if (guard) PD_CUDA_CHECK(cudaMemset(arena, kGuardByte, arena_size));
+        // On the network's stream: it does not synchronise with the legacy default stream (non-blocking).
+        if (guard) PD_CUDA_CHECK(cudaMemsetAsync(arena, kGuardByte, arena_size, stream));
         input_view = DeviceView{arena + input_offset, host.input_shape().size()};
         views.assign(specs.size(), DeviceView{});
         for (size_t i = 0; i < specs.size(); ++i) {
@@ -265,7 +267,9 @@ struct CudaNetwork::Impl {
         std::vector<unsigned char> bytes;
         for (size_t g = 0; g < guard_regions.size(); ++g) {
             bytes.resize(guard_regions[g].second);
-            PD_CUDA_CHECK(cudaMemcpy(bytes.data(), arena + guard_regions[g].first, bytes.size(), cudaMemcpyDeviceToHost));
+            PD_CUDA_CHECK(cudaMemcpyAsync(bytes.data(), arena + guard_regions[g].first, bytes.size(),
+                                          cudaMemcpyDeviceToHost, stream));
+            PD_CUDA_CHECK(cudaStreamSynchronize(stream));
             for (size_t j = 0; j < bytes.size(); ++j)
                 if (bytes[j] != kGuardByte)
                     throw CudaError("guard check: a kernel wrote into the guard region " + std::to_string(j) +
@@ -398,5 +402,15 @@ void CudaNetwork::set_conv_algorithm(ConvAlgorithm algorithm) { impl_->algorithm
 ConvAlgorithm CudaNetwork::conv_algorithm() const { return impl_->algorithm; }
 void CudaNetwork::set_guard(bool on) { impl_->guard = on; }
 bool CudaNetwork::guard() const { return impl_->guard; }
+int CudaNetwork::guard_region_count() const { return (int)impl_->guard_regions.size(); }
+
+void CudaNetwork::damage_guard_region(int region) {
+    Impl& m = *impl_;
+    PD_CHECK(region >= 0 && region < (int)m.guard_regions.size(), "no guard region ", region);
+    DeviceScope scope(m.device);
+    const auto& r = m.guard_regions[region];
+    PD_CUDA_CHECK(cudaMemsetAsync(m.arena + r.first + r.second / 2, kGuardByte ^ 0xFF, 1, m.stream));
+    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
 
 }  // namespace pd

@@ -62,6 +62,10 @@ public:
     // CudaError naming the buffer) and activations poisoned with NaN before each pass, for the tests.
     void set_guard(bool on);
     bool guard() const;
+    // Number of guard regions of the current plan, and a way to change a byte of one (so the tests can check
+    // that the guard check catches it).
+    int guard_region_count() const;
+    void damage_guard_region(int region);
     // Capture the layers once per plan in a CUDA graph and replay it (cuts launch overhead at small batch).
     bool use_graph = false;
     // Record each layer's GPU time (CUDA events; graphs are not used while profiling).

@@ -37,6 +37,7 @@ dim3 thread_index, block_index, block_dim, grid_dim;
 namespace {
 
 constexpr size_t kStackBytes = 512 * 1024;
+constexpr size_t kDeviceMemoryBytes = 64ull << 30;  // larger allocations fail, as on a GPU with this much memory
 constexpr size_t kMaxStaticSharedBytes = 48 * 1024;
 
 enum class State { READY, BLOCK_BARRIER, WARP_BARRIER, DONE, FAILED };
@@ -304,7 +305,7 @@ cudaError_t cudaDeviceSynchronize() { return refuse_while_capturing() ? cudaErro
 
 cudaError_t cudaMalloc(void** pointer, size_t bytes) {
     if (refuse_while_capturing()) return cudaErrorStreamCaptureUnsupported;
-    *pointer = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+    *pointer = bytes > pd_emulation::kDeviceMemoryBytes ? nullptr : std::aligned_alloc(256, (bytes + 255) / 256 * 256);
     return *pointer ? cudaSuccess : pd_emulation::set_error(cudaErrorMemoryAllocation, "");
 }
 cudaError_t cudaFree(void* pointer) {
