@@ -71,8 +71,9 @@ for s in "${steps[@]}"; do
         layers) step layers env PYDARKNET_TEST_DEVICE=cuda timeout "$limit" "${pytest[@]}" tests/test_layers.py tests/test_activations.py ;;
         # whole networks (random and real weights), detections, the detect command; -s shows the measured errors
         slow) step slow timeout "$limit" "${pytest[@]}" -s -m "cuda and slow" tests/test_cuda.py ;;
+        # without the out-of-memory test: the sanitizer counts its intended failed cudaMalloc as an error
         memcheck) step memcheck timeout "$limit" compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
-                      "${pytest[@]}" -x -m "cuda and not slow" tests/test_cuda.py -k "not activation_kernel" ;;
+                      "${pytest[@]}" -x -m "cuda and not slow" tests/test_cuda.py -k "not activation_kernel and not cuda_failure" ;;
         racecheck) step racecheck timeout "$limit" compute-sanitizer --tool racecheck --error-exitcode 3 --print-limit 20 \
                        "${pytest[@]}" -x tests/test_cuda.py -k "test_convolution and (f130 or 1x1_k300 or groups3 or 3x3_bn)" ;;
         bench) step bench timeout "$limit" "$python" benchmarks/bench_gpu.py ;;
