@@ -512,8 +512,9 @@ def _cached_photos():
 @pytest.mark.parametrize("name", ["yolov4-tiny", "yolov3-tiny"])
 def test_real_weights_detections(name, precision):
     """The real pretrained weights on real photos: FP32 detections identical to the CPU's; FP16/BF16 find the
-    same confident objects (confidence >= 0.5 on the CPU: the same class with box IoU >= 0.9 (fp16) / 0.8 (bf16)
-    and confidence within 0.05 / 0.1)."""
+    same confident objects (confidence >= 0.5 on the CPU): the same class with box IoU >= 0.99 (fp16) / 0.95
+    (bf16) and confidence within 0.01 / 0.05. Measured in the emulation on bus.jpg and zidane.jpg at 416: worst
+    IoU 0.9994 and confidence difference 4e-4 in fp16, 0.994 and 0.015 in bf16."""
     if not models.is_cached(name):
         pytest.skip(f"the real {name} weights are not in the cache ({models.weights_path(name)})")
     photos = _cached_photos()
@@ -533,7 +534,7 @@ def test_real_weights_detections(name, precision):
         if precision == "fp32":
             assert_same_detections(g, w, 0.25, f"{name} {p.name}")
             continue
-        iou_min, conf_tol = (0.9, 0.05) if precision == "fp16" else (0.8, 0.1)
+        iou_min, conf_tol = (0.99, 0.01) if precision == "fp16" else (0.95, 0.05)
         for k in np.flatnonzero(w.conf >= 0.5):
             same = [j for j in range(len(g.conf)) if g.class_id[j] == w.class_id[k]]
             best = max((_iou(g.xyxy[j], w.xyxy[k]), j) for j in same) if same else (0.0, -1)
