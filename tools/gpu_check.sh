@@ -7,7 +7,7 @@
 #   tools/gpu_check.sh build tests     # or any of: build tests layers slow memcheck racecheck bench
 #
 # Every step builds first when the installed engine is not this checkout's CUDA build. Each step has a time
-# limit (seconds, STEP_LIMIT, default 480) so that one step cannot use up a whole session. Offline machines
+# limit (seconds, STEP_LIMIT, default 480) so that one step cannot use up all the machine time. Offline machines
 # find real weights and photos only in a cache carried along: a folder gpu_cache/ in the checkout (a copy of
 # ~/.cache/pydarknet, i.e. gpu_cache/assets/yolov4-tiny.weights, ...) is used when present; without it the
 # real-weights tests skip.
