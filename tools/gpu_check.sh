@@ -23,6 +23,7 @@ pytest=("$python" -m pytest -p no:cacheprovider -q -rfE --durations=15)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(build tests layers slow memcheck racecheck bench)
 status=0
+touch "$out/summary.txt"
 
 note() { echo "$*" | tee -a "$out/summary.txt"; }
 
@@ -42,8 +43,9 @@ build() {
     # Editable, so tests and benchmarks import this checkout with the engine built here; --no-deps because the
     # machine is offline (pycocotools, which only the evaluation needs, is not installed there).
     PYDARKNET_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" timeout "$limit" "$python" -m pip install \
-        --no-build-isolation --no-deps -v -e . > "$out/build.log" 2>&1 || { tail -n 30 "$out/build.log"; return 1; }
-    grep -E "registers|spill" "$out/build.log" > "$out/ptxas.txt" || true
+        --no-build-isolation --no-deps -v -e . -C cmake.define.PYDARKNET_CUDA_VERBOSE=ON > "$out/build.log" 2>&1 ||
+        { tail -n 30 "$out/build.log"; return 1; }
+    grep -E "Compiling entry|registers|spill" "$out/build.log" > "$out/ptxas.txt" || true
     engine_ready || { echo "the build did not give a CUDA engine that sees a GPU"; return 1; }
 }
 
@@ -63,6 +65,10 @@ step() {
 }
 
 for s in "${steps[@]}"; do
+    if [[ "$s" == memcheck || "$s" == racecheck ]] && ! command -v compute-sanitizer > /dev/null; then
+        note "$s: compute-sanitizer is not on the PATH; skipped"
+        continue
+    fi
     case "$s" in
         build) step build build ;;
         # every CUDA test except the whole networks; then the planner tests (no GPU needed, quick)
