@@ -213,6 +213,8 @@ PYBIND11_MODULE(_core, m) {
                 PD_CHECK(algorithm >= 0 && algorithm <= 2, "conv_algorithm must be 0 (auto), 1 (simt) or 2 (tensor)");
                 net.set_conv_algorithm((pd::ConvAlgorithm)algorithm);
             })
+        .def_property("split_k", &pd::CudaNetwork::split_k, &pd::CudaNetwork::set_split_k,
+                      "Convolution split-K: 0 automatic, 1 never, n > 1 always n splits.")
         .def(
             "set_plan_options",
             [](pd::CudaNetwork& net, bool alias, bool fuse_residual) {

@@ -12,12 +12,18 @@
 //    compiler's business (a wrong register layout is the classic way for such a kernel to fail), and it compiles
 //    to the same HMMA instructions on sm_90; mma.sync/wgmma with hand-placed fragments is the next version.
 //
+// Split-K: when a layer gives too few blocks to fill the GPU (small maps at small batch), its K range is cut into
+// `splits` parts run by separate blocks, which write float partial sums to a workspace; a second kernel adds
+// them in a fixed order and runs the epilogue. CudaNetwork::split_k picks auto (the default), never, or a fixed
+// count (for the tests).
+//
 // Host-side preparation (once per parameter change): weights padded to [groups][M_pad][K_pad] with zeros
 // (M_pad a multiple of 128, K_pad of 32) so that tile loads need no bounds checks, and a table with one entry
 // per k = (channel, ky, kx): the offset of that tap from the patch origin and its (dy, dx); padding entries
 // carry a dy that puts every sample outside the image, so they read 0.
 #include <mma.h>
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -53,6 +59,9 @@ struct ConvParams {
     const W* weights = nullptr;  // [groups][M_pad][K_pad]
     const float* bias = nullptr;  // [groups * M]
     const int4* taps = nullptr;   // [K_pad]: x offset from the patch origin, y dy, z dx
+    float* partial = nullptr;     // split-K: [splits][groups][M][batch * out_plane] partial sums, else null
+    int groups = 1;
+    int k_span = 0;               // split-K: K range per split (a multiple of kTensorBK); K_pad without splits
     int batch = 1;
     int activation = 0, residual_activation = 0;
     ConvGeometry g;
@@ -101,6 +110,46 @@ __device__ __forceinline__ void store_output(const ConvParams<T, W>& p, int grou
     p.out[b * p.out_stride + channel * p.g.out_plane + pixel] = from_float<T>(v);
 }
 
+// The block's group and K range: blockIdx.z = split * groups + group.
+struct BlockK {
+    int group, split, begin, end;
+};
+
+template <typename T, typename W>
+__device__ __forceinline__ BlockK block_k(const ConvParams<T, W>& p) {
+    BlockK b;
+    b.group = blockIdx.z % p.groups;
+    b.split = blockIdx.z / p.groups;
+    b.begin = b.split * p.k_span;
+    b.end = b.begin + p.k_span < p.g.K_pad ? b.begin + p.k_span : p.g.K_pad;
+    return b;
+}
+
+// The epilogue, or with split-K the partial sum for the reduction kernel.
+template <typename T, typename W>
+__device__ __forceinline__ void finish(const ConvParams<T, W>& p, const BlockK& b, int m, long long n,
+                                       long long total_n, float acc) {
+    if (p.partial)
+        p.partial[(((long long)b.split * p.groups + b.group) * p.g.M + m) * total_n + n] = acc;
+    else
+        store_output(p, b.group, m, n, acc);
+}
+
+// Split-K second pass: partial sums added in split order, then the epilogue.
+template <typename T, typename W>
+__global__ void split_k_reduce_kernel(const ConvParams<T, W> p, int splits) {
+    const long long total_n = (long long)p.batch * p.g.out_plane;
+    const long long per_split = (long long)p.groups * p.g.M * total_n;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < per_split;
+         i += (long long)gridDim.x * blockDim.x) {
+        float sum = 0.f;
+        for (int s = 0; s < splits; ++s) sum += p.partial[s * per_split + i];
+        const long long n = i % total_n;
+        const int m = (int)((i / total_n) % p.g.M), group = (int)(i / (total_n * p.g.M));
+        store_output(p, group, m, n, sum);
+    }
+}
+
 // ----- SIMT: 64 x 64 tile per block of 256 threads, each thread 4 x 4 outputs strided by 16 -------------------
 
 constexpr int kSimtBM = 64, kSimtBN = 64, kSimtBK = 16, kSimtThreads = 256;
@@ -110,7 +159,8 @@ __global__ void __launch_bounds__(kSimtThreads) conv_simt_kernel(const ConvParam
     __shared__ float As[kSimtBK][kSimtBM + 4];  // As[k][m]; the padding halves bank conflicts on the stores
     __shared__ float Bs[kSimtBK][kSimtBN];
     const int t = threadIdx.x;
-    const int group = blockIdx.z;
+    const BlockK bk = block_k(p);
+    const int group = bk.group;
     const int m0 = blockIdx.y * kSimtBM;
     const long long n0 = (long long)blockIdx.x * kSimtBN;
     const long long total_n = (long long)p.batch * p.g.out_plane;
@@ -127,7 +177,7 @@ __global__ void __launch_bounds__(kSimtThreads) conv_simt_kernel(const ConvParam
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
 
-    for (int k0 = 0; k0 < p.g.K_pad; k0 += kSimtBK) {
+    for (int k0 = bk.begin; k0 < bk.end; k0 += kSimtBK) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int idx = t + e * kSimtThreads;
@@ -162,7 +212,7 @@ __global__ void __launch_bounds__(kSimtThreads) conv_simt_kernel(const ConvParam
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const long long n = n0 + tx + 16 * j;
-            if (n < total_n) store_output(p, group, m, n, acc[i][j]);
+            if (n < total_n) finish(p, bk, m, n, total_n, acc[i][j]);
         }
     }
 }
@@ -199,7 +249,8 @@ __global__ void __launch_bounds__(TensorTile<T, BM, BN, WM, WN>::THREADS)
     const int t = threadIdx.x;
     const int warp = t / 32, lane = t % 32;
     const int warp_m = warp / Tile::WARPS_N, warp_n = warp % Tile::WARPS_N;
-    const int group = blockIdx.z;
+    const BlockK bk = block_k(p);
+    const int group = bk.group;
     const int m0 = blockIdx.y * BM;
     const long long n0 = (long long)blockIdx.x * BN;
     const long long total_n = (long long)p.batch * p.g.out_plane;
@@ -245,12 +296,12 @@ __global__ void __launch_bounds__(TensorTile<T, BM, BN, WM, WN>::THREADS)
 #pragma unroll
         for (int j = 0; j < Tile::FN; ++j) wmma::fill_fragment(acc[i][j], 0.f);
 
-    load_tile(0);
-    for (int k0 = 0; k0 < p.g.K_pad; k0 += Tile::BK) {
+    if (bk.begin < bk.end) load_tile(bk.begin);
+    for (int k0 = bk.begin; k0 < bk.end; k0 += Tile::BK) {
         __syncthreads();  // every warp is done reading the previous tile
         store_tile();
         __syncthreads();
-        if (k0 + Tile::BK < p.g.K_pad) load_tile(k0 + Tile::BK);
+        if (k0 + Tile::BK < bk.end) load_tile(k0 + Tile::BK);
 #pragma unroll
         for (int kk = 0; kk < Tile::BK; kk += 16) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a[Tile::FM];
@@ -279,18 +330,26 @@ __global__ void __launch_bounds__(TensorTile<T, BM, BN, WM, WN>::THREADS)
             for (int e = lane; e < 256; e += 32) {
                 const int m = m0 + warp_m * WM + i * 16 + e / 16;
                 const long long n = n0 + warp_n * WN + j * 16 + e % 16;
-                if (m < p.g.M && n < total_n) store_output(p, group, m, n, staging[e]);
+                if (m < p.g.M && n < total_n) finish(p, bk, m, n, total_n, staging[e]);
             }
             __syncwarp();
         }
 }
 
 template <typename T, int BM, int BN, int WM, int WN>
-void launch_tensor(const ConvParams<T, T>& p, int groups, cudaStream_t stream) {
+void launch_tensor(const ConvParams<T, T>& p, int splits, cudaStream_t stream) {
     using Tile = TensorTile<T, BM, BN, WM, WN>;
     const long long total_n = (long long)p.batch * p.g.out_plane;
-    const dim3 grid((unsigned)((total_n + BN - 1) / BN), (unsigned)((p.g.M + BM - 1) / BM), (unsigned)groups);
+    const dim3 grid((unsigned)((total_n + BN - 1) / BN), (unsigned)((p.g.M + BM - 1) / BM),
+                    (unsigned)(p.groups * splits));
     PD_LAUNCH(grid, Tile::THREADS, 0, stream, conv_tensor_kernel<T, BM, BN, WM, WN>)(p);
+    PD_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, typename W>
+void launch_reduce(const ConvParams<T, W>& p, int splits, cudaStream_t stream) {
+    const size_t outputs = (size_t)p.groups * p.g.M * p.batch * p.g.out_plane;
+    PD_LAUNCH(grid_for(outputs, 256), 256, 0, stream, split_k_reduce_kernel<T, W>)(p, splits);
     PD_CUDA_CHECK_LAUNCH();
 }
 
@@ -328,6 +387,8 @@ public:
     }
 
     void prepare(const PrepareContext& ctx) override {
+        sm_count_ = ctx.sm_count;
+        split_k_ = ctx.split_k;
         algorithm_ = ctx.conv_algorithm;
         if (algorithm_ == ConvAlgorithm::AUTO)
             algorithm_ = ctx.precision == Precision::FP32 ? ConvAlgorithm::SIMT : ConvAlgorithm::TENSOR;
@@ -378,21 +439,29 @@ public:
         taps_.upload(taps.data(), taps.size(), ctx.stream);
     }
 
+    size_t workspace_bytes(int batch) const override {
+        const Split split = split_for(batch);
+        if (split.count == 1) return 0;
+        return sizeof(float) * split.count * groups_ * geometry_.M * (size_t)batch * geometry_.out_plane;
+    }
+
     void forward(const CudaContext& ctx) override {
         const bool fuse_activation = !is_channel_activation(activation_);
         PD_CHECK((long long)ctx.batch * geometry_.out_plane < (1LL << 31), "layer ", spec.index, ": batch ",
                  ctx.batch, " is too large for the CUDA convolution at this size");
+        const Split split = split_for(ctx.batch);
         dispatch_precision(ctx.precision, [&](auto tag) {
             using T = decltype(tag);
             if (algorithm_ == ConvAlgorithm::SIMT) {
-                ConvParams<T, float> p = params<T, float>(ctx, weights_float_.data(), fuse_activation);
+                const ConvParams<T, float> p = params<T, float>(ctx, weights_float_.data(), fuse_activation, split);
                 const long long total_n = (long long)ctx.batch * geometry_.out_plane;
                 const dim3 grid((unsigned)((total_n + kSimtBN - 1) / kSimtBN),
-                                (unsigned)((geometry_.M + kSimtBM - 1) / kSimtBM), (unsigned)groups_);
+                                (unsigned)((geometry_.M + kSimtBM - 1) / kSimtBM), (unsigned)(groups_ * split.count));
                 PD_LAUNCH(grid, kSimtThreads, 0, ctx.stream, conv_simt_kernel<T>)(p);
                 PD_CUDA_CHECK_LAUNCH();
+                if (split.count > 1) launch_reduce(p, split.count, ctx.stream);
             } else {
-                launch_tensor_path<T>(ctx, fuse_activation);
+                launch_tensor_path<T>(ctx, fuse_activation, split);
             }
         });
         if (!fuse_activation)
@@ -401,8 +470,43 @@ public:
     }
 
 private:
+    struct Split {
+        int count = 1;  // blocks along K
+        int span = 0;   // K elements per split, a multiple of kTensorBK
+    };
+
+    // Rows (filters) x columns (pixels) of the block tile of the chosen kernel.
+    int tile_rows() const {
+        if (algorithm_ == ConvAlgorithm::SIMT) return kSimtBM;
+        return geometry_.M > 64 ? 128 : (geometry_.M > 32 ? 64 : 32);
+    }
+    int tile_columns() const { return algorithm_ == ConvAlgorithm::SIMT ? kSimtBN : 128; }
+
+    // split_k_: 0 automatic (split when the blocks would not fill the GPU twice over, keeping at least 4 K tiles
+    // per split, at most 16 splits), 1 never, n > 1 exactly n (capped by the K tiles), for the tests.
+    Split split_for(int batch) const {
+        const int k_tiles = geometry_.K_pad / kTensorBK;
+        int wanted = 1;
+        if (split_k_ > 1) {
+            wanted = split_k_;
+        } else if (split_k_ == 0) {
+            const long long total_n = (long long)batch * geometry_.out_plane;
+            const long long blocks = (total_n + tile_columns() - 1) / tile_columns() *
+                                     ((geometry_.M + tile_rows() - 1) / tile_rows()) * groups_;
+            if (blocks < sm_count_ && k_tiles >= 8)
+                wanted = (int)std::min<long long>({(2LL * sm_count_ + blocks - 1) / blocks, k_tiles / 4, 16});
+        }
+        wanted = std::max(1, std::min({wanted, k_tiles, 65535 / groups_}));
+        const int per_split = (k_tiles + wanted - 1) / wanted;
+        Split split;
+        split.count = (k_tiles + per_split - 1) / per_split;  // no empty split
+        split.span = split.count > 1 ? per_split * kTensorBK : geometry_.K_pad;
+        return split;
+    }
+
     template <typename T, typename W>
-    ConvParams<T, W> params(const CudaContext& ctx, const void* weights, bool fuse_activation) const {
+    ConvParams<T, W> params(const CudaContext& ctx, const void* weights, bool fuse_activation,
+                            const Split& split) const {
         ConvParams<T, W> p;
         p.in = ctx.input.as<T>();
         p.in_stride = (long long)ctx.input.stride;
@@ -419,22 +523,29 @@ private:
         p.batch = ctx.batch;
         p.activation = fuse_activation ? activation_ : LINEAR;
         p.g = geometry_;
+        p.groups = groups_;
+        p.k_span = split.span;
+        if (split.count > 1) {
+            PD_CHECK(ctx.workspace, "layer ", spec.index, ": split-K needs the network's workspace");
+            p.partial = static_cast<float*>(ctx.workspace);
+        }
         return p;
     }
 
     template <typename T>
-    void launch_tensor_path(const CudaContext& ctx, bool fuse_activation) {
+    void launch_tensor_path(const CudaContext& ctx, bool fuse_activation, const Split& split) {
         if constexpr (std::is_same<T, float>::value) {
             PD_CHECK(false, "layer ", spec.index, ": the tensor-core convolution runs precision fp16 or bf16");
         } else {
-            const ConvParams<T, T> p = params<T, T>(ctx, weights_.data(), fuse_activation);
+            const ConvParams<T, T> p = params<T, T>(ctx, weights_.data(), fuse_activation, split);
             // The tile height follows the filter count, so small layers do not compute mostly padding.
             if (geometry_.M > 64)
-                launch_tensor<T, 128, 128, 64, 32>(p, groups_, ctx.stream);
+                launch_tensor<T, 128, 128, 64, 32>(p, split.count, ctx.stream);
             else if (geometry_.M > 32)
-                launch_tensor<T, 64, 128, 32, 32>(p, groups_, ctx.stream);
+                launch_tensor<T, 64, 128, 32, 32>(p, split.count, ctx.stream);
             else
-                launch_tensor<T, 32, 128, 16, 32>(p, groups_, ctx.stream);
+                launch_tensor<T, 32, 128, 16, 32>(p, split.count, ctx.stream);
+            if (split.count > 1) launch_reduce(p, split.count, ctx.stream);
         }
     }
 
@@ -444,6 +555,7 @@ private:
     int k_ = 0;
     ConvGeometry geometry_;
     ConvAlgorithm algorithm_ = ConvAlgorithm::SIMT;
+    int sm_count_ = 1, split_k_ = 1;
     DeviceArray<float> weights_float_;  // SIMT weights
     DeviceArray<short> weights_;        // TENSOR weights, FP16 or BF16 bits
     DeviceArray<float> bias_;

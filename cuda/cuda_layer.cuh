@@ -71,6 +71,8 @@ struct PrepareContext {
     float bn_epsilon = 1e-5f;
     Precision precision = Precision::FP32;
     ConvAlgorithm conv_algorithm = ConvAlgorithm::AUTO;
+    int split_k = 0;   // CudaNetwork::split_k
+    int sm_count = 1;  // multiprocessors of the GPU
     cudaStream_t stream = nullptr;
 };
 
@@ -85,6 +87,7 @@ struct CudaContext {
     // A convolution with a folded shortcut: add `residual` after the activation, then apply residual_activation.
     DeviceView residual;
     int residual_activation = 0;
+    void* workspace = nullptr;  // scratch shared by all layers, the largest workspace_bytes() long
     cudaStream_t stream = nullptr;
 
     const DeviceView& view(int layer) const { return (*views)[layer]; }
@@ -99,6 +102,8 @@ public:
     // Called before a forward pass whenever the parameters, the precision or the convolution algorithm changed.
     virtual void prepare(const PrepareContext& ctx) { (void)ctx; }
     virtual void forward(const CudaContext& ctx) = 0;
+    // Scratch bytes a forward pass of `batch` images needs (after prepare()).
+    virtual size_t workspace_bytes(int batch) const { (void)batch; return 0; }
 
     const LayerSpec spec;
 };

@@ -80,6 +80,8 @@ struct CudaNetwork::Impl {
     PlanOptions options;
     bool guard = false;
     ConvAlgorithm algorithm = ConvAlgorithm::AUTO;
+    int split_k = 0;
+    int sm_count = 1;
 
     // The plan and its arena, for one (batch, keep_all, keep, options, guard).
     ViewPlan plan;
@@ -97,12 +99,14 @@ struct CudaNetwork::Impl {
     std::vector<DeviceView> views;
     DeviceView input_view;
     DeviceArray<float> staging;  // float32 input before conversion, float32 output after conversion
+    DeviceArray<char> workspace;  // layers' scratch (split-K partial sums)
     int batch = 0;               // of the last completed forward pass (0: none)
 
     bool prepared = false;
     unsigned long long prepared_version = 0;
     float prepared_epsilon = 0.f;
     ConvAlgorithm prepared_algorithm = ConvAlgorithm::AUTO;
+    int prepared_split_k = -1;
 
     cudaGraphExec_t graph = nullptr;
     std::vector<cudaEvent_t> events;  // 2 per layer while profiling, or 2 for timing
@@ -178,7 +182,7 @@ struct CudaNetwork::Impl {
 
     void ensure_prepared() {
         if (prepared && prepared_version == host.params_version && prepared_epsilon == host.bn_epsilon &&
-            prepared_algorithm == algorithm)
+            prepared_algorithm == algorithm && prepared_split_k == split_k)
             return;
         release_graph();  // layers may reallocate their tensors
         prepared = false;
@@ -187,6 +191,8 @@ struct CudaNetwork::Impl {
         ctx.bn_epsilon = host.bn_epsilon;
         ctx.precision = precision;
         ctx.conv_algorithm = algorithm;
+        ctx.split_k = split_k;
+        ctx.sm_count = sm_count;
         ctx.stream = stream;
         for (auto& layer : layers) layer->prepare(ctx);
         PD_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -194,6 +200,16 @@ struct CudaNetwork::Impl {
         prepared_version = host.params_version;
         prepared_epsilon = host.bn_epsilon;
         prepared_algorithm = algorithm;
+        prepared_split_k = split_k;
+    }
+
+    // Grows the shared workspace to what the layers need for `run_batch` images (a graph holds its address).
+    void ensure_workspace(int run_batch) {
+        size_t need = 0;
+        for (const auto& layer : layers) need = std::max(need, layer->workspace_bytes(run_batch));
+        if (need <= workspace.size() && workspace.data()) return;
+        release_graph();
+        workspace.resize(need);
     }
 
     void ensure_events(size_t count) {
@@ -211,6 +227,7 @@ struct CudaNetwork::Impl {
         ctx.precision = precision;
         ctx.views = &views;
         ctx.specs = &specs;
+        ctx.workspace = workspace.data();
         ctx.stream = stream;
         for (size_t i = 0; i < layers.size(); ++i) {
             if (!plan.runs[i]) continue;
@@ -284,6 +301,9 @@ CudaNetwork::CudaNetwork(const Network& host, Precision precision, int device)
     PD_CHECK(device >= 0 && device < count, "CUDA device ", device, " does not exist (this machine has ", count, ")");
     DeviceScope scope(device);
     PD_CUDA_CHECK(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking));
+    cudaDeviceProp properties;
+    PD_CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
+    impl_->sm_count = properties.multiProcessorCount;
     for (int i = 0; i < host.layer_count(); ++i) {
         const LayerSpec& spec = host.layer(i).spec;
         auto factory = cuda_layer_registry().find(spec.type);
@@ -302,6 +322,7 @@ void CudaNetwork::forward(const float* input, int batch, bool keep_all) {
     DeviceScope scope(m.device);
     m.ensure_plan(batch, keep_all);
     m.ensure_prepared();
+    m.ensure_workspace(batch);
     m.batch = 0;  // the outputs are not valid until this pass has completed
     const size_t count = (size_t)batch * m.host.input_shape().size();
     if (m.precision == Precision::FP32) {
@@ -364,6 +385,7 @@ std::vector<float> CudaNetwork::time_layers(int warmup, int iterations) {
     PD_CHECK(warmup >= 0 && iterations >= 1, "time_layers: warmup >= 0 and iterations >= 1");
     DeviceScope scope(m.device);
     m.ensure_prepared();
+    m.ensure_workspace(m.batch);
     const int run_batch = m.batch;
     for (int i = 0; i < warmup; ++i) m.run(run_batch, use_graph, false);
     m.ensure_events(2);
@@ -400,6 +422,11 @@ void CudaNetwork::set_plan_options(const PlanOptions& options) { impl_->options 
 PlanOptions CudaNetwork::plan_options() const { return impl_->options; }
 void CudaNetwork::set_conv_algorithm(ConvAlgorithm algorithm) { impl_->algorithm = algorithm; }
 ConvAlgorithm CudaNetwork::conv_algorithm() const { return impl_->algorithm; }
+void CudaNetwork::set_split_k(int split_k) {
+    PD_CHECK(split_k >= 0 && split_k <= 64, "split_k must be 0 (automatic), 1 (never) or the number of splits");
+    impl_->split_k = split_k;
+}
+int CudaNetwork::split_k() const { return impl_->split_k; }
 void CudaNetwork::set_guard(bool on) { impl_->guard = on; }
 bool CudaNetwork::guard() const { return impl_->guard; }
 int CudaNetwork::guard_region_count() const { return (int)impl_->guard_regions.size(); }

@@ -58,6 +58,9 @@ public:
     PlanOptions plan_options() const;
     void set_conv_algorithm(ConvAlgorithm algorithm);
     ConvAlgorithm conv_algorithm() const;
+    // Split-K for convolutions too small to fill the GPU: 0 automatic (the default), 1 never, n > 1 always n.
+    void set_split_k(int split_k);
+    int split_k() const;
     // Guard regions around every activation buffer (checked after each forward pass; a changed byte raises
     // CudaError naming the buffer) and activations poisoned with NaN before each pass, for the tests.
     void set_guard(bool on);

@@ -273,7 +273,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* properties, int device) {
     if (device != 0) return cudaErrorInvalidDevice;
     std::memset(properties, 0, sizeof(*properties));
     std::strncpy(properties->name, "CPU emulation of the CUDA programming model", sizeof(properties->name) - 1);
-    properties->multiProcessorCount = 1;
+    properties->multiProcessorCount = 132;  // an H100's, so that launch-shape decisions (split-K) are the GPU's
     properties->sharedMemPerBlock = 48 * 1024;
     properties->maxThreadsPerBlock = 1024;
     properties->major = 9;
