@@ -10,8 +10,8 @@ exit status 1.
 
 Timing: CUDA events around the network only (the input is already on the GPU), after warm-up runs, repeated at
 least --min-runs times and for at least --seconds, median reported. pydarknet replays a CUDA graph of its
-layers; PyTorch is timed eagerly and replaying a CUDA graph (torch.cuda.CUDAGraph), and the faster of the two
-is the reference. Throughput = batch / median time. Then the slowest pydarknet layers (CUDA events per layer)
+layers (also without split-K, to measure what it gives); PyTorch is timed eagerly and replaying a CUDA graph
+(torch.cuda.CUDAGraph), and the faster of the two is the reference. Throughput = batch / median time. Then the slowest pydarknet layers (CUDA events per layer)
 with their achieved TFLOP/s and share of the GPU's dense FP16 tensor-core peak.
 
     python benchmarks/bench_gpu.py                     # yolov4 608 and yolov4-tiny 416, batch 1, 8, 64, fp16/fp32
@@ -235,8 +235,9 @@ def main(argv=None):
     header = [f"# pydarknet vs PyTorch {torch.__version__} + cuDNN {torch.backends.cudnn.version()} on {gpu_name}",
               "", f"driver/runtime: {torch.version.cuda}; medians of >= {args.min_runs} runs and >= {args.seconds} s "
               f"after {args.warmup} warm-up runs, CUDA events; input already on the GPU.", ""]
-    rows = ["| model | size | batch | precision | pydarknet ms | pydarknet img/s | torch eager ms | torch graph ms | "
-            "speed-up vs best torch | outputs agree (nmse) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | size | batch | precision | pydarknet ms | pydarknet img/s | same, split-K off | torch eager ms | "
+            "torch graph ms | speed-up vs best torch | outputs agree (nmse) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     layer_tables = []
     failed = False
     for spec in args.models.split(","):
@@ -259,6 +260,9 @@ def main(argv=None):
                 ok = agree <= AGREEMENT.get(precision, 1e-2)
                 failed |= not ok
                 ours_ms = statistics.median(_ours_times(net, args))
+                net._cuda.split_k = 1  # v1 without split-K, for cuda/NOTES.md
+                no_split_ms = statistics.median(_ours_times(net, args))
+                net._cuda.split_k = 0
                 with torch.inference_mode():
                     eager = statistics.median(timed(lambda: model(xt), torch.cuda.synchronize, args.seconds,
                                                     args.min_runs, args.warmup))
@@ -267,7 +271,7 @@ def main(argv=None):
                         graph_ms = _torch_graph_ms(model, xt, args)
                 best = min(t for t in (eager, graph_ms) if t is not None)
                 rows.append(f"| {name} | {size} | {batch} | {precision} | {ours_ms:.3f} | {batch / ours_ms * 1e3:,.0f} | "
-                            f"{eager:.3f} | {'-' if graph_ms is None else f'{graph_ms:.3f}'} | {best / ours_ms:.2f}x | "
+                            f"{no_split_ms:.3f} | {eager:.3f} | {'-' if graph_ms is None else f'{graph_ms:.3f}'} | {best / ours_ms:.2f}x | "
                             f"{'yes' if ok else 'NO'} ({agree:.1e}) |")
                 print(rows[-1], flush=True)
                 if batch == max(int(b) for b in args.batches.split(",")):

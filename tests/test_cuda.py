@@ -204,6 +204,21 @@ def test_convolution(tmp_path, case, precision, algorithm, n):
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("splits", [1, 3, 7])
+@pytest.mark.parametrize("precision,algorithm", [("fp32", "auto"), ("fp16", "auto"), ("bf16", "auto")])
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_convolution_split_k(tmp_path, case, precision, algorithm, splits):
+    """Split-K forced off and on (partial sums in the workspace, then the reduction and the epilogue); the
+    default (automatic) choice is what every other test runs, splitting where the blocks would not fill the GPU."""
+    c, h, w, keys = CONV_CASES[case]
+    cpu, gpu = pair(tmp_path, w, h, c, ("convolutional", keys), precision=precision, algorithm=algorithm)
+    gpu._cuda.split_k = splits
+    x = np.random.default_rng(splits).random((2, c, h, w), dtype=np.float32)
+    assert_parity(cpu, gpu, x, LAYER_BOUND[precision], f"conv {case} {precision} split_k={splits}")
+
+
+@pytest.mark.cuda
+@needs_gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("activation", [a for a in ACTIVATIONS if a not in CHANNEL_ACTIVATIONS])
 def test_convolution_activations(tmp_path, activation, precision):
