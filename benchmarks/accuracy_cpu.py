@@ -97,7 +97,7 @@ def main(argv=None):
     from pydarknet import _core, assets
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_opencv_parity import calibrate, randomize, with_input_size
+    from netcalib import calibrate, randomize, with_input_size
 
     isas = ["generic", "avx2", "avx512"]
     isas = isas[:isas.index(_core.cpu_best_isa()) + 1]

@@ -108,9 +108,9 @@ def main(argv=None):
     import pydarknet
     from pydarknet import _core, assets
 
-    # The parity tests own the cfg resizing and the random-weight calibration; the benchmark reuses them.
+    # The tests own the cfg resizing and the random-weight calibration; the benchmark reuses them.
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_opencv_parity import calibrate, randomize, with_input_size
+    from netcalib import calibrate, randomize, with_input_size
 
     if args.no_winograd:
         _core.set_cpu_winograd(False)

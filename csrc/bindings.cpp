@@ -1,6 +1,6 @@
 // Python bindings of the engine (module pydarknet._core). The Python side builds and validates the network
 // description; this module only converts it and runs it. C++ exceptions become Python exceptions
-// (pd::InvalidArgument -> ValueError, std::bad_alloc -> MemoryError).
+// (pd::InvalidArgument -> ValueError, std::bad_alloc -> MemoryError, pd::CudaError -> pydarknet.CudaError).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/cuda_network.h"
 #include "core/network.h"
+#include "core/plan.h"
 #include "cpu/isa.h"
 #include "cpu/ops.h"
 #include "math/activations.h"
@@ -23,7 +25,6 @@ namespace py = pybind11;
 
 #ifdef PYDARKNET_WITH_CUDA
 namespace pd {
-int cuda_device_count();
 std::vector<float> cuda_activate(const std::vector<float>& values, int activation);
 }
 #endif
@@ -67,9 +68,21 @@ LayerSpec to_spec(const py::dict& d) {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
+// The batch size of an input array, after checking it is N x C x H x W with the network's C, H, W and N >= 1.
+int input_batch(const FloatArray& x, const Shape& shape) {
+    PD_CHECK(x.ndim() == 4 && x.shape(1) == shape.c && x.shape(2) == shape.h && x.shape(3) == shape.w,
+             "input must have shape (N, ", shape.c, ", ", shape.h, ", ", shape.w, ")");
+    PD_CHECK(x.shape(0) >= 1, "input batch must not be empty");
+    return (int)x.shape(0);
+}
+
+py::array_t<float> output_array(int batch, const Shape& s) {
+    return py::array_t<float>({(py::ssize_t)batch, (py::ssize_t)s.c, (py::ssize_t)s.h, (py::ssize_t)s.w});
+}
+
 py::array_t<float> copy_output(const Network& net, int i, int batch, const float* data) {
     const Shape s = net.layer(i).spec.out;
-    py::array_t<float> out({(py::ssize_t)batch, (py::ssize_t)s.c, (py::ssize_t)s.h, (py::ssize_t)s.w});
+    py::array_t<float> out = output_array(batch, s);
     std::memcpy(out.mutable_data(), data, sizeof(float) * batch * s.size());
     return out;
 }
@@ -77,6 +90,27 @@ py::array_t<float> copy_output(const Network& net, int i, int batch, const float
 // A numpy view of a buffer owned by the network (kept alive by `owner`).
 py::array_t<float> view_of(std::vector<float>& buffer, py::object owner) {
     return py::array_t<float>({(py::ssize_t)buffer.size()}, {(py::ssize_t)sizeof(float)}, buffer.data(), owner);
+}
+
+py::dict plan_to_dict(const ViewPlan& plan) {
+    py::dict d;
+    d["storage"] = plan.storage;
+    d["offset"] = plan.offset;
+    std::vector<bool> runs(plan.runs.begin(), plan.runs.end());
+    d["runs"] = runs;
+    d["residual"] = plan.residual;
+    d["storage_size"] = plan.storage_size;
+    std::vector<int> start, end;
+    for (const Lifetime& life : plan.storage_life) {
+        start.push_back(life.start);
+        end.push_back(life.end);
+    }
+    d["storage_start"] = start;
+    d["storage_end"] = end;
+    d["buffer_of"] = plan.buffers.buffer_of;
+    d["capacity"] = plan.buffers.capacity;
+    d["forever"] = kForever;
+    return d;
 }
 
 }  // namespace
@@ -111,13 +145,9 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("layer_cpu_seconds", &pd::Network::layer_cpu_seconds)
         .def(
             "forward",
-            [](pd::Network& net, py::array_t<float, py::array::c_style | py::array::forcecast> x, bool keep_all) {
-                auto shape = net.input_shape();
-                PD_CHECK(x.ndim() == 4 && x.shape(1) == shape.c && x.shape(2) == shape.h && x.shape(3) == shape.w,
-                         "input must have shape (N, ", shape.c, ", ", shape.h, ", ", shape.w, ")");
-                PD_CHECK(x.shape(0) >= 1, "input batch must not be empty");
+            [](pd::Network& net, pd::FloatArray x, bool keep_all) {
+                const int batch = pd::input_batch(x, net.input_shape());
                 const float* data = x.data();
-                const int batch = (int)x.shape(0);
                 py::gil_scoped_release release;
                 net.forward(data, batch, keep_all);
             },
@@ -126,21 +156,14 @@ PYBIND11_MODULE(_core, m) {
             "output",
             [](const pd::Network& net, int i) {
                 PD_CHECK(i >= 0 && i < net.layer_count(), "layer index ", i, " out of range");
-                const pd::Shape s = net.layer(i).spec.out;
-                py::array_t<float> out({(py::ssize_t)net.batch(), (py::ssize_t)s.c, (py::ssize_t)s.h, (py::ssize_t)s.w});
-                std::memcpy(out.mutable_data(), net.output(i), sizeof(float) * net.batch() * s.size());
-                return out;
+                return pd::copy_output(net, i, net.batch(), net.output(i));
             },
             py::arg("layer"))
         .def(
             "forward_train",
             [](pd::Network& net, pd::FloatArray x, unsigned long long seed, long long iteration) {
-                auto shape = net.input_shape();
-                PD_CHECK(x.ndim() == 4 && x.shape(1) == shape.c && x.shape(2) == shape.h && x.shape(3) == shape.w,
-                         "input must have shape (N, ", shape.c, ", ", shape.h, ", ", shape.w, ")");
-                PD_CHECK(x.shape(0) >= 1, "input batch must not be empty");
+                const int batch = pd::input_batch(x, net.input_shape());
                 const float* data = x.data();
-                const int batch = (int)x.shape(0);
                 py::gil_scoped_release release;
                 net.forward_train(data, batch, seed, iteration);
             },
@@ -188,11 +211,101 @@ PYBIND11_MODULE(_core, m) {
                 return std::move(input_grad);
             },
             py::arg("output_grads"), py::arg("input_grad") = false);
+    m.def(
+        "plan_views",
+        [](const pd::Network& net, bool keep_all, bool alias, bool fuse_residual) {
+            std::vector<const pd::LayerSpec*> specs;
+            for (int i = 0; i < net.layer_count(); ++i) specs.push_back(&net.layer(i).spec);
+            pd::PlanOptions options;
+            options.alias = alias;
+            options.fuse_residual = fuse_residual;
+            return pd::plan_to_dict(pd::plan_views(specs, net.keep, keep_all, options));
+        },
+        py::arg("network"), py::arg("keep_all") = false, py::arg("alias") = true, py::arg("fuse_residual") = true,
+        "The CUDA network's activation plan for a network (host logic, no GPU needed).");
+#ifdef PYDARKNET_CUDA_EMULATION
+    m.attr("cuda_emulated") = true;  // the CUDA kernels run in the CPU emulation (cuda/emulation/)
+#else
+    m.attr("cuda_emulated") = false;
+#endif
 #ifdef PYDARKNET_WITH_CUDA
     m.attr("built_with_cuda") = true;
     m.def("cuda_device_count", &pd::cuda_device_count, "Number of usable CUDA GPUs (0 on any CUDA error).");
     m.def("cuda_activate", &pd::cuda_activate, py::arg("values"), py::arg("activation"),
           "Applies an element-wise activation on the GPU (for CPU/GPU parity tests).");
+    py::register_exception_translator([](std::exception_ptr failure) {
+        try {
+            if (failure) std::rethrow_exception(failure);
+        } catch (const pd::CudaError& e) {
+            PyObject* type = PyExc_RuntimeError;
+            py::object cls;
+            try {
+                cls = py::module_::import("pydarknet.errors").attr("CudaError");
+                type = cls.ptr();
+            } catch (py::error_already_set&) {
+            }
+            PyErr_SetString(type, e.what());
+        }
+    });
+    py::class_<pd::CudaNetwork>(m, "CudaNetwork")
+        .def(py::init([](pd::Network& host, int precision, int device) {
+                 PD_CHECK(precision >= 0 && precision <= 2, "precision code must be 0 (fp32), 1 (fp16) or 2 (bf16)");
+                 return new pd::CudaNetwork(host, (pd::Precision)precision, device);
+             }),
+             py::arg("host"), py::arg("precision") = 0, py::arg("device") = 0, py::keep_alive<1, 2>(),
+             "Runs the host network's layers on CUDA device `device` (its parameters are read from the host).")
+        .def(
+            "forward",
+            [](pd::CudaNetwork& net, pd::FloatArray x, bool keep_all) {
+                const int batch = pd::input_batch(x, net.input_shape());
+                const float* data = x.data();
+                py::gil_scoped_release release;
+                net.forward(data, batch, keep_all);
+            },
+            py::arg("x"), py::arg("keep_all") = false)
+        .def(
+            "output",
+            [](const pd::CudaNetwork& net, int i) {
+                PD_CHECK(net.output_available(i), "the output of layer ", i, " was not kept by the last forward pass");
+                py::array_t<float> out = pd::output_array(net.batch(), net.output_shape(i));
+                float* data = out.mutable_data();
+                py::gil_scoped_release release;
+                net.copy_output(i, data);
+                return out;
+            },
+            py::arg("layer"))
+        .def("time_layers", &pd::CudaNetwork::time_layers, py::arg("warmup") = 3, py::arg("iterations") = 20,
+             py::call_guard<py::gil_scoped_release>(),
+             "GPU milliseconds of each of `iterations` runs of the layers on the last input (CUDA events).")
+        .def_readwrite("use_graph", &pd::CudaNetwork::use_graph)
+        .def_readwrite("profile", &pd::CudaNetwork::profile)
+        .def_readonly("layer_seconds", &pd::CudaNetwork::layer_seconds)
+        .def_property("guard", &pd::CudaNetwork::guard, &pd::CudaNetwork::set_guard)
+        .def_property_readonly("guard_region_count", &pd::CudaNetwork::guard_region_count)
+        .def("damage_guard_region", &pd::CudaNetwork::damage_guard_region, py::arg("region"),
+             "Changes one byte of a guard region (to test the guard check).")
+        .def_property(
+            "conv_algorithm", [](const pd::CudaNetwork& net) { return (int)net.conv_algorithm(); },
+            [](pd::CudaNetwork& net, int algorithm) {
+                PD_CHECK(algorithm >= 0 && algorithm <= 2, "conv_algorithm must be 0 (auto), 1 (simt) or 2 (tensor)");
+                net.set_conv_algorithm((pd::ConvAlgorithm)algorithm);
+            })
+        .def_property("split_k", &pd::CudaNetwork::split_k, &pd::CudaNetwork::set_split_k,
+                      "Convolution split-K: 0 automatic, 1 never, n > 1 always n splits.")
+        .def(
+            "set_plan_options",
+            [](pd::CudaNetwork& net, bool alias, bool fuse_residual) {
+                pd::PlanOptions options;
+                options.alias = alias;
+                options.fuse_residual = fuse_residual;
+                net.set_plan_options(options);
+            },
+            py::arg("alias") = true, py::arg("fuse_residual") = true)
+        .def("plan", [](const pd::CudaNetwork& net) { return pd::plan_to_dict(net.plan()); })
+        .def_property_readonly("precision", [](const pd::CudaNetwork& net) { return (int)net.precision(); })
+        .def_property_readonly("device", &pd::CudaNetwork::device)
+        .def_property_readonly("device_name", &pd::CudaNetwork::device_name)
+        .def_property_readonly("arena_bytes", &pd::CudaNetwork::arena_bytes);
 #else
     m.attr("built_with_cuda") = false;
     m.def("cuda_device_count", []() { return 0; });

@@ -1,40 +1,67 @@
-// Element-wise activations on the GPU. The formulas are the ones the CPU uses (csrc/math/activations.h), so the
-// CPU tests cover the math and the GPU tests only need to catch indexing mistakes.
+// Activations on the GPU. The formulas are the ones the CPU uses (csrc/math/activations.h), so the CPU tests cover
+// the math and the GPU tests only need to catch indexing mistakes.
 #include <vector>
 
-#include "common.cuh"
+#include "cuda_layer.cuh"
 #include "math/activations.h"
 
 namespace pd {
+namespace {
 
-__global__ void activate_kernel(float* x, size_t n, int activation, float bias) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        x[i] = activate(x[i] + bias, activation);
-}
-
-void cuda_activate_device(float* x, size_t n, int activation, float bias, cudaStream_t stream) {
-    if (n == 0) return;
-    const int threads = 256;
-    const int blocks = (int)((n + threads - 1) / threads < 65535 ? (n + threads - 1) / threads : 65535);
-    activate_kernel<<<blocks, threads, 0, stream>>>(x, n, activation, bias);
-    PD_CUDA_CHECK_LAUNCH();
-}
-
-// Host round trip used by the CPU/GPU parity tests: copies `values` to the GPU, activates, copies back.
-std::vector<float> cuda_activate(const std::vector<float>& values, int activation) {
-    float* device = nullptr;
-    const size_t bytes = values.size() * sizeof(float);
-    PD_CUDA_CHECK(cudaMalloc(&device, bytes ? bytes : sizeof(float)));
-    std::vector<float> out(values.size());
-    try {
-        PD_CUDA_CHECK(cudaMemcpy(device, values.data(), bytes, cudaMemcpyHostToDevice));
-        cuda_activate_device(device, values.size(), activation, 0.f, 0);
-        PD_CUDA_CHECK(cudaMemcpy(out.data(), device, bytes, cudaMemcpyDeviceToHost));
-    } catch (...) {
-        cudaFree(device);
-        throw;
+template <typename T>
+__global__ void activate_view_kernel(T* data, size_t stride, int batch, size_t count, int activation) {
+    for (int b = blockIdx.y; b < batch; b += gridDim.y) {
+        T* image = data + (size_t)b * stride;
+        for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+            image[i] = from_float<T>(activate(to_float(image[i]), activation));
     }
-    PD_CUDA_CHECK(cudaFree(device));
+}
+
+// One thread per pixel: the normalize_channels family reads all channels of its pixel.
+template <typename T>
+__global__ void normalize_channels_kernel(T* data, size_t stride, int batch, int channels, size_t spatial,
+                                          int activation) {
+    const size_t pixels = (size_t)batch * spatial;
+    for (size_t p = blockIdx.x * (size_t)blockDim.x + threadIdx.x; p < pixels; p += (size_t)gridDim.x * blockDim.x) {
+        T* base = data + (p / spatial) * stride + p % spatial;
+        normalize_channels_pixel(
+            activation, channels, [&](int k) { return to_float(base[(size_t)k * spatial]); },
+            [&](int k, float v) { base[(size_t)k * spatial] = from_float<T>(v); });
+    }
+}
+
+}  // namespace
+
+void activate_view(Precision precision, const DeviceView& view, int batch, int channels, size_t spatial,
+                   int activation, cudaStream_t stream) {
+    const size_t count = (size_t)channels * spatial;
+    if (activation == LINEAR || count == 0 || batch == 0) return;
+    const int threads = 256;
+    dispatch_precision(precision, [&](auto tag) {
+        using T = decltype(tag);
+        if (is_channel_activation(activation)) {
+            PD_LAUNCH(grid_for((size_t)batch * spatial, threads), threads, 0, stream, normalize_channels_kernel<T>)(
+                view.as<T>(), view.stride, batch, channels, spatial, activation);
+        } else {
+            const dim3 grid(grid_for(count, threads), (unsigned)(batch < 65535 ? batch : 65535));
+            PD_LAUNCH(grid, threads, 0, stream, activate_view_kernel<T>)(view.as<T>(), view.stride, batch, count,
+                                                                         activation);
+        }
+        PD_CUDA_CHECK_LAUNCH();
+    });
+}
+
+// Host round trip used by the CPU/GPU activation parity tests: copies `values` to the GPU, activates them as one
+// float32 image, copies them back.
+std::vector<float> cuda_activate(const std::vector<float>& values, int activation) {
+    PD_CHECK(activation >= 0 && activation < ACTIVATION_COUNT && !is_channel_activation(activation),
+             "cuda_activate takes an element-wise activation code, got ", activation);
+    std::vector<float> out(values.size());
+    if (values.empty()) return out;
+    DeviceArray<float> device;
+    device.upload(values.data(), values.size(), nullptr);
+    activate_view(Precision::FP32, DeviceView{device.data(), values.size()}, 1, 1, values.size(), activation, nullptr);
+    PD_CUDA_CHECK(cudaMemcpy(out.data(), device.data(), values.size() * sizeof(float), cudaMemcpyDeviceToHost));
     return out;
 }
 

@@ -92,7 +92,8 @@ def _load_model(args):
             weights = args.weights if args.weights is not None else models.fetch(m, quiet=False)
             names = models.read_names(models.find_data_file(m.names))
             label = m.name
-        net = pydarknet.load(cfg, weights, device=args.device, width=args.width, height=args.height)
+        net = pydarknet.load(cfg, weights, device=args.device, precision=args.precision,
+                             width=args.width, height=args.height)
         if args.names is not None:
             names = models.read_names(args.names)
     except pydarknet.WeightsError as e:
@@ -303,6 +304,16 @@ def _err(msg):
     print(f"error: {msg}", file=sys.stderr, flush=True)
 
 
+def add_device_options(group):
+    """--device, --precision, --width and --height, as detect, map and valid take them (pydarknet.load's)."""
+    group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    group.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                       help="fp32 (default); bf16: bfloat16 convolutions on the CPU, bf16 activations on the GPU; "
+                            "fp16: GPU only (fp16/bf16 convolutions run on the tensor cores)")
+    group.add_argument("--width", type=int, help="override the network input width")
+    group.add_argument("--height", type=int, help="override the network input height")
+
+
 def build_parser():
     from . import __version__, models
 
@@ -327,9 +338,7 @@ def build_parser():
     g.add_argument("--cfg", help="Darknet .cfg file (with --weights)")
     g.add_argument("--weights", help="Darknet .weights file (with --cfg, or with --model to use your own file)")
     g.add_argument("--names", help="class names file, one per line (default: the model's, or COCO for 80 classes)")
-    g.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    g.add_argument("--width", type=int, help="override the network input width")
-    g.add_argument("--height", type=int, help="override the network input height")
+    add_device_options(g)
     o = d.add_argument_group("detection")
     o.add_argument("--thresh", type=float, default=0.25, help="confidence threshold (default 0.25)")
     o.add_argument("--nms", type=float, default=0.45, help="NMS threshold (default 0.45; 0 disables)")

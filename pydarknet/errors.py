@@ -31,5 +31,9 @@ class WeightsError(DarknetError, ValueError):
         super().__init__(f"{self.path or '<weights>'}: {problem}")
 
 
+class CudaError(DarknetError, RuntimeError):
+    """A CUDA runtime call or kernel launch that failed (the message names the call and CUDA's error)."""
+
+
 class CfgWarning(UserWarning):
     """Something Darknet would accept with a warning (lenient mode only)."""

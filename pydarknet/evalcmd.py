@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from . import data as _data
-from .cli import EXIT_OK, EXIT_SOME_FAILED, UsageError, _err, expand_sources
+from .cli import EXIT_OK, EXIT_SOME_FAILED, UsageError, _err, add_device_options, expand_sources
 
 
 # ----- .data -----------------------------------------------------------------------------------------------
@@ -100,7 +100,8 @@ def _setup(args, default_thresh, default_nms):
         except AnnotationError as e:
             raise UsageError(str(e)) from None
     try:
-        net = pydarknet.load(cfg, args.weights, device=args.device, width=args.width, height=args.height)
+        net = pydarknet.load(cfg, args.weights, device=args.device, precision=args.precision,
+                             width=args.width, height=args.height)
     except pydarknet.WeightsError as e:
         raise UsageError(f"{e}\nThe weights do not fit {cfg}") from None
     except (pydarknet.DarknetError, OSError, ValueError) as e:
@@ -357,9 +358,7 @@ def _common(p):
     p.add_argument("data", metavar="DATA", help="Darknet .data file (classes, valid, names)")
     p.add_argument("cfg", metavar="CFG", help="Darknet .cfg file (DATA and CFG may be given in either order)")
     p.add_argument("weights", metavar="WEIGHTS", help="Darknet .weights file")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--width", type=int, help="override the network input width")
-    p.add_argument("--height", type=int, help="override the network input height")
+    add_device_options(p)
     p.add_argument("--nms", type=float, help="NMS threshold (the cfg's nms_kind)")
     p.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None,
                    help="letterbox instead of stretching; default: the cfg's letter_box")

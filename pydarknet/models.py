@@ -265,7 +265,8 @@ def _download(url, dest: pathlib.Path, size, sha256, quiet=False):
                 pass
 
 
-def load(name=DEFAULT_MODEL, *, weights=None, device="cpu", width=None, height=None, quiet=True, precision="fp32"):
+def load(name=DEFAULT_MODEL, *, weights=None, device="cpu", precision="fp32", width=None, height=None,
+         quiet=True):
     """A ready network for model ``name`` (weights fetched when needed, or the given ``weights`` file);
     ``net.names`` holds the class names, so ``net.detect(...)`` labels detections. ``precision`` as in
     ``pydarknet.load``."""
@@ -274,6 +275,6 @@ def load(name=DEFAULT_MODEL, *, weights=None, device="cpu", width=None, height=N
     m = get(name)
     cfg = find_data_file(m.cfg)
     weights = pathlib.Path(weights) if weights is not None else fetch(m, quiet=quiet)
-    net = load_network(cfg, weights, device=device, width=width, height=height, precision=precision)
+    net = load_network(cfg, weights, device=device, precision=precision, width=width, height=height)
     net.names = read_names(find_data_file(m.names))
     return net

@@ -2,7 +2,10 @@
 
 `pydarknet.load()` builds one. Parameters live in one flat float32 buffer owned by the engine, in `.weights`
 file order; `net.params` and each layer's `params` dict are numpy views into it. Training adds a gradient buffer
-of the same layout (`net.grads`), a training-mode forward pass and the backward pass.
+of the same layout (`net.grads`), a training-mode forward pass and the backward pass (on the CPU). With
+``device="cuda"`` the layers run on a GPU (``_core.CudaNetwork``), which re-reads the parameter buffer whenever it
+changes. ``precision`` chooses the number format: on the CPU fp32, or bf16 convolutions (bfloat16 weights and
+inputs, float32 sums); on a GPU the activations' type (fp32, or fp16/bf16 with tensor-core convolutions).
 """
 
 import numpy as np
@@ -21,6 +24,11 @@ except ImportError as exc:  # pragma: no cover - only when the package was not b
 
 class DeviceError(DarknetError, ValueError):
     """A device that this build or this machine cannot run on."""
+
+
+# Precision names and their codes in the C++ engine (pd::Precision, csrc/core/common.h); the CPU runs only some.
+PRECISIONS = {"fp32": 0, "fp16": 1, "bf16": 2}
+CPU_PRECISIONS = ("fp32", "bf16")
 
 
 def _spec(layer):
@@ -63,23 +71,26 @@ class LayerView:
         return f"<Layer {self.index} {self.type} {self.in_shape} -> {self.out_shape}>"
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
 class Network:
     def __init__(self, desc, device="cpu", seed=None, precision="fp32", *, lenient=False, _share=None):
         self.desc = desc
         self.device = _check_device(device)
-        self.precision = _check_precision(precision)
+        self.precision = _check_precision(precision, self.device)
         self._lenient = lenient
         specs = [_spec(l) for l in desc.layers]
-        for spec in specs:
-            if spec["type"] == "convolutional":
-                spec["options"]["precision"] = PRECISIONS.index(self.precision)
+        if self.device == "cpu":
+            # On a GPU the host network only holds the parameters; its convolutions keep the fp32 default.
+            for spec in specs:
+                if spec["type"] == "convolutional":
+                    spec["options"]["precision"] = PRECISIONS[self.precision]
         self._core = _core.Network(specs, desc.param_count, desc.input_shape,
                                    share_with=_share._core if _share is not None else None)
         last = len(desc.layers) - 1
         self._core.keep = sorted(set(desc.yolo_layers + [last]))
+        self._cuda = None
+        if self.device != "cpu":
+            self._cuda = _core.CudaNetwork(self._core, PRECISIONS[self.precision], int(self.device.split(":")[1]))
+            self._cuda.use_graph = bool(desc.net.get("use_cuda_graph", 0))
         self.layers = [LayerView(self, l) for l in desc.layers]
         self._untrainable = None
         if _share is not None:
@@ -170,31 +181,52 @@ class Network:
             raise ValueError("input batch is empty")
         return np.ascontiguousarray(x, dtype=np.float32)
 
+    @property
+    def _engine(self):
+        return self._core if self._cuda is None else self._cuda
+
     def forward(self, x):
         """Run the network; returns one array per [yolo] layer (or the final output for other networks)."""
-        self._core.forward(self._prepare_input(x), False)
+        engine = self._engine
+        engine.forward(self._prepare_input(x), False)
         heads = self.yolo_layers or [len(self.layers) - 1]
-        return [self._core.output(i) for i in heads]
+        return [engine.output(i) for i in heads]
 
     def forward_all(self, x):
         """Run the network and return every layer's output (for debugging and layer-by-layer checks)."""
-        self._core.forward(self._prepare_input(x), True)
-        return [self._core.output(i) for i in range(len(self.layers))]
+        engine = self._engine
+        engine.forward(self._prepare_input(x), True)
+        return [engine.output(i) for i in range(len(self.layers))]
+
+    @property
+    def cuda_graph(self):
+        """On a CUDA device: replay the layers from a CUDA graph captured at the first pass of each batch size
+        (less launch overhead at small batch). Defaults to the cfg's ``use_cuda_graph``."""
+        return self._cuda is not None and self._cuda.use_graph
+
+    @cuda_graph.setter
+    def cuda_graph(self, value):
+        if self._cuda is None:
+            raise DeviceError("cuda_graph needs a network on a CUDA device")
+        self._cuda.use_graph = bool(value)
 
     @property
     def profile(self):
-        """When True, forward, forward_train and backward record each layer's wall time (see layer_times)."""
+        """When True, forward, forward_train and backward record each layer's wall time (see layer_times); on a
+        GPU, forward records each layer's GPU time (CUDA events)."""
         return self._core.profile
 
     @profile.setter
     def profile(self, value):
         self._core.profile = bool(value)
+        if self._cuda is not None:
+            self._cuda.profile = bool(value)
 
     def layer_times(self):
         """Seconds per layer of the last forward, forward_train and backward run with `profile` on:
         {"forward": [...], "forward_train": [...], "backward": [...]}, one value per layer (a layer that
         backward skips counts 0); a pass not run with profiling gives an empty list."""
-        return {"forward": list(self._core.layer_seconds), "forward_train": list(self._core.train_layer_seconds),
+        return {"forward": list(self._engine.layer_seconds), "forward_train": list(self._core.train_layer_seconds),
                 "backward": list(self._core.backward_layer_seconds)}
 
     # ----- training -----------------------------------------------------------------------------------------
@@ -260,7 +292,11 @@ class Network:
         return Network(desc, device=self.device, precision=self.precision, lenient=self._lenient, _share=self)
 
     def _check_trainable(self):
-        """Refuse, naming the cfg line, the layer options that have no training implementation."""
+        """Refuse a network on a GPU, and, naming the cfg line, the layer options that have no training
+        implementation."""
+        if self._cuda is not None:
+            raise DeviceError(f"training passes run on the CPU only (this network is on {self.device}): the CUDA "
+                              f"backend has no backward kernels yet; load the network with device='cpu'")
         if self._untrainable is None:
             self._untrainable = []
             for l in self.desc.layers:
@@ -316,37 +352,49 @@ class Network:
 
     def __repr__(self):
         c, h, w = self.input_shape
+        where = "" if self.device == "cpu" else f", {self.device} {self.precision}"
         return f"<pydarknet.Network {self.desc.path} {len(self.layers)} layers, input {w}x{h}x{c}, " \
-               f"{self.bflops:.2f} BFLOPs>"
+               f"{self.bflops:.2f} BFLOPs{where}>"
 
 
 def _check_device(device):
-    name = str(device).lower()
+    """'cpu' or 'cuda:N' for a device this build and machine can run on; DeviceError otherwise."""
+    name = str(device).strip().lower()
     if name == "cpu":
         return "cpu"
-    if name.startswith("cuda"):
-        if _core.cuda_device_count() == 0:
+    if name == "cuda" or name.startswith("cuda:"):
+        index = name[5:] if name.startswith("cuda:") else "0"
+        if not index.isdigit():
+            raise DeviceError(f"device={device!r}: write 'cuda' or 'cuda:N' with N the GPU's index")
+        count = _core.cuda_device_count()
+        if count == 0:
             raise DeviceError(f"device={device!r}: no CUDA GPU is available on this machine"
                               + ("" if _core.built_with_cuda else " (and this build has no CUDA support)"))
-        raise DeviceError(f"device={device!r}: the CUDA backend does not run networks yet; use device='cpu'")
+        if int(index) >= count:
+            raise DeviceError(f"device={device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+        return f"cuda:{int(index)}"
     raise DeviceError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
 
 
-def _check_precision(precision):
-    name = str(precision).lower()
+def _check_precision(precision, device):
+    name = str(precision).strip().lower()
     if name not in PRECISIONS:
-        raise DeviceError(f"unknown precision {precision!r}; use 'fp32' (the default) or 'bf16'")
+        raise DeviceError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if device == "cpu" and name not in CPU_PRECISIONS:
+        raise DeviceError(f"precision={precision!r} needs device='cuda'; the CPU runs {' or '.join(CPU_PRECISIONS)}")
     return name
 
 
-def load(cfg, weights=None, *, device="cpu", width=None, height=None, lenient=False, partial=False, seed=None,
-         precision="fp32"):
+def load(cfg, weights=None, *, device="cpu", precision="fp32", width=None, height=None, lenient=False, partial=False,
+         seed=None):
     """Build a network from a Darknet .cfg and optionally load original .weights into it.
 
-    precision="bf16" runs the convolutions with bfloat16 weights and inputs (float32 sums), using the CPU's
-    AVX512_BF16 dot products where it has them and the same rounding on float32 kernels where it does not;
-    results then differ from float32 by bf16 rounding (see benchmarks/RESULTS.md). The default, "fp32", computes in
-    float32 throughout."""
+    ``device``: "cpu", "cuda" or "cuda:N". ``precision``: "fp32" (the default) computes in float32 throughout.
+    On the CPU, "bf16" runs the convolutions with bfloat16 weights and inputs (float32 sums), using the CPU's
+    AVX512_BF16 dot products where it has them and the same rounding on float32 kernels where it does not; results
+    then differ from float32 by bf16 rounding (see benchmarks/RESULTS.md). On a GPU, "fp16" or "bf16" is the
+    activations' type, with the convolutions on the tensor cores and float32 accumulation. fp16 on the CPU is a
+    DeviceError."""
     desc = graph.load_network_desc(cfg, lenient=lenient, width=width, height=height)
     net = Network(desc, device=device, seed=seed, precision=precision, lenient=lenient)
     if weights is not None:

@@ -327,6 +327,8 @@ def test_bf16_precision_is_checked(tmp_path):
     path = tmp_path / "p.cfg"
     path.write_text(cfg_text(8, 8, 3, ("convolutional", dict(filters=4, size=3, pad=1))))
     with pytest.raises(pydarknet.DeviceError, match="unknown precision"):
+        pydarknet.load(str(path), precision="fp8")
+    with pytest.raises(pydarknet.DeviceError, match="needs device='cuda'; the CPU runs fp32 or bf16"):
         pydarknet.load(str(path), precision="fp16")
     assert pydarknet.load(str(path), precision="BF16").precision == "bf16"
     assert pydarknet.load(str(path)).precision == "fp32"

@@ -14,6 +14,11 @@
 
 namespace pd {
 
+// The number format a network computes in, one code for both back ends (and for the Python side's precision
+// names, pydarknet/network.py). The CPU runs FP32, or BF16 as bfloat16 weights and inputs of the convolutions with
+// float32 sums; CUDA runs all three as the activations' storage and tensor-core operand type.
+enum class Precision : int { FP32 = 0, FP16 = 1, BF16 = 2 };
+
 // Raised for inputs the engine cannot run (bad shapes, indices, sizes). Maps to Python's ValueError.
 struct InvalidArgument : std::invalid_argument {
     using std::invalid_argument::invalid_argument;

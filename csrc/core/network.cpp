@@ -5,7 +5,8 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
-#include <limits>
+
+#include "plan.h"
 
 #include "../cpu/train_ops.h"
 
@@ -101,42 +102,16 @@ const float* Network::output(int i) const {
 
 void Network::plan(int batch, bool keep_all) {
     const int n = (int)layers_.size();
-    const int forever = std::numeric_limits<int>::max();
-    std::vector<int> last_use(n, -1);
-    for (int i = 0; i < n; ++i) {
-        if (i + 1 < n) last_use[i] = i + 1;
-        for (int ref : layers_[i]->spec.inputs) last_use[ref] = std::max(last_use[ref], i);
-    }
-    for (int k : keep) last_use[k] = forever;
-    if (keep_all) std::fill(last_use.begin(), last_use.end(), forever);
-
-    // Greedy best-fit reuse: a buffer becomes free once the last reader of its layer has run.
-    std::vector<size_t> capacity;
-    std::vector<int> owner;
-    buffer_of_.assign(n, -1);
-    for (int i = 0; i < n; ++i) {
-        const size_t need = layers_[i]->spec.out.size();
-        int best = -1;
-        for (int b = 0; b < (int)capacity.size(); ++b) {
-            bool free = owner[b] < 0 || last_use[owner[b]] < i;
-            if (!free) continue;
-            if (best < 0) { best = b; continue; }
-            bool fits = capacity[b] >= need, best_fits = capacity[best] >= need;
-            if ((fits && (!best_fits || capacity[b] < capacity[best])) || (!fits && !best_fits && capacity[b] > capacity[best]))
-                best = b;
-        }
-        if (best < 0) {
-            best = (int)capacity.size();
-            capacity.push_back(0);
-            owner.push_back(-1);
-        }
-        capacity[best] = std::max(capacity[best], need);
-        owner[best] = i;
-        buffer_of_[i] = best;
-    }
-    buffers_.resize(capacity.size());
-    for (size_t b = 0; b < capacity.size(); ++b) {
-        buffers_[b].resize(capacity[b] * (size_t)batch);
+    std::vector<const LayerSpec*> specs(n);
+    for (int i = 0; i < n; ++i) specs[i] = &layers_[i]->spec;
+    const std::vector<int> last = last_reads(specs, keep, keep_all);
+    std::vector<Lifetime> lifetimes(n);
+    for (int i = 0; i < n; ++i) lifetimes[i] = Lifetime{specs[i]->out.size(), i, last[i]};
+    const BufferAssignment assignment = assign_buffers(lifetimes);
+    buffer_of_ = assignment.buffer_of;
+    buffers_.resize(assignment.capacity.size());
+    for (size_t b = 0; b < assignment.capacity.size(); ++b) {
+        buffers_[b].resize(assignment.capacity[b] * (size_t)batch);
         buffers_[b].shrink_to_fit();
     }
     size_t workspace = 0;

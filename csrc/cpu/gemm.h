@@ -8,13 +8,12 @@
 #include <cstdint>
 #include <functional>
 
+#include "../core/common.h"
 #include "aligned.h"
 #include "isa.h"
 #include "kernels.h"
 
 namespace pd {
-
-enum class Precision : int { FP32 = 0, BF16 = 1 };
 
 // Rounds to the nearest bf16 (ties to even), as the AVX512_BF16 conversions do for normal numbers; NaN stays NaN.
 inline uint16_t float_to_bf16(float f) {

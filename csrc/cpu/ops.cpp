@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../math/activations.h"
+#include "../math/pooling.h"
 
 namespace pd {
 
@@ -43,25 +44,12 @@ void activate_array(float* x, int batch, int channels, size_t spatial, int activ
             activate_span(x + c * chunk, std::min(chunk, n - (size_t)c * chunk), activation);
         return;
     }
-    const float eps = 0.0001f;
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (long long p = 0; p < (long long)batch * (long long)spatial; ++p) {
         float* base = x + (size_t)(p / spatial) * channels * spatial + (size_t)(p % spatial);
-        if (activation == NORM_CHAN) {
-            float sum = eps;
-            for (int k = 0; k < channels; ++k) sum += fmaxf(base[k * spatial], 0.f);
-            for (int k = 0; k < channels; ++k) {
-                float v = base[k * spatial];
-                base[k * spatial] = v > 0.f ? v / sum : 0.f;
-            }
-        } else {
-            float max_val = activation == NORM_CHAN_SOFTMAX_MAXVAL ? -FLT_MAX : 0.f;
-            if (activation == NORM_CHAN_SOFTMAX_MAXVAL)
-                for (int k = 0; k < channels; ++k) max_val = fmaxf(max_val, base[k * spatial]);
-            float sum = eps;
-            for (int k = 0; k < channels; ++k) sum += expf(base[k * spatial] - max_val);
-            for (int k = 0; k < channels; ++k) base[k * spatial] = expf(base[k * spatial] - max_val) / sum;
-        }
+        normalize_channels_pixel(
+            activation, channels, [&](int k) { return base[k * spatial]; },
+            [&](int k, float v) { base[k * spatial] = v; });
     }
 }
 
@@ -146,22 +134,11 @@ void pool2d(const float* in, float* out, long long planes, int in_h, int in_w, i
     for (long long p = 0; p < planes; ++p) {
         const float* src = in + p * in_h * in_w;
         float* dst = out + p * out_h * out_w;
+        const auto load = [&](int y, int x) { return src[y * in_w + x]; };
         for (int oy = 0; oy < out_h; ++oy)
-            for (int ox = 0; ox < out_w; ++ox) {
-                float sum = 0.f;
-                int count = 0;
-                for (int ky = 0; ky < size; ++ky) {
-                    const int y = offset + oy * stride_y + ky;
-                    if (y < 0 || y >= in_h) continue;
-                    for (int kx = 0; kx < size; ++kx) {
-                        const int x = offset + ox * stride_x + kx;
-                        if (x < 0 || x >= in_w) continue;
-                        sum += src[y * in_w + x];
-                        ++count;
-                    }
-                }
-                dst[oy * out_w + ox] = count ? sum / count : 0.f;
-            }
+            for (int ox = 0; ox < out_w; ++ox)
+                dst[oy * out_w + ox] =
+                    pool_window(load, in_h, in_w, oy, ox, size, stride_y, stride_x, offset, true);
     }
 }
 

@@ -41,7 +41,9 @@ public:
           groups_((int)s.get("groups")),
           batch_normalize_(s.get("batch_normalize") != 0),
           activation_((int)s.get("activation")),
-          precision_(s.get("precision", 0) != 0 ? Precision::BF16 : Precision::FP32) {
+          precision_((Precision)(int)s.get("precision", 0)) {
+        PD_CHECK(precision_ == Precision::FP32 || precision_ == Precision::BF16, "layer ", s.index,
+                 ": the CPU convolution runs fp32 or bf16, not precision code ", (int)precision_);
         PD_CHECK(filters_ == s.out.c && groups_ > 0 && s.in.c % groups_ == 0 && filters_ % groups_ == 0,
                  "layer ", s.index, ": inconsistent convolution shape");
         PD_CHECK(s.tensor("weights").size == (size_t)filters_ * (s.in.c / groups_) * size_ * size_,

@@ -3,8 +3,6 @@
 // applies the activation. Backward gives each source its weight times the gradient and the weights the exact
 // derivative through their normalisation (Darknet's backward leaves the normalisation out of the weight update).
 #include <algorithm>
-#include <cfloat>
-#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -12,6 +10,7 @@
 #include "../cpu/ops.h"
 #include "../cpu/train_ops.h"
 #include "../math/activations.h"
+#include "../math/shortcut.h"
 
 namespace pd {
 namespace {
@@ -88,23 +87,12 @@ private:
         const float* values = nullptr;  // (n + 1) x layer_step, or null without weights_type
         size_t layer_step = 1, step = 1;  // weights per source (1 or channels); outputs sharing one weight
         int sources = 0;                  // n + 1 (the input, then each `from`)
-        bool relu = false, softmax = false;
+        int normalization = SHORTCUT_NORM_NONE;
 
-        // The n + 1 normalised weights of weight group w0.
+        // The n + 1 normalised weights of weight group w0 (math/shortcut.h, shared with the CUDA kernels).
         void normalised(size_t w0, float* out) const {
-            float max_val = -FLT_MAX, sum = 1.f;
-            if (relu || softmax) {
-                for (int k = 0; k < sources; ++k) max_val = std::fmax(max_val, values[w0 + k * layer_step]);
-                sum = 0.0001f;
-                for (int k = 0; k < sources; ++k) {
-                    const float v = values[w0 + k * layer_step];
-                    sum += relu ? std::fmax(v, 0.f) : std::exp(v - max_val);
-                }
-            }
-            for (int k = 0; k < sources; ++k) {
-                const float v = values[w0 + k * layer_step];
-                out[k] = relu ? std::fmax(v, 0.f) / sum : (softmax ? std::exp(v - max_val) / sum : v);
-            }
+            const ShortcutNormalizer n = shortcut_normalizer(values, w0, layer_step, sources, normalization);
+            for (int k = 0; k < sources; ++k) out[k] = shortcut_weight(values[w0 + k * layer_step], n, normalization);
         }
     };
 
@@ -113,9 +101,7 @@ private:
         w.sources = (int)spec.inputs.size() + 1;
         if (!spec.has_tensor("weights")) return w;
         w.values = params + spec.tensor("weights").offset;
-        const std::string& norm = spec.text("weights_normalization");
-        w.relu = norm == "relu" || norm == "avg_relu";
-        w.softmax = norm == "softmax";
+        w.normalization = shortcut_normalization(spec.text("weights_normalization"));
         w.layer_step = spec.tensor("weights").size / w.sources;
         w.step = spec.out.size() / w.layer_step;
         return w;
@@ -207,8 +193,8 @@ private:
             for (int k = 0; k < sources; ++k) {
                 const float v = w.values[w0 + k * w.layer_step];
                 double dw = d[k];
-                if (w.relu) dw = v > 0.f ? (d[k] - dot) / sum : 0.0;
-                if (w.softmax) dw = nw[k] * (d[k] - dot) - (k == arg_max ? dot * (1.0 - total) : 0.0);
+                if (w.normalization == SHORTCUT_NORM_RELU) dw = v > 0.f ? (d[k] - dot) / sum : 0.0;
+                if (w.normalization == SHORTCUT_NORM_SOFTMAX) dw = nw[k] * (d[k] - dot) - (k == arg_max ? dot * (1.0 - total) : 0.0);
                 grad_weights[w0 + k * w.layer_step] += (float)dw;
             }
         }

@@ -12,6 +12,7 @@
 #include "../cpu/train_ops.h"
 #include "../cpu/ops.h"
 #include "../math/activations.h"
+#include "../math/yolo.h"
 
 namespace pd {
 namespace {
@@ -36,7 +37,7 @@ public:
                 activate_span(base + 4 * plane, (size_t)(1 + classes) * plane, LOGISTIC);
             }
             if (s != 1.f)
-                for (size_t i = 0; i < 2 * plane; ++i) base[i] = base[i] * s - 0.5f * (s - 1.f);
+                for (size_t i = 0; i < 2 * plane; ++i) base[i] = yolo_scale_xy(base[i], s);
         }
     }
 

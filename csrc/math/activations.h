@@ -3,6 +3,7 @@
 // sends (pydarknet/graph.py ACTIVATIONS); keep the two in sync.
 #pragma once
 
+#include <float.h>
 #include <math.h>
 
 #include "../core/common.h"
@@ -161,6 +162,29 @@ PD_HD float gradient(float y, float x, int a) {
         case RELU6: return (y > 0.f && y < 6.f) ? 1.f : 0.f;
         default: return 1.f;
     }
+}
+
+// The normalize_channels family on one pixel's `channels` values (get(k) reads channel k, set(k, v) writes it;
+// they may be the same memory): normalize_channels divides the positive values by their sum, the softmax forms
+// take exp(v - m) / sum with m = 0, or the largest value for the _maxval form; each sum starts at 0.0001.
+template <typename Get, typename Set>
+PD_HD void normalize_channels_pixel(int activation, int channels, const Get& get, const Set& set) {
+    const float eps = 0.0001f;
+    if (activation == NORM_CHAN) {
+        float sum = eps;
+        for (int k = 0; k < channels; ++k) sum += fmaxf(get(k), 0.f);
+        for (int k = 0; k < channels; ++k) {
+            const float v = get(k);
+            set(k, v > 0.f ? v / sum : 0.f);
+        }
+        return;
+    }
+    float max_val = activation == NORM_CHAN_SOFTMAX_MAXVAL ? -FLT_MAX : 0.f;
+    if (activation == NORM_CHAN_SOFTMAX_MAXVAL)
+        for (int k = 0; k < channels; ++k) max_val = fmaxf(max_val, get(k));
+    float sum = eps;
+    for (int k = 0; k < channels; ++k) sum += expf(get(k) - max_val);
+    for (int k = 0; k < channels; ++k) set(k, expf(get(k) - max_val) / sum);
 }
 
 }  // namespace pd

@@ -1,0 +1,85 @@
+// The CUDA network: runs a host Network's layers on one GPU. Parameters stay in the host network's flat buffer
+// (weights I/O and Python views are unchanged); whenever params_version changes, each layer re-derives its
+// device tensors (batch-norm folded, padded and converted for its kernels). Activations live in one device
+// arena planned by plan_views (plan.h). This header has no CUDA types so the bindings compile without nvcc.
+#pragma once
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "network.h"
+#include "plan.h"
+
+namespace pd {
+
+// A failed CUDA runtime call or kernel launch (pydarknet.CudaError in Python).
+struct CudaError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// The precision (core/common.h) is the activations' storage and tensor-core operand type; arithmetic outside the
+// tensor cores is float.
+
+// How convolutions run: AUTO picks SIMT (float FMA) for FP32 and TENSOR (tensor cores, FP32 accumulation)
+// for FP16/BF16; SIMT also runs FP16/BF16 storage (float weights), TENSOR needs FP16 or BF16.
+enum class ConvAlgorithm : int { AUTO = 0, SIMT = 1, TENSOR = 2 };
+
+class CudaNetwork {
+public:
+    CudaNetwork(const Network& host, Precision precision, int device);
+    ~CudaNetwork();
+    CudaNetwork(const CudaNetwork&) = delete;
+    CudaNetwork& operator=(const CudaNetwork&) = delete;
+
+    // Uploads `batch` images (float32, NCHW), runs every layer and waits for the GPU.
+    void forward(const float* input, int batch, bool keep_all);
+    bool output_available(int layer) const;
+    // Layer `layer`'s output of the last forward pass as float32, batch * out.size() values.
+    void copy_output(int layer, float* destination) const;
+    int batch() const;
+    int layer_count() const;
+    Shape input_shape() const;
+    Shape output_shape(int layer) const;
+
+    // Runs the layers `iterations` times on the input of the last forward pass (after `warmup` runs) and
+    // returns each run's GPU time in milliseconds, measured with CUDA events around the layers only.
+    std::vector<float> time_layers(int warmup, int iterations);
+
+    Precision precision() const;
+    int device() const;
+    std::string device_name() const;
+    size_t arena_bytes() const;  // activation memory of the current plan, guards included
+    const ViewPlan& plan() const;
+
+    // Options; a change takes effect at the next forward pass.
+    void set_plan_options(const PlanOptions& options);
+    PlanOptions plan_options() const;
+    void set_conv_algorithm(ConvAlgorithm algorithm);
+    ConvAlgorithm conv_algorithm() const;
+    // Split-K for convolutions too small to fill the GPU: 0 automatic (the default), 1 never, n > 1 always n.
+    void set_split_k(int split_k);
+    int split_k() const;
+    // Guard regions around every activation buffer (checked after each forward pass; a changed byte raises
+    // CudaError naming the buffer) and activations poisoned with NaN before each pass, for the tests.
+    void set_guard(bool on);
+    bool guard() const;
+    // Number of guard regions of the current plan, and a way to change a byte of one (so the tests can check
+    // that the guard check catches it).
+    int guard_region_count() const;
+    void damage_guard_region(int region);
+    // Capture the layers once per plan in a CUDA graph and replay it (cuts launch overhead at small batch).
+    bool use_graph = false;
+    // Record each layer's GPU time (CUDA events; graphs are not used while profiling).
+    bool profile = false;
+    std::vector<double> layer_seconds;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+int cuda_device_count();
+
+}  // namespace pd

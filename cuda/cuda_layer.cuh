@@ -1,0 +1,140 @@
+// The CUDA side of a layer: device parameters derived from the host buffer, and a forward pass that reads and
+// writes views of the activation arena. Each <family>_kernels.cu defines its kernels and layer classes and
+// registers them by cfg section name, like the CPU layers in csrc/layers/.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common.cuh"
+#include "core/layer.h"
+
+namespace pd {
+
+// One layer's output on the device: image b's values start at data + b * stride (elements of the precision's
+// type). Views need not be aligned beyond their element size: a view can start inside another layer's storage.
+struct DeviceView {
+    void* data = nullptr;
+    size_t stride = 0;
+
+    template <typename T>
+    T* as() const { return static_cast<T*>(data); }
+    explicit operator bool() const { return data != nullptr; }
+};
+
+// The view `elements` values further on (same image stride).
+inline DeviceView shifted(const DeviceView& view, size_t elements, Precision precision) {
+    return DeviceView{static_cast<char*>(view.data) + elements * precision_bytes(precision), view.stride};
+}
+
+// A device allocation owned by one object; reallocates only when the size changes.
+template <typename T>
+class DeviceArray {
+public:
+    DeviceArray() = default;
+    DeviceArray(const DeviceArray&) = delete;
+    DeviceArray& operator=(const DeviceArray&) = delete;
+    ~DeviceArray() { release(); }
+
+    void resize(size_t count) {
+        if (count == count_ && data_) return;
+        release();
+        PD_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&data_), (count ? count : 1) * sizeof(T)));
+        count_ = count;
+    }
+    // Copies `count` host values in and waits, so `host` may be a temporary.
+    void upload(const T* host, size_t count, cudaStream_t stream) {
+        resize(count);
+        if (count == 0) return;
+        PD_CUDA_CHECK(cudaMemcpyAsync(data_, host, count * sizeof(T), cudaMemcpyHostToDevice, stream));
+        PD_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+    void release() {
+        if (data_) cudaFree(data_);
+        data_ = nullptr;
+        count_ = 0;
+    }
+    T* data() const { return data_; }
+    size_t size() const { return count_; }
+
+private:
+    T* data_ = nullptr;
+    size_t count_ = 0;
+};
+
+// What a layer needs to derive its device parameters.
+struct PrepareContext {
+    const float* params = nullptr;  // the host network's flat parameter buffer
+    float bn_epsilon = 1e-5f;
+    Precision precision = Precision::FP32;
+    ConvAlgorithm conv_algorithm = ConvAlgorithm::AUTO;
+    int split_k = 0;   // CudaNetwork::split_k
+    int sm_count = 1;  // multiprocessors of the GPU
+    cudaStream_t stream = nullptr;
+};
+
+// What a forward pass needs besides the layer's own spec.
+struct CudaContext {
+    int batch = 1;
+    Precision precision = Precision::FP32;
+    DeviceView input;   // the previous layer's output (or the network input)
+    DeviceView output;  // this layer's output
+    const std::vector<DeviceView>* views = nullptr;  // every layer's output, for layers that read earlier ones
+    const std::vector<const LayerSpec*>* specs = nullptr;  // every layer's spec
+    // A convolution with a folded shortcut: add `residual` after the activation, then apply residual_activation.
+    DeviceView residual;
+    int residual_activation = 0;
+    void* workspace = nullptr;  // scratch shared by all layers, the largest workspace_bytes() long
+    cudaStream_t stream = nullptr;
+
+    const DeviceView& view(int layer) const { return (*views)[layer]; }
+    const LayerSpec& spec_of(int layer) const { return *(*specs)[layer]; }
+};
+
+class CudaLayer {
+public:
+    explicit CudaLayer(const LayerSpec& spec) : spec(spec) {}
+    virtual ~CudaLayer() = default;
+
+    // Called before a forward pass whenever the parameters, the precision or the convolution algorithm changed.
+    virtual void prepare(const PrepareContext& ctx) { (void)ctx; }
+    virtual void forward(const CudaContext& ctx) = 0;
+    // Scratch bytes a forward pass of `batch` images needs (after prepare()).
+    virtual size_t workspace_bytes(int batch) const { (void)batch; return 0; }
+
+    const LayerSpec spec;
+};
+
+using CudaLayerFactory = std::function<std::unique_ptr<CudaLayer>(const LayerSpec&)>;
+
+std::map<std::string, CudaLayerFactory>& cuda_layer_registry();
+
+struct CudaLayerRegistration {
+    CudaLayerRegistration(const char* name, CudaLayerFactory factory) {
+        cuda_layer_registry()[name] = std::move(factory);
+    }
+};
+
+#define PD_REGISTER_CUDA_LAYER(name, cls, tag)                                                          \
+    static ::pd::CudaLayerRegistration pd_cuda_registration_##tag(                                     \
+        name, [](const ::pd::LayerSpec& s) { return std::unique_ptr<::pd::CudaLayer>(new cls(s)); })
+
+// Kernels shared by several layers (activation_kernels.cu, copy_kernels.cu).
+
+// Applies `activation` in place to `batch` images of `channels` x `spatial` values starting at view.data; the
+// normalize_channels family normalises across channels per pixel, the others are element-wise.
+void activate_view(Precision precision, const DeviceView& view, int batch, int channels, size_t spatial,
+                   int activation, cudaStream_t stream);
+// Copies `count` values per image between views of the same precision.
+void copy_view(Precision precision, const DeviceView& from, const DeviceView& to, int batch, size_t count,
+               cudaStream_t stream);
+// float32 -> the precision's type, `count` contiguous values.
+void convert_from_float(Precision precision, const float* from, void* to, size_t count, cudaStream_t stream);
+// A view's `count` values per image -> contiguous float32 (batch * count values).
+void convert_to_float(Precision precision, const DeviceView& from, int batch, size_t count, float* to,
+                      cudaStream_t stream);
+
+}  // namespace pd

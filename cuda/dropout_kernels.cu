@@ -1,0 +1,23 @@
+// [dropout], [cost] and [empty] on the GPU: the identity at inference. The plan makes them views of their input;
+// this copy runs only for such a layer at the very start of a network, or with the views switched off.
+#include "cuda_layer.cuh"
+
+namespace pd {
+namespace {
+
+class CudaIdentity : public CudaLayer {
+public:
+    using CudaLayer::CudaLayer;
+
+    void forward(const CudaContext& ctx) override {
+        copy_view(ctx.precision, ctx.input, ctx.output, ctx.batch, spec.out.size(), ctx.stream);
+    }
+};
+
+}  // namespace
+
+PD_REGISTER_CUDA_LAYER("dropout", CudaIdentity, dropout);
+PD_REGISTER_CUDA_LAYER("cost", CudaIdentity, cost);
+PD_REGISTER_CUDA_LAYER("empty", CudaIdentity, empty);
+
+}  // namespace pd

@@ -1,0 +1,30 @@
+// [route] on the GPU. Usually no kernel runs: the activation plan makes a sliced or single route a view of its
+// input and has the layers of a concatenation write into the route's output directly (csrc/core/plan.h). This
+// copy runs when that is not possible (a layer listed twice, or already placed elsewhere; groups > 1 over
+// several layers), and when the views are switched off.
+#include "cuda_layer.cuh"
+
+namespace pd {
+namespace {
+
+class CudaRoute : public CudaLayer {
+public:
+    using CudaLayer::CudaLayer;
+
+    void forward(const CudaContext& ctx) override {
+        const int groups = (int)spec.get("groups"), group_id = (int)spec.get("group_id");
+        size_t offset = 0;
+        for (int ref : spec.inputs) {
+            const size_t part = ctx.spec_of(ref).out.size() / groups;
+            copy_view(ctx.precision, shifted(ctx.view(ref), part * group_id, ctx.precision),
+                      shifted(ctx.output, offset, ctx.precision), ctx.batch, part, ctx.stream);
+            offset += part;
+        }
+    }
+};
+
+}  // namespace
+
+PD_REGISTER_CUDA_LAYER("route", CudaRoute, route);
+
+}  // namespace pd

@@ -1,0 +1,98 @@
+// [shortcut] on the GPU: one thread per output value, the weights' normalisation from csrc/math/shortcut.h. The
+// common case (a convolution, then a shortcut adding one earlier layer) never runs this: the plan folds the add
+// into the convolution's epilogue (csrc/core/plan.h).
+#include <vector>
+
+#include "cuda_layer.cuh"
+#include "math/activations.h"
+#include "math/shortcut.h"
+
+namespace pd {
+namespace {
+
+constexpr int kMaxFrom = 8;
+
+struct Sources {
+    const void* data[kMaxFrom];
+    size_t stride[kMaxFrom];
+    size_t size[kMaxFrom];
+    int count;
+};
+
+template <typename T>
+__global__ void shortcut_kernel(const T* in, size_t in_stride, T* out, size_t out_stride, int batch, size_t outputs,
+                                Sources sources, const float* weights, size_t layer_step, size_t step,
+                                int normalization, int activation) {
+    const size_t total = outputs * batch;
+    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
+        const size_t b = id / outputs, i = id % outputs;
+        float value = to_float(in[b * in_stride + i]);
+        if (!weights) {
+            for (int k = 0; k < sources.count; ++k)
+                if (i < sources.size[k])
+                    value += to_float(static_cast<const T*>(sources.data[k])[b * sources.stride[k] + i]);
+        } else {
+            const size_t w0 = i / step;
+            const ShortcutNormalizer normalizer =
+                shortcut_normalizer(weights, w0, layer_step, sources.count + 1, normalization);
+            value *= shortcut_weight(weights[w0], normalizer, normalization);
+            for (int k = 0; k < sources.count; ++k)
+                if (i < sources.size[k])
+                    value += to_float(static_cast<const T*>(sources.data[k])[b * sources.stride[k] + i]) *
+                             shortcut_weight(weights[w0 + (k + 1) * layer_step], normalizer, normalization);
+        }
+        out[b * out_stride + i] = from_float<T>(activate(value, activation));
+    }
+}
+
+class CudaShortcut : public CudaLayer {
+public:
+    explicit CudaShortcut(const LayerSpec& s) : CudaLayer(s) {
+        PD_CHECK(s.inputs.size() <= (size_t)kMaxFrom, "layer ", s.index, ": the CUDA shortcut adds at most ",
+                 kMaxFrom, " layers, this one lists ", s.inputs.size());
+    }
+
+    void prepare(const PrepareContext& ctx) override {
+        if (!spec.has_tensor("weights")) return;
+        const TensorRef& w = spec.tensor("weights");
+        weights_.upload(ctx.params + w.offset, w.size, ctx.stream);
+    }
+
+    void forward(const CudaContext& ctx) override {
+        const size_t outputs = spec.out.size();
+        Sources sources{};
+        sources.count = (int)spec.inputs.size();
+        for (int k = 0; k < sources.count; ++k) {
+            sources.data[k] = ctx.view(spec.inputs[k]).data;
+            sources.stride[k] = ctx.view(spec.inputs[k]).stride;
+            sources.size[k] = ctx.spec_of(spec.inputs[k]).out.size();
+        }
+        const bool weighted = spec.has_tensor("weights");
+        const size_t layer_step = weighted ? spec.tensor("weights").size / (sources.count + 1) : 1;
+        const size_t step = outputs / layer_step;
+        const int normalization = shortcut_normalization(spec.text("weights_normalization"));
+        const int activation = (int)spec.get("activation");
+        const bool fuse_activation = !is_channel_activation(activation);
+        const size_t total = outputs * ctx.batch;
+        dispatch_precision(ctx.precision, [&](auto tag) {
+            using T = decltype(tag);
+            PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, shortcut_kernel<T>)(
+                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, outputs,
+                sources, weighted ? weights_.data() : nullptr, layer_step, step, normalization,
+                fuse_activation ? activation : LINEAR);
+            PD_CUDA_CHECK_LAUNCH();
+        });
+        if (!fuse_activation)
+            activate_view(ctx.precision, ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w,
+                          activation, ctx.stream);
+    }
+
+private:
+    DeviceArray<float> weights_;
+};
+
+}  // namespace
+
+PD_REGISTER_CUDA_LAYER("shortcut", CudaShortcut, shortcut);
+
+}  // namespace pd

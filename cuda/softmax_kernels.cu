@@ -1,0 +1,48 @@
+// [softmax] on the GPU: one thread per (image, group) computes exp(x / t - max / t) / sum over its slice in the
+// CPU's order. Only classifiers have this layer.
+#include <cfloat>
+
+#include "cuda_layer.cuh"
+
+namespace pd {
+namespace {
+
+template <typename T>
+__global__ void softmax_kernel(const T* in, size_t in_stride, T* out, size_t out_stride, int batch, int groups,
+                               size_t n, float temperature) {
+    const size_t total = (size_t)batch * groups;
+    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
+        const size_t b = id / groups, g = id % groups;
+        const T* x = in + b * in_stride + g * n;
+        T* y = out + b * out_stride + g * n;
+        float largest = -FLT_MAX, sum = 0.f;
+        for (size_t i = 0; i < n; ++i) largest = fmaxf(largest, to_float(x[i]));
+        for (size_t i = 0; i < n; ++i) sum += expf(to_float(x[i]) / temperature - largest / temperature);
+        for (size_t i = 0; i < n; ++i)
+            y[i] = from_float<T>(expf(to_float(x[i]) / temperature - largest / temperature) / sum);
+    }
+}
+
+class CudaSoftmax : public CudaLayer {
+public:
+    using CudaLayer::CudaLayer;
+
+    void forward(const CudaContext& ctx) override {
+        const int groups = (int)spec.get("groups");
+        const float temperature = (float)spec.get("temperature");
+        const size_t n = spec.in.size() / groups;
+        dispatch_precision(ctx.precision, [&](auto tag) {
+            using T = decltype(tag);
+            PD_LAUNCH(grid_for((size_t)ctx.batch * groups, 64), 64, 0, ctx.stream, softmax_kernel<T>)(
+                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, groups, n,
+                temperature);
+            PD_CUDA_CHECK_LAUNCH();
+        });
+    }
+};
+
+}  // namespace
+
+PD_REGISTER_CUDA_LAYER("softmax", CudaSoftmax, softmax);
+
+}  // namespace pd

@@ -1,0 +1,54 @@
+// [upsample] on the GPU: nearest-neighbour enlargement times `scale`, or (negative stride in the cfg) the sum of
+// each stride x stride block times `scale`, added in the order the CPU adds them. When the upsampled map is
+// concatenated by a route, the plan has this kernel write straight into the route's output.
+#include "cuda_layer.cuh"
+
+namespace pd {
+namespace {
+
+template <typename T>
+__global__ void upsample_kernel(const T* in, size_t in_stride, T* out, size_t out_stride, int batch, int channels,
+                                int in_h, int in_w, int out_h, int out_w, int stride, float scale, bool reverse) {
+    const size_t out_plane = (size_t)out_h * out_w, per_image = out_plane * channels, total = per_image * batch;
+    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
+        const size_t b = id / per_image, within = id % per_image;
+        const size_t c = within / out_plane, pixel = within % out_plane;
+        const int y = (int)(pixel / out_w), x = (int)(pixel % out_w);
+        const T* plane = in + b * in_stride + c * in_h * in_w;
+        float v;
+        if (reverse) {
+            v = 0.f;
+            for (int dy = 0; dy < stride; ++dy)
+                for (int dx = 0; dx < stride; ++dx)
+                    v += scale * to_float(plane[(size_t)(y * stride + dy) * in_w + x * stride + dx]);
+        } else {
+            v = scale * to_float(plane[(size_t)(y / stride) * in_w + x / stride]);
+        }
+        out[b * out_stride + within] = from_float<T>(v);
+    }
+}
+
+class CudaUpsample : public CudaLayer {
+public:
+    using CudaLayer::CudaLayer;
+
+    void forward(const CudaContext& ctx) override {
+        const int stride = (int)spec.get("stride");
+        const float scale = (float)spec.get("scale");
+        const bool reverse = spec.get("reverse") != 0;
+        const size_t total = (size_t)ctx.batch * spec.out.size();
+        dispatch_precision(ctx.precision, [&](auto tag) {
+            using T = decltype(tag);
+            PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, upsample_kernel<T>)(
+                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, spec.out.c,
+                spec.in.h, spec.in.w, spec.out.h, spec.out.w, stride, scale, reverse);
+            PD_CUDA_CHECK_LAUNCH();
+        });
+    }
+};
+
+}  // namespace
+
+PD_REGISTER_CUDA_LAYER("upsample", CudaUpsample, upsample);
+
+}  // namespace pd

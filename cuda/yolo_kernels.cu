@@ -1,0 +1,43 @@
+// [yolo] forward on the GPU: one thread per value, the transform of csrc/math/yolo.h.
+#include "cuda_layer.cuh"
+#include "math/yolo.h"
+
+namespace pd {
+namespace {
+
+template <typename T>
+__global__ void yolo_kernel(const T* in, size_t in_stride, T* out, size_t out_stride, int batch, size_t per_image,
+                            size_t plane, int entries, float scale_x_y, bool new_coords) {
+    const size_t total = per_image * batch;
+    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
+        const size_t b = id / per_image, within = id % per_image;
+        const int entry = (int)((within / plane) % entries);
+        out[b * out_stride + within] =
+            from_float<T>(yolo_output(to_float(in[b * in_stride + within]), entry, scale_x_y, new_coords));
+    }
+}
+
+class CudaYolo : public CudaLayer {
+public:
+    using CudaLayer::CudaLayer;
+
+    void forward(const CudaContext& ctx) override {
+        const int entries = 5 + (int)spec.get("classes");
+        const size_t plane = (size_t)spec.out.h * spec.out.w, per_image = spec.out.size();
+        const float scale_x_y = (float)spec.get("scale_x_y");
+        const bool new_coords = spec.get("new_coords") != 0;
+        dispatch_precision(ctx.precision, [&](auto tag) {
+            using T = decltype(tag);
+            PD_LAUNCH(grid_for(per_image * ctx.batch, 256), 256, 0, ctx.stream, yolo_kernel<T>)(
+                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, per_image,
+                plane, entries, scale_x_y, new_coords);
+            PD_CUDA_CHECK_LAUNCH();
+        });
+    }
+};
+
+}  // namespace
+
+PD_REGISTER_CUDA_LAYER("yolo", CudaYolo, yolo);
+
+}  // namespace pd
