@@ -411,7 +411,7 @@ def network_at_size(net, width, height):
         raise DarknetError(f"{path}: at {width}x{height} the network has {desc.param_count} parameters instead of "
                            f"{net.desc.param_count} (a layer depends on the input size), so it cannot run the "
                            "test-time-augmentation passes")
-    other = Network(desc, device=net.device)
+    other = Network(desc, device=net.device, precision=net.precision, lenient=True)
     other._core.params[:] = net._core.params
     other._core.touch_params()
     other.bn_epsilon = net.bn_epsilon

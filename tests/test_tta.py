@@ -103,6 +103,16 @@ def test_tta_option_errors():
         Detector(net, names=["square"], tta=True)
 
 
+def test_pass_networks_keep_the_precision(tmp_path):
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text("[net]\nwidth=64\nheight=64\nchannels=3\n\n"
+                   "[convolutional]\nfilters=4\nsize=3\nstride=1\npad=1\nactivation=leaky\n")
+    net = pydarknet.load(str(cfg), precision="bf16", seed=1)
+    other = detect_mod.network_at_size(net, 96, 96)
+    assert other.input_shape == (3, 96, 96) and (other.device, other.precision) == ("cpu", "bf16")
+    np.testing.assert_array_equal(other.params, net.params)
+
+
 # ----- the real yolov4-tiny -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def net():
