@@ -76,6 +76,15 @@ int input_batch(const FloatArray& x, const Shape& shape) {
     return (int)x.shape(0);
 }
 
+// forward(x, keep_all) of the CPU or the CUDA network, without the GIL while it runs.
+template <typename Engine>
+void run_forward(Engine& net, const FloatArray& x, bool keep_all) {
+    const int batch = input_batch(x, net.input_shape());
+    const float* data = x.data();
+    py::gil_scoped_release release;
+    net.forward(data, batch, keep_all);
+}
+
 py::array_t<float> output_array(int batch, const Shape& s) {
     return py::array_t<float>({(py::ssize_t)batch, (py::ssize_t)s.c, (py::ssize_t)s.h, (py::ssize_t)s.w});
 }
@@ -143,15 +152,7 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("train_layer_seconds", &pd::Network::train_layer_seconds)
         .def_readonly("backward_layer_seconds", &pd::Network::backward_layer_seconds)
         .def_readonly("layer_cpu_seconds", &pd::Network::layer_cpu_seconds)
-        .def(
-            "forward",
-            [](pd::Network& net, pd::FloatArray x, bool keep_all) {
-                const int batch = pd::input_batch(x, net.input_shape());
-                const float* data = x.data();
-                py::gil_scoped_release release;
-                net.forward(data, batch, keep_all);
-            },
-            py::arg("x"), py::arg("keep_all") = false)
+        .def("forward", &pd::run_forward<pd::Network>, py::arg("x"), py::arg("keep_all") = false)
         .def(
             "output",
             [](const pd::Network& net, int i) {
@@ -254,15 +255,7 @@ PYBIND11_MODULE(_core, m) {
              }),
              py::arg("host"), py::arg("precision") = 0, py::arg("device") = 0, py::keep_alive<1, 2>(),
              "Runs the host network's layers on CUDA device `device` (its parameters are read from the host).")
-        .def(
-            "forward",
-            [](pd::CudaNetwork& net, pd::FloatArray x, bool keep_all) {
-                const int batch = pd::input_batch(x, net.input_shape());
-                const float* data = x.data();
-                py::gil_scoped_release release;
-                net.forward(data, batch, keep_all);
-            },
-            py::arg("x"), py::arg("keep_all") = false)
+        .def("forward", &pd::run_forward<pd::CudaNetwork>, py::arg("x"), py::arg("keep_all") = false)
         .def(
             "output",
             [](const pd::CudaNetwork& net, int i) {
