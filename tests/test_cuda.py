@@ -632,3 +632,19 @@ def test_devices_and_timing(tmp_path):
     assert len(seconds) == len(gpu.layers)
     assert all((s > 0) == bool(r) for s, r in zip(seconds, plan["runs"]))
     assert gpu._cuda.arena_bytes > 0 and gpu._cuda.device_name
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_training_passes_are_refused_and_profile_times_the_gpu(tmp_path):
+    """No CUDA backward kernels yet: the training passes of a CUDA network raise DeviceError. net.profile
+    switches the CUDA network's per-layer timing, which layer_times() reports."""
+    cpu, gpu = pair(tmp_path, 14, 12, 3, *PLAN_NET[:6])
+    x = np.random.default_rng(10).random((2, 3, 12, 14), dtype=np.float32)
+    with pytest.raises(pydarknet.DeviceError, match="CPU only"):
+        gpu.forward_train(x)
+    with pytest.raises(ValueError, match="forward_train first"):
+        gpu.backward({len(gpu.layers) - 1: np.zeros((2,) + gpu.layers[-1].out_shape, np.float32)})
+    gpu.profile = True
+    gpu.forward(x)
+    assert gpu._cuda.profile and len(gpu.layer_times()["forward"]) == len(gpu.layers)
