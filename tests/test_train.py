@@ -31,13 +31,12 @@ def shapes(tmp_path_factory):
 
 
 def test_small_yolo_learns_the_synthetic_shapes(shapes, tmp_path):
-    # Measured on this setup before the test was written: mAP@0.5 0.07 / 0.38 / 0.49 / 0.57 / 0.71 / 0.74 at
-    # iterations 200 / 400 / 600 / 800 / 1000 / 1200. The bar below guards that the run keeps learning at that
-    # pace; the goal of 0.8 needs a longer schedule than fits the CI budget today.
+    # Measured with this recipe (starter cfg with CIoU, 400 training / 80 held-out images, 1200 iterations of 16):
+    # mAP@0.5 0.455 / 0.810 / 0.888 at iterations 400 / 800 / 1200; on a dataset generated with seed 1 0.430 /
+    # 0.790 / 0.908. Average loss falls from 247 to 4.6 (ratio 0.019). About 6.5 minutes on a shared 2-core CPU.
     data, anchors = shapes
     cfg = tmp_path / "shapes-tiny.cfg"
-    cfg.write_text(starter_cfg(3, 128, 128, anchors, max_batches=1200, batch=16, learning_rate=0.004)
-                   )
+    cfg.write_text(starter_cfg(3, 128, 128, anchors, max_batches=1200, batch=16, learning_rate=0.004))
     lines = []
     trainer = Trainer(cfg, data, None, TrainOptions(backup=str(tmp_path / "backup"), workers=1, map=True,
                                                     map_every=400), log=lines.append)
@@ -47,8 +46,8 @@ def test_small_yolo_learns_the_synthetic_shapes(shapes, tmp_path):
           f"{[round(e.map, 4) for e in trainer.history if e.map is not None]}); first avg loss "
           f"{trainer.history[0].avg_loss:.2f}, last {trainer.history[-1].avg_loss:.2f}")
     assert result.iterations == 1200
-    assert final_map >= 0.65
-    assert trainer.history[-1].avg_loss < 0.02 * trainer.history[0].avg_loss
+    assert final_map >= 0.8
+    assert trainer.history[-1].avg_loss < 0.03 * trainer.history[0].avg_loss
     backup = tmp_path / "backup"
     for name in ("shapes-tiny_final.weights", "shapes-tiny_last.weights", "shapes-tiny_last.state",
                  "shapes-tiny_1000.weights", "shapes-tiny_best.weights", "results.csv", "chart.png"):
