@@ -157,8 +157,8 @@ def test_fine_tuning_from_yolov4_tiny_conv29_learns(shapes, tmp_path):
     # Darknet's custom-training recipe at a CI scale: yolov4-tiny.cfg with 3 classes (filters=24), anchors
     # recomputed for the data, trained from the real conv.29 backbone made with `pydarknet partial`. Measured
     # with this recipe (128x128, batch 16, 300 iterations, burn_in 100, steps at 80%/90%): mAP@0.5 0.255 / 0.322
-    # / 0.649 at iterations 100 / 200 / 300, about 3.5 minutes on one core; the same cfg from Darknet's random
-    # initialisation reached 0.012 / 0.030 / 0.051: the loaded backbone is what learns this fast.
+    # / 0.649 at iterations 100 / 200 / 300, 7.6 minutes on one core of a shared machine; the same cfg from
+    # Darknet's random initialisation reached 0.012 / 0.030 / 0.051: the loaded backbone is what learns this fast.
     from pydarknet import models
 
     try:
