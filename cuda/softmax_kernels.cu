@@ -1,8 +1,7 @@
-// [softmax] on the GPU: one thread per (image, group) computes exp(x / t - max / t) / sum over its slice in the
-// CPU's order. Only classifiers have this layer.
-#include <cfloat>
-
+// [softmax] on the GPU: one thread per (image, group) computes exp(x / t - max / t) / sum over its slice with the
+// CPU's formula (csrc/math/softmax.h). Only classifiers have this layer.
 #include "cuda_layer.cuh"
+#include "math/softmax.h"
 
 namespace pd {
 namespace {
@@ -15,11 +14,8 @@ __global__ void softmax_kernel(const T* in, size_t in_stride, T* out, size_t out
         const size_t b = id / groups, g = id % groups;
         const T* x = in + b * in_stride + g * n;
         T* y = out + b * out_stride + g * n;
-        float largest = -FLT_MAX, sum = 0.f;
-        for (size_t i = 0; i < n; ++i) largest = fmaxf(largest, to_float(x[i]));
-        for (size_t i = 0; i < n; ++i) sum += expf(to_float(x[i]) / temperature - largest / temperature);
-        for (size_t i = 0; i < n; ++i)
-            y[i] = from_float<T>(expf(to_float(x[i]) / temperature - largest / temperature) / sum);
+        softmax_slice([&](size_t i) { return to_float(x[i]); }, [&](size_t i, float v) { y[i] = from_float<T>(v); },
+                      n, temperature);
     }
 }
 

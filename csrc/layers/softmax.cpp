@@ -2,10 +2,8 @@
 // softmax Jacobian, dx_i = y_i (g_i - sum_j g_j y_j) / temperature. (Darknet's softmax backward passes the delta
 // through unchanged because its cost layers compute the delta of the logits; here the gradient handed in is
 // with respect to the probabilities.)
-#include <cfloat>
-#include <cmath>
-
 #include "../core/network.h"
+#include "../math/softmax.h"
 
 namespace pd {
 namespace {
@@ -22,13 +20,8 @@ public:
             for (int g = 0; g < groups; ++g) {
                 const float* in = ctx.input + b * inputs + g * n;
                 float* out = ctx.output + b * inputs + g * n;
-                float largest = -FLT_MAX, sum = 0.f;
-                for (size_t i = 0; i < n; ++i) largest = std::fmax(largest, in[i]);
-                for (size_t i = 0; i < n; ++i) {
-                    out[i] = std::exp(in[i] / temperature - largest / temperature);
-                    sum += out[i];
-                }
-                for (size_t i = 0; i < n; ++i) out[i] /= sum;
+                softmax_slice([&](size_t i) { return in[i]; }, [&](size_t i, float v) { out[i] = v; }, n,
+                              temperature);
             }
     }
 
