@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from typing import Optional
 import numpy as np
 
 from . import weights as weights_io
+from .atomic import atomic_write, fsync_dir
 from .errors import DarknetError, WeightsError
 from .graph import load_network_desc
 from .schedule import images_per_iteration
@@ -62,44 +62,6 @@ class CheckpointError(DarknetError, ValueError):
         self.problem = problem
         self.path = str(path) if path is not None else None
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
-
-
-# ----- atomic files ---------------------------------------------------------------------------------------------
-def fsync_dir(directory):
-    """Make a rename in ``directory`` durable (POSIX; a no-op where folders cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(str(directory), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on a folder; the rename itself is already atomic
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, write):
-    """Write ``path`` by calling ``write(binary_file)`` on a temporary file in the same folder, then fsync,
-    rename over ``path`` and fsync the folder. A crash at any moment leaves either the old or the new file."""
-    path = Path(path)
-    directory = path.parent
-    tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # os.open with mode 0o666 honours the umask, so the result has the permissions a plain open() would give.
-    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(directory)
 
 
 def save_weights(path, network, params, seen):

@@ -6,13 +6,12 @@ header with major or minor above 1000 marks a file whose [connected] matrices ar
 order of each layer is the one in graph.py (the single source of truth for it).
 """
 
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import WeightsError
 
 CURRENT_VERSION = (0, 2, 5)
@@ -106,27 +105,13 @@ def save_from(desc, params, path, cutoff=None, seen=0, version=CURRENT_VERSION):
     header = struct.pack("<iii", major, minor, revision)
     header += struct.pack("<Q", seen) if header_size(major, minor) == 20 else struct.pack("<I", seen & 0xFFFFFFFF)
     transposed = major > 1000 or minor > 1000
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            for layer, t in file_tensors(desc, cutoff):
-                chunk = params[t.offset:t.offset + t.size]
-                if transposed and layer.type == "connected" and t.name == "weights":
-                    chunk = chunk.reshape(t.shape).T.reshape(-1)
-                f.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file 0600; a weights file is an ordinary file, readable as the umask allows.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    def write(f):
+        f.write(header)
+        for layer, t in file_tensors(desc, cutoff):
+            chunk = params[t.offset:t.offset + t.size]
+            if transposed and layer.type == "connected" and t.name == "weights":
+                chunk = chunk.reshape(t.shape).T.reshape(-1)
+            f.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
+
+    atomic_write(path, write)
