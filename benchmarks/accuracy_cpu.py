@@ -94,7 +94,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import pydarknet
-    from pydarknet import _core, assets
+    from pydarknet import _core
+    from pydarknet.hub import assets
 
     sys.path.insert(0, str(ROOT / "tests"))
     from netcalib import calibrate, randomize, with_input_size

@@ -106,7 +106,8 @@ def main(argv=None):
     import cv2
 
     import pydarknet
-    from pydarknet import _core, assets
+    from pydarknet import _core
+    from pydarknet.hub import assets
 
     # The tests own the cfg resizing and the random-weight calibration; the benchmark reuses them.
     sys.path.insert(0, str(ROOT / "tests"))

@@ -171,7 +171,7 @@ _CALIBRATED = {}  # cfg name -> calibrated random parameters (they do not depend
 
 def load_network(name, size, precision, device):
     import pydarknet
-    from pydarknet import models
+    from pydarknet.hub import models
 
     sys.path.insert(0, str(ROOT / "tests"))
     from netcalib import calibrate, randomize, with_input_size

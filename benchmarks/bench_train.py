@@ -46,7 +46,7 @@ def parse_args(argv=None):
 
 def build(name, size, tmp):
     import pydarknet
-    from pydarknet.starter import starter_cfg
+    from pydarknet.train.starter import starter_cfg
 
     if name == "starter":
         cfg = tmp / "starter.cfg"

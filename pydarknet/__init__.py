@@ -8,11 +8,11 @@ import os as _os
 # with the engine; OMP_WAIT_POLICY or GOMP_SPINCOUNT set by the user take precedence.
 if "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ.setdefault("GOMP_SPINCOUNT", "1000")
-from .errors import CfgError, CfgWarning, CudaError, DarknetError, WeightsError
-from .network import DeviceError, LayerView, Network, load
-from .detect import Detector, ImageError, detect
-from .results import Results
-from . import models
+from pydarknet.errors import CfgError, CfgWarning, CudaError, DarknetError, WeightsError
+from pydarknet.core.network import DeviceError, LayerView, Network, load
+from pydarknet.inference.detect import Detector, ImageError, detect
+from pydarknet.inference.results import Results
+from pydarknet.hub import models
 
 __version__ = "0.1.0"
 __all__ = ["load", "Network", "LayerView", "DarknetError", "CfgError", "CfgWarning", "WeightsError",

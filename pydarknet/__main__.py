@@ -1,6 +1,6 @@
 """``python -m pydarknet ...`` is the ``pydarknet`` command."""
 import sys
 
-from .cli import main
+from pydarknet.cli.main import main
 
 sys.exit(main())

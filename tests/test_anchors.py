@@ -4,7 +4,7 @@ loop of do_kmeans, and on constructed data with known clusters read from a .data
 import numpy as np
 import pytest
 
-from pydarknet.anchors import AnchorsError, calc_anchors, format_anchors, kmeans_anchors
+from pydarknet.train.anchors import AnchorsError, calc_anchors, format_anchors, kmeans_anchors
 
 
 def iou64(a, b):

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from pydarknet.annotations import AnnotationError, load_coco_annotations
-from pydarknet.evaluate import COCO_KEYS, Evaluator
-from pydarknet.results import COCO80_TO_91
+from pydarknet.data.coco import AnnotationError, load_coco_annotations
+from pydarknet.evaluation.metrics import COCO_KEYS, Evaluator
+from pydarknet.inference.results import COCO80_TO_91
 
 pytest.importorskip("pycocotools")
 
@@ -63,7 +63,7 @@ def test_read_and_convert(tmp_path):
 
 def test_pairing_rules(tmp_path):
     # Darknet's coco.names against the 80 COCO categories: names differ (motorbike/motorcycle...) -> coco_ids map
-    from pydarknet import models
+    from pydarknet.hub import models
 
     coco_names = models.read_names(models.find_data_file("coco.names"))
     coco_cats = [{"id": cid, "name": f"category {cid}"} for cid in reversed(COCO80_TO_91)]

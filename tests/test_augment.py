@@ -8,7 +8,7 @@ are compared with OpenCV (the library Darknet calls), noise with its statistics.
 import numpy as np
 import pytest
 
-from pydarknet import augment as A
+from pydarknet.data import augment as A
 
 cv2 = pytest.importorskip("cv2")
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 import pydarknet
-from pydarknet.cfg import read_cfg
-from pydarknet.graph import load_network_desc
-from pydarknet.weights import expected_bytes
+from pydarknet.core.cfg import read_cfg
+from pydarknet.core.graph import load_network_desc
+from pydarknet.core.weights import expected_bytes
 
 CFG_DIR = Path(__file__).resolve().parents[1] / "cfg"
 ORIGINALS = Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"

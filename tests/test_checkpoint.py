@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pydarknet import weights as weights_io
-from pydarknet.cfg import parse_cfg_text
-from pydarknet.checkpoint import (CheckpointError, CheckpointManager, TrainState, atomic_write, darknet_base_name,
+from pydarknet.core import weights as weights_io
+from pydarknet.core.cfg import parse_cfg_text
+from pydarknet.train.checkpoint import (CheckpointError, CheckpointManager, TrainState, atomic_write, darknet_base_name,
                                   load_state, partial, resume, save_state, save_weights, state_path_for)
 from pydarknet.errors import WeightsError
-from pydarknet.graph import build_network, load_network_desc
-from pydarknet.optim import Optimizer
+from pydarknet.core.graph import build_network, load_network_desc
+from pydarknet.train.optim import Optimizer
 
 CFG_DIR = Path(__file__).resolve().parents[1] / "cfg"
 
@@ -301,10 +301,10 @@ def test_atomic_write_permissions_and_cleanup(tmp_path):
 WRITER = textwrap.dedent("""
     import sys
     import numpy as np
-    from pydarknet.cfg import parse_cfg_text
-    from pydarknet.graph import build_network
-    from pydarknet.checkpoint import CheckpointManager, TrainState
-    from pydarknet.optim import Optimizer
+    from pydarknet.core.cfg import parse_cfg_text
+    from pydarknet.core.graph import build_network
+    from pydarknet.train.checkpoint import CheckpointManager, TrainState
+    from pydarknet.train.optim import Optimizer
 
     desc = build_network(parse_cfg_text(sys.argv[2]))
     opt = Optimizer(desc)

@@ -14,8 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from pydarknet import assets, models
-from pydarknet.cli import main
+from pydarknet.hub import assets
+from pydarknet.hub import models
+from pydarknet.cli.main import main
 
 PREDICTED = re.compile(r"^(.*): Predicted in [0-9.]+ milli-seconds\.$", re.M)
 

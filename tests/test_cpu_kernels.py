@@ -355,7 +355,7 @@ PHOTOS = ["bus.jpg", "zidane.jpg", "astronaut.png", "coffee.png", "chelsea.png",
 
 
 def _fetch(name):
-    from pydarknet import assets
+    from pydarknet.hub import assets
     try:
         return assets.fetch(name)
     except assets.AssetUnavailable as e:

@@ -40,9 +40,11 @@ import numpy as np
 import pytest
 
 import pydarknet
-from pydarknet import _core, assets, models
-from pydarknet.detect import Detector
-from pydarknet.graph import ACTIVATIONS, CHANNEL_ACTIVATIONS
+from pydarknet import _core
+from pydarknet.hub import assets
+from pydarknet.hub import models
+from pydarknet.inference.detect import Detector
+from pydarknet.core.graph import ACTIVATIONS, CHANNEL_ACTIVATIONS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from netcalib import calibrate, randomize, with_input_size  # noqa: E402
@@ -116,7 +118,7 @@ def test_cuda_device_request_without_gpu_is_a_clear_error():
     if HAS_GPU:
         pytest.skip("this machine has a GPU")
     with pytest.raises(pydarknet.DeviceError, match="no CUDA GPU"):
-        from pydarknet.network import _check_device
+        from pydarknet.core.network import _check_device
         _check_device("cuda")
 
 
@@ -567,7 +569,7 @@ def _iou(a, b):
 @pytest.mark.cuda
 @needs_gpu
 def test_detect_command_on_cuda(capsys):
-    from pydarknet.cli import main
+    from pydarknet.cli.main import main
 
     if not models.is_cached("yolov4-tiny") or not assets.is_cached("bus.jpg"):
         pytest.skip("the yolov4-tiny weights or bus.jpg are not in the cache")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pydarknet import data as D
-from pydarknet.augment import AugmentSettings
-from pydarknet.loader import Loader, input_size
+from pydarknet.data import dataset as D
+from pydarknet.data.augment import AugmentSettings
+from pydarknet.data.loader import Loader, input_size
 
 
 def write_image(path, colour=(120, 80, 40), size=(64, 48)):

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 import pydarknet
-from pydarknet import assets, models
-from pydarknet.detect import (Detector, box_metric, correct_boxes, letterbox_image, letterbox_size, load_image,
+from pydarknet.hub import assets
+from pydarknet.hub import models
+from pydarknet.inference.detect import (Detector, box_metric, correct_boxes, letterbox_image, letterbox_size, load_image,
                               nms, preprocess, resize_image, to_planar, uncorrect_boxes)
 
 PHOTOS = ["bus.jpg", "zidane.jpg", "astronaut.png", "coffee.png", "chelsea.png", "motorcycle_left.png"]

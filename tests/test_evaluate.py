@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from pydarknet.evaluate import (COCO_KEYS, Evaluator, average_precision, box_iou, evaluate, format_report,
+from pydarknet.evaluation.metrics import (COCO_KEYS, Evaluator, average_precision, box_iou, evaluate, format_report,
                                 label_path_for, plot_pr_curves, yolo_to_xyxy)
 
 pytest.importorskip("pycocotools")

@@ -88,7 +88,8 @@ def test_activation_derivative(engine, name):
     """gradient(y, x) against central differences of the float64 reference activation. The output-based
     formulas (Darknet's, e.g. y(1 - y)) see the float32 output, so near saturation they are accurate to float32
     round-off of the output (absolute 1e-6), not relative to the tiny derivative."""
-    from pydarknet import _core, graph
+    from pydarknet import _core
+    from pydarknet.core import graph
     x = np.linspace(-24.93, 24.93, 2493) + 0.0123
     for k in KINKS.get(name, []):
         x = x[np.abs(x - k) > 1e-3]

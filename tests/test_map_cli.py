@@ -5,7 +5,9 @@ import shutil
 
 import pytest
 
-from pydarknet import assets, cli, models
+from pydarknet.hub import assets
+from pydarknet.cli import main as cli
+from pydarknet.hub import models
 
 pytest.importorskip("pycocotools")
 
@@ -116,7 +118,7 @@ def _map(root, cfg, weights, data_text, *extra):
 
 
 def test_map_from_coco_annotations_equals_labels(dataset, capsys):
-    from pydarknet.results import COCO80_TO_91
+    from pydarknet.inference.results import COCO80_TO_91
 
     root, cfg, weights = dataset
     base = f"classes = 80\nvalid = {root / 'valid.txt'}\nnames = {root / 'coco.names'}\n"

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import pydarknet
-from pydarknet.cfg import parse_cfg_text
-from pydarknet.graph import build_network
-from pydarknet.optim import Optimizer, WeightEMA, first_nonfinite, gradient_norm
-from pydarknet.schedule import learning_rate
+from pydarknet.core.cfg import parse_cfg_text
+from pydarknet.core.graph import build_network
+from pydarknet.train.optim import Optimizer, WeightEMA, first_nonfinite, gradient_norm
+from pydarknet.train.schedule import learning_rate
 
 F = np.float32
 

@@ -38,7 +38,7 @@ if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromDarknet"):
                 allow_module_level=True)
 import pydarknet  # noqa: E402
 from PIL import Image  # noqa: E402
-from pydarknet import assets  # noqa: E402
+from pydarknet.hub import assets  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_opencv_parity import darknet_yolo_forward, decoded_diff, opencv_rows, yolo_specs  # noqa: E402

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from pydarknet.cfg import parse_cfg_text
+from pydarknet.core.cfg import parse_cfg_text
 from pydarknet.errors import CfgError
-from pydarknet.graph import build_network
-from pydarknet.schedule import images_per_iteration, iteration_from_seen, learning_rate, update_batch
+from pydarknet.core.graph import build_network
+from pydarknet.train.schedule import images_per_iteration, iteration_from_seen, learning_rate, update_batch
 
 LAYER = "\n[convolutional]\nfilters=2\nsize=1\nactivation=linear\n"
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pydarknet import data as D
-from pydarknet import synthetic as S
+from pydarknet.data import dataset as D
+from pydarknet.data import synthetic as S
 
 
 def _digest(folder):

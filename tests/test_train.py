@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import pydarknet
-from pydarknet import synthetic
-from pydarknet.anchors import calc_anchors
-from pydarknet.cli import main
-from pydarknet.starter import starter_cfg
-from pydarknet.train import Trainer, TrainingError, TrainOptions
+from pydarknet.data import synthetic
+from pydarknet.train.anchors import calc_anchors
+from pydarknet.cli.main import main
+from pydarknet.train.starter import starter_cfg
+from pydarknet.train.trainer import Trainer, TrainingError, TrainOptions
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -159,7 +159,7 @@ def test_fine_tuning_from_yolov4_tiny_conv29_learns(shapes, tmp_path):
     # with this recipe (128x128, batch 16, 300 iterations, burn_in 100, steps at 80%/90%): mAP@0.5 0.255 / 0.322
     # / 0.649 at iterations 100 / 200 / 300, 7.6 minutes on one core of a shared machine; the same cfg from
     # Darknet's random initialisation reached 0.012 / 0.030 / 0.051: the loaded backbone is what learns this fast.
-    from pydarknet import models
+    from pydarknet.hub import models
 
     try:
         weights = models.fetch("yolov4-tiny")

@@ -196,7 +196,7 @@ print(json.dumps({{"grads": np.asarray(net.grads).tobytes().hex(), "input": dx.t
 def test_gradients_do_not_depend_on_the_thread_count(engine, tmp_path):
     """Every sum in forward_train and backward has an order fixed by the shapes, so one and two threads give the
     same bits (and a resumed run repeats an uninterrupted one on any thread count)."""
-    from pydarknet.starter import starter_cfg
+    from pydarknet.train.starter import starter_cfg
 
     cfg = tmp_path / "starter.cfg"
     cfg.write_text(starter_cfg(3, 64, 64))

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import pydarknet
-from pydarknet import assets
-from pydarknet.detect import TTA_PASSES, Detector
-from pydarknet.evaluate import box_iou
+from pydarknet.hub import assets
+from pydarknet.inference.detect import TTA_PASSES, Detector
+from pydarknet.evaluation.metrics import box_iou
 
-detect_mod = importlib.import_module("pydarknet.detect")     # the package's `detect` attribute is the function
+detect_mod = importlib.import_module("pydarknet.inference.detect")
 
 
 # ----- a stand-in network: finds the bright square in its input and reports it as one yolo detection ----------
@@ -207,7 +207,7 @@ def test_real_weights_default_tta_keeps_the_clear_objects(net):
 def test_cli_detect_tta(net, tmp_path, capsys):
     import json
 
-    from pydarknet.cli import main
+    from pydarknet.cli.main import main
 
     path = assets.fetch("bus.jpg")
     out = tmp_path / "tta.json"

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from pydarknet import DarknetError
-from pydarknet.cfg import parse_cfg_text
-from pydarknet.graph import build_network
-from pydarknet.yolo_loss import TruthError, YoloLossConfig, iou_delta, yolo_loss
+from pydarknet.core.cfg import parse_cfg_text
+from pydarknet.core.graph import build_network
+from pydarknet.train.yolo_loss import TruthError, YoloLossConfig, iou_delta, yolo_loss
 
 NET = 96
 GRID = 3

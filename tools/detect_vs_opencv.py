@@ -19,8 +19,8 @@ def main():
     spec = importlib.util.spec_from_file_location("test_detect", ROOT / "tests" / "test_detect.py")
     td = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(td)
-    from pydarknet import assets
-    from pydarknet.detect import Detector
+    from pydarknet.hub import assets
+    from pydarknet.inference.detect import Detector
 
     print("| model | mode | photo | detections (ours / OpenCV) | min box IoU | max |conf diff| | unpaired |")
     print("|---|---|---|---|---|---|---|")

@@ -30,7 +30,8 @@ GROUND_TRUTH = {
 
 
 def build_dataset(root):
-    from pydarknet import assets, models
+    from pydarknet.hub import assets
+    from pydarknet.hub import models
 
     (root / "images").mkdir()
     (root / "labels").mkdir()
@@ -49,7 +50,7 @@ def build_dataset(root):
 
 
 def run_map(data, cfg, weights, extra):
-    from pydarknet import cli
+    from pydarknet.cli import main as cli
 
     out = data.parent / "metrics.json"
     with contextlib.redirect_stdout(io.StringIO()):
@@ -60,7 +61,7 @@ def run_map(data, cfg, weights, extra):
 
 
 def main():
-    from pydarknet import models
+    from pydarknet.hub import models
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="yolov4-tiny")

@@ -27,8 +27,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import DarknetError
-from .results import COCO80_TO_91
+from pydarknet.errors import DarknetError
+from pydarknet.inference.results import COCO80_TO_91
 
 __all__ = ["AnnotationError", "CocoAnnotations", "load_coco_annotations"]
 

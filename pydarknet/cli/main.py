@@ -23,7 +23,7 @@ class UsageError(Exception):
 
 # ----- input expansion -------------------------------------------------------------------------------------
 def _is_image_name(name):
-    from .detect import IMAGE_EXTENSIONS
+    from pydarknet.inference.detect import IMAGE_EXTENSIONS
 
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
@@ -71,7 +71,7 @@ def expand_sources(sources):
 # ----- model -----------------------------------------------------------------------------------------------
 def _load_model(args):
     import pydarknet
-    from . import models
+    from pydarknet.hub import models
 
     if (args.cfg is None) != (args.weights is None) and args.model is None:
         raise UsageError("--cfg and --weights go together (or use --model NAME; the default is "
@@ -105,7 +105,7 @@ def _load_model(args):
         raise UsageError(f"{cfg}: this network has no [yolo] layer; `detect` needs a detector")
     classes = net.desc.layers[net.yolo_layers[-1]].options["classes"]
     if names is None:
-        from .detect import default_names
+        from pydarknet.inference.detect import default_names
 
         names = default_names(classes)
     if len(names) != classes:
@@ -127,9 +127,9 @@ def _unique_name(directory, name, used):
 
 
 def cmd_detect(args):
-    from .detect import Detector, ImageError
-    from .errors import DarknetError
-    from .results import write_coco_json, write_darknet_json
+    from pydarknet.inference.detect import Detector, ImageError
+    from pydarknet.errors import DarknetError
+    from pydarknet.inference.results import write_coco_json, write_darknet_json
 
     if not 0 <= args.thresh <= 1:
         raise UsageError(f"--thresh {args.thresh}: must be between 0 and 1")
@@ -266,7 +266,8 @@ def cmd_detect(args):
 
 # ----- download --------------------------------------------------------------------------------------------
 def cmd_download(args):
-    from . import assets, models
+    from pydarknet.hub import assets
+    from pydarknet.hub import models
 
     if args.list or not args.names:
         print(f"{'model':14s} {'cached':7s} source")
@@ -315,7 +316,8 @@ def add_device_options(group):
 
 
 def build_parser():
-    from . import __version__, models
+    from pydarknet import __version__
+    from pydarknet.hub import models
 
     parser = argparse.ArgumentParser(
         prog="pydarknet", description="Run Darknet YOLO models (original .cfg + .weights) on images.",
@@ -366,8 +368,8 @@ def build_parser():
     dl.add_argument("--quiet", "-q", action="store_true")
     dl.set_defaults(func=cmd_download)
 
-    from .evalcmd import add_parsers as add_eval_parsers
-    from .traincmd import add_parsers as add_train_parsers
+    from pydarknet.cli.evaluate import add_parsers as add_eval_parsers
+    from pydarknet.cli.train import add_parsers as add_train_parsers
 
     add_eval_parsers(sub)
     add_train_parsers(sub)

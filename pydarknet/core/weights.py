@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
-from .errors import WeightsError
+from pydarknet.utils.atomic import atomic_write
+from pydarknet.errors import WeightsError
 
 CURRENT_VERSION = (0, 2, 5)
 

@@ -44,7 +44,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .data import label_path
+from pydarknet.data.dataset import label_path
 
 __all__ = ["Evaluator", "evaluate", "average_precision", "box_iou", "yolo_to_xyxy", "read_yolo_labels",
            "label_path_for", "coco_eval", "COCO_KEYS", "format_report", "plot_pr_curves"]

@@ -42,7 +42,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .errors import DarknetError
+from pydarknet.errors import DarknetError
 
 __all__ = ["TruthError", "YoloLossConfig", "YoloLossResult", "yolo_loss", "box_iou", "box_giou", "box_diou",
            "box_ciou", "iou_delta"]

@@ -39,11 +39,11 @@ from typing import Optional
 
 import numpy as np
 
-from . import weights as weights_io
-from .atomic import atomic_write, fsync_dir
-from .errors import DarknetError, WeightsError
-from .graph import load_network_desc
-from .schedule import images_per_iteration
+from pydarknet.core import weights as weights_io
+from pydarknet.utils.atomic import atomic_write, fsync_dir
+from pydarknet.errors import DarknetError, WeightsError
+from pydarknet.core.graph import load_network_desc
+from pydarknet.train.schedule import images_per_iteration
 
 __all__ = ["CheckpointError", "TrainState", "ResumeInfo", "CheckpointManager", "PartialResult", "atomic_write",
            "darknet_base_name", "state_path_for", "network_fingerprint", "save_weights", "save_state",

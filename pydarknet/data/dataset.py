@@ -39,7 +39,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from .errors import DarknetError
+from pydarknet.errors import DarknetError
 
 __all__ = ["DataError", "Dataset", "ProblemLog", "LABEL_EPS", "read_data_file", "resolve_path", "read_image_list",
            "read_names", "load_dataset", "read_data_yaml", "label_candidates", "label_path", "parse_labels",

@@ -32,14 +32,14 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from . import checkpoint as ckpt
-from .data import load_dataset, label_path, parse_labels
-from .errors import DarknetError
-from .graph import load_network_desc
-from .loader import Loader
-from .optim import Optimizer
-from .schedule import images_per_iteration, learning_rate
-from .yolo_loss import yolo_loss
+from pydarknet.train import checkpoint as ckpt
+from pydarknet.data.dataset import load_dataset, label_path, parse_labels
+from pydarknet.errors import DarknetError
+from pydarknet.core.graph import load_network_desc
+from pydarknet.data.loader import Loader
+from pydarknet.train.optim import Optimizer
+from pydarknet.train.schedule import images_per_iteration, learning_rate
+from pydarknet.train.yolo_loss import yolo_loss
 
 
 class TrainingError(DarknetError, RuntimeError):
@@ -204,8 +204,8 @@ class Trainer:
         """Darknet-style mAP@0.5 on the valid list (threshold 0.005, NMS 0.45, as ``detector map``)."""
         from PIL import Image
 
-        from .detect import Detector
-        from .evaluate import Evaluator, yolo_to_xyxy
+        from pydarknet.inference.detect import Detector
+        from pydarknet.evaluation.metrics import Evaluator, yolo_to_xyxy
 
         paths, labels = self.valid
         self.net.touch_params()

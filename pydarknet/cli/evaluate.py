@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from . import data as _data
-from .cli import EXIT_OK, EXIT_SOME_FAILED, UsageError, _err, add_device_options, expand_sources
+from pydarknet.data import dataset as _data
+from pydarknet.cli.main import EXIT_OK, EXIT_SOME_FAILED, UsageError, _err, add_device_options, expand_sources
 
 
 # ----- .data -----------------------------------------------------------------------------------------------
@@ -61,9 +61,9 @@ def _order(args):
 def _setup(args, default_thresh, default_nms):
     import pydarknet
 
-    from . import models
-    from .annotations import AnnotationError, load_coco_annotations
-    from .detect import Detector
+    from pydarknet.hub import models
+    from pydarknet.data.coco import AnnotationError, load_coco_annotations
+    from pydarknet.inference.detect import Detector
 
     data_path, cfg = _order(args)
     data = read_data_file(data_path)
@@ -87,7 +87,7 @@ def _setup(args, default_thresh, default_nms):
         if len(names) != classes:
             raise UsageError(f"{names_path} has {len(names)} names but {data_path} says classes={classes}")
     else:
-        from .detect import default_names
+        from pydarknet.inference.detect import default_names
 
         names = default_names(classes)
     annotations = None
@@ -173,7 +173,7 @@ def _check_writable(option, path):
 
 # ----- ground truth ----------------------------------------------------------------------------------------
 def _read_labels(label_path, num_classes, what="label file"):
-    from .evaluate import read_yolo_labels
+    from pydarknet.evaluation.metrics import read_yolo_labels
 
     try:
         rows = read_yolo_labels(label_path)
@@ -192,7 +192,7 @@ def _read_labels(label_path, num_classes, what="label file"):
 
 def _yolo_ground_truth(setup):
     """Label rows per image (``labels/`` beside ``images/``), and difficult rows when the .data names a list."""
-    from .data import label_path as label_path_for
+    from pydarknet.data.dataset import label_path as label_path_for
 
     paths, names, data = setup["paths"], setup["names"], setup["data"]
     labels, missing = {}, []
@@ -213,7 +213,7 @@ def _yolo_ground_truth(setup):
 
 def _difficult_labels(setup, paths):
     """Darknet's ``difficult`` list: line i names an image path whose label file holds image i's difficult boxes."""
-    from .data import label_path as label_path_for
+    from pydarknet.data.dataset import label_path as label_path_for
 
     data_path = setup["data_path"]
     list_path = _resolve(setup["data"]["difficult"], data_path)
@@ -239,7 +239,7 @@ def _difficult_labels(setup, paths):
 
 def _annotation_entries(setup):
     ann, paths = setup["annotations"], setup["paths"]
-    from .annotations import AnnotationError
+    from pydarknet.data.coco import AnnotationError
 
     entries, missing = {}, []
     try:
@@ -259,9 +259,9 @@ def _annotation_entries(setup):
 
 # ----- map -------------------------------------------------------------------------------------------------
 def cmd_map(args):
-    from .annotations import AnnotationError
-    from .evaluate import Evaluator, format_report, plot_pr_curves, yolo_to_xyxy
-    from .results import coco_image_id
+    from pydarknet.data.coco import AnnotationError
+    from pydarknet.evaluation.metrics import Evaluator, format_report, plot_pr_curves, yolo_to_xyxy
+    from pydarknet.inference.results import coco_image_id
 
     if args.points != 0 and args.points < 2:
         raise UsageError(f"--points {args.points}: use 0, 11 or 101")
@@ -329,7 +329,7 @@ def cmd_map(args):
 
 # ----- valid -----------------------------------------------------------------------------------------------
 def cmd_valid(args):
-    from .results import write_coco_json
+    from pydarknet.inference.results import write_coco_json
 
     if args.out:
         _check_writable("--out", args.out)

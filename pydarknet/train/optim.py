@@ -53,7 +53,7 @@ from typing import Optional
 
 import numpy as np
 
-from .schedule import learning_rate, net_options, update_batch
+from pydarknet.train.schedule import learning_rate, net_options, update_batch
 
 __all__ = ["Optimizer", "WeightEMA", "StepResult", "NonFinite", "gradient_norm", "first_nonfinite"]
 

@@ -40,8 +40,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .augment import AugmentSettings, augment_sample, rand_scale, settings_from_network
-from .data import DataError, Dataset, ProblemLog, label_path, parse_labels
+from pydarknet.data.augment import AugmentSettings, augment_sample, rand_scale, settings_from_network
+from pydarknet.data.dataset import DataError, Dataset, ProblemLog, label_path, parse_labels
 
 __all__ = ["Loader", "input_size", "STREAM_SAMPLE", "STREAM_BATCH", "STREAM_EPOCH", "STREAM_SCALE"]
 
@@ -112,7 +112,7 @@ class _Source:
         return perm
 
     def _read(self, index, problems):
-        from .detect import load_image
+        from pydarknet.inference.detect import load_image
 
         if index in self._unreadable:
             problems.append((self.paths[index], self._unreadable[index]))
@@ -218,7 +218,7 @@ class Loader:
     def from_dataset(cls, dataset: Dataset, net, *, batch: Optional[int] = None, **kwargs):
         """A loader over ``dataset.train`` with the augmentation of ``net`` (a network, its description or a
         cfg path); ``batch`` defaults to the cfg's; problems go to the dataset's backup folder."""
-        from .graph import NetworkDesc, load_network_desc
+        from pydarknet.core.graph import NetworkDesc, load_network_desc
 
         settings = settings_from_network(net)
         if batch is None:

@@ -10,8 +10,8 @@ import math
 import warnings
 from dataclasses import dataclass, field
 
-from .cfg import read_cfg
-from .errors import CfgError, CfgWarning
+from pydarknet.core.cfg import read_cfg
+from pydarknet.errors import CfgError, CfgWarning
 
 # Order matters: the index is the activation code shared with the C++ engine (csrc/math/activations.h).
 ACTIVATIONS = [

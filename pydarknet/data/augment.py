@@ -88,7 +88,7 @@ def settings_from_network(net) -> AugmentSettings:
     for detection (Darknet switches augmentation of that kind off, and so does ``cutmix=1`` alone, even with
     ``mixup=1``); a warning says so.
     """
-    from .graph import NetworkDesc, load_network_desc
+    from pydarknet.core.graph import NetworkDesc, load_network_desc
 
     if isinstance(net, NetworkDesc):
         desc = net

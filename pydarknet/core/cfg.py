@@ -10,7 +10,7 @@ import re
 import warnings
 from pathlib import Path
 
-from .errors import CfgError, CfgWarning
+from pydarknet.errors import CfgError, CfgWarning
 
 _INT_PREFIX = re.compile(r"[+-]?\d+")
 _FLOAT_PREFIX = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")

@@ -35,8 +35,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from . import assets
-from .errors import DarknetError
+from pydarknet.hub import assets
+from pydarknet.errors import DarknetError
 
 __all__ = ["Model", "ModelError", "MODELS", "names", "get", "cfg_dir", "find_data_file", "read_names",
            "weights_path", "is_cached", "fetch", "load"]
@@ -165,7 +165,7 @@ def weights_path(name) -> pathlib.Path:
 
 def expected_size(name) -> int:
     """Bytes the model's .weights file has: 20-byte header + 4 bytes per parameter of its cfg."""
-    from .graph import load_network_desc
+    from pydarknet.core.graph import load_network_desc
 
     desc = load_network_desc(find_data_file(get(name).cfg))
     return 20 + 4 * desc.param_count
@@ -270,7 +270,7 @@ def load(name=DEFAULT_MODEL, *, weights=None, device="cpu", precision="fp32", wi
     """A ready network for model ``name`` (weights fetched when needed, or the given ``weights`` file);
     ``net.names`` holds the class names, so ``net.detect(...)`` labels detections. ``precision`` as in
     ``pydarknet.load``."""
-    from .network import load as load_network
+    from pydarknet.core.network import load as load_network
 
     m = get(name)
     cfg = find_data_file(m.cfg)

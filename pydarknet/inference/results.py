@@ -302,7 +302,7 @@ class Results:
         if image is None:
             image = self.image
         if image is None and self.path:
-            from .detect import load_image
+            from pydarknet.inference.detect import load_image
 
             image = load_image(self.path)[0]
         if image is None:

@@ -10,11 +10,12 @@ inputs, float32 sums); on a GPU the activations' type (fp32, or fp16/bf16 with t
 
 import numpy as np
 
-from . import graph, weights as weights_io
-from .errors import CfgError, DarknetError
+from pydarknet.core import graph
+from pydarknet.core import weights as weights_io
+from pydarknet.errors import CfgError, DarknetError
 
 try:
-    from . import _core
+    from pydarknet import _core
 except ImportError as exc:  # pragma: no cover - only when the package was not built
     raise ImportError(
         "pydarknet's compiled engine (pydarknet._core) is missing. Install the package with `pip install .`; "
@@ -316,7 +317,7 @@ class Network:
     def detect(self, images, *, thresh=0.25, nms=0.45, letterbox=None, **options):
         """Detect objects in a path, PIL image, HxWx3 uint8 RGB array, or a list of them, as Darknet's
         `detector test` does; returns a Results (a list of them for a list). See pydarknet.detect.detect."""
-        from .detect import detect
+        from pydarknet.inference.detect import detect
         return detect(self, images, thresh=thresh, nms=nms, letterbox=letterbox, **options)
 
     # ----- description ------------------------------------------------------------------------------------

@@ -23,10 +23,10 @@ engine).
 
 Usage::
 
-    from pydarknet import assets
+    from pydarknet.hub import assets
     path = assets.fetch("yolov4-tiny.weights")      # pathlib.Path in the cache
 
-or from a shell: ``python -m pydarknet.assets yolov4-tiny.weights bus.jpg``.
+or from a shell: ``python -m pydarknet.hub.assets yolov4-tiny.weights bus.jpg``.
 """
 
 from __future__ import annotations
@@ -437,7 +437,7 @@ def fetch(name: str, *, use_url: bool = True) -> pathlib.Path:
 def _main(argv: Iterable[str]) -> int:
     args = list(argv)
     if not args or args[0] in ("-h", "--help"):
-        print("usage: python -m pydarknet.assets NAME... | all | --list")
+        print("usage: python -m pydarknet.hub.assets NAME... | all | --list")
         print("known assets:", ", ".join(ASSETS))
         return 0 if args else 2
     if args == ["--list"]:

@@ -27,8 +27,8 @@ from typing import List
 
 import numpy as np
 
-from .errors import DarknetError
-from .evaluate import label_path_for, read_yolo_labels
+from pydarknet.errors import DarknetError
+from pydarknet.evaluation.metrics import label_path_for, read_yolo_labels
 
 __all__ = ["AnchorsError", "AnchorsResult", "calc_anchors", "kmeans_anchors", "iou_distance", "format_anchors",
            "read_box_sizes"]
@@ -170,8 +170,8 @@ def _read_list(path):
 
 
 def _data_train_list(data_path):
-    from .evalcmd import read_data_file
-    from .cli import UsageError
+    from pydarknet.cli.evaluate import read_data_file
+    from pydarknet.cli.main import UsageError
 
     try:
         data = read_data_file(data_path)

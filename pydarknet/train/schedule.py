@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-from .errors import CfgError
+from pydarknet.errors import CfgError
 
 __all__ = ["learning_rate", "POLICIES", "images_per_iteration", "update_batch", "iteration_from_seen",
            "net_options"]

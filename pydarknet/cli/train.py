@@ -6,7 +6,7 @@ import argparse
 import os
 import pathlib
 
-from .cli import EXIT_OK, UsageError
+from pydarknet.cli.main import EXIT_OK, UsageError
 
 
 def _kind(path):
@@ -50,8 +50,8 @@ def _order(files):
 
 
 def cmd_train(args):
-    from .errors import DarknetError
-    from .train import Trainer, TrainOptions
+    from pydarknet.errors import DarknetError
+    from pydarknet.train.trainer import Trainer, TrainOptions
 
     cfg, data, weights = _order(args.files)
     options = TrainOptions(backup=args.backup, max_batches=args.max_batches, batch=args.batch,
@@ -72,8 +72,8 @@ def cmd_train(args):
 
 
 def cmd_partial(args):
-    from .checkpoint import partial
-    from .errors import DarknetError
+    from pydarknet.train.checkpoint import partial
+    from pydarknet.errors import DarknetError
 
     try:
         r = partial(args.cfg, args.weights, args.out, args.layers, lenient=args.lenient)
@@ -84,8 +84,8 @@ def cmd_partial(args):
 
 
 def cmd_calc_anchors(args):
-    from .anchors import calc_anchors
-    from .errors import DarknetError
+    from pydarknet.train.anchors import calc_anchors
+    from pydarknet.errors import DarknetError
 
     try:
         r = calc_anchors(args.data, args.num_of_clusters, args.width, args.height, seed=args.seed)
@@ -102,10 +102,10 @@ def cmd_calc_anchors(args):
 
 
 def cmd_synthetic(args):
-    from .synthetic import generate
+    from pydarknet.data.synthetic import generate
 
-    from .anchors import calc_anchors
-    from .starter import starter_cfg
+    from pydarknet.train.anchors import calc_anchors
+    from pydarknet.train.starter import starter_cfg
 
     if args.size % 32:
         raise UsageError(f"--size must be a multiple of 32 (the starter cfg's stride), got {args.size}")

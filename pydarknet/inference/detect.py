@@ -47,7 +47,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .errors import DarknetError
+from pydarknet.errors import DarknetError
 
 __all__ = ["ImageError", "Detector", "Prepared", "detect", "load_image", "resize_image", "letterbox_size",
            "letterbox_image", "preprocess", "correct_boxes", "nms", "box_metric", "default_names", "TTA_PASSES",
@@ -337,7 +337,7 @@ def nms(boxes, probs, thresh, kind="default", beta=0.6):
 
 def default_names(classes):
     """Class names for a network without a names file: COCO for 80 classes, VOC for 20, else ``"0", "1"...``."""
-    from . import models
+    from pydarknet.hub import models
 
     try:
         if classes == 80:
@@ -395,8 +395,8 @@ def network_at_size(net, width, height):
     is its own). Raises DarknetError when the cfg cannot be rebuilt or its parameters depend on the size."""
     import warnings
 
-    from . import graph
-    from .network import Network
+    from pydarknet.core import graph
+    from pydarknet.core.network import Network
 
     if (height, width) == tuple(net.input_shape[1:]):
         return net
@@ -568,7 +568,7 @@ class Detector:
     def postprocess_tta(self, pass_outputs, image, path=None, image_size=None):
         """Merge the augmentation passes' outputs of one image (one list of head outputs per pass) into a
         Results: candidates mapped back to the image, then one NMS over all of them."""
-        from .results import Results
+        from pydarknet.inference.results import Results
 
         img_w, img_h = (image.shape[1], image.shape[0]) if image is not None else image_size
         parts = [self.pass_candidates(outs, p, img_w, img_h) for outs, p in zip(pass_outputs, self.passes)]
@@ -581,7 +581,7 @@ class Detector:
 
     def postprocess(self, outputs, image, path=None, image_size=None):
         """Decode one image's [yolo] outputs (one (A*(5+C), h, w) array per head) into a Results."""
-        from .results import Results
+        from pydarknet.inference.results import Results
 
         if image is not None:
             img_h, img_w = image.shape[:2]

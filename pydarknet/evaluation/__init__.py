@@ -1,0 +1,1 @@
+"""Accuracy: Darknet's mAP and COCO's metrics (pycocotools) over detections and ground truth."""

@@ -1,0 +1,1 @@
+"""The model registry and verified downloads of pretrained weights and sample photos."""

@@ -1,0 +1,1 @@
+"""Detection: pre-processing, decoding, NMS, test-time augmentation and the Results API."""
