@@ -98,7 +98,7 @@ def main(argv=None):
     from pydarknet.hub import assets
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from netcalib import calibrate, randomize, with_input_size
+    from support.netcalib import calibrate, randomize, with_input_size
 
     isas = ["generic", "avx2", "avx512"]
     isas = isas[:isas.index(_core.cpu_best_isa()) + 1]

@@ -111,7 +111,7 @@ def main(argv=None):
 
     # The tests own the cfg resizing and the random-weight calibration; the benchmark reuses them.
     sys.path.insert(0, str(ROOT / "tests"))
-    from netcalib import calibrate, randomize, with_input_size
+    from support.netcalib import calibrate, randomize, with_input_size
 
     if args.no_winograd:
         _core.set_cpu_winograd(False)

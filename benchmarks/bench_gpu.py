@@ -174,7 +174,7 @@ def load_network(name, size, precision, device):
     from pydarknet.hub import models
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from netcalib import calibrate, randomize, with_input_size
+    from support.netcalib import calibrate, randomize, with_input_size
 
     text = with_input_size((ROOT / "cfg" / f"{name}.cfg").read_text(), size, size)
     path = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-gpu-{name}-{size}.cfg"
@@ -221,7 +221,6 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
-    import pydarknet
     from pydarknet import _core
 
     if not torch.cuda.is_available() or _core.cuda_device_count() == 0:

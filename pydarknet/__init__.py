@@ -8,12 +8,14 @@ import os as _os
 # with the engine; OMP_WAIT_POLICY or GOMP_SPINCOUNT set by the user take precedence.
 if "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ.setdefault("GOMP_SPINCOUNT", "1000")
-from pydarknet.errors import CfgError, CfgWarning, CudaError, DarknetError, WeightsError
-from pydarknet.core.network import DeviceError, LayerView, Network, load
-from pydarknet.inference.detect import Detector, ImageError, detect
-from pydarknet.inference.results import Results
-from pydarknet.hub import models
+__version__ = "0.1.0"  # the one place the version is written; pyproject.toml reads it from here
 
-__version__ = "0.1.0"
-__all__ = ["load", "Network", "LayerView", "DarknetError", "CfgError", "CfgWarning", "WeightsError",
-           "CudaError", "DeviceError", "detect", "Detector", "Results", "ImageError", "models"]
+from pydarknet import errors  # noqa: E402
+from pydarknet.core.network import LayerView, Network, load  # noqa: E402
+from pydarknet.errors import *  # noqa: E402,F403
+from pydarknet.hub import models  # noqa: E402
+from pydarknet.inference.detect import Detector, detect  # noqa: E402
+from pydarknet.inference.results import Results  # noqa: E402
+
+__all__ = ["load", "Network", "LayerView", "detect", "Detector", "Results", "models", "__version__",
+           *errors.__all__]

@@ -4,6 +4,8 @@ Every problem with user input (a cfg, a weights file, an image, a label) is repo
 the file and, where there is one, the line. Library code never exits the process.
 """
 
+__all__ = ["DarknetError", "CfgError", "WeightsError", "CudaError", "UsageError", "DataError", "ImageError", "AnnotationError", "ModelError", "AssetError", "AssetUnavailable", "DeviceError", "TruthError", "TrainingError", "CheckpointError", "AnchorsError", "CfgWarning"]
+
 
 class DarknetError(Exception):
     """Base class of every error pydarknet raises on purpose."""
@@ -33,6 +35,75 @@ class WeightsError(DarknetError, ValueError):
 
 class CudaError(DarknetError, RuntimeError):
     """A CUDA runtime call or kernel launch that failed (the message names the call and CUDA's error)."""
+
+
+class UsageError(DarknetError, ValueError):
+    """A problem with the command line or the model files (exit code 2)."""
+
+
+class DataError(DarknetError, ValueError):
+    """A bad dataset description: a ``.data`` or ``data.yaml`` file, a list, a names file or a label file."""
+
+
+class ImageError(DarknetError, ValueError):
+    """An image that cannot be read or decoded (names the file and the reason)."""
+
+
+class AnnotationError(DarknetError, ValueError):
+    """A COCO annotation file that cannot be read or does not fit the classes or the images."""
+
+
+class ModelError(DarknetError, ValueError):
+    """An unknown model name, or weights that are missing and cannot be fetched."""
+
+
+class AssetError(DarknetError, RuntimeError):
+    """An asset could not be provided (download failure, bad checksum, unknown name...)."""
+
+
+class AssetUnavailable(AssetError):
+    """No source could be reached: the registry and the upstream URL both failed to deliver.
+
+    Raised for network-level problems (registry unreachable, package missing from the
+    index, pip failing) as opposed to integrity problems (wrong size or checksum), which
+    raise plain :class:`AssetError`.
+    """
+
+
+class DeviceError(DarknetError, ValueError):
+    """A device that this build or this machine cannot run on."""
+
+
+class TruthError(DarknetError, ValueError):
+    """A truth box that Darknet's training could not use (names the image and the row)."""
+
+    def __init__(self, problem, image=None, row=None):
+        self.problem = problem
+        self.image = image
+        self.row = row
+        where = "truths"
+        if image is not None:
+            where = f"truths[{image}]"
+            if row is not None:
+                where = f"{where} row {row}"
+        super().__init__(f"{where}: {problem}")
+
+
+class TrainingError(DarknetError, RuntimeError):
+    """Training cannot go on (repeated non-finite losses, an unusable dataset, ...)."""
+
+
+class CheckpointError(DarknetError, ValueError):
+    """A training-state file that is damaged or does not belong to the network or weights it is used with."""
+
+    def __init__(self, problem, path=None):
+        self.problem = problem
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class AnchorsError(DarknetError, ValueError):
+    """Labels or arguments calc_anchors cannot work with."""
 
 
 class CfgWarning(UserWarning):

@@ -2,23 +2,14 @@
 
 import math
 
-import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reference as ref  # noqa: E402
-from reference import assert_close, cfg_text, params64, random_input, randomize_params  # noqa: E402
+from support import reference as ref
+from support.reference import assert_close, cfg_text, params64, random_input, randomize_params
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def engine():
-    import pydarknet as mod  # the engine must be installed: a missing engine is a failure, not a skip
-    return mod
 
 
 # ----------------------------------------------------------------------------------------------------------

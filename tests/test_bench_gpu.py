@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import bench_gpu  # noqa: E402
+import bench_gpu
 
 
 @pytest.mark.parametrize("name,size", [("yolov4-tiny", 160), ("yolov3-tiny", 160), ("yolov4", 128),

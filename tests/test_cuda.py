@@ -32,9 +32,7 @@ test with a CudaError naming it) and with the activations poisoned with NaN befo
 forgot to write fails the test).
 """
 
-import os
 import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -46,9 +44,8 @@ from pydarknet.hub import models
 from pydarknet.inference.detect import Detector
 from pydarknet.core.graph import ACTIVATIONS, CHANNEL_ACTIVATIONS
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from netcalib import calibrate, randomize, with_input_size  # noqa: E402
-from reference import cfg_text, randomize_params  # noqa: E402
+from support.netcalib import calibrate, randomize, with_input_size
+from support.reference import cfg_text, randomize_params
 
 HAS_GPU = _core.cuda_device_count() > 0
 EMULATED = bool(getattr(_core, "cuda_emulated", False))

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from pydarknet.data import dataset as D
+from pydarknet.data import labels as L
 from pydarknet.data.augment import AugmentSettings
 from pydarknet.data.loader import Loader, input_size
 
@@ -44,7 +45,7 @@ def write(path, text):
     ("D:\\voc\\JPEGImages\\x.jpeg", "D:\\voc\\labels\\x.txt"),
 ])
 def test_alexeyab_substitutions(image, label):
-    assert D.label_candidates(image)[0] == label
+    assert L.label_candidates(image)[0] == label
 
 
 @pytest.mark.parametrize("image,beside", [
@@ -53,30 +54,30 @@ def test_alexeyab_substitutions(image, label):
     ("/d/a/noext", "/d/a/noext.txt"),
 ])
 def test_extension_becomes_txt(image, beside):
-    assert D.label_candidates(image)[-1] == beside
+    assert L.label_candidates(image)[-1] == beside
 
 
 def test_label_path_finds_each_layout(tmp_path):
     # AlexeyAB / COCO: images/train2017 -> labels/train2017
     coco = write_image(tmp_path / "coco/images/train2017/a.jpg")
     write(tmp_path / "coco/labels/train2017/a.txt", "")
-    assert D.label_path(coco) == str(tmp_path / "coco/labels/train2017/a.txt")
+    assert L.label_path(coco) == str(tmp_path / "coco/labels/train2017/a.txt")
     # ultralytics / pjreddie: labels/ beside images/, any subfolder
     ul = write_image(tmp_path / "ds/images/train/sub/b.png")
     write(tmp_path / "ds/labels/train/sub/b.txt", "")
-    assert D.label_path(ul) == str(tmp_path / "ds/labels/train/sub/b.txt")
+    assert L.label_path(ul) == str(tmp_path / "ds/labels/train/sub/b.txt")
     # hank-ai: beside the image
     flat = write_image(tmp_path / "flat/c.jpg")
     write(tmp_path / "flat/c.txt", "")
-    assert D.label_path(flat) == str(tmp_path / "flat/c.txt")
+    assert L.label_path(flat) == str(tmp_path / "flat/c.txt")
     # beside wins over labels/ (AlexeyAB's rule gives the one beside the image first for a plain images/ folder)
     both = write_image(tmp_path / "both/images/d.jpg")
     write(tmp_path / "both/images/d.txt", "")
     write(tmp_path / "both/labels/d.txt", "")
-    assert D.label_path(both) == str(tmp_path / "both/images/d.txt")
+    assert L.label_path(both) == str(tmp_path / "both/images/d.txt")
     # none exists: where a Darknet-style layout would put it
-    assert D.label_path("/nowhere/images/e.jpg") == "/nowhere/labels/e.txt"
-    assert D.label_path("/nowhere/e.jpg") == "/nowhere/e.txt"
+    assert L.label_path("/nowhere/images/e.jpg") == "/nowhere/labels/e.txt"
+    assert L.label_path("/nowhere/e.jpg") == "/nowhere/e.txt"
 
 
 # ----- .data, lists, names -----------------------------------------------------------------------------------
@@ -182,7 +183,7 @@ def test_data_yaml_folders_lists_and_names(tmp_path):
     assert ds.names == ["cat", "dog"] and ds.classes == 2
     assert sorted(pathlib.Path(p).name for p in ds.train) == ["train0.jpg", "train1.jpg", "train2.jpg"]
     assert len(ds.valid) == 3
-    assert all(os.path.isfile(D.label_path(p)) and "/labels/" in D.label_path(p) for p in ds.train + ds.valid)
+    assert all(os.path.isfile(L.label_path(p)) and "/labels/" in L.label_path(p) for p in ds.train + ds.valid)
     y2 = write(root / "list.yaml", f"path: {root}\ntrain: images/train/train0.jpg\nnames: [a, b, c]\nnc: 3\n")
     ds2 = D.load_dataset(y2)
     assert ds2.names == ["a", "b", "c"] and ds2.valid == ds2.train and len(ds2.train) == 1
@@ -208,7 +209,7 @@ def test_data_yaml_errors(tmp_path, text, needle):
 # ----- labels ------------------------------------------------------------------------------------------------
 def test_parse_labels_good_and_clipped(tmp_path):
     p = write(tmp_path / "l.txt", "0 0.5 0.5 0.2 0.4\n\n  2 0.1 0.9 0.2 0.2  \n1 0.996 0.5 0.01 0.1\n3.0 0.5 0.5 1.004 1\n")
-    boxes, problems = D.parse_labels(p, classes=4)
+    boxes, problems = L.parse_labels(p, classes=4)
     assert problems == []
     assert boxes.dtype == np.float32 and boxes.shape == (4, 5)
     assert np.allclose(boxes[0], [0.5, 0.5, 0.2, 0.4, 0])
@@ -217,7 +218,7 @@ def test_parse_labels_good_and_clipped(tmp_path):
     assert np.allclose(boxes[2], [(0.991 + 1) / 2, 0.5, 1 - 0.991, 0.1, 1], atol=1e-6)
     assert np.allclose(boxes[3], [0.5, 0.5, 1, 1, 3])
     empty = write(tmp_path / "e.txt", "\n")
-    assert D.parse_labels(empty, 2)[0].shape == (0, 5)
+    assert L.parse_labels(empty, 2)[0].shape == (0, 5)
 
 
 @pytest.mark.parametrize("line,needle", [
@@ -236,28 +237,28 @@ def test_parse_labels_good_and_clipped(tmp_path):
 ])
 def test_parse_labels_rejects(tmp_path, line, needle):
     p = write(tmp_path / "l.txt", "0 0.5 0.5 0.1 0.1\n" + line + "\n")
-    boxes, problems = D.parse_labels(p, classes=2)
+    boxes, problems = L.parse_labels(p, classes=2)
     assert len(problems) == 1 and problems[0].startswith("line 2:")
     assert __import__("re").search(needle, problems[0]), problems[0]
     with pytest.raises(D.DataError, match="l.txt: line 2"):
-        D.read_labels(p, 2)
+        L.read_labels(p, 2)
 
 
 def test_parse_labels_unreadable(tmp_path):
-    assert "cannot read" in D.parse_labels(tmp_path / "none.txt", 2)[1][0]
+    assert "cannot read" in L.parse_labels(tmp_path / "none.txt", 2)[1][0]
     binary = tmp_path / "b.txt"
     binary.write_bytes(b"0 0.5\0 0.5")
-    assert "not a text file" in D.parse_labels(binary, 2)[1][0]
+    assert "not a text file" in L.parse_labels(binary, 2)[1][0]
 
 
 def test_parse_labels_bom_crlf_and_many_bad_lines(tmp_path):
     p = tmp_path / "bom.txt"
     p.write_bytes("\ufeff0 0.5 0.5 0.2 0.2\r\n1 0.25 0.25 0.1 0.1\r\n".encode("utf-8"))
-    boxes, problems = D.parse_labels(p, 2)
+    boxes, problems = L.parse_labels(p, 2)
     assert problems == [] and boxes.shape == (2, 5)
     many = write(tmp_path / "many.txt", "x\n" * 100)
-    _, problems = D.parse_labels(many, 2)
-    assert len(problems) == D.MAX_PROBLEMS_LISTED + 1 and problems[-1] == "... and 80 more bad lines"
+    _, problems = L.parse_labels(many, 2)
+    assert len(problems) == L.MAX_PROBLEMS_LISTED + 1 and problems[-1] == "... and 80 more bad lines"
 
 
 # ----- the loader: bad files ---------------------------------------------------------------------------------

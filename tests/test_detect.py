@@ -11,18 +11,15 @@ threshold (the two engines legitimately differ by that much; OpenCV uses batch-n
 
 from __future__ import annotations
 
-import io
 import math
-import pathlib
 
 import numpy as np
 import pytest
 
 import pydarknet
-from pydarknet.hub import assets
-from pydarknet.hub import models
-from pydarknet.inference.detect import (Detector, box_metric, correct_boxes, letterbox_image, letterbox_size, load_image,
-                              nms, preprocess, resize_image, to_planar, uncorrect_boxes)
+from pydarknet.data.images import letterbox_size, load_image, preprocess, resize_image, to_planar
+from pydarknet.hub import assets, models
+from pydarknet.inference.detect import Detector, box_metric, correct_boxes, nms, uncorrect_boxes
 
 PHOTOS = ["bus.jpg", "zidane.jpg", "astronaut.png", "coffee.png", "chelsea.png", "motorcycle_left.png"]
 IOU_MIN = 0.95

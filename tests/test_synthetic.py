@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from pydarknet.data import dataset as D
+from pydarknet.data import labels as L
 from pydarknet.data import synthetic as S
 
 
@@ -28,9 +29,9 @@ def test_layout_and_strict_labels(tmp_path):
     for p in ds.train + ds.valid:
         with Image.open(p) as im:
             assert im.size == (160, 128) and im.mode == "RGB"
-        lp = D.label_path(p)
+        lp = L.label_path(p)
         assert lp == p[:-4] + ".txt"                          # beside the image: every Darknet finds it
-        boxes, problems = D.parse_labels(lp, 4, eps=0.0)
+        boxes, problems = L.parse_labels(lp, 4, eps=0.0)
         assert problems == []
         for x, y, w, h, c in boxes:
             counts[int(c)] += 1

@@ -30,6 +30,7 @@ def shapes(tmp_path_factory):
     return make_dataset(folder, 400, 80, 128)
 
 
+@pytest.mark.slow
 def test_small_yolo_learns_the_synthetic_shapes(shapes, tmp_path):
     # Measured with this recipe (starter cfg with CIoU, 400 training / 80 held-out images, 1200 iterations of 16):
     # mAP@0.5 0.455 / 0.810 / 0.888 at iterations 400 / 800 / 1200; on a dataset generated with seed 1 0.430 /
@@ -153,6 +154,7 @@ def test_train_cli_in_darknet_order(tmp_path, capsys):
     assert code == 2
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_yolov4_tiny_conv29_learns(shapes, tmp_path):
     # Darknet's custom-training recipe at a CI scale: yolov4-tiny.cfg with 3 classes (filters=24), anchors
     # recomputed for the data, trained from the real conv.29 backbone made with `pydarknet partial`. Measured

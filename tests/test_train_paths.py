@@ -18,18 +18,11 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gradcheck as gc  # noqa: E402
-import reference as ref  # noqa: E402
-from reference import cfg_text, randomize_params  # noqa: E402
+from support import gradcheck as gc
+from support import reference as ref
+from support.reference import cfg_text, randomize_params
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def engine():
-    import pydarknet as mod  # the engine must be installed: a missing engine is a failure, not a skip
-    return mod
 
 
 def activation_derivative(pre, name):

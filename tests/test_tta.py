@@ -44,6 +44,9 @@ class SquareFinder:
             out[b, :, row, col] = [cx / 32 - col, cy / 32 - row, math.log(x2 - x1), math.log(y2 - y1), 1.0, 1.0]
         return [out]
 
+    def resized(self, width, height):
+        return pydarknet.Network.resized(self, width, height)   # refuses: not built from a cfg file
+
 
 def _square_image(w, h, box):
     img = np.full((h, w, 3), 60, np.uint8)

@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 from pydarknet.data import dataset as _data
-from pydarknet.cli.main import EXIT_OK, EXIT_SOME_FAILED, UsageError, _err, add_device_options, expand_sources
+from pydarknet.cli.common import EXIT_OK, EXIT_SOME_FAILED, add_device_options, expand_sources
+from pydarknet.errors import UsageError
 
 
 # ----- .data -----------------------------------------------------------------------------------------------
@@ -61,32 +62,23 @@ def _order(args):
 def _setup(args, default_thresh, default_nms):
     import pydarknet
 
-    from pydarknet.hub import models
     from pydarknet.data.coco import AnnotationError, load_coco_annotations
     from pydarknet.inference.detect import Detector
 
     data_path, cfg = _order(args)
     data = read_data_file(data_path)
-    if "classes" not in data:
-        raise UsageError(f"{data_path}: no 'classes' key")
     try:
-        classes = int(data["classes"])
-    except ValueError:
-        raise UsageError(f"{data_path}: classes={data['classes']!r} is not a number") from None
+        classes = _data.data_classes(data, data_path)
+        names = _data.data_names(data, data_path, classes)
+    except _data.DataError as e:
+        raise UsageError(str(e)) from None
     valid = data.get("valid") or data.get("train")
     if not valid:
         raise UsageError(f"{data_path}: no 'valid' (or 'train') list")
     valid = _resolve(valid, data_path)
     if not valid.is_file():
         raise UsageError(f"{data_path}: valid list {valid}: no such file")
-    if "names" in data:
-        names_path = _resolve(data["names"], data_path)
-        if not names_path.is_file():
-            raise UsageError(f"{data_path}: names file {names_path}: no such file")
-        names = models.read_names(names_path)
-        if len(names) != classes:
-            raise UsageError(f"{names_path} has {len(names)} names but {data_path} says classes={classes}")
-    else:
+    if names is None:
         from pydarknet.inference.detect import default_names
 
         names = default_names(classes)
@@ -173,7 +165,7 @@ def _check_writable(option, path):
 
 # ----- ground truth ----------------------------------------------------------------------------------------
 def _read_labels(label_path, num_classes, what="label file"):
-    from pydarknet.evaluation.metrics import read_yolo_labels
+    from pydarknet.data.labels import read_yolo_labels
 
     try:
         rows = read_yolo_labels(label_path)
@@ -192,7 +184,7 @@ def _read_labels(label_path, num_classes, what="label file"):
 
 def _yolo_ground_truth(setup):
     """Label rows per image (``labels/`` beside ``images/``), and difficult rows when the .data names a list."""
-    from pydarknet.data.dataset import label_path as label_path_for
+    from pydarknet.data.labels import label_path as label_path_for
 
     paths, names, data = setup["paths"], setup["names"], setup["data"]
     labels, missing = {}, []
@@ -213,7 +205,7 @@ def _yolo_ground_truth(setup):
 
 def _difficult_labels(setup, paths):
     """Darknet's ``difficult`` list: line i names an image path whose label file holds image i's difficult boxes."""
-    from pydarknet.data.dataset import label_path as label_path_for
+    from pydarknet.data.labels import label_path as label_path_for
 
     data_path = setup["data_path"]
     list_path = _resolve(setup["data"]["difficult"], data_path)

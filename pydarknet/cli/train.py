@@ -6,7 +6,8 @@ import argparse
 import os
 import pathlib
 
-from pydarknet.cli.main import EXIT_OK, UsageError
+from pydarknet.cli.common import EXIT_OK
+from pydarknet.errors import UsageError
 
 
 def _kind(path):

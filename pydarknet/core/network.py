@@ -8,23 +8,23 @@ changes. ``precision`` chooses the number format: on the CPU fp32, or bf16 convo
 inputs, float32 sums); on a GPU the activations' type (fp32, or fp16/bf16 with tensor-core convolutions).
 """
 
+import os
+import warnings
+
 import numpy as np
 
 from pydarknet.core import graph
 from pydarknet.core import weights as weights_io
 from pydarknet.errors import CfgError, DarknetError
+from pydarknet.errors import DeviceError
 
 try:
-    from pydarknet import _core
+    import pydarknet._core as _core
 except ImportError as exc:  # pragma: no cover - only when the package was not built
     raise ImportError(
         "pydarknet's compiled engine (pydarknet._core) is missing. Install the package with `pip install .`; "
         "when running from a source checkout, run tests with `pytest` (not `python -m pytest`) so the "
         f"installed package is imported. ({exc})") from exc
-
-
-class DeviceError(DarknetError, ValueError):
-    """A device that this build or this machine cannot run on."""
 
 
 # Precision names and their codes in the C++ engine (pd::Precision, csrc/core/common.h); the CPU runs only some.
@@ -278,10 +278,17 @@ class Network:
 
     def resized(self, width, height):
         """This network at another input size (Darknet's multi-scale training), sharing the parameters and the
-        gradient buffer with this one: an optimizer step through either is seen by both."""
-        if self.desc.path == "<cfg>":
-            raise DarknetError("this network was not built from a cfg file, so it cannot be rebuilt at another size")
-        desc = graph.load_network_desc(self.desc.path, lenient=self._lenient, width=width, height=height)
+        gradient buffer with this one: an optimizer step through either is seen by both. The network itself at
+        its own size. Inference (test-time augmentation) and training (multi-scale) both resize through here."""
+        if (height, width) == tuple(self.input_shape[1:]):
+            return self
+        path = self.desc.path
+        if not os.path.isfile(path):
+            raise DarknetError(f"the network was not loaded from a file ({path}), so it cannot be rebuilt at "
+                               f"{width}x{height}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")       # the cfg was already accepted (and warned about) once
+            desc = graph.load_network_desc(path, lenient=self._lenient, width=width, height=height)
 
         def layout(d):
             return [(l.type, [(t.name, t.offset, t.shape) for t in l.tensors]) for l in d.layers]
@@ -290,7 +297,9 @@ class Network:
             raise DarknetError(f"{self.desc.path}: at {width}x{height} the parameters are laid out differently "
                                f"(a [connected] layer's weights depend on the input size), so the network cannot "
                                f"be resized")
-        return Network(desc, device=self.device, precision=self.precision, lenient=self._lenient, _share=self)
+        other = Network(desc, device=self.device, precision=self.precision, lenient=self._lenient, _share=self)
+        other.names = getattr(self, "names", None)
+        return other
 
     def _check_trainable(self):
         """Refuse a network on a GPU, and, naming the cfg line, the layer options that have no training

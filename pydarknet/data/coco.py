@@ -27,18 +27,20 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pydarknet.errors import DarknetError
-from pydarknet.inference.results import COCO80_TO_91
+from pydarknet.errors import AnnotationError
 
-__all__ = ["AnnotationError", "CocoAnnotations", "load_coco_annotations"]
-
-
-class AnnotationError(DarknetError, ValueError):
-    """A COCO annotation file that cannot be read or does not fit the classes or the images."""
+__all__ = ["AnnotationError", "COCO80_TO_91", "CocoAnnotations", "load_coco_annotations"]
 
 
 def _key(name):
     return re.sub(r"[\s_\-]+", "", str(name)).lower()
+
+
+# Darknet's coco_ids (detector.c): 80 contiguous class indices -> the 91 COCO category ids.
+COCO80_TO_91 = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31,
+                32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57,
+                58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87,
+                88, 89, 90]
 
 
 @dataclass

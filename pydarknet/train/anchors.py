@@ -27,17 +27,16 @@ from typing import List
 
 import numpy as np
 
-from pydarknet.errors import DarknetError
-from pydarknet.evaluation.metrics import label_path_for, read_yolo_labels
+from pydarknet.data.labels import label_path as label_path_for
+from pydarknet.data.labels import read_yolo_labels
+from pydarknet.errors import AnchorsError
+from pydarknet.data.dataset import data_classes, read_data_file, read_image_list, resolve_path
+from pydarknet.errors import DataError
 
 __all__ = ["AnchorsError", "AnchorsResult", "calc_anchors", "kmeans_anchors", "iou_distance", "format_anchors",
            "read_box_sizes"]
 
 MAX_ROUNDS = 1000
-
-
-class AnchorsError(DarknetError, ValueError):
-    """Labels or arguments calc_anchors cannot work with."""
 
 
 @dataclass
@@ -148,46 +147,23 @@ def _found(image):
 
 
 def _read_list(path):
-    path = Path(path)
+    # Only the labels are read here, so an entry counts as found when its image or its label exists.
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as e:
-        raise AnchorsError(f"{path}: cannot read the image list ({e.strerror or e})") from None
-    out = []
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        p = Path(line).expanduser()
-        # Darknet opens list entries relative to the current folder; lists are often relative to their own.
-        # Only the labels are read here, so an entry counts as found when its image or its label exists.
-        if not p.is_absolute() and not _found(p):
-            beside = path.parent / p
-            if _found(beside):
-                p = beside
-        out.append(p)
-    return out
+        return [Path(p) for p in read_image_list(path, exists=_found)]
+    except DataError as e:
+        raise AnchorsError(str(e)) from None
 
 
 def _data_train_list(data_path):
-    from pydarknet.cli.evaluate import read_data_file
-    from pydarknet.cli.main import UsageError
-
     try:
         data = read_data_file(data_path)
-    except UsageError as e:
+        classes = data_classes(data, data_path, default=1)
+    except DataError as e:
         raise AnchorsError(str(e)) from None
     train = data.get("train")
     if not train:
         raise AnchorsError(f"{data_path}: no 'train' list")
-    p = Path(train).expanduser()
-    if not p.is_absolute() and not p.exists() and (Path(data_path).parent / p).exists():
-        p = Path(data_path).parent / p
-    try:
-        classes = int(data.get("classes", "1"))
-    except ValueError:
-        raise AnchorsError(f"{data_path}: classes={data['classes']!r} is not a number") from None
-    return _read_list(p), classes
+    return _read_list(resolve_path(train, data_path)), classes
 
 
 def read_box_sizes(sources, classes=1):

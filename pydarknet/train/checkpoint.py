@@ -41,9 +41,10 @@ import numpy as np
 
 from pydarknet.core import weights as weights_io
 from pydarknet.utils.atomic import atomic_write, fsync_dir
-from pydarknet.errors import DarknetError, WeightsError
+from pydarknet.errors import WeightsError
 from pydarknet.core.graph import load_network_desc
 from pydarknet.train.schedule import images_per_iteration
+from pydarknet.errors import CheckpointError
 
 __all__ = ["CheckpointError", "TrainState", "ResumeInfo", "CheckpointManager", "PartialResult", "atomic_write",
            "darknet_base_name", "state_path_for", "network_fingerprint", "save_weights", "save_state",
@@ -53,15 +54,6 @@ STATE_FORMAT = "pydarknet-train-state"
 STATE_VERSION = 1
 STATE_SUFFIX = ".state"
 PENDING_SUFFIX = ".state.new"
-
-
-class CheckpointError(DarknetError, ValueError):
-    """A training-state file that is damaged or does not belong to the network or weights it is used with."""
-
-    def __init__(self, problem, path=None):
-        self.problem = problem
-        self.path = str(path) if path is not None else None
-        super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
 def save_weights(path, network, params, seen):

@@ -33,17 +33,15 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from pydarknet.train import checkpoint as ckpt
-from pydarknet.data.dataset import load_dataset, label_path, parse_labels
-from pydarknet.errors import DarknetError
+from pydarknet.data.dataset import load_dataset
+from pydarknet.data.labels import label_path, parse_labels
 from pydarknet.core.graph import load_network_desc
 from pydarknet.data.loader import Loader
 from pydarknet.train.optim import Optimizer
 from pydarknet.train.schedule import images_per_iteration, learning_rate
 from pydarknet.train.yolo_loss import yolo_loss
-
-
-class TrainingError(DarknetError, RuntimeError):
-    """Training cannot go on (repeated non-finite losses, an unusable dataset, ...)."""
+from pydarknet.errors import TrainingError
+from pydarknet.data.images import image_size
 
 
 @dataclass
@@ -202,7 +200,6 @@ class Trainer:
 
     def evaluate(self):
         """Darknet-style mAP@0.5 on the valid list (threshold 0.005, NMS 0.45, as ``detector map``)."""
-        from PIL import Image
 
         from pydarknet.inference.detect import Detector
         from pydarknet.evaluation.metrics import Evaluator, yolo_to_xyxy
@@ -215,8 +212,7 @@ class Trainer:
             chunk = paths[start:start + 16]
             results = detector(chunk)
             for path, boxes, res in zip(chunk, labels[start:start + 16], results):
-                with Image.open(path) as im:
-                    w, h = im.size
+                w, h = image_size(path)
                 gt_boxes, gt_classes = yolo_to_xyxy(np.concatenate([boxes[:, 4:5], boxes[:, :4]], axis=1), w, h)
                 ev.add(gt_boxes, gt_classes, detections=res, width=w, height=h)
         return ev.compute(iou_thresh=0.5, points=0, thresh=0.25, coco=False)

@@ -43,6 +43,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from pydarknet.errors import DarknetError
+from pydarknet.errors import TruthError
 
 __all__ = ["TruthError", "YoloLossConfig", "YoloLossResult", "yolo_loss", "box_iou", "box_giou", "box_diou",
            "box_ciou", "iou_delta"]
@@ -56,21 +57,6 @@ FOCAL_ALPHA = 0.5
 FOCAL_EPS = np.float32(1e-15)
 # alpha = v / (1 - IoU + v + eps) in CIoU.
 CIOU_EPS = 1e-6
-
-
-class TruthError(DarknetError, ValueError):
-    """A truth box that Darknet's training could not use (names the image and the row)."""
-
-    def __init__(self, problem, image=None, row=None):
-        self.problem = problem
-        self.image = image
-        self.row = row
-        where = "truths"
-        if image is not None:
-            where = f"truths[{image}]"
-            if row is not None:
-                where = f"{where} row {row}"
-        super().__init__(f"{where}: {problem}")
 
 
 # ----- options ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_text", "fsync_dir"]
 
 
 def fsync_dir(directory):
@@ -48,3 +48,9 @@ def atomic_write(path, write):
             pass
         raise
     fsync_dir(directory)
+
+
+def atomic_write_text(path, text, encoding="utf-8"):
+    """:func:`atomic_write` of a string."""
+    data = text.encode(encoding)
+    atomic_write(path, lambda f: f.write(data))

