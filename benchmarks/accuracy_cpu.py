@@ -45,7 +45,7 @@ def yolo_masks(net):
         anchors = len(o["mask"]) if o.get("mask") else o["num"]
         m = np.ones(anchors * per, bool)
         for a in range(anchors):
-            m[a * per + 2:a * per + 4] = False  # w, h
+            m[a * per + 2 : a * per + 4] = False  # w, h
         masks.append(m)
     return masks
 
@@ -83,8 +83,11 @@ def match(ref, other):
         else:
             used.add(best_j)
             matches.append((best, abs(float(ref.conf[i]) - float(other.conf[best_j]))))
-    only_other = [(other.names[j] if other.names else int(other.class_id[j]), float(other.conf[j]))
-                  for j in range(len(other.conf)) if j not in used]
+    only_other = [
+        (other.names[j] if other.names else int(other.class_id[j]), float(other.conf[j]))
+        for j in range(len(other.conf))
+        if j not in used
+    ]
     return matches, only_ref, only_other
 
 
@@ -101,7 +104,7 @@ def main(argv=None):
     from support.netcalib import calibrate, randomize, with_input_size
 
     isas = ["generic", "avx2", "avx512"]
-    isas = isas[:isas.index(_core.cpu_best_isa()) + 1]
+    isas = isas[: isas.index(_core.cpu_best_isa()) + 1]
     print(f"CPU kernels available: {', '.join(isas)}; AVX512_BF16: {_core.cpu_has_avx512_bf16()}")
     photos = [assets.fetch(p) for p in PHOTOS]
 
@@ -130,8 +133,10 @@ def main(argv=None):
             _core.set_cpu_isa(isa)
             for precision in ("fp32", "bf16"):
                 p, s = diffs(nets[precision], plain, nets[precision].forward(x))
-                print(f"| {name} | {size} | {kind}, batch {len(x)} | {precision} (Winograd on) vs plain fp32 | "
-                      f"{isa} | {p:.2e} | {s:.2e} |")
+                print(
+                    f"| {name} | {size} | {kind}, batch {len(x)} | {precision} (Winograd on) vs plain fp32 | "
+                    f"{isa} | {p:.2e} | {s:.2e} |"
+                )
         _core.set_cpu_isa(isas[-1])
 
     print("\nDetections, yolov4-tiny 416 (real weights), bf16 vs fp32 (both Winograd on), thresh 0.25:\n")
@@ -144,9 +149,14 @@ def main(argv=None):
         matches, only32, only16 = match(r32, r16)
         worst = min((m[0] for m in matches), default=float("nan"))
         dconf = max((m[1] for m in matches), default=float("nan"))
-        fmt = lambda items: ", ".join(f"{c} {v:.2f}" for c, v in items) or "-"
-        print(f"| {name} | {len(r32.conf)} | {len(r16.conf)} | {len(matches)} | {worst:.3f} | {dconf:.3f} | "
-              f"{fmt(only32)} | {fmt(only16)} |")
+
+        def fmt(items):
+            return ", ".join(f"{c} {v:.2f}" for c, v in items) or "-"
+
+        print(
+            f"| {name} | {len(r32.conf)} | {len(r16.conf)} | {len(matches)} | {worst:.3f} | {dconf:.3f} | "
+            f"{fmt(only32)} | {fmt(only16)} |"
+        )
     return 0
 
 

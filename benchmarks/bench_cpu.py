@@ -39,24 +39,35 @@ DEFAULT_MODELS = "yolov4-tiny:416,yolov4:608"
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default=DEFAULT_MODELS,
-                    help="comma-separated cfg names from cfg/, each optionally with :SIZE or :WxH "
-                         f"(default {DEFAULT_MODELS})")
+    ap.add_argument(
+        "--models",
+        default=DEFAULT_MODELS,
+        help=f"comma-separated cfg names from cfg/, each optionally with :SIZE or :WxH (default {DEFAULT_MODELS})",
+    )
     ap.add_argument("--runs", type=int, default=9, help="timed runs per engine (median reported; >= 7 advised)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs per engine first")
-    ap.add_argument("--threads", default=str(os.cpu_count() or 1),
-                    help="thread counts for both engines, comma-separated (e.g. 1,2)")
+    ap.add_argument(
+        "--threads", default=str(os.cpu_count() or 1), help="thread counts for both engines, comma-separated (e.g. 1,2)"
+    )
     ap.add_argument("--batch", default="1", help="batch sizes, comma-separated (e.g. 1,8)")
     ap.add_argument("--precision", default="fp32,bf16", help="pydarknet precisions, comma-separated")
     ap.add_argument("--layers", type=int, default=5, help="slowest layers to list per row (0: none)")
-    ap.add_argument("--peak", type=float, default=None,
-                    help="float32 FMA peak in GFLOP/s of all the machine's cores (default: measured at start-up)")
+    ap.add_argument(
+        "--peak",
+        type=float,
+        default=None,
+        help="float32 FMA peak in GFLOP/s of all the machine's cores (default: measured at start-up)",
+    )
     ap.add_argument("--no-winograd", action="store_true", help="pydarknet without its Winograd path")
-    ap.add_argument("--cpu-time", action="store_true",
-                    help="time with the process's CPU time instead of the wall clock: with --threads 1 this is the "
-                         "work each engine does, unaffected by other processes taking turns on the cores")
-    ap.add_argument("--random-weights", action="store_true",
-                    help="use random weights for every model, yolov4-tiny included")
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with the process's CPU time instead of the wall clock: with --threads 1 this is the "
+        "work each engine does, unaffected by other processes taking turns on the cores",
+    )
+    ap.add_argument(
+        "--random-weights", action="store_true", help="use random weights for every model, yolov4-tiny included"
+    )
     return ap.parse_args(argv)
 
 
@@ -102,8 +113,8 @@ def main(argv=None):
     batches = int_list(args.batch)
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
 
-    import numpy as np
     import cv2
+    import numpy as np
 
     import pydarknet
     from pydarknet import _core
@@ -138,8 +149,9 @@ def main(argv=None):
                 net.save_weights(str(weights))
                 kind = "random"
             del net
-            nets = {p: pydarknet.load(str(cfg), str(weights), width=width, height=height, precision=p)
-                    for p in precisions}
+            nets = {
+                p: pydarknet.load(str(cfg), str(weights), width=width, height=height, precision=p) for p in precisions
+            }
             cv_cfg = tmp / f"{name}-{w}x{h}.cfg"
             cv_cfg.write_text(with_input_size(text, w, h))
             cv_net = cv2.dnn.readNetFromDarknet(str(cv_cfg), str(weights))
@@ -162,6 +174,7 @@ def main(argv=None):
                         return clock() - t
 
                     for precision, net in nets.items():
+
                         def run_ours():
                             t = clock()
                             net.forward(x)
@@ -182,33 +195,60 @@ def main(argv=None):
                         t_cv = statistics.median(theirs)
                         gflops = net.bflops * batch / t_ours
                         peak = peaks[threads][1 if precision == "bf16" else 0]
-                        rows.append((name, f"{w}x{h}", batch, threads, precision, kind, t_ours * 1e3, t_cv * 1e3,
-                                     t_ours / t_cv, gflops, 100 * gflops / peak if peak else float("nan"),
-                                     net.bflops * batch / t_cv, min(ours) * 1e3, min(theirs) * 1e3))
+                        rows.append(
+                            (
+                                name,
+                                f"{w}x{h}",
+                                batch,
+                                threads,
+                                precision,
+                                kind,
+                                t_ours * 1e3,
+                                t_cv * 1e3,
+                                t_ours / t_cv,
+                                gflops,
+                                100 * gflops / peak if peak else float("nan"),
+                                net.bflops * batch / t_cv,
+                                min(ours) * 1e3,
+                                min(theirs) * 1e3,
+                            )
+                        )
                         if args.layers:
                             slowest.append((rows[-1], profile(net, x, args.runs, args.layers, args.cpu_time)))
             del nets, cv_net
 
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, kernels {_core.cpu_isa()}"
-          f"{' + AVX512_BF16' if _core.cpu_has_avx512_bf16() else ''}; pydarknet "
-          f"{getattr(pydarknet, '__version__', '?')}{' (Winograd off)' if args.no_winograd else ''}, "
-          f"OpenCV {cv2.__version__}, numpy {np.__version__}; median of {args.runs} runs after {args.warmup} "
-          f"warm-up runs, interleaved{'; CPU time' if args.cpu_time else ''}")
-    print("measured peak GFLOP/s: " + ", ".join(
-        f"{t} thread{'s' if t > 1 else ''}: fp32 {p[0]:.0f}" + (f", bf16 {p[1]:.0f}" if p[1] else "")
-        for t, p in peaks.items()) + (" (given)" if args.peak is not None else ""))
-    header = ("| model | input | batch | threads | precision | weights | pydarknet ms | OpenCV ms | "
-              "time ratio (pydarknet/OpenCV) | pydarknet GFLOP/s | % peak | OpenCV GFLOP/s | "
-              "min ms (pydarknet / OpenCV) |")
+    print(
+        f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, kernels {_core.cpu_isa()}"
+        f"{' + AVX512_BF16' if _core.cpu_has_avx512_bf16() else ''}; pydarknet "
+        f"{getattr(pydarknet, '__version__', '?')}{' (Winograd off)' if args.no_winograd else ''}, "
+        f"OpenCV {cv2.__version__}, numpy {np.__version__}; median of {args.runs} runs after {args.warmup} "
+        f"warm-up runs, interleaved{'; CPU time' if args.cpu_time else ''}"
+    )
+    print(
+        "measured peak GFLOP/s: "
+        + ", ".join(
+            f"{t} thread{'s' if t > 1 else ''}: fp32 {p[0]:.0f}" + (f", bf16 {p[1]:.0f}" if p[1] else "")
+            for t, p in peaks.items()
+        )
+        + (" (given)" if args.peak is not None else "")
+    )
+    header = (
+        "| model | input | batch | threads | precision | weights | pydarknet ms | OpenCV ms | "
+        "time ratio (pydarknet/OpenCV) | pydarknet GFLOP/s | % peak | OpenCV GFLOP/s | "
+        "min ms (pydarknet / OpenCV) |"
+    )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
-    for (name, size, batch, threads, precision, kind, t_ours, t_cv, ratio, gf, pct, gf_cv, m_ours, m_cv) in rows:
-        print(f"| {name} | {size} | {batch} | {threads} | {precision} | {kind} | {t_ours:.1f} | {t_cv:.1f} | "
-              f"{ratio:.2f} | {gf:.1f} | {pct:.0f} | {gf_cv:.1f} | {m_ours:.1f} / {m_cv:.1f} |")
+    for name, size, batch, threads, precision, kind, t_ours, t_cv, ratio, gf, pct, gf_cv, m_ours, m_cv in rows:
+        print(
+            f"| {name} | {size} | {batch} | {threads} | {precision} | {kind} | {t_ours:.1f} | {t_cv:.1f} | "
+            f"{ratio:.2f} | {gf:.1f} | {pct:.0f} | {gf_cv:.1f} | {m_ours:.1f} / {m_cv:.1f} |"
+        )
     for row, layers in slowest:
         name, size, batch, threads, precision = row[:5]
-        print(f"\nslowest layers: {name} {size} batch {batch}, {threads} thread{'s' if threads > 1 else ''}, "
-              f"{precision}")
+        print(
+            f"\nslowest layers: {name} {size} batch {batch}, {threads} thread{'s' if threads > 1 else ''}, {precision}"
+        )
         for index, desc, ms, gf in layers:
             print(f"  {index:4d} {desc:<58s} {ms:8.2f} ms {gf:8.1f} GFLOP/s")
     return 0
@@ -235,8 +275,7 @@ def profile(net, x, runs, count, cpu_time=False):
         if layer.type == "convolutional":
             o = layer.options
             (ic, ih, iw), (oc, oh, ow) = layer.in_shape, layer.out_shape
-            desc = (f"conv {o['size']}x{o['size']}/{o['stride_x']} {ic}x{ih}x{iw} -> {oc}x{oh}x{ow} "
-                    f"{o['activation']}")
+            desc = f"conv {o['size']}x{o['size']}/{o['stride_x']} {ic}x{ih}x{iw} -> {oc}x{oh}x{ow} {o['activation']}"
         elif layer.in_shape:
             (ic, ih, iw), (oc, oh, ow) = layer.in_shape, layer.out_shape
             desc = f"{layer.type} {ic}x{ih}x{iw} -> {oc}x{oh}x{ow}"

@@ -11,7 +11,8 @@ exit status 1.
 Timing: CUDA events around the network only (the input is already on the GPU), after warm-up runs, repeated at
 least --min-runs times and for at least --seconds, median reported. pydarknet replays a CUDA graph of its
 layers (also without split-K, to measure what it gives); PyTorch is timed eagerly and replaying a CUDA graph
-(torch.cuda.CUDAGraph), and the faster of the two is the reference. Throughput = batch / median time. Then the slowest pydarknet layers (CUDA events per layer)
+(torch.cuda.CUDAGraph), and the faster of the two is the reference. Throughput = batch / median time. Then the slowest
+pydarknet layers (CUDA events per layer)
 with their achieved TFLOP/s and share of the GPU's dense FP16 tensor-core peak.
 
     python benchmarks/bench_gpu.py                     # yolov4 608 and yolov4-tiny 416, batch 1, 8, 64, fp16/fp32
@@ -43,7 +44,9 @@ PEAKS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0)
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default=DEFAULT_MODELS, help=f"cfg names from cfg/ with :SIZE (default {DEFAULT_MODELS})")
+    ap.add_argument(
+        "--models", default=DEFAULT_MODELS, help=f"cfg names from cfg/ with :SIZE (default {DEFAULT_MODELS})"
+    )
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--precisions", default="fp16,fp32")
     ap.add_argument("--seconds", type=float, default=1.0, help="time each configuration for at least this long")
@@ -56,6 +59,7 @@ def parse_args(argv=None):
 
 
 # ----- the PyTorch graph ---------------------------------------------------------------------------------------
+
 
 def folded_conv(layer, bn_epsilon):
     """A convolution's weights and bias with batch norm folded in as pydarknet folds it (float64, then float32)."""
@@ -75,8 +79,13 @@ def build_torch_model(net):
     import torch.nn.functional as F
 
     activations = {
-        "linear": lambda y: y, "leaky": lambda y: F.leaky_relu(y, 0.1), "mish": F.mish, "swish": F.silu,
-        "logistic": torch.sigmoid, "relu": F.relu, "tanh": torch.tanh,
+        "linear": lambda y: y,
+        "leaky": lambda y: F.leaky_relu(y, 0.1),
+        "mish": F.mish,
+        "swish": F.silu,
+        "logistic": torch.sigmoid,
+        "relu": F.relu,
+        "tanh": torch.tanh,
     }
 
     def activation(name):
@@ -92,10 +101,16 @@ def build_torch_model(net):
             for layer in self.desc:
                 o = layer.options
                 if layer.type == "convolutional":
-                    conv = torch.nn.Conv2d(layer.in_shape[0], o["filters"], o["size"],
-                                           stride=(o["stride_y"], o["stride_x"]),
-                                           padding=o["padding"] * o["dilation"], dilation=o["dilation"],
-                                           groups=o["groups"], bias=True)
+                    conv = torch.nn.Conv2d(
+                        layer.in_shape[0],
+                        o["filters"],
+                        o["size"],
+                        stride=(o["stride_y"], o["stride_x"]),
+                        padding=o["padding"] * o["dilation"],
+                        dilation=o["dilation"],
+                        groups=o["groups"],
+                        bias=True,
+                    )
                     w, b = folded_conv(net.layers[layer.index], net.bn_epsilon)
                     with torch.no_grad():
                         conv.weight.copy_(torch.from_numpy(w))
@@ -135,7 +150,7 @@ def build_torch_model(net):
                     for r in layer.inputs:
                         t = outs[r]
                         share = t.shape[1] // o["groups"]
-                        parts.append(t[:, share * o["group_id"]:share * (o["group_id"] + 1)])
+                        parts.append(t[:, share * o["group_id"] : share * (o["group_id"] + 1)])
                     y = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
                 elif layer.type == "shortcut":
                     y = activation(o["activation"])(prev + outs[layer.inputs[0]])
@@ -214,7 +229,7 @@ def timed(run, sync, seconds, min_runs, warmup):
 
 def nmse(got, want):
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.sum((got - want) ** 2) / max(np.sum(want ** 2), 1e-30))
+    return float(np.sum((got - want) ** 2) / max(np.sum(want**2), 1e-30))
 
 
 def main(argv=None):
@@ -231,12 +246,18 @@ def main(argv=None):
     torch.backends.cuda.matmul.allow_tf32 = False
     gpu_name = torch.cuda.get_device_name(0)
     peak = args.peak_tflops or next((p for key, p in PEAKS if key in gpu_name), None)
-    header = [f"# pydarknet vs PyTorch {torch.__version__} + cuDNN {torch.backends.cudnn.version()} on {gpu_name}",
-              "", f"driver/runtime: {torch.version.cuda}; medians of >= {args.min_runs} runs and >= {args.seconds} s "
-              f"after {args.warmup} warm-up runs, CUDA events; input already on the GPU.", ""]
-    rows = ["| model | size | batch | precision | pydarknet ms | pydarknet img/s | same, split-K off | torch eager ms | "
-            "torch graph ms | speed-up vs best torch | outputs agree (nmse) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    header = [
+        f"# pydarknet vs PyTorch {torch.__version__} + cuDNN {torch.backends.cudnn.version()} on {gpu_name}",
+        "",
+        f"driver/runtime: {torch.version.cuda}; medians of >= {args.min_runs} runs and >= {args.seconds} s "
+        f"after {args.warmup} warm-up runs, CUDA events; input already on the GPU.",
+        "",
+    ]
+    rows = [
+        "| model | size | batch | precision | pydarknet ms | pydarknet img/s | same, split-K off | torch eager ms | "
+        "torch graph ms | speed-up vs best torch | outputs agree (nmse) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     layer_tables = []
     failed = False
     for spec in args.models.split(","):
@@ -265,15 +286,19 @@ def main(argv=None):
                     no_split = f"{statistics.median(_ours_times(net, args)):.3f}"
                     net._cuda.split_k = 0
                 with torch.inference_mode():
-                    eager = statistics.median(timed(lambda: model(xt), torch.cuda.synchronize, args.seconds,
-                                                    args.min_runs, args.warmup))
+                    eager = statistics.median(
+                        timed(lambda: model(xt), torch.cuda.synchronize, args.seconds, args.min_runs, args.warmup)
+                    )
                     graph_ms = None
                     if not args.no_torch_graph:
                         graph_ms = _torch_graph_ms(model, xt, args)
                 best = min(t for t in (eager, graph_ms) if t is not None)
-                rows.append(f"| {name} | {size} | {batch} | {precision} | {ours_ms:.3f} | {batch / ours_ms * 1e3:,.0f} | "
-                            f"{no_split} | {eager:.3f} | {'-' if graph_ms is None else f'{graph_ms:.3f}'} | {best / ours_ms:.2f}x | "
-                            f"{'yes' if ok else 'NO'} ({agree:.1e}) |")
+                rows.append(
+                    f"| {name} | {size} | {batch} | {precision} | {ours_ms:.3f} | {batch / ours_ms * 1e3:,.0f} | "
+                    f"{no_split} | {eager:.3f} | {'-' if graph_ms is None else f'{graph_ms:.3f}'} | "
+                    f"{best / ours_ms:.2f}x | "
+                    f"{'yes' if ok else 'NO'} ({agree:.1e}) |"
+                )
                 print(rows[-1], flush=True)
                 if batch == max(int(b) for b in args.batches.split(",")):
                     layer_tables.append(_slowest_layers(net, x, name, size, batch, precision, peak, args.layers))
@@ -282,8 +307,10 @@ def main(argv=None):
         print(f"{name}: weights {weights}", flush=True)
     text = "\n".join(header + rows + [""] + layer_tables)
     if failed:
-        text += "\nThe outputs of the two engines disagree beyond the bound for some rows (see the last column): " \
-                "those timings do not compare the same computation.\n"
+        text += (
+            "\nThe outputs of the two engines disagree beyond the bound for some rows (see the last column): "
+            "those timings do not compare the same computation.\n"
+        )
     print("\n" + text)
     out = os.environ.get("OUT")
     if out:
@@ -325,8 +352,12 @@ def _slowest_layers(net, x, name, size, batch, precision, peak, count):
     seconds = list(cuda.layer_seconds)
     total = sum(seconds)
     order = sorted(range(len(seconds)), key=lambda i: -seconds[i])[:count]
-    lines = [f"## {name} {size}, batch {batch}, {precision}: slowest layers (sum of layer times {total * 1e3:.3f} ms)",
-             "", "| layer | type | input -> output | ms | share | TFLOP/s | % of FP16 peak |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## {name} {size}, batch {batch}, {precision}: slowest layers (sum of layer times {total * 1e3:.3f} ms)",
+        "",
+        "| layer | type | input -> output | ms | share | TFLOP/s | % of FP16 peak |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for i in order:
         layer = net.layers[i]
         flops = 1e9 * layer.bflops * batch
@@ -336,8 +367,10 @@ def _slowest_layers(net, x, name, size, batch, precision, peak, count):
         if layer.type == "convolutional":
             o = layer.options
             desc = f"conv {o['size']}x{o['size']}/{o['stride_x']} {o['filters']}"
-        lines.append(f"| {i} | {desc} | {layer.in_shape} -> {layer.out_shape} | {seconds[i] * 1e3:.3f} | "
-                     f"{100 * seconds[i] / total:.1f}% | {tflops:.1f} | {share} |")
+        lines.append(
+            f"| {i} | {desc} | {layer.in_shape} -> {layer.out_shape} | {seconds[i] * 1e3:.3f} | "
+            f"{100 * seconds[i] / total:.1f}% | {tflops:.1f} | {share} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -34,8 +34,9 @@ DEFAULT_MODELS = "starter:160:16,yolov4-tiny:416:4"
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default=DEFAULT_MODELS,
-                    help=f"comma-separated NAME:SIZE:BATCH (default {DEFAULT_MODELS})")
+    ap.add_argument(
+        "--models", default=DEFAULT_MODELS, help=f"comma-separated NAME:SIZE:BATCH (default {DEFAULT_MODELS})"
+    )
     ap.add_argument("--runs", type=int, default=7, help="timed runs (medians reported)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -81,8 +82,9 @@ def main(argv=None):
             c, h, w = net.input_shape
             x = rng.random((batch, c, h, w), dtype=np.float32)
             heads = net.yolo_layers or [len(net.layers) - 1]
-            grads = {i: (0.01 * rng.standard_normal((batch, *net.layers[i].out_shape))).astype(np.float32)
-                     for i in heads}
+            grads = {
+                i: (0.01 * rng.standard_normal((batch, *net.layers[i].out_shape))).astype(np.float32) for i in heads
+            }
             times = {"forward": [], "forward_train": [], "backward": []}
             per_layer = {k: [] for k in times}
             step_cpu = []
@@ -107,32 +109,73 @@ def main(argv=None):
                         per_layer[k].append(v)
             med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
             step = statistics.median(a + b for a, b in zip(times["forward_train"], times["backward"])) * 1e3
-            rows.append((name, size, batch, med["forward"], med["forward_train"], med["backward"], step,
-                         batch / step * 1e3, step / med["forward"], med["forward_train"] / med["forward"],
-                         med["backward"] / med["forward"], statistics.median(step_cpu) * 1e3))
+            rows.append(
+                (
+                    name,
+                    size,
+                    batch,
+                    med["forward"],
+                    med["forward_train"],
+                    med["backward"],
+                    step,
+                    batch / step * 1e3,
+                    step / med["forward"],
+                    med["forward_train"] / med["forward"],
+                    med["backward"] / med["forward"],
+                    statistics.median(step_cpu) * 1e3,
+                )
+            )
             if args.profile:
-                print(f"\n{name} {size}x{size} batch {batch}: per-layer median ms "
-                      f"(forward / forward_train / backward)")
+                print(f"\n{name} {size}x{size} batch {batch}: per-layer median ms (forward / forward_train / backward)")
                 for i, layer in enumerate(net.layers):
-                    f, ft, b = (statistics.median(run[i] for run in per_layer[k]) * 1e3
-                                for k in ("forward", "forward_train", "backward"))
+                    f, ft, b = (
+                        statistics.median(run[i] for run in per_layer[k]) * 1e3
+                        for k in ("forward", "forward_train", "backward")
+                    )
                     print(f"{i:4d} {layer_label(layer):<34s} {f:8.2f} {ft:8.2f} {b:8.2f}")
             del net
 
     print(f"\n{args.threads} threads, {args.runs} runs after {args.warmup} warm-up, medians")
-    header = ("model", "size", "batch", "forward ms", "forward_train ms", "backward ms", "step ms", "images/s",
-              "step/forward", "forward_train/forward", "backward/forward", "step CPU ms")
+    header = (
+        "model",
+        "size",
+        "batch",
+        "forward ms",
+        "forward_train ms",
+        "backward ms",
+        "step ms",
+        "images/s",
+        "step/forward",
+        "forward_train/forward",
+        "backward/forward",
+        "step CPU ms",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
-        print(f"| {r[0]} | {r[1]}x{r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.1f} | "
-              f"{r[7]:.1f} | {r[8]:.2f} | {r[9]:.2f} | {r[10]:.2f} | {r[11]:.1f} |")
+        print(
+            f"| {r[0]} | {r[1]}x{r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.1f} | "
+            f"{r[7]:.1f} | {r[8]:.2f} | {r[9]:.2f} | {r[10]:.2f} | {r[11]:.1f} |"
+        )
     if args.json:
-        keys = ("model", "size", "batch", "forward_ms", "forward_train_ms", "backward_ms", "step_ms", "images_per_s",
-                "step_over_forward", "forward_train_over_forward", "backward_over_forward", "step_cpu_ms")
+        keys = (
+            "model",
+            "size",
+            "batch",
+            "forward_ms",
+            "forward_train_ms",
+            "backward_ms",
+            "step_ms",
+            "images_per_s",
+            "step_over_forward",
+            "forward_train_over_forward",
+            "backward_over_forward",
+            "step_cpu_ms",
+        )
         rows_out = [dict(zip(keys, r)) for r in rows]
-        pathlib.Path(args.json).write_text(json.dumps({"threads": args.threads, "runs": args.runs, "rows": rows_out},
-                                                      indent=1))
+        pathlib.Path(args.json).write_text(
+            json.dumps({"threads": args.threads, "runs": args.runs, "rows": rows_out}, indent=1)
+        )
 
 
 if __name__ == "__main__":

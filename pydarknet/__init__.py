@@ -1,4 +1,5 @@
 """pydarknet: run original Darknet .cfg + .weights networks (YOLOv3, YOLOv4, Scaled-YOLOv4, YOLOv7) from Python."""
+
 import os as _os
 
 # The engine's OpenMP threads wait for each other at the end of every parallel step. GNU OpenMP spins for 300000
@@ -10,12 +11,11 @@ if "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 __version__ = "0.1.0"  # the one place the version is written; pyproject.toml reads it from here
 
-from pydarknet import errors  # noqa: E402
-from pydarknet.core.network import LayerView, Network, load  # noqa: E402
-from pydarknet.errors import *  # noqa: E402,F403
-from pydarknet.hub import models  # noqa: E402
-from pydarknet.inference.detect import Detector, detect  # noqa: E402
-from pydarknet.inference.results import Results  # noqa: E402
+from pydarknet import errors
+from pydarknet.core.network import LayerView, Network, load
+from pydarknet.errors import *  # noqa: F403
+from pydarknet.hub import models
+from pydarknet.inference.detect import Detector, detect
+from pydarknet.inference.results import Results
 
-__all__ = ["load", "Network", "LayerView", "detect", "Detector", "Results", "models", "__version__",
-           *errors.__all__]
+__all__ = ["load", "Network", "LayerView", "detect", "Detector", "Results", "models", "__version__", *errors.__all__]

@@ -1,4 +1,5 @@
 """``python -m pydarknet ...`` is the ``pydarknet`` command."""
+
 import sys
 
 from pydarknet.cli.main import main

@@ -4,7 +4,25 @@ Every problem with user input (a cfg, a weights file, an image, a label) is repo
 the file and, where there is one, the line. Library code never exits the process.
 """
 
-__all__ = ["DarknetError", "CfgError", "WeightsError", "CudaError", "UsageError", "DataError", "ImageError", "AnnotationError", "ModelError", "AssetError", "AssetUnavailable", "DeviceError", "TruthError", "TrainingError", "CheckpointError", "AnchorsError", "CfgWarning"]
+__all__ = [
+    "DarknetError",
+    "CfgError",
+    "WeightsError",
+    "CudaError",
+    "UsageError",
+    "DataError",
+    "ImageError",
+    "AnnotationError",
+    "ModelError",
+    "AssetError",
+    "AssetUnavailable",
+    "DeviceError",
+    "TruthError",
+    "TrainingError",
+    "CheckpointError",
+    "AnchorsError",
+    "CfgWarning",
+]
 
 
 class DarknetError(Exception):

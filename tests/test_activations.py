@@ -2,10 +2,8 @@
 
 import math
 
-
 import numpy as np
 import pytest
-
 from support import reference as ref
 from support.reference import assert_close, cfg_text, params64, random_input, randomize_params
 
@@ -73,9 +71,26 @@ def test_reference_selu_constants():
     assert ref.act_selu(np.array([-1.0]))[0] == pytest.approx(1.0507 * 1.6732 * (math.exp(-1) - 1))
 
 
-@pytest.mark.parametrize("x,want", [
-    (0.0, 0.0), (0.5, 0.0), (1.0, 0.0), (1.5, 0.5), (2.0, 1.0), (2.5, 1.0), (3.0, 1.0), (3.25, 1.25),
-    (4.0, 2.0), (-0.5, -0.5), (-1.0, -1.0), (-1.5, -1.0), (-2.0, -1.0), (-2.5, -1.5), (-3.5, -2.0)])
+@pytest.mark.parametrize(
+    "x,want",
+    [
+        (0.0, 0.0),
+        (0.5, 0.0),
+        (1.0, 0.0),
+        (1.5, 0.5),
+        (2.0, 1.0),
+        (2.5, 1.0),
+        (3.0, 1.0),
+        (3.25, 1.25),
+        (4.0, 2.0),
+        (-0.5, -0.5),
+        (-1.0, -1.0),
+        (-1.5, -1.0),
+        (-2.0, -1.0),
+        (-2.5, -1.5),
+        (-3.5, -2.0),
+    ],
+)
 def test_reference_stair_values(x, want):
     # n = floor(x); even n -> floor(x/2); odd n -> (x - n) + floor(x/2)
     assert ref.act_stair(np.array([x]))[0] == pytest.approx(want)
@@ -100,14 +115,13 @@ def test_reference_piecewise_functions_are_continuous(name):
 
 
 def test_reference_normalize_channels():
-    x = np.array([[[[1.0]], [[-2.0]], [[3.0]]]])          # (1, 3, 1, 1)
+    x = np.array([[[[1.0]], [[-2.0]], [[3.0]]]])  # (1, 3, 1, 1)
     out = ref.normalize_channels(x)
     np.testing.assert_allclose(out[0, :, 0, 0], [1 / 4.0001, 0.0, 3 / 4.0001])
     e = np.exp([1.0, -2.0, 3.0])
     np.testing.assert_allclose(ref.normalize_channels_softmax(x)[0, :, 0, 0], e / (1e-4 + e.sum()))
     em = np.exp(np.array([1.0, -2.0, 3.0]) - 3.0)
-    np.testing.assert_allclose(ref.normalize_channels_softmax(x, use_max_val=True)[0, :, 0, 0],
-                               em / (1e-4 + em.sum()))
+    np.testing.assert_allclose(ref.normalize_channels_softmax(x, use_max_val=True)[0, :, 0, 0], em / (1e-4 + em.sum()))
 
 
 def test_reference_channel_activations_work_per_pixel_and_image():
@@ -118,7 +132,7 @@ def test_reference_channel_activations_work_per_pixel_and_image():
         for b in range(2):
             for i in range(3):
                 for j in range(5):
-                    one = ref.activate(x[b:b + 1, :, i:i + 1, j:j + 1], name)
+                    one = ref.activate(x[b : b + 1, :, i : i + 1, j : j + 1], name)
                     np.testing.assert_allclose(whole[b, :, i, j], one[0, :, 0, 0], rtol=1e-12)
 
 
@@ -132,6 +146,7 @@ def test_every_activation_has_a_reference():
 # The engine
 # ----------------------------------------------------------------------------------------------------------
 
+
 def build(tmp_path, text, seed, weight_gain=1.0):
     net = ref.load_cfg(tmp_path, text)
     rng = np.random.default_rng(seed)
@@ -141,9 +156,17 @@ def build(tmp_path, text, seed, weight_gain=1.0):
 
 def conv_want(layer, x, *, size, padding, bn, activation):
     p = params64(layer)
-    return ref.convolutional(x, p["weights"], p["biases"], padding=padding, batch_normalize=bool(bn),
-                             scales=p.get("scales"), rolling_mean=p.get("rolling_mean"),
-                             rolling_variance=p.get("rolling_variance"), activation=activation)
+    return ref.convolutional(
+        x,
+        p["weights"],
+        p["biases"],
+        padding=padding,
+        batch_normalize=bool(bn),
+        scales=p.get("scales"),
+        rolling_mean=p.get("rolling_mean"),
+        rolling_variance=p.get("rolling_variance"),
+        activation=activation,
+    )
 
 
 @pytest.mark.parametrize("bn,n", [(0, 1), (1, 3)])
@@ -151,8 +174,9 @@ def conv_want(layer, x, *, size, padding, bn, activation):
 def test_activation_on_conv(engine, tmp_path, name, bn, n):
     """3x3 conv with each activation; pre-activations roughly in [-4, 4]."""
     c, h, w = 4, 7, 9
-    text = cfg_text(w, h, c, ("convolutional", dict(filters=6, size=3, stride=1, pad=1, batch_normalize=bn,
-                                                     activation=name)))
+    text = cfg_text(
+        w, h, c, ("convolutional", dict(filters=6, size=3, stride=1, pad=1, batch_normalize=bn, activation=name))
+    )
     net, rng = build(tmp_path, text, seed=ref.ALL_ACTIVATIONS.index(name) * 2 + bn, weight_gain=2.0)
     assert net.layers[0].options["activation"] == name
     x = random_input(rng, n, c, h, w)
@@ -199,10 +223,14 @@ def test_activation_dense_sweep(engine, tmp_path, name, lo, hi):
 
 @pytest.mark.parametrize("name", sorted(ref.ELEMENTWISE_ACTIVATIONS))
 def test_activation_on_shortcut(engine, tmp_path, name):
-    text = cfg_text(9, 7, 3,
-                    ("convolutional", dict(filters=4, size=3, pad=1, activation="linear")),
-                    ("convolutional", dict(filters=4, size=3, pad=1, activation="linear")),
-                    ("shortcut", {"from": -2, "activation": name}))
+    text = cfg_text(
+        9,
+        7,
+        3,
+        ("convolutional", dict(filters=4, size=3, pad=1, activation="linear")),
+        ("convolutional", dict(filters=4, size=3, pad=1, activation="linear")),
+        ("shortcut", {"from": -2, "activation": name}),
+    )
     net, rng = build(tmp_path, text, seed=3, weight_gain=3.0)
     x = random_input(rng, 2, 3, 7, 9)
     o = net.forward_all(x)

@@ -81,7 +81,9 @@ def write_dataset(root, clusters, per_cluster, seed):
     images = []
     for start in range(0, len(order), 3):
         name = f"images/{start // 3}.jpg"
-        rows = [f"{classes[i]} 0.5 0.5 {boxes[i, 0] / 416:.6f} {boxes[i, 1] / 416:.6f}" for i in order[start:start + 3]]
+        rows = [
+            f"{classes[i]} 0.5 0.5 {boxes[i, 0] / 416:.6f} {boxes[i, 1] / 416:.6f}" for i in order[start : start + 3]
+        ]
         (root / name.replace("images", "labels").replace(".jpg", ".txt")).write_text("\n".join(rows) + "\n")
         images.append(name)
     (root / "train.txt").write_text("\n".join(images) + "\n")
@@ -99,7 +101,7 @@ def test_known_clusters_from_a_data_file(tmp_path):
         assert res.boxes == 180 and res.counts_per_class == counts
         assert not res.wrong_labels and not res.missing_labels
         areas = res.anchors[:, 0] * res.anchors[:, 1]
-        assert (np.diff(areas) >= 0).all()                              # ascending area
+        assert (np.diff(areas) >= 0).all()  # ascending area
         # average IoU recomputed independently from the label values and the returned anchors
         want = np.mean([max(iou64(b, a) for a in res.anchors.astype(np.float64)) for b in pixels])
         assert res.mean_iou == pytest.approx(want, rel=1e-5)
@@ -115,7 +117,8 @@ def test_known_clusters_from_a_data_file(tmp_path):
     assert res.report().splitlines()[1:] == [
         "counters_per_class = " + ", ".join(map(str, counts)),
         f"avg IoU = {100 * res.mean_iou:2.2f} %",
-        "anchors = " + ", ".join("%3.0f,%3.0f" % tuple(a) for a in res.anchors)]
+        "anchors = " + ", ".join("{:3.0f},{:3.0f}".format(*tuple(a)) for a in res.anchors),
+    ]
 
 
 def test_format_anchors_like_darknet():
@@ -124,11 +127,11 @@ def test_format_anchors_like_darknet():
 
 
 def test_sources_and_label_problems(tmp_path):
-    (tmp_path / "a.txt").write_text("0 0.5 0.5 0.25 0.5\n1 0.5 0.5 1.5 0.25\n")   # the second row is "wrong"
+    (tmp_path / "a.txt").write_text("0 0.5 0.5 0.25 0.5\n1 0.5 0.5 1.5 0.25\n")  # the second row is "wrong"
     res = calc_anchors([tmp_path / "a.txt", tmp_path / "img/missing.jpg"], 1, 64, 64, seed=0)
     assert res.boxes == 2 and len(res.wrong_labels) == 1 and "a.txt: row 2" in res.wrong_labels[0]
     assert res.missing_labels and res.counts_per_class == [1, 1]
-    np.testing.assert_allclose(res.anchors, [[(16 + 96) / 2, (32 + 16) / 2]])        # wrong rows still count
+    np.testing.assert_allclose(res.anchors, [[(16 + 96) / 2, (32 + 16) / 2]])  # wrong rows still count
     with pytest.raises(AnchorsError, match="2 boxes cannot make 3 clusters"):
         calc_anchors([tmp_path / "a.txt"], 3, 64, 64)
     with pytest.raises(AnchorsError, match="no labelled boxes"):

@@ -34,8 +34,12 @@ def _dataset():
             {"id": 5, "image_id": 4, "category_id": 12, "bbox": [5, 5, 10, 10], "area": 100.0, "iscrowd": 0},
             {"id": 6, "image_id": 4, "category_id": 7, "bbox": [200, 10, 60, 60], "area": 3000.0, "iscrowd": 0},
         ],
-        "categories": [{"id": 3, "name": "Dog"}, {"id": 7, "name": "potted plant"}, {"id": 9, "name": "person"},
-                       {"id": 12, "name": "kite"}],
+        "categories": [
+            {"id": 3, "name": "Dog"},
+            {"id": 7, "name": "potted plant"},
+            {"id": 9, "name": "person"},
+            {"id": 12, "name": "kite"},
+        ],
     }
 
 
@@ -48,13 +52,13 @@ def _write(tmp_path, data, name="ann.json"):
 def test_read_and_convert(tmp_path):
     ann = load_coco_annotations(_write(tmp_path, _dataset()), NAMES)
     assert ann.pairing == "names" and ann.category_ids == [9, 3, 7]
-    a = ann.image_for("/data/images/a.jpg")                 # matched by file name, folders ignored
+    a = ann.image_for("/data/images/a.jpg")  # matched by file name, folders ignored
     assert a["id"] == 17 and ann.image_for("x/c.png")["id"] == 99 and ann.image_for("zzz.jpg") is None
     boxes, classes, crowd, crowd_classes = ann.ground_truth(a, 200, 100)
     np.testing.assert_array_equal(boxes, [[10, 20, 40, 60], [100, 10, 150, 70]])
     assert classes.tolist() == [0, 1] and crowd.shape == (0, 4)
     boxes, classes, crowd, crowd_classes = ann.ground_truth(ann.image_for("b.jpg"))
-    np.testing.assert_array_equal(boxes, [[0, 0, 100, 200], [200, 10, 260, 70]])    # the kite has no class
+    np.testing.assert_array_equal(boxes, [[0, 0, 100, 200], [200, 10, 260, 70]])  # the kite has no class
     assert classes.tolist() == [0, 2]
     np.testing.assert_array_equal(crowd, [[150, 150, 270, 250]])
     assert crowd_classes.tolist() == [0]
@@ -77,16 +81,25 @@ def test_pairing_rules(tmp_path):
         load_coco_annotations(_write(tmp_path, _dataset()), ["person", "cat"])
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.pop("annotations"), "no 'annotations' list"),
-    (lambda d: d["annotations"][0].update(image_id=5), r"annotation 1: image_id 5 is not in 'images'"),
-    (lambda d: d["annotations"][1].update(category_id=4), r"annotation 2: category_id 4 is not in 'categories'"),
-    (lambda d: d["annotations"][2].update(bbox=[0, 0, -1, 5]), r"annotation 3: bbox must be \[x, y, width, height\]"),
-    (lambda d: d["annotations"][2].update(bbox=[0, 0, 5]), r"annotation 3: bbox must be"),
-    (lambda d: d["images"].append({"id": 4, "file_name": "d.jpg", "width": 1, "height": 1}), "image id 4 is used twice"),
-    (lambda d: d["images"][0].pop("width"), r"image 'val/a.jpg' \(id 17\) needs positive integer 'width'"),
-    (lambda d: d["categories"].append({"id": 3, "name": "cat"}), "category id 3 is defined twice"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.pop("annotations"), "no 'annotations' list"),
+        (lambda d: d["annotations"][0].update(image_id=5), r"annotation 1: image_id 5 is not in 'images'"),
+        (lambda d: d["annotations"][1].update(category_id=4), r"annotation 2: category_id 4 is not in 'categories'"),
+        (
+            lambda d: d["annotations"][2].update(bbox=[0, 0, -1, 5]),
+            r"annotation 3: bbox must be \[x, y, width, height\]",
+        ),
+        (lambda d: d["annotations"][2].update(bbox=[0, 0, 5]), r"annotation 3: bbox must be"),
+        (
+            lambda d: d["images"].append({"id": 4, "file_name": "d.jpg", "width": 1, "height": 1}),
+            "image id 4 is used twice",
+        ),
+        (lambda d: d["images"][0].pop("width"), r"image 'val/a.jpg' \(id 17\) needs positive integer 'width'"),
+        (lambda d: d["categories"].append({"id": 3, "name": "cat"}), "category id 3 is defined twice"),
+    ],
+)
 def test_bad_annotation_files(tmp_path, mutate, message):
     data = _dataset()
     mutate(data)
@@ -144,8 +157,18 @@ def test_metrics_from_an_annotation_file(tmp_path):
     for name, (db, ds, dc) in dets.items():
         entry = ann.image_for(name)
         gb, gc, hb, hc = ann.ground_truth(entry)
-        ev.add(gb, gc, db, ds, dc, width=entry["width"], height=entry["height"], image_id=entry["id"],
-               difficult_boxes=hb, difficult_classes=hc)
+        ev.add(
+            gb,
+            gc,
+            db,
+            ds,
+            dc,
+            width=entry["width"],
+            height=entry["height"],
+            image_id=entry["id"],
+            difficult_boxes=hb,
+            difficult_classes=hc,
+        )
     m = ev.compute()
     person, dog, plant = m["per_class"]
     # Darknet-style: the detection on the crowd region is dropped; person 2/2, dog 1 TP then 1 FP, plant 0/1
@@ -154,13 +177,20 @@ def test_metrics_from_an_annotation_file(tmp_path):
     assert (plant["gt"], plant["ap"]) == (1, 0.0)
     assert m["map"] == pytest.approx(2 / 3)
     # COCO: exactly what pycocotools computes on the file itself, with the detections in COCO form
-    coco_dets = [dict(image_id=ann.image_for(n)["id"], category_id=ann.category_ids[c],
-                      bbox=[b[0], b[1], b[2] - b[0], b[3] - b[1]], score=s)
-                 for n, (db, ds, dc) in dets.items() for b, s, c in zip(db, ds, dc)]
+    coco_dets = [
+        dict(
+            image_id=ann.image_for(n)["id"],
+            category_id=ann.category_ids[c],
+            bbox=[b[0], b[1], b[2] - b[0], b[3] - b[1]],
+            score=s,
+        )
+        for n, (db, ds, dc) in dets.items()
+        for b, s, c in zip(db, ds, dc)
+    ]
     direct = _pycocotools_on_files(path, coco_dets, tmp_path, [17, 4, 99], [3, 7, 9])
     for k in COCO_KEYS:
         assert m["coco"][k] == pytest.approx(direct[k], abs=1e-12), k
-    assert m["coco"]["AP50"] == pytest.approx(2 / 3, abs=0.01)        # person 1, dog 1, plant 0
+    assert m["coco"]["AP50"] == pytest.approx(2 / 3, abs=0.01)  # person 1, dog 1, plant 0
     # only the images added count: evaluating image a alone gives a perfect score
     ev_a = Evaluator(3, NAMES, category_ids=ann.category_ids, coco_ground_truth=ann.dataset)
     gb, gc, _, _ = ann.ground_truth(ann.image_for("a.jpg"))

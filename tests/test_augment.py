@@ -86,16 +86,24 @@ def _settings(tmp_path, net="", yolo=""):
 
 
 def test_settings_from_cfg(tmp_path):
-    s = _settings(tmp_path, "flip=0\nhue=.1\nsaturation=1.5\nexposure=1.4\nblur=5\ngaussian_noise=20\nmixup=1\n"
-                            "letter_box=1\nresize_step=64\nmax_batches=3000\nmosaic_bound=1",
-                  "jitter=.3\nresize=1.5\nrandom=1.2\nmax=90")
+    s = _settings(
+        tmp_path,
+        "flip=0\nhue=.1\nsaturation=1.5\nexposure=1.4\nblur=5\ngaussian_noise=20\nmixup=1\n"
+        "letter_box=1\nresize_step=64\nmax_batches=3000\nmosaic_bound=1",
+        "jitter=.3\nresize=1.5\nrandom=1.2\nmax=90",
+    )
     assert (s.width, s.height, s.flip, s.hue, s.saturation, s.exposure) == (96, 64, False, 0.1, 1.5, 1.4)
-    assert (s.blur, s.gaussian_noise, s.mixup, s.mosaic, s.letter_box, s.mosaic_bound) == (5, 20, True, False, True,
-                                                                                            True)
+    assert (s.blur, s.gaussian_noise, s.mixup, s.mosaic, s.letter_box, s.mosaic_bound) == (
+        5,
+        20,
+        True,
+        False,
+        True,
+        True,
+    )
     assert (s.jitter, s.resize, s.random, s.max_boxes, s.resize_step, s.max_batches) == (0.3, 1.5, 1.2, 90, 64, 3000)
-    d = _settings(tmp_path)          # Darknet's defaults: flip on, nothing else
-    assert (d.flip, d.jitter, d.resize, d.hue, d.saturation, d.exposure, d.max_boxes) == (True, 0.2, 1.0, 0, 1, 1,
-                                                                                          200)
+    d = _settings(tmp_path)  # Darknet's defaults: flip on, nothing else
+    assert (d.flip, d.jitter, d.resize, d.hue, d.saturation, d.exposure, d.max_boxes) == (True, 0.2, 1.0, 0, 1, 1, 200)
 
 
 def test_mosaic_wins_and_cutmix_is_refused(tmp_path):
@@ -103,7 +111,7 @@ def test_mosaic_wins_and_cutmix_is_refused(tmp_path):
     assert s.mosaic and not s.mixup
     with pytest.warns(UserWarning, match="cutmix"):
         s = _settings(tmp_path, "cutmix=1\nmixup=1")
-    assert not s.mosaic and not s.mixup          # Darknet: cutmix replaces mixup, then is switched off
+    assert not s.mosaic and not s.mixup  # Darknet: cutmix replaces mixup, then is switched off
     with pytest.warns(UserWarning, match="mosaic is used"):
         s = _settings(tmp_path, "cutmix=1\nmosaic=1")
     assert s.mosaic
@@ -134,7 +142,7 @@ def test_crop_with_mean_fill_matches_opencv_on_a_padded_canvas(rect):
     canvas = np.empty((sh, sw, 3), np.uint8)
     canvas[:] = np.rint(img.reshape(-1, 3).mean(axis=0))
     x0, y0, x1, y1 = max(pl, 0), max(pt, 0), min(pl + sw, 157), min(pt + sh, 123)
-    canvas[y0 - pt:y1 - pt, x0 - pl:x1 - pl] = img[y0:y1, x0:x1]
+    canvas[y0 - pt : y1 - pt, x0 - pl : x1 - pl] = img[y0:y1, x0:x1]
     ref = cv2.resize(canvas, (100, 80), interpolation=cv2.INTER_LINEAR)
     ours = A.crop_resize(img, pl, pt, sw, sh, 100, 80)
     assert np.abs(ours.astype(int) - ref).max() <= 1
@@ -190,60 +198,71 @@ def test_jitter_padding_is_the_mean_colour():
     img, rows = scene(200, 120, RECTS)
     mean = np.rint(img.reshape(-1, 3).mean(axis=0))
     s = A.AugmentSettings(width=150, height=90, jitter=0.25)
-    p = A.AugmentParams(jitter_r=(0.0, 0.0, 0.0, 0.0))       # every side at -dw / -dh: the image shrinks
+    p = A.AugmentParams(jitter_r=(0.0, 0.0, 0.0, 0.0))  # every side at -dw / -dh: the image shrinks
     out, boxes, rect = A.augment_image(img, rows, 150, 90, s, p, np.random.default_rng(0))
-    assert rect == (-50, -30, -50, -30)                      # 300 x 180 rectangle -> 150 x 90: scale 1/2
+    assert rect == (-50, -30, -50, -30)  # 300 x 180 rectangle -> 150 x 90: scale 1/2
     for region in (out[:, :24], out[:, 126:], out[:14], out[76:]):
         assert np.array_equal(region, np.broadcast_to(mean, region.shape))
     inner = out[16:74, 26:124]
-    assert np.abs(inner.astype(int) - cv2.resize(img, (100, 60), interpolation=cv2.INTER_LINEAR)[1:59, 1:99]).max() \
-        <= 1
+    assert np.abs(inner.astype(int) - cv2.resize(img, (100, 60), interpolation=cv2.INTER_LINEAR)[1:59, 1:99]).max() <= 1
     assert_boxes_frame_rectangles(out, boxes, len(RECTS))
 
 
 def test_letterbox_keeps_the_aspect_ratio():
-    img, rows = scene(200, 100, [(80, 30, 120, 70)])         # a 40x40 square in a 2:1 image
+    img, rows = scene(200, 100, [(80, 30, 120, 70)])  # a 40x40 square in a 2:1 image
     s = A.AugmentSettings(width=128, height=128, letter_box=True)
     out, boxes, rect = A.augment_image(img, rows, 128, 128, s, A.AugmentParams(), np.random.default_rng(0))
     assert rect == (0, -50, 0, -50)
-    (x, y, w, h, _), = boxes
+    ((x, y, w, h, _),) = boxes
     assert w * 128 == pytest.approx(h * 128) and w * 128 == pytest.approx(40 * 128 / 200)
     mean = np.rint(img.reshape(-1, 3).mean(axis=0))
-    assert np.array_equal(out[:31], np.broadcast_to(mean, out[:31].shape))      # bars above and below
+    assert np.array_equal(out[:31], np.broadcast_to(mean, out[:31].shape))  # bars above and below
     assert np.array_equal(out[97:], np.broadcast_to(mean, out[97:].shape))
     assert_boxes_frame_rectangles(out, boxes, 1)
     px = pixel_box(out, COLOURS[0])
-    assert abs((px[2] - px[0]) - (px[3] - px[1])) <= 1       # still a square on screen
+    assert abs((px[2] - px[0]) - (px[3] - px[1])) <= 1  # still a square on screen
 
 
 @pytest.mark.parametrize("seed", range(10))
 def test_a_window_is_exactly_that_part_of_the_whole_image(seed):
     """Mosaics compute only their quadrant: the same pixels, blur (which looks around) and noise included."""
     img, rows = scene(200, 120, RECTS[:2])
-    s = A.AugmentSettings(width=160, height=128, jitter=0.3, resize=1.5, hue=0.1, saturation=1.5, exposure=1.5,
-                          blur=7, gaussian_noise=15)
+    s = A.AugmentSettings(
+        width=160, height=128, jitter=0.3, resize=1.5, hue=0.1, saturation=1.5, exposure=1.5, blur=7, gaussian_noise=15
+    )
     p = A.draw_params(np.random.default_rng(seed), s)
-    p = A.AugmentParams(p.jitter_r, p.resize_r, p.flip, p.dhue, p.dsat, p.dexp, blur=(0, 1, 7)[seed % 3],
-                        noise=15 * (seed % 2), corner=p.corner)
+    p = A.AugmentParams(
+        p.jitter_r,
+        p.resize_r,
+        p.flip,
+        p.dhue,
+        p.dsat,
+        p.dexp,
+        blur=(0, 1, 7)[seed % 3],
+        noise=15 * (seed % 2),
+        corner=p.corner,
+    )
     whole, b_whole, rect = A.augment_image(img, rows, 160, 128, s, p, np.random.default_rng(seed))
     r = np.random.default_rng(100 + seed)
     x0, y0 = int(r.integers(0, 100)), int(r.integers(0, 80))
     window = (x0, y0, x0 + int(r.integers(1, 160 - x0)), y0 + int(r.integers(1, 128 - y0)))
     part, b_part, rect_part = A.augment_image(img, rows, 160, 128, s, p, np.random.default_rng(seed), window=window)
-    assert np.array_equal(part, whole[window[1]:window[3], window[0]:window[2]])
+    assert np.array_equal(part, whole[window[1] : window[3], window[0] : window[2]])
     assert np.array_equal(b_part, b_whole) and rect_part == rect
 
 
 def test_tiny_boxes_dropped_max_kept_and_order_shuffled():
     img, rows = scene(400, 400, [(10 * i, 10, 10 * i + 6, 16) for i in range(6)])
     rows = rows.copy()
-    rows[0, 2] = 0.5 / 400                                   # half a pixel wide: dropped at any scale <= 1
+    rows[0, 2] = 0.5 / 400  # half a pixel wide: dropped at any scale <= 1
     s = A.AugmentSettings(width=400, height=400, max_boxes=6)
     _, boxes, _ = A.augment_image(img, rows, 400, 400, s, A.AugmentParams(), np.random.default_rng(0))
     assert sorted(boxes[:, 4]) == [1, 2, 3, 4, 5]
-    orders = {tuple(A.augment_image(img, rows, 400, 400, s, A.AugmentParams(), np.random.default_rng(k))[1][:, 4])
-              for k in range(10)}
-    assert len(orders) > 1                                   # boxes come out in a random order
+    orders = {
+        tuple(A.augment_image(img, rows, 400, 400, s, A.AugmentParams(), np.random.default_rng(k))[1][:, 4])
+        for k in range(10)
+    }
+    assert len(orders) > 1  # boxes come out in a random order
     s3 = A.AugmentSettings(width=400, height=400, max_boxes=3)
     _, boxes, _ = A.augment_image(img, rows, 400, 400, s3, A.AugmentParams(), np.random.default_rng(0))
     assert len(boxes) <= 3
@@ -253,9 +272,11 @@ def test_tiny_boxes_dropped_max_kept_and_order_shuffled():
 def _colours():
     rng = np.random.default_rng(3)
     rand = rng.integers(0, 256, (400_000, 3), dtype=np.uint8)
-    special = np.array([[v, v, v] for v in range(256)] + [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0],
-                                                           [0, 255, 255], [255, 0, 255], [1, 0, 0], [0, 0, 1]],
-                       np.uint8)
+    special = np.array(
+        [[v, v, v] for v in range(256)]
+        + [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [255, 0, 255], [1, 0, 0], [0, 0, 1]],
+        np.uint8,
+    )
     return np.concatenate([rand, special])[None]
 
 
@@ -273,16 +294,17 @@ def test_hsv_to_rgb_matches_opencv():
     assert np.abs(ours.astype(int) - cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)).max() <= 1
 
 
-@pytest.mark.parametrize("dhue,dsat,dexp", [(0.1, 1.5, 1.5), (-0.1, 1 / 1.5, 0.7), (0.03, 1.0, 1.3),
-                                            (-0.0279, 1.37, 1 / 1.2)])
+@pytest.mark.parametrize(
+    "dhue,dsat,dexp", [(0.1, 1.5, 1.5), (-0.1, 1 / 1.5, 0.7), (0.03, 1.0, 1.3), (-0.0279, 1.37, 1 / 1.2)]
+)
 def test_hsv_shift_is_opencvs_saturating_arithmetic(dhue, dsat, dexp):
     hsv = cv2.cvtColor(_colours(), cv2.COLOR_RGB2HSV)
     h, s, v = A.shift_hsv(hsv[..., 0], hsv[..., 1], hsv[..., 2], dhue, dsat, dexp)
-    assert np.array_equal(s, cv2.convertScaleAbs(hsv[..., 1], alpha=dsat))     # Darknet: hsv[1] *= dsat
+    assert np.array_equal(s, cv2.convertScaleAbs(hsv[..., 1], alpha=dsat))  # Darknet: hsv[1] *= dsat
     assert np.array_equal(v, cv2.convertScaleAbs(hsv[..., 2], alpha=dexp))
-    assert np.array_equal(h, cv2.add(hsv[..., 0], 179 * dhue))                 # hsv[0] += 179*dhue
+    assert np.array_equal(h, cv2.add(hsv[..., 0], 179 * dhue))  # hsv[0] += 179*dhue
     if dhue < 0:
-        assert (h[hsv[..., 0] < 5] == 0).all()                                   # clamped at 0, not wrapped
+        assert (h[hsv[..., 0] < 5] == 0).all()  # clamped at 0, not wrapped
 
 
 def test_adjust_hsv_against_opencv_pipeline():
@@ -290,10 +312,12 @@ def test_adjust_hsv_against_opencv_pipeline():
     dhue, dsat, dexp = 0.07, 1.4, 0.8
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
     h, s, v = cv2.split(hsv)
-    ref = cv2.cvtColor(cv2.merge([cv2.add(h, 179 * dhue), cv2.convertScaleAbs(s, alpha=dsat),
-                                  cv2.convertScaleAbs(v, alpha=dexp)]), cv2.COLOR_HSV2RGB)
+    ref = cv2.cvtColor(
+        cv2.merge([cv2.add(h, 179 * dhue), cv2.convertScaleAbs(s, alpha=dsat), cv2.convertScaleAbs(v, alpha=dexp)]),
+        cv2.COLOR_HSV2RGB,
+    )
     assert np.abs(A.adjust_hsv(rgb, dhue, dsat, dexp).astype(int) - ref).max() <= 1
-    assert A.adjust_hsv(rgb, 0.0, 1.0, 1.0) is rgb           # identity: untouched, as Darknet skips it
+    assert A.adjust_hsv(rgb, 0.0, 1.0, 1.0) is rgb  # identity: untouched, as Darknet skips it
 
 
 # ----- blur and noise ----------------------------------------------------------------------------------------
@@ -306,7 +330,7 @@ def test_gaussian_blur_matches_opencv(ksize):
 
 def test_background_blur_keeps_objects_sharp():
     img = np.random.default_rng(5).integers(0, 256, (80, 100, 3), dtype=np.uint8)
-    boxes = np.array([[0.3, 0.5, 0.2, 0.5, 0]])             # pixels x 20..40, y 20..60
+    boxes = np.array([[0.3, 0.5, 0.2, 0.5, 0]])  # pixels x 20..40, y 20..60
     out = A.blur_background(img, boxes)
     assert np.array_equal(out[20:60, 20:40], img[20:60, 20:40])
     blurred = cv2.GaussianBlur(img, (17, 17), 0)
@@ -316,7 +340,7 @@ def test_background_blur_keeps_objects_sharp():
 
 
 def test_blur_setting_applies_kernel_or_background():
-    img, rows = scene(200, 120, RECTS[:2])                  # smallest object side 40 px: 40 // 8 >= 5
+    img, rows = scene(200, 120, RECTS[:2])  # smallest object side 40 px: 40 // 8 >= 5
     s = A.AugmentSettings(width=200, height=120, blur=5)
     full, boxes, _ = A.augment_image(img, rows, 200, 120, s, A.AugmentParams(blur=5), np.random.default_rng(0))
     assert np.abs(full.astype(int) - cv2.GaussianBlur(img, (5, 5), 0)).max() <= 1
@@ -327,7 +351,7 @@ def test_blur_setting_applies_kernel_or_background():
     back, _, _ = A.augment_image(img, rows, 200, 120, s, A.AugmentParams(blur=1), np.random.default_rng(0))
     x0, y0, x1, y1 = RECTS[1]
     # the box's pixel rectangle is truncated to int (as in Darknet): its last row or column may be blurred
-    assert np.array_equal(back[y0 + 1:y1 - 1, x0 + 1:x1 - 1], img[y0 + 1:y1 - 1, x0 + 1:x1 - 1])
+    assert np.array_equal(back[y0 + 1 : y1 - 1, x0 + 1 : x1 - 1], img[y0 + 1 : y1 - 1, x0 + 1 : x1 - 1])
     assert not np.array_equal(back, img)
     # no objects: Darknet turns a kernel blur off (the smallest object size is 0)
     none, _, _ = A.augment_image(img, rows[:0], 200, 120, s, A.AugmentParams(blur=5), np.random.default_rng(0))
@@ -339,7 +363,7 @@ def test_gaussian_noise_statistics():
     out = A.add_gaussian_noise(img, 20, np.random.default_rng(0)).astype(float) - 128
     assert abs(out.mean()) < 0.3 and out.std() == pytest.approx(20, rel=0.03)
     assert A.add_gaussian_noise(img, 0, np.random.default_rng(0)) is img
-    big = A.add_gaussian_noise(img, 1000, np.random.default_rng(0)).astype(float) - 128   # clamped to 127
+    big = A.add_gaussian_noise(img, 1000, np.random.default_rng(0)).astype(float) - 128  # clamped to 127
     assert big.std() < 110
 
 
@@ -366,16 +390,16 @@ def test_mosaic_places_the_four_images_with_their_boxes():
     full = [cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR) for img, _ in parts]
     # quadrant k shows the part of image k that faces the cut point
     expect = np.empty_like(out)
-    expect[:cut_y, :cut_x] = full[0][h - cut_y:, w - cut_x:]
-    expect[:cut_y, cut_x:] = full[1][h - cut_y:, :w - cut_x]
-    expect[cut_y:, :cut_x] = full[2][:h - cut_y, w - cut_x:]
-    expect[cut_y:, cut_x:] = full[3][:h - cut_y, :w - cut_x]
+    expect[:cut_y, :cut_x] = full[0][h - cut_y :, w - cut_x :]
+    expect[:cut_y, cut_x:] = full[1][h - cut_y :, : w - cut_x]
+    expect[cut_y:, :cut_x] = full[2][: h - cut_y, w - cut_x :]
+    expect[cut_y:, cut_x:] = full[3][: h - cut_y, : w - cut_x]
     assert np.abs(out.astype(int) - expect).max() <= 1
     assert sorted(boxes[:, 4]) == [0, 1, 2, 3]
     assert_boxes_frame_rectangles(out, boxes, 4, tol=1.5)
     quads = [(0, 0, cut_x, cut_y), (cut_x, 0, w, cut_y), (0, cut_y, cut_x, h), (cut_x, cut_y, w, h)]
     for x, y, bw, bh, cls in boxes:
-        qx0, qy0, qx1, qy1 = quads[int(cls)]                 # mosaic_bound: inside its quadrant
+        qx0, qy0, qx1, qy1 = quads[int(cls)]  # mosaic_bound: inside its quadrant
         assert qx0 - 1e-9 <= (x - bw / 2) * w and (x + bw / 2) * w <= qx1 + 1e-9
         assert qy0 - 1e-9 <= (y - bh / 2) * h and (y + bh / 2) * h <= qy1 + 1e-9
 
@@ -398,7 +422,7 @@ def test_mosaic_without_bound_boxes_cover_their_rectangles(seed):
         # inside the image, as Darknet checks it: on the edges truncated to whole pixels
         assert box[0] > -1 and box[2] < 161 and box[1] > -1 and box[3] < 129
     for x, y, bw, bh, cls in bb:
-        (fx, fy, fw, fh, _), = fb[fb[:, 4] == cls]
+        ((fx, fy, fw, fh, _),) = fb[fb[:, 4] == cls]
         assert (x - bw / 2) >= (fx - fw / 2) - 1.5 / 160 and (x + bw / 2) <= (fx + fw / 2) + 1.5 / 160
 
 
@@ -417,7 +441,7 @@ def test_mosaic_with_letterbox_letterboxes_each_quadrant(seed):
     for k in range(4):
         img, rows = scene(160, 80, [])
         img[:, :] = (90 + 30 * k, 90, 90)
-        img[20:60, 50 + 10 * k:90 + 10 * k] = COLOURS[k]      # a 40x40 square in a 2:1 image
+        img[20:60, 50 + 10 * k : 90 + 10 * k] = COLOURS[k]  # a 40x40 square in a 2:1 image
         rows = np.array([[(70 + 10 * k) / 160, 0.5, 40 / 160, 0.5, k]], np.float32)
         parts.append((img, rows))
     s = A.AugmentSettings(width=128, height=128, mosaic=True, letter_box=True, flip=True)
@@ -439,7 +463,7 @@ def test_mixup_blends_two_images_and_keeps_both_box_sets():
     out, boxes = A.mixup([(a, ra), (b, rb)], 100, 60, s, np.random.default_rng(0), params=p)
     ia, ba, _ = A.augment_image(a, ra, 100, 60, s, p[0], np.random.default_rng(0))
     rng = np.random.default_rng(0)
-    A.augment_image(a, ra, 100, 60, s, p[0], rng)            # the same draws as inside mixup
+    A.augment_image(a, ra, 100, 60, s, p[0], rng)  # the same draws as inside mixup
     ib, bb, _ = A.augment_image(b, rb, 100, 60, s, p[1], rng)
     assert out.dtype == np.float32
     assert np.allclose(out, ia / 255.0 * 0.5 + ib / 255.0 * 0.5, atol=1e-6)

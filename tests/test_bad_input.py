@@ -85,6 +85,7 @@ def check_text(tmp_path, text, needle, *fragments, occurrence=1):
 
 # ----- syntax ---------------------------------------------------------------------------------------------
 
+
 def test_key_before_any_section(tmp_path):
     text = "width=416\n" + NET + CONV
     check_text(tmp_path, text, "width=416", "width=416")
@@ -195,8 +196,9 @@ TWO_CONVS = NET + CONV + CONV
 
 
 @pytest.mark.parametrize("section,key", [("route", "layers"), ("shortcut", "from"), ("sam", "from")])
-@pytest.mark.parametrize("value", ["-3", "-100", "2", "3", "50"], ids=["too-negative", "far-negative",
-                                                                        "itself", "forward", "far-forward"])
+@pytest.mark.parametrize(
+    "value", ["-3", "-100", "2", "3", "50"], ids=["too-negative", "far-negative", "itself", "forward", "far-forward"]
+)
 def test_reference_out_of_range(tmp_path, section, key, value):
     text = TWO_CONVS + f"\n[{section}]\n{key}={value}\n"
     check_text(tmp_path, text, f"{key}={value}", key)
@@ -234,8 +236,9 @@ def test_route_empty_layers(tmp_path):
 
 # ----- groups --------------------------------------------------------------------------------------------
 
+
 def test_conv_groups_not_dividing_input_channels(tmp_path):
-    text = NET + CONV + "\n[convolutional]\nfilters=6\ngroups=3\nsize=1\n"   # input has 4 channels
+    text = NET + CONV + "\n[convolutional]\nfilters=6\ngroups=3\nsize=1\n"  # input has 4 channels
     check_text(tmp_path, text, "groups=3", "groups")
 
 
@@ -256,8 +259,11 @@ def test_route_group_id_out_of_range(tmp_path):
 
 # ----- [yolo] --------------------------------------------------------------------------------------------
 
+
 def yolo_cfg(filters=21, mask="0,1,2", anchors="10,14, 23,27, 37,58", classes=2, num=3):
-    return NET + f"""
+    return (
+        NET
+        + f"""
 [convolutional]
 filters={filters}
 size=1
@@ -269,6 +275,7 @@ anchors={anchors}
 classes={classes}
 num={num}
 """
+    )
 
 
 def test_good_yolo_builds(tmp_path):
@@ -284,8 +291,12 @@ def test_yolo_filters_do_not_match_mask_and_classes(tmp_path, filters, classes):
         pydarknet.load(path)
     err = info.value
     # The problem is the [yolo] section (its mask/classes) or the conv's filters: any of those lines names it.
-    candidates = {line_of(text, "[yolo]"), line_of(text, "mask=0,1,2"), line_of(text, f"classes={classes}"),
-                  line_of(text, f"filters={filters}")}
+    candidates = {
+        line_of(text, "[yolo]"),
+        line_of(text, "mask=0,1,2"),
+        line_of(text, f"classes={classes}"),
+        line_of(text, f"filters={filters}"),
+    }
     assert err.line in candidates, str(err)
     assert str(err).startswith(f"{path}:{err.line}:")
     assert str(filters) in str(err)
@@ -308,6 +319,7 @@ def test_malformed_anchors(tmp_path):
 
 
 # ----- values --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("line", ["filters=abc", "size=x3", "stride=", "pad=yes"])
 def test_non_numeric_integer(tmp_path, line):
@@ -337,12 +349,23 @@ def test_unknown_activation_lenient_warns(tmp_path):
         pydarknet.load(write(tmp_path, text), lenient=True)
 
 
-@pytest.mark.parametrize("section,line", [
-    ("convolutional", "size=0"), ("convolutional", "size=-3"), ("convolutional", "filters=0"),
-    ("convolutional", "filters=-4"), ("convolutional", "groups=0"), ("convolutional", "dilation=0"),
-    ("maxpool", "size=0"), ("maxpool", "size=-2"), ("connected", "output=0"), ("connected", "output=-1"),
-    ("upsample", "stride=0"), ("reorg3d", "stride=0"),
-])
+@pytest.mark.parametrize(
+    "section,line",
+    [
+        ("convolutional", "size=0"),
+        ("convolutional", "size=-3"),
+        ("convolutional", "filters=0"),
+        ("convolutional", "filters=-4"),
+        ("convolutional", "groups=0"),
+        ("convolutional", "dilation=0"),
+        ("maxpool", "size=0"),
+        ("maxpool", "size=-2"),
+        ("connected", "output=0"),
+        ("connected", "output=-1"),
+        ("upsample", "stride=0"),
+        ("reorg3d", "stride=0"),
+    ],
+)
 def test_zero_or_negative_size(tmp_path, section, line):
     text = NET + CONV + f"\n[{section}]\n{line}\n"
     if section == "convolutional" and not line.startswith("size"):
@@ -350,10 +373,16 @@ def test_zero_or_negative_size(tmp_path, section, line):
     check_text(tmp_path, text, line, line.split("=")[0])
 
 
-@pytest.mark.parametrize("section,line", [
-    ("convolutional", "stride=0"), ("convolutional", "stride=-2"), ("maxpool", "stride=0"),
-    ("maxpool", "stride=-1"), ("local_avgpool", "stride=0"),
-])
+@pytest.mark.parametrize(
+    "section,line",
+    [
+        ("convolutional", "stride=0"),
+        ("convolutional", "stride=-2"),
+        ("maxpool", "stride=0"),
+        ("maxpool", "stride=-1"),
+        ("local_avgpool", "stride=0"),
+    ],
+)
 def test_zero_or_negative_stride(tmp_path, section, line):
     text = NET + CONV + f"\n[{section}]\n{line}\nsize=2\n"
     check_text(tmp_path, text, line, "stride")
@@ -409,6 +438,7 @@ def test_network_with_too_many_parameters_is_refused_quickly(tmp_path):
 
 
 # ----- whole files ---------------------------------------------------------------------------------------
+
 
 def test_empty_file(tmp_path):
     expect_cfg_error(write(tmp_path, ""), None)
@@ -470,16 +500,99 @@ def test_line_numbers_count_crlf_lines(tmp_path):
 # ----- fuzz ----------------------------------------------------------------------------------------------
 
 FUZZ_VALUES = [
-    "0", "-1", "1", "2", "3", "-3", "5", "13", "32", "255", "416", "-0", "+7", "0.5", "-0.5", "1e9", "1e999",
-    "65536", "100000", "1000000000", "99999999999999999999", "abc", "", ",", "1,2", "-1,-2", "0,1,2,3,4,5,6,7,8",
-    "nan", "inf", "leaky", "mish", "linear", "logistic", "foo", "#", "=", "[", "]", "1.5e-3", "3,,4", "\t2 ",
+    "0",
+    "-1",
+    "1",
+    "2",
+    "3",
+    "-3",
+    "5",
+    "13",
+    "32",
+    "255",
+    "416",
+    "-0",
+    "+7",
+    "0.5",
+    "-0.5",
+    "1e9",
+    "1e999",
+    "65536",
+    "100000",
+    "1000000000",
+    "99999999999999999999",
+    "abc",
+    "",
+    ",",
+    "1,2",
+    "-1,-2",
+    "0,1,2,3,4,5,6,7,8",
+    "nan",
+    "inf",
+    "leaky",
+    "mish",
+    "linear",
+    "logistic",
+    "foo",
+    "#",
+    "=",
+    "[",
+    "]",
+    "1.5e-3",
+    "3,,4",
+    "\t2 ",
 ]
-FUZZ_KEYS = ["filters", "size", "stride", "pad", "groups", "group_id", "layers", "from", "mask", "num", "classes",
-             "anchors", "width", "height", "channels", "batch_normalize", "activation", "scale_x_y", "dontload",
-             "dontloadscales", "padding", "dilation", "stride_x", "stride_y", "output", "maxpool_depth", "bogus"]
-FUZZ_SECTIONS = ["[net]", "[convolutional]", "[route]", "[shortcut]", "[maxpool]", "[upsample]", "[yolo]",
-                 "[connected]", "[avgpool]", "[softmax]", "[sam]", "[scale_channels]", "[reorg3d]", "[dropout]",
-                 "[local_avgpool]", "[batchnorm]", "[region]", "[bogus]", "[", "[]"]
+FUZZ_KEYS = [
+    "filters",
+    "size",
+    "stride",
+    "pad",
+    "groups",
+    "group_id",
+    "layers",
+    "from",
+    "mask",
+    "num",
+    "classes",
+    "anchors",
+    "width",
+    "height",
+    "channels",
+    "batch_normalize",
+    "activation",
+    "scale_x_y",
+    "dontload",
+    "dontloadscales",
+    "padding",
+    "dilation",
+    "stride_x",
+    "stride_y",
+    "output",
+    "maxpool_depth",
+    "bogus",
+]
+FUZZ_SECTIONS = [
+    "[net]",
+    "[convolutional]",
+    "[route]",
+    "[shortcut]",
+    "[maxpool]",
+    "[upsample]",
+    "[yolo]",
+    "[connected]",
+    "[avgpool]",
+    "[softmax]",
+    "[sam]",
+    "[scale_channels]",
+    "[reorg3d]",
+    "[dropout]",
+    "[local_avgpool]",
+    "[batchnorm]",
+    "[region]",
+    "[bogus]",
+    "[",
+    "[]",
+]
 
 
 def mutate(text, rng):
@@ -512,9 +625,9 @@ def mutate(text, rng):
             # Cut the file (or one line) at a random character.
             if rng.random() < 0.5:
                 joined = "\n".join(lines)
-                lines = joined[:rng.randrange(len(joined) + 1)].splitlines()
+                lines = joined[: rng.randrange(len(joined) + 1)].splitlines()
             else:
-                lines[i] = lines[i][:rng.randrange(len(lines[i]) + 1)]
+                lines[i] = lines[i][: rng.randrange(len(lines[i]) + 1)]
     return "\n".join(lines) + "\n"
 
 
@@ -537,9 +650,8 @@ def test_fuzzed_cfgs_build_or_raise_darknet_error(tmp_path):
         except pydarknet.DarknetError as err:
             assert str(path) in str(err), f"case {case}: the error does not name the file: {err}"
             outcomes["refused"] += 1
-        except Exception as err:  # noqa: BLE001 - any other exception type is the failure under test
-            pytest.fail(f"fuzz case {case} (lenient={lenient}) raised {type(err).__name__}: {err}\n"
-                        f"--- cfg ---\n{text}")
+        except Exception as err:
+            pytest.fail(f"fuzz case {case} (lenient={lenient}) raised {type(err).__name__}: {err}\n--- cfg ---\n{text}")
         else:
             outcomes["built"] += 1
     # The mutations should exercise both outcomes.
@@ -556,6 +668,7 @@ def test_fuzz_is_reproducible():
 
 # ----- forward() input checks ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def small_net(tmp_path_factory):
     path = tmp_path_factory.mktemp("net") / "small.cfg"
@@ -568,8 +681,10 @@ def test_forward_accepts_the_right_input(small_net):
     assert len(out) == 1 and out[0].shape == (2, 4, 16, 16)
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 16, 17), (1, 3, 17, 16), (1, 4, 16, 16), (1, 1, 16, 16),
-                                   (1, 16, 16, 3), (2, 3, 8, 8), (0, 3, 16, 16)])
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 3, 16, 17), (1, 3, 17, 16), (1, 4, 16, 16), (1, 1, 16, 16), (1, 16, 16, 3), (2, 3, 8, 8), (0, 3, 16, 16)],
+)
 def test_forward_wrong_shape(small_net, shape):
     with pytest.raises(ValueError):
         small_net.forward(np.zeros(shape, np.float32))
@@ -581,13 +696,17 @@ def test_forward_wrong_ndim(small_net, shape):
         small_net.forward(np.zeros(shape, np.float32))
 
 
-@pytest.mark.parametrize("make", [
-    lambda s: np.zeros(s, np.complex64),
-    lambda s: np.full(s, "0.5"),
-    lambda s: np.full(s, None, dtype=object),
-    lambda s: np.zeros(s, "datetime64[s]"),
-    lambda s: np.zeros(s, [("a", np.float32), ("b", np.float32)]),
-], ids=["complex", "str", "object", "datetime", "structured"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: np.zeros(s, np.complex64),
+        lambda s: np.full(s, "0.5"),
+        lambda s: np.full(s, None, dtype=object),
+        lambda s: np.zeros(s, "datetime64[s]"),
+        lambda s: np.zeros(s, [("a", np.float32), ("b", np.float32)]),
+    ],
+    ids=["complex", "str", "object", "datetime", "structured"],
+)
 def test_forward_wrong_dtype(small_net, make):
     x = make((1, 3, 16, 16))
     with warnings.catch_warnings():
@@ -608,6 +727,7 @@ def test_forward_all_checks_the_input_too(small_net):
 
 
 # ----- devices -------------------------------------------------------------------------------------------
+
 
 @pytest.mark.skipif(_core.cuda_device_count() > 0, reason="this machine has a CUDA GPU")
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "CUDA"])

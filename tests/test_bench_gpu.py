@@ -20,8 +20,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_gpu
 
 
-@pytest.mark.parametrize("name,size", [("yolov4-tiny", 160), ("yolov3-tiny", 160), ("yolov4", 128),
-                                       ("yolov4-csp", 128)])
+@pytest.mark.parametrize(
+    "name,size", [("yolov4-tiny", 160), ("yolov3-tiny", 160), ("yolov4", 128), ("yolov4-csp", 128)]
+)
 def test_torch_graph_matches_the_engine(name, size):
     net, _ = bench_gpu.load_network(name, size, "fp32", "cpu")
     model = bench_gpu.build_torch_model(net).eval().to(memory_format=torch.channels_last)

@@ -15,24 +15,56 @@ CFGS = sorted(p.name for p in CFG_DIR.glob("*.cfg"))
 
 # Darknet's parameter counts of the released files (darknet-reference.md 1.4): header + 4 bytes per float.
 WEIGHTS_BYTES = {
-    "yolov3.cfg": 248_007_048, "yolov3-tiny.cfg": 35_434_956, "yolov3-spp.cfg": 252_209_544,
-    "yolov4.cfg": 257_717_640, "yolov4-tiny.cfg": 24_251_276, "yolov4-tiny-3l.cfg": 25_336_200,
-    "yolov4-csp.cfg": 211_944_840, "yolov4x-mish.cfg": 399_388_168, "yolov4-p5.cfg": 283_669_892,
-    "yolov4-p6.cfg": 510_868_180, "yolov7-tiny.cfg": 24_967_560, "yolov7.cfg": 147_898_248,
-    "yolov7x.cfg": 285_638_760, "darknet53.cfg": 166_582_580,
+    "yolov3.cfg": 248_007_048,
+    "yolov3-tiny.cfg": 35_434_956,
+    "yolov3-spp.cfg": 252_209_544,
+    "yolov4.cfg": 257_717_640,
+    "yolov4-tiny.cfg": 24_251_276,
+    "yolov4-tiny-3l.cfg": 25_336_200,
+    "yolov4-csp.cfg": 211_944_840,
+    "yolov4x-mish.cfg": 399_388_168,
+    "yolov4-p5.cfg": 283_669_892,
+    "yolov4-p6.cfg": 510_868_180,
+    "yolov7-tiny.cfg": 24_967_560,
+    "yolov7.cfg": 147_898_248,
+    "yolov7x.cfg": 285_638_760,
+    "darknet53.cfg": 166_582_580,
 }
-PARTIAL_BYTES = {("darknet53.cfg", 74): 162_482_580, ("yolov4.cfg", 137): 170_038_676,
-                 ("yolov4-tiny.cfg", 29): 19_789_716}
-YOLO_HEADS = {"yolov3.cfg": [82, 94, 106], "yolov4.cfg": [139, 150, 161], "yolov4-tiny.cfg": [30, 37],
-              "yolov4-csp.cfg": [144, 159, 174], "yolov4-p6.cfg": [292, 296, 300, 304],
-              "yolov7-tiny.cfg": [90, 94, 98]}
+PARTIAL_BYTES = {
+    ("darknet53.cfg", 74): 162_482_580,
+    ("yolov4.cfg", 137): 170_038_676,
+    ("yolov4-tiny.cfg", 29): 19_789_716,
+}
+YOLO_HEADS = {
+    "yolov3.cfg": [82, 94, 106],
+    "yolov4.cfg": [139, 150, 161],
+    "yolov4-tiny.cfg": [30, 37],
+    "yolov4-csp.cfg": [144, 159, 174],
+    "yolov4-p6.cfg": [292, 296, 300, 304],
+    "yolov7-tiny.cfg": [90, 94, 98],
+}
 
 
 def test_the_supported_cfgs_are_shipped():
-    for name in ["yolov3.cfg", "yolov3-tiny.cfg", "yolov3-tiny_3l.cfg", "yolov3-spp.cfg", "yolov4.cfg",
-                 "yolov4-tiny.cfg", "yolov4-tiny-3l.cfg", "yolov4-csp.cfg", "yolov4-csp-swish.cfg",
-                 "yolov4-csp-x-swish.cfg", "yolov4x-mish.cfg", "yolov4-p5.cfg", "yolov4-p6.cfg", "yolov7-tiny.cfg",
-                 "yolov7.cfg", "yolov7x.cfg", "darknet53.cfg"]:
+    for name in [
+        "yolov3.cfg",
+        "yolov3-tiny.cfg",
+        "yolov3-tiny_3l.cfg",
+        "yolov3-spp.cfg",
+        "yolov4.cfg",
+        "yolov4-tiny.cfg",
+        "yolov4-tiny-3l.cfg",
+        "yolov4-csp.cfg",
+        "yolov4-csp-swish.cfg",
+        "yolov4-csp-x-swish.cfg",
+        "yolov4x-mish.cfg",
+        "yolov4-p5.cfg",
+        "yolov4-p6.cfg",
+        "yolov7-tiny.cfg",
+        "yolov7.cfg",
+        "yolov7x.cfg",
+        "darknet53.cfg",
+    ]:
         assert name in CFGS
     assert len((CFG_DIR / "coco.names").read_text().split("\n")) >= 80
 
@@ -65,6 +97,7 @@ def test_cfg_matches_darknet_original(name):
 
 def test_cfg_dir_is_installed_with_the_package():
     import importlib.resources
+
     shipped = importlib.resources.files(pydarknet) / "cfg"
     if not shipped.is_dir():
         pytest.skip("running against a source tree without an installed copy of cfg/")

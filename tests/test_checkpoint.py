@@ -16,10 +16,21 @@ import pytest
 
 from pydarknet.core import weights as weights_io
 from pydarknet.core.cfg import parse_cfg_text
-from pydarknet.train.checkpoint import (CheckpointError, CheckpointManager, TrainState, atomic_write, darknet_base_name,
-                                  load_state, partial, resume, save_state, save_weights, state_path_for)
-from pydarknet.errors import WeightsError
 from pydarknet.core.graph import build_network, load_network_desc
+from pydarknet.errors import WeightsError
+from pydarknet.train.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    TrainState,
+    atomic_write,
+    darknet_base_name,
+    load_state,
+    partial,
+    resume,
+    save_state,
+    save_weights,
+    state_path_for,
+)
 from pydarknet.train.optim import Optimizer
 
 CFG_DIR = Path(__file__).resolve().parents[1] / "cfg"
@@ -65,8 +76,9 @@ activation=linear
 
 
 def make_desc(max_batches=2010, ema=0.9, net_extra="", l0="", l3=""):
-    return build_network(parse_cfg_text(CFG.format(max_batches=max_batches, ema=ema, net_extra=net_extra, l0=l0,
-                                                   l3=l3)))
+    return build_network(
+        parse_cfg_text(CFG.format(max_batches=max_batches, ema=ema, net_extra=net_extra, l0=l0, l3=l3))
+    )
 
 
 def init_params(desc, seed=0):
@@ -80,7 +92,7 @@ def grad_for(desc, iteration):
 # ----- names and rules ------------------------------------------------------------------------------------------
 def test_darknet_base_name():
     assert darknet_base_name("cfg/yolov4-tiny.cfg") == "yolov4-tiny"
-    assert darknet_base_name("/a/b.c/yolo.v4.cfg") == "yolo"        # basecfg cuts at the first dot
+    assert darknet_base_name("/a/b.c/yolo.v4.cfg") == "yolo"  # basecfg cuts at the first dot
     assert darknet_base_name(r"C:\models\my.cfg") == "my"
     assert state_path_for("backup/x_last.weights") == Path("backup/x_last.state")
 
@@ -121,8 +133,9 @@ def test_manager_writes_darknet_files(tmp_path):
     desc = make_desc(max_batches=2010)
     opt = Optimizer(desc)
     p = init_params(desc)
-    m = CheckpointManager(tmp_path / "backup", "cfg/tiny-test.cfg", desc, save_every=4, save_last_every=2,
-                          start_iteration=1000)
+    m = CheckpointManager(
+        tmp_path / "backup", "cfg/tiny-test.cfg", desc, save_every=4, save_last_every=2, start_iteration=1000
+    )
     state = TrainState(seed=5)
     written = {}
     for it in range(1001, 1009):
@@ -137,15 +150,21 @@ def test_manager_writes_darknet_files(tmp_path):
     weights_io.load_into(desc, ema_file, tmp_path / "backup/tiny-test_ema.weights")
     np.testing.assert_array_equal(ema_file, opt.ema.averaged(p))
     data = (tmp_path / "backup/tiny-test_1008.weights").read_bytes()
-    assert struct.unpack_from("<iiiQ", data) == (0, 2, 5, 1008 * 8)       # seen = iteration * batch
+    assert struct.unpack_from("<iiiQ", data) == (0, 2, 5, 1008 * 8)  # seen = iteration * batch
     assert m.save_best(p, state, 0.30) and state.best_map == pytest.approx(0.30)
     assert m.save_best(p, state, 0.20) is None
-    assert m.save_best(p, state, 0.30) is not None                          # Darknet: >= counts as new best
+    assert m.save_best(p, state, 0.30) is not None  # Darknet: >= counts as new best
     assert m.save_final(p, state).name == "tiny-test_final.weights"
     names = sorted(q.name for q in (tmp_path / "backup").iterdir())
-    assert names == ["tiny-test_1004.weights", "tiny-test_1008.weights", "tiny-test_best.weights",
-                     "tiny-test_ema.weights", "tiny-test_final.weights", "tiny-test_last.state",
-                     "tiny-test_last.weights"]
+    assert names == [
+        "tiny-test_1004.weights",
+        "tiny-test_1008.weights",
+        "tiny-test_best.weights",
+        "tiny-test_ema.weights",
+        "tiny-test_final.weights",
+        "tiny-test_last.state",
+        "tiny-test_last.weights",
+    ]
 
 
 # ----- the state file -------------------------------------------------------------------------------------------
@@ -160,8 +179,11 @@ def test_state_round_trip_is_bit_exact(tmp_path, net_extra):
     save_state(tmp_path / "s.state", desc, p, state, opt)
     saved = load_state(tmp_path / "s.state")
     assert saved.meta["iteration"] == 1006 and saved.meta["seen"] == 1006 * 8
-    assert (saved.meta["best_map"], saved.meta["seed"], saved.meta["extra"]) == (0.625, 1234,
-                                                                                 {"rng": [1, 2, 3], "epoch": 2})
+    assert (saved.meta["best_map"], saved.meta["seed"], saved.meta["extra"]) == (
+        0.625,
+        1234,
+        {"rng": [1, 2, 3], "epoch": 2},
+    )
     original = opt.state_dict()
     for name, value in original.items():
         if isinstance(value, np.ndarray):
@@ -173,7 +195,7 @@ def test_state_round_trip_is_bit_exact(tmp_path, net_extra):
     q = np.zeros_like(p)
     saved.restore(desc, q, restored)
     for t in hidden:
-        np.testing.assert_array_equal(q[t.offset:t.offset + t.size], p[t.offset:t.offset + t.size])
+        np.testing.assert_array_equal(q[t.offset : t.offset + t.size], p[t.offset : t.offset + t.size])
     for name, value in restored.state_dict().items():
         if isinstance(value, np.ndarray):
             assert value.tobytes() == original[name].tobytes(), name
@@ -211,13 +233,21 @@ def test_resume_refuses_another_cfg(tmp_path):
     changed = make_desc(max_batches=4000)
     with pytest.raises(CheckpointError, match=r"different cfg.*\[net\] max_batches: 2010 -> 4000"):
         resume(changed, tmp_path / "n_last.weights", params=np.zeros_like(p), optimizer=Optimizer(changed))
-    info = resume(changed, tmp_path / "n_last.weights", params=np.zeros_like(p), optimizer=Optimizer(changed),
-                  allow_cfg_changes=True)
+    info = resume(
+        changed,
+        tmp_path / "n_last.weights",
+        params=np.zeros_like(p),
+        optimizer=Optimizer(changed),
+        allow_cfg_changes=True,
+    )
     assert info.iteration == 7 and info.cfg_changes == ["[net] max_batches: 2010 -> 4000"]
     with pytest.raises(CheckpointError, match="layer 3 options"):
         load_state(tmp_path / "n_last.state").check(make_desc(l3="learning_rate=0.1"))
-    other = build_network(parse_cfg_text(CFG.format(max_batches=2010, ema=0.9, net_extra="", l0="", l3="")
-                                         .replace("output=4", "output=5")))
+    other = build_network(
+        parse_cfg_text(
+            CFG.format(max_batches=2010, ema=0.9, net_extra="", l0="", l3="").replace("output=4", "output=5")
+        )
+    )
     with pytest.raises(CheckpointError, match="different parameter layout"):
         load_state(tmp_path / "n_last.state").check(other)
 
@@ -253,13 +283,13 @@ def test_resume_without_state_and_clear(tmp_path):
     save_weights(tmp_path / "w.weights", desc, p, seen=8 * 300 + 5)
     q = np.zeros_like(p)
     info = resume(desc, tmp_path / "w.weights", params=q)
-    assert (info.iteration, info.seen, info.state_path) == (300, 2405, None)   # seen / (batch*subdivisions)
+    assert (info.iteration, info.seen, info.state_path) == (300, 2405, None)  # seen / (batch*subdivisions)
     np.testing.assert_array_equal(q, p)
     opt = Optimizer(desc)
     CheckpointManager(tmp_path, "c.cfg", desc, save_last_every=1).save_last(p, TrainState(iteration=40), opt)
     fresh = Optimizer(desc)
     info = resume(desc, tmp_path / "c_last.weights", params=q, optimizer=fresh, clear=True)
-    assert (info.iteration, info.seen, info.state_path) == (0, 0, None)        # Darknet's -clear
+    assert (info.iteration, info.seen, info.state_path) == (0, 0, None)  # Darknet's -clear
     assert not fresh.velocity.any()
 
 
@@ -270,7 +300,7 @@ def test_bad_state_files(tmp_path):
     desc = make_desc()
     save_state(tmp_path / "ok.state", desc, init_params(desc), TrainState(iteration=3))
     data = (tmp_path / "ok.state").read_bytes()
-    (tmp_path / "cut.state").write_bytes(data[:len(data) // 2])
+    (tmp_path / "cut.state").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError):
         load_state(tmp_path / "cut.state")
     with pytest.raises(CheckpointError, match="no such"):
@@ -331,10 +361,11 @@ def test_checkpoint_survives_a_writer_killed_mid_way(tmp_path):
         backup = tmp_path / f"run{run}"
         # cwd outside the checkout: `python -c` puts the working folder first on sys.path, and the source tree's
         # pydarknet has no compiled engine unless it was installed in place.
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(backup), BIG_CFG], stdout=subprocess.PIPE,
-                                text=True, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(backup), BIG_CFG], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+        )
         try:
-            assert proc.stdout.readline().strip() == "1"        # one complete checkpoint exists
+            assert proc.stdout.readline().strip() == "1"  # one complete checkpoint exists
             time.sleep(rng.uniform(0.05, 1.0))
         finally:
             os.kill(proc.pid, signal.SIGKILL)
@@ -361,13 +392,13 @@ def test_partial_is_the_first_layers_with_seen_zero(tmp_path):
     save_weights(full, desc, p, seen=123456)
     result = partial(cfg, full, tmp_path / "yolov4-tiny.conv.29", 29)
     out = (tmp_path / "yolov4-tiny.conv.29").read_bytes()
-    assert result.bytes == len(out) == 19_789_716          # the size of the released yolov4-tiny.conv.29
+    assert result.bytes == len(out) == 19_789_716  # the size of the released yolov4-tiny.conv.29
     assert result.floats == 4_947_424
     assert struct.unpack_from("<iiiQ", out) == (0, 2, 5, 0)
-    assert out[20:] == full.read_bytes()[20:20 + 4 * result.floats]
+    assert out[20:] == full.read_bytes()[20 : 20 + 4 * result.floats]
     # a partial file that holds enough layers can be cut again; one that holds too few cannot
     again = partial(cfg, tmp_path / "yolov4-tiny.conv.29", tmp_path / "conv.10", 10)
-    assert (tmp_path / "conv.10").read_bytes()[20:] == out[20:20 + 4 * again.floats]
+    assert (tmp_path / "conv.10").read_bytes()[20:] == out[20 : 20 + 4 * again.floats]
     with pytest.raises(WeightsError, match="fewer layers than asked for"):
         partial(cfg, tmp_path / "conv.10", tmp_path / "conv.20", 20)
     with pytest.raises(ValueError, match="between 1 and 38"):

@@ -14,9 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from pydarknet.hub import assets
-from pydarknet.hub import models
 from pydarknet.cli.main import main
+from pydarknet.hub import assets, models
 
 PREDICTED = re.compile(r"^(.*): Predicted in [0-9.]+ milli-seconds\.$", re.M)
 
@@ -44,9 +43,22 @@ def test_folder_end_to_end(images, tmp_path, capsys):
     out_json = tmp_path / "result.json"
     coco_json = tmp_path / "coco.json"
     save = tmp_path / "annotated"
-    code, out, err = run(capsys, "detect", images, "--out", out_json, "--coco-out", coco_json, "--save-dir", save,
-                         "--save-txt", "--ext-output", "--batch", "2")
-    assert code == 1, err                                   # two unreadable images, the rest processed
+    code, out, err = run(
+        capsys,
+        "detect",
+        images,
+        "--out",
+        out_json,
+        "--coco-out",
+        coco_json,
+        "--save-dir",
+        save,
+        "--save-txt",
+        "--ext-output",
+        "--batch",
+        "2",
+    )
+    assert code == 1, err  # two unreadable images, the rest processed
     assert "corrupt.png: cannot read image" in err and "truncated.jpg: cannot read image" in err
     assert "2 images" in err and "2 failed" in err
     processed = [pathlib.Path(p).name for p in PREDICTED.findall(out)]
@@ -86,7 +98,7 @@ def test_list_file_with_missing_entry(images, tmp_path, capsys):
     data = json.loads(out_json.read_text())
     assert [pathlib.Path(d["filename"]).name for d in data] == ["bus.jpg", "zidane.jpg"]
     assert all(o["confidence"] > 0.5 for d in data for o in d["objects"])
-    assert "\t(left_x" not in out                            # no --ext-output: Darknet's short lines
+    assert "\t(left_x" not in out  # no --ext-output: Darknet's short lines
     assert re.search(r"^person: \d+%$", out, re.M)
 
 
@@ -118,13 +130,13 @@ def test_cfg_weights_and_names_options(images, tmp_path, capsys):
     cfg = models.find_data_file("yolov4-tiny.cfg")
     weights = models.fetch("yolov4-tiny")
     names = models.find_data_file("coco.names")
-    code, out, err = run(capsys, "detect", images / "zidane.jpg", "--cfg", cfg, "--weights", weights,
-                         "--names", names)
+    code, out, err = run(capsys, "detect", images / "zidane.jpg", "--cfg", cfg, "--weights", weights, "--names", names)
     assert code == 0, err
     assert "person" in out
     # weights that do not fit the cfg: both byte counts in the message
-    code, out, err = run(capsys, "detect", images / "zidane.jpg", "--cfg", models.find_data_file("yolov3-tiny.cfg"),
-                         "--weights", weights)
+    code, out, err = run(
+        capsys, "detect", images / "zidane.jpg", "--cfg", models.find_data_file("yolov3-tiny.cfg"), "--weights", weights
+    )
     assert code == 2 and "error:" in err and f"{os.path.getsize(weights):,}" in err and "bytes" in err
     assert "do not fit" in err
     code, out, err = run(capsys, "detect", images / "zidane.jpg", "--cfg", cfg)
@@ -149,7 +161,7 @@ def test_model_option_and_save_txt_next_to_image(images, tmp_path, capsys):
     code, out, err = run(capsys, "detect", img, "--model", "yolov3-tiny", "--letterbox", "--save-txt")
     assert code == 0, err
     assert "cup" in out
-    assert (tmp_path / "coffee.txt").is_file()                # like Darknet's -save_labels
+    assert (tmp_path / "coffee.txt").is_file()  # like Darknet's -save_labels
 
 
 def test_usage_errors(capsys):
@@ -178,8 +190,13 @@ def test_download(capsys):
 
 def test_python_dash_m_entry_point(images):
     # run outside the checkout so that the installed package (with its compiled engine) is the one imported
-    proc = subprocess.run([sys.executable, "-m", "pydarknet", "detect", str(images / "zidane.jpg"), "--thresh",
-                           "0.4"], capture_output=True, text=True, timeout=300, cwd=images)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pydarknet", "detect", str(images / "zidane.jpg"), "--thresh", "0.4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=images,
+    )
     assert proc.returncode == 0, proc.stderr
     assert PREDICTED.search(proc.stdout) and "person:" in proc.stdout
 
@@ -193,7 +210,7 @@ def test_registry_entries():
         m = models.get(name)
         assert models.find_data_file(m.cfg).is_file() and models.find_data_file(m.names).is_file()
         assert m.url.startswith("https://") and m.url.endswith(m.weights)
-    for name in ("yolov4-tiny", "yolov3-tiny"):              # package-registry sources, sha256 pinned
+    for name in ("yolov4-tiny", "yolov3-tiny"):  # package-registry sources, sha256 pinned
         m = models.get(name)
         assert m.asset and m.sha256 == assets.ASSETS[m.asset].sha256
         assert models.expected_size(name) == assets.ASSETS[m.asset].size
@@ -220,7 +237,7 @@ def test_registry_cache_and_offline_message(tmp_path, monkeypatch):
     with pytest.raises(models.ModelError, match="--weights PATH") as e:
         models.fetch("yolov3", quiet=True)
     assert "yolov3.weights" in str(e.value)
-    assert not list((tmp_path / "cache" / "weights").glob("*"))    # nothing half-written left behind
+    assert not list((tmp_path / "cache" / "weights").glob("*"))  # nothing half-written left behind
     # a file of the right size placed in the cache is used as is, never downloaded again
     dest = models.weights_path("yolov4-tiny")
     dest.parent.mkdir(parents=True)

@@ -6,13 +6,11 @@ Shapes are chosen to cross the tile edges of every kernel (rows not a multiple o
 multiple of 8/16/48, depths over one 512-deep block) with groups, strides, dilation, batch > 1 and every activation.
 """
 
-
 import numpy as np
 import pytest
-
 from support import reference as ref
-from support.reference import assert_close, cfg_text, params64, random_input, randomize_params
 from support.assets import fetch_or_skip
+from support.reference import assert_close, cfg_text, params64, random_input, randomize_params
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -22,13 +20,15 @@ ISA_ORDER = ["generic", "avx2", "avx512"]
 @pytest.fixture(scope="module")
 def core():
     from pydarknet import _core
+
     return _core
 
 
 def _available_isas():
     from pydarknet import _core
+
     best = _core.cpu_best_isa()
-    return ISA_ORDER[:ISA_ORDER.index(best) + 1]
+    return ISA_ORDER[: ISA_ORDER.index(best) + 1]
 
 
 @pytest.fixture(params=ISA_ORDER)
@@ -53,11 +53,21 @@ def conv_want(net, x, keys):
     padding = keys.get("padding", size // 2 if keys.get("pad") else 0)
     stride = keys.get("stride", 1)
     return ref.convolutional(
-        x, p["weights"], p["biases"], stride_x=keys.get("stride_x", stride), stride_y=keys.get("stride_y", stride),
-        padding=padding, dilation=keys.get("dilation", 1), groups=keys.get("groups", 1),
-        batch_normalize=bool(keys.get("batch_normalize", 0)), scales=p.get("scales"),
-        rolling_mean=p.get("rolling_mean"), rolling_variance=p.get("rolling_variance"),
-        activation=keys["activation"], bn_eps=ref.BN_EPSILON)
+        x,
+        p["weights"],
+        p["biases"],
+        stride_x=keys.get("stride_x", stride),
+        stride_y=keys.get("stride_y", stride),
+        padding=padding,
+        dilation=keys.get("dilation", 1),
+        groups=keys.get("groups", 1),
+        batch_normalize=bool(keys.get("batch_normalize", 0)),
+        scales=p.get("scales"),
+        rolling_mean=p.get("rolling_mean"),
+        rolling_variance=p.get("rolling_variance"),
+        activation=keys["activation"],
+        bn_eps=ref.BN_EPSILON,
+    )
 
 
 # (channels, height, width, batch, cfg keys)
@@ -67,21 +77,36 @@ EDGE_CASES = {
     # 1x1 with many columns: several column blocks per thread, the last one partial
     "1x1_m50_n2491": (19, 47, 53, 1, dict(filters=50, size=1, stride=1, batch_normalize=1, activation="mish")),
     # 3x3 with a depth of 60*9 = 540 (two depth blocks) and 25 rows
-    "3x3_k540_m25": (60, 11, 12, 2, dict(filters=25, size=3, stride=1, pad=1, batch_normalize=1,
-                                         activation="logistic")),
+    "3x3_k540_m25": (
+        60,
+        11,
+        12,
+        2,
+        dict(filters=25, size=3, stride=1, pad=1, batch_normalize=1, activation="logistic"),
+    ),
     # few columns (narrow tiles): 5x5 map, 70 filters
     "3x3_small_map": (33, 5, 5, 3, dict(filters=70, size=3, stride=1, pad=1, activation="swish")),
     # strided, padded, the first layer of a detector in miniature
     "3x3_s2_rgb": (3, 37, 41, 2, dict(filters=32, size=3, stride=2, pad=1, batch_normalize=1, activation="leaky")),
     # stride 2 in x only, dilation, even kernel
-    "stride_x2_dil2": (5, 17, 23, 1, dict(filters=9, size=3, stride_x=2, stride_y=1, pad=1, dilation=2,
-                                          activation="linear")),
+    "stride_x2_dil2": (
+        5,
+        17,
+        23,
+        1,
+        dict(filters=9, size=3, stride_x=2, stride_y=1, pad=1, dilation=2, activation="linear"),
+    ),
     "even_kernel": (4, 9, 10, 2, dict(filters=7, size=2, stride=1, pad=1, activation="relu")),
     "5x5_s3": (7, 20, 19, 1, dict(filters=11, size=5, stride=3, pad=1, activation="tanh")),
     # groups, depthwise
     "groups3": (12, 13, 14, 2, dict(filters=21, size=3, stride=1, pad=1, groups=3, activation="leaky")),
-    "depthwise": (16, 15, 9, 1, dict(filters=16, size=3, stride=1, pad=1, groups=16, batch_normalize=1,
-                                     activation="relu6")),
+    "depthwise": (
+        16,
+        15,
+        9,
+        1,
+        dict(filters=16, size=3, stride=1, pad=1, groups=16, batch_normalize=1, activation="relu6"),
+    ),
     # more rows than one thread's share, columns fewer than a wide tile
     "1x1_m300_n40": (64, 5, 8, 1, dict(filters=300, size=1, stride=1, activation="linear")),
 }
@@ -127,15 +152,17 @@ def test_set_cpu_isa_rejects_unknown_names(core):
 # Winograd F(4x4, 3x3)
 # ----------------------------------------------------------------------------------------------------------
 
+
 # The transform matrices of F(4x4, 3x3) for the interpolation points 0, 1, -1, 2, -1/2 and infinity (the engine's
 # choice), built here by the Toom-Cook construction; test_winograd_reference_is_a_convolution checks them against
 # the direct sum, independently of the engine.
 def toom_cook_f43(points):
     from numpy.polynomial import polynomial as P
+
     p = np.asarray(points, dtype=np.float64)
     at = np.zeros((4, 6))
     for i in range(4):
-        at[i, :5] = p ** i
+        at[i, :5] = p**i
     at[3, 5] = 1.0
     g = np.zeros((6, 3))
     for j in range(5):
@@ -164,11 +191,11 @@ def winograd_f43(x, w, padding, magnitude=False):
     ty, tx = -(-out_h // 4), -(-out_w // 4)
     xp = np.zeros((n, c, 4 * ty + 2, 4 * tx + 2))
     rows, cols = min(h, 4 * ty + 2 - padding), min(wd, 4 * tx + 2 - padding)
-    xp[:, :, padding:padding + rows, padding:padding + cols] = x[:, :, :rows, :cols]
+    xp[:, :, padding : padding + rows, padding : padding + cols] = x[:, :, :rows, :cols]
     d = np.empty((n, c, ty, tx, 6, 6))
     for i in range(ty):
         for j in range(tx):
-            d[:, :, i, j] = xp[:, :, 4 * i:4 * i + 6, 4 * j:4 * j + 6]
+            d[:, :, i, j] = xp[:, :, 4 * i : 4 * i + 6, 4 * j : 4 * j + 6]
     v = np.einsum("ab,nctxbd,ed->nctxae", bt, d, bt)
     u = np.einsum("ab,fcbd,ed->fcae", g, w, g)
     if magnitude:
@@ -195,8 +222,9 @@ def test_winograd_reference_is_a_convolution(h, w, padding):
     rng = np.random.default_rng(5)
     x = rng.normal(size=(2, 3, h, w))
     k = rng.normal(size=(4, 3, 3, 3))
-    np.testing.assert_allclose(winograd_f43(x, k, padding), ref.conv2d_raw(x, k, padding=padding),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        winograd_f43(x, k, padding), ref.conv2d_raw(x, k, padding=padding), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.fixture
@@ -209,15 +237,18 @@ def winograd_switch(core):
 # (channels, height, width, batch, cfg keys): shapes the engine runs through Winograd (3x3, stride 1, at least
 # 16 channels and filters, maps of 8 or more) with sizes that are not multiples of the 4x4 tile.
 WINOGRAD_CASES = {
-    "pad1_odd_map": (16, 13, 13, 1, dict(filters=16, size=3, stride=1, pad=1, batch_normalize=1,
-                                         activation="leaky")),
+    "pad1_odd_map": (16, 13, 13, 1, dict(filters=16, size=3, stride=1, pad=1, batch_normalize=1, activation="leaky")),
     "pad1_batch3_rect": (24, 9, 18, 3, dict(filters=37, size=3, stride=1, pad=1, activation="mish")),
     "valid_pad0": (20, 11, 10, 2, dict(filters=19, size=3, stride=1, padding=0, activation="linear")),
-    "deep_k600": (600, 8, 9, 1, dict(filters=30, size=3, stride=1, pad=1, batch_normalize=1,
-                                     activation="logistic")),
+    "deep_k600": (600, 8, 9, 1, dict(filters=30, size=3, stride=1, pad=1, batch_normalize=1, activation="logistic")),
     "wide_map_many_filters": (17, 26, 31, 2, dict(filters=70, size=3, stride=1, pad=1, activation="swish")),
-    "channel_activation": (16, 10, 12, 2, dict(filters=18, size=3, stride=1, pad=1,
-                                               activation="normalize_channels_softmax")),
+    "channel_activation": (
+        16,
+        10,
+        12,
+        2,
+        dict(filters=18, size=3, stride=1, pad=1, activation="normalize_channels_softmax"),
+    ),
 }
 
 
@@ -260,15 +291,17 @@ def test_winograd_error_is_bounded_by_its_terms(winograd_switch, tmp_path):
     terms = winograd_f43(x, wf, 1, magnitude=True)
     winograd_switch.set_cpu_winograd(True)
     err = np.abs(net.forward(x)[0] - exact)
-    assert np.all(err <= 64 * 2.0 ** -24 * terms + 1e-7), float(np.max(err / (terms + 1e-30)))
+    assert np.all(err <= 64 * 2.0**-24 * terms + 1e-7), float(np.max(err / (terms + 1e-30)))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # bf16 precision
 # ----------------------------------------------------------------------------------------------------------
 
+
 def bf16_net(tmp_path, c, h, w, keys, seed=0):
     import pydarknet
+
     text = cfg_text(w, h, c, ("convolutional", keys))
     path = tmp_path / "bf16.cfg"
     path.write_text(text)
@@ -280,13 +313,12 @@ def bf16_net(tmp_path, c, h, w, keys, seed=0):
 
 # bf16 keeps 8 significant bits, so rounding to nearest is off by at most 2^-8 relative; two rounded operands make
 # each product off by at most 2^-7 + 2^-16. Float32 sums and transforms add far less (a 1e-5 relative allowance).
-BF16_PRODUCT = 2.0 ** -7 + 2.0 ** -16 + 1e-5
+BF16_PRODUCT = 2.0**-7 + 2.0**-16 + 1e-5
 
 # (channels, height, width, batch, cfg keys, padding): odd depths (unpaired last bf16), 1x1, strided, Winograd
 BF16_CASES = {
     "1x1_odd_depth": (7, 9, 11, 2, dict(filters=13, size=1, stride=1, activation="linear"), 0),
-    "3x3_s2_rgb": (3, 21, 19, 1, dict(filters=32, size=3, stride=2, pad=1, batch_normalize=1,
-                                      activation="linear"), 1),
+    "3x3_s2_rgb": (3, 21, 19, 1, dict(filters=32, size=3, stride=2, pad=1, batch_normalize=1, activation="linear"), 1),
     "3x3_k540": (60, 11, 12, 2, dict(filters=25, size=3, stride=1, pad=1, activation="leaky"), 1),
     "3x3_small_filters": (5, 12, 12, 1, dict(filters=9, size=3, stride=1, pad=1, activation="linear"), 1),
     "winograd_odd_channels": (17, 12, 13, 2, dict(filters=18, size=3, stride=1, pad=1, activation="linear"), 1),
@@ -314,14 +346,16 @@ def test_bf16_conv_within_rounding_bound(isa, winograd_switch, tmp_path, case):
         got = net.forward(x)[0]
         err = np.abs(got - exact)
         bound = BF16_PRODUCT * terms + 1e-6
-        assert np.all(err <= bound), (f"{case} winograd={winograd} ({isa}): worst error/bound "
-                                      f"{float(np.max(err / bound)):.3g}")
+        assert np.all(err <= bound), (
+            f"{case} winograd={winograd} ({isa}): worst error/bound {float(np.max(err / bound)):.3g}"
+        )
         # and bf16 is really in use: float32 stays within ~1e-5 of the largest output, bf16 goes beyond 1e-3
         assert float(np.max(err)) > 1e-3 * float(np.max(np.abs(exact)))
 
 
 def test_bf16_precision_is_checked(tmp_path):
     import pydarknet
+
     path = tmp_path / "p.cfg"
     path.write_text(cfg_text(8, 8, 3, ("convolutional", dict(filters=4, size=3, pad=1))))
     with pytest.raises(pydarknet.DeviceError, match="unknown precision"):
@@ -335,6 +369,7 @@ def test_bf16_precision_is_checked(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 # Denormals
 # ----------------------------------------------------------------------------------------------------------
+
 
 def test_forward_leaves_the_callers_denormal_mode_alone(tmp_path):
     """The engine flushes denormals in its threads during a forward pass and restores the caller's mode."""
@@ -352,11 +387,10 @@ def test_forward_leaves_the_callers_denormal_mode_alone(tmp_path):
 PHOTOS = ["bus.jpg", "zidane.jpg", "astronaut.png", "coffee.png", "chelsea.png", "motorcycle_left.png"]
 
 
-
-
 @pytest.fixture(scope="module")
 def photos_416():
     from PIL import Image
+
     blobs = []
     for name in PHOTOS:
         with Image.open(fetch_or_skip(name)) as im:
@@ -371,8 +405,10 @@ def tiny_weights():
 
 
 def _tiny(weights, precision="fp32"):
-    import pydarknet
     from pathlib import Path
+
+    import pydarknet
+
     cfg = Path(__file__).resolve().parents[1] / "cfg" / "yolov4-tiny.cfg"
     return pydarknet.load(str(cfg), str(weights), precision=precision)
 
@@ -400,6 +436,7 @@ def test_bf16_detections_match_fp32(tiny_weights):
     the same class with IoU >= 0.9 and confidence within 0.05, and the other way round (0.35: a margin of 0.1
     above the 0.25 threshold, where bf16 rounding can move a borderline box in or out)."""
     import pydarknet
+
     n32 = pydarknet.models.load("yolov4-tiny", weights=tiny_weights)
     n16 = pydarknet.models.load("yolov4-tiny", weights=tiny_weights, precision="bf16")
 
@@ -435,7 +472,7 @@ def test_batch_and_threads_do_not_change_results(core, tiny_weights, photos_416,
     threads = core.cpu_threads()
     try:
         core.set_cpu_threads(1)
-        alone = [net.forward(photos_416[i:i + 1]) for i in range(len(photos_416))]
+        alone = [net.forward(photos_416[i : i + 1]) for i in range(len(photos_416))]
         core.set_cpu_threads(max(2, threads))
         together = net.forward(photos_416)
     finally:
@@ -448,9 +485,18 @@ def test_batch_and_threads_do_not_change_results(core, tiny_weights, photos_416,
 def test_route_copies_in_parallel(tmp_path):
     """Large concatenations (copied in chunks by all threads) equal numpy's."""
     keys = dict(filters=40, size=1, stride=1, activation="linear")
-    net = ref.load_cfg(tmp_path, cfg_text(70, 65, 8, ("convolutional", keys), ("convolutional", keys),
-                                          ("route", {"layers": "-1,-2"}), ("route", {"layers": "-1", "groups": 2,
-                                                                                      "group_id": 1})))
+    net = ref.load_cfg(
+        tmp_path,
+        cfg_text(
+            70,
+            65,
+            8,
+            ("convolutional", keys),
+            ("convolutional", keys),
+            ("route", {"layers": "-1,-2"}),
+            ("route", {"layers": "-1", "groups": 2, "group_id": 1}),
+        ),
+    )
     rng = np.random.default_rng(4)
     randomize_params(net, rng)
     outs = net.forward_all(random_input(rng, 3, 8, 65, 70))

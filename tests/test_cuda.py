@@ -36,16 +36,14 @@ import pathlib
 
 import numpy as np
 import pytest
+from support.netcalib import calibrate, randomize, with_input_size
+from support.reference import cfg_text, randomize_params
 
 import pydarknet
 from pydarknet import _core
-from pydarknet.hub import assets
-from pydarknet.hub import models
-from pydarknet.inference.detect import Detector
 from pydarknet.core.graph import ACTIVATIONS, CHANNEL_ACTIVATIONS
-
-from support.netcalib import calibrate, randomize, with_input_size
-from support.reference import cfg_text, randomize_params
+from pydarknet.hub import assets, models
+from pydarknet.inference.detect import Detector
 
 HAS_GPU = _core.cuda_device_count() > 0
 EMULATED = bool(getattr(_core, "cuda_emulated", False))
@@ -61,7 +59,7 @@ CONV_MODES = [("fp32", "auto"), ("fp16", "auto"), ("fp16", "simt"), ("bf16", "au
 
 def nmse(got, want):
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.sum((got - want) ** 2) / max(np.sum(want ** 2), 1e-30))
+    return float(np.sum((got - want) ** 2) / max(np.sum(want**2), 1e-30))
 
 
 def check(got, want, bound, what):
@@ -73,8 +71,7 @@ def check(got, want, bound, what):
     return error
 
 
-def pair(tmp_path, width, height, channels, *sections, precision="fp32", algorithm="auto", seed=0,
-         weight_gain=1.0):
+def pair(tmp_path, width, height, channels, *sections, precision="fp32", algorithm="auto", seed=0, weight_gain=1.0):
     """The same small network on the CPU and on the GPU, with the same random parameters, guards on."""
     path = tmp_path / "net.cfg"
     path.write_text(cfg_text(width, height, channels, *sections))
@@ -98,11 +95,14 @@ def assert_parity(cpu, gpu, x, bound, what):
 
 
 def conv(filters, size=3, **keys):
-    return ("convolutional", dict(dict(filters=filters, size=size, stride=1, pad=1 if size > 1 else 0,
-                                       activation="linear"), **keys))
+    return (
+        "convolutional",
+        dict(dict(filters=filters, size=size, stride=1, pad=1 if size > 1 else 0, activation="linear"), **keys),
+    )
 
 
 # ----- without a GPU -----------------------------------------------------------------------------------------
+
 
 def test_cuda_is_reported_consistently():
     count = _core.cuda_device_count()
@@ -116,6 +116,7 @@ def test_cuda_device_request_without_gpu_is_a_clear_error():
         pytest.skip("this machine has a GPU")
     with pytest.raises(pydarknet.DeviceError, match="no CUDA GPU"):
         from pydarknet.core.network import _check_device
+
         _check_device("cuda")
 
 
@@ -136,6 +137,7 @@ def test_cuda_error_is_a_darknet_error():
 
 # ----- element-wise activations ------------------------------------------------------------------------------
 
+
 @pytest.mark.cuda
 @needs_gpu
 @pytest.mark.parametrize("name", [a for a in ACTIVATIONS if a not in CHANNEL_ACTIVATIONS])
@@ -155,37 +157,45 @@ def test_activation_kernel_matches_cpu(name, n):
 # (channels, height, width, cfg keys); the filter counts cross the tensor-core tile heights (32, 64, 128) and
 # the channel counts give K = channels * size^2 that is not a multiple of the 32-deep K tiles
 CONV_CASES = {
-    "3x3_bn_leaky_13x17": (3, 13, 17, dict(filters=16, size=3, stride=1, pad=1, batch_normalize=1,
-                                           activation="leaky")),
-    "c5_f7_stride2_bn_mish": (5, 15, 9, dict(filters=7, size=3, stride=2, pad=1, batch_normalize=1,
-                                             activation="mish")),
+    "3x3_bn_leaky_13x17": (3, 13, 17, dict(filters=16, size=3, stride=1, pad=1, batch_normalize=1, activation="leaky")),
+    "c5_f7_stride2_bn_mish": (5, 15, 9, dict(filters=7, size=3, stride=2, pad=1, batch_normalize=1, activation="mish")),
     "1x1_bn_swish": (12, 11, 11, dict(filters=20, size=1, stride=1, batch_normalize=1, activation="swish")),
     "groups4_logistic": (8, 9, 10, dict(filters=12, size=3, stride=1, pad=1, groups=4, activation="logistic")),
-    "depthwise_bn": (6, 8, 8, dict(filters=6, size=3, stride=1, pad=1, groups=6, batch_normalize=1,
-                                   activation="linear")),
+    "depthwise_bn": (
+        6,
+        8,
+        8,
+        dict(filters=6, size=3, stride=1, pad=1, groups=6, batch_normalize=1, activation="linear"),
+    ),
     "depthwise_x2_stride2": (5, 13, 13, dict(filters=10, size=3, stride=2, pad=1, groups=5, activation="linear")),
     "5x5_relu": (4, 7, 12, dict(filters=9, size=5, stride=1, pad=1, activation="relu")),
     "dilation2_tanh": (7, 13, 11, dict(filters=5, size=3, stride=1, pad=1, dilation=2, activation="tanh")),
-    "dilation3_groups2": (6, 11, 9, dict(filters=4, size=3, stride=1, pad=1, dilation=3, groups=2,
-                                         activation="linear")),
+    "dilation3_groups2": (
+        6,
+        11,
+        9,
+        dict(filters=4, size=3, stride=1, pad=1, dilation=3, groups=2, activation="linear"),
+    ),
     "stride_x2_y1": (4, 7, 9, dict(filters=6, size=3, stride_x=2, stride_y=1, pad=1, activation="linear")),
     "stride_x1_y3": (4, 13, 7, dict(filters=6, size=3, stride_x=1, stride_y=3, pad=1, activation="logistic")),
-    "pad0_stride2_bn": (16, 16, 16, dict(filters=24, size=3, stride=2, pad=0, batch_normalize=1,
-                                         activation="leaky")),
+    "pad0_stride2_bn": (16, 16, 16, dict(filters=24, size=3, stride=2, pad=0, batch_normalize=1, activation="leaky")),
     "explicit_padding2": (3, 7, 9, dict(filters=5, size=3, stride=1, padding=2, activation="linear")),
     "even_kernel_2x2": (3, 7, 9, dict(filters=4, size=2, stride=1, pad=1, activation="linear")),
     "1x1_stride2": (5, 7, 9, dict(filters=3, size=1, stride=2, activation="linear")),
     "f33_1x1_bn": (33, 5, 5, dict(filters=33, size=1, batch_normalize=1, activation="leaky")),
     "f70_k360_bn_mish": (40, 6, 7, dict(filters=70, size=3, stride=1, pad=1, batch_normalize=1, activation="mish")),
-    "f130_k576_n575": (64, 23, 25, dict(filters=130, size=3, stride=1, pad=1, batch_normalize=1,
-                                        activation="leaky")),
+    "f130_k576_n575": (64, 23, 25, dict(filters=130, size=3, stride=1, pad=1, batch_normalize=1, activation="leaky")),
     "1x1_k300_f121_n1023": (300, 31, 33, dict(filters=121, size=1, activation="linear")),
     "groups3_wide": (24, 9, 67, dict(filters=33, size=3, stride=1, pad=1, groups=3, activation="swish")),
     "yolo_head_255": (64, 13, 13, dict(filters=255, size=1, activation="linear")),
     "normalize_channels": (6, 5, 6, dict(filters=10, size=1, activation="normalize_channels")),
     "normalize_channels_softmax": (6, 5, 6, dict(filters=10, size=1, activation="normalize_channels_softmax")),
-    "normalize_channels_softmax_maxval": (6, 5, 6, dict(filters=10, size=1,
-                                                        activation="normalize_channels_softmax_maxval")),
+    "normalize_channels_softmax_maxval": (
+        6,
+        5,
+        6,
+        dict(filters=10, size=1, activation="normalize_channels_softmax_maxval"),
+    ),
 }
 
 
@@ -222,8 +232,16 @@ def test_convolution_split_k(tmp_path, case, precision, algorithm, splits):
 @pytest.mark.parametrize("activation", [a for a in ACTIVATIONS if a not in CHANNEL_ACTIVATIONS])
 def test_convolution_activations(tmp_path, activation, precision):
     """Every element-wise activation in the convolution's epilogue, on values of both signs."""
-    cpu, gpu = pair(tmp_path, 9, 7, 5, conv(11, activation=activation), ("convolutional", dict(
-        filters=6, size=1, activation=activation)), precision=precision, weight_gain=3.0)
+    cpu, gpu = pair(
+        tmp_path,
+        9,
+        7,
+        5,
+        conv(11, activation=activation),
+        ("convolutional", dict(filters=6, size=1, activation=activation)),
+        precision=precision,
+        weight_gain=3.0,
+    )
     x = np.random.default_rng(1).normal(0, 1, (2, 5, 7, 9)).astype(np.float32)
     assert_parity(cpu, gpu, x, LAYER_BOUND[precision], f"activation {activation} {precision}")
 
@@ -255,20 +273,35 @@ def test_tensor_path_needs_half_precision(tmp_path):
 
 # ----- the other layers --------------------------------------------------------------------------------------
 
+
 def _routes():
-    return [conv(6), conv(10), ("route", dict(layers=[-1, -2])), ("route", dict(layers=-2, groups=2, group_id=1)),
-            ("route", dict(layers=[0, 1], groups=2, group_id=0)), ("route", dict(layers=1, groups=5, group_id=3)),
-            ("route", dict(layers=[3, 0, 2])), conv(4)]
+    return [
+        conv(6),
+        conv(10),
+        ("route", dict(layers=[-1, -2])),
+        ("route", dict(layers=-2, groups=2, group_id=1)),
+        ("route", dict(layers=[0, 1], groups=2, group_id=0)),
+        ("route", dict(layers=1, groups=5, group_id=3)),
+        ("route", dict(layers=[3, 0, 2])),
+        conv(4),
+    ]
 
 
 def _yolo(classes, mask, num, **keys):
-    anchors = [10, 13, 16, 30, 33, 23, 30, 61, 62, 45, 59, 119, 116, 90, 156, 198, 373, 326][:2 * num]
+    anchors = [10, 13, 16, 30, 33, 23, 30, 61, 62, 45, 59, 119, 116, 90, 156, 198, 373, 326][: 2 * num]
     return ("yolo", dict(dict(mask=mask, anchors=anchors, classes=classes, num=num), **keys))
 
 
-SPP = [conv(8, 1), ("maxpool", dict(size=5, stride=1)), ("route", dict(layers=-2)), ("maxpool", dict(size=9, stride=1)),
-       ("route", dict(layers=-4)), ("maxpool", dict(size=13, stride=1)), ("route", dict(layers=[-1, -3, -5, -6])),
-       conv(5, 1)]
+SPP = [
+    conv(8, 1),
+    ("maxpool", dict(size=5, stride=1)),
+    ("route", dict(layers=-2)),
+    ("maxpool", dict(size=9, stride=1)),
+    ("route", dict(layers=-4)),
+    ("maxpool", dict(size=13, stride=1)),
+    ("route", dict(layers=[-1, -3, -5, -6])),
+    conv(5, 1),
+]
 
 # (channels, height, width, sections, weight gain)
 LAYER_CASES = {
@@ -286,38 +319,95 @@ LAYER_CASES = {
     "shortcut_linear": (3, 7, 9, [conv(6), conv(6), ("shortcut", {"from": -2})], 1.0),
     "shortcut_leaky": (3, 7, 9, [conv(6), conv(6), ("shortcut", {"from": -2, "activation": "leaky"})], 1.0),
     "shortcut_mish": (3, 7, 9, [conv(6), conv(6), ("shortcut", {"from": -2, "activation": "mish"})], 1.0),
-    "shortcut_swish_twice": (3, 7, 9, [conv(6), conv(6), ("shortcut", {"from": -2, "activation": "swish"}), conv(6),
-                                       ("shortcut", {"from": -2, "activation": "logistic"}), conv(3)], 1.0),
-    "shortcut_two_from": (3, 7, 9, [conv(5), conv(5), conv(5), ("shortcut", {"from": [-2, -3], "activation": "leaky"}),
-                                    ("shortcut", {"from": [0, 1]})], 1.0),
+    "shortcut_swish_twice": (
+        3,
+        7,
+        9,
+        [
+            conv(6),
+            conv(6),
+            ("shortcut", {"from": -2, "activation": "swish"}),
+            conv(6),
+            ("shortcut", {"from": -2, "activation": "logistic"}),
+            conv(3),
+        ],
+        1.0,
+    ),
+    "shortcut_two_from": (
+        3,
+        7,
+        9,
+        [
+            conv(5),
+            conv(5),
+            conv(5),
+            ("shortcut", {"from": [-2, -3], "activation": "leaky"}),
+            ("shortcut", {"from": [0, 1]}),
+        ],
+        1.0,
+    ),
     "shortcut_fewer_channels": (3, 7, 9, [conv(4), conv(6), ("shortcut", {"from": 0})], 1.0),
-    "shortcut_channel_activation": (3, 7, 9, [conv(6), conv(6), ("shortcut", {
-        "from": -2, "activation": "normalize_channels_softmax"})], 1.0),
-    "sam_leaky": (3, 7, 9, [conv(6), conv(6, activation="logistic"), ("sam", {"from": -2, "activation": "leaky"})],
-                  1.0),
-    "scale_channels": (3, 7, 9, [conv(6), ("avgpool", {}), ("convolutional", dict(filters=6, size=1,
-                                                                                 activation="logistic")),
-                                 ("scale_channels", {"from": -3}),
-                                 ("convolutional", dict(filters=1, size=1, activation="logistic")),
-                                 ("scale_channels", {"from": -5, "scale_wh": 1, "activation": "leaky"})], 1.0),
+    "shortcut_channel_activation": (
+        3,
+        7,
+        9,
+        [conv(6), conv(6), ("shortcut", {"from": -2, "activation": "normalize_channels_softmax"})],
+        1.0,
+    ),
+    "sam_leaky": (
+        3,
+        7,
+        9,
+        [conv(6), conv(6, activation="logistic"), ("sam", {"from": -2, "activation": "leaky"})],
+        1.0,
+    ),
+    "scale_channels": (
+        3,
+        7,
+        9,
+        [
+            conv(6),
+            ("avgpool", {}),
+            ("convolutional", dict(filters=6, size=1, activation="logistic")),
+            ("scale_channels", {"from": -3}),
+            ("convolutional", dict(filters=1, size=1, activation="logistic")),
+            ("scale_channels", {"from": -5, "scale_wh": 1, "activation": "leaky"}),
+        ],
+        1.0,
+    ),
     "upsample_2": (5, 7, 9, [("upsample", dict(stride=2))], 1.0),
     "upsample_4_scale": (5, 7, 9, [("upsample", dict(stride=4, scale=0.5))], 1.0),
     "downsample_2": (5, 7, 9, [("upsample", dict(stride=-2))], 1.0),
     "downsample_3_scale": (5, 7, 9, [("upsample", dict(stride=-3, scale=0.25))], 1.0),
-    "upsample_route": (3, 6, 8, [conv(8), conv(4, stride=2), ("upsample", dict(stride=2)), ("route", dict(
-        layers=[-1, -3])), conv(5)], 1.0),
+    "upsample_route": (
+        3,
+        6,
+        8,
+        [conv(8), conv(4, stride=2), ("upsample", dict(stride=2)), ("route", dict(layers=[-1, -3])), conv(5)],
+        1.0,
+    ),
     "reorg3d_2": (3, 6, 10, [("reorg3d", dict(stride=2))], 1.0),
     "reorg3d_3": (5, 9, 15, [("reorg3d", dict(stride=3))], 1.0),
     "reorg3d_reverse": (16, 3, 5, [("reorg3d", dict(stride=2, reverse=1))], 1.0),
     "yolo_classic": (3, 7, 9, [conv(27), _yolo(4, [3, 4, 5], 6)], 3.0),
     "yolo_scale_x_y": (3, 7, 9, [conv(27), _yolo(4, [3, 4, 5], 6, scale_x_y=1.05)], 3.0),
-    "yolo_new_coords": (3, 7, 9, [conv(27, activation="logistic"), _yolo(4, [3, 4, 5], 6, scale_x_y=2.0,
-                                                                          new_coords=1)], 3.0),
+    "yolo_new_coords": (
+        3,
+        7,
+        9,
+        [conv(27, activation="logistic"), _yolo(4, [3, 4, 5], 6, scale_x_y=2.0, new_coords=1)],
+        3.0,
+    ),
     "yolo_80_classes": (3, 13, 17, [conv(255, 1), _yolo(80, [6, 7, 8], 9, scale_x_y=1.05)], 4.0),
     "connected_leaky": (3, 5, 7, [("connected", dict(output=10, activation="leaky"))], 1.0),
     "connected_bn_mish": (3, 5, 7, [("connected", dict(output=9, batch_normalize=1, activation="mish"))], 1.0),
-    "connected_softmax_channels": (3, 5, 7, [("connected", dict(output=12, activation="normalize_channels_softmax"))],
-                                   1.0),
+    "connected_softmax_channels": (
+        3,
+        5,
+        7,
+        [("connected", dict(output=12, activation="normalize_channels_softmax"))],
+        1.0,
+    ),
     "softmax": (3, 5, 7, [conv(8), ("avgpool", {}), ("softmax", {})], 2.0),
     "softmax_groups_temperature": (4, 3, 5, [("softmax", dict(groups=3, temperature=2.0))], 1.0),
     "batchnorm": (3, 7, 9, [conv(6), ("batchnorm", {})], 1.0),
@@ -342,11 +432,24 @@ def test_layer(tmp_path, case, precision, n):
 
 # 14 x 12 input. Layers 3 and 5 are shortcuts folded into the convolutions before them, 6 a slice of 5, 8 and 11
 # routes written in place by the layers they concatenate (5 and 7; 10 and 0), 9 a view of 8.
-PLAN_NET = [conv(8), conv(8, stride=2), conv(8), ("shortcut", {"from": -2}), conv(8, 1, activation="leaky"),
-            ("shortcut", {"from": -2, "activation": "mish"}), ("route", dict(layers=-1, groups=2, group_id=1)),
-            conv(4), ("route", dict(layers=[-1, -3])), ("dropout", {}), ("upsample", dict(stride=2)),
-            ("route", dict(layers=[-1, 0])), conv(6), ("maxpool", dict(size=2, stride=2)), conv(27, 1),
-            _yolo(4, [0, 1, 2], 3)]
+PLAN_NET = [
+    conv(8),
+    conv(8, stride=2),
+    conv(8),
+    ("shortcut", {"from": -2}),
+    conv(8, 1, activation="leaky"),
+    ("shortcut", {"from": -2, "activation": "mish"}),
+    ("route", dict(layers=-1, groups=2, group_id=1)),
+    conv(4),
+    ("route", dict(layers=[-1, -3])),
+    ("dropout", {}),
+    ("upsample", dict(stride=2)),
+    ("route", dict(layers=[-1, 0])),
+    conv(6),
+    ("maxpool", dict(size=2, stride=2)),
+    conv(27, 1),
+    _yolo(4, [0, 1, 2], 3),
+]
 
 
 @pytest.mark.cuda
@@ -387,8 +490,14 @@ def test_plan_options_and_graphs_give_the_same_outputs(tmp_path, precision):
 @pytest.mark.cuda
 @needs_gpu
 def test_parameter_and_epsilon_changes_take_effect(tmp_path):
-    cpu, gpu = pair(tmp_path, 9, 7, 3, conv(5, batch_normalize=1, activation="leaky"),
-                    ("connected", dict(output=4, batch_normalize=1, activation="linear")))
+    cpu, gpu = pair(
+        tmp_path,
+        9,
+        7,
+        3,
+        conv(5, batch_normalize=1, activation="leaky"),
+        ("connected", dict(output=4, batch_normalize=1, activation="linear")),
+    )
     x = np.random.default_rng(4).random((2, 3, 7, 9), dtype=np.float32)
     gpu.cuda_graph = True
     assert_parity(cpu, gpu, x, 1e-7, "before")
@@ -408,7 +517,7 @@ def test_batches_equal_single_images_and_input_is_untouched(tmp_path):
     whole = gpu.forward(x)
     np.testing.assert_array_equal(x, copy)
     for b in range(3):
-        single = gpu.forward(x[b:b + 1])
+        single = gpu.forward(x[b : b + 1])
         for s, w in zip(single, whole):
             check(s[0], w[b], 1e-12, f"image {b} alone")
 
@@ -457,12 +566,20 @@ def assert_same_detections(got, want, thresh, what, box_tol=1e-2, conf_tol=1e-4)
             lo, hi = np.searchsorted(classes, a.class_id[k], "left"), np.searchsorted(classes, a.class_id[k], "right")
             first = lo + np.searchsorted(lefts[lo:hi], a.xyxy[k, 0] - box_tol, "left")
             last = lo + np.searchsorted(lefts[lo:hi], a.xyxy[k, 0] + box_tol, "right")
-            match = next((j for j in order[first:last] if not used[j] and
-                          np.abs(b.xyxy[j] - a.xyxy[k]).max() <= box_tol and
-                          abs(float(b.conf[j]) - float(a.conf[k])) <= conf_tol), None)
+            match = next(
+                (
+                    j
+                    for j in order[first:last]
+                    if not used[j]
+                    and np.abs(b.xyxy[j] - a.xyxy[k]).max() <= box_tol
+                    and abs(float(b.conf[j]) - float(a.conf[k])) <= conf_tol
+                ),
+                None,
+            )
             if match is None:
                 assert abs(float(a.conf[k]) - thresh) <= conf_tol, (
-                    f"{what}: {side}: class {a.class_id[k]} conf {a.conf[k]:.6f} box {a.xyxy[k].tolist()}")
+                    f"{what}: {side}: class {a.class_id[k]} conf {a.conf[k]:.6f} box {a.xyxy[k].tolist()}"
+                )
             else:
                 used[match] = True
 
@@ -471,8 +588,14 @@ def assert_same_detections(got, want, thresh, what, box_tol=1e-2, conf_tol=1e-4)
 # 64 x 64 inputs the deepest maps are 2 x 2, the calibration rests on 4 values per channel, and the random
 # networks become so sensitive that a float32-sized change of the input alone moves their outputs by a
 # normalized MSE of 3e-7 (measured for yolov4, yolov4-csp and yolov4-p5; 1e-12 at 128 and at 320).
-WHOLE_NETWORKS = [("yolov4-tiny", 416), ("yolov3-tiny", 416), ("yolov3", 320), ("yolov4", 320),
-                  ("yolov4-csp", 320), ("yolov4-p5", 320)]
+WHOLE_NETWORKS = [
+    ("yolov4-tiny", 416),
+    ("yolov3-tiny", 416),
+    ("yolov3", 320),
+    ("yolov4", 320),
+    ("yolov4-csp", 320),
+    ("yolov4-p5", 320),
+]
 EMULATED_SIZE = 128
 
 
@@ -490,15 +613,17 @@ def test_whole_network_random_weights(tmp_path, name, size, precision):
     cpu, gpu, x = network_pair(tmp_path, name, size, precision, batch=2 if name.endswith("tiny") else 1)
     want = cpu.forward(x)
     got = gpu.forward(x)
-    errors = [check(g, w, NETWORK_BOUND[precision], f"{name} {precision} head {i}")
-              for i, (g, w) in enumerate(zip(got, want))]
-    print(f"{name} {size} {precision}: head nmse {['%.2g' % e for e in errors]}")
+    errors = [
+        check(g, w, NETWORK_BOUND[precision], f"{name} {precision} head {i}") for i, (g, w) in enumerate(zip(got, want))
+    ]
+    print(f"{name} {size} {precision}: head nmse {[f'{e:.2g}' for e in errors]}")
     if precision == "fp32":
         # Every candidate above the threshold, before NMS: random weights give many large overlapping boxes, and
         # which of two nearly equal ones NMS keeps is not a property of the GPU (the real-weights test below
         # compares detections after NMS).
-        for b, (g, w) in enumerate(zip(detections(gpu, got, (size, size), 0.5, 0),
-                                       detections(cpu, want, (size, size), 0.5, 0))):
+        for b, (g, w) in enumerate(
+            zip(detections(gpu, got, (size, size), 0.5, 0), detections(cpu, want, (size, size), 0.5, 0))
+        ):
             assert_same_detections(g, w, 0.5, f"{name} image {b}")
 
 
@@ -553,7 +678,8 @@ def test_real_weights_detections(name, precision):
             same = [j for j in range(len(g.conf)) if g.class_id[j] == w.class_id[k]]
             best = max((_iou(g.xyxy[j], w.xyxy[k]), j) for j in same) if same else (0.0, -1)
             assert best[0] >= iou_min and abs(float(g.conf[best[1]]) - float(w.conf[k])) <= conf_tol, (
-                f"{name} {precision} {p.name}: {w.names[w.class_id[k]]} {w.conf[k]:.3f} not found alike")
+                f"{name} {precision} {p.name}: {w.names[w.class_id[k]]} {w.conf[k]:.3f} not found alike"
+            )
 
 
 def _iou(a, b):
@@ -581,6 +707,7 @@ def test_detect_command_on_cuda(capsys):
 
 
 # ----- errors and tools --------------------------------------------------------------------------------------
+
 
 @pytest.mark.cuda
 @needs_gpu

@@ -42,7 +42,7 @@ def true_outputs(net, batch, rng):
             parts = []
             for r in layer.inputs:
                 part = truth[r].shape[1] // groups
-                parts.append(truth[r][:, part * group_id:part * (group_id + 1)])
+                parts.append(truth[r][:, part * group_id : part * (group_id + 1)])
             truth.append(np.concatenate(parts, axis=1))
         elif layer.type in IDENTITY and layer.index > 0:
             truth.append(truth[-1])
@@ -88,8 +88,9 @@ def replay(net, plan, batch=2, seed=0):
         if plan["runs"][i]:
             out_buffer, out_spans = arena.spans(i)
             for r in reads(layer, residual):
-                np.testing.assert_array_equal(arena.read(r), truth[r],
-                                              err_msg=f"layer {i} ({layer.type}) reads layer {r}: wrong values")
+                np.testing.assert_array_equal(
+                    arena.read(r), truth[r], err_msg=f"layer {i} ({layer.type}) reads layer {r}: wrong values"
+                )
                 in_buffer, in_spans = arena.spans(r)
                 if in_buffer == out_buffer:
                     for a, z in out_spans:
@@ -98,8 +99,9 @@ def replay(net, plan, batch=2, seed=0):
             # a convolution with a folded shortcut writes the shortcut's output
             arena.write(i, truth[i + 1] if residual >= 0 else truth[i])
         else:
-            np.testing.assert_array_equal(arena.read(i), truth[i],
-                                          err_msg=f"layer {i} ({layer.type}) runs no kernel but its output is wrong")
+            np.testing.assert_array_equal(
+                arena.read(i), truth[i], err_msg=f"layer {i} ({layer.type}) runs no kernel but its output is wrong"
+            )
     for i in range(len(layers)):
         if i in kept:
             np.testing.assert_array_equal(arena.read(i), truth[i], err_msg=f"kept layer {i} lost its output")
@@ -112,8 +114,11 @@ def load(name, size=64):
 
 # Views and folding both on (the default) and both off for every cfg; one without the other for a few.
 MIXED = ["yolov3", "yolov4", "yolov4-tiny", "yolov4-p5", "yolov7-tiny"]
-REPLAYS = [(name, True, True) for name in CFGS] + [(name, False, False) for name in CFGS] + \
-          [(name, a, f) for name in MIXED for a, f in ((True, False), (False, True))]
+REPLAYS = (
+    [(name, True, True) for name in CFGS]
+    + [(name, False, False) for name in CFGS]
+    + [(name, a, f) for name in MIXED for a, f in ((True, False), (False, True))]
+)
 
 
 @pytest.mark.parametrize("name,alias,fuse", REPLAYS)
@@ -151,7 +156,8 @@ def test_plan_reuses_memory():
 
 def test_tiny_slices_and_concatenations():
     """yolov4-tiny's CSP blocks: routes of one layer (whole or a slice) are views of it, concatenations are
-    written in place, except the head's route of layers 33 and 23: 23 already lives inside route 24, so that one copies."""
+    written in place, except the head's route of layers 33 and 23: 23 already lives inside route 24, so that one
+    copies."""
     net = load("yolov4-tiny")
     plan = _core.plan_views(net._core, False, True, True)
     layers = net.desc.layers
@@ -176,8 +182,10 @@ def test_tiny_slices_and_concatenations():
 
 def test_plan_of_a_layer_listed_twice_copies(tmp_path):
     path = tmp_path / "twice.cfg"
-    path.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n[convolutional]\nfilters=4\nsize=1\n\n"
-                    "[route]\nlayers=-1,-1\n\n[convolutional]\nfilters=2\nsize=1\n")
+    path.write_text(
+        "[net]\nwidth=8\nheight=8\nchannels=3\n\n[convolutional]\nfilters=4\nsize=1\n\n"
+        "[route]\nlayers=-1,-1\n\n[convolutional]\nfilters=2\nsize=1\n"
+    )
     net = pydarknet.load(str(path))
     plan = _core.plan_views(net._core, False, True, True)
     assert plan["runs"][1], "a route listing one layer twice cannot be written in place"
@@ -186,8 +194,9 @@ def test_plan_of_a_layer_listed_twice_copies(tmp_path):
 
 def test_identity_first_layer_copies(tmp_path):
     path = tmp_path / "dropout.cfg"
-    path.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n[dropout]\n\n[convolutional]\nfilters=2\nsize=1\n\n"
-                    "[dropout]\n")
+    path.write_text(
+        "[net]\nwidth=8\nheight=8\nchannels=3\n\n[dropout]\n\n[convolutional]\nfilters=2\nsize=1\n\n[dropout]\n"
+    )
     net = pydarknet.load(str(path))
     plan = _core.plan_views(net._core, False, True, True)
     assert plan["runs"][0] and not plan["runs"][2]

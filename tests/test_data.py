@@ -35,24 +35,34 @@ def write(path, text):
 
 
 # ----- label paths -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("image,label", [
-    ("/coco/images/train2017/0001.jpg", "/coco/labels/train2017/0001.txt"),
-    ("/coco/images/val2017/0001.jpg", "/coco/labels/val2017/0001.txt"),
-    ("/coco/images/train2014/COCO_train2014_1.jpg", "/coco/labels/train2014/COCO_train2014_1.txt"),
-    ("/coco/images/val2014/x.JPG", "/coco/labels/val2014/x.txt"),
-    ("/voc/VOC2007/JPEGImages/000005.jpg", "/voc/VOC2007/labels/000005.txt"),
-    ("C:\\coco\\images\\val2014\\x.png", "C:\\coco\\labels\\val2014\\x.txt"),
-    ("D:\\voc\\JPEGImages\\x.jpeg", "D:\\voc\\labels\\x.txt"),
-])
+@pytest.mark.parametrize(
+    "image,label",
+    [
+        ("/coco/images/train2017/0001.jpg", "/coco/labels/train2017/0001.txt"),
+        ("/coco/images/val2017/0001.jpg", "/coco/labels/val2017/0001.txt"),
+        ("/coco/images/train2014/COCO_train2014_1.jpg", "/coco/labels/train2014/COCO_train2014_1.txt"),
+        ("/coco/images/val2014/x.JPG", "/coco/labels/val2014/x.txt"),
+        ("/voc/VOC2007/JPEGImages/000005.jpg", "/voc/VOC2007/labels/000005.txt"),
+        ("C:\\coco\\images\\val2014\\x.png", "C:\\coco\\labels\\val2014\\x.txt"),
+        ("D:\\voc\\JPEGImages\\x.jpeg", "D:\\voc\\labels\\x.txt"),
+    ],
+)
 def test_alexeyab_substitutions(image, label):
     assert L.label_candidates(image)[0] == label
 
 
-@pytest.mark.parametrize("image,beside", [
-    ("/d/a/x.jpg", "/d/a/x.txt"), ("/d/a/x.PNG", "/d/a/x.txt"), ("/d/a/x.tif", "/d/a/x.txt"),
-    ("/d/a/x.webp", "/d/a/x.txt"), ("/d/a/x.tar.jpg", "/d/a/x.tar.txt"), ("rel/x.bmp", "rel/x.txt"),
-    ("/d/a/noext", "/d/a/noext.txt"),
-])
+@pytest.mark.parametrize(
+    "image,beside",
+    [
+        ("/d/a/x.jpg", "/d/a/x.txt"),
+        ("/d/a/x.PNG", "/d/a/x.txt"),
+        ("/d/a/x.tif", "/d/a/x.txt"),
+        ("/d/a/x.webp", "/d/a/x.txt"),
+        ("/d/a/x.tar.jpg", "/d/a/x.tar.txt"),
+        ("rel/x.bmp", "rel/x.txt"),
+        ("/d/a/noext", "/d/a/noext.txt"),
+    ],
+)
 def test_extension_becomes_txt(image, beside):
     assert L.label_candidates(image)[-1] == beside
 
@@ -112,14 +122,14 @@ def test_read_data_file_syntax(tmp_path):
 
 def test_data_file_paths_relative_to_its_folder(tmp_path, monkeypatch):
     data_path = _dataset(tmp_path / "ds")
-    monkeypatch.chdir(tmp_path)                              # obj/... does not exist here: the .data's folder
+    monkeypatch.chdir(tmp_path)  # obj/... does not exist here: the .data's folder
     ds = D.load_dataset("ds/obj.data")
     assert ds.classes == 2 and ds.names == ["c0", "c1"]
     assert [pathlib.Path(p).name for p in ds.train] == ["0.jpg", "1.jpg", "2.jpg"]
     assert all(os.path.isfile(p) for p in ds.train + ds.valid)
     assert [pathlib.Path(p).name for p in ds.valid] == ["3.jpg"]
-    assert ds.backup == pathlib.Path("backup/")              # does not exist anywhere: as written, Darknet's way
-    monkeypatch.chdir(tmp_path / "ds")                       # relative to the working folder, as Darknet does
+    assert ds.backup == pathlib.Path("backup/")  # does not exist anywhere: as written, Darknet's way
+    monkeypatch.chdir(tmp_path / "ds")  # relative to the working folder, as Darknet does
     ds2 = D.load_dataset("obj.data")
     assert ds2.train == ["obj/img/0.jpg", "obj/img/1.jpg", "obj/img/2.jpg"]
     assert data_path.is_file()
@@ -127,7 +137,7 @@ def test_data_file_paths_relative_to_its_folder(tmp_path, monkeypatch):
 
 def test_working_folder_wins_over_the_data_folder(tmp_path, monkeypatch):
     _dataset(tmp_path / "ds")
-    write(tmp_path / "obj/train.txt", "other.jpg\n")         # the same relative path from the working folder
+    write(tmp_path / "obj/train.txt", "other.jpg\n")  # the same relative path from the working folder
     write(tmp_path / "obj/valid.txt", "other.jpg\n")
     write_image(tmp_path / "other.jpg")
     write(tmp_path / "obj/obj.names", "a\nb\n")
@@ -142,8 +152,8 @@ def test_data_file_defaults_and_errors(tmp_path):
     text = (root / "obj.data").read_text().replace("valid = obj/valid.txt\n", "")
     write(root / "novalid.data", text)
     ds = D.load_dataset(root / "novalid.data")
-    assert ds.valid == ds.train                               # valid defaults to the train list
-    assert ds.names == ["0", "1"]                             # no names file: numbered classes
+    assert ds.valid == ds.train  # valid defaults to the train list
+    assert ds.names == ["0", "1"]  # no names file: numbered classes
     write(root / "bad_classes.data", "classes = two\ntrain = obj/train.txt\n")
     with pytest.raises(D.DataError, match="classes='two' is not a number"):
         D.load_dataset(root / "bad_classes.data")
@@ -174,11 +184,10 @@ def test_data_yaml_folders_lists_and_names(tmp_path):
     root = tmp_path / "ul"
     for split, n in (("train", 3), ("val", 2)):
         for i in range(n):
-            img = write_image(root / "images" / split / ("deep" if i == 2 else "") / f"{split}{i}.jpg")
+            write_image(root / "images" / split / ("deep" if i == 2 else "") / f"{split}{i}.jpg")
             write(root / "labels" / split / ("deep" if i == 2 else "") / f"{split}{i}.txt", "1 0.5 0.5 0.2 0.2\n")
     write(root / "extra.txt", "./images/val/val0.jpg\n")
-    y = write(root / "data.yaml", "train: images/train\nval: [images/val, extra.txt]\n"
-                                  "names:\n  0: cat\n  1: dog\n")
+    y = write(root / "data.yaml", "train: images/train\nval: [images/val, extra.txt]\nnames:\n  0: cat\n  1: dog\n")
     ds = D.load_dataset(y)
     assert ds.names == ["cat", "dog"] and ds.classes == 2
     assert sorted(pathlib.Path(p).name for p in ds.train) == ["train0.jpg", "train1.jpg", "train2.jpg"]
@@ -189,16 +198,19 @@ def test_data_yaml_folders_lists_and_names(tmp_path):
     assert ds2.names == ["a", "b", "c"] and ds2.valid == ds2.train and len(ds2.train) == 1
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("train: images\nnames: [a]\nnc: 2\n", "nc=2 but 1 names"),
-    ("train: nowhere\nnames: [a]\n", "no such file or folder"),
-    ("names: [a]\n", "no 'train'"),
-    ("train: images\nnames: {0: a, 2: b}\n", "without gaps"),
-    ("train: images\nnames: 5\n", "'names' must be"),
-    ("- a\n- b\n", "expected a mapping"),
-    ("train: [images\n", "not valid YAML"),
-    ("train: images\nnc: two\n", "nc='two' is not a positive number"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("train: images\nnames: [a]\nnc: 2\n", "nc=2 but 1 names"),
+        ("train: nowhere\nnames: [a]\n", "no such file or folder"),
+        ("names: [a]\n", "no 'train'"),
+        ("train: images\nnames: {0: a, 2: b}\n", "without gaps"),
+        ("train: images\nnames: 5\n", "'names' must be"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("train: [images\n", "not valid YAML"),
+        ("train: images\nnc: two\n", "nc='two' is not a positive number"),
+    ],
+)
 def test_data_yaml_errors(tmp_path, text, needle):
     pytest.importorskip("yaml")
     write_image(tmp_path / "images/a.jpg")
@@ -208,7 +220,9 @@ def test_data_yaml_errors(tmp_path, text, needle):
 
 # ----- labels ------------------------------------------------------------------------------------------------
 def test_parse_labels_good_and_clipped(tmp_path):
-    p = write(tmp_path / "l.txt", "0 0.5 0.5 0.2 0.4\n\n  2 0.1 0.9 0.2 0.2  \n1 0.996 0.5 0.01 0.1\n3.0 0.5 0.5 1.004 1\n")
+    p = write(
+        tmp_path / "l.txt", "0 0.5 0.5 0.2 0.4\n\n  2 0.1 0.9 0.2 0.2  \n1 0.996 0.5 0.01 0.1\n3.0 0.5 0.5 1.004 1\n"
+    )
     boxes, problems = L.parse_labels(p, classes=4)
     assert problems == []
     assert boxes.dtype == np.float32 and boxes.shape == (4, 5)
@@ -221,20 +235,23 @@ def test_parse_labels_good_and_clipped(tmp_path):
     assert L.parse_labels(empty, 2)[0].shape == (0, 5)
 
 
-@pytest.mark.parametrize("line,needle", [
-    ("0 0.5 0.5 0.2", "5 numbers"),
-    ("0 0.5 0.5 0.2 0.2 0.9", "5 numbers"),
-    ("0 0.5 zero 0.2 0.2", "not numbers"),
-    ("0 nan 0.5 0.2 0.2", "non-finite"),
-    ("2 0.5 0.5 0.2 0.2", r"class 2 is not an integer in \[0, 1\]"),
-    ("-1 0.5 0.5 0.2 0.2", "class -1"),
-    ("0.5 0.5 0.5 0.2 0.2", "class 0.5"),
-    ("0 1.2 0.5 0.2 0.2", "not inside"),
-    ("0 0.5 0.5 0 0.2", "not inside"),
-    ("0 0.5 0.5 -0.1 0.2", "not inside"),
-    ("0 0.95 0.5 0.2 0.2", "reaches outside"),
-    ("0 0.5 0.02 0.2 0.1", "reaches outside"),
-])
+@pytest.mark.parametrize(
+    "line,needle",
+    [
+        ("0 0.5 0.5 0.2", "5 numbers"),
+        ("0 0.5 0.5 0.2 0.2 0.9", "5 numbers"),
+        ("0 0.5 zero 0.2 0.2", "not numbers"),
+        ("0 nan 0.5 0.2 0.2", "non-finite"),
+        ("2 0.5 0.5 0.2 0.2", r"class 2 is not an integer in \[0, 1\]"),
+        ("-1 0.5 0.5 0.2 0.2", "class -1"),
+        ("0.5 0.5 0.5 0.2 0.2", "class 0.5"),
+        ("0 1.2 0.5 0.2 0.2", "not inside"),
+        ("0 0.5 0.5 0 0.2", "not inside"),
+        ("0 0.5 0.5 -0.1 0.2", "not inside"),
+        ("0 0.95 0.5 0.2 0.2", "reaches outside"),
+        ("0 0.5 0.02 0.2 0.1", "reaches outside"),
+    ],
+)
 def test_parse_labels_rejects(tmp_path, line, needle):
     p = write(tmp_path / "l.txt", "0 0.5 0.5 0.1 0.1\n" + line + "\n")
     boxes, problems = L.parse_labels(p, classes=2)
@@ -279,20 +296,20 @@ def test_bad_files_are_reported_and_skipped(tmp_path):
     missing = tmp_path / "missing.jpg"
     images = [*good, bad_label, no_label, corrupt, missing]
     loader = Loader(images, 2, _plain_settings(), batch=6, seed=0, problems=tmp_path / "backup")
-    assert len(loader) == 5                                   # 3 good, the one without labels, the corrupt one
+    assert len(loader) == 5  # 3 good, the one without labels, the corrupt one
     bad_label_list = (tmp_path / "backup/bad_label.list").read_text()
     assert f'{tmp_path / "bl.txt"} "line 2: class 5 is not an integer in [0, 1]"' in bad_label_list
     assert "line 3: expected 'class x y w h' (5 numbers), got 3 fields" in bad_label_list
     bad_list = (tmp_path / "backup/bad.list").read_text()
-    assert f"{missing} \"no such file\"" in bad_list
-    assert f"{tmp_path / 'nl.txt'} \"no label file for {no_label}; the image is used without objects\"" in bad_list
-    images_out, truths = loader.batch(0)                      # 6 slots over 5 usable images: every one is met
+    assert f'{missing} "no such file"' in bad_list
+    assert f'{tmp_path / "nl.txt"} "no label file for {no_label}; the image is used without objects"' in bad_list
+    images_out, truths = loader.batch(0)  # 6 slots over 5 usable images: every one is met
     assert images_out.shape == (6, 3, 32, 32) and len(truths) == 6
     bad_list = (tmp_path / "backup/bad.list").read_text()
-    assert f"{corrupt} \"cannot read the image" in bad_list and bad_list.count(str(corrupt)) == 1
-    assert sum(len(t) == 0 for t in truths) >= 1              # the background image
+    assert f'{corrupt} "cannot read the image' in bad_list and bad_list.count(str(corrupt)) == 1
+    assert sum(len(t) == 0 for t in truths) >= 1  # the background image
     again, _ = Loader(images, 2, _plain_settings(), batch=6, seed=0).batch(0)
-    assert np.array_equal(images_out, again)                  # the replacement is the same in every run
+    assert np.array_equal(images_out, again)  # the replacement is the same in every run
 
 
 def test_no_usable_image_is_an_error(tmp_path):
@@ -312,7 +329,7 @@ def colours_dataset(tmp_path_factory):
         img = np.asarray(Image.open(p))
         img = img.copy()
         h, w = img.shape[:2]
-        img[h // 4:h // 2, w // 4:w // 2] = 255 - np.asarray(c)
+        img[h // 4 : h // 2, w // 4 : w // 2] = 255 - np.asarray(c)
         Image.fromarray(img).save(p)
         write(p.with_suffix(".txt"), f"{i % 3} 0.375 0.375 0.25 0.25\n")
         paths.append(p)
@@ -320,8 +337,17 @@ def colours_dataset(tmp_path_factory):
     return paths, colours
 
 
-FULL = dict(jitter=0.3, resize=1.5, hue=0.1, saturation=1.5, exposure=1.5, blur=5, gaussian_noise=10,
-            random=1.0, max_batches=500)
+FULL = dict(
+    jitter=0.3,
+    resize=1.5,
+    hue=0.1,
+    saturation=1.5,
+    exposure=1.5,
+    blur=5,
+    gaussian_noise=10,
+    random=1.0,
+    max_batches=500,
+)
 
 
 @pytest.mark.parametrize("mixing", [dict(mosaic=True), dict(mixup=True), {}])
@@ -330,7 +356,7 @@ def test_same_seed_and_iteration_give_the_same_batch(colours_dataset, mixing):
     s = AugmentSettings(width=64, height=64, **FULL, **mixing)
     a = Loader(paths, 3, s, batch=4, seed=7)
     b = Loader(paths, 3, s, batch=4, seed=7)
-    for it in (0, 13, 5, 13):                                 # any order: nothing carries over between batches
+    for it in (0, 13, 5, 13):  # any order: nothing carries over between batches
         xa, ta = a.batch(it)
         xb, tb = b.batch(it)
         assert np.array_equal(xa, xb) and all(np.array_equal(u, v) for u, v in zip(ta, tb))
@@ -357,29 +383,29 @@ def test_workers_do_not_change_the_batches(colours_dataset):
     s = AugmentSettings(width=64, height=64, **FULL, mosaic=True)
     inline = Loader(paths, 3, s, batch=3, seed=3, workers=0)
     with Loader(paths, 3, s, batch=3, seed=3, workers=2, prefetch=2) as parallel:
-        for it in range(8):                                   # consecutive: prefetched batches are used
+        for it in range(8):  # consecutive: prefetched batches are used
             xi, ti = inline.batch(it)
             xp, tp = parallel.batch(it)
             assert xp.shape == xi.shape and np.array_equal(xi, xp)
             assert all(np.array_equal(u, v) for u, v in zip(ti, tp))
-        xi, _ = inline.batch(40, 96, 64)                      # a size the prefetch did not guess
+        xi, _ = inline.batch(40, 96, 64)  # a size the prefetch did not guess
         xp, _ = parallel.batch(40, 96, 64)
         assert np.array_equal(xi, xp)
 
 
 def test_each_epoch_is_a_permutation(colours_dataset):
     paths, colours = colours_dataset
-    s = AugmentSettings(width=16, height=16, flip=False)      # no augmentation: each sample is its image
+    s = AugmentSettings(width=16, height=16, flip=False)  # no augmentation: each sample is its image
     loader = Loader(paths, 3, s, batch=4, seed=11)
 
     def identify(img):
-        corner = np.rint(img[:, 14, 14] * 255)                # the solid part, away from the drawn square
+        corner = np.rint(img[:, 14, 14] * 255)  # the solid part, away from the drawn square
         return min(range(12), key=lambda i: np.abs(corner - colours[i]).sum())
 
     epochs = []
     for e in range(3):
         order = []
-        for it in range(3 * e, 3 * e + 3):                   # 12 images / batch 4: 3 iterations per epoch
+        for it in range(3 * e, 3 * e + 3):  # 12 images / batch 4: 3 iterations per epoch
             x, _ = loader.batch(it)
             order += [identify(img) for img in x]
         assert sorted(order) == list(range(12))
@@ -400,11 +426,11 @@ def test_mixing_on_about_half_of_the_batches(colours_dataset):
 def test_multiscale_sizes_follow_darknets_rule():
     s = AugmentSettings(width=416, height=320, random=1.0, max_batches=2000)
     sizes = [input_size(i, s, seed=5) for i in range(2000)]
-    max_size = (608, 480)                                     # roundl(1.4*416/32 + 1)*32, roundl(1.4*320/32 + 1)*32
-    assert sizes[:10] == [max_size] * 10                      # the first block: the largest size
-    assert all(sz == max_size for sz in sizes[1910:])         # blocks starting after max_batches - 100
-    for b in range(0, 2000, 10):                              # one size per block of 10 iterations
-        assert len(set(sizes[b:b + 10])) == 1
+    max_size = (608, 480)  # roundl(1.4*416/32 + 1)*32, roundl(1.4*320/32 + 1)*32
+    assert sizes[:10] == [max_size] * 10  # the first block: the largest size
+    assert all(sz == max_size for sz in sizes[1910:])  # blocks starting after max_batches - 100
+    for b in range(0, 2000, 10):  # one size per block of 10 iterations
+        assert len(set(sizes[b : b + 10])) == 1
     allowed = set()
     for r in np.linspace(1 / 1.4, 1.4, 20001):
         w, h = (int(np.floor(r * v / 32 + 1 + 0.5)) * 32 for v in (416, 320))
@@ -420,7 +446,6 @@ def test_multiscale_sizes_follow_darknets_rule():
 def test_multiscale_coefficient_and_step():
     s = AugmentSettings(width=256, height=256, random=1.2, resize_step=64, max_batches=0)
     sizes = {input_size(i, s, seed=1) for i in range(0, 3000, 10)}
-    assert input_size(0, s) == (384, 384)                     # roundl(1.2*256/64 + 1)*64 = 6*64
+    assert input_size(0, s) == (384, 384)  # roundl(1.2*256/64 + 1)*64 = 6*64
     assert all(w % 64 == 0 and w == h and 256 <= w <= 384 for w, h in sizes)
-    assert input_size(123, AugmentSettings(width=320, height=192)) == (320, 192)   # random=0: the cfg size
-
+    assert input_size(123, AugmentSettings(width=320, height=192)) == (320, 192)  # random=0: the cfg size

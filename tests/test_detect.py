@@ -110,9 +110,12 @@ def reference_detections(rows, img_w, img_h, net_w, net_h, letterbox, thresh, nm
         new_w, new_h = net_w, net_h
     for d in dets:
         x, y, w, h = d["box"]
-        d["box"] = [(x - (net_w - new_w) / 2.0 / net_w) / (new_w / net_w),
-                    (y - (net_h - new_h) / 2.0 / net_h) / (new_h / net_h),
-                    w * net_w / new_w, h * net_h / new_h]
+        d["box"] = [
+            (x - (net_w - new_w) / 2.0 / net_w) / (new_w / net_w),
+            (y - (net_h - new_h) / 2.0 / net_h) / (new_h / net_h),
+            w * net_w / new_w,
+            h * net_h / new_h,
+        ]
     classes = len(dets[0]["prob"]) if dets else 0
     for k in range(classes):
         if not any(d["prob"][k] > 0 for d in dets):
@@ -164,8 +167,11 @@ def match_detections(ours, ref, thresh):
         used_i.add(i)
         used_j.add(j)
         pairs.append((i, j, iou, abs(ours[i][1] - ref[j][1])))
-    return (pairs, [ours[i] for i in range(len(ours)) if i not in used_i],
-            [ref[j] for j in range(len(ref)) if j not in used_j])
+    return (
+        pairs,
+        [ours[i] for i in range(len(ours)) if i not in used_i],
+        [ref[j] for j in range(len(ref)) if j not in used_j],
+    )
 
 
 # ----- fixtures ------------------------------------------------------------------------------------------------
@@ -227,8 +233,18 @@ def test_to_planar_is_value_over_255():
     np.testing.assert_array_equal(planar[1], expect[::-1, ::-1])
 
 
-@pytest.mark.parametrize("src,dst", [((13, 9), (5, 7)), ((4, 3), (11, 8)), ((7, 7), (7, 7)), ((1, 5), (4, 3)),
-                                     ((6, 1), (3, 4)), ((31, 17), (16, 16)), ((10, 6), (416, 2))])
+@pytest.mark.parametrize(
+    "src,dst",
+    [
+        ((13, 9), (5, 7)),
+        ((4, 3), (11, 8)),
+        ((7, 7), (7, 7)),
+        ((1, 5), (4, 3)),
+        ((6, 1), (3, 4)),
+        ((31, 17), (16, 16)),
+        ((10, 6), (416, 2)),
+    ],
+)
 def test_resize_matches_darknet_resize_image(src, dst):
     rng = np.random.default_rng(sum(src) * 100 + sum(dst))
     im = rng.random((3, src[1], src[0]), dtype=np.float32)
@@ -249,12 +265,14 @@ def test_resize_real_photo_against_reference_rows(photos):
         sy = F32(r) * h_scale
         iy, dy = int(sy), sy - F32(int(sy))
         for col in (0, 3, 207, 414, 415):
+
             def part(row):
                 if col == 415:
                     return planar[:, row, W - 1]
                 sx = F32(col) * w_scale
                 ix, dx = int(sx), sx - F32(int(sx))
                 return (F32(1) - dx) * planar[:, row, ix] + dx * planar[:, row, ix + 1]
+
             val = (F32(1) - dy) * part(iy)
             if r != 415:
                 val = val + dy * part(iy + 1)
@@ -274,10 +292,10 @@ def test_letterbox_layout(size):
     boxed = preprocess(rgb, 416, 416, letterbox=True)
     assert boxed.shape == (3, 416, 416)
     dx, dy = (416 - new_w) // 2, (416 - new_h) // 2
-    inner = boxed[:, dy:dy + new_h, dx:dx + new_w]
+    inner = boxed[:, dy : dy + new_h, dx : dx + new_w]
     np.testing.assert_array_equal(inner, resize_image(to_planar(rgb), new_w, new_h))
     mask = np.ones((416, 416), bool)
-    mask[dy:dy + new_h, dx:dx + new_w] = False
+    mask[dy : dy + new_h, dx : dx + new_w] = False
     assert np.all(boxed[:, mask] == np.float32(0.5))
 
 
@@ -327,13 +345,13 @@ def test_exif_orientation_is_applied(tmp_path):
     from PIL import Image
 
     arr = np.zeros((20, 40, 3), np.uint8)
-    arr[:, :10] = 255                                   # white band on the left
+    arr[:, :10] = 255  # white band on the left
     im = Image.fromarray(arr)
     exif = im.getexif()
-    exif[0x0112] = 6                                    # rotate 90 degrees clockwise to display
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     im.save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=100)
     rgb, _ = load_image(tmp_path / "rot.jpg")
-    assert rgb.shape == (40, 20, 3)                     # displayed upright, as cv::imread gives it
+    assert rgb.shape == (40, 20, 3)  # displayed upright, as cv::imread gives it
     assert rgb[:10].mean() > 200 and rgb[-10:].mean() < 50
 
 
@@ -354,7 +372,7 @@ def _put(out, anchor, row, col, x, y, tw, th, obj, cls, classes=2):
 
 
 def test_decode_box_formula(tmp_path):
-    net = tiny_net(tmp_path)                      # 64x32 input, 8x4 grid, anchors 8,16,32 px
+    net = tiny_net(tmp_path)  # 64x32 input, 8x4 grid, anchors 8,16,32 px
     det = Detector(net, names=["a", "b"], nms=0)
     out = _empty_out()
     _put(out, 1, 1, 3, 0.5, 0.25, math.log(2.0), 0.0, 0.9, [0.8, 0.1])
@@ -374,8 +392,7 @@ def test_decode_new_coords(tmp_path):
     _put(out, 2, 0, 0, 0.25, 0.75, 0.5, 0.25, 0.6, [0.0, 0.9])
     res = det.postprocess([out], None, image_size=(64, 32))
     # new_coords: w = tw^2 * 4 * anchor / net (x, y already transformed in the layer)
-    np.testing.assert_allclose(res.xywhn[0], [0.25 / 8, 0.75 / 4, 0.25 * 4 * 32 / 64, 0.0625 * 4 * 32 / 32],
-                               rtol=1e-6)
+    np.testing.assert_allclose(res.xywhn[0], [0.25 / 8, 0.75 / 4, 0.25 * 4 * 32 / 64, 0.0625 * 4 * 32 / 32], rtol=1e-6)
     assert res.labels == ["b"]
 
 
@@ -383,14 +400,17 @@ def test_thresholds_are_strict_and_per_class(tmp_path):
     net = tiny_net(tmp_path)
     det = Detector(net, names=["a", "b"], thresh=0.5, nms=0)
     out = _empty_out()
-    _put(out, 0, 0, 0, 0.5, 0.5, 0, 0, 0.5, [1.0, 1.0])          # objectness == thresh: not a candidate
-    _put(out, 0, 0, 1, 0.5, 0.5, 0, 0, 0.75, [0.5, 1.0])         # 0.375 for a (dropped), 0.75 for b (kept)
-    _put(out, 1, 2, 2, 0.5, 0.5, 0, 0, 0.625, [0.8, 0.8])        # 0.5 exactly for both: dropped
-    _put(out, 2, 3, 7, 0.5, 0.5, 0, 0, 1.0, [0.75, 0.625])       # both classes kept: two rows, one box
+    _put(out, 0, 0, 0, 0.5, 0.5, 0, 0, 0.5, [1.0, 1.0])  # objectness == thresh: not a candidate
+    _put(out, 0, 0, 1, 0.5, 0.5, 0, 0, 0.75, [0.5, 1.0])  # 0.375 for a (dropped), 0.75 for b (kept)
+    _put(out, 1, 2, 2, 0.5, 0.5, 0, 0, 0.625, [0.8, 0.8])  # 0.5 exactly for both: dropped
+    _put(out, 2, 3, 7, 0.5, 0.5, 0, 0, 1.0, [0.75, 0.625])  # both classes kept: two rows, one box
     res = det.postprocess([out], None, image_size=(64, 32))
     got = sorted(zip(res.labels, np.round(res.conf, 6).tolist(), res.box_index.tolist()))
-    assert got == [("a", 0.75, 0), ("b", 0.625, 0), ("b", 0.75, 1)] or \
-        got == [("a", 0.75, 1), ("b", 0.625, 1), ("b", 0.75, 0)]
+    assert got == [("a", 0.75, 0), ("b", 0.625, 0), ("b", 0.75, 1)] or got == [
+        ("a", 0.75, 1),
+        ("b", 0.625, 1),
+        ("b", 0.75, 0),
+    ]
     # the two rows of the two-class box share a box index and a box
     two = [i for i in range(len(res)) if res.xywhn[i][0] > 0.5]
     assert len(two) == 2 and res.box_index[two[0]] == res.box_index[two[1]]
@@ -429,8 +449,8 @@ def test_box_metric_matches_box_c():
     a = np.array([0.5, 0.5, 0.3, 0.4])
     bs = np.concatenate([rng.random((200, 2)), rng.random((200, 2)) * 0.5 + 0.01], axis=1)
     bs[0] = a
-    bs[1] = [0.9, 0.9, 0.05, 0.05]                       # disjoint
-    bs[2] = [0.5 + 0.15 + 0.1, 0.5, 0.2, 0.4]            # touching edges: IoU 0
+    bs[1] = [0.9, 0.9, 0.05, 0.05]  # disjoint
+    bs[2] = [0.5 + 0.15 + 0.1, 0.5, 0.2, 0.4]  # touching edges: IoU 0
     for kind, beta in (("default", 0.6), ("greedynms", 0.6), ("diounms", 0.6), ("diounms", 1.3)):
         m = box_metric(a, bs, kind, beta)
         for b, v in zip(bs, m):
@@ -439,10 +459,14 @@ def test_box_metric_matches_box_c():
 
 
 def test_nms_default_iou():
-    boxes = np.array([[0.5, 0.5, 0.4, 0.4],      # 0: best
-                      [0.6, 0.5, 0.4, 0.4],      # 1: IoU 0.6 with 0 -> suppressed
-                      [0.75, 0.5, 0.4, 0.4],     # 2: IoU 0.23 with 0, 0.6 with 1 (suppressed, cannot suppress)
-                      [0.5, 0.5, 0.4, 0.4]])     # 3: identical to 0 but another class
+    boxes = np.array(
+        [
+            [0.5, 0.5, 0.4, 0.4],  # 0: best
+            [0.6, 0.5, 0.4, 0.4],  # 1: IoU 0.6 with 0 -> suppressed
+            [0.75, 0.5, 0.4, 0.4],  # 2: IoU 0.23 with 0, 0.6 with 1 (suppressed, cannot suppress)
+            [0.5, 0.5, 0.4, 0.4],
+        ]
+    )  # 3: identical to 0 but another class
     probs = np.array([[0.9, 0], [0.8, 0], [0.7, 0], [0, 0.95]], np.float32)
     out = nms(boxes, probs, 0.45)
     np.testing.assert_array_equal(out, np.array([[0.9, 0], [0, 0], [0.7, 0], [0, 0.95]], F32))
@@ -455,7 +479,7 @@ def test_nms_default_iou():
 
 def test_nms_sorts_by_probability_per_class():
     boxes = np.array([[0.5, 0.5, 0.4, 0.4], [0.55, 0.5, 0.4, 0.4]])
-    probs = np.array([[0.3, 0.9], [0.8, 0.4]], np.float32)     # each box wins one class
+    probs = np.array([[0.3, 0.9], [0.8, 0.4]], np.float32)  # each box wins one class
     np.testing.assert_array_equal(nms(boxes, probs, 0.45), np.array([[0, 0.9], [0.8, 0]], F32))
 
 
@@ -467,7 +491,7 @@ def test_greedynms_and_diounms_differ_from_iou():
     assert box_metric(boxes[0], boxes[1:], "greedynms")[0] == pytest.approx(0.6 - (0.01 / 0.41) ** 0.6)
     suppressed = np.array([[0.9], [0.0]], np.float32)
     np.testing.assert_array_equal(nms(boxes, probs, 0.5, "default"), suppressed)
-    np.testing.assert_array_equal(nms(boxes, probs, 0.5, "greedynms"), probs)          # 0.492 <= 0.5: kept
+    np.testing.assert_array_equal(nms(boxes, probs, 0.5, "greedynms"), probs)  # 0.492 <= 0.5: kept
     np.testing.assert_array_equal(nms(boxes, probs, 0.5, "diounms", beta=0.6), probs)  # same rule as greedy
     np.testing.assert_array_equal(nms(boxes, probs, 0.5, "diounms", beta=1.0), suppressed)
     # greedynms ignores beta_nms (its exponent is hard-coded 0.6 in box_diou)
@@ -520,8 +544,12 @@ def test_letterbox_pixels_and_correction_agree(size):
     rgb[y0:y1, x0:x1] = 255
     boxed = preprocess(rgb, 416, 416, letterbox=True)
     ys, xs = np.nonzero(boxed[0] > 0.75)
-    found = [(xs.min() + xs.max() + 1) / 2 / 416, (ys.min() + ys.max() + 1) / 2 / 416,
-             (xs.max() + 1 - xs.min()) / 416, (ys.max() + 1 - ys.min()) / 416]
+    found = [
+        (xs.min() + xs.max() + 1) / 2 / 416,
+        (ys.min() + ys.max() + 1) / 2 / 416,
+        (xs.max() + 1 - xs.min()) / 416,
+        (ys.max() + 1 - ys.min()) / 416,
+    ]
     got = correct_boxes([found], W, H, 416, 416, letterbox=True)[0] * [W, H, W, H]
     expect = [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]
     np.testing.assert_allclose(got, expect, atol=2.0)
@@ -548,16 +576,15 @@ def test_real_photos_match_opencv(model, letterbox, photos):
     net = real_net(model)
     det = Detector(net, thresh=THRESH, nms=NMS, letterbox=letterbox, batch=len(PHOTOS))
     prepared = [det.prepare(photos[p]) for p in PHOTOS]
-    results = det.infer(prepared)                                  # one batched forward
+    results = det.infer(prepared)  # one batched forward
     cvn = opencv_net(model)
     names = cvn.getUnconnectedOutLayersNames()
     total = 0
     for photo, p, res in zip(PHOTOS, prepared, results):
-        cvn.setInput(p.tensor[None])                               # the same network input
+        cvn.setInput(p.tensor[None])  # the same network input
         rows = np.concatenate([o.reshape(-1, o.shape[-1]) for o in cvn.forward(names)])
         H, W = p.image.shape[:2]
-        ref = reference_detections(rows, W, H, det.net_w, det.net_h, letterbox, THRESH, NMS, det.nms_kind,
-                                   det.beta_nms)
+        ref = reference_detections(rows, W, H, det.net_w, det.net_h, letterbox, THRESH, NMS, det.nms_kind, det.beta_nms)
         ours = [(int(c), float(s), tuple(map(float, b))) for c, s, b in zip(res.class_id, res.conf, res.xyxy)]
         pairs, only_ours, only_ref = match_detections(ours, ref, THRESH)
         where = f"{model} {'letterbox' if letterbox else 'stretch'} {photo}"
@@ -566,17 +593,19 @@ def test_real_photos_match_opencv(model, letterbox, photos):
             assert dconf <= CONF_TOL, f"{where}: {res.names[ours[i][0]]} confidence {ours[i][1]:.4f} vs {ref[j][1]:.4f}"
         for c, s, _ in only_ours + only_ref:
             assert s < THRESH + CONF_TOL, f"{where}: {res.names[c]} {s:.3f} found by only one of pydarknet/OpenCV"
-        assert sorted({c for c, s, _ in ours if s >= THRESH + CONF_TOL}) == \
-            sorted({c for c, s, _ in ref if s >= THRESH + CONF_TOL}), where
+        assert sorted({c for c, s, _ in ours if s >= THRESH + CONF_TOL}) == sorted(
+            {c for c, s, _ in ref if s >= THRESH + CONF_TOL}
+        ), where
         assert res.image_size == (W, H) and res.path == str(photos[photo])
         total += len(pairs)
-    assert total >= 5          # the photos hold real objects for both models
+    assert total >= 5  # the photos hold real objects for both models
 
 
 def test_known_objects_in_photos(photos):
     net = real_net("yolov4-tiny")
-    bus, zidane, coffee, cat = net.detect([photos[p] for p in ("bus.jpg", "zidane.jpg", "coffee.png",
-                                                                "chelsea.png")], letterbox=True)
+    bus, zidane, coffee, cat = net.detect(
+        [photos[p] for p in ("bus.jpg", "zidane.jpg", "coffee.png", "chelsea.png")], letterbox=True
+    )
     assert bus.counts().get("person", 0) >= 3 and "bus" in bus.labels
     assert "person" in zidane.labels and "tie" in zidane.labels
     assert coffee.labels[0] == "cup"

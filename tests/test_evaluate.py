@@ -8,8 +8,17 @@ import json
 import numpy as np
 import pytest
 
-from pydarknet.evaluation.metrics import (COCO_KEYS, Evaluator, average_precision, box_iou, evaluate, format_report,
-                                label_path_for, plot_pr_curves, yolo_to_xyxy)
+from pydarknet.evaluation.metrics import (
+    COCO_KEYS,
+    Evaluator,
+    average_precision,
+    box_iou,
+    evaluate,
+    format_report,
+    label_path_for,
+    plot_pr_curves,
+    yolo_to_xyxy,
+)
 
 pytest.importorskip("pycocotools")
 
@@ -65,11 +74,11 @@ def test_perfect_detections_give_one_in_both_styles():
 
 def test_shifted_boxes():
     gt = [[0, 0, 100, 100]]
-    small = _one(gt, [0], [[20, 0, 120, 100]], [0.9], [0])          # IoU 80/120 = 0.667
+    small = _one(gt, [0], [[20, 0, 120, 100]], [0.9], [0])  # IoU 80/120 = 0.667
     assert small["map"] == pytest.approx(1.0)
     assert small["at_thresh"]["avg_iou"] == pytest.approx(80 / 120)
     assert _one(gt, [0], [[20, 0, 120, 100]], [0.9], [0], iou_thresh=0.7)["map"] == 0.0
-    big = _one(gt, [0], [[40, 0, 140, 100]], [0.9], [0])            # IoU 60/140 = 0.43
+    big = _one(gt, [0], [[40, 0, 140, 100]], [0.9], [0])  # IoU 60/140 = 0.43
     assert big["map"] == 0.0
     assert (big["at_thresh"]["tp"], big["at_thresh"]["fp"], big["at_thresh"]["fn"]) == (0, 1, 1)
     assert big["coco"]["AP50"] == pytest.approx(0.0)
@@ -109,7 +118,7 @@ def test_missing_classes_count_zero_in_darknet_not_in_coco():
     assert [p["ap"] for p in m["per_class"]] == pytest.approx([1.0, 1.0, 0.0])
     assert m["per_class"][2]["gt"] == 0
     assert m["map"] == pytest.approx(2 / 3)
-    assert m["coco"]["AP"] == pytest.approx(1.0)     # pycocotools skips categories without ground truth
+    assert m["coco"]["AP"] == pytest.approx(1.0)  # pycocotools skips categories without ground truth
     # a class with GT but no detection: AP 0 in both
     m = _one(b, [0, 1], b[:1], [0.9], [0], num_classes=2)
     assert m["map"] == pytest.approx(0.5)
@@ -119,7 +128,7 @@ def test_missing_classes_count_zero_in_darknet_not_in_coco():
 def test_darknet_one_best_gt_rule_disagrees_with_pycocotools():
     # two overlapping GTs; the second detection's best GT is already taken by the first detection.
     g1, g2 = [0, 0, 10, 10], [2, 0, 12, 10]
-    d1, d2 = [0, 0, 10, 10], [0.5, 0, 10.5, 10]          # d2: IoU .905 with g1, .739 with g2
+    d1, d2 = [0, 0, 10, 10], [0.5, 0, 10.5, 10]  # d2: IoU .905 with g1, .739 with g2
     assert box_iou([d2], [g1, g2])[0].tolist() == pytest.approx([95 / 105, 85 / 115])
     m = _one([g1, g2], [0, 0], [d1, d2], [0.9, 0.8], [0, 0])
     # Darknet: d2 stays bound to g1 -> FP; g2 never found -> recall .5, AP .5
@@ -127,7 +136,7 @@ def test_darknet_one_best_gt_rule_disagrees_with_pycocotools():
     assert m["map"] == pytest.approx(0.5)
     # pycocotools: d2 falls back to the unmatched g2 (IoU .739 >= .5) -> all found at IoU .5
     assert m["coco"]["AP50"] == pytest.approx(1.0)
-    assert m["coco"]["AR100"] < 1.0                       # d2 fails at IoU >= .75
+    assert m["coco"]["AR100"] < 1.0  # d2 fails at IoU >= .75
 
 
 def test_crowded_image_matches_pycocotools_directly(tmp_path):
@@ -234,8 +243,9 @@ def _crowded_images(seed, n_images=3, n_classes=3):
         gt = np.concatenate([xy, xy + rng.uniform(10, 90, size=(n, 2))], 1)
         gc = rng.integers(0, n_classes, n)
         keep = rng.random(n) < 0.8
-        det = np.concatenate([gt[keep] + rng.normal(0, 5, size=(keep.sum(), 4)),
-                              gt[:4] + 25.0])                                # plus some poor duplicates
+        det = np.concatenate(
+            [gt[keep] + rng.normal(0, 5, size=(keep.sum(), 4)), gt[:4] + 25.0]
+        )  # plus some poor duplicates
         dc = np.concatenate([gc[keep], gc[:4]])
         ds = rng.uniform(0.01, 1, len(det))
         images.append((gt, gc, det, ds, dc))
@@ -302,8 +312,7 @@ def test_difficult_boxes_are_neither_found_nor_missed():
     dets = [hard, normal, empty]
     scores = [0.95, 0.9, 0.7]
     ev = Evaluator(1)
-    ev.add([normal], [0], dets, scores, [0, 0, 0], width=300, height=300, difficult_boxes=[hard],
-           difficult_classes=[0])
+    ev.add([normal], [0], dets, scores, [0, 0, 0], width=300, height=300, difficult_boxes=[hard], difficult_classes=[0])
     m = ev.compute()
     p = m["per_class"][0]
     # the detection on the difficult box leaves the ranking: TP (0.9), FP (0.7)
@@ -330,11 +339,20 @@ def test_difficult_box_rules():
     ev = Evaluator(2)
     # a missed difficult box costs nothing; a detection of another class on a difficult box is an FP;
     # a detection overlapping both an ordinary and a difficult box is bound to the ordinary one
-    ev.add([a], [0], [a, b, [1, 1, 51, 51]], [0.9, 0.8, 0.7], [0, 1, 0], width=400, height=100,
-           difficult_boxes=[b, [150, 0, 200, 50], [2, 0, 52, 50]], difficult_classes=[0, 0, 0])
+    ev.add(
+        [a],
+        [0],
+        [a, b, [1, 1, 51, 51]],
+        [0.9, 0.8, 0.7],
+        [0, 1, 0],
+        width=400,
+        height=100,
+        difficult_boxes=[b, [150, 0, 200, 50], [2, 0, 52, 50]],
+        difficult_classes=[0, 0, 0],
+    )
     m = ev.compute(coco=False)
     c0, c1 = m["per_class"]
-    assert (c0["gt"], c0["tp"], c0["fp"]) == (1, 1, 1)     # second class-0 detection: duplicate of the bound GT
+    assert (c0["gt"], c0["tp"], c0["fp"]) == (1, 1, 1)  # second class-0 detection: duplicate of the bound GT
     assert (c1["gt"], c1["tp"], c1["fp"]) == (0, 0, 1)
     assert m["at_thresh"]["fn"] == 0
     with pytest.raises(ValueError, match="difficult ground-truth class 5"):

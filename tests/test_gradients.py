@@ -7,10 +7,8 @@ error measure and the tolerance). Then the training semantics around it: batch-n
 updates, stopbackward/onlyforward/train_only_bn, dropout masks, gradient accumulation, resizing.
 """
 
-
 import numpy as np
 import pytest
-
 from support import gradcheck as gc
 from support import reference as ref
 from support.reference import assert_close, cfg_text, randomize_params
@@ -47,20 +45,28 @@ def check(net, rng, batch, *, layers=None, limit=FD_LIMIT, name=""):
         layer = net.desc.layers[i]
         if layer.type == "yolo":
             o = layer.options
-            expected = ref.yolo(want[i], n_anchors=len(o["mask"]), classes=o["classes"], scale_x_y=o["scale_x_y"],
-                                new_coords=o["new_coords"])
+            expected = ref.yolo(
+                want[i],
+                n_anchors=len(o["mask"]),
+                classes=o["classes"],
+                scale_x_y=o["scale_x_y"],
+                new_coords=o["new_coords"],
+            )
         else:
             expected = want[i]
         assert_close(g.train_outputs[i], expected, what=f"training output of layer {i}")
     errors = g.check_all(limit=limit, rng=rng)
-    print(f"gradcheck {name}: max error {max(errors.values()):.2e} " +
-          " ".join(f"{k}={v:.1e}" for k, v in errors.items()))
+    print(
+        f"gradcheck {name}: max error {max(errors.values()):.2e} " + " ".join(f"{k}={v:.1e}" for k, v in errors.items())
+    )
     return g, errors
 
 
 def conv(filters, size=3, **keys):
-    return ("convolutional", dict({"filters": filters, "size": size, "stride": 1, "pad": 1,
-                                   "activation": "linear"}, **keys))
+    return (
+        "convolutional",
+        dict({"filters": filters, "size": size, "stride": 1, "pad": 1, "activation": "linear"}, **keys),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -68,10 +74,22 @@ def conv(filters, size=3, **keys):
 # ----------------------------------------------------------------------------------------------------------
 
 # Where the derivative jumps; grid points this close to one are skipped.
-KINKS = {"relu": [0], "leaky": [0], "revleaky": [0], "relie": [0], "ramp": [0], "relu6": [0, 6], "hardtan": [-1, 1],
-         "lhtan": [0, 1], "plse": [-4, 4], "hard_mish": [-2, 0], "elu": [0], "selu": [0],
-         "stair": list(range(-30, 31))}
-ELEMENTWISE = [a for a in ref.ELEMENTWISE_ACTIVATIONS]
+KINKS = {
+    "relu": [0],
+    "leaky": [0],
+    "revleaky": [0],
+    "relie": [0],
+    "ramp": [0],
+    "relu6": [0, 6],
+    "hardtan": [-1, 1],
+    "lhtan": [0, 1],
+    "plse": [-4, 4],
+    "hard_mish": [-2, 0],
+    "elu": [0],
+    "selu": [0],
+    "stair": list(range(-30, 31)),
+}
+ELEMENTWISE = list(ref.ELEMENTWISE_ACTIVATIONS)
 
 
 @pytest.mark.parametrize("name", ELEMENTWISE)
@@ -81,6 +99,7 @@ def test_activation_derivative(engine, name):
     round-off of the output (absolute 1e-6), not relative to the tiny derivative."""
     from pydarknet import _core
     from pydarknet.core import graph
+
     x = np.linspace(-24.93, 24.93, 2493) + 0.0123
     for k in KINKS.get(name, []):
         x = x[np.abs(x - k) > 1e-3]
@@ -117,8 +136,13 @@ CONV_CASES = {
     "1x1_s2": (3, 5, 7, dict(filters=4, size=1, stride=2, activation="relu"), 2),
     "5x5_padding2_bn_batch1": (2, 6, 5, dict(filters=3, size=5, pad=1, batch_normalize=1, activation="tanh"), 1),
     "2x2_s2_batch3": (3, 6, 7, dict(filters=4, size=2, stride=2, activation="linear"), 3),
-    "groups2_s2_bn_batch3": (4, 7, 6, dict(filters=6, size=3, stride=2, pad=1, groups=2, batch_normalize=1,
-                                           activation="leaky"), 3),
+    "groups2_s2_bn_batch3": (
+        4,
+        7,
+        6,
+        dict(filters=6, size=3, stride=2, pad=1, groups=2, batch_normalize=1, activation="leaky"),
+        3,
+    ),
 }
 
 
@@ -131,9 +155,16 @@ def test_convolutional(engine, tmp_path, case):
 
 def test_conv_chain_with_batchnorm(engine, tmp_path):
     """Gradients through a batch-normalised layer reach the layer before it (BN's input gradient)."""
-    net, rng = build(tmp_path, 7, 6, 3, conv(5, batch_normalize=1, activation="leaky"),
-                     conv(4, stride=2, batch_normalize=1, activation="mish"), conv(3, size=1, activation="logistic"),
-                     seed=3)
+    net, rng = build(
+        tmp_path,
+        7,
+        6,
+        3,
+        conv(5, batch_normalize=1, activation="leaky"),
+        conv(4, stride=2, batch_normalize=1, activation="mish"),
+        conv(3, size=1, activation="logistic"),
+        seed=3,
+    )
     check(net, rng, 2, name="conv chain")
 
 
@@ -142,7 +173,7 @@ def test_conv_chain_with_batchnorm(engine, tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 
 POOL_CASES = {
-    "maxpool_2_s1": (3, 5, 7, ("maxpool", dict(size=2, stride=1))),    # yolov3-tiny's size-keeping pool
+    "maxpool_2_s1": (3, 5, 7, ("maxpool", dict(size=2, stride=1))),  # yolov3-tiny's size-keeping pool
     "maxpool_2_s2_odd": (2, 5, 7, ("maxpool", dict(size=2, stride=2))),
     "maxpool_3_s2": (2, 7, 8, ("maxpool", dict(size=3, stride=2))),
     "maxpool_spp_5": (2, 7, 8, ("maxpool", dict(size=5, stride=1))),
@@ -186,22 +217,41 @@ def test_maxpool_gradient_goes_to_the_first_of_equal_values(engine, tmp_path):
 
 MERGE_CASES = {
     "route_groups": [conv(6), conv(4, activation="leaky"), ("route", dict(layers="-1,-2", groups=2, group_id=1))],
-    "route_tiny_split": [conv(6, activation="leaky"), ("route", dict(layers=-1, groups=2, group_id=1)),
-                         conv(3, activation="leaky"), ("route", dict(layers="-1,-2"))],
-    "route_two_readers": [conv(4), conv(4, activation="leaky"), ("route", dict(layers="-2")),
-                          ("shortcut", {"from": -2})],
+    "route_tiny_split": [
+        conv(6, activation="leaky"),
+        ("route", dict(layers=-1, groups=2, group_id=1)),
+        conv(3, activation="leaky"),
+        ("route", dict(layers="-1,-2")),
+    ],
+    "route_two_readers": [
+        conv(4),
+        conv(4, activation="leaky"),
+        ("route", dict(layers="-2")),
+        ("shortcut", {"from": -2}),
+    ],
     "shortcut": [conv(4), conv(4, activation="leaky"), ("shortcut", {"from": -2})],
     "shortcut_mish": [conv(4), conv(4, activation="leaky"), ("shortcut", {"from": -2, "activation": "mish"})],
     "shortcut_smaller_from": [conv(2), conv(4, activation="leaky"), ("shortcut", {"from": -2})],
     "shortcut_two_from": [conv(4), conv(4), conv(4, activation="leaky"), ("shortcut", {"from": "-2,-3"})],
     "sam": [conv(4), conv(4, activation="logistic"), ("sam", {"from": -2})],
     "sam_swish": [conv(4), conv(4, activation="logistic"), ("sam", {"from": -2, "activation": "swish"})],
-    "scale_channels": [conv(4), ("avgpool", {}), ("connected", dict(output=4, activation="logistic")),
-                       ("scale_channels", {"from": -3})],
-    "scale_channels_mish": [conv(4), ("avgpool", {}), ("connected", dict(output=4, activation="logistic")),
-                            ("scale_channels", {"from": -3, "activation": "mish"})],
-    "scale_channels_wh": [conv(4), conv(1, size=1, activation="logistic"),
-                          ("scale_channels", {"from": -2, "scale_wh": 1})],
+    "scale_channels": [
+        conv(4),
+        ("avgpool", {}),
+        ("connected", dict(output=4, activation="logistic")),
+        ("scale_channels", {"from": -3}),
+    ],
+    "scale_channels_mish": [
+        conv(4),
+        ("avgpool", {}),
+        ("connected", dict(output=4, activation="logistic")),
+        ("scale_channels", {"from": -3, "activation": "mish"}),
+    ],
+    "scale_channels_wh": [
+        conv(4),
+        conv(1, size=1, activation="logistic"),
+        ("scale_channels", {"from": -2, "scale_wh": 1}),
+    ],
 }
 
 
@@ -217,9 +267,17 @@ def test_merging_layers(engine, tmp_path, case, batch):
 def test_weighted_shortcut(engine, tmp_path, wtype, wnorm):
     """Three distinct sources (input, two `from`), one with fewer channels; the weights' gradient goes through
     the relu/softmax normalisation."""
-    net, rng = build(tmp_path, 5, 4, 3, conv(2), conv(4, activation="leaky"), conv(4),
-                     ("shortcut", {"from": "-2,-3", "weights_type": wtype, "weights_normalization": wnorm}),
-                     seed=7)
+    net, rng = build(
+        tmp_path,
+        5,
+        4,
+        3,
+        conv(2),
+        conv(4, activation="leaky"),
+        conv(4),
+        ("shortcut", {"from": "-2,-3", "weights_type": wtype, "weights_normalization": wnorm}),
+        seed=7,
+    )
     check(net, rng, 2, name=f"shortcut {wtype} {wnorm}")
 
 
@@ -230,9 +288,13 @@ def test_weighted_shortcut(engine, tmp_path, wtype, wnorm):
 OTHER_CASES = {
     # name: (sections, batch); connected with batch-norm needs several images (its statistics are over them)
     "yolo": ([conv(2 * 7), ("yolo", dict(mask="0,1", anchors="1,2,3,4", num=2, classes=2))], 2),
-    "yolo_new_coords": ([conv(2 * 7, activation="logistic"),
-                         ("yolo", dict(mask="0,1", anchors="1,2,3,4", num=2, classes=2, new_coords=1,
-                                       scale_x_y=2.0))], 2),
+    "yolo_new_coords": (
+        [
+            conv(2 * 7, activation="logistic"),
+            ("yolo", dict(mask="0,1", anchors="1,2,3,4", num=2, classes=2, new_coords=1, scale_x_y=2.0)),
+        ],
+        2,
+    ),
     "connected": ([("connected", dict(output=5, activation="leaky"))], 2),
     "connected_after_conv": ([conv(3), ("connected", dict(output=5, activation="gelu"))], 2),
     "connected_bn": ([conv(3), ("connected", dict(output=5, batch_normalize=1, activation="tanh"))], 4),
@@ -290,26 +352,26 @@ def test_yolo_backward_is_identity(engine, tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 
 TINY = [
-    conv(8, stride=2, batch_normalize=1, activation="leaky"),        # 0: 8 x 8x8
-    conv(8, batch_normalize=1, activation="leaky"),                  # 1
-    ("route", dict(layers=-1, groups=2, group_id=1)),                # 2: 4 ch (yolov4-tiny's split)
-    conv(4, batch_normalize=1, activation="leaky"),                  # 3
-    conv(4, batch_normalize=1, activation="leaky"),                  # 4
-    ("route", dict(layers="-1,-2")),                                 # 5: 8 ch
-    conv(8, size=1, batch_normalize=1, activation="leaky"),          # 6
-    ("route", dict(layers="-6,-1")),                                 # 7: 16 ch
-    ("maxpool", dict(size=2, stride=2)),                             # 8: 16 x 4x4
-    conv(8, batch_normalize=1, activation="leaky"),                  # 9
-    conv(8, batch_normalize=1, activation="mish"),                   # 10
-    ("shortcut", {"from": -2}),                                      # 11
-    ("maxpool", dict(size=2, stride=1)),                             # 12: 4x4 kept
-    conv(2 * 7, size=1, activation="linear"),                        # 13
+    conv(8, stride=2, batch_normalize=1, activation="leaky"),  # 0: 8 x 8x8
+    conv(8, batch_normalize=1, activation="leaky"),  # 1
+    ("route", dict(layers=-1, groups=2, group_id=1)),  # 2: 4 ch (yolov4-tiny's split)
+    conv(4, batch_normalize=1, activation="leaky"),  # 3
+    conv(4, batch_normalize=1, activation="leaky"),  # 4
+    ("route", dict(layers="-1,-2")),  # 5: 8 ch
+    conv(8, size=1, batch_normalize=1, activation="leaky"),  # 6
+    ("route", dict(layers="-6,-1")),  # 7: 16 ch
+    ("maxpool", dict(size=2, stride=2)),  # 8: 16 x 4x4
+    conv(8, batch_normalize=1, activation="leaky"),  # 9
+    conv(8, batch_normalize=1, activation="mish"),  # 10
+    ("shortcut", {"from": -2}),  # 11
+    ("maxpool", dict(size=2, stride=1)),  # 12: 4x4 kept
+    conv(2 * 7, size=1, activation="linear"),  # 13
     ("yolo", dict(mask="0,1", anchors="2,3,4,5,6,7,8,9", num=4, classes=2, scale_x_y=1.05)),  # 14
-    ("route", dict(layers=-4)),                                      # 15: layer 11
-    conv(4, size=1, batch_normalize=1, activation="leaky"),          # 16
-    ("upsample", dict(stride=2)),                                    # 17: 8x8
-    ("route", dict(layers="-1,7")),                                  # 18: 20 ch
-    conv(2 * 7, size=1, activation="linear"),                        # 19
+    ("route", dict(layers=-4)),  # 15: layer 11
+    conv(4, size=1, batch_normalize=1, activation="leaky"),  # 16
+    ("upsample", dict(stride=2)),  # 17: 8x8
+    ("route", dict(layers="-1,7")),  # 18: 20 ch
+    conv(2 * 7, size=1, activation="linear"),  # 19
     ("yolo", dict(mask="2,3", anchors="2,3,4,5,6,7,8,9", num=4, classes=2, scale_x_y=1.05)),  # 20
 ]
 
@@ -327,9 +389,17 @@ def test_tiny_detector_end_to_end(engine, tmp_path, batch):
 # Training semantics
 # ----------------------------------------------------------------------------------------------------------
 
+
 def bn_net(tmp_path, **keys):
-    return build(tmp_path, 6, 5, 3, conv(4, batch_normalize=1, activation="leaky", **keys),
-                 ("connected", dict(output=3, batch_normalize=1, activation="linear")), seed=11)
+    return build(
+        tmp_path,
+        6,
+        5,
+        3,
+        conv(4, batch_normalize=1, activation="leaky", **keys),
+        ("connected", dict(output=3, batch_normalize=1, activation="linear")),
+        seed=11,
+    )
 
 
 def test_rolling_statistics_after_one_training_forward(engine, tmp_path):
@@ -342,10 +412,18 @@ def test_rolling_statistics_after_one_training_forward(engine, tmp_path):
     for i, raw in enumerate([conv_raw, fc_raw]):
         _, mean, variance = ref.batchnorm_train(raw, before[i]["scales"], before[i]["biases"])
         after = ref.params64(net.layers[i])
-        assert_close(after["rolling_mean"], ref.rolling_update(before[i]["rolling_mean"], mean), rtol=1e-5,
-                     what=f"layer {i} rolling mean")
-        assert_close(after["rolling_variance"], ref.rolling_update(before[i]["rolling_variance"], variance),
-                     rtol=1e-5, what=f"layer {i} rolling variance")
+        assert_close(
+            after["rolling_mean"],
+            ref.rolling_update(before[i]["rolling_mean"], mean),
+            rtol=1e-5,
+            what=f"layer {i} rolling mean",
+        )
+        assert_close(
+            after["rolling_variance"],
+            ref.rolling_update(before[i]["rolling_variance"], variance),
+            rtol=1e-5,
+            what=f"layer {i} rolling variance",
+        )
         for name in ("weights", "biases", "scales"):
             np.testing.assert_array_equal(after[name], before[i][name])
 
@@ -355,15 +433,24 @@ def test_forward_train_uses_batch_statistics_and_forward_the_rolling_ones(engine
     x = rng.normal(size=(3, 3, 5, 6)).astype(np.float32)
     p = ref.params64(net.layers[0])
     trained = net.forward_train(x)
-    want_train = ref.convolutional_train(x, p["weights"], p["biases"], padding=1, batch_normalize=True,
-                                         scales=p["scales"], activation="leaky")
+    want_train = ref.convolutional_train(
+        x, p["weights"], p["biases"], padding=1, batch_normalize=True, scales=p["scales"], activation="leaky"
+    )
     assert_close(net.train_output(0), want_train, what="training forward (batch statistics)")
     assert list(trained) == [1]
     # The next inference forward uses the rolling statistics, as just updated by the training forward.
     p = ref.params64(net.layers[0])
-    want_infer = ref.convolutional(x, p["weights"], p["biases"], padding=1, batch_normalize=True,
-                                   scales=p["scales"], rolling_mean=p["rolling_mean"],
-                                   rolling_variance=p["rolling_variance"], activation="leaky")
+    want_infer = ref.convolutional(
+        x,
+        p["weights"],
+        p["biases"],
+        padding=1,
+        batch_normalize=True,
+        scales=p["scales"],
+        rolling_mean=p["rolling_mean"],
+        rolling_variance=p["rolling_variance"],
+        activation="leaky",
+    )
     infer = net.forward_all(x)[0]
     assert_close(infer, want_infer, what="inference forward (rolling statistics)")
     assert np.max(np.abs(infer - net.train_output(0))) > 0.1
@@ -377,8 +464,12 @@ def test_batch_norm_needs_two_values_per_channel(engine, tmp_path):
 
 
 def frozen_net(tmp_path, stop_layer, stop=1, key="stopbackward"):
-    sections = [conv(4, batch_normalize=1, activation="leaky"), conv(4, activation="leaky"),
-                conv(4, batch_normalize=1, activation="leaky"), conv(3, activation="linear")]
+    sections = [
+        conv(4, batch_normalize=1, activation="leaky"),
+        conv(4, activation="leaky"),
+        conv(4, batch_normalize=1, activation="leaky"),
+        conv(3, activation="linear"),
+    ]
     name, keys = sections[stop_layer]
     sections[stop_layer] = (name, dict(keys, **{key: stop}))
     return build(tmp_path, 5, 4, 3, *sections, seed=12)
@@ -393,8 +484,11 @@ def grads_of(net, x, r, iteration=0):
 
 def layer_grads(net, grads, i):
     """The trainable tensors' gradients of layer i (rolling statistics never get one)."""
-    return {t.name: grads[t.offset:t.offset + t.size] for t in net.desc.layers[i].tensors
-            if not t.name.startswith("rolling_")}
+    return {
+        t.name: grads[t.offset : t.offset + t.size]
+        for t in net.desc.layers[i].tensors
+        if not t.name.startswith("rolling_")
+    }
 
 
 def test_stopbackward_freezes_that_layer_and_all_before(engine, tmp_path):
@@ -475,8 +569,11 @@ def test_dropout_mask_is_reproducible(engine, tmp_path):
 
 def test_untrainable_options_are_refused_with_the_cfg_line(engine, tmp_path):
     import pydarknet
-    for section, problem in [(conv(4, batch_normalize=1, cbn=1), "cbn"),
-                             (("dropout", dict(probability=0.5, dropblock=1)), "dropblock")]:
+
+    for section, problem in [
+        (conv(4, batch_normalize=1, cbn=1), "cbn"),
+        (("dropout", dict(probability=0.5, dropblock=1)), "dropblock"),
+    ]:
         net, rng = build(tmp_path, 4, 3, 3, section)
         line = net.desc.layers[0].line
         with pytest.raises(pydarknet.CfgError, match=rf"net.cfg:{line}: layer 0 .*{problem}"):
@@ -487,9 +584,11 @@ def test_untrainable_options_are_refused_with_the_cfg_line(engine, tmp_path):
 # The API around the gradient buffer
 # ----------------------------------------------------------------------------------------------------------
 
+
 def small_net(tmp_path):
-    return build(tmp_path, 6, 5, 3, conv(4, batch_normalize=1, activation="leaky"), conv(2, activation="linear"),
-                 seed=14)
+    return build(
+        tmp_path, 6, 5, 3, conv(4, batch_normalize=1, activation="leaky"), conv(2, activation="linear"), seed=14
+    )
 
 
 def test_gradients_accumulate_until_zeroed(engine, tmp_path):
@@ -536,9 +635,17 @@ def test_optimizer_writes_through_a_kept_view_reach_the_next_forward(engine, tmp
         net.backward({1: rng.normal(size=(2, 2, 5, 6)).astype(np.float32)})
         params -= np.float32(0.1) * grads
         p0, p1 = ref.params64(net.layers[0]), ref.params64(net.layers[1])
-        y0 = ref.convolutional(x, p0["weights"], p0["biases"], padding=1, batch_normalize=True,
-                               scales=p0["scales"], rolling_mean=p0["rolling_mean"],
-                               rolling_variance=p0["rolling_variance"], activation="leaky")
+        y0 = ref.convolutional(
+            x,
+            p0["weights"],
+            p0["biases"],
+            padding=1,
+            batch_normalize=True,
+            scales=p0["scales"],
+            rolling_mean=p0["rolling_mean"],
+            rolling_variance=p0["rolling_variance"],
+            activation="leaky",
+        )
         want = ref.convolutional(y0, p1["weights"], p1["biases"], padding=1, activation="linear")
         assert_close(net.forward(x)[0], want, what="inference forward after an optimizer step")
     # A write after an inference forward needs touch_params() (the folded copies are re-derived then).
@@ -571,6 +678,7 @@ def test_resized_network_shares_parameters_and_gradients(engine, tmp_path):
 
 def test_resized_refuses_a_layout_that_depends_on_the_size(engine, tmp_path):
     import pydarknet
+
     net, _ = build(tmp_path, 4, 3, 3, conv(2), ("connected", dict(output=3)))
     with pytest.raises(pydarknet.DarknetError, match="laid out differently"):
         net.resized(8, 6)

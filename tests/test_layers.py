@@ -4,10 +4,8 @@ Each test writes a tiny cfg, loads it, fills the parameters with seeded random v
 compares every layer under test with the reference applied to the engine's own input(s) of that layer.
 """
 
-
 import numpy as np
 import pytest
-
 from support import reference as ref
 from support.reference import assert_close, cfg_text, params64, random_input, randomize_params
 
@@ -21,13 +19,26 @@ def build(engine, tmp_path, width, height, channels, *sections, seed=0, weight_g
     return net, rng
 
 
-def conv_ref(net, layer, x, *, size, stride_x=1, stride_y=1, padding=0, dilation=1, groups=1, bn=0,
-             activation="logistic"):
+def conv_ref(
+    net, layer, x, *, size, stride_x=1, stride_y=1, padding=0, dilation=1, groups=1, bn=0, activation="logistic"
+):
     p = params64(layer)
     return ref.convolutional(
-        x, p["weights"], p["biases"], stride_x=stride_x, stride_y=stride_y, padding=padding, dilation=dilation,
-        groups=groups, batch_normalize=bool(bn), scales=p.get("scales"), rolling_mean=p.get("rolling_mean"),
-        rolling_variance=p.get("rolling_variance"), activation=activation, bn_eps=ref.BN_EPSILON)
+        x,
+        p["weights"],
+        p["biases"],
+        stride_x=stride_x,
+        stride_y=stride_y,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        batch_normalize=bool(bn),
+        scales=p.get("scales"),
+        rolling_mean=p.get("rolling_mean"),
+        rolling_variance=p.get("rolling_variance"),
+        activation=activation,
+        bn_eps=ref.BN_EPSILON,
+    )
 
 
 def linear_conv(filters, size=3, **extra):
@@ -40,10 +51,20 @@ def linear_conv(filters, size=3, **extra):
 # The references checked against independent formulations (no engine needed)
 # ----------------------------------------------------------------------------------------------------------
 
+
 class TestReferenceSelfChecks:
-    @pytest.mark.parametrize("c,n,groups,size,sx,sy,padding,dilation", [
-        (4, 6, 2, 3, 1, 1, 1, 1), (6, 6, 6, 3, 2, 1, 1, 2), (5, 3, 1, 5, 2, 2, 2, 1), (4, 4, 1, 1, 2, 1, 0, 1),
-        (3, 2, 1, 3, 1, 2, 0, 1), (4, 4, 2, 2, 1, 1, 1, 1), (2, 3, 1, 5, 1, 1, 2, 2)])
+    @pytest.mark.parametrize(
+        "c,n,groups,size,sx,sy,padding,dilation",
+        [
+            (4, 6, 2, 3, 1, 1, 1, 1),
+            (6, 6, 6, 3, 2, 1, 1, 2),
+            (5, 3, 1, 5, 2, 2, 2, 1),
+            (4, 4, 1, 1, 2, 1, 0, 1),
+            (3, 2, 1, 3, 1, 2, 0, 1),
+            (4, 4, 2, 2, 1, 1, 1, 1),
+            (2, 3, 1, 5, 1, 1, 2, 2),
+        ],
+    )
     def test_conv_direct_sum_matches_scalar_loops(self, c, n, groups, size, sx, sy, padding, dilation):
         rng = np.random.default_rng(1)
         x = rng.normal(size=(2, c, 7, 9))
@@ -81,13 +102,13 @@ class TestReferenceSelfChecks:
         for size, sx, sy, padding in [(2, 1, 1, 1), (2, 2, 2, 1), (3, 2, 1, 2), (5, 1, 1, 4), (3, 2, 2, 0)]:
             before = padding // 2
             xp = np.full((2, 3, 7 + padding + size, 9 + padding + size), -np.inf)
-            xp[:, :, before:before + 7, before:before + 9] = x
+            xp[:, :, before : before + 7, before : before + 9] = x
             out = ref.maxpool(x, size=size, stride_x=sx, stride_y=sy, padding=padding)
             oh, ow = out.shape[2:]
             assert (oh, ow) == ((7 + padding - size) // sy + 1, (9 + padding - size) // sx + 1)
             for i in range(oh):
                 for j in range(ow):
-                    win = xp[:, :, i * sy:i * sy + size, j * sx:j * sx + size]
+                    win = xp[:, :, i * sy : i * sy + size, j * sx : j * sx + size]
                     np.testing.assert_array_equal(out[:, :, i, j], win.max(axis=(2, 3)))
 
     def test_maxpool_keeps_size_for_stride_1(self):
@@ -136,16 +157,21 @@ class TestReferenceSelfChecks:
         f = rng.normal(size=(2, 3, 4, 5))
         np.testing.assert_allclose(ref.shortcut(x, [f]), x + f, rtol=1e-12)
         w = np.array([0.3, -1.2])
-        np.testing.assert_allclose(ref.shortcut(x, [f], weights=w, weights_type="per_feature"),
-                                   0.3 * x - 1.2 * f, rtol=1e-12)
+        np.testing.assert_allclose(
+            ref.shortcut(x, [f], weights=w, weights_type="per_feature"), 0.3 * x - 1.2 * f, rtol=1e-12
+        )
         r = np.maximum(w, 0) / (1e-4 + np.maximum(w, 0).sum())
         np.testing.assert_allclose(
             ref.shortcut(x, [f], weights=w, weights_type="per_feature", weights_normalization="relu"),
-            r[0] * x + r[1] * f, rtol=1e-12)
+            r[0] * x + r[1] * f,
+            rtol=1e-12,
+        )
         e = np.exp(w - w.max()) / (1e-4 + np.exp(w - w.max()).sum())
         np.testing.assert_allclose(
             ref.shortcut(x, [f], weights=w, weights_type="per_feature", weights_normalization="softmax"),
-            e[0] * x + e[1] * f, rtol=1e-12)
+            e[0] * x + e[1] * f,
+            rtol=1e-12,
+        )
         wc = rng.normal(size=6)
         got = ref.shortcut(x, [f], weights=wc, weights_type="per_channel")
         want = wc[:3].reshape(1, 3, 1, 1) * x + wc[3:].reshape(1, 3, 1, 1) * f
@@ -188,54 +214,130 @@ class TestReferenceSelfChecks:
 
 # (channels, height, width, cfg keys, reference keys)
 CONV_CASES = {
-    "3x3_pad1_bn_leaky": (5, 13, 13, dict(filters=7, size=3, stride=1, pad=1, batch_normalize=1,
-                                          activation="leaky"), dict(padding=1, bn=1)),
+    "3x3_pad1_bn_leaky": (
+        5,
+        13,
+        13,
+        dict(filters=7, size=3, stride=1, pad=1, batch_normalize=1, activation="leaky"),
+        dict(padding=1, bn=1),
+    ),
     "1x1_linear": (6, 7, 9, dict(filters=11, size=1, stride=1, pad=1, activation="linear"), dict(padding=0)),
-    "5x5_stride2_bn_mish": (3, 7, 9, dict(filters=5, size=5, stride=2, pad=1, batch_normalize=1,
-                                          activation="mish"), dict(padding=2, stride_x=2, stride_y=2, bn=1)),
-    "groups2": (6, 7, 9, dict(filters=10, size=3, stride=1, pad=1, groups=2, activation="linear"),
-                dict(padding=1, groups=2)),
-    "depthwise": (10, 9, 7, dict(filters=10, size=3, stride=1, pad=1, groups=10, batch_normalize=1,
-                                 activation="relu"), dict(padding=1, groups=10, bn=1)),
-    "depthwise_x2_stride2": (5, 13, 13, dict(filters=10, size=3, stride=2, pad=1, groups=5, activation="linear"),
-                             dict(padding=1, groups=5, stride_x=2, stride_y=2)),
-    "stride_x2_y1": (4, 7, 9, dict(filters=6, size=3, stride_x=2, stride_y=1, pad=1, activation="linear"),
-                     dict(padding=1, stride_x=2, stride_y=1)),
-    "stride_x1_y3": (4, 13, 7, dict(filters=6, size=3, stride_x=1, stride_y=3, pad=1, activation="logistic"),
-                     dict(padding=1, stride_x=1, stride_y=3)),
+    "5x5_stride2_bn_mish": (
+        3,
+        7,
+        9,
+        dict(filters=5, size=5, stride=2, pad=1, batch_normalize=1, activation="mish"),
+        dict(padding=2, stride_x=2, stride_y=2, bn=1),
+    ),
+    "groups2": (
+        6,
+        7,
+        9,
+        dict(filters=10, size=3, stride=1, pad=1, groups=2, activation="linear"),
+        dict(padding=1, groups=2),
+    ),
+    "depthwise": (
+        10,
+        9,
+        7,
+        dict(filters=10, size=3, stride=1, pad=1, groups=10, batch_normalize=1, activation="relu"),
+        dict(padding=1, groups=10, bn=1),
+    ),
+    "depthwise_x2_stride2": (
+        5,
+        13,
+        13,
+        dict(filters=10, size=3, stride=2, pad=1, groups=5, activation="linear"),
+        dict(padding=1, groups=5, stride_x=2, stride_y=2),
+    ),
+    "stride_x2_y1": (
+        4,
+        7,
+        9,
+        dict(filters=6, size=3, stride_x=2, stride_y=1, pad=1, activation="linear"),
+        dict(padding=1, stride_x=2, stride_y=1),
+    ),
+    "stride_x1_y3": (
+        4,
+        13,
+        7,
+        dict(filters=6, size=3, stride_x=1, stride_y=3, pad=1, activation="logistic"),
+        dict(padding=1, stride_x=1, stride_y=3),
+    ),
     "pad0": (3, 7, 9, dict(filters=5, size=3, stride=1, pad=0, activation="linear"), dict(padding=0)),
-    "explicit_padding2": (3, 7, 9, dict(filters=5, size=3, stride=1, padding=2, activation="linear"),
-                          dict(padding=2)),
-    "explicit_padding1_5x5_stride2": (4, 9, 7, dict(filters=3, size=5, stride=2, padding=1, activation="linear"),
-                                      dict(padding=1, stride_x=2, stride_y=2)),
-    "dilation2": (4, 13, 13, dict(filters=6, size=3, stride=1, pad=1, dilation=2, activation="linear"),
-                  dict(padding=1, dilation=2)),
-    "dilation2_5x5_stride2_bn": (3, 13, 11, dict(filters=4, size=5, stride=2, pad=1, dilation=2,
-                                                 batch_normalize=1, activation="swish"),
-                                 dict(padding=2, dilation=2, stride_x=2, stride_y=2, bn=1)),
-    "dilation3_groups2": (6, 11, 9, dict(filters=4, size=3, stride=1, pad=1, dilation=3, groups=2,
-                                         activation="linear"), dict(padding=1, dilation=3, groups=2)),
+    "explicit_padding2": (3, 7, 9, dict(filters=5, size=3, stride=1, padding=2, activation="linear"), dict(padding=2)),
+    "explicit_padding1_5x5_stride2": (
+        4,
+        9,
+        7,
+        dict(filters=3, size=5, stride=2, padding=1, activation="linear"),
+        dict(padding=1, stride_x=2, stride_y=2),
+    ),
+    "dilation2": (
+        4,
+        13,
+        13,
+        dict(filters=6, size=3, stride=1, pad=1, dilation=2, activation="linear"),
+        dict(padding=1, dilation=2),
+    ),
+    "dilation2_5x5_stride2_bn": (
+        3,
+        13,
+        11,
+        dict(filters=4, size=5, stride=2, pad=1, dilation=2, batch_normalize=1, activation="swish"),
+        dict(padding=2, dilation=2, stride_x=2, stride_y=2, bn=1),
+    ),
+    "dilation3_groups2": (
+        6,
+        11,
+        9,
+        dict(filters=4, size=3, stride=1, pad=1, dilation=3, groups=2, activation="linear"),
+        dict(padding=1, dilation=3, groups=2),
+    ),
     "even_kernel_2x2": (3, 7, 9, dict(filters=4, size=2, stride=1, pad=1, activation="linear"), dict(padding=1)),
-    "1x1_stride2": (5, 7, 9, dict(filters=3, size=1, stride=2, activation="linear"),
-                    dict(stride_x=2, stride_y=2)),
+    "1x1_stride2": (5, 7, 9, dict(filters=3, size=1, stride=2, activation="linear"), dict(stride_x=2, stride_y=2)),
     "default_activation_is_logistic": (3, 5, 7, dict(filters=3, size=3, pad=1), dict(padding=1)),
-    "3x3_stride2_bn_leaky_13": (7, 13, 13, dict(filters=9, size=3, stride=2, pad=1, batch_normalize=1,
-                                                activation="leaky"),
-                                dict(padding=1, stride_x=2, stride_y=2, bn=1)),
+    "3x3_stride2_bn_leaky_13": (
+        7,
+        13,
+        13,
+        dict(filters=9, size=3, stride=2, pad=1, batch_normalize=1, activation="leaky"),
+        dict(padding=1, stride_x=2, stride_y=2, bn=1),
+    ),
 }
 
 
 # Shapes that cross the engine's GEMM blocking (depth 256, 120 rows, 512 columns per tile) and vector tails.
 LARGE_CONV_CASES = {
-    "k576_m130_n575": (64, 23, 25, dict(filters=130, size=3, stride=1, pad=1, batch_normalize=1,
-                                        activation="leaky"), dict(padding=1, bn=1)),
+    "k576_m130_n575": (
+        64,
+        23,
+        25,
+        dict(filters=130, size=3, stride=1, pad=1, batch_normalize=1, activation="leaky"),
+        dict(padding=1, bn=1),
+    ),
     "1x1_k300_m121_n1023": (300, 31, 33, dict(filters=121, size=1, stride=1, activation="linear"), dict()),
-    "stride2_k333_n289": (37, 33, 34, dict(filters=45, size=3, stride=2, pad=1, activation="mish"),
-                          dict(padding=1, stride_x=2, stride_y=2)),
-    "groups3_wide": (24, 9, 67, dict(filters=33, size=3, stride=1, pad=1, groups=3, activation="swish"),
-                     dict(padding=1, groups=3)),
-    "depthwise_64": (64, 17, 19, dict(filters=64, size=3, stride=1, pad=1, groups=64, batch_normalize=1,
-                                      activation="relu6"), dict(padding=1, groups=64, bn=1)),
+    "stride2_k333_n289": (
+        37,
+        33,
+        34,
+        dict(filters=45, size=3, stride=2, pad=1, activation="mish"),
+        dict(padding=1, stride_x=2, stride_y=2),
+    ),
+    "groups3_wide": (
+        24,
+        9,
+        67,
+        dict(filters=33, size=3, stride=1, pad=1, groups=3, activation="swish"),
+        dict(padding=1, groups=3),
+    ),
+    "depthwise_64": (
+        64,
+        17,
+        19,
+        dict(filters=64, size=3, stride=1, pad=1, groups=64, batch_normalize=1, activation="relu6"),
+        dict(padding=1, groups=64, bn=1),
+    ),
 }
 
 
@@ -250,10 +352,16 @@ def test_convolutional_large(engine, tmp_path, case):
 
 def test_param_writes_after_forward_take_effect(engine, tmp_path):
     """Parameters changed through the numpy views after a forward pass are used by the next one."""
-    net, rng = build(engine, tmp_path, 9, 7, 3,
-                     ("convolutional", dict(filters=5, size=3, pad=1, batch_normalize=1, activation="leaky")),
-                     ("connected", dict(output=4, batch_normalize=1, activation="linear")),
-                     seed=21)
+    net, rng = build(
+        engine,
+        tmp_path,
+        9,
+        7,
+        3,
+        ("convolutional", dict(filters=5, size=3, pad=1, batch_normalize=1, activation="leaky")),
+        ("connected", dict(output=4, batch_normalize=1, activation="linear")),
+        seed=21,
+    )
     x = random_input(rng, 2, 3, 7, 9)
     net.forward_all(x)
     for layer in net.layers:
@@ -266,9 +374,16 @@ def test_param_writes_after_forward_take_effect(engine, tmp_path):
     want0 = conv_ref(net, net.layers[0], x, size=3, padding=1, bn=1, activation="leaky")
     assert_close(o[0], want0, what="conv after parameter change")
     p = params64(net.layers[1])
-    want1 = ref.connected(o[0], p["weights"], p["biases"], batch_normalize=True, scales=p["scales"],
-                          rolling_mean=p["rolling_mean"], rolling_variance=p["rolling_variance"],
-                          activation="linear")
+    want1 = ref.connected(
+        o[0],
+        p["weights"],
+        p["biases"],
+        batch_normalize=True,
+        scales=p["scales"],
+        rolling_mean=p["rolling_mean"],
+        rolling_variance=p["rolling_variance"],
+        activation="linear",
+    )
     assert_close(o[1], want1, what="connected after parameter change")
     # writing through net.params (the flat buffer) works as well
     net.params[...] = np.float32(0.0)
@@ -292,8 +407,9 @@ def test_convolutional(engine, tmp_path, case, n):
 
 
 def test_conv_params_layout(engine, tmp_path):
-    net, _ = build(engine, tmp_path, 9, 7, 6, ("convolutional", dict(filters=4, size=3, pad=1, groups=2,
-                                                                         batch_normalize=1)))
+    net, _ = build(
+        engine, tmp_path, 9, 7, 6, ("convolutional", dict(filters=4, size=3, pad=1, groups=2, batch_normalize=1))
+    )
     p = net.layers[0].params
     assert p["weights"].shape == (4, 3, 3, 3)
     for name in ("biases", "scales", "rolling_mean", "rolling_variance"):
@@ -304,10 +420,15 @@ def test_conv_params_layout(engine, tmp_path):
 
 def test_conv_chain_of_two(engine, tmp_path):
     """The second conv reads the first one's output."""
-    net, rng = build(engine, tmp_path, 9, 7, 3,
-                     ("convolutional", dict(filters=8, size=3, stride=2, pad=1, batch_normalize=1,
-                                            activation="leaky")),
-                     ("convolutional", dict(filters=5, size=1, stride=1, activation="linear")))
+    net, rng = build(
+        engine,
+        tmp_path,
+        9,
+        7,
+        3,
+        ("convolutional", dict(filters=8, size=3, stride=2, pad=1, batch_normalize=1, activation="leaky")),
+        ("convolutional", dict(filters=5, size=1, stride=1, activation="linear")),
+    )
     x = random_input(rng, 2, 3, 7, 9)
     outs = net.forward_all(x)
     l0, l1 = net.layers
@@ -319,17 +440,26 @@ def test_conv_chain_of_two(engine, tmp_path):
 
 
 def test_bn_epsilon(engine, tmp_path):
-    net, rng = build(engine, tmp_path, 5, 5, 2, ("convolutional", dict(filters=3, size=1, batch_normalize=1,
-                                                                         activation="linear")))
+    net, rng = build(
+        engine, tmp_path, 5, 5, 2, ("convolutional", dict(filters=3, size=1, batch_normalize=1, activation="linear"))
+    )
     assert net.bn_epsilon == pytest.approx(1e-5)
     net.layers[0].params["rolling_variance"][...] = np.float32(2e-5)
     x = random_input(rng, 1, 2, 5, 5)
     p = params64(net.layers[0])
 
     def want(eps):
-        return ref.convolutional(x, p["weights"], p["biases"], batch_normalize=True, scales=p["scales"],
-                                 rolling_mean=p["rolling_mean"], rolling_variance=p["rolling_variance"],
-                                 activation="linear", bn_eps=eps)
+        return ref.convolutional(
+            x,
+            p["weights"],
+            p["biases"],
+            batch_normalize=True,
+            scales=p["scales"],
+            rolling_mean=p["rolling_mean"],
+            rolling_variance=p["rolling_variance"],
+            activation="linear",
+            bn_eps=eps,
+        )
 
     assert_close(net.forward_all(x)[0], want(1e-5), what="bn eps 1e-5")
     net.bn_epsilon = 1e-6
@@ -386,8 +516,7 @@ def test_maxpool_widths(engine, tmp_path, case, w):
     x = random_input(rng, 2, 9, 11, w)
     o = net.forward_all(x)
     assert_close(o[0], ref.maxpool(x, size=size, stride_x=sx, stride_y=sy), what=f"maxpool {case} w={w}")
-    assert_close(o[1], ref.local_avgpool(o[0], size=size, stride_x=sx, stride_y=sy),
-                 what=f"local_avgpool {case} w={w}")
+    assert_close(o[1], ref.local_avgpool(o[0], size=size, stride_x=sx, stride_y=sy), what=f"local_avgpool {case} w={w}")
 
 
 def test_maxpool_window_entirely_outside_is_minus_flt_max(engine, tmp_path):
@@ -413,14 +542,20 @@ def test_maxpool_depth(engine, tmp_path, out_channels):
 
 def test_maxpool_spp_block(engine, tmp_path):
     """The yolov4 SPP block: maxpools 5/9/13 stride 1 routed together with their input."""
-    net, rng = build(engine, tmp_path, 13, 13, 3,
-                     linear_conv(6),
-                     ("maxpool", dict(stride=1, size=5)),
-                     ("route", dict(layers=-2)),
-                     ("maxpool", dict(stride=1, size=9)),
-                     ("route", dict(layers=-4)),
-                     ("maxpool", dict(stride=1, size=13)),
-                     ("route", dict(layers=[-1, -3, -5, -6])))
+    net, rng = build(
+        engine,
+        tmp_path,
+        13,
+        13,
+        3,
+        linear_conv(6),
+        ("maxpool", dict(stride=1, size=5)),
+        ("route", dict(layers=-2)),
+        ("maxpool", dict(stride=1, size=9)),
+        ("route", dict(layers=-4)),
+        ("maxpool", dict(stride=1, size=13)),
+        ("route", dict(layers=[-1, -3, -5, -6])),
+    )
     x = random_input(rng, 2, 3, 13, 13)
     o = net.forward_all(x)
     assert_close(o[1], ref.maxpool(o[0], size=5, stride_x=1, stride_y=1), what="spp5")
@@ -462,16 +597,23 @@ def test_avgpool(engine, tmp_path, n):
 # Route, shortcut, sam, scale_channels
 # ----------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("n", [1, 3])
 def test_route(engine, tmp_path, n):
-    net, rng = build(engine, tmp_path, 9, 7, 3,
-                     linear_conv(6),                                        # 0
-                     linear_conv(10),                                       # 1
-                     ("route", dict(layers=[-1, -2])),                      # 2: 16 channels
-                     ("route", dict(layers=-2, groups=2, group_id=1)),      # 3: second half of 1
-                     ("route", dict(layers=[0, 1], groups=2, group_id=0)),  # 4: first halves of 0 and 1
-                     ("route", dict(layers=1, groups=5, group_id=3)),       # 5
-                     ("route", dict(layers=[3, 0, 2])))                     # 6
+    net, rng = build(
+        engine,
+        tmp_path,
+        9,
+        7,
+        3,
+        linear_conv(6),  # 0
+        linear_conv(10),  # 1
+        ("route", dict(layers=[-1, -2])),  # 2: 16 channels
+        ("route", dict(layers=-2, groups=2, group_id=1)),  # 3: second half of 1
+        ("route", dict(layers=[0, 1], groups=2, group_id=0)),  # 4: first halves of 0 and 1
+        ("route", dict(layers=1, groups=5, group_id=3)),  # 5
+        ("route", dict(layers=[3, 0, 2])),
+    )  # 6
     x = random_input(rng, n, 3, 7, 9)
     o = net.forward_all(x)
     assert_close(o[2], ref.route([o[1], o[0]]), what="route -1,-2")
@@ -495,8 +637,9 @@ SHORTCUT_CASES = {
 @pytest.mark.parametrize("case", sorted(SHORTCUT_CASES))
 def test_shortcut_one_from(engine, tmp_path, case, n):
     keys, act = SHORTCUT_CASES[case]
-    net, rng = build(engine, tmp_path, 9, 7, 3,
-                     linear_conv(6), linear_conv(6), ("shortcut", dict({"from": -2}, **keys)))
+    net, rng = build(
+        engine, tmp_path, 9, 7, 3, linear_conv(6), linear_conv(6), ("shortcut", dict({"from": -2}, **keys))
+    )
     x = random_input(rng, n, 3, 7, 9)
     o = net.forward_all(x)
     assert_close(o[2], ref.shortcut(o[1], [o[0]], activation=act), what=f"shortcut {case}")
@@ -504,10 +647,18 @@ def test_shortcut_one_from(engine, tmp_path, case, n):
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_shortcut_two_from(engine, tmp_path, n):
-    net, rng = build(engine, tmp_path, 9, 7, 3,
-                     linear_conv(5), linear_conv(5), linear_conv(5),
-                     ("shortcut", {"from": [-2, -3], "activation": "leaky"}),
-                     ("shortcut", {"from": [0, 1]}))
+    net, rng = build(
+        engine,
+        tmp_path,
+        9,
+        7,
+        3,
+        linear_conv(5),
+        linear_conv(5),
+        linear_conv(5),
+        ("shortcut", {"from": [-2, -3], "activation": "leaky"}),
+        ("shortcut", {"from": [0, 1]}),
+    )
     x = random_input(rng, n, 3, 7, 9)
     o = net.forward_all(x)
     assert_close(o[3], ref.shortcut(o[2], [o[1], o[0]], activation="leaky"), what="shortcut from=-2,-3")
@@ -516,8 +667,7 @@ def test_shortcut_two_from(engine, tmp_path, n):
 
 def test_shortcut_from_with_fewer_channels(engine, tmp_path):
     """Darknet adds only the overlapping prefix of the flat buffers (shortcut_multilayer_cpu)."""
-    net, rng = build(engine, tmp_path, 9, 7, 3,
-                     linear_conv(4), linear_conv(6), ("shortcut", {"from": -2}))
+    net, rng = build(engine, tmp_path, 9, 7, 3, linear_conv(4), linear_conv(6), ("shortcut", {"from": -2}))
     x = random_input(rng, 2, 3, 7, 9)
     o = net.forward_all(x)
     assert_close(o[2], ref.shortcut(o[1], [o[0]]), what="shortcut smaller from")
@@ -527,27 +677,45 @@ def test_shortcut_from_with_fewer_channels(engine, tmp_path):
 @pytest.mark.parametrize("wtype", ["per_feature", "per_layer", "per_channel"])
 @pytest.mark.parametrize("wnorm", ["none", "relu", "softmax", "avg_relu"])
 def test_shortcut_weighted(engine, tmp_path, wtype, wnorm, n):
-    net, rng = build(engine, tmp_path, 7, 5, 3,
-                     linear_conv(5), linear_conv(5), linear_conv(5),
-                     ("shortcut", {"from": [-2, -3], "weights_type": wtype, "weights_normalization": wnorm,
-                                   "activation": "linear"}))
+    net, rng = build(
+        engine,
+        tmp_path,
+        7,
+        5,
+        3,
+        linear_conv(5),
+        linear_conv(5),
+        linear_conv(5),
+        ("shortcut", {"from": [-2, -3], "weights_type": wtype, "weights_normalization": wnorm, "activation": "linear"}),
+    )
     layer = net.layers[3]
     n_weights = 3 if wtype != "per_channel" else 3 * 5
     assert layer.params["weights"].shape in ((n_weights,), (3, 5), (3, 5, 1, 1))
     x = random_input(rng, n, 3, 5, 7)
     o = net.forward_all(x)
-    want = ref.shortcut(o[2], [o[1], o[0]], weights=params64(layer)["weights"].reshape(-1),
-                        weights_type=wtype, weights_normalization=wnorm)
+    want = ref.shortcut(
+        o[2],
+        [o[1], o[0]],
+        weights=params64(layer)["weights"].reshape(-1),
+        weights_type=wtype,
+        weights_normalization=wnorm,
+    )
     assert_close(o[3], want, what=f"shortcut {wtype}/{wnorm}")
 
 
 @pytest.mark.parametrize("n", [1, 3])
 @pytest.mark.parametrize("act", ["linear", "logistic", "leaky"])
 def test_sam(engine, tmp_path, act, n):
-    net, rng = build(engine, tmp_path, 9, 7, 3,
-                     linear_conv(6),
-                     ("convolutional", dict(filters=6, size=1, activation="logistic")),
-                     ("sam", {"from": -2, "activation": act}))
+    net, rng = build(
+        engine,
+        tmp_path,
+        9,
+        7,
+        3,
+        linear_conv(6),
+        ("convolutional", dict(filters=6, size=1, activation="logistic")),
+        ("sam", {"from": -2, "activation": act}),
+    )
     x = random_input(rng, n, 3, 7, 9)
     o = net.forward_all(x)
     assert_close(o[2], ref.sam(o[1], o[0], activation=act), what=f"sam {act}")
@@ -555,19 +723,24 @@ def test_sam(engine, tmp_path, act, n):
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_scale_channels(engine, tmp_path, n):
-    net, rng = build(engine, tmp_path, 9, 7, 3,
-                     linear_conv(6),                                                      # 0 features
-                     ("avgpool", {}),                                                     # 1
-                     ("convolutional", dict(filters=6, size=1, activation="logistic")),   # 2 scales
-                     ("scale_channels", {"from": -3}),                                    # 3
-                     ("convolutional", dict(filters=1, size=1, activation="logistic")),   # 4 spatial map
-                     ("scale_channels", {"from": -5, "scale_wh": 1, "activation": "leaky"}))  # 5
+    net, rng = build(
+        engine,
+        tmp_path,
+        9,
+        7,
+        3,
+        linear_conv(6),  # 0 features
+        ("avgpool", {}),  # 1
+        ("convolutional", dict(filters=6, size=1, activation="logistic")),  # 2 scales
+        ("scale_channels", {"from": -3}),  # 3
+        ("convolutional", dict(filters=1, size=1, activation="logistic")),  # 4 spatial map
+        ("scale_channels", {"from": -5, "scale_wh": 1, "activation": "leaky"}),
+    )  # 5
     x = random_input(rng, n, 3, 7, 9)
     o = net.forward_all(x)
     assert_close(o[3], ref.scale_channels(o[2], o[0]), what="scale_channels")
     assert tuple(net.layers[3].out_shape) == (6, 7, 9)
-    assert_close(o[5], ref.scale_channels(o[4], o[0], scale_wh=1, activation="leaky"),
-                 what="scale_channels scale_wh=1")
+    assert_close(o[5], ref.scale_channels(o[4], o[0], scale_wh=1, activation="leaky"), what="scale_channels scale_wh=1")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -631,13 +804,18 @@ YOLO_CASES = {
 def test_yolo(engine, tmp_path, case, n):
     keys, head_act, s, new_coords = YOLO_CASES[case]
     classes, mask = 4, [3, 4, 5]
-    yolo_keys = dict(mask=mask, anchors=[10, 13, 16, 30, 33, 23, 30, 61, 62, 45, 59, 119], classes=classes,
-                     num=6)
+    yolo_keys = dict(mask=mask, anchors=[10, 13, 16, 30, 33, 23, 30, 61, 62, 45, 59, 119], classes=classes, num=6)
     yolo_keys.update(keys)
-    net, rng = build(engine, tmp_path, 9, 7, 3,
-                     ("convolutional", dict(filters=len(mask) * (5 + classes), size=3, pad=1,
-                                            activation=head_act)),
-                     ("yolo", yolo_keys), weight_gain=3.0)
+    net, rng = build(
+        engine,
+        tmp_path,
+        9,
+        7,
+        3,
+        ("convolutional", dict(filters=len(mask) * (5 + classes), size=3, pad=1, activation=head_act)),
+        ("yolo", yolo_keys),
+        weight_gain=3.0,
+    )
     x = random_input(rng, n, 3, 7, 9)
     o = net.forward_all(x)
     want = ref.yolo(o[0], n_anchors=len(mask), classes=classes, scale_x_y=s, new_coords=new_coords)
@@ -650,19 +828,32 @@ def test_yolo(engine, tmp_path, case, n):
 
 def test_yolo_80_classes(engine, tmp_path):
     anchors = [12, 16, 19, 36, 40, 28, 36, 75, 76, 55, 72, 146, 142, 110, 192, 243, 459, 401]
-    net, rng = build(engine, tmp_path, 17, 13, 3,
-                     ("convolutional", dict(filters=255, size=1, activation="linear")),
-                     ("yolo", dict(mask=[6, 7, 8], anchors=anchors, classes=80, num=9, scale_x_y=1.05)),
-                     weight_gain=4.0)
+    net, rng = build(
+        engine,
+        tmp_path,
+        17,
+        13,
+        3,
+        ("convolutional", dict(filters=255, size=1, activation="linear")),
+        ("yolo", dict(mask=[6, 7, 8], anchors=anchors, classes=80, num=9, scale_x_y=1.05)),
+        weight_gain=4.0,
+    )
     x = random_input(rng, 2, 3, 13, 17)
     o = net.forward_all(x)
     assert_close(o[1], ref.yolo(o[0], n_anchors=3, classes=80, scale_x_y=1.05), what="yolo 80 classes")
 
 
 def test_yolo_without_mask_uses_all_anchors(engine, tmp_path):
-    net, rng = build(engine, tmp_path, 7, 5, 3,
-                     ("convolutional", dict(filters=2 * 7, size=1, activation="linear")),
-                     ("yolo", dict(anchors=[10, 13, 16, 30], classes=2, num=2)), weight_gain=3.0)
+    net, rng = build(
+        engine,
+        tmp_path,
+        7,
+        5,
+        3,
+        ("convolutional", dict(filters=2 * 7, size=1, activation="linear")),
+        ("yolo", dict(anchors=[10, 13, 16, 30], classes=2, num=2)),
+        weight_gain=3.0,
+    )
     x = random_input(rng, 1, 3, 5, 7)
     o = net.forward_all(x)
     assert_close(o[1], ref.yolo(o[0], n_anchors=2, classes=2), what="yolo without mask")
@@ -670,15 +861,20 @@ def test_yolo_without_mask_uses_all_anchors(engine, tmp_path):
 
 def test_yolo_two_heads(engine, tmp_path):
     anchors = [10, 14, 23, 27, 37, 58, 81, 82, 135, 169, 344, 319]
-    net, rng = build(engine, tmp_path, 13, 13, 3,
-                     ("convolutional", dict(filters=8, size=3, stride=2, pad=1, batch_normalize=1,
-                                            activation="leaky")),                                    # 0: 7x7
-                     ("convolutional", dict(filters=3 * 7, size=1, activation="linear")),           # 1
-                     ("yolo", dict(mask=[3, 4, 5], anchors=anchors, classes=2, num=6, scale_x_y=1.05)),  # 2
-                     ("route", dict(layers=-3)),                                                    # 3
-                     ("upsample", dict(stride=2)),                                                  # 4: 14x14
-                     ("convolutional", dict(filters=3 * 7, size=1, activation="linear")),           # 5
-                     ("yolo", dict(mask=[0, 1, 2], anchors=anchors, classes=2, num=6)))             # 6
+    net, rng = build(
+        engine,
+        tmp_path,
+        13,
+        13,
+        3,
+        ("convolutional", dict(filters=8, size=3, stride=2, pad=1, batch_normalize=1, activation="leaky")),  # 0: 7x7
+        ("convolutional", dict(filters=3 * 7, size=1, activation="linear")),  # 1
+        ("yolo", dict(mask=[3, 4, 5], anchors=anchors, classes=2, num=6, scale_x_y=1.05)),  # 2
+        ("route", dict(layers=-3)),  # 3
+        ("upsample", dict(stride=2)),  # 4: 14x14
+        ("convolutional", dict(filters=3 * 7, size=1, activation="linear")),  # 5
+        ("yolo", dict(mask=[0, 1, 2], anchors=anchors, classes=2, num=6)),
+    )  # 6
     x = random_input(rng, 2, 3, 13, 13)
     o = net.forward_all(x)
     assert list(net.yolo_layers) == [2, 6]
@@ -707,22 +903,37 @@ def test_connected(engine, tmp_path, case, n):
     p = params64(layer)
     assert p["weights"].shape == (keys["output"], 3 * 5 * 7)
     x = random_input(rng, n, 3, 5, 7)
-    want = ref.connected(x, p["weights"], p["biases"], batch_normalize=bool(bn), scales=p.get("scales"),
-                         rolling_mean=p.get("rolling_mean"), rolling_variance=p.get("rolling_variance"),
-                         activation=act)
+    want = ref.connected(
+        x,
+        p["weights"],
+        p["biases"],
+        batch_normalize=bool(bn),
+        scales=p.get("scales"),
+        rolling_mean=p.get("rolling_mean"),
+        rolling_variance=p.get("rolling_variance"),
+        activation=act,
+    )
     got = net.forward_all(x)[0]
     assert got.shape == (n, keys["output"], 1, 1)
     assert_close(got, want, what=f"connected {case}")
 
 
 def test_connected_large(engine, tmp_path):
-    net, rng = build(engine, tmp_path, 13, 13, 3, ("connected", dict(output=133, batch_normalize=1,
-                                                                       activation="leaky")))
+    net, rng = build(
+        engine, tmp_path, 13, 13, 3, ("connected", dict(output=133, batch_normalize=1, activation="leaky"))
+    )
     x = random_input(rng, 3, 3, 13, 13)
     p = params64(net.layers[0])
-    want = ref.connected(x, p["weights"], p["biases"], batch_normalize=True, scales=p["scales"],
-                         rolling_mean=p["rolling_mean"], rolling_variance=p["rolling_variance"],
-                         activation="leaky")
+    want = ref.connected(
+        x,
+        p["weights"],
+        p["biases"],
+        batch_normalize=True,
+        scales=p["scales"],
+        rolling_mean=p["rolling_mean"],
+        rolling_variance=p["rolling_variance"],
+        activation="leaky",
+    )
     assert_close(net.forward_all(x)[0], want, what="connected 507 -> 133")
 
 
@@ -749,7 +960,7 @@ def test_softmax(engine, tmp_path, case, n):
     net, rng = build(engine, tmp_path, 5, 3, 2, linear_conv(6), ("softmax", keys), weight_gain=4.0)
     x = random_input(rng, n, 2, 3, 5)
     o = net.forward_all(x)
-    want = ref.softmax(o[0], groups=groups, temperature=temperature)   # (n, 90, 1, 1)
+    want = ref.softmax(o[0], groups=groups, temperature=temperature)  # (n, 90, 1, 1)
     got = o[1]
     assert got.shape[0] == n and got.size == want.size
     assert_close(got.reshape(n, -1), want.reshape(n, -1), what=f"softmax {case}")
@@ -757,8 +968,17 @@ def test_softmax(engine, tmp_path, case, n):
 
 def test_softmax_classifier_tail(engine, tmp_path):
     """darknet53-style tail: conv -> avgpool -> 1x1 conv -> softmax."""
-    net, rng = build(engine, tmp_path, 9, 7, 3, linear_conv(8), ("avgpool", {}),
-                     ("convolutional", dict(filters=10, size=1, activation="linear")), ("softmax", dict(groups=1)))
+    net, rng = build(
+        engine,
+        tmp_path,
+        9,
+        7,
+        3,
+        linear_conv(8),
+        ("avgpool", {}),
+        ("convolutional", dict(filters=10, size=1, activation="linear")),
+        ("softmax", dict(groups=1)),
+    )
     x = random_input(rng, 3, 3, 7, 9)
     o = net.forward_all(x)
     want = ref.softmax(o[2])
@@ -784,25 +1004,25 @@ def test_dropout_is_identity(engine, tmp_path, n):
 TINY_ANCHORS = [10, 14, 23, 27, 37, 58, 81, 82, 135, 169, 344, 319]
 TINY_SECTIONS = (
     ("convolutional", dict(filters=8, size=3, stride=2, pad=1, batch_normalize=1, activation="leaky")),  # 0 13->7
-    ("convolutional", dict(filters=12, size=3, stride=1, pad=1, batch_normalize=1, activation="leaky")), # 1
-    ("route", dict(layers=-1, groups=2, group_id=1)),                                                     # 2: 6
+    ("convolutional", dict(filters=12, size=3, stride=1, pad=1, batch_normalize=1, activation="leaky")),  # 1
+    ("route", dict(layers=-1, groups=2, group_id=1)),  # 2: 6
     ("convolutional", dict(filters=6, size=3, stride=1, pad=1, batch_normalize=1, activation="leaky")),  # 3
     ("convolutional", dict(filters=6, size=3, stride=1, pad=1, batch_normalize=1, activation="leaky")),  # 4
-    ("route", dict(layers=[-1, -2])),                                                                     # 5: 12
-    ("convolutional", dict(filters=12, size=1, stride=1, batch_normalize=1, activation="leaky")),        # 6
-    ("route", dict(layers=[-6, -1])),                                                                     # 7: 24
-    ("maxpool", dict(size=2, stride=2)),                                                                  # 8: 4x4
+    ("route", dict(layers=[-1, -2])),  # 5: 12
+    ("convolutional", dict(filters=12, size=1, stride=1, batch_normalize=1, activation="leaky")),  # 6
+    ("route", dict(layers=[-6, -1])),  # 7: 24
+    ("maxpool", dict(size=2, stride=2)),  # 8: 4x4
     ("convolutional", dict(filters=24, size=3, stride=1, pad=1, batch_normalize=1, activation="mish")),  # 9
-    ("shortcut", {"from": -2, "activation": "linear"}),                                                   # 10
-    ("maxpool", dict(size=2, stride=1)),                                                                  # 11
-    ("convolutional", dict(filters=3 * 8, size=1, stride=1, activation="linear")),                       # 12
-    ("yolo", dict(mask=[3, 4, 5], anchors=TINY_ANCHORS, classes=3, num=6, scale_x_y=1.05)),              # 13
-    ("route", dict(layers=-4)),                                                                           # 14
-    ("convolutional", dict(filters=8, size=1, stride=1, batch_normalize=1, activation="leaky")),         # 15
-    ("upsample", dict(stride=2)),                                                                         # 16: 8x8
-    ("local_avgpool", dict(size=2, stride=1)),                                                            # 17
-    ("convolutional", dict(filters=3 * 8, size=1, stride=1, activation="logistic")),                     # 18
-    ("yolo", dict(mask=[0, 1, 2], anchors=TINY_ANCHORS, classes=3, num=6, scale_x_y=2.0, new_coords=1)), # 19
+    ("shortcut", {"from": -2, "activation": "linear"}),  # 10
+    ("maxpool", dict(size=2, stride=1)),  # 11
+    ("convolutional", dict(filters=3 * 8, size=1, stride=1, activation="linear")),  # 12
+    ("yolo", dict(mask=[3, 4, 5], anchors=TINY_ANCHORS, classes=3, num=6, scale_x_y=1.05)),  # 13
+    ("route", dict(layers=-4)),  # 14
+    ("convolutional", dict(filters=8, size=1, stride=1, batch_normalize=1, activation="leaky")),  # 15
+    ("upsample", dict(stride=2)),  # 16: 8x8
+    ("local_avgpool", dict(size=2, stride=1)),  # 17
+    ("convolutional", dict(filters=3 * 8, size=1, stride=1, activation="logistic")),  # 18
+    ("yolo", dict(mask=[0, 1, 2], anchors=TINY_ANCHORS, classes=3, num=6, scale_x_y=2.0, new_coords=1)),  # 19
 )
 
 
@@ -816,8 +1036,17 @@ def chained_reference(net, x):
             size = keys["size"]
             pad = size // 2 if keys.get("pad") else 0
             s = keys.get("stride", 1)
-            y = conv_ref(net, layer, prev, size=size, stride_x=s, stride_y=s, padding=pad,
-                         bn=keys.get("batch_normalize", 0), activation=keys["activation"])
+            y = conv_ref(
+                net,
+                layer,
+                prev,
+                size=size,
+                stride_x=s,
+                stride_y=s,
+                padding=pad,
+                bn=keys.get("batch_normalize", 0),
+                activation=keys["activation"],
+            )
         elif kind == "route":
             refs = keys["layers"] if isinstance(keys["layers"], list) else [keys["layers"]]
             srcs = [outs[i + r if r < 0 else r] for r in refs]
@@ -832,8 +1061,13 @@ def chained_reference(net, x):
         elif kind == "upsample":
             y = ref.upsample(prev, stride=keys["stride"])
         elif kind == "yolo":
-            y = ref.yolo(prev, n_anchors=len(keys["mask"]), classes=keys["classes"],
-                         scale_x_y=keys.get("scale_x_y", 1.0), new_coords=keys.get("new_coords", 0))
+            y = ref.yolo(
+                prev,
+                n_anchors=len(keys["mask"]),
+                classes=keys["classes"],
+                scale_x_y=keys.get("scale_x_y", 1.0),
+                new_coords=keys.get("new_coords", 0),
+            )
         else:
             raise AssertionError(kind)
         outs.append(y)
@@ -860,9 +1094,9 @@ def test_batch_equals_single_images(engine, tmp_path):
     x = random_input(rng, 3, 3, 13, 13)
     batch = net.forward_all(x)
     for b in range(3):
-        single = net.forward_all(x[b:b + 1])
+        single = net.forward_all(x[b : b + 1])
         for i, (bo, so) in enumerate(zip(batch, single)):
-            assert_close(bo[b:b + 1], so, rtol=1e-5, what=f"image {b} layer {i}: batch of 3 vs alone")
+            assert_close(bo[b : b + 1], so, rtol=1e-5, what=f"image {b} layer {i}: batch of 3 vs alone")
 
 
 def test_forward_is_repeatable_and_does_not_modify_input(engine, tmp_path):

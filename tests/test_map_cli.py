@@ -5,16 +5,17 @@ import shutil
 
 import pytest
 
-from pydarknet.hub import assets
 from pydarknet.cli import main as cli
-from pydarknet.hub import models
+from pydarknet.hub import assets, models
 
 pytest.importorskip("pycocotools")
 
 # Hand-written ground truth (pixel x1 y1 x2 y2, class): bus.jpg 810x1080, zidane.jpg 1280x720.
 GT = {
-    "bus.jpg": ((810, 1080), [(0, 50, 395, 225, 910), (0, 215, 405, 345, 855), (0, 690, 370, 810, 880),
-                              (5, 0, 180, 800, 790)]),
+    "bus.jpg": (
+        (810, 1080),
+        [(0, 50, 395, 225, 910), (0, 215, 405, 345, 855), (0, 690, 370, 810, 880), (5, 0, 180, 800, 790)],
+    ),
     "zidane.jpg": ((1280, 720), [(0, 740, 10, 1120, 715), (27, 980, 310, 1035, 420)]),
 }
 
@@ -22,7 +23,7 @@ GT = {
 def _fetch(name):
     try:
         return assets.fetch(name)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         pytest.skip(f"cannot fetch {name}: {e}")
 
 
@@ -32,7 +33,7 @@ def dataset(tmp_path_factory):
     if weights is None:
         try:
             weights = models.fetch("yolov4-tiny", quiet=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             pytest.skip(f"cannot fetch the yolov4-tiny weights: {e}")
     root = tmp_path_factory.mktemp("ds")
     (root / "images").mkdir()
@@ -42,8 +43,10 @@ def dataset(tmp_path_factory):
         dst = root / "images" / name
         shutil.copy(_fetch(name), dst)
         lines.append(str(dst))
-        rows = [f"{c} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
-                for c, x1, y1, x2, y2 in boxes]
+        rows = [
+            f"{c} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
+            for c, x1, y1, x2, y2 in boxes
+        ]
         (root / "labels" / (name.rsplit(".", 1)[0] + ".txt")).write_text("\n".join(rows) + "\n")
     (root / "valid.txt").write_text("\n".join(lines) + "\n")
     shutil.copy(models.find_data_file("coco.names"), root / "coco.names")
@@ -78,7 +81,7 @@ def test_valid_cli_writes_coco_results(dataset):
     res = json.loads(out.read_text())
     assert res and {"image_id", "category_id", "bbox", "score"} <= set(res[0])
     assert min(r["score"] for r in res) > 0.001
-    assert {r["category_id"] for r in res} >= {1, 6}           # person, bus through the 80->91 map
+    assert {r["category_id"] for r in res} >= {1, 6}  # person, bus through the 80->91 map
 
 
 def test_map_cli_clear_errors(dataset, tmp_path, capsys):
@@ -101,8 +104,16 @@ def _coco_annotation_file(root, category_ids, names=None):
     for k, (name, ((w, h), boxes)) in enumerate(GT.items()):
         images.append({"id": 1000 + k, "file_name": f"val2017/{name}", "width": w, "height": h})
         for c, x1, y1, x2, y2 in boxes:
-            anns.append({"id": len(anns) + 1, "image_id": 1000 + k, "category_id": category_ids[c],
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float((x2 - x1) * (y2 - y1)), "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": 1000 + k,
+                    "category_id": category_ids[c],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": float((x2 - x1) * (y2 - y1)),
+                    "iscrowd": 0,
+                }
+            )
     cats = [{"id": cid, "name": (names[k] if names else f"c{cid}")} for k, cid in enumerate(category_ids)]
     path = root / "instances.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
@@ -138,16 +149,15 @@ def test_map_from_coco_annotations_equals_labels(dataset, capsys):
 
 def test_valid_with_coco_annotations(dataset):
     root, cfg, weights = dataset
-    ids = [3 * k + 2 for k in range(80)]                  # categories the COCO map would not give
+    ids = [3 * k + 2 for k in range(80)]  # categories the COCO map would not give
     ann = _coco_annotation_file(root, ids)
     data = root / "ann.data"
-    data.write_text(f"classes = 80\nvalid = {root / 'valid.txt'}\nnames = {root / 'coco.names'}\n"
-                    f"annotations = {ann}\n")
+    data.write_text(f"classes = 80\nvalid = {root / 'valid.txt'}\nnames = {root / 'coco.names'}\nannotations = {ann}\n")
     out = root / "ann_results.json"
     assert cli.main(["valid", str(data), cfg, weights, "--out", str(out), "-q", "--tta"]) == 0
     res = json.loads(out.read_text())
-    assert {r["image_id"] for r in res} == {1000, 1001}   # the annotation's ids, found by file name
-    assert {r["category_id"] for r in res} >= {ids[0], ids[5], ids[27]}       # person, bus, tie in id order
+    assert {r["image_id"] for r in res} == {1000, 1001}  # the annotation's ids, found by file name
+    assert {r["category_id"] for r in res} >= {ids[0], ids[5], ids[27]}  # person, bus, tie in id order
     assert {r["category_id"] for r in res} <= set(ids)
 
 
@@ -165,8 +175,10 @@ def test_map_plot_tta_and_difficult(dataset, tmp_path, capsys):
     # TTA: three passes, every image, merged before NMS
     code, tta = _map(root, cfg, weights, base, "--tta")
     assert code == 0 and tta["settings"]["tta"] == [[1.0, False], [0.83, True], [0.67, False]]
-    assert tta["per_class"][0]["tp"] + tta["per_class"][0]["fp"] != plain["per_class"][0]["tp"] + \
-        plain["per_class"][0]["fp"]                      # other detections than the plain run
+    assert (
+        tta["per_class"][0]["tp"] + tta["per_class"][0]["fp"]
+        != plain["per_class"][0]["tp"] + plain["per_class"][0]["fp"]
+    )  # other detections than the plain run
     # difficult: zidane's tie moves from its label file to a difficult label file
     dif = tmp_path / "difficult"
     (dif / "labels").mkdir(parents=True)
@@ -182,12 +194,12 @@ def test_map_plot_tta_and_difficult(dataset, tmp_path, capsys):
     moved = f"classes = 80\nvalid = {labels / 'valid.txt'}\nnames = {root / 'coco.names'}\n"
     _, no_tie = _map(root, cfg, weights, moved)
     _, hard_tie = _map(root, cfg, weights, moved + f"difficult = {dif / 'list.txt'}\n")
-    tie = lambda m: m["per_class"][27]                   # noqa: E731
+    tie = lambda m: m["per_class"][27]  # noqa: E731
     assert tie(plain)["gt"] == 1 and tie(plain)["tp"] == 1
-    assert tie(no_tie)["gt"] == 0 and tie(no_tie)["fp"] >= 1          # unlabelled: the tie detection is an FP
+    assert tie(no_tie)["gt"] == 0 and tie(no_tie)["fp"] >= 1  # unlabelled: the tie detection is an FP
     assert tie(hard_tie)["gt"] == 0 and tie(hard_tie)["tp"] + tie(hard_tie)["fp"] == tie(no_tie)["fp"] - 1
     assert hard_tie["ground_truth"]["difficult"] is True
-    assert hard_tie["at_thresh"]["fn"] == plain["at_thresh"]["fn"]    # a missed difficult box is no FN
+    assert hard_tie["at_thresh"]["fn"] == plain["at_thresh"]["fn"]  # a missed difficult box is no FN
 
 
 def test_map_cli_more_errors(dataset, tmp_path, capsys):
@@ -220,26 +232,47 @@ def test_map_cli_more_errors(dataset, tmp_path, capsys):
     # difficult: a list of another length, a missing difficult label file
     (bad / "labels" / "bus.txt").write_text("0 0.5 0.5 0.1 0.1\n")
     (bad / "dif.txt").write_text("a.jpg\nb.jpg\n")
-    fails(f"classes = 80\nvalid = {bad / 'list.txt'}\nnames = {names}\ndifficult = {bad / 'dif.txt'}\n",
-          "dif.txt lists 2 images but the valid list 1")
+    fails(
+        f"classes = 80\nvalid = {bad / 'list.txt'}\nnames = {names}\ndifficult = {bad / 'dif.txt'}\n",
+        "dif.txt lists 2 images but the valid list 1",
+    )
     (bad / "dif.txt").write_text("/nowhere/images/bus.jpg\n")
-    fails(f"classes = 80\nvalid = {bad / 'list.txt'}\nnames = {names}\ndifficult = {bad / 'dif.txt'}\n",
-          "no difficult label file for /nowhere/images/bus.jpg", "/nowhere/labels/bus.txt")
+    fails(
+        f"classes = 80\nvalid = {bad / 'list.txt'}\nnames = {names}\ndifficult = {bad / 'dif.txt'}\n",
+        "no difficult label file for /nowhere/images/bus.jpg",
+        "/nowhere/labels/bus.txt",
+    )
     # annotation files: missing, broken, without one of the images, together with difficult=
-    fails(f"classes = 80\nvalid = {valid}\nnames = {names}\nannotations = {tmp_path / 'no.json'}\n",
-          "annotations file", "no such file")
+    fails(
+        f"classes = 80\nvalid = {valid}\nnames = {names}\nannotations = {tmp_path / 'no.json'}\n",
+        "annotations file",
+        "no such file",
+    )
     (tmp_path / "broken.json").write_text("{")
-    fails(f"classes = 80\nvalid = {valid}\nnames = {names}\nannotations = {tmp_path / 'broken.json'}\n",
-          "broken.json:1:2: not valid JSON")
-    one = {"images": [{"id": 1, "file_name": "bus.jpg", "width": 810, "height": 1080}], "annotations": [],
-           "categories": [{"id": k + 1, "name": n} for k, n in enumerate(names.read_text().split("\n")[:80])]}
+    fails(
+        f"classes = 80\nvalid = {valid}\nnames = {names}\nannotations = {tmp_path / 'broken.json'}\n",
+        "broken.json:1:2: not valid JSON",
+    )
+    one = {
+        "images": [{"id": 1, "file_name": "bus.jpg", "width": 810, "height": 1080}],
+        "annotations": [],
+        "categories": [{"id": k + 1, "name": n} for k, n in enumerate(names.read_text().split("\n")[:80])],
+    }
     (tmp_path / "one.json").write_text(json.dumps(one))
     for command in ("map", "valid"):
-        fails(f"classes = 80\nvalid = {valid}\nnames = {names}\nannotations = {tmp_path / 'one.json'}\n",
-              "has no image named like 1 of the 2 images", "zidane.jpg", command=command)
-    fails(f"classes = 80\nvalid = {valid}\nnames = {names}\nannotations = {tmp_path / 'one.json'}\n"
-          f"difficult = {valid}\n", "'difficult' goes with YOLO label files")
+        fails(
+            f"classes = 80\nvalid = {valid}\nnames = {names}\nannotations = {tmp_path / 'one.json'}\n",
+            "has no image named like 1 of the 2 images",
+            "zidane.jpg",
+            command=command,
+        )
+    fails(
+        f"classes = 80\nvalid = {valid}\nnames = {names}\nannotations = {tmp_path / 'one.json'}\ndifficult = {valid}\n",
+        "'difficult' goes with YOLO label files",
+    )
     one["images"].append({"id": 2, "file_name": "zidane.jpg", "width": 720, "height": 1280})
     (tmp_path / "one.json").write_text(json.dumps(one))
-    fails(f"classes = 80\nvalid = {valid}\nnames = {names}\nannotations = {tmp_path / 'one.json'}\n",
-          "'zidane.jpg' (id 2) is 720x1280 in the annotations but 1280x720 on disk")
+    fails(
+        f"classes = 80\nvalid = {valid}\nnames = {names}\nannotations = {tmp_path / 'one.json'}\n",
+        "'zidane.jpg' (id 2) is 720x1280 in the annotations but 1280x720 on disk",
+    )

@@ -64,14 +64,15 @@ import struct
 
 import numpy as np
 import pytest
-
 from support.netcalib import calibrate, randomize, read_sections, with_input_size
-from support.opencv import (darknet_yolo_forward, decoded_diff, first_divergence, yolo_specs)
+from support.opencv import darknet_yolo_forward, decoded_diff, first_divergence, yolo_specs
 
 cv2 = pytest.importorskip("cv2")
 if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromDarknet"):
-    pytest.skip("this OpenCV build has no Darknet importer (OpenCV 5 removed it; use opencv-python-headless<5)",
-                allow_module_level=True)
+    pytest.skip(
+        "this OpenCV build has no Darknet importer (OpenCV 5 removed it; use opencv-python-headless<5)",
+        allow_module_level=True,
+    )
 
 CFG_DIR = pathlib.Path(__file__).resolve().parents[1] / "cfg"
 TOL = 1e-3
@@ -98,20 +99,31 @@ CASES = [
 ]
 # .weights sizes (20-byte header + 4 bytes per parameter), independent of the input size
 WEIGHTS_BYTES = {
-    "yolov3": 248_007_048, "yolov3-tiny": 35_434_956, "yolov3-tiny_3l": 36_039_888,
-    "yolov3-spp": 252_209_544, "yolov4": 257_717_640, "yolov4-tiny": 24_251_276,
-    "yolov4-tiny-3l": 25_336_200, "yolov4-csp": 211_944_840, "yolov4-csp-swish": 211_944_840,
-    "yolov4-csp-x-swish": 399_388_168, "yolov4x-mish": 399_388_168, "yolov4-p5": 283_669_892,
-    "yolov4-p6": 510_868_180, "yolov7-tiny": 24_967_560, "yolov7": 147_898_248, "yolov7x": 285_638_760,
+    "yolov3": 248_007_048,
+    "yolov3-tiny": 35_434_956,
+    "yolov3-tiny_3l": 36_039_888,
+    "yolov3-spp": 252_209_544,
+    "yolov4": 257_717_640,
+    "yolov4-tiny": 24_251_276,
+    "yolov4-tiny-3l": 25_336_200,
+    "yolov4-csp": 211_944_840,
+    "yolov4-csp-swish": 211_944_840,
+    "yolov4-csp-x-swish": 399_388_168,
+    "yolov4x-mish": 399_388_168,
+    "yolov4-p5": 283_669_892,
+    "yolov4-p6": 510_868_180,
+    "yolov7-tiny": 24_967_560,
+    "yolov7": 147_898_248,
+    "yolov7x": 285_638_760,
     "darknet53": 166_582_580,
 }
 SLOW = {"yolov4-csp-x-swish", "yolov4x-mish", "yolov4-p5", "yolov4-p6", "yolov7x"}
 
 
-
 # ------------------------------------------------------------------------------------------------
 # cfg text helpers (independent of the engine's parser)
 # ------------------------------------------------------------------------------------------------
+
 
 def _cfg_path(name):
     path = CFG_DIR / f"{name}.cfg"
@@ -182,8 +194,10 @@ def test_yolo_outputs_match_opencv(engine, tmp_path, name, width, height, batch)
             failures.append(s["index"])
     print(f"{name} {width}x{height} b{batch}: " + "; ".join(report))
     if failures:
-        pytest.fail(f"{name}: yolo layers {failures} differ from OpenCV ({'; '.join(report)}); "
-                    + first_divergence(net, cv_net, x))
+        pytest.fail(
+            f"{name}: yolo layers {failures} differ from OpenCV ({'; '.join(report)}); "
+            + first_divergence(net, cv_net, x)
+        )
 
 
 def test_darknet53_classifier_matches_opencv(engine, tmp_path):
@@ -200,12 +214,12 @@ def test_darknet53_classifier_matches_opencv(engine, tmp_path):
     logits = np.asarray(logits, dtype=np.float64).reshape(n, -1)
     d_probs = float(np.abs(probs - probs_ref.reshape(n, -1)).max())
     d_logits = float(np.abs(logits - logits_ref.reshape(n, -1)).max())
-    print(f"{name} {size}x{size} b{n}: softmax {d_probs:.2e} logits {d_logits:.2e} "
-          f"(max prob {probs.max():.3f})")
+    print(f"{name} {size}x{size} b{n}: softmax {d_probs:.2e} logits {d_logits:.2e} (max prob {probs.max():.3f})")
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     if not (d_probs <= TOL and d_logits <= TOL):
-        pytest.fail(f"{name}: softmax diff {d_probs:.3g}, logits diff {d_logits:.3g}; "
-                    + first_divergence(net, cv_net, x))
+        pytest.fail(
+            f"{name}: softmax diff {d_probs:.3g}, logits diff {d_logits:.3g}; " + first_divergence(net, cv_net, x)
+        )
 
 
 def _random_darknet_params(text, rng):

@@ -67,7 +67,7 @@ activation=linear
 
 
 def make_desc(net_extra="", max_batches=100, decay=0.0005, **layer_extra):
-    keys = {k: "" for k in ("l0", "l1", "l4", "l5")}
+    keys = dict.fromkeys(("l0", "l1", "l4", "l5"), "")
     keys.update(layer_extra)
     text = CFG.replace("max_batches=100", f"max_batches={max_batches}").replace("decay=0.0005", f"decay={decay}")
     return build_network(parse_cfg_text(text.format(net_extra=net_extra, **keys)))
@@ -78,9 +78,8 @@ def init_params(desc, seed=0):
     p = (rng.standard_normal(desc.param_count) * 0.2).astype(np.float32)
     for layer in desc.layers:
         if layer.tensors and layer.type != "shortcut":
-            t = [t for t in layer.tensors if t.name == "rolling_variance"]
-            for t in t:
-                p[t.offset:t.offset + t.size] = np.abs(p[t.offset:t.offset + t.size]) + 0.5
+            for t in [t for t in layer.tensors if t.name == "rolling_variance"]:
+                p[t.offset : t.offset + t.size] = np.abs(p[t.offset : t.offset + t.size]) + 0.5
     return p
 
 
@@ -91,7 +90,7 @@ def grad_for(desc, iteration, scale=0.5):
 
 def view(desc, buf, layer, name):
     t = desc.layers[layer].tensor(name)
-    return buf[t.offset:t.offset + t.size]
+    return buf[t.offset : t.offset + t.size]
 
 
 # ----- the scalar reference ---------------------------------------------------------------------------------------
@@ -101,7 +100,7 @@ class Reference:
     def __init__(self, desc):
         self.desc = desc
         n = desc.param_count
-        self.U = np.zeros(n, F)      # *_updates (SGD momentum / pending Adam gradients)
+        self.U = np.zeros(n, F)  # *_updates (SGD momentum / pending Adam gradients)
         self.M = np.zeros(n, F)
         self.V = np.zeros(n, F)
         net = desc.net
@@ -184,10 +183,10 @@ def test_decay_only_on_weights_and_rolling_stats_untouched():
     p0 = init_params(desc)
     p = p0.copy()
     g = np.zeros_like(p)
-    for layer in desc.layers:          # gradients on the running statistics must be ignored too
+    for layer in desc.layers:  # gradients on the running statistics must be ignored too
         for t in layer.tensors:
             if t.name.startswith("rolling"):
-                g[t.offset:t.offset + t.size] = 3.0
+                g[t.offset : t.offset + t.size] = 3.0
     opt.step(p, g, 1)
     for layer in desc.layers:
         for t in layer.tensors:
@@ -200,7 +199,7 @@ def test_decay_only_on_weights_and_rolling_stats_untouched():
                     want = np.clip(want, -0.3, 0.3)
                 np.testing.assert_allclose(after, want, rtol=2e-7)
                 assert not np.array_equal(after, before)
-            else:       # biases, scales, shortcut weights, rolling statistics: no decay, no gradient
+            else:  # biases, scales, shortcut weights, rolling statistics: no decay, no gradient
                 np.testing.assert_array_equal(after, before, err_msg=f"layer {layer.index} {t.name}")
     for layer in desc.layers:
         for t in layer.tensors:
@@ -215,10 +214,10 @@ def test_momentum_carries_over():
     b = view(desc, p, 5, "biases")
     start = b.copy()
     g = np.zeros_like(p)
-    view(desc, g, 5, "biases")[:] = -1.0           # dL/db = -1: Darknet's update +1 per image-sum
+    view(desc, g, 5, "biases")[:] = -1.0  # dL/db = -1: Darknet's update +1 per image-sum
     opt.step(p, g, 1)
     after1 = b.copy()
-    opt.step(p, np.zeros_like(p), 2)                # no gradient: momentum alone moves it by 0.9 of the step
+    opt.step(p, np.zeros_like(p), 2)  # no gradient: momentum alone moves it by 0.9 of the step
     np.testing.assert_allclose(after1, start + 0.01 / 8, rtol=1e-7)
     np.testing.assert_allclose(b, after1 + 0.9 * 0.01 / 8, rtol=1e-7)
 
@@ -231,8 +230,9 @@ def test_shortcut_update_is_clamped_and_not_decayed():
     g = np.zeros_like(p)
     view(desc, g, 2, "weights")[:] = [-5.0, 0.25]
     opt.step(p, g, 1)
-    np.testing.assert_allclose(view(desc, p, 2, "weights"), w0 + np.array([0.01 / 8 * 1.0, 0.01 / 8 * -0.25]),
-                               rtol=1e-7)
+    np.testing.assert_allclose(
+        view(desc, p, 2, "weights"), w0 + np.array([0.01 / 8 * 1.0, 0.01 / 8 * -0.25]), rtol=1e-7
+    )
     np.testing.assert_allclose(view(desc, opt.velocity, 2, "weights"), [0.9, -0.225], rtol=1e-6)
 
 
@@ -245,7 +245,7 @@ def test_clip_bounds_convolutional_weights():
     opt.step(p, g, 1)
     w = view(desc, p, 1, "weights")
     assert np.abs(w).max() == F(0.3) and (np.abs(w) == F(0.3)).sum() >= 2
-    assert np.abs(view(desc, p, 0, "weights")).max() > 0.3      # layer 0 has no clip
+    assert np.abs(view(desc, p, 0, "weights")).max() > 0.3  # layer 0 has no clip
 
 
 # ----- layer switches ---------------------------------------------------------------------------------------------
@@ -254,8 +254,8 @@ def test_stopbackward_freezes_earlier_layers():
     opt, ref, p_opt, p_ref = run_both(desc, [1, 2])
     p0 = init_params(desc)
     end = desc.layers[3].tensors[-1]
-    np.testing.assert_array_equal(p_opt[:end.offset + end.size], p0[:end.offset + end.size])  # layers 0-3
-    assert not opt.velocity[:end.offset + end.size].any()
+    np.testing.assert_array_equal(p_opt[: end.offset + end.size], p0[: end.offset + end.size])  # layers 0-3
+    assert not opt.velocity[: end.offset + end.size].any()
     assert not np.array_equal(view(desc, p_opt, 4, "weights"), view(desc, p0, 4, "weights"))
     np.testing.assert_array_equal(p_opt, p_ref)
     assert set(opt.frozen_layers()) == {0, 1, 2, 3}
@@ -280,8 +280,9 @@ def test_dont_update_accumulates_then_applies_everything():
     for name in ("weights", "biases", "scales"):
         np.testing.assert_array_equal(view(desc, p_opt, 4, name), view(desc, p0, 4, name))
     g1, g2 = grad_for(desc, 1), grad_for(desc, 2)
-    np.testing.assert_array_equal(view(desc, opt.velocity, 4, "biases"),
-                                  F(0) - view(desc, g1, 4, "biases") - view(desc, g2, 4, "biases"))
+    np.testing.assert_array_equal(
+        view(desc, opt.velocity, 4, "biases"), F(0) - view(desc, g1, 4, "biases") - view(desc, g2, 4, "biases")
+    )
     g3 = grad_for(desc, 3)
     opt.step(p_opt, g3, 3)
     ref.step(p_ref, g3, 3, 0.01)
@@ -295,9 +296,9 @@ def test_burnin_update_waits_for_burnin_update_times_burn_in():
     opt = Optimizer(desc)
     p0 = init_params(desc)
     p = p0.copy()
-    opt.step(p, grad_for(desc, 1), 1)          # 1 * 2 > 1: skipped
+    opt.step(p, grad_for(desc, 1), 1)  # 1 * 2 > 1: skipped
     np.testing.assert_array_equal(view(desc, p, 5, "weights"), view(desc, p0, 5, "weights"))
-    opt.step(p, grad_for(desc, 2), 2)          # 1 * 2 > 2 is false: updated
+    opt.step(p, grad_for(desc, 2), 2)  # 1 * 2 > 2 is false: updated
     assert not np.array_equal(view(desc, p, 5, "weights"), view(desc, p0, 5, "weights"))
     ref = Reference(desc)
     q = p0.copy()
@@ -346,11 +347,15 @@ def test_nonfinite_gradient_skips_everything_and_names_the_tensor():
     view(desc, g, 5, "weights")[0] = np.inf
     res = opt.step(p, g, 2)
     assert res.skipped and res.rate is None and math.isnan(res.grad_norm)
-    assert (res.nonfinite.layer, res.nonfinite.layer_type, res.nonfinite.tensor, res.nonfinite.index) == \
-        (4, "connected", "scales", 2)
+    assert (res.nonfinite.layer, res.nonfinite.layer_type, res.nonfinite.tensor, res.nonfinite.index) == (
+        4,
+        "connected",
+        "scales",
+        2,
+    )
     np.testing.assert_array_equal(p, p_before)
     np.testing.assert_array_equal(opt.velocity, u_before)
-    assert np.isnan(g).sum() == 1                      # the gradient itself is not "repaired"
+    assert np.isnan(g).sum() == 1  # the gradient itself is not "repaired"
     g2 = grad_for(desc, 2)
     view(desc, g2, 1, "biases")[1] = -np.inf
     found = first_nonfinite(desc, g2)
@@ -364,7 +369,7 @@ def test_gradient_norm_in_float64_and_chunked():
     g = (rng.standard_normal(3_000_001) * 1e3).astype(np.float32)
     want = math.sqrt(float(np.sum(g.astype(np.float64) ** 2)))
     assert gradient_norm(g) == pytest.approx(want, rel=1e-12)
-    big = np.full(10, 3e38, np.float32)            # float32 squares would overflow
+    big = np.full(10, 3e38, np.float32)  # float32 squares would overflow
     assert gradient_norm(big) == pytest.approx(math.sqrt(10) * 3e38, rel=1e-7)
 
 
@@ -376,17 +381,20 @@ def test_ema_start_update_apply_and_stop():
     p = init_params(desc)
     ema_ref = None
     alpha, keep = F(0.9), F(F(1) - F(0.9))
-    conv_slices = [(t.offset, t.offset + t.size) for l in (0, 1) for t in desc.layers[l].tensors
-                   if t.name in ("weights", "biases", "scales")]
+    conv_slices = [
+        (t.offset, t.offset + t.size)
+        for l in (0, 1)
+        for t in desc.layers[l].tensors
+        if t.name in ("weights", "biases", "scales")
+    ]
     actions = {}
     for it in range(1003, 1013):
-        before = p.copy()
         res = opt.step(p, grad_for(desc, it), it, rate=0.01)
         actions[it] = res.ema
         if it < 1005:
             assert res.ema is None and not opt.ema.initialized
             continue
-        if ema_ref is None:          # initialisation copies the updated weights, then the first average runs
+        if ema_ref is None:  # initialisation copies the updated weights, then the first average runs
             ema_ref = p.copy()
         if it < 1010:
             ema_ref = alpha * ema_ref + keep * p
@@ -394,12 +402,22 @@ def test_ema_start_update_apply_and_stop():
                 np.testing.assert_array_equal(opt.ema.values[a:b], ema_ref[a:b])
         elif it == 1010:
             for a, b in conv_slices:
-                np.testing.assert_array_equal(p[a:b], ema_ref[a:b])      # averages replace the weights
+                np.testing.assert_array_equal(p[a:b], ema_ref[a:b])  # averages replace the weights
         else:
-            for a, b in conv_slices:                                    # frozen after the apply point
+            for a, b in conv_slices:  # frozen after the apply point
                 np.testing.assert_array_equal(opt.ema.values[a:b], ema_ref[a:b])
-    assert actions == {1003: None, 1004: None, 1005: "update", 1006: "update", 1007: "update", 1008: "update",
-                       1009: "update", 1010: "apply", 1011: None, 1012: None}
+    assert actions == {
+        1003: None,
+        1004: None,
+        1005: "update",
+        1006: "update",
+        1007: "update",
+        1008: "update",
+        1009: "update",
+        1010: "apply",
+        1011: None,
+        1012: None,
+    }
     # only convolutional weights, biases and scales are averaged
     for layer, name in [(0, "rolling_mean"), (0, "rolling_variance"), (2, "weights"), (4, "weights"), (5, "biases")]:
         assert not view(desc, opt.ema.values, layer, name).any()

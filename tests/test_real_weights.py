@@ -32,22 +32,22 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromDarknet"):
-    pytest.skip("this OpenCV build has no Darknet importer (OpenCV 5 removed it; use opencv-python-headless<5)",
-                allow_module_level=True)
-import pydarknet
+    pytest.skip(
+        "this OpenCV build has no Darknet importer (OpenCV 5 removed it; use opencv-python-headless<5)",
+        allow_module_level=True,
+    )
 from PIL import Image
-from pydarknet.hub import assets
-
-from support.opencv import darknet_yolo_forward, decoded_diff, opencv_rows, yolo_specs
 from support.assets import fetch_or_skip
+from support.opencv import darknet_yolo_forward, decoded_diff, opencv_rows, yolo_specs
+
+import pydarknet
+from pydarknet.hub import assets
 
 CFG_DIR = pathlib.Path(__file__).resolve().parents[1] / "cfg"
 TOL = 1e-3
 SIZE = 416
 PHOTOS = ["bus.jpg", "zidane.jpg", "astronaut.png", "coffee.png", "chelsea.png", "motorcycle_left.png"]
 MODELS = ["yolov4-tiny", "yolov3-tiny"]
-
-
 
 
 def _blob(path, width, height):
@@ -124,12 +124,12 @@ def test_real_weights_match_opencv_defaults(models, batch, name):
 
 # photo -> (class id, minimum best score obj*cls) that yolov4-tiny must reach; COCO ids
 EXPECTED_V4_TINY = {
-    "bus.jpg": [(0, 0.9), (5, 0.5)],          # person, bus
-    "zidane.jpg": [(0, 0.5)],                 # person
-    "astronaut.png": [(0, 0.5)],              # person
-    "coffee.png": [(41, 0.5)],                # cup
-    "chelsea.png": [(15, 0.25)],              # cat
-    "motorcycle_left.png": [(3, 0.5)],        # motorbike
+    "bus.jpg": [(0, 0.9), (5, 0.5)],  # person, bus
+    "zidane.jpg": [(0, 0.5)],  # person
+    "astronaut.png": [(0, 0.5)],  # person
+    "coffee.png": [(41, 0.5)],  # cup
+    "chelsea.png": [(15, 0.25)],  # cat
+    "motorcycle_left.png": [(3, 0.5)],  # motorbike
 }
 
 
@@ -137,8 +137,9 @@ def test_real_yolov4_tiny_finds_the_expected_objects(models, batch):
     cfg, weights = models["yolov4-tiny"]
     net = pydarknet.load(str(cfg), str(weights))
     specs = yolo_specs(cfg.read_text())
-    rows = np.concatenate([opencv_rows(np.asarray(o), s, SIZE, SIZE) for o, s in zip(net.forward(batch), specs)],
-                          axis=1)
+    rows = np.concatenate(
+        [opencv_rows(np.asarray(o), s, SIZE, SIZE) for o, s in zip(net.forward(batch), specs)], axis=1
+    )
     for i, photo in enumerate(PHOTOS):
         best = rows[i, :, 5:].max(axis=0)
         for cls, minimum in EXPECTED_V4_TINY[photo]:

@@ -27,11 +27,15 @@ NAMES = default_names(80)
 def make_results(path="images/000000000139.jpg", image=None, size=(800, 600)):
     """Four Darknet detections (relative xywh) on an 800x600 image: box 2 has two classes, box 3 pokes out of
     the image on the left and the top."""
-    boxes = np.array([[0.25, 0.50, 0.20, 0.40],     # person
-                      [0.70, 0.40, 0.30, 0.20],     # car
-                      [0.50, 0.80, 0.10, 0.10],     # dog 0.6 and cat 0.3
-                      [0.02, 0.05, 0.10, 0.20]],    # kite, partly outside
-                     np.float32)
+    boxes = np.array(
+        [
+            [0.25, 0.50, 0.20, 0.40],  # person
+            [0.70, 0.40, 0.30, 0.20],  # car
+            [0.50, 0.80, 0.10, 0.10],  # dog 0.6 and cat 0.3
+            [0.02, 0.05, 0.10, 0.20],
+        ],  # kite, partly outside
+        np.float32,
+    )
     probs = np.zeros((4, 80), np.float32)
     probs[0, 0] = 0.9
     probs[1, 2] = 0.8
@@ -48,7 +52,7 @@ def test_rows_sorted_and_grouped():
     assert r.labels == ["person", "car", "dog", "kite", "cat"]
     np.testing.assert_allclose(r.conf, [0.9, 0.8, 0.6, 0.5, 0.3])
     assert r.class_id.tolist() == [0, 2, 16, 33, 15]
-    assert r.box_index.tolist() == [0, 1, 2, 3, 2]          # dog and cat share a box
+    assert r.box_index.tolist() == [0, 1, 2, 3, 2]  # dog and cat share a box
     np.testing.assert_allclose(r.objectness, [0.95, 0.85, 0.7, 0.55, 0.7])
     assert r.counts() == {"car": 1, "cat": 1, "dog": 1, "kite": 1, "person": 1}
     assert r.image_size == (800, 600) and r.orig_shape == (600, 800)
@@ -86,10 +90,15 @@ def test_to_json_darknet_format():
     r = make_results()
     text = r.to_json(frame_id=7)
     # Darknet's exact layout (detection_to_json)
-    assert text.startswith('{\n "frame_id":7, \n "filename":"images/000000000139.jpg", \n "objects": [ \n  {"class_id":0,')
+    assert text.startswith(
+        '{\n "frame_id":7, \n "filename":"images/000000000139.jpg", \n "objects": [ \n  {"class_id":0,'
+    )
     assert text.endswith("\n ] \n}")
-    assert re.search(r'"relative_coordinates":\{"center_x":0\.250000, "center_y":0\.500000, "width":0\.200000, '
-                     r'"height":0\.400000\}, "confidence":0\.900000\}', text)
+    assert re.search(
+        r'"relative_coordinates":\{"center_x":0\.250000, "center_y":0\.500000, "width":0\.200000, '
+        r'"height":0\.400000\}, "confidence":0\.900000\}',
+        text,
+    )
     data = json.loads(text)
     assert data["frame_id"] == 7 and data["filename"] == "images/000000000139.jpg"
     assert [o["name"] for o in data["objects"]] == r.labels
@@ -118,11 +127,11 @@ def test_coco_export(tmp_path):
     r = make_results()
     coco = r.to_coco()
     assert [c["image_id"] for c in coco] == [139] * 5
-    assert [c["category_id"] for c in coco] == [1, 3, 18, 38, 17]       # Darknet's coco_ids map
+    assert [c["category_id"] for c in coco] == [1, 3, 18, 38, 17]  # Darknet's coco_ids map
     person = coco[0]
     np.testing.assert_allclose(person["bbox"], [120, 180, 160, 240], atol=1e-3)
     assert person["score"] == pytest.approx(0.9)
-    kite = coco[3]                                                      # clipped to the image as Darknet does
+    kite = coco[3]  # clipped to the image as Darknet does
     np.testing.assert_allclose(kite["bbox"], [0, 0, 0.07 * 800, 0.15 * 600], atol=1e-3)
     assert r.to_coco(image_id=5, category_ids=list(range(80)))[1]["category_id"] == 2
     assert r.to_coco(image_id=5)[0]["image_id"] == 5
@@ -144,10 +153,10 @@ def test_save_txt_parsed_back(tmp_path):
     r = make_results()
     path = r.save_txt(tmp_path / "labels" / "img.txt")
     rows = np.loadtxt(path, ndmin=2)
-    assert rows.shape == (4, 5)                                        # one line per box, its best class
+    assert rows.shape == (4, 5)  # one line per box, its best class
     assert rows[:, 0].astype(int).tolist() == [0, 2, 16, 33]
     np.testing.assert_allclose(rows[0, 1:], [0.25, 0.5, 0.2, 0.4], atol=1e-6)
-    assert rows[:, 1:].min() >= 0 and rows[:, 1:].max() <= 1           # clipped: valid training labels
+    assert rows[:, 1:].min() >= 0 and rows[:, 1:].max() <= 1  # clipped: valid training labels
     np.testing.assert_allclose(rows[3, 1:], [0.035, 0.075, 0.07, 0.15], atol=1e-6)
     with_conf = np.loadtxt(r.save_txt(tmp_path / "c.txt", conf=True), ndmin=2)
     np.testing.assert_allclose(with_conf[:, 5], [0.9, 0.8, 0.6, 0.5], atol=1e-6)
@@ -162,7 +171,7 @@ def test_darknet_lines():
     assert [l.split(":")[0] for l in lines] == ["kite", "person", "dog", "cat", "car"]
     assert lines[1] == "person: 90%\t(left_x:  120   top_y:  180   width:  160   height:  240)"
     assert lines[0] == "kite: 50%\t(left_x:  -24   top_y:  -30   width:   80   height:  120)"
-    assert lines[3] == "cat: 30%"                                      # second class of the dog's box
+    assert lines[3] == "cat: 30%"  # second class of the dog's box
     assert r.darknet_lines() == ["kite: 50%", "person: 90%", "dog: 60%", "cat: 30%", "car: 80%"]
 
 
@@ -189,7 +198,7 @@ def test_plot_draws_inside_each_box(bus):
     out = np.asarray(im)
     assert not np.array_equal(out, bus)
     for x1, y1, x2, y2 in r.clip().xyxy.round().astype(int):
-        region_in, region_out = bus[y1:y2 + 1, x1:x2 + 1], out[y1:y2 + 1, x1:x2 + 1]
+        region_in, region_out = bus[y1 : y2 + 1, x1 : x2 + 1], out[y1 : y2 + 1, x1 : x2 + 1]
         changed = np.any(region_in != region_out, axis=2)
         assert changed.mean() > 0.005, "the box outline is drawn inside its region"
         # the outline: the box's top-left corner pixel has the class colour
@@ -205,7 +214,7 @@ def test_plot_without_image_and_errors(bus, tmp_path):
     H, W = bus.shape[:2]
     p = tmp_path / "bus.png"
     Image.fromarray(bus).save(p)
-    r = make_results(path=str(p), size=(W, H))            # no pixels kept: plot() reads the file
+    r = make_results(path=str(p), size=(W, H))  # no pixels kept: plot() reads the file
     assert r.plot().size == (W, H)
     with pytest.raises(ValueError, match="no image"):
         make_results(path=None, size=(W, H)).plot()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import pydarknet
+from pydarknet.cli.main import main
 from pydarknet.data import synthetic
 from pydarknet.train.anchors import calc_anchors
-from pydarknet.cli.main import main
 from pydarknet.train.starter import starter_cfg
 from pydarknet.train.trainer import Trainer, TrainingError, TrainOptions
 
@@ -39,26 +39,42 @@ def test_small_yolo_learns_the_synthetic_shapes(shapes, tmp_path):
     cfg = tmp_path / "shapes-tiny.cfg"
     cfg.write_text(starter_cfg(3, 128, 128, anchors, max_batches=1200, batch=16, learning_rate=0.004))
     lines = []
-    trainer = Trainer(cfg, data, None, TrainOptions(backup=str(tmp_path / "backup"), workers=1, map=True,
-                                                    map_every=400), log=lines.append)
+    trainer = Trainer(
+        cfg,
+        data,
+        None,
+        TrainOptions(backup=str(tmp_path / "backup"), workers=1, map=True, map_every=400),
+        log=lines.append,
+    )
     result = trainer.run()
     final_map = trainer.history[-1].map
-    print(f"mAP@0.5 after {result.iterations} iterations: {final_map:.4f} (at 400/800: "
-          f"{[round(e.map, 4) for e in trainer.history if e.map is not None]}); first avg loss "
-          f"{trainer.history[0].avg_loss:.2f}, last {trainer.history[-1].avg_loss:.2f}")
+    print(
+        f"mAP@0.5 after {result.iterations} iterations: {final_map:.4f} (at 400/800: "
+        f"{[round(e.map, 4) for e in trainer.history if e.map is not None]}); first avg loss "
+        f"{trainer.history[0].avg_loss:.2f}, last {trainer.history[-1].avg_loss:.2f}"
+    )
     assert result.iterations == 1200
     assert final_map >= 0.8
     assert trainer.history[-1].avg_loss < 0.03 * trainer.history[0].avg_loss
     backup = tmp_path / "backup"
-    for name in ("shapes-tiny_final.weights", "shapes-tiny_last.weights", "shapes-tiny_last.state",
-                 "shapes-tiny_1000.weights", "shapes-tiny_best.weights", "results.csv", "chart.png"):
+    for name in (
+        "shapes-tiny_final.weights",
+        "shapes-tiny_last.weights",
+        "shapes-tiny_last.state",
+        "shapes-tiny_1000.weights",
+        "shapes-tiny_best.weights",
+        "results.csv",
+        "chart.png",
+    ):
         assert (backup / name).is_file(), name
     assert (backup / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = (backup / "results.csv").read_text().splitlines()
     assert len(rows) == 1201 and rows[0].startswith("iteration,loss,avg_loss")
     # Darknet's progress line
-    assert re.match(r" 1200: [\d.]+, [\d.]+ avg loss, [\d.]+ rate, [\d.]+ seconds, 19200 images, [\d.]+ hours left",
-                    [l for l in lines if l.startswith(" 1200:")][0])
+    assert re.match(
+        r" 1200: [\d.]+, [\d.]+ avg loss, [\d.]+ rate, [\d.]+ seconds, 19200 images, [\d.]+ hours left",
+        [l for l in lines if l.startswith(" 1200:")][0],
+    )
     # the final weights detect on their own, through the public API
     net = pydarknet.load(str(cfg), str(backup / "shapes-tiny_final.weights"))
     valid = pathlib.Path(data).parent / "valid.txt"
@@ -78,8 +94,7 @@ def _tiny_setup(tmp_path, mosaic):
 
 def test_stop_and_resume_is_bit_identical(tmp_path):
     cfg, data = _tiny_setup(tmp_path, mosaic=True)
-    straight = Trainer(cfg, data, None, TrainOptions(backup=str(tmp_path / "a"), workers=0, seed=5,
-                                                     save_last_every=2))
+    straight = Trainer(cfg, data, None, TrainOptions(backup=str(tmp_path / "a"), workers=0, seed=5, save_last_every=2))
     straight.run()
     first = Trainer(cfg, data, None, TrainOptions(backup=str(tmp_path / "b"), workers=2, seed=5, save_last_every=2))
     first.run(stop_after=3)
@@ -100,8 +115,9 @@ def test_stop_and_resume_is_bit_identical(tmp_path):
 def test_nonfinite_loss_skips_the_update_and_names_the_layer(tmp_path):
     cfg, data = _tiny_setup(tmp_path, mosaic=False)
     lines = []
-    trainer = Trainer(cfg, data, None, TrainOptions(backup=str(tmp_path / "b"), workers=0, max_nonfinite=3),
-                      log=lines.append)
+    trainer = Trainer(
+        cfg, data, None, TrainOptions(backup=str(tmp_path / "b"), workers=0, max_nonfinite=3), log=lines.append
+    )
     real_batch = trainer.loader.batch
 
     def poisoned(iteration, width=None, height=None):
@@ -115,7 +131,7 @@ def test_nonfinite_loss_skips_the_update_and_names_the_layer(tmp_path):
     before = trainer.net.flat_params.copy()
     entry = trainer.step()
     assert entry.skipped
-    np.testing.assert_array_equal(trainer.net.flat_params, before)   # nothing changed, nothing zeroed
+    np.testing.assert_array_equal(trainer.net.flat_params, before)  # nothing changed, nothing zeroed
     assert "layer 0 [convolutional]" in lines[-1]
     with pytest.raises(TrainingError, match="3 iterations in a row.*learning_rate"):
         trainer.run()
@@ -142,15 +158,40 @@ def test_bad_images_and_labels_are_listed_and_training_goes_on(tmp_path):
 
 def test_train_cli_in_darknet_order(tmp_path, capsys):
     cfg, data = _tiny_setup(tmp_path, mosaic=False)
-    code = main(["train", str(data), str(cfg), "--iterations", "2", "--workers", "0", "--backup",
-                 str(tmp_path / "out"), "--no-progress"])
+    code = main(
+        [
+            "train",
+            str(data),
+            str(cfg),
+            "--iterations",
+            "2",
+            "--workers",
+            "0",
+            "--backup",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert " 2: " in out and "avg loss" in out
     assert (tmp_path / "out" / "tiny_last.weights").is_file()
     assert (tmp_path / "out" / "results.csv").read_text().count("\n") == 3
-    code = main(["train", str(cfg), str(data), "--iterations", "1", "--workers", "0", "--backup",
-                 str(tmp_path / "nowhere"), "--batch", "0"])
+    code = main(
+        [
+            "train",
+            str(cfg),
+            str(data),
+            "--iterations",
+            "1",
+            "--workers",
+            "0",
+            "--backup",
+            str(tmp_path / "nowhere"),
+            "--batch",
+            "0",
+        ]
+    )
     assert code == 2
 
 
@@ -170,14 +211,20 @@ def test_fine_tuning_from_yolov4_tiny_conv29_learns(shapes, tmp_path):
     data, anchors = shapes
     base = (REPO / "cfg" / "yolov4-tiny.cfg").read_text()
     anchors_text = ",".join(f"{round(w)},{round(h)}" for w, h in anchors)
-    text = (base.replace("classes=80", "classes=3").replace("filters=255", "filters=24")
-            .replace("width=416", "width=128").replace("height=416", "height=128")
-            .replace("batch=64", "batch=16").replace("max_batches=2000200", "max_batches=300")
-            .replace("burn_in=1000", "burn_in=100").replace("steps=1600000,1800000", "steps=240,270")
-            .replace("anchors=10,14,23,27,37,58,81,82,135,169,344,319", f"anchors={anchors_text}")
-            # the released cfg's fine head uses anchors 1,2,3 (anchor 0 unused); with anchors fitted to the
-            # data, each head takes its own three
-            .replace("mask=1,2,3", "mask=0,1,2"))
+    text = (
+        base.replace("classes=80", "classes=3")
+        .replace("filters=255", "filters=24")
+        .replace("width=416", "width=128")
+        .replace("height=416", "height=128")
+        .replace("batch=64", "batch=16")
+        .replace("max_batches=2000200", "max_batches=300")
+        .replace("burn_in=1000", "burn_in=100")
+        .replace("steps=1600000,1800000", "steps=240,270")
+        .replace("anchors=10,14,23,27,37,58,81,82,135,169,344,319", f"anchors={anchors_text}")
+        # the released cfg's fine head uses anchors 1,2,3 (anchor 0 unused); with anchors fitted to the
+        # data, each head takes its own three
+        .replace("mask=1,2,3", "mask=0,1,2")
+    )
     assert "classes=3" in text and "filters=24" in text and "max_batches=300" in text
     assert text.count(f"anchors={anchors_text}") == 2 and "mask=0,1,2" in text
     cfg = tmp_path / "yolov4-tiny-shapes.cfg"
@@ -185,20 +232,27 @@ def test_fine_tuning_from_yolov4_tiny_conv29_learns(shapes, tmp_path):
     conv29 = tmp_path / "yolov4-tiny.conv.29"
     assert main(["partial", str(REPO / "cfg" / "yolov4-tiny.cfg"), str(weights), str(conv29), "29"]) == 0
     lines = []
-    trainer = Trainer(cfg, data, str(conv29), TrainOptions(backup=str(tmp_path / "b"), workers=1, map=True,
-                                                           map_every=100), log=lines.append)
+    trainer = Trainer(
+        cfg,
+        data,
+        str(conv29),
+        TrainOptions(backup=str(tmp_path / "b"), workers=1, map=True, map_every=100),
+        log=lines.append,
+    )
     assert any("Loaded 29 layers" in l for l in lines)
     backbone = trainer.net.desc.layers[0].tensor("weights")
-    start = trainer.net.flat_params[backbone.offset:backbone.offset + backbone.size].copy()
+    start = trainer.net.flat_params[backbone.offset : backbone.offset + backbone.size].copy()
     real = pydarknet.load(str(REPO / "cfg" / "yolov4-tiny.cfg"), str(weights))
     real_first = real.desc.layers[0].tensor("weights")
-    np.testing.assert_array_equal(start, real.flat_params[real_first.offset:real_first.offset + real_first.size])
+    np.testing.assert_array_equal(start, real.flat_params[real_first.offset : real_first.offset + real_first.size])
     trainer.run()
     losses = [e.avg_loss for e in trainer.history]
     assert all(np.isfinite(losses)) and not any(e.skipped for e in trainer.history)
     maps = [e.map for e in trainer.history if e.map is not None]
-    print(f"fine-tuning mAP@0.5 at 100/200/300: {[round(m, 4) for m in maps]}; avg loss {losses[0]:.1f} -> "
-          f"{losses[-1]:.2f}")
+    print(
+        f"fine-tuning mAP@0.5 at 100/200/300: {[round(m, 4) for m in maps]}; avg loss {losses[0]:.1f} -> "
+        f"{losses[-1]:.2f}"
+    )
     assert len(maps) == 3 and maps[-1] >= 0.5
-    moved = trainer.net.flat_params[backbone.offset:backbone.offset + backbone.size] - start
-    assert np.abs(moved).max() > 0   # the gradient reaches the loaded backbone
+    moved = trainer.net.flat_params[backbone.offset : backbone.offset + backbone.size] - start
+    assert np.abs(moved).max() > 0  # the gradient reaches the loaded backbone

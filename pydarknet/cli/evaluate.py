@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from pydarknet.data import dataset as _data
 from pydarknet.cli.common import EXIT_OK, EXIT_SOME_FAILED, add_device_options, expand_sources
+from pydarknet.data import dataset as _data
 from pydarknet.errors import UsageError
 
 
@@ -61,7 +61,6 @@ def _order(args):
 
 def _setup(args, default_thresh, default_nms):
     import pydarknet
-
     from pydarknet.data.coco import AnnotationError, load_coco_annotations
     from pydarknet.inference.detect import Detector
 
@@ -92,8 +91,9 @@ def _setup(args, default_thresh, default_nms):
         except AnnotationError as e:
             raise UsageError(str(e)) from None
     try:
-        net = pydarknet.load(cfg, args.weights, device=args.device, precision=args.precision,
-                             width=args.width, height=args.height)
+        net = pydarknet.load(
+            cfg, args.weights, device=args.device, precision=args.precision, width=args.width, height=args.height
+        )
     except pydarknet.WeightsError as e:
         raise UsageError(f"{e}\nThe weights do not fit {cfg}") from None
     except (pydarknet.DarknetError, OSError, ValueError) as e:
@@ -107,8 +107,9 @@ def _setup(args, default_thresh, default_nms):
     thresh = default_thresh if args.conf is None else args.conf
     nms = default_nms if args.nms is None else args.nms
     try:
-        det = Detector(net, thresh=thresh, nms=nms, letterbox=args.letterbox, names=names, batch=args.batch,
-                       tta=args.tta)
+        det = Detector(
+            net, thresh=thresh, nms=nms, letterbox=args.letterbox, names=names, batch=args.batch, tta=args.tta
+        )
     except (pydarknet.DarknetError, ValueError) as e:
         raise UsageError(str(e)) from None
     items, _ = expand_sources([str(valid)])
@@ -117,15 +118,17 @@ def _setup(args, default_thresh, default_nms):
         raise UsageError(f"{len(bad)} image(s) of {valid} not found, e.g. {bad[0]}")
     if not items:
         raise UsageError(f"{valid}: lists no images")
-    return dict(data=data, data_path=data_path, names=names, det=det, paths=[p for p, _ in items],
-                annotations=annotations)
+    return dict(
+        data=data, data_path=data_path, names=names, det=det, paths=[p for p, _ in items], annotations=annotations
+    )
 
 
 def _run(det, paths, quiet, on_result):
     from tqdm import tqdm
 
-    bar = tqdm(total=len(paths), unit="img", file=sys.stderr, dynamic_ncols=True, leave=False,
-               disable=True if quiet else None)
+    bar = tqdm(
+        total=len(paths), unit="img", file=sys.stderr, dynamic_ncols=True, leave=False, disable=True if quiet else None
+    )
     failed = 0
     pending = []
 
@@ -177,8 +180,9 @@ def _read_labels(label_path, num_classes, what="label file"):
         cls = rows[:, 0]
         k = int(np.argmax((cls < 0) | (cls >= num_classes)))
         if cls[k] < 0 or cls[k] >= num_classes:
-            raise UsageError(f"{label_path}: class {int(cls[k])} out of range for {num_classes} classes "
-                             f"(0..{num_classes - 1})")
+            raise UsageError(
+                f"{label_path}: class {int(cls[k])} out of range for {num_classes} classes (0..{num_classes - 1})"
+            )
     return rows
 
 
@@ -195,8 +199,10 @@ def _yolo_ground_truth(setup):
             continue
         labels[p] = _read_labels(lp, len(names))
     if missing:
-        raise UsageError(f"no label file for {len(missing)} of {len(paths)} images (Darknet looks in labels/ "
-                         f"next to images/, or beside the image), e.g. {missing[0]}")
+        raise UsageError(
+            f"no label file for {len(missing)} of {len(paths)} images (Darknet looks in labels/ "
+            f"next to images/, or beside the image), e.g. {missing[0]}"
+        )
     difficult = {}
     if data.get("difficult"):
         difficult = _difficult_labels(setup, paths)
@@ -215,8 +221,9 @@ def _difficult_labels(setup, paths):
         raise UsageError(f"{data_path}: difficult list {list_path}: cannot read ({e.strerror or e})") from None
     entries = [ln for ln in lines if ln and not ln.startswith("#")]
     if len(entries) != len(paths):
-        raise UsageError(f"{list_path} lists {len(entries)} images but the valid list {len(paths)}; Darknet pairs "
-                         "them line by line")
+        raise UsageError(
+            f"{list_path} lists {len(entries)} images but the valid list {len(paths)}; Darknet pairs them line by line"
+        )
     out = {}
     for image_path, entry in zip(paths, entries):
         candidates = [label_path_for(entry)]
@@ -244,8 +251,10 @@ def _annotation_entries(setup):
     except AnnotationError as e:
         raise UsageError(str(e)) from None
     if missing:
-        raise UsageError(f"{ann.path} has no image named like {len(missing)} of the {len(paths)} images of the "
-                         f"valid list (matched by file name), e.g. {os.path.basename(missing[0])}")
+        raise UsageError(
+            f"{ann.path} has no image named like {len(missing)} of the {len(paths)} images of the "
+            f"valid list (matched by file name), e.g. {os.path.basename(missing[0])}"
+        )
     return entries
 
 
@@ -266,8 +275,10 @@ def cmd_map(args):
     names, det, paths, ann = setup["names"], setup["det"], setup["paths"], setup["annotations"]
     if ann is not None:
         if setup["data"].get("difficult"):
-            raise UsageError(f"{setup['data_path']}: 'difficult' goes with YOLO label files; with 'annotations' the "
-                             "annotation file's crowd regions play that part")
+            raise UsageError(
+                f"{setup['data_path']}: 'difficult' goes with YOLO label files; with 'annotations' the "
+                "annotation file's crowd regions play that part"
+            )
         entries = _annotation_entries(setup)
         ev = Evaluator(len(names), names, category_ids=ann.category_ids, coco_ground_truth=ann.dataset)
     else:
@@ -283,25 +294,41 @@ def cmd_map(args):
                 gb, gc, hb, hc = ann.ground_truth(entry, w, h)
             except AnnotationError as e:
                 raise UsageError(str(e)) from None
-            ev.add(gb, gc, detections=res, width=w, height=h, image_id=entry["id"], difficult_boxes=hb,
-                   difficult_classes=hc)
+            ev.add(
+                gb,
+                gc,
+                detections=res,
+                width=w,
+                height=h,
+                image_id=entry["id"],
+                difficult_boxes=hb,
+                difficult_classes=hc,
+            )
             return
         gb, gc = yolo_to_xyxy(labels[res.path], w, h)
         hb, hc = yolo_to_xyxy(difficult[res.path], w, h) if res.path in difficult else (None, None)
         iid = coco_image_id(res.path)
         if not isinstance(iid, int) or iid in used_ids:
-            iid = len(ev.images) + 1 + 10 ** 9
+            iid = len(ev.images) + 1 + 10**9
         used_ids.add(iid)
         ev.add(gb, gc, detections=res, width=w, height=h, image_id=iid, difficult_boxes=hb, difficult_classes=hc)
 
     t0 = time.perf_counter()
     failed = _run(det, paths, args.quiet, on_result)
-    metrics = ev.compute(iou_thresh=args.iou_thresh, points=args.points, thresh=args.thresh,
-                         coco=not args.no_coco)
-    metrics["settings"] = dict(conf_thresh=det.thresh, nms=det.nms, nms_kind=det.nms_kind,
-                               letterbox=det.letterbox, tta=det.tta, seconds=time.perf_counter() - t0)
-    metrics["ground_truth"] = dict(source="coco annotations", path=ann.path, pairing=ann.pairing) \
-        if ann is not None else dict(source="yolo labels", difficult=bool(setup["data"].get("difficult")))
+    metrics = ev.compute(iou_thresh=args.iou_thresh, points=args.points, thresh=args.thresh, coco=not args.no_coco)
+    metrics["settings"] = dict(
+        conf_thresh=det.thresh,
+        nms=det.nms,
+        nms_kind=det.nms_kind,
+        letterbox=det.letterbox,
+        tta=det.tta,
+        seconds=time.perf_counter() - t0,
+    )
+    metrics["ground_truth"] = (
+        dict(source="coco annotations", path=ann.path, pairing=ann.pairing)
+        if ann is not None
+        else dict(source="yolo labels", difficult=bool(setup["data"].get("difficult")))
+    )
     print(format_report(metrics))
     if args.json:
         out = {k: v for k, v in metrics.items() if k != "overall"}
@@ -352,24 +379,35 @@ def _common(p):
     p.add_argument("weights", metavar="WEIGHTS", help="Darknet .weights file")
     add_device_options(p)
     p.add_argument("--nms", type=float, help="NMS threshold (the cfg's nms_kind)")
-    p.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None,
-                   help="letterbox instead of stretching; default: the cfg's letter_box")
+    p.add_argument(
+        "--letterbox",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="letterbox instead of stretching; default: the cfg's letter_box",
+    )
     p.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: also run every image at 0.83x (mirrored) and 0.67x the input "
-                        "size, boxes merged before NMS (Scaled-YOLOv4's --augment)")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: also run every image at 0.83x (mirrored) and 0.67x the input "
+        "size, boxes merged before NMS (Scaled-YOLOv4's --augment)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
 def add_parsers(sub):
-    m = sub.add_parser("map", help="Darknet mAP and COCO AP on the .data's valid list",
-                       description="Darknet's `detector map` (conf 0.005, NMS 0.45) plus pycocotools' COCO metrics "
-                                   "on the same detections; ground truth from YOLO label files, or from a COCO "
-                                   "annotation file named by 'annotations =' in the .data file.")
+    m = sub.add_parser(
+        "map",
+        help="Darknet mAP and COCO AP on the .data's valid list",
+        description="Darknet's `detector map` (conf 0.005, NMS 0.45) plus pycocotools' COCO metrics "
+        "on the same detections; ground truth from YOLO label files, or from a COCO "
+        "annotation file named by 'annotations =' in the .data file.",
+    )
     _common(m)
     m.add_argument("--conf", type=float, help="detection confidence threshold (default 0.005, as Darknet's map)")
-    m.add_argument("--thresh", type=float, default=0.25,
-                   help="threshold for precision/recall/F1/TP/FP/FN/avg IoU (default 0.25)")
+    m.add_argument(
+        "--thresh", type=float, default=0.25, help="threshold for precision/recall/F1/TP/FP/FN/avg IoU (default 0.25)"
+    )
     m.add_argument("--iou-thresh", type=float, default=0.5, help="IoU threshold for Darknet's mAP (default 0.5)")
     m.add_argument("--points", type=int, default=0, help="0 (area under the envelope, default), 11 or 101")
     m.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
@@ -377,8 +415,11 @@ def add_parsers(sub):
     m.add_argument("--no-coco", action="store_true", help="skip the pycocotools metrics")
     m.set_defaults(func=cmd_map)
 
-    v = sub.add_parser("valid", help="Darknet's `detector valid`: COCO-format results json",
-                       description="Detect on the .data's valid list (conf 0.001, NMS 0.6) and write COCO results.")
+    v = sub.add_parser(
+        "valid",
+        help="Darknet's `detector valid`: COCO-format results json",
+        description="Detect on the .data's valid list (conf 0.001, NMS 0.6) and write COCO results.",
+    )
     _common(v)
     v.add_argument("--conf", type=float, help="confidence threshold (default 0.001)")
     v.add_argument("--out", metavar="FILE", help="results json (default <results>/coco_results.json)")

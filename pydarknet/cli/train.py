@@ -55,11 +55,23 @@ def cmd_train(args):
     from pydarknet.train.trainer import Trainer, TrainOptions
 
     cfg, data, weights = _order(args.files)
-    options = TrainOptions(backup=args.backup, max_batches=args.max_batches, batch=args.batch,
-                           subdivisions=args.subdivisions, seed=args.seed, workers=args.workers,
-                           device=args.device, clear=args.clear, map=args.map, map_every=args.map_every,
-                           save_every=args.save_every, save_last_every=args.save_last_every,
-                           lenient=args.lenient, quiet=args.quiet, progress=args.progress)
+    options = TrainOptions(
+        backup=args.backup,
+        max_batches=args.max_batches,
+        batch=args.batch,
+        subdivisions=args.subdivisions,
+        seed=args.seed,
+        workers=args.workers,
+        device=args.device,
+        clear=args.clear,
+        map=args.map,
+        map_every=args.map_every,
+        save_every=args.save_every,
+        save_last_every=args.save_last_every,
+        lenient=args.lenient,
+        quiet=args.quiet,
+        progress=args.progress,
+    )
     try:
         trainer = Trainer(cfg, data, weights, options)
         result = trainer.run(stop_after=args.iterations)
@@ -67,14 +79,16 @@ def cmd_train(args):
         raise UsageError(str(e)) from None
     if not args.quiet:
         done = f"{result.iterations} iterations"
-        print(f"done: {done}; weights in {trainer.backup}"
-              + (f"; best mAP@0.5 {result.best_map:.4f}" if args.map and result.best_map >= 0 else ""))
+        print(
+            f"done: {done}; weights in {trainer.backup}"
+            + (f"; best mAP@0.5 {result.best_map:.4f}" if args.map and result.best_map >= 0 else "")
+        )
     return EXIT_OK
 
 
 def cmd_partial(args):
-    from pydarknet.train.checkpoint import partial
     from pydarknet.errors import DarknetError
+    from pydarknet.train.checkpoint import partial
 
     try:
         r = partial(args.cfg, args.weights, args.out, args.layers, lenient=args.lenient)
@@ -85,8 +99,8 @@ def cmd_partial(args):
 
 
 def cmd_calc_anchors(args):
-    from pydarknet.train.anchors import calc_anchors
     from pydarknet.errors import DarknetError
+    from pydarknet.train.anchors import calc_anchors
 
     try:
         r = calc_anchors(args.data, args.num_of_clusters, args.width, args.height, seed=args.seed)
@@ -104,14 +118,14 @@ def cmd_calc_anchors(args):
 
 def cmd_synthetic(args):
     from pydarknet.data.synthetic import generate
-
     from pydarknet.train.anchors import calc_anchors
     from pydarknet.train.starter import starter_cfg
 
     if args.size % 32:
         raise UsageError(f"--size must be a multiple of 32 (the starter cfg's stride), got {args.size}")
-    data = generate(args.out, n_train=args.train, n_valid=args.valid, size=args.size, classes=args.classes,
-                    seed=args.seed)
+    data = generate(
+        args.out, n_train=args.train, n_valid=args.valid, size=args.size, classes=args.classes, seed=args.seed
+    )
     anchors = calc_anchors(str(data), 6, args.size, args.size, seed=args.seed).anchors
     cfg = data.with_name(data.stem + "-tiny.cfg")
     cfg.write_text(starter_cfg(args.classes, args.size, args.size, anchors))
@@ -121,13 +135,15 @@ def cmd_synthetic(args):
 
 def add_parsers(sub):
     t = sub.add_parser(
-        "train", help="train a detector as Darknet's `detector train` does",
+        "train",
+        help="train a detector as Darknet's `detector train` does",
         description="Train CFG on the images of DATA (a Darknet .data or an ultralytics data.yaml), optionally "
-                    "starting from WEIGHTS (full weights, a backbone like yolov4-tiny.conv.29, or a "
-                    "_last.weights to resume exactly). Darknet's order DATA CFG [WEIGHTS] is accepted too.",
+        "starting from WEIGHTS (full weights, a backbone like yolov4-tiny.conv.29, or a "
+        "_last.weights to resume exactly). Darknet's order DATA CFG [WEIGHTS] is accepted too.",
         epilog="Writes <backup>/<cfg>_last.weights every 100 iterations (with a .state file for exact resume), "
-               "<cfg>_<N>.weights every 1000, <cfg>_final.weights at max_batches, <cfg>_best.weights with --map, "
-               "results.csv and chart.png.")
+        "<cfg>_<N>.weights every 1000, <cfg>_final.weights at max_batches, <cfg>_best.weights with --map, "
+        "results.csv and chart.png.",
+    )
     t.add_argument("files", nargs="+", metavar="FILE", help="CFG DATA [WEIGHTS]")
     t.add_argument("--backup", help="folder for weights, logs and charts (default: the .data's backup=)")
     t.add_argument("--max-batches", type=int, help="override [net] max_batches (iterations)")
@@ -135,8 +151,12 @@ def add_parsers(sub):
     t.add_argument("--subdivisions", type=int, help="override [net] subdivisions")
     t.add_argument("--iterations", type=int, help="stop after this many iterations (resumable with _last.weights)")
     t.add_argument("--seed", type=int, help="random seed (default: the resumed run's, else 0)")
-    t.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="image loading processes (default min(4, CPUs); 0 loads in the training process)")
+    t.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="image loading processes (default min(4, CPUs); 0 loads in the training process)",
+    )
     t.add_argument("--device", default="cpu", help="cpu (cuda training needs backward kernels, not yet built)")
     t.add_argument("--clear", action="store_true", help="reset the iteration counter of WEIGHTS (Darknet's -clear)")
     t.add_argument("--map", action="store_true", help="compute mAP@0.5 on the valid list and keep _best.weights")
@@ -144,8 +164,12 @@ def add_parsers(sub):
     t.add_argument("--save-every", type=int, help="iterations between <cfg>_<N>.weights (default 1000)")
     t.add_argument("--save-last-every", type=int, default=100, help="iterations between _last.weights (100)")
     t.add_argument("--lenient", action="store_true", help="warn instead of failing on unknown cfg keys")
-    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar (default: when stderr is a terminal)")
+    t.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: when stderr is a terminal)",
+    )
     t.add_argument("--quiet", "-q", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -163,11 +187,17 @@ def add_parsers(sub):
     a.add_argument("--width", type=int, default=416)
     a.add_argument("--height", type=int, default=416)
     a.add_argument("--seed", type=int)
-    a.add_argument("--out", default="anchors.txt",
-                   help="anchors file (default anchors.txt, as Darknet; counters_per_class.txt goes beside it)")
+    a.add_argument(
+        "--out",
+        default="anchors.txt",
+        help="anchors file (default anchors.txt, as Darknet; counters_per_class.txt goes beside it)",
+    )
     a.set_defaults(func=cmd_calc_anchors)
 
-    s = sub.add_parser("synthetic", help="write a synthetic detection dataset (shapes) with a .data file and a small cfg to train on it")
+    s = sub.add_parser(
+        "synthetic",
+        help="write a synthetic detection dataset (shapes) with a .data file and a small cfg to train on it",
+    )
     s.add_argument("out", help="output folder")
     s.add_argument("--train", type=int, default=400)
     s.add_argument("--valid", type=int, default=80)

@@ -15,38 +15,122 @@ from pydarknet.errors import CfgError, CfgWarning
 
 # Order matters: the index is the activation code shared with the C++ engine (csrc/math/activations.h).
 ACTIVATIONS = [
-    "linear", "logistic", "loggy", "relu", "elu", "selu", "gelu", "relie", "ramp", "leaky", "tanh", "plse",
-    "stair", "hardtan", "lhtan", "swish", "mish", "hard_mish", "relu6", "revleaky", "normalize_channels",
-    "normalize_channels_softmax", "normalize_channels_softmax_maxval",
+    "linear",
+    "logistic",
+    "loggy",
+    "relu",
+    "elu",
+    "selu",
+    "gelu",
+    "relie",
+    "ramp",
+    "leaky",
+    "tanh",
+    "plse",
+    "stair",
+    "hardtan",
+    "lhtan",
+    "swish",
+    "mish",
+    "hard_mish",
+    "relu6",
+    "revleaky",
+    "normalize_channels",
+    "normalize_channels_softmax",
+    "normalize_channels_softmax_maxval",
 ]
 # Activations that look at all channels of a pixel at once rather than one value.
 CHANNEL_ACTIVATIONS = {"normalize_channels", "normalize_channels_softmax", "normalize_channels_softmax_maxval"}
 
 SECTION_ALIASES = {
-    "network": "net", "conv": "convolutional", "conn": "connected", "max": "maxpool", "avg": "avgpool",
-    "local_avg": "local_avgpool", "soft": "softmax", "silence": "empty",
+    "network": "net",
+    "conv": "convolutional",
+    "conn": "connected",
+    "max": "maxpool",
+    "avg": "avgpool",
+    "local_avg": "local_avgpool",
+    "soft": "softmax",
+    "silence": "empty",
 }
 
 # Keys read for every layer (Darknet parser.c, parse_network_cfg_custom); training uses them.
 COMMON_KEYS = {
-    "clip": 0.0, "onlyforward": 0, "dont_update": 0, "burnin_update": 0, "stopbackward": 0, "train_only_bn": 0,
-    "dontload": 0, "dontloadscales": 0, "learning_rate": 1.0,
+    "clip": 0.0,
+    "onlyforward": 0,
+    "dont_update": 0,
+    "burnin_update": 0,
+    "stopbackward": 0,
+    "train_only_bn": 0,
+    "dontload": 0,
+    "dontloadscales": 0,
+    "learning_rate": 1.0,
 }
 
 # [net] keys and Darknet's defaults (parse_net_options). Values are parsed as numbers unless listed in NET_STR.
 NET_DEFAULTS = {
-    "batch": 1, "subdivisions": 1, "width": 0, "height": 0, "channels": 0, "inputs": 0, "learning_rate": 0.001,
-    "momentum": 0.9, "decay": 0.0001, "burn_in": 0, "power": 4.0, "max_batches": 0, "adam": 0, "B1": 0.9,
-    "B2": 0.999, "eps": 1e-6, "angle": 0.0, "aspect": 1.0, "saturation": 1.0, "exposure": 1.0, "hue": 0.0,
-    "flip": 1, "mosaic": 0, "cutmix": 0, "mixup": 0, "mosaic_bound": 0, "letter_box": 0, "blur": 0,
-    "gaussian_noise": 0, "ema_alpha": 0.0, "label_smooth_eps": 0.0, "track": 0, "time_steps": 1,
-    "augment_speed": 2, "sequential_subdivisions": 0, "try_fix_nan": 0, "optimized_memory": 0,
-    "workspace_size_limit_MB": 1024.0, "use_cuda_graph": 0, "loss_scale": 1.0, "dynamic_minibatch": 0,
-    "max_crop": 0, "min_crop": 0, "resize_step": 32, "weights_reject_freq": 0, "equidistant_point": 0,
-    "badlabels_rejection_percentage": 0.0, "num_sigmas_reject_badlabels": 0.0, "contrastive": 0,
-    "contrastive_jit_flip": 0, "contrastive_color": 0, "unsupervised": 0, "attention": 0, "adversarial_lr": 0.0,
-    "max_chart_loss": 20.0, "step": 1, "scale": 1.0, "gamma": 1.0, "sgdr_cycle": 0, "sgdr_mult": 2,
-    "learning_rate_min": 0.00001, "center": 0, "max_epochs": 0,
+    "batch": 1,
+    "subdivisions": 1,
+    "width": 0,
+    "height": 0,
+    "channels": 0,
+    "inputs": 0,
+    "learning_rate": 0.001,
+    "momentum": 0.9,
+    "decay": 0.0001,
+    "burn_in": 0,
+    "power": 4.0,
+    "max_batches": 0,
+    "adam": 0,
+    "B1": 0.9,
+    "B2": 0.999,
+    "eps": 1e-6,
+    "angle": 0.0,
+    "aspect": 1.0,
+    "saturation": 1.0,
+    "exposure": 1.0,
+    "hue": 0.0,
+    "flip": 1,
+    "mosaic": 0,
+    "cutmix": 0,
+    "mixup": 0,
+    "mosaic_bound": 0,
+    "letter_box": 0,
+    "blur": 0,
+    "gaussian_noise": 0,
+    "ema_alpha": 0.0,
+    "label_smooth_eps": 0.0,
+    "track": 0,
+    "time_steps": 1,
+    "augment_speed": 2,
+    "sequential_subdivisions": 0,
+    "try_fix_nan": 0,
+    "optimized_memory": 0,
+    "workspace_size_limit_MB": 1024.0,
+    "use_cuda_graph": 0,
+    "loss_scale": 1.0,
+    "dynamic_minibatch": 0,
+    "max_crop": 0,
+    "min_crop": 0,
+    "resize_step": 32,
+    "weights_reject_freq": 0,
+    "equidistant_point": 0,
+    "badlabels_rejection_percentage": 0.0,
+    "num_sigmas_reject_badlabels": 0.0,
+    "contrastive": 0,
+    "contrastive_jit_flip": 0,
+    "contrastive_color": 0,
+    "unsupervised": 0,
+    "attention": 0,
+    "adversarial_lr": 0.0,
+    "max_chart_loss": 20.0,
+    "step": 1,
+    "scale": 1.0,
+    "gamma": 1.0,
+    "sgdr_cycle": 0,
+    "sgdr_mult": 2,
+    "learning_rate_min": 0.00001,
+    "center": 0,
+    "max_epochs": 0,
 }
 NET_STR = {"policy": "constant"}
 NET_LISTS = {"steps": int, "scales": float, "seq_scales": float}
@@ -60,6 +144,7 @@ MAX_PARAM_COUNT = 1 << 30
 @dataclass
 class Tensor:
     """One parameter tensor of a layer, at `offset` floats into the network's flat buffer."""
+
     name: str
     shape: tuple
     offset: int = 0
@@ -78,7 +163,7 @@ class Layer:
     options: dict
     in_shape: tuple
     out_shape: tuple
-    inputs: list = field(default_factory=list)   # indices of other layers this layer reads
+    inputs: list = field(default_factory=list)  # indices of other layers this layer reads
     tensors: list = field(default_factory=list)
     bflops: float = 0.0
 
@@ -114,8 +199,10 @@ def _activation(sec, lenient, default):
     if name not in ACTIVATIONS:
         if not lenient:
             raise sec.error(f"unknown activation '{name}'", "activation")
-        warnings.warn(f"{sec.path}:{sec.items['activation'][1]}: unknown activation '{name}', using relu "
-                      f"as Darknet does", CfgWarning)
+        warnings.warn(
+            f"{sec.path}:{sec.items['activation'][1]}: unknown activation '{name}', using relu as Darknet does",
+            CfgWarning,
+        )
         name = "relu"
     return name
 
@@ -124,8 +211,10 @@ def _layer_ref(sec, key, value, index):
     """Resolve a layer reference (negative = relative to the current layer) and check its range."""
     ref = index + value if value < 0 else value
     if ref < 0 or ref >= index:
-        raise sec.error(f"'{key}' refers to layer {value} (absolute {ref}), which is not an earlier layer "
-                        f"(this is layer {index})", key)
+        raise sec.error(
+            f"'{key}' refers to layer {value} (absolute {ref}), which is not an earlier layer (this is layer {index})",
+            key,
+        )
     return ref
 
 
@@ -168,14 +257,28 @@ def _conv(sec, index, shape, opts, lenient):
     bn = sec.int("batch_normalize", 0)
     if sec.int("cbn", 0):
         bn = 2
-    _check_positive(sec, filters=n, size=size, stride_x=stride_x, stride_y=stride_y, dilation=dilation,
-                    groups=groups)
+    _check_positive(sec, filters=n, size=size, stride_x=stride_x, stride_y=stride_y, dilation=dilation, groups=groups)
     if padding < 0 or padding > MAX_DIM:
         raise sec.error(f"padding {padding} is out of range", "padding")
     if c % groups or n % groups:
         raise sec.error(f"groups={groups} must divide both the input channels ({c}) and filters ({n})", "groups")
-    _reject_if_set(sec, ["share_index", "antialiasing", "xnor", "binary", "flipped", "coordconv", "sway", "rotate",
-                         "stretch", "stretch_sway", "deform", "reverse"])
+    _reject_if_set(
+        sec,
+        [
+            "share_index",
+            "antialiasing",
+            "xnor",
+            "binary",
+            "flipped",
+            "coordconv",
+            "sway",
+            "rotate",
+            "stretch",
+            "stretch_sway",
+            "deform",
+            "reverse",
+        ],
+    )
     for key in ("bin_output", "assisted_excitation", "grad_centr", "dot", "stream", "wait_stream", "angle"):
         if sec.has(key):
             sec.raw(key)
@@ -183,19 +286,35 @@ def _conv(sec, index, shape, opts, lenient):
     out_h = (h + 2 * padding - size) // stride_y + 1
     # Darknet sizes the output without the dilation but samples with it; the two agree only for these cases.
     extent = (size - 1) * dilation + 1
-    if (w + 2 * padding * dilation - extent) // stride_x + 1 != out_w or \
-            (h + 2 * padding * dilation - extent) // stride_y + 1 != out_h:
-        raise sec.error(f"dilation={dilation} with padding={padding} gives an output size Darknet computes "
-                        f"inconsistently; use pad=1", "dilation")
+    if (w + 2 * padding * dilation - extent) // stride_x + 1 != out_w or (
+        h + 2 * padding * dilation - extent
+    ) // stride_y + 1 != out_h:
+        raise sec.error(
+            f"dilation={dilation} with padding={padding} gives an output size Darknet computes "
+            f"inconsistently; use pad=1",
+            "dilation",
+        )
     if out_w < 1 or out_h < 1:
         raise sec.error(f"the {w}x{h} input is smaller than the {size}x{size} kernel", "size")
-    opts.update(filters=n, size=size, stride_x=stride_x, stride_y=stride_y, dilation=dilation, padding=padding,
-                groups=groups, batch_normalize=bn, activation=_activation(sec, lenient, "logistic"))
+    opts.update(
+        filters=n,
+        size=size,
+        stride_x=stride_x,
+        stride_y=stride_y,
+        dilation=dilation,
+        padding=padding,
+        groups=groups,
+        batch_normalize=bn,
+        activation=_activation(sec, lenient, "logistic"),
+    )
     tensors = [Tensor("biases", (n,))]
     in_file_bn = not opts["dontloadscales"]
     if bn:
-        tensors += [Tensor("scales", (n,), in_file=in_file_bn), Tensor("rolling_mean", (n,), in_file=in_file_bn),
-                    Tensor("rolling_variance", (n,), in_file=in_file_bn)]
+        tensors += [
+            Tensor("scales", (n,), in_file=in_file_bn),
+            Tensor("rolling_mean", (n,), in_file=in_file_bn),
+            Tensor("rolling_variance", (n,), in_file=in_file_bn),
+        ]
     tensors.append(Tensor("weights", (n, c // groups, size, size)))
     bflops = 2.0 * n * (c // groups) * size * size * out_h * out_w / 1e9
     return (n, out_h, out_w), [], tensors, bflops
@@ -210,8 +329,11 @@ def _connected(sec, index, shape, opts, lenient):
     tensors = [Tensor("biases", (outputs,)), Tensor("weights", (outputs, inputs))]
     if bn:
         in_file = not opts["dontloadscales"]
-        tensors += [Tensor("scales", (outputs,), in_file=in_file), Tensor("rolling_mean", (outputs,), in_file=in_file),
-                    Tensor("rolling_variance", (outputs,), in_file=in_file)]
+        tensors += [
+            Tensor("scales", (outputs,), in_file=in_file),
+            Tensor("rolling_mean", (outputs,), in_file=in_file),
+            Tensor("rolling_variance", (outputs,), in_file=in_file),
+        ]
     return (outputs, 1, 1), [], tensors, 2.0 * inputs * outputs / 1e9
 
 
@@ -270,8 +392,10 @@ def _route(sec, index, shape, opts, lenient, layers):
     for ref in refs:
         rc, rh, rw = layers[ref].out_shape
         if (rh, rw) != (h, w):
-            raise sec.error(f"layer {ref} is {rw}x{rh} but layer {refs[0]} is {w}x{h}; routed layers must "
-                            f"share width and height", "layers")
+            raise sec.error(
+                f"layer {ref} is {rw}x{rh} but layer {refs[0]} is {w}x{h}; routed layers must share width and height",
+                "layers",
+            )
         if rc % groups:
             raise sec.error(f"groups={groups} does not divide the {rc} channels of layer {ref}", "groups")
         out_c += rc // groups
@@ -304,8 +428,14 @@ def _shortcut(sec, index, shape, opts, lenient, layers):
         tensors = [Tensor("weights", (len(refs) + 1,))]
     elif wtype == "per_channel":
         tensors = [Tensor("weights", ((len(refs) + 1) * c,))]
-    opts.update({"from": refs, "weights_type": wtype, "weights_normalization": wnorm,
-                 "activation": _activation(sec, lenient, "linear")})
+    opts.update(
+        {
+            "from": refs,
+            "weights_type": wtype,
+            "weights_normalization": wnorm,
+            "activation": _activation(sec, lenient, "linear"),
+        }
+    )
     return tuple(shape), refs, tensors, 0.0
 
 
@@ -325,13 +455,35 @@ def _upsample(sec, index, shape, opts, lenient):
 
 
 YOLO_FLOATS = {
-    "jitter": 0.2, "resize": 1.0, "random": 0.0, "ignore_thresh": 0.5, "truth_thresh": 1.0, "iou_thresh": 1.0,
-    "iou_normalizer": 0.75, "obj_normalizer": 1.0, "cls_normalizer": 1.0, "delta_normalizer": 1.0,
-    "scale_x_y": 1.0, "objectness_smooth": 0.0, "max_delta": 3.4028234663852886e38, "label_smooth_eps": 0.0,
-    "beta_nms": 0.6, "sim_thresh": 0.8, "track_ciou_norm": 0.01, "thresh": 0.2,
+    "jitter": 0.2,
+    "resize": 1.0,
+    "random": 0.0,
+    "ignore_thresh": 0.5,
+    "truth_thresh": 1.0,
+    "iou_thresh": 1.0,
+    "iou_normalizer": 0.75,
+    "obj_normalizer": 1.0,
+    "cls_normalizer": 1.0,
+    "delta_normalizer": 1.0,
+    "scale_x_y": 1.0,
+    "objectness_smooth": 0.0,
+    "max_delta": 3.4028234663852886e38,
+    "label_smooth_eps": 0.0,
+    "beta_nms": 0.6,
+    "sim_thresh": 0.8,
+    "track_ciou_norm": 0.01,
+    "thresh": 0.2,
 }
-YOLO_INTS = {"max": 200, "new_coords": 0, "focal_loss": 0, "show_details": 1, "embedding_layer": 999999,
-             "track_history_size": 5, "dets_for_track": 1, "dets_for_show": 1}
+YOLO_INTS = {
+    "max": 200,
+    "new_coords": 0,
+    "focal_loss": 0,
+    "show_details": 1,
+    "embedding_layer": 999999,
+    "track_history_size": 5,
+    "dets_for_track": 1,
+    "dets_for_show": 1,
+}
 YOLO_STRS = {"iou_loss": "mse", "iou_thresh_kind": "iou", "nms_kind": "default", "map": "", "counters_per_class": ""}
 IOU_KINDS = ["mse", "iou", "giou", "diou", "ciou"]
 NMS_KINDS = ["default", "greedynms", "diounms", "cornersnms"]
@@ -357,9 +509,12 @@ def _yolo(sec, index, shape, opts, lenient):
     anchors = anchors[: 2 * total]
     expected = len(mask) * (classes + 5)
     if c != expected:
-        raise sec.error(f"the layer before [yolo] outputs {c} channels but mask has {len(mask)} anchors and "
-                        f"classes={classes}, which need {len(mask)}*({classes}+5) = {expected} (set filters={expected}"
-                        f" in the [convolutional] before it)", "mask")
+        raise sec.error(
+            f"the layer before [yolo] outputs {c} channels but mask has {len(mask)} anchors and "
+            f"classes={classes}, which need {len(mask)}*({classes}+5) = {expected} (set filters={expected}"
+            f" in the [convolutional] before it)",
+            "mask",
+        )
     opts.update(classes=classes, num=total, mask=mask, anchors=anchors)
     for key, default in YOLO_FLOATS.items():
         opts[key] = sec.float(key, default)
@@ -392,17 +547,23 @@ def _softmax(sec, index, shape, opts, lenient):
 
 
 def _dropout(sec, index, shape, opts, lenient):
-    opts.update(probability=sec.float("probability", 0.2), dropblock=sec.int("dropblock", 0),
-                dropblock_size_rel=sec.float("dropblock_size_rel", 0.0),
-                dropblock_size_abs=sec.int("dropblock_size_abs", 7))
+    opts.update(
+        probability=sec.float("probability", 0.2),
+        dropblock=sec.int("dropblock", 0),
+        dropblock_size_rel=sec.float("dropblock_size_rel", 0.0),
+        dropblock_size_abs=sec.int("dropblock_size_abs", 7),
+    )
     return tuple(shape), [], [], 0.0
 
 
 def _sam(sec, index, shape, opts, lenient, layers):
     ref = _layer_ref(sec, "from", sec.int("from"), index)
     if layers[ref].out_shape != tuple(shape):
-        raise sec.error(f"layer {ref} has shape {layers[ref].out_shape}, but [sam] needs the same shape as its "
-                        f"input {tuple(shape)}", "from")
+        raise sec.error(
+            f"layer {ref} has shape {layers[ref].out_shape}, but [sam] needs the same shape as its "
+            f"input {tuple(shape)}",
+            "from",
+        )
     opts.update({"from": ref, "activation": _activation(sec, lenient, "linear")})
     return tuple(shape), [ref], [], 0.0
 
@@ -414,8 +575,9 @@ def _scale_channels(sec, index, shape, opts, lenient, layers):
     fc, fh, fw = target
     want = (1, fh, fw) if scale_wh else (fc, 1, 1)
     if math.prod(shape) != math.prod(want):
-        raise sec.error(f"[scale_channels] needs an input of shape {want} to scale layer {ref} {target}, "
-                        f"got {tuple(shape)}", "from")
+        raise sec.error(
+            f"[scale_channels] needs an input of shape {want} to scale layer {ref} {target}, got {tuple(shape)}", "from"
+        )
     opts.update({"from": ref, "scale_wh": scale_wh, "activation": _activation(sec, lenient, "linear")})
     return tuple(target), [ref], [], 0.0
 
@@ -428,9 +590,8 @@ def _reorg3d(sec, index, shape, opts, lenient):
     opts.update(stride=stride, reverse=reverse)
     if reverse:
         # Darknet's reverse reorg indexes C / stride^4 channel groups (and divides by zero when there are none).
-        if c % stride ** 4:
-            raise sec.error(f"reverse reorg by {stride} needs channels divisible by {stride ** 4} (got {c})",
-                            "stride")
+        if c % stride**4:
+            raise sec.error(f"reverse reorg by {stride} needs channels divisible by {stride**4} (got {c})", "stride")
         return (c // (stride * stride), h * stride, w * stride), [], [], 0.0
     if h % stride or w % stride:
         raise sec.error(f"reorg by {stride} needs width and height divisible by it (got {w}x{h})", "stride")
@@ -450,14 +611,44 @@ def _identity(sec, index, shape, opts, lenient):
 
 
 BUILDERS = {
-    "convolutional": _conv, "connected": _connected, "maxpool": _maxpool, "local_avgpool": _local_avgpool,
-    "avgpool": _avgpool, "route": _route, "shortcut": _shortcut, "upsample": _upsample, "yolo": _yolo,
-    "softmax": _softmax, "dropout": _dropout, "sam": _sam, "scale_channels": _scale_channels,
-    "reorg3d": _reorg3d, "batchnorm": _batchnorm, "cost": _identity, "empty": _identity,
+    "convolutional": _conv,
+    "connected": _connected,
+    "maxpool": _maxpool,
+    "local_avgpool": _local_avgpool,
+    "avgpool": _avgpool,
+    "route": _route,
+    "shortcut": _shortcut,
+    "upsample": _upsample,
+    "yolo": _yolo,
+    "softmax": _softmax,
+    "dropout": _dropout,
+    "sam": _sam,
+    "scale_channels": _scale_channels,
+    "reorg3d": _reorg3d,
+    "batchnorm": _batchnorm,
+    "cost": _identity,
+    "empty": _identity,
 }
 NEEDS_LAYERS = {"route", "shortcut", "sam", "scale_channels"}
-NOT_SUPPORTED = {"region", "reorg", "Gaussian_yolo", "detection", "local", "crnn", "rnn", "lstm", "gru",
-                 "conv_lstm", "history", "crop", "contrastive", "implicit", "activation", "lrn", "normalization"}
+NOT_SUPPORTED = {
+    "region",
+    "reorg",
+    "Gaussian_yolo",
+    "detection",
+    "local",
+    "crnn",
+    "rnn",
+    "lstm",
+    "gru",
+    "conv_lstm",
+    "history",
+    "crop",
+    "contrastive",
+    "implicit",
+    "activation",
+    "lrn",
+    "normalization",
+}
 
 
 def _parse_net(sec, lenient, width, height):
@@ -476,8 +667,9 @@ def _parse_net(sec, lenient, width, height):
     if height is not None:
         net["height"] = int(height)
     if net["channels"] == 0 and net["inputs"] == 0:
-        raise sec.error("[net] needs width, height and channels (or inputs)",
-                        "channels" if sec.has("channels") else None)
+        raise sec.error(
+            "[net] needs width, height and channels (or inputs)", "channels" if sec.has("channels") else None
+        )
     if net["inputs"] and not (net["width"] and net["height"] and net["channels"]):
         net.update(width=1, height=1, channels=net["inputs"])
     for key in ("width", "height", "channels"):
@@ -511,13 +703,14 @@ def build_network(sections, path=None, lenient=False, width=None, height=None):
         if kind == "net":
             raise sec.error("a second [net] section")
         if kind in NOT_SUPPORTED:
-            raise sec.error(f"layer type [{sec.name}] is not supported by pydarknet (YOLOv3 and later need only "
-                            f"{', '.join(sorted(BUILDERS))})")
+            raise sec.error(
+                f"layer type [{sec.name}] is not supported by pydarknet (YOLOv3 and later need only "
+                f"{', '.join(sorted(BUILDERS))})"
+            )
         if kind not in BUILDERS:
             if not lenient:
                 raise sec.error(f"unknown section [{sec.name}]")
-            warnings.warn(f"{sec.path}:{sec.line}: unknown section [{sec.name}] treated as an empty layer",
-                          CfgWarning)
+            warnings.warn(f"{sec.path}:{sec.line}: unknown section [{sec.name}] treated as an empty layer", CfgWarning)
             kind = "empty"
             sec.used.update(sec.items)
         opts = {}
@@ -542,8 +735,10 @@ def build_network(sections, path=None, lenient=False, width=None, height=None):
         layer = Layer(index, kind, sec.line, opts, tuple(shape), tuple(out_shape), inputs, tensors, bflops)
         activation_floats += layer.out_size
         if activation_floats * 4 > MAX_ACTIVATION_BYTES:
-            raise sec.error(f"the network would need more than {MAX_ACTIVATION_BYTES >> 30} GiB of activations "
-                            f"per image; is the input size ({net['width']}x{net['height']}) right?")
+            raise sec.error(
+                f"the network would need more than {MAX_ACTIVATION_BYTES >> 30} GiB of activations "
+                f"per image; is the input size ({net['width']}x{net['height']}) right?"
+            )
         layers.append(layer)
         shape = layer.out_shape
     if not layers:

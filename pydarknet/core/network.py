@@ -15,8 +15,7 @@ import numpy as np
 
 from pydarknet.core import graph
 from pydarknet.core import weights as weights_io
-from pydarknet.errors import CfgError, DarknetError
-from pydarknet.errors import DeviceError
+from pydarknet.errors import CfgError, DarknetError, DeviceError
 
 try:
     import pydarknet._core as _core
@@ -24,7 +23,8 @@ except ImportError as exc:  # pragma: no cover - only when the package was not b
     raise ImportError(
         "pydarknet's compiled engine (pydarknet._core) is missing. Install the package with `pip install .`; "
         "when running from a source checkout, run tests with `pytest` (not `python -m pytest`) so the "
-        f"installed package is imported. ({exc})") from exc
+        f"installed package is imported. ({exc})"
+    ) from exc
 
 
 # Precision names and their codes in the C++ engine (pd::Precision, csrc/core/common.h); the CPU runs only some.
@@ -39,12 +39,17 @@ def _spec(layer):
             value = graph.ACTIVATIONS.index(value)
         if isinstance(value, bool):
             value = int(value)
-        if isinstance(value, (int, float, str)) or (isinstance(value, list) and
-                                                    all(isinstance(v, (int, float)) for v in value)):
+        if isinstance(value, (int, float, str)) or (
+            isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)
+        ):
             options[key] = value
     return {
-        "index": layer.index, "type": layer.type, "in": list(layer.in_shape), "out": list(layer.out_shape),
-        "inputs": list(layer.inputs), "options": options,
+        "index": layer.index,
+        "type": layer.type,
+        "in": list(layer.in_shape),
+        "out": list(layer.out_shape),
+        "inputs": list(layer.inputs),
+        "options": options,
         "tensors": {t.name: (t.offset, t.size) for t in layer.tensors},
     }
 
@@ -66,7 +71,7 @@ class LayerView:
     def params(self):
         """Writable views of this layer's parameter tensors (marks the parameters as changed)."""
         flat = self._net.params
-        return {t.name: flat[t.offset:t.offset + t.size].reshape(t.shape) for t in self._desc.tensors}
+        return {t.name: flat[t.offset : t.offset + t.size].reshape(t.shape) for t in self._desc.tensors}
 
     def __repr__(self):
         return f"<Layer {self.index} {self.type} {self.in_shape} -> {self.out_shape}>"
@@ -84,8 +89,9 @@ class Network:
             for spec in specs:
                 if spec["type"] == "convolutional":
                     spec["options"]["precision"] = PRECISIONS[self.precision]
-        self._core = _core.Network(specs, desc.param_count, desc.input_shape,
-                                   share_with=_share._core if _share is not None else None)
+        self._core = _core.Network(
+            specs, desc.param_count, desc.input_shape, share_with=_share._core if _share is not None else None
+        )
         last = len(desc.layers) - 1
         self._core.keep = sorted(set(desc.yolo_layers + [last]))
         self._cuda = None
@@ -124,7 +130,7 @@ class Network:
         flat = self._core.params
         for layer in self.desc.layers:
             for t in layer.tensors:
-                view = flat[t.offset:t.offset + t.size]
+                view = flat[t.offset : t.offset + t.size]
                 if t.name == "weights" and layer.type in ("convolutional", "connected"):
                     fan_in = t.size // t.shape[0]
                     scale = np.sqrt(2.0 / fan_in)
@@ -227,8 +233,11 @@ class Network:
         """Seconds per layer of the last forward, forward_train and backward run with `profile` on:
         {"forward": [...], "forward_train": [...], "backward": [...]}, one value per layer (a layer that
         backward skips counts 0); a pass not run with profiling gives an empty list."""
-        return {"forward": list(self._engine.layer_seconds), "forward_train": list(self._core.train_layer_seconds),
-                "backward": list(self._core.backward_layer_seconds)}
+        return {
+            "forward": list(self._engine.layer_seconds),
+            "forward_train": list(self._core.train_layer_seconds),
+            "backward": list(self._core.backward_layer_seconds),
+        }
 
     # ----- training -----------------------------------------------------------------------------------------
     def forward_train(self, x, seed=0, iteration=0):
@@ -284,19 +293,22 @@ class Network:
             return self
         path = self.desc.path
         if not os.path.isfile(path):
-            raise DarknetError(f"the network was not loaded from a file ({path}), so it cannot be rebuilt at "
-                               f"{width}x{height}")
+            raise DarknetError(
+                f"the network was not loaded from a file ({path}), so it cannot be rebuilt at {width}x{height}"
+            )
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")       # the cfg was already accepted (and warned about) once
+            warnings.simplefilter("ignore")  # the cfg was already accepted (and warned about) once
             desc = graph.load_network_desc(path, lenient=self._lenient, width=width, height=height)
 
         def layout(d):
             return [(l.type, [(t.name, t.offset, t.shape) for t in l.tensors]) for l in d.layers]
 
         if desc.param_count != self.desc.param_count or layout(desc) != layout(self.desc):
-            raise DarknetError(f"{self.desc.path}: at {width}x{height} the parameters are laid out differently "
-                               f"(a [connected] layer's weights depend on the input size), so the network cannot "
-                               f"be resized")
+            raise DarknetError(
+                f"{self.desc.path}: at {width}x{height} the parameters are laid out differently "
+                f"(a [connected] layer's weights depend on the input size), so the network cannot "
+                f"be resized"
+            )
         other = Network(desc, device=self.device, precision=self.precision, lenient=self._lenient, _share=self)
         other.names = getattr(self, "names", None)
         return other
@@ -305,20 +317,24 @@ class Network:
         """Refuse a network on a GPU, and, naming the cfg line, the layer options that have no training
         implementation."""
         if self._cuda is not None:
-            raise DeviceError(f"training passes run on the CPU only (this network is on {self.device}): the CUDA "
-                              f"backend has no backward kernels yet; load the network with device='cpu'")
+            raise DeviceError(
+                f"training passes run on the CPU only (this network is on {self.device}): the CUDA "
+                f"backend has no backward kernels yet; load the network with device='cpu'"
+            )
         if self._untrainable is None:
             self._untrainable = []
             for l in self.desc.layers:
                 o = l.options
                 if l.type in ("convolutional", "connected") and o.get("batch_normalize") == 2:
-                    self._untrainable.append((l, "cross-iteration batch normalisation (cbn=1) is not supported in "
-                                                 "training"))
+                    self._untrainable.append(
+                        (l, "cross-iteration batch normalisation (cbn=1) is not supported in training")
+                    )
                 if l.type == "dropout" and o.get("dropblock"):
                     self._untrainable.append((l, "dropblock is not supported in training"))
                 if l.type == "dropout" and not 0 <= o.get("probability", 0) < 1:
-                    self._untrainable.append((l, f"dropout probability {o['probability']} must be in [0, 1) for "
-                                                 f"training"))
+                    self._untrainable.append(
+                        (l, f"dropout probability {o['probability']} must be in [0, 1) for training")
+                    )
         if self._untrainable:
             layer, problem = self._untrainable[0]
             raise CfgError(f"layer {layer.index} [{layer.type}]: {problem}", self.desc.path, layer.line)
@@ -327,6 +343,7 @@ class Network:
         """Detect objects in a path, PIL image, HxWx3 uint8 RGB array, or a list of them, as Darknet's
         `detector test` does; returns a Results (a list of them for a list). See pydarknet.detect.detect."""
         from pydarknet.inference.detect import detect
+
         return detect(self, images, thresh=thresh, nms=nms, letterbox=letterbox, **options)
 
     # ----- description ------------------------------------------------------------------------------------
@@ -339,19 +356,29 @@ class Network:
             if l.type == "convolutional":
                 dil = f"({o['dilation']})" if o["dilation"] > 1 else "   "
                 groups = f"{o['groups']:4d}/" if o["groups"] > 1 else "     "
-                text = (f"conv  {groups}{oc:4d}      {o['size']} x{o['size']:2d}/{o['stride_x']:2d}{dil} "
-                        f"{shapes} {l.bflops:.3f} BF")
+                text = (
+                    f"conv  {groups}{oc:4d}      {o['size']} x{o['size']:2d}/{o['stride_x']:2d}{dil} "
+                    f"{shapes} {l.bflops:.3f} BF"
+                )
             elif l.type in ("maxpool", "local_avgpool"):
-                text = f"{'max' if l.type == 'maxpool' else 'avg'}               {o['size']:2d}x{o['size']:2d}/" \
-                       f"{o['stride_x']:2d}    {shapes} {l.bflops:.3f} BF"
+                text = (
+                    f"{'max' if l.type == 'maxpool' else 'avg'}               {o['size']:2d}x{o['size']:2d}/"
+                    f"{o['stride_x']:2d}    {shapes} {l.bflops:.3f} BF"
+                )
             elif l.type == "route":
-                text = "route  " + " ".join(str(i) for i in o["layers"]) + \
-                       (f" (group {o['group_id']} of {o['groups']})" if o["groups"] > 1 else "") + f"  -> {oc} ch"
+                text = (
+                    "route  "
+                    + " ".join(str(i) for i in o["layers"])
+                    + (f" (group {o['group_id']} of {o['groups']})" if o["groups"] > 1 else "")
+                    + f"  -> {oc} ch"
+                )
             elif l.type == "shortcut":
                 text = f"shortcut from {', '.join(str(i) for i in o['from'])}  {shapes}"
             elif l.type == "yolo":
-                text = f"yolo  classes {o['classes']}, anchors {len(o['mask'])}/{o['num']}, " \
-                       f"scale_x_y {o['scale_x_y']:g}{', new_coords' if o['new_coords'] else ''}"
+                text = (
+                    f"yolo  classes {o['classes']}, anchors {len(o['mask'])}/{o['num']}, "
+                    f"scale_x_y {o['scale_x_y']:g}{', new_coords' if o['new_coords'] else ''}"
+                )
             elif l.type == "connected":
                 text = f"connected            {l.in_shape[0] * ih * iw:6d} -> {oc:6d}  {l.bflops:.3f} BF"
             else:
@@ -363,8 +390,10 @@ class Network:
     def __repr__(self):
         c, h, w = self.input_shape
         where = "" if self.device == "cpu" else f", {self.device} {self.precision}"
-        return f"<pydarknet.Network {self.desc.path} {len(self.layers)} layers, input {w}x{h}x{c}, " \
-               f"{self.bflops:.2f} BFLOPs{where}>"
+        return (
+            f"<pydarknet.Network {self.desc.path} {len(self.layers)} layers, input {w}x{h}x{c}, "
+            f"{self.bflops:.2f} BFLOPs{where}>"
+        )
 
 
 def _check_device(device):
@@ -378,8 +407,10 @@ def _check_device(device):
             raise DeviceError(f"device={device!r}: write 'cuda' or 'cuda:N' with N the GPU's index")
         count = _core.cuda_device_count()
         if count == 0:
-            raise DeviceError(f"device={device!r}: no CUDA GPU is available on this machine"
-                              + ("" if _core.built_with_cuda else " (and this build has no CUDA support)"))
+            raise DeviceError(
+                f"device={device!r}: no CUDA GPU is available on this machine"
+                + ("" if _core.built_with_cuda else " (and this build has no CUDA support)")
+            )
         if int(index) >= count:
             raise DeviceError(f"device={device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
         return f"cuda:{int(index)}"
@@ -395,8 +426,18 @@ def _check_precision(precision, device):
     return name
 
 
-def load(cfg, weights=None, *, device="cpu", precision="fp32", width=None, height=None, lenient=False, partial=False,
-         seed=None):
+def load(
+    cfg,
+    weights=None,
+    *,
+    device="cpu",
+    precision="fp32",
+    width=None,
+    height=None,
+    lenient=False,
+    partial=False,
+    seed=None,
+):
     """Build a network from a Darknet .cfg and optionally load original .weights into it.
 
     ``device``: "cpu", "cuda" or "cuda:N". ``precision``: "fp32" (the default) computes in float32 throughout.

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pydarknet.utils.atomic import atomic_write
 from pydarknet.errors import WeightsError
+from pydarknet.utils.atomic import atomic_write
 
 CURRENT_VERSION = (0, 2, 5)
 
@@ -60,11 +60,18 @@ def load_into(desc, params, path, partial=False):
         raise WeightsError(
             f"the file is {len(data):,} bytes but {desc.path} needs exactly {expected:,} bytes "
             f"({hsize}-byte header + {(expected - hsize) // 4:,} floats); "
-            + ("it is too short (truncated, or a partial backbone file: pass partial=True)" if len(data) < expected
-               else "it is too long (a weights file for a different cfg?)"), path)
+            + (
+                "it is too short (truncated, or a partial backbone file: pass partial=True)"
+                if len(data) < expected
+                else "it is too long (a weights file for a different cfg?)"
+            ),
+            path,
+        )
     if partial and len(data) > expected:
-        raise WeightsError(f"the file is {len(data):,} bytes, more than the {expected:,} bytes the whole network "
-                           f"{desc.path} needs", path)
+        raise WeightsError(
+            f"the file is {len(data):,} bytes, more than the {expected:,} bytes the whole network {desc.path} needs",
+            path,
+        )
     if body % 4:
         raise WeightsError(f"the data after the header ({body:,} bytes) is not a whole number of floats", path)
     floats = np.frombuffer(data, dtype="<f4", offset=hsize)
@@ -79,19 +86,23 @@ def load_into(desc, params, path, partial=False):
         if position == len(floats) and partial:
             break
         if position + need > len(floats):
-            raise WeightsError(f"the file ends inside layer {layer.index} ({layer.type}): it has "
-                               f"{len(floats) - position:,} floats left but the layer needs {need:,}", path)
+            raise WeightsError(
+                f"the file ends inside layer {layer.index} ({layer.type}): it has "
+                f"{len(floats) - position:,} floats left but the layer needs {need:,}",
+                path,
+            )
         for t in tensors:
-            chunk = floats[position:position + t.size]
+            chunk = floats[position : position + t.size]
             if transposed and layer.type == "connected" and t.name == "weights":
                 out_n, in_n = t.shape
                 chunk = chunk.reshape(in_n, out_n).T.reshape(-1)
-            params[t.offset:t.offset + t.size] = chunk
+            params[t.offset : t.offset + t.size] = chunk
             position += t.size
         loaded += 1
     if not np.all(np.isfinite(params)):
-        bad = next(l for l in desc.layers for t in l.tensors
-                   if not np.all(np.isfinite(params[t.offset:t.offset + t.size])))
+        bad = next(
+            l for l in desc.layers for t in l.tensors if not np.all(np.isfinite(params[t.offset : t.offset + t.size]))
+        )
         raise WeightsError(f"the weights of layer {bad.index} ({bad.type}) contain NaN or infinity", path)
     target[:] = params
     return version, seen, loaded
@@ -109,7 +120,7 @@ def save_from(desc, params, path, cutoff=None, seen=0, version=CURRENT_VERSION):
     def write(f):
         f.write(header)
         for layer, t in file_tensors(desc, cutoff):
-            chunk = params[t.offset:t.offset + t.size]
+            chunk = params[t.offset : t.offset + t.size]
             if transposed and layer.type == "connected" and t.name == "weights":
                 chunk = chunk.reshape(t.shape).T.reshape(-1)
             f.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())

@@ -45,14 +45,33 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["AugmentSettings", "AugmentParams", "settings_from_network", "rand_scale", "draw_params", "crop_rect",
-           "crop_resize", "correct_boxes", "rgb_to_hsv8", "hsv8_to_rgb", "shift_hsv", "adjust_hsv", "gaussian_kernel",
-           "gaussian_blur", "blur_background", "add_gaussian_noise", "augment_image", "mosaic", "mixup",
-           "augment_sample", "MOSAIC_MIN_OFFSET"]
+__all__ = [
+    "AugmentSettings",
+    "AugmentParams",
+    "settings_from_network",
+    "rand_scale",
+    "draw_params",
+    "crop_rect",
+    "crop_resize",
+    "correct_boxes",
+    "rgb_to_hsv8",
+    "hsv8_to_rgb",
+    "shift_hsv",
+    "adjust_hsv",
+    "gaussian_kernel",
+    "gaussian_blur",
+    "blur_background",
+    "add_gaussian_noise",
+    "augment_image",
+    "mosaic",
+    "mixup",
+    "augment_sample",
+    "MOSAIC_MIN_OFFSET",
+]
 
 _F32 = np.float32
-MOSAIC_MIN_OFFSET = 0.2      # the mosaic cut point stays within [20 %, 80 %] of the width and height
-BACKGROUND_BLUR_KSIZE = 17   # Darknet's background blur kernel
+MOSAIC_MIN_OFFSET = 0.2  # the mosaic cut point stays within [20 %, 80 %] of the width and height
+BACKGROUND_BLUR_KSIZE = 17  # Darknet's background blur kernel
 
 
 # ----- settings ----------------------------------------------------------------------------------------------
@@ -61,6 +80,7 @@ class AugmentSettings:
     """What to augment, as read from a cfg: ``[net]`` keys and the last ``[yolo]``'s ``jitter``, ``resize``,
     ``random`` and ``max``. ``width``/``height`` are the cfg's input size (multi-scale changes the size per
     iteration; see :func:`pydarknet.loader.input_size`)."""
+
     width: int = 416
     height: int = 416
     jitter: float = 0.0
@@ -103,19 +123,30 @@ def settings_from_network(net) -> AugmentSettings:
     cutmix = bool(n.get("cutmix", 0))
     mixup = bool(n.get("mixup", 0)) and not mosaic and not cutmix
     if cutmix:
-        warnings.warn(f"{desc.path}: cutmix=1 is not supported for detection (as in Darknet); "
-                      + ("mosaic is used" if mosaic else "no mixing augmentation is used"), stacklevel=2)
+        warnings.warn(
+            f"{desc.path}: cutmix=1 is not supported for detection (as in Darknet); "
+            + ("mosaic is used" if mosaic else "no mixing augmentation is used"),
+            stacklevel=2,
+        )
     return AugmentSettings(
-        width=int(n["width"]), height=int(n["height"]),
+        width=int(n["width"]),
+        height=int(n["height"]),
         jitter=float(last.get("jitter", 0.0)) if yolo else 0.0,
         resize=float(last.get("resize", 1.0)) if yolo else 1.0,
-        flip=bool(n.get("flip", 1)), hue=float(n.get("hue", 0.0)), saturation=float(n.get("saturation", 1.0)),
-        exposure=float(n.get("exposure", 1.0)), blur=int(n.get("blur", 0)),
-        gaussian_noise=int(n.get("gaussian_noise", 0)), mosaic=mosaic, mixup=mixup,
-        mosaic_bound=bool(n.get("mosaic_bound", 0)), letter_box=bool(n.get("letter_box", 0)),
+        flip=bool(n.get("flip", 1)),
+        hue=float(n.get("hue", 0.0)),
+        saturation=float(n.get("saturation", 1.0)),
+        exposure=float(n.get("exposure", 1.0)),
+        blur=int(n.get("blur", 0)),
+        gaussian_noise=int(n.get("gaussian_noise", 0)),
+        mosaic=mosaic,
+        mixup=mixup,
+        mosaic_bound=bool(n.get("mosaic_bound", 0)),
+        letter_box=bool(n.get("letter_box", 0)),
         max_boxes=int(last.get("max", 200)) if yolo else 200,
         random=float(last.get("random", 0.0)) if yolo else 0.0,
-        resize_step=int(n.get("resize_step", 32)) or 32, max_batches=int(n.get("max_batches", 0)),
+        resize_step=int(n.get("resize_step", 32)) or 32,
+        max_batches=int(n.get("max_batches", 0)),
     )
 
 
@@ -130,15 +161,16 @@ def rand_scale(rng, s):
 @dataclass(frozen=True)
 class AugmentParams:
     """The random draws for one image (Darknet draws the same set per image)."""
-    jitter_r: Tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.5)   # left, right, top, bottom in [0, 1)
-    resize_r: Tuple[float, float] = (0.5, 0.5)                           # left/top, right/bottom
+
+    jitter_r: Tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.5)  # left, right, top, bottom in [0, 1)
+    resize_r: Tuple[float, float] = (0.5, 0.5)  # left/top, right/bottom
     flip: bool = False
     dhue: float = 0.0
     dsat: float = 1.0
     dexp: float = 1.0
     blur: int = 0
     noise: int = 0
-    corner: bool = False     # mosaic: push this image to its corner
+    corner: bool = False  # mosaic: push this image to its corner
 
 
 def draw_params(rng, s: AugmentSettings) -> AugmentParams:
@@ -150,7 +182,7 @@ def draw_params(rng, s: AugmentSettings) -> AugmentParams:
     dhue = float(rng.uniform(-1.0, 1.0)) * s.hue
     dsat = rand_scale(rng, s.saturation)
     dexp = rand_scale(rng, s.exposure)
-    blur_kind = int(rng.integers(3))          # 0 none, 1 background, 2 the configured blur
+    blur_kind = int(rng.integers(3))  # 0 none, 1 background, 2 the configured blur
     noise_on = bool(rng.integers(2))
     corner = not bool(rng.integers(2))
     blur = 0 if not s.blur or blur_kind == 0 else (1 if blur_kind == 1 else s.blur)
@@ -175,8 +207,16 @@ def _precalc(lo, hi, r):
     return r * (hi - lo) + lo
 
 
-def crop_rect(ow, oh, w, h, s: AugmentSettings, p: AugmentParams, mosaic_part: Optional[int] = None,
-              letter_box: Optional[bool] = None):
+def crop_rect(
+    ow,
+    oh,
+    w,
+    h,
+    s: AugmentSettings,
+    p: AugmentParams,
+    mosaic_part: Optional[int] = None,
+    letter_box: Optional[bool] = None,
+):
     """Darknet's crop offsets ``(pleft, ptop, pright, pbot)`` for an ``ow x oh`` image and a ``w x h`` output.
 
     Negative offsets pad (zoom out), positive ones crop (zoom in). ``mosaic_part`` (0..3) applies Darknet's
@@ -202,7 +242,7 @@ def crop_rect(ow, oh, w, h, s: AugmentSettings, p: AugmentParams, mosaic_part: O
     pbot = _trunc(pbot + _precalc(min_rdh, hi_h, rr2))
     if letter_box:
         net_ar = w / h
-        if (ow / oh) / net_ar > 1:                  # wider than the network: add height
+        if (ow / oh) / net_ar > 1:  # wider than the network: add height
             delta = (ow / net_ar - oh) / 2
             ptop, pbot = _trunc(ptop - delta), _trunc(pbot - delta)
         else:
@@ -211,7 +251,7 @@ def crop_rect(ow, oh, w, h, s: AugmentSettings, p: AugmentParams, mosaic_part: O
     if mosaic_part is not None and p.corner:
         # Darknet moves every other image to the corner facing the cut so that more of it shows.
         k = mosaic_part
-        toward_right = (k in (0, 2)) != p.flip      # the image's right edge faces the cut
+        toward_right = (k in (0, 2)) != p.flip  # the image's right edge faces the cut
         if toward_right:
             pright, pleft = pright + pleft, 0
         else:
@@ -220,7 +260,7 @@ def crop_rect(ow, oh, w, h, s: AugmentSettings, p: AugmentParams, mosaic_part: O
             pbot, ptop = pbot + ptop, 0
         else:
             ptop, pbot = ptop + pbot, 0
-    if ow - pleft - pright < 1:                     # only with absurd jitter: keep the whole width
+    if ow - pleft - pright < 1:  # only with absurd jitter: keep the whole width
         pleft = pright = 0
     if oh - ptop - pbot < 1:
         ptop = pbot = 0
@@ -282,7 +322,7 @@ def crop_resize(rgb, pleft, ptop, swidth, sheight, w, h, fill=None, window=None)
     bottom -= top
     bottom *= fy[:, None]
     bottom += top
-    bottom += _F32(0.5)                     # round half up (OpenCV's fixed-point rounding); values are in [0, 255]
+    bottom += _F32(0.5)  # round half up (OpenCV's fixed-point rounding); values are in [0, 255]
     return bottom.astype(np.uint8).reshape(rows_out, cols_out, 3)
 
 
@@ -333,8 +373,8 @@ def _hsv_factor_table():
     frac = (hue - sector.astype(_F32))[:, None]
     sat = (np.arange(256, dtype=_F32) * _F32(1.0 / 255.0))[None, :]
     one = np.ones((256, 256), _F32)
-    factors = np.stack([one, one - sat, one - sat * frac, one - sat * (one - frac)], axis=-1)   # (h, s, 4)
-    return np.take_along_axis(factors, _SECTOR_RGB[sector][:, None, :], axis=-1).astype(_F32)   # (h, s, 3)
+    factors = np.stack([one, one - sat, one - sat * frac, one - sat * (one - frac)], axis=-1)  # (h, s, 4)
+    return np.take_along_axis(factors, _SECTOR_RGB[sector][:, None, :], axis=-1).astype(_F32)  # (h, s, 3)
 
 
 _HSV_FACTORS = _hsv_factor_table()
@@ -382,9 +422,13 @@ def adjust_hsv(rgb, dhue, dsat, dexp):
 
 
 # ----- blur and noise ----------------------------------------------------------------------------------------
-_SMALL_GAUSSIANS = {1: [1.0], 3: [0.25, 0.5, 0.25], 5: [0.0625, 0.25, 0.375, 0.25, 0.0625],
-                    7: [0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125],
-                    9: [v / 256 for v in (4, 13, 30, 51, 60, 51, 30, 13, 4)]}
+_SMALL_GAUSSIANS = {
+    1: [1.0],
+    3: [0.25, 0.5, 0.25],
+    5: [0.0625, 0.25, 0.375, 0.25, 0.0625],
+    7: [0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125],
+    9: [v / 256 for v in (4, 13, 30, 51, 60, 51, 30, 13, 4)],
+}
 
 
 def gaussian_kernel(ksize):
@@ -405,12 +449,18 @@ def gaussian_blur(rgb, ksize):
         return rgb
     img = rgb.astype(_F32)
     hgt, wid = img.shape[:2]
-    padded = np.pad(img, ((0, 0), (r, r), (0, 0)), mode="reflect") if wid > 1 else \
-        np.pad(img, ((0, 0), (r, r), (0, 0)), mode="edge")
-    tmp = sum(k[i] * padded[:, i:i + wid] for i in range(len(k)))
-    padded = np.pad(tmp, ((r, r), (0, 0), (0, 0)), mode="reflect") if hgt > 1 else \
-        np.pad(tmp, ((r, r), (0, 0), (0, 0)), mode="edge")
-    out = sum(k[i] * padded[i:i + hgt] for i in range(len(k)))
+    padded = (
+        np.pad(img, ((0, 0), (r, r), (0, 0)), mode="reflect")
+        if wid > 1
+        else np.pad(img, ((0, 0), (r, r), (0, 0)), mode="edge")
+    )
+    tmp = sum(k[i] * padded[:, i : i + wid] for i in range(len(k)))
+    padded = (
+        np.pad(tmp, ((r, r), (0, 0), (0, 0)), mode="reflect")
+        if hgt > 1
+        else np.pad(tmp, ((r, r), (0, 0), (0, 0)), mode="edge")
+    )
+    out = sum(k[i] * padded[i : i + hgt] for i in range(len(k)))
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -442,13 +492,25 @@ def add_gaussian_noise(rgb, sigma, rng, *, full=None, origin=(0, 0)):
     hgt, wid = rgb.shape[:2]
     full_h, full_w = full or (hgt, wid)
     x0, y0 = origin
-    noise = rng.standard_normal((full_h, full_w, 3), dtype=_F32)[y0:y0 + hgt, x0:x0 + wid] * _F32(sigma)
+    noise = rng.standard_normal((full_h, full_w, 3), dtype=_F32)[y0 : y0 + hgt, x0 : x0 + wid] * _F32(sigma)
     return np.clip(np.rint(rgb.astype(_F32) + noise), 0, 255).astype(np.uint8)
 
 
 # ----- one image ---------------------------------------------------------------------------------------------
-def augment_image(rgb, boxes, w, h, s: AugmentSettings, p: AugmentParams, rng, *, mosaic_part=None,
-                  letter_box=None, shuffle=True, window=None):
+def augment_image(
+    rgb,
+    boxes,
+    w,
+    h,
+    s: AugmentSettings,
+    p: AugmentParams,
+    rng,
+    *,
+    mosaic_part=None,
+    letter_box=None,
+    shuffle=True,
+    window=None,
+):
     """Augment one image (HxWx3 uint8 RGB) with its boxes (``(k, 5)`` rows ``[x, y, w, h, class]`` relative to
     the image) into a ``w x h`` network input.
 
@@ -484,7 +546,7 @@ def augment_image(rgb, boxes, w, h, s: AugmentSettings, p: AugmentParams, rng, *
         img = blur_background(img, b, ksize, origin=(ex0, ey0), size=(w, h))
     elif blur > 1:
         img = gaussian_blur(img, ksize)
-    img = img[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
+    img = img[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
     img = add_gaussian_noise(img, p.noise, rng, full=(h, w), origin=(x0, y0))
     return np.ascontiguousarray(img), b, (pleft, ptop, pright, pbot)
 
@@ -492,8 +554,12 @@ def augment_image(rgb, boxes, w, h, s: AugmentSettings, p: AugmentParams, rng, *
 # ----- mosaic and mixup --------------------------------------------------------------------------------------
 def _quadrants(w, h, cut_x, cut_y):
     """(x, y, width, height) of the 4 mosaic pieces: top-left, top-right, bottom-left, bottom-right."""
-    return [(0, 0, cut_x, cut_y), (cut_x, 0, w - cut_x, cut_y), (0, cut_y, cut_x, h - cut_y),
-            (cut_x, cut_y, w - cut_x, h - cut_y)]
+    return [
+        (0, 0, cut_x, cut_y),
+        (cut_x, 0, w - cut_x, cut_y),
+        (0, cut_y, cut_x, h - cut_y),
+        (cut_x, cut_y, w - cut_x, h - cut_y),
+    ]
 
 
 def _mosaic_boxes(b, k, w, h, cut_x, cut_y, shifts, bound):
@@ -529,14 +595,31 @@ def _mosaic_boxes(b, k, w, h, cut_x, cut_y, shifts, bound):
                 yb, hb = yb - (bot - h) / h / 2, hb - (bot - h) / h
             left, right = _trunc((xb - wb / 2) * w), _trunc((xb + wb / 2) * w)
             top, bot = _trunc((yb - hb / 2) * h), _trunc((yb + hb / 2) * h)
-        if (left >= 0 and right <= w and top >= 0 and bot <= h and 0 < wb < 1 and 0 < hb < 1 and 0 < xb < 1
-                and 0 < yb < 1 and wb > 1.0 / w and hb > 1.0 / h):
+        if (
+            left >= 0
+            and right <= w
+            and top >= 0
+            and bot <= h
+            and 0 < wb < 1
+            and 0 < hb < 1
+            and 0 < xb < 1
+            and 0 < yb < 1
+            and wb > 1.0 / w
+            and hb > 1.0 / h
+        ):
             out.append((xb, yb, wb, hb, cls))
     return np.asarray(out, np.float64).reshape(-1, 5)
 
 
-def mosaic(parts, w, h, s: AugmentSettings, rng, params: Optional[Sequence[AugmentParams]] = None,
-           cut: Optional[Tuple[int, int]] = None):
+def mosaic(
+    parts,
+    w,
+    h,
+    s: AugmentSettings,
+    rng,
+    params: Optional[Sequence[AugmentParams]] = None,
+    cut: Optional[Tuple[int, int]] = None,
+):
     """Darknet's mosaic of 4 ``(rgb, boxes)`` images into one ``w x h`` sample.
 
     Returns ``(image uint8 (h, w, 3), boxes (k, 5))``. ``params``/``cut`` override the random draws (tests).
@@ -554,7 +637,7 @@ def mosaic(parts, w, h, s: AugmentSettings, rng, params: Optional[Sequence[Augme
         px, py, pw, ph = _quadrants(w, h, cut_x, cut_y)[k]
         if s.letter_box:
             img, bk, _ = augment_image(rgb, b, pw, ph, s, p, rng)
-            out[py:py + ph, px:px + pw] = img
+            out[py : py + ph, px : px + pw] = img
             if len(bk):
                 bk = bk.copy()
                 bk[:, 0], bk[:, 1] = (px + bk[:, 0] * pw) / w, (py + bk[:, 1] * ph) / h
@@ -565,13 +648,17 @@ def mosaic(parts, w, h, s: AugmentSettings, rng, params: Optional[Sequence[Augme
             if p.flip:
                 pleft, pright = pright, pleft
             # Darknet skips the padding facing away from the cut, measured in original-image pixels
-            shifts = (min(cut_x, max(0, _cdiv(-pleft * w, ow))), min(cut_y, max(0, _cdiv(-ptop * h, oh))),
-                      min(w - cut_x, max(0, _cdiv(-pright * w, ow))), min(h - cut_y, max(0, _cdiv(-pbot * h, oh))))
+            shifts = (
+                min(cut_x, max(0, _cdiv(-pleft * w, ow))),
+                min(cut_y, max(0, _cdiv(-ptop * h, oh))),
+                min(w - cut_x, max(0, _cdiv(-pright * w, ow))),
+                min(h - cut_y, max(0, _cdiv(-pbot * h, oh))),
+            )
             left_shift, top_shift, right_shift, bot_shift = shifts
             sx = w - cut_x - right_shift if k in (0, 2) else left_shift
             sy = h - cut_y - bot_shift if k in (0, 1) else top_shift
             img, bk, _ = augment_image(rgb, b, w, h, s, p, rng, mosaic_part=k, window=(sx, sy, sx + pw, sy + ph))
-            out[py:py + ph, px:px + pw] = img
+            out[py : py + ph, px : px + pw] = img
             bk = _mosaic_boxes(bk, k, w, h, cut_x, cut_y, shifts, s.mosaic_bound)
         room = max(int(s.max_boxes) - total, 0)
         bk = bk[:room]

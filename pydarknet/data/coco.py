@@ -37,10 +37,88 @@ def _key(name):
 
 
 # Darknet's coco_ids (detector.c): 80 contiguous class indices -> the 91 COCO category ids.
-COCO80_TO_91 = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31,
-                32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57,
-                58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87,
-                88, 89, 90]
+COCO80_TO_91 = [
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    10,
+    11,
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    19,
+    20,
+    21,
+    22,
+    23,
+    24,
+    25,
+    27,
+    28,
+    31,
+    32,
+    33,
+    34,
+    35,
+    36,
+    37,
+    38,
+    39,
+    40,
+    41,
+    42,
+    43,
+    44,
+    46,
+    47,
+    48,
+    49,
+    50,
+    51,
+    52,
+    53,
+    54,
+    55,
+    56,
+    57,
+    58,
+    59,
+    60,
+    61,
+    62,
+    63,
+    64,
+    65,
+    67,
+    70,
+    72,
+    73,
+    74,
+    75,
+    76,
+    77,
+    78,
+    79,
+    80,
+    81,
+    82,
+    84,
+    85,
+    86,
+    87,
+    88,
+    89,
+    90,
+]
 
 
 @dataclass
@@ -49,8 +127,8 @@ class CocoAnnotations:
 
     path: str
     dataset: dict
-    category_ids: List[int]              # COCO category id of each class
-    pairing: str                         # "names", "coco80" or "id order"
+    category_ids: List[int]  # COCO category id of each class
+    pairing: str  # "names", "coco80" or "id order"
     _by_file: Dict[str, List[dict]] = field(default_factory=dict, repr=False)
     _anns: Dict[int, List[dict]] = field(default_factory=dict, repr=False)
 
@@ -60,9 +138,11 @@ class CocoAnnotations:
         if not found:
             return None
         if len(found) > 1:
-            raise AnnotationError(f"{self.path}: {len(found)} images are named {os.path.basename(str(image_path))!r} "
-                                  f"(ids {', '.join(str(e['id']) for e in found)}); cannot tell which one "
-                                  f"{image_path} is")
+            raise AnnotationError(
+                f"{self.path}: {len(found)} images are named {os.path.basename(str(image_path))!r} "
+                f"(ids {', '.join(str(e['id']) for e in found)}); cannot tell which one "
+                f"{image_path} is"
+            )
         return found[0]
 
     def ground_truth(self, entry, width=None, height=None):
@@ -70,22 +150,28 @@ class CocoAnnotations:
 
         ``width``/``height``: the image as decoded; it must be the size the annotation says."""
         if width is not None and (int(entry["width"]), int(entry["height"])) != (int(width), int(height)):
-            raise AnnotationError(f"{self.path}: image {entry['file_name']!r} (id {entry['id']}) is "
-                                  f"{entry['width']}x{entry['height']} in the annotations but {width}x{height} on "
-                                  "disk; the boxes would not fit it")
+            raise AnnotationError(
+                f"{self.path}: image {entry['file_name']!r} (id {entry['id']}) is "
+                f"{entry['width']}x{entry['height']} in the annotations but {width}x{height} on "
+                "disk; the boxes would not fit it"
+            )
         to_class = {cat: k for k, cat in enumerate(self.category_ids)}
         boxes, classes, crowd_boxes, crowd_classes = [], [], [], []
         for a in self._anns.get(entry["id"], ()):
             k = to_class.get(a["category_id"])
             if k is None:
-                continue             # a category no class maps to: the network cannot find it
+                continue  # a category no class maps to: the network cannot find it
             x, y, w, h = a["bbox"]
             target = (crowd_boxes, crowd_classes) if a.get("iscrowd", 0) else (boxes, classes)
             target[0].append((x, y, x + w, y + h))
             target[1].append(k)
         as_boxes = lambda b: np.asarray(b, dtype=np.float64).reshape(-1, 4)  # noqa: E731
-        return as_boxes(boxes), np.asarray(classes, np.int64), as_boxes(crowd_boxes), \
-            np.asarray(crowd_classes, np.int64)
+        return (
+            as_boxes(boxes),
+            np.asarray(classes, np.int64),
+            as_boxes(crowd_boxes),
+            np.asarray(crowd_classes, np.int64),
+        )
 
 
 def _fail(path, problem):
@@ -93,8 +179,11 @@ def _fail(path, problem):
 
 
 def _number_list(value, n):
-    return isinstance(value, (list, tuple)) and len(value) == n and \
-        all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == n
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+    )
 
 
 def load_coco_annotations(path, names: Sequence[str]) -> CocoAnnotations:
@@ -144,8 +233,7 @@ def load_coco_annotations(path, names: Sequence[str]) -> CocoAnnotations:
         if a.get("category_id") not in cats:
             _fail(path, f"{where}: category_id {a.get('category_id')!r} is not in 'categories'")
         if not _number_list(a.get("bbox"), 4) or a["bbox"][2] < 0 or a["bbox"][3] < 0:
-            _fail(path, f"{where}: bbox must be [x, y, width, height] with width, height >= 0; got "
-                        f"{a.get('bbox')!r}")
+            _fail(path, f"{where}: bbox must be [x, y, width, height] with width, height >= 0; got {a.get('bbox')!r}")
         anns.setdefault(a["image_id"], []).append(a)
 
     category_ids, pairing = _pair(path, cats, list(names))
@@ -163,6 +251,9 @@ def _pair(path, cats, names):
     if len(cats) == len(names):
         return sorted(cats), "id order"
     unmatched = [n for n in names if len(by_name.get(_key(n), ())) != 1]
-    _fail(path, f"{len(cats)} categories cannot be paired with {len(names)} classes: the names "
-                f"{', '.join(repr(n) for n in unmatched[:5])}{' ...' if len(unmatched) > 5 else ''} are not "
-                "category names, and the counts differ")
+    _fail(
+        path,
+        f"{len(cats)} categories cannot be paired with {len(names)} classes: the names "
+        f"{', '.join(repr(n) for n in unmatched[:5])}{' ...' if len(unmatched) > 5 else ''} are not "
+        "category names, and the counts differ",
+    )

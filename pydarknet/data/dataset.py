@@ -36,16 +36,21 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-
 from pydarknet.data.images import IMAGE_EXTENSIONS
 from pydarknet.data.labels import label_path
 from pydarknet.errors import DataError
 
-__all__ = ["DataError", "Dataset", "read_data_file", "resolve_path", "read_image_list", "read_names",
-           "load_dataset", "read_data_yaml", "data_classes"]
-
-
-
+__all__ = [
+    "DataError",
+    "Dataset",
+    "read_data_file",
+    "resolve_path",
+    "read_image_list",
+    "read_names",
+    "load_dataset",
+    "read_data_yaml",
+    "data_classes",
+]
 
 
 # ----- .data files and paths ---------------------------------------------------------------------------------
@@ -119,13 +124,14 @@ def read_names(path) -> List[str]:
 @dataclass
 class Dataset:
     """A detection dataset: image lists, class names and where training outputs go."""
-    source: str                 # the .data / data.yaml file
+
+    source: str  # the .data / data.yaml file
     classes: int
     names: List[str]
-    train: List[str]            # image paths
+    train: List[str]  # image paths
     valid: List[str]
-    backup: pathlib.Path        # folder for weights and bad.list / bad_label.list
-    options: Dict[str, object] = field(default_factory=dict)   # every key of the file, as read
+    backup: pathlib.Path  # folder for weights and bad.list / bad_label.list
+    options: Dict[str, object] = field(default_factory=dict)  # every key of the file, as read
 
     def label_path(self, image_path) -> str:
         return label_path(image_path)

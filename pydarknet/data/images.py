@@ -13,12 +13,34 @@ import numpy as np
 
 from pydarknet.errors import ImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "load_image", "to_planar", "resize_image", "letterbox_size", "letterbox_image",
-           "preprocess", "TO_FLOAT"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "load_image",
+    "to_planar",
+    "resize_image",
+    "letterbox_size",
+    "letterbox_image",
+    "preprocess",
+    "TO_FLOAT",
+]
 
 # Every extension Darknet's OpenCV build and PIL read; lists, folders and data.yaml entries are filtered by it.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm",
-                    ".jp2", ".jpe", ".jfif")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".jp2",
+    ".jpe",
+    ".jfif",
+)
 
 _F32 = np.float32
 # value/255 computed in double and stored as float, as Darknet's loaders do; a table is exact and fast.
@@ -53,8 +75,10 @@ def load_image(source):
         return _pil_to_rgb(source, exif=False), getattr(source, "filename", None) or None
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source), None
-    raise TypeError(f"cannot detect on a {type(source).__name__}: pass a path, a PIL image or an HxWx3 uint8 "
-                    "RGB array (or a list of them)")
+    raise TypeError(
+        f"cannot detect on a {type(source).__name__}: pass a path, a PIL image or an HxWx3 uint8 "
+        "RGB array (or a list of them)"
+    )
 
 
 def _pil_to_rgb(im, exif):
@@ -128,13 +152,13 @@ def resize_image(im, w, h):
         return im.copy()
     part = np.empty((c, H, w), _F32)
     if W == 1 or w == 1:
-        part[:] = im[:, :, W - 1:W]
+        part[:] = im[:, :, W - 1 : W]
     else:
         w_scale = _F32(W - 1) / _F32(w - 1)
         sx = np.arange(w - 1, dtype=_F32) * w_scale
         ix = sx.astype(np.int64)
         dx = sx - ix.astype(_F32)
-        part[:, :, :w - 1] = (_F32(1) - dx) * im[:, :, ix] + dx * im[:, :, ix + 1]
+        part[:, :, : w - 1] = (_F32(1) - dx) * im[:, :, ix] + dx * im[:, :, ix + 1]
         part[:, :, w - 1] = im[:, :, W - 1]
     if H == 1 or h == 1:
         # h == 1: Darknet divides by zero here (h_scale = inf, row 0 at NaN); row 0 is the sensible answer.
@@ -144,7 +168,7 @@ def resize_image(im, w, h):
     iy = sy.astype(np.int64)
     dy = sy - iy.astype(_F32)
     out = (_F32(1) - dy)[None, :, None] * part[:, iy, :]
-    out[:, :h - 1, :] += dy[:h - 1, None] * part[:, iy[:h - 1] + 1, :]
+    out[:, : h - 1, :] += dy[: h - 1, None] * part[:, iy[: h - 1] + 1, :]
     return out
 
 
@@ -164,7 +188,7 @@ def letterbox_image(im, net_w, net_h):
     resized = resize_image(im, new_w, new_h)
     boxed = np.full((c, net_h, net_w), 0.5, _F32)
     dx, dy = (net_w - new_w) // 2, (net_h - new_h) // 2
-    boxed[:, dy:dy + new_h, dx:dx + new_w] = resized
+    boxed[:, dy : dy + new_h, dx : dx + new_w] = resized
     return boxed
 
 
@@ -174,5 +198,3 @@ def preprocess(rgb, net_w, net_h, letterbox=False):
     if letterbox:
         return letterbox_image(planar, net_w, net_h)
     return resize_image(planar, net_w, net_h)
-
-

@@ -22,23 +22,34 @@ import numpy as np
 
 from pydarknet.errors import DataError
 
-__all__ = ["LABEL_EPS", "ProblemLog", "label_candidates", "label_path", "parse_labels", "read_labels",
-           "read_yolo_labels"]
+__all__ = [
+    "LABEL_EPS",
+    "ProblemLog",
+    "label_candidates",
+    "label_path",
+    "parse_labels",
+    "read_labels",
+    "read_yolo_labels",
+]
 
 # How far outside [0, 1] a label coordinate may stray and still be taken (then clipped). Annotation tools
 # round, and boxes touching the border often end at 1.0004; anything further out is a wrong label.
 LABEL_EPS = 0.01
 
-MAX_PROBLEMS_LISTED = 20     # bad lines reported per label file
+MAX_PROBLEMS_LISTED = 20  # bad lines reported per label file
 
 
 # AlexeyAB's replace_image_to_label substitutions, in its order (first occurrence of each).
 _ALEXEYAB_SUBSTITUTIONS = (
-    ("/images/train2017/", "/labels/train2017/"), ("/images/val2017/", "/labels/val2017/"),
+    ("/images/train2017/", "/labels/train2017/"),
+    ("/images/val2017/", "/labels/val2017/"),
     ("/JPEGImages/", "/labels/"),
-    ("\\images\\train2017\\", "\\labels\\train2017\\"), ("\\images\\val2017\\", "\\labels\\val2017\\"),
-    ("\\images\\train2014\\", "\\labels\\train2014\\"), ("\\images\\val2014\\", "\\labels\\val2014\\"),
-    ("/images/train2014/", "/labels/train2014/"), ("/images/val2014/", "/labels/val2014/"),
+    ("\\images\\train2017\\", "\\labels\\train2017\\"),
+    ("\\images\\val2017\\", "\\labels\\val2017\\"),
+    ("\\images\\train2014\\", "\\labels\\train2014\\"),
+    ("\\images\\val2014\\", "\\labels\\val2014\\"),
+    ("/images/train2014/", "/labels/train2014/"),
+    ("/images/val2014/", "/labels/val2014/"),
     ("\\JPEGImages\\", "\\labels\\"),
 )
 
@@ -111,8 +122,9 @@ def parse_labels(path, classes: int, eps: float = LABEL_EPS) -> Tuple[np.ndarray
             continue
         where = f"line {k}"
         if len(parts) != 5:
-            problems.append(f"{where}: expected 'class x y w h' (5 numbers), got {len(parts)} fields: "
-                            f"{line.strip()[:80]!r}")
+            problems.append(
+                f"{where}: expected 'class x y w h' (5 numbers), got {len(parts)} fields: {line.strip()[:80]!r}"
+            )
             continue
         try:
             values = [float(v) for v in parts]
@@ -127,13 +139,16 @@ def parse_labels(path, classes: int, eps: float = LABEL_EPS) -> Tuple[np.ndarray
             problems.append(f"{where}: class {parts[0]} is not an integer in [0, {classes - 1}]")
             continue
         if not (lo <= x <= hi and lo <= y <= hi and 0 < w <= hi and 0 < h <= hi):
-            problems.append(f"{where}: box x={x:g} y={y:g} w={w:g} h={h:g} is not inside [0, 1] "
-                            f"(relative coordinates; w, h > 0)")
+            problems.append(
+                f"{where}: box x={x:g} y={y:g} w={w:g} h={h:g} is not inside [0, 1] (relative coordinates; w, h > 0)"
+            )
             continue
         left, right, top, bottom = x - w / 2, x + w / 2, y - h / 2, y + h / 2
         if left < lo or top < lo or right > hi or bottom > hi:
-            problems.append(f"{where}: box x={x:g} y={y:g} w={w:g} h={h:g} reaches outside the image "
-                            f"(edges {left:.4g}..{right:.4g}, {top:.4g}..{bottom:.4g})")
+            problems.append(
+                f"{where}: box x={x:g} y={y:g} w={w:g} h={h:g} reaches outside the image "
+                f"(edges {left:.4g}..{right:.4g}, {top:.4g}..{bottom:.4g})"
+            )
             continue
         left, right = max(left, 0.0), min(right, 1.0)
         top, bottom = max(top, 0.0), min(bottom, 1.0)
@@ -162,7 +177,7 @@ class ProblemLog:
 
     def __init__(self, folder=None):
         self.folder = pathlib.Path(folder) if folder is not None else None
-        self.entries: List[Tuple[str, str, str]] = []   # (list name, path, reason)
+        self.entries: List[Tuple[str, str, str]] = []  # (list name, path, reason)
         self._seen = set()
         self._lock = threading.Lock()
 

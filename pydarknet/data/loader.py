@@ -42,15 +42,15 @@ import numpy as np
 
 from pydarknet.data.augment import AugmentSettings, augment_sample, rand_scale, settings_from_network
 from pydarknet.data.dataset import DataError, Dataset
-from pydarknet.data.labels import ProblemLog, label_path, parse_labels
 from pydarknet.data.images import TO_FLOAT, load_image
+from pydarknet.data.labels import ProblemLog, label_path, parse_labels
 
 __all__ = ["Loader", "input_size", "STREAM_SAMPLE", "STREAM_BATCH", "STREAM_EPOCH", "STREAM_SCALE"]
 
 # Independent random streams: the second entry of every seed.
 STREAM_SAMPLE, STREAM_BATCH, STREAM_EPOCH, STREAM_SCALE = 0, 1, 2, 3
-MULTISCALE_PERIOD = 10        # Darknet resizes the network every 10 iterations
-MULTISCALE_TAIL = 100         # ... and uses the largest size for the last 100
+MULTISCALE_PERIOD = 10  # Darknet resizes the network every 10 iterations
+MULTISCALE_TAIL = 100  # ... and uses the largest size for the last 100
 PARTS = {"plain": 1, "mixup": 2, "mosaic": 4}
 
 
@@ -101,7 +101,7 @@ class _Source:
         self.seed = int(seed)
         self.batch = int(batch)
         self._perms = {}
-        self._unreadable = {}      # index -> reason, found by this process
+        self._unreadable = {}  # index -> reason, found by this process
 
     def permutation(self, epoch):
         perm = self._perms.get(epoch)
@@ -118,7 +118,7 @@ class _Source:
             return None
         try:
             rgb, _ = load_image(self.paths[index])
-        except (OSError, ValueError) as e:            # FileNotFoundError, ImageError, decoder errors
+        except (OSError, ValueError) as e:  # FileNotFoundError, ImageError, decoder errors
             reason = str(e).replace(self.paths[index] + ": ", "", 1) or type(e).__name__
             self._unreadable[index] = reason
             problems.append((self.paths[index], reason))
@@ -182,9 +182,20 @@ class Loader:
     100 iterations); ``start_method``: the multiprocessing start method (default ``fork`` where available).
     """
 
-    def __init__(self, images: Sequence[str], classes: int, settings: AugmentSettings, *, batch: int, seed: int = 0,
-                 workers: int = 0, prefetch: int = 2, problems=None, max_batches: Optional[int] = None,
-                 start_method: Optional[str] = None):
+    def __init__(
+        self,
+        images: Sequence[str],
+        classes: int,
+        settings: AugmentSettings,
+        *,
+        batch: int,
+        seed: int = 0,
+        workers: int = 0,
+        prefetch: int = 2,
+        problems=None,
+        max_batches: Optional[int] = None,
+        start_method: Optional[str] = None,
+    ):
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
         if workers < 0 or prefetch < 0:
@@ -200,16 +211,19 @@ class Loader:
         self.problems = problems if isinstance(problems, ProblemLog) else ProblemLog(problems)
         paths, boxes = self._scan(images)
         if not paths:
-            raise DataError(f"no usable training images among {len(images)} (see bad.list and bad_label.list"
-                            + (f" in {self.problems.folder})" if self.problems.folder else ")"))
+            raise DataError(
+                f"no usable training images among {len(images)} (see bad.list and bad_label.list"
+                + (f" in {self.problems.folder})" if self.problems.folder else ")")
+            )
         self.images = paths
         self._source = _Source(paths, boxes, settings, self.seed, self.batch_size)
         self._pool = None
         self._pending = {}
         if self.workers:
             method = start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method),
-                                                initializer=_init_worker, initargs=(self._source,))
+            self._pool = cf.ProcessPoolExecutor(
+                self.workers, mp_context=mp.get_context(method), initializer=_init_worker, initargs=(self._source,)
+            )
             # Start the processes now, before the caller starts threads of its own.
             list(self._pool.map(_worker_ready, range(self.workers)))
 
@@ -221,8 +235,11 @@ class Loader:
 
         settings = settings_from_network(net)
         if batch is None:
-            desc = net if isinstance(net, NetworkDesc) else getattr(net, "desc", None) or \
-                load_network_desc(net, lenient=True)
+            desc = (
+                net
+                if isinstance(net, NetworkDesc)
+                else getattr(net, "desc", None) or load_network_desc(net, lenient=True)
+            )
             batch = int(desc.net["batch"])
         kwargs.setdefault("problems", dataset.backup)
         return cls(dataset.train, dataset.classes, settings, batch=batch, **kwargs)
@@ -322,6 +339,7 @@ class Loader:
                         truths[slot] = boxes
                 finally:
                     stored[slot].set()
+
             fut.add_done_callback(store)
             futures.append(fut)
         return images, truths, futures, stored
@@ -343,10 +361,10 @@ class Loader:
     def _collect(self, pending):
         images, truths, futures, stored = pending
         for f, done in zip(futures, stored):
-            err = f.exception()          # waits for the worker
+            err = f.exception()  # waits for the worker
             if err is not None:
                 raise err
-            done.wait()                  # and for the copy into the batch
+            done.wait()  # and for the copy into the batch
             self._log(f.result()[2])
         return images, list(truths)
 

@@ -34,8 +34,8 @@ import numpy as np
 __all__ = ["SHAPES", "generate", "render_image"]
 
 SHAPES = ("circle", "square", "triangle", "star", "ring", "cross", "crescent", "hexagon")
-SUPERSAMPLE = 4            # shapes are drawn at 4x and reduced: antialiased edges
-MIN_CONTRAST = 80.0        # RGB distance between an object's colour and the background under it
+SUPERSAMPLE = 4  # shapes are drawn at 4x and reduced: antialiased edges
+MIN_CONTRAST = 80.0  # RGB distance between an object's colour and the background under it
 
 
 def _regular(n, start_deg, radius=1.0):
@@ -51,8 +51,9 @@ def _star(points=5, inner=0.45):
 
 def _cross(arm=0.34):
     a, o = arm, 1.0
-    return np.array([[-a, -o], [a, -o], [a, -a], [o, -a], [o, a], [a, a], [a, o], [-a, o], [-a, a], [-o, a],
-                     [-o, -a], [-a, -a]])
+    return np.array(
+        [[-a, -o], [a, -o], [a, -a], [o, -a], [o, a], [a, a], [a, o], [-a, o], [-a, a], [-o, a], [-o, -a], [-a, -a]]
+    )
 
 
 # Each shape: a list of (polygon or "disc", radius/None, offset, add=True/False) drawn in order onto a mask.
@@ -98,7 +99,7 @@ def _shape_mask(name, angle, stretch, radius, cx, cy, width, height):
     draw = ImageDraw.Draw(canvas)
     for poly, r, offset, add in _shape_parts(name):
         fill = 255 if add else 0
-        if isinstance(poly, str):          # a disc (an ellipse after the stretch): drawn as a fine polygon
+        if isinstance(poly, str):  # a disc (an ellipse after the stretch): drawn as a fine polygon
             a = np.linspace(0, 2 * np.pi, 96, endpoint=False)
             pts = np.stack([np.cos(a) * r + offset[0], np.sin(a) * r + offset[1]], axis=1)
         else:
@@ -115,25 +116,25 @@ def _background(rng, width, height):
     c1, c2 = rng.uniform(0, 255, 3).astype(np.float32), rng.uniform(0, 255, 3).astype(np.float32)
     xs = np.arange(width, dtype=np.float32)[None, :]
     ys = np.arange(height, dtype=np.float32)[:, None]
-    if kind == 0:                                   # linear gradient
+    if kind == 0:  # linear gradient
         a = rng.uniform(0, 2 * np.pi)
         t = xs * np.float32(math.cos(a)) + ys * np.float32(math.sin(a))
         t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
         img = c1 + (c2 - c1) * t[..., None]
-    elif kind == 1:                                 # stripes, soft or hard
+    elif kind == 1:  # stripes, soft or hard
         a = rng.uniform(0, np.pi)
         k = np.float32(2 * np.pi / rng.uniform(6, 40))
         t = 0.5 + 0.5 * np.sin((xs * np.float32(math.cos(a)) + ys * np.float32(math.sin(a))) * k)
         if rng.integers(2):
             t = (t > 0.5).astype(np.float32)
         img = c1 + (c2 - c1) * t[..., None]
-    else:                                           # smooth noise: a coarse random grid, enlarged
+    else:  # smooth noise: a coarse random grid, enlarged
         from PIL import Image
 
         gw, gh = int(rng.integers(3, 9)), int(rng.integers(3, 9))
         grid = rng.uniform(0, 255, (gh, gw, 3)).astype(np.uint8)
         img = np.asarray(Image.fromarray(grid).resize((width, height), Image.BICUBIC), np.float32)
-    grain = np.float32(rng.uniform(0, 20))          # uniform grain, up to +-10 levels
+    grain = np.float32(rng.uniform(0, 20))  # uniform grain, up to +-10 levels
     img = img + (rng.random((height, width, 3), dtype=np.float32) - np.float32(0.5)) * grain
     return np.clip(img, 0, 255, out=img)
 
@@ -161,8 +162,18 @@ def _overlap(a, b):
     return iw * ih / max(smaller, 1e-9)
 
 
-def render_image(rng, width, height, classes: Sequence[str], max_objects=4, min_size=0.15, max_size=0.45,
-                 max_overlap=0.3, empty_fraction=0.05, occluders=0.3):
+def render_image(
+    rng,
+    width,
+    height,
+    classes: Sequence[str],
+    max_objects=4,
+    min_size=0.15,
+    max_size=0.45,
+    max_overlap=0.3,
+    empty_fraction=0.05,
+    occluders=0.3,
+):
     """One image: ``(rgb uint8 (h, w, 3), rows)`` with ``rows`` a list of ``(class, x, y, w, h)`` relative."""
     img = _background(rng, width, height)
     short = min(width, height)
@@ -172,7 +183,7 @@ def render_image(rng, width, height, classes: Sequence[str], max_objects=4, min_
     for _ in range(n):
         cls = int(rng.integers(len(classes)))
         for _attempt in range(20):
-            size = rng.uniform(min_size, max_size) * short          # the shape's extent before the stretch
+            size = rng.uniform(min_size, max_size) * short  # the shape's extent before the stretch
             radius = size / 2
             stretch = float(np.exp(rng.uniform(np.log(0.75), np.log(1.33))))
             angle = float(rng.uniform(0, 2 * np.pi))
@@ -189,7 +200,7 @@ def render_image(rng, width, height, classes: Sequence[str], max_objects=4, min_
             if any(_overlap(box, other) > max_overlap for other in placed):
                 continue
             mh, mw = mask.shape
-            region = img[y0:y0 + mh, x0:x0 + mw]
+            region = img[y0 : y0 + mh, x0 : x0 + mw]
             under = region[mask >= 0.5].mean(axis=0)
             colour = _contrasting_colour(rng, under).astype(np.float32)
             shade = 1 + np.float32(rng.uniform(-0.15, 0.15)) * np.linspace(-1, 1, mh, dtype=np.float32)
@@ -197,8 +208,9 @@ def render_image(rng, width, height, classes: Sequence[str], max_objects=4, min_
             region += (np.clip(colour * shade[:, None, None], 0, 255) - region) * alpha
             placed.append(box)
             bx0, by0, bx1, by1 = box
-            rows.append((cls, (bx0 + bx1) / 2 / width, (by0 + by1) / 2 / height, (bx1 - bx0) / width,
-                         (by1 - by0) / height))
+            rows.append(
+                (cls, (bx0 + bx1) / 2 / width, (by0 + by1) / 2 / height, (bx1 - bx0) / width, (by1 - by0) / height)
+            )
             break
     if rng.random() < occluders:
         from PIL import Image, ImageDraw
@@ -211,13 +223,14 @@ def render_image(rng, width, height, classes: Sequence[str], max_objects=4, min_
             cx, cy = rng.uniform(0, width), rng.uniform(0, height)
             half = rng.uniform(0.2, 0.6) * short
             dx, dy = math.cos(a) * half, math.sin(a) * half
-            draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=255,
-                      width=max(2, int(rng.uniform(0.02, 0.05) * short)))
+            draw.line(
+                [(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=255, width=max(2, int(rng.uniform(0.02, 0.05) * short))
+            )
         m = np.asarray(layer)
         ys, xs = np.nonzero(m)
         alpha = (m[ys, xs].astype(np.float32) / 255)[:, None]
         img[ys, xs] += (colour.astype(np.float32) - img[ys, xs]) * alpha
-    img += np.float32(0.5)                         # round: values are in [0, 255]
+    img += np.float32(0.5)  # round: values are in [0, 255]
     return img.astype(np.uint8), rows
 
 
@@ -245,9 +258,23 @@ def _class_names(classes) -> List[str]:
     return names
 
 
-def generate(out_dir, n_train=200, n_valid=50, size: Union[int, Tuple[int, int]] = 256,
-             classes: Union[int, Sequence[str]] = 5, seed=0, *, max_objects=4, min_size=0.15, max_size=0.45,
-             max_overlap=0.3, empty_fraction=0.05, occluders=0.3, image_format="jpg", quality=92) -> pathlib.Path:
+def generate(
+    out_dir,
+    n_train=200,
+    n_valid=50,
+    size: Union[int, Tuple[int, int]] = 256,
+    classes: Union[int, Sequence[str]] = 5,
+    seed=0,
+    *,
+    max_objects=4,
+    min_size=0.15,
+    max_size=0.45,
+    max_overlap=0.3,
+    empty_fraction=0.05,
+    occluders=0.3,
+    image_format="jpg",
+    quality=92,
+) -> pathlib.Path:
     """Write the dataset (see the module documentation) and return the path of its ``.data`` file.
 
     ``size``: image width and height (an int for square images); ``classes``: how many of :data:`SHAPES`
@@ -271,21 +298,26 @@ def generate(out_dir, n_train=200, n_valid=50, size: Union[int, Tuple[int, int]]
         paths = []
         for i in range(int(count)):
             rng = np.random.default_rng([int(seed), split_id, i])
-            rgb, rows = render_image(rng, width, height, names, max_objects, min_size, max_size, max_overlap,
-                                     empty_fraction, occluders)
+            rgb, rows = render_image(
+                rng, width, height, names, max_objects, min_size, max_size, max_overlap, empty_fraction, occluders
+            )
             path = folder / f"{i:05d}.{image_format}"
             if image_format == "jpg":
                 Image.fromarray(rgb).save(path, quality=quality)
             else:
                 Image.fromarray(rgb).save(path)
             path.with_suffix(".txt").write_text(
-                "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in rows), encoding="utf-8")
+                "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in rows), encoding="utf-8"
+            )
             paths.append(str(path))
         lists[split] = out / f"{split}.txt"
         lists[split].write_text("".join(p + "\n" for p in paths), encoding="utf-8")
     names_path = out / "shapes.names"
     names_path.write_text("".join(n + "\n" for n in names), encoding="utf-8")
     data_path = out / "shapes.data"
-    data_path.write_text(f"classes = {len(names)}\ntrain = {lists['train']}\nvalid = {lists['valid']}\n"
-                         f"names = {names_path}\nbackup = {out / 'backup'}\n", encoding="utf-8")
+    data_path.write_text(
+        f"classes = {len(names)}\ntrain = {lists['train']}\nvalid = {lists['valid']}\n"
+        f"names = {names_path}\nbackup = {out / 'backup'}\n",
+        encoding="utf-8",
+    )
     return data_path

@@ -45,8 +45,18 @@ import numpy as np
 
 from pydarknet.data.labels import label_path
 
-__all__ = ["Evaluator", "evaluate", "average_precision", "box_iou", "yolo_to_xyxy", "read_yolo_labels",
-           "label_path_for", "coco_eval", "COCO_KEYS", "format_report", "plot_pr_curves"]
+__all__ = [
+    "Evaluator",
+    "evaluate",
+    "average_precision",
+    "box_iou",
+    "yolo_to_xyxy",
+    "label_path_for",
+    "coco_eval",
+    "COCO_KEYS",
+    "format_report",
+    "plot_pr_curves",
+]
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -88,7 +98,7 @@ def average_precision(recall, precision, points=0):
     if points == 0:
         mrec = np.concatenate([[0.0], recall])
         mpre = np.concatenate([[0.0], precision])
-        mpre = np.maximum.accumulate(mpre[::-1])[::-1]          # monotone envelope
+        mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # monotone envelope
         return float(np.sum((mrec[1:] - mrec[:-1]) * mpre[1:]))
     if points < 2:
         raise ValueError(f"points={points}: use 0 (all points) or N >= 2 (e.g. 11 or 101)")
@@ -104,11 +114,17 @@ def average_precision(recall, precision, points=0):
 def _as_dets(det):
     """``Results`` or ``(boxes, scores, classes)`` -> three arrays."""
     if hasattr(det, "xyxy") and hasattr(det, "conf"):
-        return np.asarray(det.xyxy, dtype=np.float64).reshape(-1, 4), np.asarray(det.conf, dtype=np.float64), \
-            np.asarray(det.class_id, dtype=np.int64)
+        return (
+            np.asarray(det.xyxy, dtype=np.float64).reshape(-1, 4),
+            np.asarray(det.conf, dtype=np.float64),
+            np.asarray(det.class_id, dtype=np.int64),
+        )
     boxes, scores, classes = det
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(scores, dtype=np.float64).reshape(-1), \
-        np.asarray(classes, dtype=np.int64).reshape(-1)
+    return (
+        np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+        np.asarray(scores, dtype=np.float64).reshape(-1),
+        np.asarray(classes, dtype=np.int64).reshape(-1),
+    )
 
 
 class Evaluator:
@@ -119,14 +135,21 @@ class Evaluator:
     ``image_id`` given to :meth:`add` must then be that dataset's ids.
     """
 
-    def __init__(self, num_classes, names: Optional[Sequence[str]] = None, *,
-                 category_ids: Optional[Sequence[int]] = None, coco_ground_truth: Optional[dict] = None):
+    def __init__(
+        self,
+        num_classes,
+        names: Optional[Sequence[str]] = None,
+        *,
+        category_ids: Optional[Sequence[int]] = None,
+        coco_ground_truth: Optional[dict] = None,
+    ):
         self.num_classes = int(num_classes)
         self.names = list(names) if names is not None else [str(i) for i in range(self.num_classes)]
         if len(self.names) != self.num_classes:
             raise ValueError(f"{len(self.names)} names for {self.num_classes} classes")
-        self.category_ids = [c + 1 for c in range(self.num_classes)] if category_ids is None \
-            else [int(c) for c in category_ids]
+        self.category_ids = (
+            [c + 1 for c in range(self.num_classes)] if category_ids is None else [int(c) for c in category_ids]
+        )
         if len(self.category_ids) != self.num_classes:
             raise ValueError(f"{len(self.category_ids)} category ids for {self.num_classes} classes")
         self.coco_ground_truth = coco_ground_truth
@@ -137,23 +160,41 @@ class Evaluator:
         if bad.size:
             raise ValueError(f"{what} class {int(bad[0])} out of range 0..{self.num_classes - 1}")
 
-    def add(self, gt_boxes, gt_classes, det_boxes=None, det_scores=None, det_classes=None, *, width=None,
-            height=None, image_id=None, detections=None, difficult_boxes=None, difficult_classes=None):
+    def add(
+        self,
+        gt_boxes,
+        gt_classes,
+        det_boxes=None,
+        det_scores=None,
+        det_classes=None,
+        *,
+        width=None,
+        height=None,
+        image_id=None,
+        detections=None,
+        difficult_boxes=None,
+        difficult_classes=None,
+    ):
         """Add one image: GT boxes (n,4 xyxy pixels) and classes; detections as arrays or ``detections=Results``;
         optionally difficult GT boxes and classes (see the module doc)."""
         gb = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
         gc = np.asarray(gt_classes, dtype=np.int64).reshape(-1)
-        hb = np.asarray(difficult_boxes if difficult_boxes is not None else np.zeros((0, 4)),
-                        dtype=np.float64).reshape(-1, 4)
+        hb = np.asarray(difficult_boxes if difficult_boxes is not None else np.zeros((0, 4)), dtype=np.float64).reshape(
+            -1, 4
+        )
         hc = np.asarray(difficult_classes if difficult_classes is not None else [], dtype=np.int64).reshape(-1)
         if detections is not None:
             db, ds, dc = _as_dets(detections)
             if width is None and getattr(detections, "image_size", None) is not None:
                 width, height = detections.image_size
         else:
-            db, ds, dc = _as_dets((det_boxes if det_boxes is not None else np.zeros((0, 4)),
-                                   det_scores if det_scores is not None else [],
-                                   det_classes if det_classes is not None else []))
+            db, ds, dc = _as_dets(
+                (
+                    det_boxes if det_boxes is not None else np.zeros((0, 4)),
+                    det_scores if det_scores is not None else [],
+                    det_classes if det_classes is not None else [],
+                )
+            )
         if len(gb) != len(gc) or len(hb) != len(hc) or not (len(db) == len(ds) == len(dc)):
             raise ValueError("boxes, scores and classes must have the same length")
         self._check_classes(gc, "ground-truth")
@@ -161,13 +202,23 @@ class Evaluator:
         if width is None:
             allb = np.concatenate([gb, hb, db]) if len(gb) + len(hb) + len(db) else np.zeros((1, 4))
             width, height = float(max(1.0, allb[:, 2].max())), float(max(1.0, allb[:, 3].max()))
-        self.images.append(dict(gt_boxes=gb, gt_classes=gc, difficult_boxes=hb, difficult_classes=hc,
-                                det_boxes=db, det_scores=ds, det_classes=dc, width=float(width),
-                                height=float(height),
-                                image_id=image_id if image_id is not None else len(self.images) + 1))
+        self.images.append(
+            dict(
+                gt_boxes=gb,
+                gt_classes=gc,
+                difficult_boxes=hb,
+                difficult_classes=hc,
+                det_boxes=db,
+                det_scores=ds,
+                det_classes=dc,
+                width=float(width),
+                height=float(height),
+                image_id=image_id if image_id is not None else len(self.images) + 1,
+            )
+        )
 
     # Darknet-style -------------------------------------------------------------------------------------------
-    _DIFFICULT = -2     # bound-GT marker of a detection that only a difficult box explains
+    _DIFFICULT = -2  # bound-GT marker of a detection that only a difficult box explains
 
     def _match(self, iou_thresh):
         """Per detection: (image index, class, score, bound GT index, -1 or _DIFFICULT, its IoU)."""
@@ -195,7 +246,7 @@ class Evaluator:
         n_gt = np.zeros(self.num_classes, dtype=np.int64)
         for im in self.images:
             np.add.at(n_gt, im["gt_classes"], 1)
-        order = sorted(range(len(rows)), key=lambda r: -rows[r][2])        # stable: ties keep input order
+        order = sorted(range(len(rows)), key=lambda r: -rows[r][2])  # stable: ties keep input order
         taken = set()
         per_class_flags = [[] for _ in range(self.num_classes)]
         per_class_scores = [[] for _ in range(self.num_classes)]
@@ -216,13 +267,22 @@ class Evaluator:
             rec, prec = _pr_curve(per_class_flags[c], n_gt[c])
             ap = average_precision(rec, prec, points) if n_gt[c] > 0 else 0.0
             flags = per_class_flags[c]
-            per_class.append(dict(class_id=c, name=self.names[c], ap=ap, tp=int(sum(flags)),
-                                  fp=int(len(flags) - sum(flags)), gt=int(n_gt[c]), recall_curve=rec.tolist(),
-                                  precision_curve=prec.tolist(), score_curve=list(per_class_scores[c])))
+            per_class.append(
+                dict(
+                    class_id=c,
+                    name=self.names[c],
+                    ap=ap,
+                    tp=int(sum(flags)),
+                    fp=int(len(flags) - sum(flags)),
+                    gt=int(n_gt[c]),
+                    recall_curve=rec.tolist(),
+                    precision_curve=prec.tolist(),
+                    score_curve=list(per_class_scores[c]),
+                )
+            )
         total_gt = int(n_gt.sum())
         rec, prec = _pr_curve(all_flags, total_gt)
-        overall = dict(recall_curve=rec.tolist(), precision_curve=prec.tolist(), score_curve=all_scores,
-                       gt=total_gt)
+        overall = dict(recall_curve=rec.tolist(), precision_curve=prec.tolist(), score_curve=all_scores, gt=total_gt)
         # at the confidence threshold (Darknet's tp_for_thresh / fp_for_thresh / avg_iou)
         tp_t = fp_t = 0
         iou_sum = 0.0
@@ -242,8 +302,16 @@ class Evaluator:
         recall = tp_t / total_gt if total_gt else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         mean_ap = float(np.mean([p["ap"] for p in per_class])) if per_class else 0.0
-        at_thresh = dict(thresh=thresh, precision=precision, recall=recall, f1=f1, tp=tp_t, fp=fp_t, fn=fn_t,
-                         avg_iou=iou_sum / (tp_t + fp_t) if tp_t + fp_t else 0.0)
+        at_thresh = dict(
+            thresh=thresh,
+            precision=precision,
+            recall=recall,
+            f1=f1,
+            tp=tp_t,
+            fp=fp_t,
+            fn=fn_t,
+            avg_iou=iou_sum / (tp_t + fp_t) if tp_t + fp_t else 0.0,
+        )
         return mean_ap, per_class, at_thresh, overall
 
     # COCO ----------------------------------------------------------------------------------------------------
@@ -251,9 +319,14 @@ class Evaluator:
         dets = []
         for im in self.images:
             for b, s, c in zip(im["det_boxes"], im["det_scores"], im["det_classes"]):
-                dets.append(dict(image_id=im["image_id"], category_id=self.category_ids[int(c)],
-                                 bbox=[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
-                                 score=float(s)))
+                dets.append(
+                    dict(
+                        image_id=im["image_id"],
+                        category_id=self.category_ids[int(c)],
+                        bbox=[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                        score=float(s),
+                    )
+                )
         return dets
 
     def coco_datasets(self):
@@ -261,13 +334,22 @@ class Evaluator:
         images, anns = [], []
         for im in self.images:
             images.append(dict(id=im["image_id"], width=im["width"], height=im["height"]))
-            for boxes, classes, crowd in ((im["gt_boxes"], im["gt_classes"], 0),
-                                          (im["difficult_boxes"], im["difficult_classes"], 1)):
+            for boxes, classes, crowd in (
+                (im["gt_boxes"], im["gt_classes"], 0),
+                (im["difficult_boxes"], im["difficult_classes"], 1),
+            ):
                 for b, c in zip(boxes, classes):
                     w, h = float(b[2] - b[0]), float(b[3] - b[1])
-                    anns.append(dict(id=len(anns) + 1, image_id=im["image_id"],
-                                     category_id=self.category_ids[int(c)], bbox=[float(b[0]), float(b[1]), w, h],
-                                     area=w * h, iscrowd=crowd))
+                    anns.append(
+                        dict(
+                            id=len(anns) + 1,
+                            image_id=im["image_id"],
+                            category_id=self.category_ids[int(c)],
+                            bbox=[float(b[0]), float(b[1]), w, h],
+                            area=w * h,
+                            iscrowd=crowd,
+                        )
+                    )
         cats = [dict(id=self.category_ids[c], name=self.names[c]) for c in range(self.num_classes)]
         return dict(info={}, licenses=[], images=images, annotations=anns, categories=cats), self._coco_detections()
 
@@ -276,14 +358,26 @@ class Evaluator:
         if self.coco_ground_truth is None:
             gt, dets = self.coco_datasets()
             return coco_eval(gt, dets)
-        return coco_eval(self.coco_ground_truth, self._coco_detections(),
-                         image_ids=[im["image_id"] for im in self.images], category_ids=self.category_ids)
+        return coco_eval(
+            self.coco_ground_truth,
+            self._coco_detections(),
+            image_ids=[im["image_id"] for im in self.images],
+            category_ids=self.category_ids,
+        )
 
     def compute(self, iou_thresh=0.5, points=0, thresh=0.25, coco=True):
         """The metrics dict: ``map``, ``coco``, ``per_class``, ``overall``, ``at_thresh`` and the settings."""
         mean_ap, per_class, at_thresh, overall = self.darknet_metrics(iou_thresh, points, thresh)
-        out = dict(map=mean_ap, iou_thresh=iou_thresh, points=points, images=len(self.images),
-                   at_thresh=at_thresh, per_class=per_class, overall=overall, coco=None)
+        out = dict(
+            map=mean_ap,
+            iou_thresh=iou_thresh,
+            points=points,
+            images=len(self.images),
+            at_thresh=at_thresh,
+            per_class=per_class,
+            overall=overall,
+            coco=None,
+        )
         if coco:
             out["coco"] = self.coco_metrics()
         return out
@@ -328,8 +422,9 @@ def coco_eval(gt_dataset, detections, image_ids=None, category_ids=None):
     return dict(zip(COCO_KEYS, (float(v) for v in ev.stats)))
 
 
-def evaluate(ground_truth, detections, num_classes, names=None, *, iou_thresh=0.5, points=0, thresh=0.25,
-             coco=True, sizes=None):
+def evaluate(
+    ground_truth, detections, num_classes, names=None, *, iou_thresh=0.5, points=0, thresh=0.25, coco=True, sizes=None
+):
     """One-call form: ``ground_truth`` a list of ``(boxes, classes)`` per image, ``detections`` a list of
     ``Results`` or ``(boxes, scores, classes)``; ``sizes`` optional ``(width, height)`` per image."""
     if len(ground_truth) != len(detections):
@@ -351,21 +446,28 @@ def format_report(metrics) -> str:
     for p in metrics["per_class"]:
         if p["gt"] == 0 and p["tp"] + p["fp"] == 0 and len(metrics["per_class"]) > 20:
             continue
-        lines.append(f"{p['class_id']:3d} {p['name'][:20]:20s} {100 * p['ap']:6.2f}% {p['tp']:6d} {p['fp']:6d} "
-                     f"{p['gt']:6d}")
+        lines.append(
+            f"{p['class_id']:3d} {p['name'][:20]:20s} {100 * p['ap']:6.2f}% {p['tp']:6d} {p['fp']:6d} {p['gt']:6d}"
+        )
     t = metrics["at_thresh"]
-    lines.append(f"for conf_thresh = {t['thresh']:.2f}: precision = {t['precision']:.2f}, recall = {t['recall']:.2f}, "
-                 f"F1-score = {t['f1']:.2f}; TP = {t['tp']}, FP = {t['fp']}, FN = {t['fn']}, "
-                 f"average IoU = {100 * t['avg_iou']:.2f} %")
+    lines.append(
+        f"for conf_thresh = {t['thresh']:.2f}: precision = {t['precision']:.2f}, recall = {t['recall']:.2f}, "
+        f"F1-score = {t['f1']:.2f}; TP = {t['tp']}, FP = {t['fp']}, FN = {t['fn']}, "
+        f"average IoU = {100 * t['avg_iou']:.2f} %"
+    )
     pts = metrics["points"]
     style = "area under the envelope" if pts == 0 else f"{pts}-point"
-    lines.append(f"Darknet mAP@{metrics['iou_thresh']:.2f} ({style}, {len(metrics['per_class'])} classes): "
-                 f"{metrics['map']:.4f} ({100 * metrics['map']:.2f} %)")
+    lines.append(
+        f"Darknet mAP@{metrics['iou_thresh']:.2f} ({style}, {len(metrics['per_class'])} classes): "
+        f"{metrics['map']:.4f} ({100 * metrics['map']:.2f} %)"
+    )
     c = metrics.get("coco")
     if c:
-        lines.append(f"COCO (pycocotools) AP@[.50:.95] = {c['AP']:.4f}   AP50 = {c['AP50']:.4f}   AP75 = {c['AP75']:.4f}"
-                     f"   APs/APm/APl = {c['APs']:.3f}/{c['APm']:.3f}/{c['APl']:.3f}   "
-                     f"AR1/AR10/AR100 = {c['AR1']:.3f}/{c['AR10']:.3f}/{c['AR100']:.3f}")
+        lines.append(
+            f"COCO (pycocotools) AP@[.50:.95] = {c['AP']:.4f}   AP50 = {c['AP50']:.4f}   AP75 = {c['AP75']:.4f}"
+            f"   APs/APm/APl = {c['APs']:.3f}/{c['APm']:.3f}/{c['APl']:.3f}   "
+            f"AR1/AR10/AR100 = {c['AR1']:.3f}/{c['AR10']:.3f}/{c['AR100']:.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -392,18 +494,33 @@ def plot_pr_curves(metrics, path=None, *, max_legend=20):
     overall = metrics.get("overall")
     if overall is not None:
         # dashed, so that class curves lying on it stay visible
-        (line,) = ax.plot(overall["recall_curve"], overall["precision_curve"], color="black", linewidth=2.2,
-                          linestyle="--", label="all classes ranked together")
+        (line,) = ax.plot(
+            overall["recall_curve"],
+            overall["precision_curve"],
+            color="black",
+            linewidth=2.2,
+            linestyle="--",
+            label="all classes ranked together",
+        )
         line.set_gid("overall")
     t = metrics.get("at_thresh")
     if t is not None:
-        (line,) = ax.plot([t["recall"]], [t["precision"]], "o", color="black", markersize=7,
-                          label=f"conf > {t['thresh']:g}: P {t['precision']:.2f} R {t['recall']:.2f}")
+        (line,) = ax.plot(
+            [t["recall"]],
+            [t["precision"]],
+            "o",
+            color="black",
+            markersize=7,
+            label=f"conf > {t['thresh']:g}: P {t['precision']:.2f} R {t['recall']:.2f}",
+        )
         line.set_gid("at_thresh")
     pts = metrics.get("points", 0)
     style = "area under the envelope" if pts == 0 else f"{pts}-point"
-    ax.set_title(f"Precision-recall, IoU > {metrics['iou_thresh']:.2f}: Darknet mAP {metrics['map']:.4f} "
-                 f"({style}, {len(metrics['per_class'])} classes)", fontsize=10)
+    ax.set_title(
+        f"Precision-recall, IoU > {metrics['iou_thresh']:.2f}: Darknet mAP {metrics['map']:.4f} "
+        f"({style}, {len(metrics['per_class'])} classes)",
+        fontsize=10,
+    )
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)

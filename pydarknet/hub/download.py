@@ -18,9 +18,16 @@ __all__ = ["CHUNK", "save_verified"]
 CHUNK = 1 << 20
 
 
-def save_verified(stream: BinaryIO, dest: pathlib.Path, *, size: int, sha256: Optional[str], origin: str,
-                  error: Type[DarknetError] = AssetError,
-                  progress: Optional[Callable[[int], None]] = None) -> str:
+def save_verified(
+    stream: BinaryIO,
+    dest: pathlib.Path,
+    *,
+    size: int,
+    sha256: Optional[str],
+    origin: str,
+    error: Type[DarknetError] = AssetError,
+    progress: Optional[Callable[[int], None]] = None,
+) -> str:
     """Copy ``stream`` to ``dest`` atomically and return its sha256.
 
     Reading stops as soon as the stream holds more than ``size`` bytes (a wrong URL cannot fill the disk); a

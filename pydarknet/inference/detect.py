@@ -48,15 +48,29 @@ import numpy as np
 from pydarknet.data.images import letterbox_image, letterbox_size, load_image, preprocess, resize_image
 from pydarknet.errors import DarknetError, ImageError
 
-__all__ = ["ImageError", "Detector", "Prepared", "detect", "load_image", "resize_image", "letterbox_size",
-           "letterbox_image", "preprocess", "correct_boxes", "nms", "box_metric", "default_names", "TTA_PASSES",
-           "network_at_size"]
+__all__ = [
+    "ImageError",
+    "Detector",
+    "Prepared",
+    "detect",
+    "load_image",
+    "resize_image",
+    "letterbox_size",
+    "letterbox_image",
+    "preprocess",
+    "correct_boxes",
+    "nms",
+    "box_metric",
+    "default_names",
+    "TTA_PASSES",
+    "network_at_size",
+]
 
 
 _F32 = np.float32
 # Scaled-YOLOv4's test-time augmentation (models/yolo.py, forward with augment): (scale, mirror left-right).
 TTA_PASSES = ((1.0, False), (0.83, True), (0.67, False))
-_TTA_FILL = 0.447            # Scaled-YOLOv4 pads the scaled input with this value (ImageNet's mean)
+_TTA_FILL = 0.447  # Scaled-YOLOv4 pads the scaled input with this value (ImageNet's mean)
 
 
 # ----- decoding --------------------------------------------------------------------------------------------
@@ -69,7 +83,7 @@ def _yolo_candidates(out, opts, net_w, net_h, thresh):
     _, lh, lw = out.shape
     o = out.reshape(a, 5 + classes, lh, lw)
     th = _F32(thresh)
-    obj = o[:, 4]                                        # (A, lh, lw)
+    obj = o[:, 4]  # (A, lh, lw)
     # Darknet walks cells row-major and, in each cell, the anchors in mask order.
     row, col, n = np.nonzero((obj > th).transpose(1, 2, 0))
     objectness = obj[n, row, col]
@@ -88,7 +102,7 @@ def _yolo_candidates(out, opts, net_w, net_h, thresh):
     else:
         boxes[:, 2] = np.exp(tw.astype(np.float64)) * aw / net_w
         boxes[:, 3] = np.exp(tht.astype(np.float64)) * ah / net_h
-    cls = o[n, 5:, row, col] if len(n) else np.zeros((0, classes), _F32)   # (n, C)
+    cls = o[n, 5:, row, col] if len(n) else np.zeros((0, classes), _F32)  # (n, C)
     probs = objectness[:, None] * cls
     probs = np.where(probs > th, probs, _F32(0)).astype(_F32)
     return boxes, objectness.astype(_F32), probs
@@ -217,8 +231,7 @@ class _Pass:
 def _network_stride(net):
     """The largest down-sampling factor from the input to a [yolo] layer (32 for most YOLOs, 64 for P6)."""
     _, h, w = net.input_shape
-    strides = [max(w // net.desc.layers[i].out_shape[2], h // net.desc.layers[i].out_shape[1])
-               for i in net.yolo_layers]
+    strides = [max(w // net.desc.layers[i].out_shape[2], h // net.desc.layers[i].out_shape[1]) for i in net.yolo_layers]
     return max(strides + [1])
 
 
@@ -255,11 +268,11 @@ def network_at_size(net, width, height):
 class Prepared:
     """One loaded, pre-processed image waiting for the network."""
 
-    image: np.ndarray          # HxWx3 uint8 RGB (kept for plotting)
-    tensor: np.ndarray         # (3, net_h, net_w) float32
+    image: np.ndarray  # HxWx3 uint8 RGB (kept for plotting)
+    tensor: np.ndarray  # (3, net_h, net_w) float32
     path: Optional[str]
     preprocess_ms: float
-    tta_tensors: Optional[List[np.ndarray]] = None     # one input per test-time-augmentation pass
+    tta_tensors: Optional[List[np.ndarray]] = None  # one input per test-time-augmentation pass
 
 
 class Detector:
@@ -274,8 +287,7 @@ class Detector:
     Scaled-YOLOv4's three passes, or a list of ``(scale, flip)`` pairs.
     """
 
-    def __init__(self, net, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=None,
-                 tta=False):
+    def __init__(self, net, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=None, tta=False):
         heads = list(net.yolo_layers)
         if not heads:
             raise DarknetError(f"{net.desc.path}: the network has no [yolo] layer, so it cannot detect objects")
@@ -308,7 +320,7 @@ class Detector:
         self.passes = _tta_passes(tta, self.net_w, self.net_h, _network_stride(net)) if tta else None
         self._pass_nets = {}
         if self.passes:
-            for p in self.passes:          # built now, so that a cfg that cannot run a pass fails before any image
+            for p in self.passes:  # built now, so that a cfg that cannot run a pass fails before any image
                 self._pass_network(p)
 
     @property
@@ -331,7 +343,7 @@ class Detector:
         if (p.input_w, p.input_h) == (p.content_w, p.content_h):
             return np.ascontiguousarray(content)
         x = np.full((content.shape[0], p.input_h, p.input_w), _TTA_FILL, _F32)
-        x[:, :p.content_h, :p.content_w] = content
+        x[:, : p.content_h, : p.content_w] = content
         return x
 
     # -- stages --
@@ -347,14 +359,17 @@ class Detector:
         """Run prepared images through the network (in chunks of ``batch``); one Results per image."""
         results = []
         for start in range(0, len(prepared), self.batch):
-            chunk = list(prepared[start:start + self.batch])
+            chunk = list(prepared[start : start + self.batch])
             t0 = time.perf_counter()
             if self.passes:
                 if any(p.tta_tensors is None for p in chunk):
-                    raise ValueError("these images were prepared without test-time augmentation; prepare them "
-                                     "with this detector")
-                pass_outs = [self._pass_network(ps).forward(np.stack([p.tta_tensors[k] for p in chunk]))
-                             for k, ps in enumerate(self.passes)]
+                    raise ValueError(
+                        "these images were prepared without test-time augmentation; prepare them with this detector"
+                    )
+                pass_outs = [
+                    self._pass_network(ps).forward(np.stack([p.tta_tensors[k] for p in chunk]))
+                    for k, ps in enumerate(self.passes)
+                ]
             else:
                 outs = self.net.forward(np.stack([p.tensor for p in chunk]))
             infer_ms = (time.perf_counter() - t0) * 1e3 / len(chunk)
@@ -364,8 +379,11 @@ class Detector:
                     res = self.postprocess_tta([[o[b] for o in outs] for outs in pass_outs], p.image, p.path)
                 else:
                     res = self.postprocess([o[b] for o in outs], p.image, p.path)
-                res.speed = {"preprocess": p.preprocess_ms, "inference": infer_ms,
-                             "postprocess": (time.perf_counter() - t1) * 1e3}
+                res.speed = {
+                    "preprocess": p.preprocess_ms,
+                    "inference": infer_ms,
+                    "postprocess": (time.perf_counter() - t1) * 1e3,
+                }
                 results.append(res)
         return results
 
@@ -407,8 +425,9 @@ class Detector:
         objs = np.concatenate([q[1] for q in parts])
         probs = np.concatenate([q[2] for q in parts])
         probs = nms(boxes, probs, self.nms, self.nms_kind, self.beta_nms)
-        return Results.from_darknet(boxes, objs, probs, names=self.names, image=image, path=path,
-                                    image_size=(img_w, img_h))
+        return Results.from_darknet(
+            boxes, objs, probs, names=self.names, image=image, path=path, image_size=(img_w, img_h)
+        )
 
     def postprocess(self, outputs, image, path=None, image_size=None):
         """Decode one image's [yolo] outputs (one (A*(5+C), h, w) array per head) into a Results."""
@@ -421,8 +440,9 @@ class Detector:
         boxes, objs, probs = self._candidates(outputs, self.net_w, self.net_h)
         boxes = correct_boxes(boxes, img_w, img_h, self.net_w, self.net_h, self.letterbox)
         probs = nms(boxes, probs, self.nms, self.nms_kind, self.beta_nms)
-        return Results.from_darknet(boxes, objs, probs, names=self.names, image=image, path=path,
-                                    image_size=(img_w, img_h))
+        return Results.from_darknet(
+            boxes, objs, probs, names=self.names, image=image, path=path, image_size=(img_w, img_h)
+        )
 
     def __call__(self, images):
         single = not isinstance(images, (list, tuple))
@@ -431,8 +451,7 @@ class Detector:
         return results[0] if single else results
 
 
-def detect(net, images, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=None,
-           tta=False):
+def detect(net, images, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=None, tta=False):
     """Detect objects in one image or a list of images (paths, PIL images or HxWx3 uint8 RGB arrays).
 
     Returns a :class:`~pydarknet.results.Results` for a single image, a list of them for a list. All images
@@ -440,6 +459,7 @@ def detect(net, images, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nm
     :class:`Detector`).
     See :class:`Detector` for the options (``tta=True``: test-time augmentation).
     """
-    det = Detector(net, thresh=thresh, nms=nms, letterbox=letterbox, names=names, nms_kind=nms_kind, batch=batch,
-                   tta=tta)
+    det = Detector(
+        net, thresh=thresh, nms=nms, letterbox=letterbox, names=names, nms_kind=nms_kind, batch=batch, tta=tta
+    )
     return det(images)

@@ -25,12 +25,19 @@ import re
 from typing import Iterable, NamedTuple
 
 import numpy as np
-from pydarknet.utils.atomic import atomic_write_text
+
 from pydarknet.data.coco import COCO80_TO_91
+from pydarknet.utils.atomic import atomic_write_text
 
-__all__ = ["Results", "Detection", "COCO80_TO_91", "class_color", "write_darknet_json", "write_coco_json",
-           "coco_image_id"]
-
+__all__ = [
+    "Results",
+    "Detection",
+    "COCO80_TO_91",
+    "class_color",
+    "write_darknet_json",
+    "write_coco_json",
+    "coco_image_id",
+]
 
 
 class Detection(NamedTuple):
@@ -39,7 +46,7 @@ class Detection(NamedTuple):
     class_id: int
     name: str
     conf: float
-    xyxy: tuple      # pixels: left, top, right, bottom
+    xyxy: tuple  # pixels: left, top, right, bottom
     box_index: int
 
 
@@ -72,15 +79,26 @@ def coco_image_id(path):
 class Results:
     """Detections of one image (see the module docstring for the box formats)."""
 
-    def __init__(self, boxes, conf, class_id, *, names, image_size, box_index=None, objectness=None,
-                 image=None, path=None, speed=None):
+    def __init__(
+        self,
+        boxes,
+        conf,
+        class_id,
+        *,
+        names,
+        image_size,
+        box_index=None,
+        objectness=None,
+        image=None,
+        path=None,
+        speed=None,
+    ):
         self._xywhn = np.asarray(boxes, np.float32).reshape(-1, 4)
         n = len(self._xywhn)
         self.conf = np.asarray(conf, np.float32).reshape(n)
         self.class_id = np.asarray(class_id, np.int64).reshape(n)
         self.box_index = (np.arange(n) if box_index is None else np.asarray(box_index, np.int64)).reshape(n)
-        self.objectness = (self.conf.copy() if objectness is None
-                           else np.asarray(objectness, np.float32).reshape(n))
+        self.objectness = self.conf.copy() if objectness is None else np.asarray(objectness, np.float32).reshape(n)
         self.names = list(names)
         self.width, self.height = int(image_size[0]), int(image_size[1])
         self.image = image
@@ -93,14 +111,22 @@ class Results:
         probs = np.asarray(probs, np.float32)
         rows, classes = np.nonzero(probs > 0)
         conf = probs[rows, classes]
-        order = np.lexsort((classes, rows, -conf))   # by confidence, then box, then class
+        order = np.lexsort((classes, rows, -conf))  # by confidence, then box, then class
         rows, classes, conf = rows[order], classes[order], conf[order]
         # number boxes by first appearance (box 0 holds the most confident detection)
         first = {}
         box_index = np.array([first.setdefault(int(r), len(first)) for r in rows], np.int64)
-        return cls(np.asarray(boxes, np.float32)[rows], conf, classes, names=names, image_size=image_size,
-                   box_index=box_index, objectness=np.asarray(objectness, np.float32)[rows], image=image,
-                   path=path)
+        return cls(
+            np.asarray(boxes, np.float32)[rows],
+            conf,
+            classes,
+            names=names,
+            image_size=image_size,
+            box_index=box_index,
+            objectness=np.asarray(objectness, np.float32)[rows],
+            image=image,
+            path=path,
+        )
 
     # ----- sizes and boxes ----------------------------------------------------------------------------------
     @property
@@ -129,8 +155,9 @@ class Results:
     @property
     def xyxyn(self):
         b = self._xywhn
-        return np.stack([b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2,
-                         b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], axis=1).astype(np.float32)
+        return np.stack(
+            [b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], axis=1
+        ).astype(np.float32)
 
     @property
     def xywh(self):
@@ -153,11 +180,21 @@ class Results:
     def clip(self):
         """A copy whose boxes are clipped to the image."""
         b = np.clip(self.xyxyn, 0.0, 1.0)
-        xywhn = np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]],
-                         axis=1)
-        return Results(xywhn, self.conf, self.class_id, names=self.names, image_size=self.image_size,
-                       box_index=self.box_index, objectness=self.objectness, image=self.image, path=self.path,
-                       speed=self.speed)
+        xywhn = np.stack(
+            [(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1
+        )
+        return Results(
+            xywhn,
+            self.conf,
+            self.class_id,
+            names=self.names,
+            image_size=self.image_size,
+            box_index=self.box_index,
+            objectness=self.objectness,
+            image=self.image,
+            path=self.path,
+            speed=self.speed,
+        )
 
     # ----- python protocol ----------------------------------------------------------------------------------
     def __len__(self):
@@ -167,8 +204,9 @@ class Results:
         xyxy = self.xyxy
         for i in range(len(self)):
             c = int(self.class_id[i])
-            yield Detection(c, self.names[c], float(self.conf[i]), tuple(float(v) for v in xyxy[i]),
-                            int(self.box_index[i]))
+            yield Detection(
+                c, self.names[c], float(self.conf[i]), tuple(float(v) for v in xyxy[i]), int(self.box_index[i])
+            )
 
     def __getitem__(self, i):
         return list(self)[i]
@@ -185,17 +223,25 @@ class Results:
         counts = ", ".join(f"{k} {v}" for k, v in self.counts().items())
         s = self.speed
         what = f"{len(self)} object{'s' if len(self) != 1 else ''}" + (f" ({counts})" if counts else "")
-        return (f"{self.path or 'image'} {self.width}x{self.height}: {what}; {s['preprocess']:.1f} ms pre-process, "
-                f"{s['inference']:.1f} ms inference, {s['postprocess']:.1f} ms post-process")
+        return (
+            f"{self.path or 'image'} {self.width}x{self.height}: {what}; {s['preprocess']:.1f} ms pre-process, "
+            f"{s['inference']:.1f} ms inference, {s['postprocess']:.1f} ms post-process"
+        )
 
     def __repr__(self):
         return f"<pydarknet.Results {self.summary()}>"
 
     def to_dict(self):
         """Plain Python data (one dict per detection, pixel boxes)."""
-        return [{"class_id": d.class_id, "name": d.name, "confidence": d.conf,
-                 "box": {"left": d.xyxy[0], "top": d.xyxy[1], "right": d.xyxy[2], "bottom": d.xyxy[3]}}
-                for d in self]
+        return [
+            {
+                "class_id": d.class_id,
+                "name": d.name,
+                "confidence": d.conf,
+                "box": {"left": d.xyxy[0], "top": d.xyxy[1], "right": d.xyxy[2], "bottom": d.xyxy[3]},
+            }
+            for d in self
+        ]
 
     # ----- Darknet's text outputs ---------------------------------------------------------------------------
     def darknet_lines(self, ext_output=False):
@@ -214,9 +260,9 @@ class Results:
             line = f"{self.names[self.class_id[best]]}: {float(self.conf[best]) * 100:.0f}%"
             if ext_output:
                 x, y, w, h = b[best]
-                line += ("\t(left_x: {:4.0f}   top_y: {:4.0f}   width: {:4.0f}   height: {:4.0f})".format(
-                    _c_round((x - w / 2) * self.width), _c_round((y - h / 2) * self.height),
-                    _c_round(w * self.width), _c_round(h * self.height)))
+                left, top = _c_round((x - w / 2) * self.width), _c_round((y - h / 2) * self.height)
+                width, height = _c_round(w * self.width), _c_round(h * self.height)
+                line += f"\t(left_x: {left:4.0f}   top_y: {top:4.0f}   width: {width:4.0f}   height: {height:4.0f})"
             lines.append(line)
             for i in sorted(rows[1:], key=lambda i: int(self.class_id[i])):
                 lines.append(f"{self.names[self.class_id[i]]}: {float(self.conf[i]) * 100:.0f}%")
@@ -234,9 +280,11 @@ class Results:
         for i in range(len(self)):
             x, y, w, h = (float(v) for v in self._xywhn[i])
             c = int(self.class_id[i])
-            objs.append(f'  {{"class_id":{c}, "name":{json.dumps(self.names[c])}, "relative_coordinates":'
-                        f'{{"center_x":{x:f}, "center_y":{y:f}, "width":{w:f}, "height":{h:f}}}, '
-                        f'"confidence":{float(self.conf[i]):f}}}')
+            objs.append(
+                f'  {{"class_id":{c}, "name":{json.dumps(self.names[c])}, "relative_coordinates":'
+                f'{{"center_x":{x:f}, "center_y":{y:f}, "width":{w:f}, "height":{h:f}}}, '
+                f'"confidence":{float(self.conf[i]):f}}}'
+            )
         return head + ", \n".join(objs) + "\n ] \n}"
 
     def to_coco(self, image_id=None, category_ids=None):
@@ -256,9 +304,14 @@ class Results:
             xmin, xmax = max(x - w / 2, 0.0), min(x + w / 2, float(self.width))
             ymin, ymax = max(y - h / 2, 0.0), min(y + h / 2, float(self.height))
             c = int(self.class_id[i])
-            out.append({"image_id": image_id, "category_id": int(category_ids[c]) if category_ids else c,
-                        "bbox": [round(xmin, 6), round(ymin, 6), round(xmax - xmin, 6), round(ymax - ymin, 6)],
-                        "score": round(float(self.conf[i]), 6)})
+            out.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(category_ids[c]) if category_ids else c,
+                    "bbox": [round(xmin, 6), round(ymin, 6), round(xmax - xmin, 6), round(ymax - ymin, 6)],
+                    "score": round(float(self.conf[i]), 6),
+                }
+            )
         return out
 
     def txt_lines(self, conf=False):
@@ -267,7 +320,7 @@ class Results:
         lines = []
         clipped = self.clip()._xywhn
         seen = set()
-        for i in range(len(self)):          # rows are sorted by confidence: the first row of a box is its best
+        for i in range(len(self)):  # rows are sorted by confidence: the first row of a box is its best
             k = int(self.box_index[i])
             if k in seen:
                 continue
@@ -302,11 +355,15 @@ class Results:
             image = load_image(self.path)[0]
         if image is None:
             raise ValueError("no image to draw on: pass image=")
-        im = image.convert("RGB").copy() if isinstance(image, Image.Image) else Image.fromarray(
-            np.asarray(image, np.uint8)).convert("RGB")
+        im = (
+            image.convert("RGB").copy()
+            if isinstance(image, Image.Image)
+            else Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
+        )
         if im.size != (self.width, self.height):
-            raise ValueError(f"the image is {im.size[0]}x{im.size[1]} but the detections are for "
-                             f"{self.width}x{self.height}")
+            raise ValueError(
+                f"the image is {im.size[0]}x{im.size[1]} but the detections are for {self.width}x{self.height}"
+            )
         W, H = im.size
         lw = line_width or max(2, int(round((W + H) / 2 * 0.003)))
         fs = font_size or max(12, int(round((W + H) / 2 * 0.022)))
@@ -327,8 +384,9 @@ class Results:
             draw.rectangle([x1, y1, x2, y2], outline=color, width=lw)
             if not labels:
                 continue
-            text = ", ".join(f"{self.names[self.class_id[i]]}" + (f" {float(self.conf[i]):.2f}" if conf else "")
-                             for i in rows)
+            text = ", ".join(
+                f"{self.names[self.class_id[i]]}" + (f" {float(self.conf[i]):.2f}" if conf else "") for i in rows
+            )
             tb = draw.textbbox((0, 0), text, font=font)
             tw, th = tb[2] - tb[0], tb[3] - tb[1]
             pad = max(2, fs // 6)
@@ -337,8 +395,9 @@ class Results:
             ly = y1 - bh if y1 - bh >= 0 else min(y1 + lw, max(H - bh, 0))
             draw.rectangle([lx, ly, lx + bw, ly + bh], fill=color)
             lum = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-            draw.text((lx + pad - tb[0], ly + pad - tb[1]), text, fill=(0, 0, 0) if lum > 140 else (255, 255, 255),
-                      font=font)
+            draw.text(
+                (lx + pad - tb[0], ly + pad - tb[1]), text, fill=(0, 0, 0) if lum > 140 else (255, 255, 255), font=font
+            )
         return im
 
     def save(self, path, **plot_options):
@@ -365,7 +424,7 @@ def _font(size):
     if size not in _FONTS:
         font = None
         try:
-            font = ImageFont.load_default(size=size)        # Pillow >= 10.1 with FreeType: a scalable font
+            font = ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
         except (TypeError, OSError, AttributeError):
             pass
         if font is None:

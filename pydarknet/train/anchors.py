@@ -27,29 +27,35 @@ from typing import List
 
 import numpy as np
 
+from pydarknet.data.dataset import data_classes, read_data_file, read_image_list, resolve_path
 from pydarknet.data.labels import label_path as label_path_for
 from pydarknet.data.labels import read_yolo_labels
-from pydarknet.errors import AnchorsError
-from pydarknet.data.dataset import data_classes, read_data_file, read_image_list, resolve_path
-from pydarknet.errors import DataError
+from pydarknet.errors import AnchorsError, DataError
 
-__all__ = ["AnchorsError", "AnchorsResult", "calc_anchors", "kmeans_anchors", "iou_distance", "format_anchors",
-           "read_box_sizes"]
+__all__ = [
+    "AnchorsError",
+    "AnchorsResult",
+    "calc_anchors",
+    "kmeans_anchors",
+    "iou_distance",
+    "format_anchors",
+    "read_box_sizes",
+]
 
 MAX_ROUNDS = 1000
 
 
 @dataclass
 class AnchorsResult:
-    anchors: np.ndarray              # (k, 2) float32 width, height in network pixels, ascending area
-    mean_iou: float                  # average IoU of each box with its closest anchor, 0..1
-    iterations: int                  # k-means rounds (Darknet prints "iterations = N")
+    anchors: np.ndarray  # (k, 2) float32 width, height in network pixels, ascending area
+    mean_iou: float  # average IoU of each box with its closest anchor, 0..1
+    iterations: int  # k-means rounds (Darknet prints "iterations = N")
     boxes: int
     counts_per_class: List[int]
     width: int
     height: int
-    wrong_labels: List[str] = field(default_factory=list)      # "file: row" of rows outside (0, 1]
-    missing_labels: List[str] = field(default_factory=list)    # label files that do not exist
+    wrong_labels: List[str] = field(default_factory=list)  # "file: row" of rows outside (0, 1]
+    missing_labels: List[str] = field(default_factory=list)  # label files that do not exist
 
     def anchors_text(self):
         """The ``anchors = ...`` value as Darknet writes it to anchors.txt."""
@@ -61,8 +67,14 @@ class AnchorsResult:
 
     def report(self):
         """Darknet's summary lines."""
-        return "\n".join([f"iterations = {self.iterations}", self.counters_text(),
-                          f"avg IoU = {100.0 * self.mean_iou:2.2f} %", f"anchors = {self.anchors_text()}"])
+        return "\n".join(
+            [
+                f"iterations = {self.iterations}",
+                self.counters_text(),
+                f"avg IoU = {100.0 * self.mean_iou:2.2f} %",
+                f"anchors = {self.anchors_text()}",
+            ]
+        )
 
 
 def format_anchors(anchors, width):
@@ -98,8 +110,9 @@ def _assign(boxes, centers):
 def _move(boxes, assignments, centers):
     k = centers.shape[0]
     counts = np.bincount(assignments, minlength=k)
-    sums = np.stack([np.bincount(assignments, weights=boxes[:, j].astype(np.float64), minlength=k)
-                     for j in range(2)], axis=1)
+    sums = np.stack(
+        [np.bincount(assignments, weights=boxes[:, j].astype(np.float64), minlength=k) for j in range(2)], axis=1
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 0.0).astype(np.float32)
     return np.where(means == 0, centers, means)
@@ -210,12 +223,15 @@ def calc_anchors(sources, n, width, height, seed=None):
         raise AnchorsError(f"width and height must be positive, got {width}x{height}")
     table, counts, wrong, missing = read_box_sizes(sources)
     if table.shape[0] == 0:
-        raise AnchorsError("no labelled boxes found" + (f" ({len(missing)} label files missing, e.g. {missing[0]})"
-                                                         if missing else ""))
-    boxes = np.stack([np.float32(table[:, 3]) * np.float32(width), np.float32(table[:, 4]) * np.float32(height)],
-                     axis=1).astype(np.float32)
+        raise AnchorsError(
+            "no labelled boxes found" + (f" ({len(missing)} label files missing, e.g. {missing[0]})" if missing else "")
+        )
+    boxes = np.stack(
+        [np.float32(table[:, 3]) * np.float32(width), np.float32(table[:, 4]) * np.float32(height)], axis=1
+    ).astype(np.float32)
     centers, rounds = kmeans_anchors(boxes, n, seed=seed)
     area = centers[:, 0] * centers[:, 1]
     anchors = centers[np.argsort(area, kind="stable")]
-    return AnchorsResult(anchors, _mean_best_iou(boxes, anchors), rounds, int(boxes.shape[0]), counts, width,
-                         height, wrong, missing)
+    return AnchorsResult(
+        anchors, _mean_best_iou(boxes, anchors), rounds, int(boxes.shape[0]), counts, width, height, wrong, missing
+    )

@@ -40,15 +40,27 @@ from typing import Optional
 import numpy as np
 
 from pydarknet.core import weights as weights_io
-from pydarknet.utils.atomic import atomic_write, fsync_dir
-from pydarknet.errors import WeightsError
 from pydarknet.core.graph import load_network_desc
+from pydarknet.errors import CheckpointError, WeightsError
 from pydarknet.train.schedule import images_per_iteration
-from pydarknet.errors import CheckpointError
+from pydarknet.utils.atomic import atomic_write, fsync_dir
 
-__all__ = ["CheckpointError", "TrainState", "ResumeInfo", "CheckpointManager", "PartialResult", "atomic_write",
-           "darknet_base_name", "state_path_for", "network_fingerprint", "save_weights", "save_state",
-           "load_state", "resume", "partial"]
+__all__ = [
+    "CheckpointError",
+    "TrainState",
+    "ResumeInfo",
+    "CheckpointManager",
+    "PartialResult",
+    "atomic_write",
+    "darknet_base_name",
+    "state_path_for",
+    "network_fingerprint",
+    "save_weights",
+    "save_state",
+    "load_state",
+    "resume",
+    "partial",
+]
 
 STATE_FORMAT = "pydarknet-train-state"
 STATE_VERSION = 1
@@ -79,8 +91,11 @@ def state_path_for(weights_path):
 
 def _pending_path(state_path):
     p = Path(state_path)
-    return p.with_name(p.name[:-len(STATE_SUFFIX)] + PENDING_SUFFIX) if p.name.endswith(STATE_SUFFIX) \
+    return (
+        p.with_name(p.name[: -len(STATE_SUFFIX)] + PENDING_SUFFIX)
+        if p.name.endswith(STATE_SUFFIX)
         else p.with_name(p.name + ".new")
+    )
 
 
 # ----- fingerprints ---------------------------------------------------------------------------------------------
@@ -96,8 +111,9 @@ def network_fingerprint(network):
     description from the cfg as written (no width/height override) so that it does not change during training.
     """
     desc = getattr(network, "desc", network)
-    layout = [[l.index, l.type, [[t.name, list(t.shape), t.offset, bool(t.in_file)] for t in l.tensors]]
-              for l in desc.layers]
+    layout = [
+        [l.index, l.type, [[t.name, list(t.shape), t.offset, bool(t.in_file)] for t in l.tensors]] for l in desc.layers
+    ]
     return {
         "layout": _sha([desc.param_count, layout]),
         "layers": [_sha([l.type, l.options])[:16] for l in desc.layers],
@@ -109,7 +125,7 @@ def _file_crc(desc, params):
     """CRC-32 of the tensors a .weights file of the network stores, in file order (what the body holds)."""
     crc = 0
     for _, t in weights_io.file_tensors(desc):
-        chunk = np.ascontiguousarray(params[t.offset:t.offset + t.size], dtype="<f4")
+        chunk = np.ascontiguousarray(params[t.offset : t.offset + t.size], dtype="<f4")
         crc = zlib.crc32(memoryview(chunk).cast("B"), crc)
     return crc
 
@@ -122,10 +138,11 @@ def _not_in_file(desc):
 @dataclass
 class TrainState:
     """The training loop's own counters, saved beside ``_last`` (the optimizer's buffers are saved with it)."""
-    iteration: int = 0                      # iterations completed
-    best_map: float = -1.0                  # best mAP so far (Darknet starts from -1)
+
+    iteration: int = 0  # iterations completed
+    best_map: float = -1.0  # best mAP so far (Darknet starts from -1)
     seed: Optional[int] = None
-    extra: dict = field(default_factory=dict)   # JSON-able: RNG state, data-loader position, ...
+    extra: dict = field(default_factory=dict)  # JSON-able: RNG state, data-loader position, ...
 
 
 def save_state(path, network, params, state, optimizer=None):
@@ -135,12 +152,19 @@ def save_state(path, network, params, state, optimizer=None):
         params, _ = _params_of(network, None)
     seen = int(state.iteration) * images_per_iteration(desc)
     meta = {
-        "format": STATE_FORMAT, "version": STATE_VERSION,
-        "iteration": int(state.iteration), "seen": seen, "best_map": float(state.best_map),
-        "seed": None if state.seed is None else int(state.seed), "extra": state.extra,
-        "param_count": int(desc.param_count), "weights_crc32": _file_crc(desc, params),
-        "cfg": str(desc.path), "fingerprint": network_fingerprint(desc),
-        "optimizer": None, "ema_initialized": False,
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "iteration": int(state.iteration),
+        "seen": seen,
+        "best_map": float(state.best_map),
+        "seed": None if state.seed is None else int(state.seed),
+        "extra": state.extra,
+        "param_count": int(desc.param_count),
+        "weights_crc32": _file_crc(desc, params),
+        "cfg": str(desc.path),
+        "fingerprint": network_fingerprint(desc),
+        "optimizer": None,
+        "ema_initialized": False,
     }
     arrays = {}
     if optimizer is not None:
@@ -150,7 +174,7 @@ def save_state(path, network, params, state, optimizer=None):
         arrays.update(opt)
     hidden = _not_in_file(desc)
     if hidden:
-        arrays["params_not_in_file"] = np.concatenate([params[t.offset:t.offset + t.size] for t in hidden])
+        arrays["params_not_in_file"] = np.concatenate([params[t.offset : t.offset + t.size] for t in hidden])
     try:
         text = json.dumps(meta, sort_keys=True)
     except (TypeError, ValueError) as e:
@@ -165,6 +189,7 @@ def save_state(path, network, params, state, optimizer=None):
 @dataclass
 class SavedState:
     """A training-state file read back: its metadata and arrays."""
+
     path: Path
     meta: dict
     arrays: dict
@@ -183,21 +208,26 @@ class SavedState:
             raise CheckpointError(
                 f"written for a network with a different parameter layout ({self.meta['param_count']:,} parameters, "
                 f"cfg {self.meta['cfg']}) than {desc.path} ({desc.param_count:,}); it cannot be resumed with this cfg",
-                self.path)
+                self.path,
+            )
         changes = []
         if len(theirs["layers"]) != len(mine["layers"]):
             changes.append(f"the number of layers ({len(theirs['layers'])} -> {len(mine['layers'])})")
         else:
-            changes += [f"layer {i} options" for i, (a, b) in enumerate(zip(theirs["layers"], mine["layers"]))
-                        if a != b]
+            changes += [
+                f"layer {i} options" for i, (a, b) in enumerate(zip(theirs["layers"], mine["layers"])) if a != b
+            ]
         old, new = theirs["net"], mine["net"]
         for key in sorted(set(old) | set(new)):
             if json.dumps(old.get(key)) != json.dumps(new.get(key)):
                 changes.append(f"[net] {key}: {old.get(key)!r} -> {new.get(key)!r}")
         if changes and not allow_cfg_changes:
             listed = "; ".join(changes[:8]) + ("; ..." if len(changes) > 8 else "")
-            raise CheckpointError(f"written for a different cfg ({self.meta['cfg']}): {listed}. Resume with the "
-                                  f"cfg it was trained with, or allow the changes explicitly", self.path)
+            raise CheckpointError(
+                f"written for a different cfg ({self.meta['cfg']}): {listed}. Resume with the "
+                f"cfg it was trained with, or allow the changes explicitly",
+                self.path,
+            )
         return changes
 
     def restore(self, network, params, optimizer=None):
@@ -220,7 +250,7 @@ class SavedState:
                 raise CheckpointError("lacks the tensors that the .weights file does not store", self.path)
             position = 0
             for t in hidden:
-                params[t.offset:t.offset + t.size] = values[position:position + t.size]
+                params[t.offset : t.offset + t.size] = values[position : position + t.size]
                 position += t.size
 
     def matches(self, seen, crc):
@@ -241,8 +271,11 @@ def load_state(path, arrays=True):
     if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
         raise CheckpointError("not a pydarknet training-state file", path)
     if meta.get("version") != STATE_VERSION:
-        raise CheckpointError(f"training-state version {meta.get('version')} is not supported "
-                              f"(this pydarknet reads version {STATE_VERSION})", path)
+        raise CheckpointError(
+            f"training-state version {meta.get('version')} is not supported "
+            f"(this pydarknet reads version {STATE_VERSION})",
+            path,
+        )
     for name, value in data.items():
         if value.dtype != np.float32 or value.ndim != 1:
             raise CheckpointError(f"array '{name}' is {value.dtype} {value.shape}, expected flat float32", path)
@@ -252,13 +285,13 @@ def load_state(path, arrays=True):
 # ----- resume ---------------------------------------------------------------------------------------------------
 @dataclass
 class ResumeInfo:
-    iteration: int                  # iterations already done: continue with iteration + 1
+    iteration: int  # iterations already done: continue with iteration + 1
     seen: int
     best_map: float
     seed: Optional[int]
     extra: dict
-    state_path: Optional[Path]      # the state file used, or None (Darknet-style resume from the weights alone)
-    cfg_changes: list               # differences tolerated with allow_cfg_changes
+    state_path: Optional[Path]  # the state file used, or None (Darknet-style resume from the weights alone)
+    cfg_changes: list  # differences tolerated with allow_cfg_changes
     weights_version: tuple
     layers_loaded: int
 
@@ -273,8 +306,17 @@ def _params_of(network, params):
     return params, (core.touch_params if core is not None else None)
 
 
-def resume(network, weights_path, *, params=None, optimizer=None, clear=False, use_state=True,
-           allow_cfg_changes=False, partial=False):
+def resume(
+    network,
+    weights_path,
+    *,
+    params=None,
+    optimizer=None,
+    clear=False,
+    use_state=True,
+    allow_cfg_changes=False,
+    partial=False,
+):
     """Load ``weights_path`` and, when its state file matches, the training state saved beside it.
 
     ``network`` is a ``pydarknet.Network`` (its buffer is loaded) or a NetworkDesc with ``params``. Without a
@@ -293,8 +335,7 @@ def resume(network, weights_path, *, params=None, optimizer=None, clear=False, u
         return info
     if not use_state:
         return info
-    candidates = [p for p in (state_path_for(weights_path), _pending_path(state_path_for(weights_path)))
-                  if p.exists()]
+    candidates = [p for p in (state_path_for(weights_path), _pending_path(state_path_for(weights_path))) if p.exists()]
     if not candidates:
         return info
     crc = _file_crc(desc, params)
@@ -305,7 +346,8 @@ def resume(network, weights_path, *, params=None, optimizer=None, clear=False, u
         raise CheckpointError(
             f"the training state beside it ({found}) was not written with these weights (iteration "
             f"{info.iteration}); resume without it (Darknet-style, fresh momentum) or from the matching weights",
-            weights_path)
+            weights_path,
+        )
     saved = load_state(chosen.path)
     info.cfg_changes = saved.check(desc, allow_cfg_changes)
     saved.restore(desc, params, optimizer)
@@ -347,8 +389,9 @@ class CheckpointManager:
         if iteration >= self.iter_save + self.save_every or iteration % self.save_every == 0:
             out.append(iteration)
         if self.save_every > self.save_last_every and (
-                iteration >= self.iter_save_last + self.save_last_every
-                or (iteration % self.save_last_every == 0 and iteration > 1)):
+            iteration >= self.iter_save_last + self.save_last_every
+            or (iteration % self.save_last_every == 0 and iteration > 1)
+        ):
             out.append("last")
         return out
 
@@ -408,7 +451,7 @@ class CheckpointManager:
 @dataclass(frozen=True)
 class PartialResult:
     path: Path
-    layers: int          # layers written (0 .. layers-1)
+    layers: int  # layers written (0 .. layers-1)
     floats: int
     bytes: int
 
@@ -420,15 +463,19 @@ def partial(cfg, weights_path, out_path, layers, *, lenient=False):
     desc = load_network_desc(cfg, lenient=lenient)
     n = int(layers)
     if not 1 <= n <= len(desc.layers):
-        raise ValueError(f"the number of layers to keep must be between 1 and {len(desc.layers)} "
-                         f"(the layers of {cfg}), got {layers}")
+        raise ValueError(
+            f"the number of layers to keep must be between 1 and {len(desc.layers)} (the layers of {cfg}), got {layers}"
+        )
     params = np.zeros(desc.param_count, np.float32)
     version, _, _ = weights_io.load_into(desc, params, weights_path, partial=True)
     need = weights_io.expected_bytes(desc, cutoff=n, version=version)
     have = Path(weights_path).stat().st_size
     if have < need:
-        raise WeightsError(f"the file is {have:,} bytes but the first {n} layers of {desc.path} need {need:,}; it "
-                           f"holds fewer layers than asked for", weights_path)
+        raise WeightsError(
+            f"the file is {have:,} bytes but the first {n} layers of {desc.path} need {need:,}; it "
+            f"holds fewer layers than asked for",
+            weights_path,
+        )
     weights_io.save_from(desc, params, out_path, cutoff=n, seen=0)
     fsync_dir(Path(out_path).parent)
     floats = sum(t.size for _, t in weights_io.file_tensors(desc, n))

@@ -64,10 +64,11 @@ _NORM_CHUNK = 1 << 20  # floats converted to float64 at a time by gradient_norm
 @dataclass(frozen=True)
 class NonFinite:
     """Where a buffer first holds NaN or infinity."""
-    layer: int          # layer index in the cfg (0 = first layer after [net])
+
+    layer: int  # layer index in the cfg (0 = first layer after [net])
     layer_type: str
-    tensor: str         # "weights", "biases", "scales", "rolling_mean" or "rolling_variance"
-    index: int          # position inside that tensor (flattened)
+    tensor: str  # "weights", "biases", "scales", "rolling_mean" or "rolling_variance"
+    index: int  # position inside that tensor (flattened)
     value: float
 
     def __str__(self):
@@ -77,11 +78,11 @@ class NonFinite:
 @dataclass(frozen=True)
 class StepResult:
     iteration: int
-    rate: Optional[float]        # the schedule's learning rate used (None when the update was skipped)
-    grad_norm: float             # L2 norm of the whole gradient buffer (computed in float64; nan/inf if bad)
-    skipped: bool                # True when the gradient held NaN/inf and nothing was changed
+    rate: Optional[float]  # the schedule's learning rate used (None when the update was skipped)
+    grad_norm: float  # L2 norm of the whole gradient buffer (computed in float64; nan/inf if bad)
+    skipped: bool  # True when the gradient held NaN/inf and nothing was changed
     nonfinite: Optional[NonFinite] = None
-    ema: Optional[str] = None    # "update", "apply" or None: what the EMA did after this update
+    ema: Optional[str] = None  # "update", "apply" or None: what the EMA did after this update
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class _Slot:
     layer: int
     start: int
     stop: int
-    rule: str     # "decay": weights of conv/connected; "plain": biases/scales; "shortcut": [shortcut] weights
+    rule: str  # "decay": weights of conv/connected; "plain": biases/scales; "shortcut": [shortcut] weights
     adam: bool
 
 
@@ -100,8 +101,8 @@ class _LayerRule:
     clip: np.float32
     dont_update: int
     burnin_update: int
-    never: Optional[str]   # why the layer is never updated, or None
-    weights: Optional[slice] = None   # the conv weights, for clip
+    never: Optional[str]  # why the layer is never updated, or None
+    weights: Optional[slice] = None  # the conv weights, for clip
 
 
 def _as_desc(network):
@@ -121,8 +122,10 @@ def _check_buffer(name, array, size, writable):
     if not isinstance(array, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(array).__name__}")
     if array.dtype != np.float32 or array.ndim != 1 or array.size != size:
-        raise ValueError(f"{name} must be a flat float32 array of {size} values (the network's parameter count), "
-                         f"got {array.dtype} with shape {array.shape}")
+        raise ValueError(
+            f"{name} must be a flat float32 array of {size} values (the network's parameter count), "
+            f"got {array.dtype} with shape {array.shape}"
+        )
     if not array.flags.c_contiguous:
         raise ValueError(f"{name} must be contiguous")
     if writable and not array.flags.writeable:
@@ -137,7 +140,7 @@ def gradient_norm(grad):
     """
     total = 0.0
     for start in range(0, grad.size, _NORM_CHUNK):
-        chunk = grad[start:start + _NORM_CHUNK].astype(np.float64)
+        chunk = grad[start : start + _NORM_CHUNK].astype(np.float64)
         total += float(np.dot(chunk, chunk))
     return math.sqrt(total) if total >= 0 else total
 
@@ -147,7 +150,7 @@ def first_nonfinite(desc, buffer):
     desc = _as_desc(desc)
     for layer in desc.layers:
         for t in layer.tensors:
-            view = buffer[t.offset:t.offset + t.size]
+            view = buffer[t.offset : t.offset + t.size]
             finite = np.isfinite(view)
             if not finite.all():
                 index = int(np.argmin(finite))
@@ -175,9 +178,14 @@ def _layer_rules(desc):
             t = layer.tensor("weights")
             weights = slice(t.offset, t.offset + t.size)
         rules[layer.index] = _LayerRule(
-            layer.index, _f32(layer.options.get("learning_rate", 1.0)),
+            layer.index,
+            _f32(layer.options.get("learning_rate", 1.0)),
             _f32(layer.options.get("clip", 0.0)) if layer.type == "convolutional" else _f32(0.0),
-            int(layer.options.get("dont_update", 0)), int(layer.options.get("burnin_update", 0)), never, weights)
+            int(layer.options.get("dont_update", 0)),
+            int(layer.options.get("burnin_update", 0)),
+            never,
+            weights,
+        )
     return rules
 
 
@@ -193,8 +201,7 @@ def _slots(desc, adam):
                 rule = "decay"
             else:
                 rule = "plain"
-            slots.append(_Slot(layer.index, t.offset, t.offset + t.size, rule,
-                               adam and layer.type == "convolutional"))
+            slots.append(_Slot(layer.index, t.offset, t.offset + t.size, rule, adam and layer.type == "convolutional"))
     return slots
 
 
@@ -207,8 +214,13 @@ class WeightEMA:
         self.alpha = _f32(opts["ema_alpha"] if alpha is None else alpha)
         self.max_batches = int(opts["max_batches"] if max_batches is None else max_batches)
         self.param_count = desc.param_count
-        self.slices = [slice(t.offset, t.offset + t.size) for l in desc.layers if l.type == "convolutional"
-                       for t in l.tensors if t.name in ("weights", "biases", "scales")]
+        self.slices = [
+            slice(t.offset, t.offset + t.size)
+            for l in desc.layers
+            if l.type == "convolutional"
+            for t in l.tensors
+            if t.name in ("weights", "biases", "scales")
+        ]
         self.values = np.zeros(desc.param_count, np.float32)
         self.initialized = False
 
@@ -404,8 +416,10 @@ class Optimizer:
     def load_state_dict(self, state):
         kind = "adam" if self.adam else "sgd"
         if state.get("kind") != kind:
-            raise ValueError(f"the saved optimizer state is {state.get('kind')!r} but this network trains with "
-                             f"{kind} (adam={int(self.adam)} in [net])")
+            raise ValueError(
+                f"the saved optimizer state is {state.get('kind')!r} but this network trains with "
+                f"{kind} (adam={int(self.adam)} in [net])"
+            )
         arrays = {"velocity": state["velocity"]}
         if self.adam:
             arrays.update(adam_m=state["adam_m"], adam_v=state["adam_v"])

@@ -41,8 +41,7 @@ import numpy as np
 
 from pydarknet.errors import CfgError
 
-__all__ = ["learning_rate", "POLICIES", "images_per_iteration", "update_batch", "iteration_from_seen",
-           "net_options"]
+__all__ = ["learning_rate", "POLICIES", "images_per_iteration", "update_batch", "iteration_from_seen", "net_options"]
 
 POLICIES = ("constant", "step", "steps", "exp", "poly", "random", "sigmoid", "sgdr")
 
@@ -100,8 +99,11 @@ def images_per_iteration(net):
         raise CfgError(f"[net] time_steps={time_steps} must be at least 1", path)
     mini_batch = batch // subdivisions
     if mini_batch < 1:
-        raise CfgError(f"[net] batch={batch} is smaller than subdivisions={subdivisions}: Darknet's mini-batch "
-                       f"batch/subdivisions would be 0", path)
+        raise CfgError(
+            f"[net] batch={batch} is smaller than subdivisions={subdivisions}: Darknet's mini-batch "
+            f"batch/subdivisions would be 0",
+            path,
+        )
     return mini_batch * time_steps * subdivisions
 
 
@@ -128,8 +130,11 @@ def _steps(opts, path):
     steps = list(opts.get("steps") or [])
     scales = list(opts.get("scales") or [])
     if not steps or not scales:
-        raise CfgError("policy=steps needs both 'steps' and 'scales' in [net] (Darknet: \"STEPS policy must have "
-                       "steps and scales in cfg file\")", path)
+        raise CfgError(
+            "policy=steps needs both 'steps' and 'scales' in [net] (Darknet: \"STEPS policy must have "
+            'steps and scales in cfg file")',
+            path,
+        )
     if len(scales) < len(steps):
         raise CfgError(f"[net] has {len(steps)} steps but only {len(scales)} scales", path)
     return steps, scales
@@ -197,5 +202,6 @@ def learning_rate(iteration, net, rng=None):
         span = _f32(lr - lr_min)
         angle = float(_f32(it - start)) * _SGDR_PI / cycle
         return _to_float(float(lr_min) + 0.5 * float(span) * (1.0 + math.cos(angle)))
-    raise CfgError(f"[net] policy={policy!r} is not one of {', '.join(POLICIES)} (Darknet would fall back to "
-                   f"constant)", path)
+    raise CfgError(
+        f"[net] policy={policy!r} is not one of {', '.join(POLICIES)} (Darknet would fall back to constant)", path
+    )

@@ -32,38 +32,39 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from pydarknet.train import checkpoint as ckpt
-from pydarknet.data.dataset import load_dataset
-from pydarknet.data.labels import label_path, parse_labels
 from pydarknet.core.graph import load_network_desc
+from pydarknet.data.dataset import load_dataset
+from pydarknet.data.images import image_size
+from pydarknet.data.labels import label_path, parse_labels
 from pydarknet.data.loader import Loader
+from pydarknet.errors import TrainingError
+from pydarknet.train import checkpoint as ckpt
 from pydarknet.train.optim import Optimizer
 from pydarknet.train.schedule import images_per_iteration, learning_rate
 from pydarknet.train.yolo_loss import yolo_loss
-from pydarknet.errors import TrainingError
-from pydarknet.data.images import image_size
 
 
 @dataclass
 class TrainOptions:
     """What ``pydarknet train`` lets a user change; None keeps the cfg's / .data's value."""
-    backup: Optional[str] = None          # folder for weights, results.csv, chart.png, bad.list
-    max_batches: Optional[int] = None     # overrides [net] max_batches
-    batch: Optional[int] = None           # overrides [net] batch
-    subdivisions: Optional[int] = None    # overrides [net] subdivisions
-    seed: Optional[int] = None            # default: the resumed run's seed, else 0
-    workers: int = 0                      # loader processes (0: load in this process)
+
+    backup: Optional[str] = None  # folder for weights, results.csv, chart.png, bad.list
+    max_batches: Optional[int] = None  # overrides [net] max_batches
+    batch: Optional[int] = None  # overrides [net] batch
+    subdivisions: Optional[int] = None  # overrides [net] subdivisions
+    seed: Optional[int] = None  # default: the resumed run's seed, else 0
+    workers: int = 0  # loader processes (0: load in this process)
     device: str = "cpu"
-    clear: bool = False                   # Darknet's -clear: start counting iterations from 0
-    map: bool = False                     # evaluate on the valid list and keep _best.weights
-    map_every: Optional[int] = None       # iterations between evaluations (default as Darknet: max(100, 4 epochs))
-    save_every: Optional[int] = None      # <cfg>_<iter>.weights interval (default Darknet's 1000 / 10000)
-    save_last_every: int = 100            # <cfg>_last.weights interval
+    clear: bool = False  # Darknet's -clear: start counting iterations from 0
+    map: bool = False  # evaluate on the valid list and keep _best.weights
+    map_every: Optional[int] = None  # iterations between evaluations (default as Darknet: max(100, 4 epochs))
+    save_every: Optional[int] = None  # <cfg>_<iter>.weights interval (default Darknet's 1000 / 10000)
+    save_last_every: int = 100  # <cfg>_last.weights interval
     chart_every: int = 100
-    max_nonfinite: int = 10               # non-finite iterations in a row before giving up
-    lenient: bool = False                 # cfg parsing
+    max_nonfinite: int = 10  # non-finite iterations in a row before giving up
+    lenient: bool = False  # cfg parsing
     quiet: bool = False
-    progress: Optional[bool] = None       # progress bar (default: when stderr is a terminal)
+    progress: Optional[bool] = None  # progress bar (default: when stderr is a terminal)
 
 
 @dataclass
@@ -82,7 +83,7 @@ class IterationLog:
 
 @dataclass
 class TrainResult:
-    iterations: int                        # iterations completed in total (including before a resume)
+    iterations: int  # iterations completed in total (including before a resume)
     final_weights: Optional[pathlib.Path]
     best_map: float
     history: List[IterationLog] = field(default_factory=list)
@@ -97,14 +98,22 @@ class Trainer:
     ``weights``: optional start weights -- a full file, a backbone prefix (``yolov4-tiny.conv.29``), or a
     ``_last.weights`` whose state file makes the run continue exactly where it stopped."""
 
-    def __init__(self, cfg, data, weights=None, options: Optional[TrainOptions] = None,
-                 log: Optional[Callable[[str], None]] = None):
+    def __init__(
+        self,
+        cfg,
+        data,
+        weights=None,
+        options: Optional[TrainOptions] = None,
+        log: Optional[Callable[[str], None]] = None,
+    ):
         import pydarknet
 
         self.options = o = options or TrainOptions()
         if str(o.device).split(":")[0] != "cpu":
-            raise TrainingError(f"training runs on the CPU for now (device={o.device!r}): the CUDA backend has "
-                                f"forward kernels only; its backward kernels are not written yet")
+            raise TrainingError(
+                f"training runs on the CPU for now (device={o.device!r}): the CUDA backend has "
+                f"forward kernels only; its backward kernels are not written yet"
+            )
         self.cfg = str(cfg)
         self.log = log or (lambda line: None if o.quiet else print(line, flush=True))
         self.dataset = load_dataset(data, backup=o.backup)
@@ -117,8 +126,10 @@ class Trainer:
                     raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
                 desc.net[key] = int(value)
         if int(desc.net["max_batches"]) < 1:
-            raise TrainingError(f"{self.cfg}: [net] max_batches is {desc.net['max_batches']}; set it (or pass "
-                                f"--max-batches) to the number of iterations to train")
+            raise TrainingError(
+                f"{self.cfg}: [net] max_batches is {desc.net['max_batches']}; set it (or pass "
+                f"--max-batches) to the number of iterations to train"
+            )
         self.images_per_iteration = images_per_iteration(desc)
         self.subdivisions = int(desc.net["subdivisions"])
         self.mini_batch = self.images_per_iteration // self.subdivisions
@@ -127,9 +138,11 @@ class Trainer:
             raise TrainingError(f"{self.cfg}: the network has no [yolo] layer; pydarknet trains detectors")
         classes = {int(l.options["classes"]) for l in yolo}
         if classes != {self.dataset.classes}:
-            raise TrainingError(f"{self.cfg}: the [yolo] layers have classes={sorted(classes)} but "
-                                f"{self.dataset.source} has classes={self.dataset.classes}; set classes= in every "
-                                f"[yolo] and filters=(classes+5)*<anchors in mask> in the [convolutional] before it")
+            raise TrainingError(
+                f"{self.cfg}: the [yolo] layers have classes={sorted(classes)} but "
+                f"{self.dataset.source} has classes={self.dataset.classes}; set classes= in every "
+                f"[yolo] and filters=(classes+5)*<anchors in mask> in the [convolutional] before it"
+            )
 
         self.net = pydarknet.Network(desc, device=o.device, seed=0 if o.seed is None else o.seed)
         self.net.names = list(self.dataset.names)
@@ -151,14 +164,24 @@ class Trainer:
             self.state.seed = 0
         self.seed = self.state.seed
         self.max_batches = int(desc.net["max_batches"])
-        self.checkpoints = ckpt.CheckpointManager(self.backup, self.cfg, desc, save_every=o.save_every,
-                                                  save_last_every=o.save_last_every,
-                                                  start_iteration=self.state.iteration)
-        self.loader = Loader.from_dataset(self.dataset, desc, batch=self.images_per_iteration, seed=self.seed,
-                                          workers=o.workers)
+        self.checkpoints = ckpt.CheckpointManager(
+            self.backup,
+            self.cfg,
+            desc,
+            save_every=o.save_every,
+            save_last_every=o.save_last_every,
+            start_iteration=self.state.iteration,
+        )
+        self.loader = Loader.from_dataset(
+            self.dataset, desc, batch=self.images_per_iteration, seed=self.seed, workers=o.workers
+        )
         # The training forward moves the batch-norm rolling statistics; a skipped iteration puts them back.
-        rolling = [np.arange(t.offset, t.offset + t.size) for l in desc.layers for t in l.tensors
-                   if t.name in ("rolling_mean", "rolling_variance")]
+        rolling = [
+            np.arange(t.offset, t.offset + t.size)
+            for l in desc.layers
+            for t in l.tensors
+            if t.name in ("rolling_mean", "rolling_variance")
+        ]
         self._rolling = np.concatenate(rolling) if rolling else np.zeros(0, np.int64)
         self._nets = {}
         self.history: List[IterationLog] = []
@@ -201,17 +224,17 @@ class Trainer:
     def evaluate(self):
         """Darknet-style mAP@0.5 on the valid list (threshold 0.005, NMS 0.45, as ``detector map``)."""
 
-        from pydarknet.inference.detect import Detector
         from pydarknet.evaluation.metrics import Evaluator, yolo_to_xyxy
+        from pydarknet.inference.detect import Detector
 
         paths, labels = self.valid
         self.net.touch_params()
         detector = Detector(self.net, thresh=0.005, nms=0.45, names=self.net.names)
         ev = Evaluator(self.dataset.classes, self.dataset.names)
         for start in range(0, len(paths), 16):
-            chunk = paths[start:start + 16]
+            chunk = paths[start : start + 16]
             results = detector(chunk)
-            for path, boxes, res in zip(chunk, labels[start:start + 16], results):
+            for path, boxes, res in zip(chunk, labels[start : start + 16], results):
                 w, h = image_size(path)
                 gt_boxes, gt_classes = yolo_to_xyxy(np.concatenate([boxes[:, 4:5], boxes[:, :4]], axis=1), w, h)
                 ev.add(gt_boxes, gt_classes, detections=res, width=w, height=h)
@@ -230,7 +253,7 @@ class Trainer:
     # ----- one iteration ------------------------------------------------------------------------------------
     def step(self):
         """Run the next iteration; returns its IterationLog."""
-        it = self.state.iteration            # iterations done so far; this one uses the batch of index `it`
+        it = self.state.iteration  # iterations done so far; this one uses the batch of index `it`
         start = time.perf_counter()
         width, height = self.loader.input_size(it)
         net = self._net_at(width, height)
@@ -264,21 +287,25 @@ class Trainer:
         self.net.touch_params()
         if skipped:
             self._nonfinite_run += 1
-            self.log(f"iteration {it + 1}: non-finite value first in {problem}; the update is skipped "
-                     f"({self._nonfinite_run} in a row)")
+            self.log(
+                f"iteration {it + 1}: non-finite value first in {problem}; the update is skipped "
+                f"({self._nonfinite_run} in a row)"
+            )
             if self._nonfinite_run >= self.options.max_nonfinite:
                 raise TrainingError(
                     f"{self._nonfinite_run} iterations in a row produced non-finite values (last one first in "
                     f"{problem}). Lower learning_rate in [net] (or raise burn_in), check the labels for "
-                    f"degenerate boxes, and start from the last good weights: {self.checkpoints.path('last')}")
+                    f"degenerate boxes, and start from the last good weights: {self.checkpoints.path('last')}"
+                )
         else:
             self._nonfinite_run = 0
             self.avg_loss = loss if self.avg_loss < 0 else self.avg_loss * 0.9 + loss * 0.1
         self.state.iteration = it + 1
         self.state.extra["avg_loss"] = self.avg_loss
         self.net.seen = self.state.iteration * self.images_per_iteration
-        entry = IterationLog(it + 1, loss, self.avg_loss, rate, time.perf_counter() - start,
-                             self.net.seen, width, height, skipped)
+        entry = IterationLog(
+            it + 1, loss, self.avg_loss, rate, time.perf_counter() - start, self.net.seen, width, height, skipped
+        )
         self.history.append(entry)
         return entry
 
@@ -297,41 +324,74 @@ class Trainer:
         csv_file = open(csv_path, "w" if new_csv else "a", newline="")
         writer = csv.writer(csv_file)
         if new_csv:
-            writer.writerow(["iteration", "loss", "avg_loss", "learning_rate", "seconds", "images", "width",
-                             "height", "skipped", "map"])
+            writer.writerow(
+                [
+                    "iteration",
+                    "loss",
+                    "avg_loss",
+                    "learning_rate",
+                    "seconds",
+                    "images",
+                    "width",
+                    "height",
+                    "skipped",
+                    "map",
+                ]
+            )
         show_bar = o.progress if o.progress is not None else (sys.stderr.isatty() and not o.quiet)
         bar = None
         if show_bar:
             from tqdm import tqdm
-            bar = tqdm(total=self.max_batches, initial=self.state.iteration, unit="it", file=sys.stderr,
-                       dynamic_ncols=True)
+
+            bar = tqdm(
+                total=self.max_batches, initial=self.state.iteration, unit="it", file=sys.stderr, dynamic_ncols=True
+            )
         log = self.log if bar is None else (lambda line: bar.write(line) if not o.quiet else None)
-        self.log(f"Training {self.cfg} on {len(self.loader)} images: batch {self.images_per_iteration} in "
-                 f"{self.subdivisions} subdivision(s), max_batches {self.max_batches}, seed {self.seed}, "
-                 f"backup {self.backup}")
+        self.log(
+            f"Training {self.cfg} on {len(self.loader)} images: batch {self.images_per_iteration} in "
+            f"{self.subdivisions} subdivision(s), max_batches {self.max_batches}, seed {self.seed}, "
+            f"backup {self.backup}"
+        )
         final = None
         interrupted = False
         try:
             while self.state.iteration < target:
                 entry = self.step()
                 left = (self.max_batches - entry.iteration) * entry.seconds / 3600
-                log(f" {entry.iteration}: {entry.loss:f}, {entry.avg_loss:f} avg loss, {entry.rate:f} rate, "
-                    f"{entry.seconds:f} seconds, {entry.images} images, {left:.2f} hours left")
+                log(
+                    f" {entry.iteration}: {entry.loss:f}, {entry.avg_loss:f} avg loss, {entry.rate:f} rate, "
+                    f"{entry.seconds:f} seconds, {entry.images} images, {left:.2f} hours left"
+                )
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{entry.avg_loss:.3f}", size=f"{entry.width}x{entry.height}")
                 self.checkpoints.after_iteration(self.net.flat_params, self.state, self.optimizer)
-                if self.valid is not None and (entry.iteration % self.map_every() == 0
-                                               or entry.iteration == self.max_batches) \
-                        and entry.iteration >= int(self.desc.net["burn_in"]):
+                if (
+                    self.valid is not None
+                    and (entry.iteration % self.map_every() == 0 or entry.iteration == self.max_batches)
+                    and entry.iteration >= int(self.desc.net["burn_in"])
+                ):
                     metrics = self.evaluate()
                     entry.map = float(metrics["map"])
                     best = self.checkpoints.save_best(self.net.flat_params, self.state, entry.map, self.optimizer)
-                    log(f" mean average precision (mAP@0.50) = {entry.map:f}, best = {self.state.best_map:f}"
-                        + (f" -> {best}" if best else ""))
-                writer.writerow([entry.iteration, f"{entry.loss:.6f}", f"{entry.avg_loss:.6f}", f"{entry.rate:.8g}",
-                                 f"{entry.seconds:.4f}", entry.images, entry.width, entry.height,
-                                 int(entry.skipped), "" if entry.map is None else f"{entry.map:.6f}"])
+                    log(
+                        f" mean average precision (mAP@0.50) = {entry.map:f}, best = {self.state.best_map:f}"
+                        + (f" -> {best}" if best else "")
+                    )
+                writer.writerow(
+                    [
+                        entry.iteration,
+                        f"{entry.loss:.6f}",
+                        f"{entry.avg_loss:.6f}",
+                        f"{entry.rate:.8g}",
+                        f"{entry.seconds:.4f}",
+                        entry.images,
+                        entry.width,
+                        entry.height,
+                        int(entry.skipped),
+                        "" if entry.map is None else f"{entry.map:.6f}",
+                    ]
+                )
                 csv_file.flush()
                 if entry.iteration % max(1, o.chart_every) == 0:
                     self.draw_chart()
@@ -357,6 +417,7 @@ class Trainer:
         if not self.history:
             return
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
@@ -384,6 +445,7 @@ class Trainer:
 
         def write(f):
             fig.savefig(f, format="png")
+
         ckpt.atomic_write(path, write)
         plt.close(fig)
 

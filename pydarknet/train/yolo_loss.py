@@ -42,11 +42,19 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from pydarknet.errors import DarknetError
-from pydarknet.errors import TruthError
+from pydarknet.errors import DarknetError, TruthError
 
-__all__ = ["TruthError", "YoloLossConfig", "YoloLossResult", "yolo_loss", "box_iou", "box_giou", "box_diou",
-           "box_ciou", "iou_delta"]
+__all__ = [
+    "TruthError",
+    "YoloLossConfig",
+    "YoloLossResult",
+    "yolo_loss",
+    "box_iou",
+    "box_giou",
+    "box_diou",
+    "box_ciou",
+    "iou_delta",
+]
 
 FLT_MAX = float(np.finfo(np.float32).max)
 IOU_LOSSES = ("mse", "iou", "giou", "diou", "ciou")
@@ -77,10 +85,11 @@ def _parse_counters(text, classes):
 @dataclass(frozen=True)
 class YoloLossConfig:
     """The `[yolo]` options Darknet's training loss reads, with Darknet's defaults."""
+
     classes: int
     num: int
     mask: Tuple[int, ...]
-    anchors: Tuple[Tuple[float, float], ...]      # all `num` anchors, pixels at network resolution
+    anchors: Tuple[Tuple[float, float], ...]  # all `num` anchors, pixels at network resolution
     ignore_thresh: float = 0.5
     truth_thresh: float = 1.0
     iou_thresh: float = 1.0
@@ -91,7 +100,7 @@ class YoloLossConfig:
     cls_normalizer: float = 1.0
     delta_normalizer: float = 1.0
     max_delta: float = FLT_MAX
-    class_multipliers: Optional[Tuple[float, ...]] = None   # from counters_per_class
+    class_multipliers: Optional[Tuple[float, ...]] = None  # from counters_per_class
     label_smooth_eps: float = 0.0
     focal_loss: bool = False
     scale_x_y: float = 1.0
@@ -116,7 +125,7 @@ class YoloLossConfig:
         anchors = tuple((flat[2 * k], flat[2 * k + 1]) for k in range(num))
         iou_loss = str(o.get("iou_loss", "mse"))
         if iou_loss not in IOU_LOSSES:
-            iou_loss = "iou"     # Darknet's parser: anything unknown is plain IoU
+            iou_loss = "iou"  # Darknet's parser: anything unknown is plain IoU
         kind = str(o.get("iou_thresh_kind", "iou"))
         if kind not in IOU_LOSSES[1:]:
             kind = "iou"
@@ -131,18 +140,30 @@ class YoloLossConfig:
         if str(o.get("map", "") or "").strip():
             raise DarknetError("[yolo] map= (a class-id remapping file) is not supported in training")
         return cls(
-            classes=classes, num=num, mask=mask, anchors=anchors,
-            ignore_thresh=float(o.get("ignore_thresh", 0.5)), truth_thresh=float(o.get("truth_thresh", 1.0)),
-            iou_thresh=float(o.get("iou_thresh", 1.0)), iou_thresh_kind=kind, iou_loss=iou_loss,
-            iou_normalizer=float(o.get("iou_normalizer", 0.75)), obj_normalizer=float(o.get("obj_normalizer", 1.0)),
+            classes=classes,
+            num=num,
+            mask=mask,
+            anchors=anchors,
+            ignore_thresh=float(o.get("ignore_thresh", 0.5)),
+            truth_thresh=float(o.get("truth_thresh", 1.0)),
+            iou_thresh=float(o.get("iou_thresh", 1.0)),
+            iou_thresh_kind=kind,
+            iou_loss=iou_loss,
+            iou_normalizer=float(o.get("iou_normalizer", 0.75)),
+            obj_normalizer=float(o.get("obj_normalizer", 1.0)),
             cls_normalizer=float(o.get("cls_normalizer", 1.0)),
-            delta_normalizer=float(o.get("delta_normalizer", 1.0)), max_delta=max_delta,
-            class_multipliers=multipliers, label_smooth_eps=float(o.get("label_smooth_eps", 0.0)),
-            focal_loss=bool(int(o.get("focal_loss", 0))), scale_x_y=float(o.get("scale_x_y", 1.0)),
+            delta_normalizer=float(o.get("delta_normalizer", 1.0)),
+            max_delta=max_delta,
+            class_multipliers=multipliers,
+            label_smooth_eps=float(o.get("label_smooth_eps", 0.0)),
+            focal_loss=bool(int(o.get("focal_loss", 0))),
+            scale_x_y=float(o.get("scale_x_y", 1.0)),
             new_coords=bool(int(o.get("new_coords", 0))),
             # Darknet reads objectness_smooth as an int: 0.5 is off
             objectness_smooth=bool(int(float(o.get("objectness_smooth", 0)))),
-            max_boxes=int(o.get("max", 200)), show_details=bool(int(o.get("show_details", 1))))
+            max_boxes=int(o.get("max", 200)),
+            show_details=bool(int(o.get("show_details", 1))),
+        )
 
 
 def _config(layer):
@@ -167,6 +188,7 @@ class YoloLossResult:
     count. ``total_bbox``/``rewritten_bbox`` count box deltas written and written onto an anchor that already
     had one (Darknet prints their ratio per iteration).
     """
+
     grad: np.ndarray
     delta: np.ndarray
     loss: float
@@ -187,10 +209,12 @@ class YoloLossResult:
     def summary(self, index=None):
         """Darknet-style one-line summary of this layer (its older, detailed format)."""
         where = f"Region {index} " if index is not None else ""
-        return (f"v3 ({self.iou_loss_kind} loss) {where}Avg (IOU: {self.avg_iou:f}), Class: {self.avg_class:f}, "
-                f"Obj: {self.avg_obj:f}, No Obj: {self.avg_noobj:f}, .5R: {self.recall50:f}, "
-                f".75R: {self.recall75:f}, count: {self.count}, class_loss = {self.class_loss:f}, "
-                f"iou_loss = {self.iou_loss:f}, total_loss = {self.total_loss:f}")
+        return (
+            f"v3 ({self.iou_loss_kind} loss) {where}Avg (IOU: {self.avg_iou:f}), Class: {self.avg_class:f}, "
+            f"Obj: {self.avg_obj:f}, No Obj: {self.avg_noobj:f}, .5R: {self.recall50:f}, "
+            f".75R: {self.recall75:f}, count: {self.count}, class_loss = {self.class_loss:f}, "
+            f"iou_loss = {self.iou_loss:f}, total_loss = {self.total_loss:f}"
+        )
 
 
 # ----- box arithmetic (scalars; boxes are (x, y, w, h) with centre x, y) ------------------------------------
@@ -253,7 +277,7 @@ def box_diou(a, b):
         return iou
     d = (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2
     ratio = _div(d, c)
-    return iou - (ratio ** 0.6 if ratio >= 0 else math.nan)
+    return iou - (ratio**0.6 if ratio >= 0 else math.nan)
 
 
 def _aspect_term(truth, pred):
@@ -306,7 +330,7 @@ def iou_delta(pred, truth, kind):
     area_g = (g_b - g_t) * (g_r - g_l)
     inter_h = min(p_b, g_b) - max(p_t, g_t)
     inter_w = min(p_r, g_r) - max(p_l, g_l)
-    inter = inter_w * inter_h          # not clamped: Darknet uses the signed product here
+    inter = inter_w * inter_h  # not clamped: Darknet uses the signed product here
     union = area_p + area_g - inter
     dist2 = (px - tx) ** 2 + (py - ty) ** 2
     hull_w = max(p_r, g_r) - min(p_l, g_l)
@@ -315,13 +339,21 @@ def iou_delta(pred, truth, kind):
 
     # d/d(edge) of the prediction's area, of the intersection, of the union and of the GIoU hull
     d_area = {"t": -(p_r - p_l), "b": p_r - p_l, "l": -(p_b - p_t), "r": p_b - p_t}
-    d_inter = {"t": -inter_w if p_t > g_t else 0.0, "b": inter_w if p_b < g_b else 0.0,
-               "l": -inter_h if p_l > g_l else 0.0, "r": inter_h if p_r < g_r else 0.0}
+    d_inter = {
+        "t": -inter_w if p_t > g_t else 0.0,
+        "b": inter_w if p_b < g_b else 0.0,
+        "l": -inter_h if p_l > g_l else 0.0,
+        "r": inter_h if p_r < g_r else 0.0,
+    }
     d_union = {e: d_area[e] - d_inter[e] for e in "tblr"}
-    d_hull = {"t": -hull_w if p_t < g_t else 0.0, "b": hull_w if p_b > g_b else 0.0,
-              "l": -hull_h if p_l < g_l else 0.0, "r": hull_h if p_r > g_r else 0.0}
+    d_hull = {
+        "t": -hull_w if p_t < g_t else 0.0,
+        "b": hull_w if p_b > g_b else 0.0,
+        "l": -hull_h if p_l < g_l else 0.0,
+        "r": hull_h if p_r > g_r else 0.0,
+    }
 
-    grad = {e: 0.0 for e in "tblr"}
+    grad = dict.fromkeys("tblr", 0.0)
     if union > 0:
         for e in "tblr":
             grad[e] = _div(union * d_inter[e] - inter * d_union[e], union * union)
@@ -388,7 +420,7 @@ class _Pass:
 
     def __init__(self, cfg, out, net_w, net_h):
         self.cfg = cfg
-        self.out = out                                  # (B, A, 5+C, H, W) float32 view
+        self.out = out  # (B, A, 5+C, H, W) float32 view
         self.delta = np.zeros(out.shape, np.float32)
         self.h, self.w = out.shape[3], out.shape[4]
         self.net_w, self.net_h = net_w, net_h
@@ -421,7 +453,7 @@ class _Pass:
         pred, raw = self.pred_box(b, a, j, i, anchor)
         iou, giou = box_iou(pred, truth), box_giou(pred, truth)
         px, py, pw, ph = pred
-        pw = 1.0 if pw == 0 else pw          # keeps dx_box_iou finite, as Darknet does
+        pw = 1.0 if pw == 0 else pw  # keeps dx_box_iou finite, as Darknet does
         ph = 1.0 if ph == 0 else ph
         norm = cfg.iou_normalizer * multiplier
         aw, ah = cfg.anchors[anchor]
@@ -464,7 +496,7 @@ class _Pass:
             if math.isfinite(r):
                 d[class_id] = r
             if mult is not None:
-                d[class_id] *= mult[class_id]       # Darknet leaves cls_normalizer out of this rewrite
+                d[class_id] *= mult[class_id]  # Darknet leaves cls_normalizer out of this rewrite
             return
         onehot = np.zeros(cfg.classes)
         onehot[class_id] = 1.0
@@ -526,10 +558,14 @@ def _check_truths(truths, batch, classes, max_boxes):
             if c != int(c) or not 0 <= c < classes:
                 raise TruthError(f"class {c:g} is not in [0, {classes})", b, r)
             if not (0 <= x <= 1 and 0 <= y <= 1) or w < 0 or h < 0:
-                raise TruthError(f"box x={x:g} y={y:g} w={w:g} h={h:g} is not a box inside the image "
-                                 f"(centre in [0, 1], positive size)", b, r)
+                raise TruthError(
+                    f"box x={x:g} y={y:g} w={w:g} h={h:g} is not a box inside the image "
+                    f"(centre in [0, 1], positive size)",
+                    b,
+                    r,
+                )
             rows.append(r)
-        rows = rows[:max_boxes]      # Darknet's truth buffer holds `max` boxes per image
+        rows = rows[:max_boxes]  # Darknet's truth buffer holds `max` boxes per image
         kept = t[rows]
         checked.append((kept[:, :4].copy(), kept[:, 4].astype(np.int64)))
     return checked
@@ -589,8 +625,10 @@ def yolo_loss(output, truths, layer, net_w, net_h) -> YoloLossResult:
     n_anchors = len(cfg.mask)
     batch, channels, h, w = output.shape
     if channels != n_anchors * (5 + cfg.classes):
-        raise DarknetError(f"yolo_loss: output has {channels} channels, the layer needs "
-                           f"{n_anchors}*(5+{cfg.classes}) = {n_anchors * (5 + cfg.classes)}")
+        raise DarknetError(
+            f"yolo_loss: output has {channels} channels, the layer needs "
+            f"{n_anchors}*(5+{cfg.classes}) = {n_anchors * (5 + cfg.classes)}"
+        )
     if not (net_w > 0 and net_h > 0):
         raise DarknetError(f"yolo_loss: network size {net_w}x{net_h} is not positive")
     net_w, net_h = int(net_w), int(net_h)
@@ -612,7 +650,7 @@ def yolo_loss(output, truths, layer, net_w, net_h) -> YoloLossResult:
     # 1. no-object deltas and the ignore rule, all predictions x all truths at once
     delta[:, :, 4] = np.float32(cfg.obj_normalizer) * (np.float32(0) - obj)
     px, py, pw, ph = _pred_boxes(cfg, out, net_w, net_h)
-    class_match = (out[:, :, 5:] > np.float32(CLASS_MATCH_THRESH)).any(axis=2)      # (B, A, H, W)
+    class_match = (out[:, :, 5:] > np.float32(CLASS_MATCH_THRESH)).any(axis=2)  # (B, A, H, W)
     for b, (tboxes, tclasses) in enumerate(boxes):
         if len(tboxes) == 0:
             continue
@@ -668,10 +706,10 @@ def yolo_loss(output, truths, layer, net_w, net_h) -> YoloLossResult:
 
     # 3. averages_yolo_deltas: box deltas shared by the classes trained at an anchor
     if cfg.iou_thresh < 1.0:
-        classes_here = (delta[:, :, 5:] > 0).sum(axis=2)                 # (B, A, H, W)
+        classes_here = (delta[:, :, 5:] > 0).sum(axis=2)  # (B, A, H, W)
         share = (delta[:, :, 4] != 0) & (classes_here > 0)
         if share.any():
-            box = delta[:, :, :4]                                          # view
+            box = delta[:, :, :4]  # view
             divisor = np.where(share, classes_here, 1).astype(np.float32)
             box /= divisor[:, :, None]
 
@@ -689,9 +727,20 @@ def yolo_loss(output, truths, layer, net_w, net_h) -> YoloLossResult:
         cost = cfg.iou_normalizer * per_box / count + class_loss
     grad = delta * np.float32(-cfg.delta_normalizer)
     return YoloLossResult(
-        grad=grad.reshape(output.shape), delta=delta.reshape(output.shape), loss=cost,
-        avg_iou=state.tot_iou / count, avg_class=state.avg_cat / count, avg_obj=state.avg_obj / count,
-        avg_noobj=avg_anyobj / (w * h * n_anchors * batch), recall50=state.recall50 / count,
-        recall75=state.recall75 / count, count=state.count, class_loss=class_loss / batch,
-        iou_loss=(sum_sq - class_loss) / batch, total_loss=sum_sq / batch, total_bbox=state.total_bbox,
-        rewritten_bbox=state.rewritten_bbox, iou_loss_kind=cfg.iou_loss)
+        grad=grad.reshape(output.shape),
+        delta=delta.reshape(output.shape),
+        loss=cost,
+        avg_iou=state.tot_iou / count,
+        avg_class=state.avg_cat / count,
+        avg_obj=state.avg_obj / count,
+        avg_noobj=avg_anyobj / (w * h * n_anchors * batch),
+        recall50=state.recall50 / count,
+        recall75=state.recall75 / count,
+        count=state.count,
+        class_loss=class_loss / batch,
+        iou_loss=(sum_sq - class_loss) / batch,
+        total_loss=sum_sq / batch,
+        total_bbox=state.total_bbox,
+        rewritten_bbox=state.rewritten_bbox,
+        iou_loss_kind=cfg.iou_loss,
+    )

@@ -30,7 +30,7 @@ RTOL = 1e-3
 
 
 def layer_params(net, flat, layer):
-    return {t.name: flat[t.offset:t.offset + t.size].reshape(t.shape) for t in net.desc.layers[layer].tensors}
+    return {t.name: flat[t.offset : t.offset + t.size].reshape(t.shape) for t in net.desc.layers[layer].tensors}
 
 
 def reference_forward(net, flat, x, keep_masks=None):
@@ -43,30 +43,52 @@ def reference_forward(net, flat, x, keep_masks=None):
         p = layer_params(net, flat, i)
         kind = layer.type
         if kind == "convolutional":
-            y = ref.convolutional_train(prev, p["weights"], p["biases"], stride_x=o["stride_x"],
-                                        stride_y=o["stride_y"], padding=o["padding"], dilation=o["dilation"],
-                                        groups=o["groups"], batch_normalize=bool(o["batch_normalize"]),
-                                        scales=p.get("scales"), activation=o["activation"])
+            y = ref.convolutional_train(
+                prev,
+                p["weights"],
+                p["biases"],
+                stride_x=o["stride_x"],
+                stride_y=o["stride_y"],
+                padding=o["padding"],
+                dilation=o["dilation"],
+                groups=o["groups"],
+                batch_normalize=bool(o["batch_normalize"]),
+                scales=p.get("scales"),
+                activation=o["activation"],
+            )
         elif kind == "connected":
-            y = ref.connected_train(prev, p["weights"], p["biases"], batch_normalize=bool(o["batch_normalize"]),
-                                    scales=p.get("scales"), activation=o["activation"])
+            y = ref.connected_train(
+                prev,
+                p["weights"],
+                p["biases"],
+                batch_normalize=bool(o["batch_normalize"]),
+                scales=p.get("scales"),
+                activation=o["activation"],
+            )
         elif kind == "maxpool":
             if o["maxpool_depth"]:
                 y = ref.maxpool_depth(prev, out_channels=o["out_channels"])
             else:
-                y = ref.maxpool(prev, size=o["size"], stride_x=o["stride_x"], stride_y=o["stride_y"],
-                                padding=o["padding"])
+                y = ref.maxpool(
+                    prev, size=o["size"], stride_x=o["stride_x"], stride_y=o["stride_y"], padding=o["padding"]
+                )
         elif kind == "local_avgpool":
-            y = ref.local_avgpool(prev, size=o["size"], stride_x=o["stride_x"], stride_y=o["stride_y"],
-                                  padding=o["padding"])
+            y = ref.local_avgpool(
+                prev, size=o["size"], stride_x=o["stride_x"], stride_y=o["stride_y"], padding=o["padding"]
+            )
         elif kind == "avgpool":
             y = ref.avgpool(prev)
         elif kind == "route":
             y = ref.route([outs[r] for r in o["layers"]], groups=o["groups"], group_id=o["group_id"])
         elif kind == "shortcut":
-            y = ref.shortcut(prev, [outs[r] for r in o["from"]], activation=o["activation"],
-                             weights=p.get("weights"), weights_type=o["weights_type"],
-                             weights_normalization=o["weights_normalization"])
+            y = ref.shortcut(
+                prev,
+                [outs[r] for r in o["from"]],
+                activation=o["activation"],
+                weights=p.get("weights"),
+                weights_type=o["weights_type"],
+                weights_normalization=o["weights_normalization"],
+            )
         elif kind == "upsample":
             stride = -o["stride"] if o["reverse"] else o["stride"]
             y = ref.upsample(prev, stride=stride, scale=o["scale"])
@@ -128,16 +150,18 @@ class GradCheck:
         self.train_outputs = [net.train_output(i) for i in range(len(net.layers))]
         self.keep_masks = keep_masks
         if keep_masks is None:
-            self.keep_masks = {l.index: self.train_outputs[l.index] != 0
-                               for l in net.desc.layers if l.type == "dropout"}
+            self.keep_masks = {
+                l.index: self.train_outputs[l.index] != 0 for l in net.desc.layers if l.type == "dropout"
+            }
         self.seeds = seeds
         net.zero_grads()
         self.input_grad = net.backward(seeds, input_grad=True)
         self.grads = np.array(net.grads, dtype=np.float64)
 
     def loss(self, flat=None, x=None):
-        outs = reference_forward(self.net, self.flat if flat is None else flat, self.x64 if x is None else x,
-                                 self.keep_masks)
+        outs = reference_forward(
+            self.net, self.flat if flat is None else flat, self.x64 if x is None else x, self.keep_masks
+        )
         return sum(float(np.sum(outs[i] * np.asarray(r, dtype=np.float64))) for i, r in self.seeds.items())
 
     def reference_outputs(self):
@@ -160,7 +184,7 @@ class GradCheck:
         t = self.net.desc.layers[layer].tensor(name)
         idx = self._indices(t.size, limit, rng)
         flat = self.flat.copy()
-        view = flat[t.offset:t.offset + t.size]
+        view = flat[t.offset : t.offset + t.size]
         fd = central_differences(lambda: self.loss(flat=flat), view, idx, self.step)
         return self.grads[t.offset + idx], fd
 
@@ -173,8 +197,9 @@ class GradCheck:
                 continue
             for t in layer.tensors:
                 if t.name.startswith("rolling_"):
-                    assert np.all(self.grads[t.offset:t.offset + t.size] == 0), \
+                    assert np.all(self.grads[t.offset : t.offset + t.size] == 0), (
                         f"layer {layer.index} {t.name}: rolling statistics must get no gradient"
+                    )
                     continue
                 pairs[f"{layer.index}.{layer.type}.{t.name}"] = self.tensor_fd(layer.index, t.name, limit, rng)
         net_scale = max(float(np.max(np.abs(fd))) for _, fd in pairs.values() if fd.size)
@@ -186,7 +211,9 @@ class GradCheck:
             errors[name] = float(err.max()) if err.size else 0.0
             if errors[name] > RTOL:
                 worst = int(np.argmax(err))
-                raise AssertionError(f"{name}: gradient off by {errors[name]:.3g} (relative) at entry {worst}: "
-                                     f"engine {got[worst]!r}, finite differences {fd[worst]!r}; "
-                                     f"all errors: {errors}")
+                raise AssertionError(
+                    f"{name}: gradient off by {errors[name]:.3g} (relative) at entry {worst}: "
+                    f"engine {got[worst]!r}, finite differences {fd[worst]!r}; "
+                    f"all errors: {errors}"
+                )
         return errors

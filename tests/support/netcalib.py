@@ -98,12 +98,13 @@ def _conv2d(x, w, stride, pad, groups):
     out = np.zeros((n, out_c, oh * ow), dtype=np.float32)
     og = out_c // groups
     for g in range(groups):
-        xg = xp[:, g * cg:(g + 1) * cg]
+        xg = xp[:, g * cg : (g + 1) * cg]
         for dy in range(k):
             for dx in range(k):
-                patch = xg[:, :, dy:dy + stride * (oh - 1) + 1:stride, dx:dx + stride * (ow - 1) + 1:stride]
-                out[:, g * og:(g + 1) * og] += np.matmul(w[g * og:(g + 1) * og, :, dy, dx],
-                                                         patch.reshape(n, cg, oh * ow))
+                patch = xg[:, :, dy : dy + stride * (oh - 1) + 1 : stride, dx : dx + stride * (ow - 1) + 1 : stride]
+                out[:, g * og : (g + 1) * og] += np.matmul(
+                    w[g * og : (g + 1) * og, :, dy, dx], patch.reshape(n, cg, oh * ow)
+                )
     return out.reshape(n, out_c, oh, ow)
 
 
@@ -115,12 +116,15 @@ def _maxpool(x, size, stride):
     ow = (width + padding - size) // stride + 1
     off = padding // 2
     xp = np.full((n, c, height + padding + stride, width + padding + stride), -np.inf, dtype=np.float32)
-    xp[:, :, off:off + height, off:off + width] = x
+    xp[:, :, off : off + height, off : off + width] = x
     out = np.full((n, c, oh, ow), -np.inf, dtype=np.float32)
     for dy in range(size):
         for dx in range(size):
-            np.maximum(out, xp[:, :, dy:dy + stride * (oh - 1) + 1:stride, dx:dx + stride * (ow - 1) + 1:stride],
-                       out=out)
+            np.maximum(
+                out,
+                xp[:, :, dy : dy + stride * (oh - 1) + 1 : stride, dx : dx + stride * (ow - 1) + 1 : stride],
+                out=out,
+            )
     return out
 
 
@@ -150,8 +154,9 @@ def calibrate(net, text, x, rng, bn_eps=1e-6):
             p = layers[i].params
             size = int(o.get("size", 1))
             pad = size // 2 if int(o.get("pad", 0)) else int(o.get("padding", 0))
-            y = _conv2d(prev, np.asarray(p["weights"], dtype=np.float32), int(o.get("stride", 1)), pad,
-                        int(o.get("groups", 1)))
+            y = _conv2d(
+                prev, np.asarray(p["weights"], dtype=np.float32), int(o.get("stride", 1)), pad, int(o.get("groups", 1))
+            )
             n = y.shape[1]
             mean = y.mean(axis=(0, 2, 3), dtype=np.float64)
             var = y.var(axis=(0, 2, 3), dtype=np.float64)
@@ -169,7 +174,7 @@ def calibrate(net, text, x, rng, bn_eps=1e-6):
                 # one gain per layer from the overall rms: per-channel statistics can rest on very
                 # few samples (a 1x1 map after avgpool), and a huge gain with a cancelling bias
                 # would only measure float32 cancellation
-                gain = target / max(float(np.sqrt(np.mean(var + mean ** 2))), 1e-6)
+                gain = target / max(float(np.sqrt(np.mean(var + mean**2))), 1e-6)
                 p["weights"][...] *= np.float32(gain)
                 p["biases"][...] = -mean * gain + rng.uniform(-0.5, 0.5, n) * target
                 y = y * np.float32(gain)
@@ -184,7 +189,7 @@ def calibrate(net, text, x, rng, bn_eps=1e-6):
             for r in (int(v) for v in o["layers"].split(",")):
                 t = outs[r if r >= 0 else i + r]
                 cg = t.shape[1] // groups
-                parts.append(t[:, gid * cg:(gid + 1) * cg])
+                parts.append(t[:, gid * cg : (gid + 1) * cg])
             y = np.concatenate(parts, axis=1)
         elif kind == "shortcut":
             r = int(o["from"])

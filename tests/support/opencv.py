@@ -11,12 +11,25 @@ import re
 
 import numpy as np
 
-from support.netcalib import read_sections, sigmoid as _sigmoid
+from support.netcalib import read_sections
+from support.netcalib import sigmoid as _sigmoid
 
 TOL = 1e-3
 THRESH_BAND = 1e-4
-OPENCV_ACTIVATIONS = ("leaky", "mish", "swish", "logistic", "relu", "tanh", "elu", "hardswish",
-                      "relu6", "selu", "gelu", "activation")
+OPENCV_ACTIVATIONS = (
+    "leaky",
+    "mish",
+    "swish",
+    "logistic",
+    "relu",
+    "tanh",
+    "elu",
+    "hardswish",
+    "relu6",
+    "selu",
+    "gelu",
+    "activation",
+)
 
 
 def yolo_specs(text):
@@ -27,17 +40,24 @@ def yolo_specs(text):
             continue
         anchors = np.array([float(v) for v in opts["anchors"].split(",")], dtype=np.float64).reshape(-1, 2)
         num = int(opts.get("num", len(anchors)))
-        mask = ([int(v) for v in opts["mask"].split(",")] if "mask" in opts else list(range(num)))
-        specs.append(dict(index=index, anchors=anchors[mask], classes=int(opts.get("classes", 20)),
-                          scale_x_y=float(opts.get("scale_x_y", 1.0)),
-                          new_coords=int(opts.get("new_coords", 0)),
-                          thresh=float(opts.get("thresh", 0.2))))
+        mask = [int(v) for v in opts["mask"].split(",")] if "mask" in opts else list(range(num))
+        specs.append(
+            dict(
+                index=index,
+                anchors=anchors[mask],
+                classes=int(opts.get("classes", 20)),
+                scale_x_y=float(opts.get("scale_x_y", 1.0)),
+                new_coords=int(opts.get("new_coords", 0)),
+                thresh=float(opts.get("thresh", 0.2)),
+            )
+        )
     return specs
 
 
 # ------------------------------------------------------------------------------------------------
 # Darknet's yolo forward and OpenCV's row format, in float64 numpy
 # ------------------------------------------------------------------------------------------------
+
 
 def darknet_yolo_forward(blob, spec):
     """What Darknet's yolo layer holds after forward, given its input blob (N, A*(5+C), h, w)."""
@@ -96,6 +116,7 @@ def decoded_diff(ours_out, ref_rows, spec, net_w, net_h):
 # Diagnostics
 # ------------------------------------------------------------------------------------------------
 
+
 def opencv_layer_names(cv_net):
     """Darknet layer index -> name of the OpenCV blob holding that layer's final output."""
     mapping, current = {}, None
@@ -125,16 +146,17 @@ def first_divergence(net, cv_net, x, tol=TOL):
         mine = np.asarray(ours[i], dtype=np.float64)
         ref = np.asarray(blob, dtype=np.float64)
         if ref.size != mine.size:
-            return (f"layer {i} ({net.layers[i].type}): shape {mine.shape} vs OpenCV {mapping[i]} "
-                    f"{ref.shape}")
+            return f"layer {i} ({net.layers[i].type}): shape {mine.shape} vs OpenCV {mapping[i]} {ref.shape}"
         ref = ref.reshape(mine.shape)
         d = np.abs(mine - ref)
         scale = max(1.0, float(np.abs(ref).max()))
         if not np.isfinite(d).all() or d.max() > tol * scale:
             where = tuple(int(v) for v in np.unravel_index(int(np.nanargmax(d)), d.shape))
-            return (f"first divergence at layer {i} ({net.layers[i].type}, OpenCV blob {mapping[i]}): "
-                    f"max abs diff {d.max():.3g} at {where} (ours {mine[where]:.6g}, "
-                    f"OpenCV {ref[where]:.6g}, |OpenCV| max {np.abs(ref).max():.3g})")
+            return (
+                f"first divergence at layer {i} ({net.layers[i].type}, OpenCV blob {mapping[i]}): "
+                f"max abs diff {d.max():.3g} at {where} (ours {mine[where]:.6g}, "
+                f"OpenCV {ref[where]:.6g}, |OpenCV| max {np.abs(ref).max():.3g})"
+            )
     return "no single layer differs by more than the tolerance"
 
 

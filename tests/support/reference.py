@@ -30,6 +30,7 @@ def _f64(x):
 # Activations (element-wise). Each takes a float64 array and returns a new one.
 # ----------------------------------------------------------------------------------------------------------
 
+
 def _sigmoid(x):
     # 1 / (1 + e^-x), written to avoid overflow warnings for very negative x
     out = np.empty_like(x)
@@ -89,7 +90,7 @@ def act_selu(x):
 
 def act_gelu(x):
     # tanh approximation with Darknet's rounded constants (0.797885 ~ sqrt(2/pi), 0.035677 ~ 0.044715*sqrt(2/pi))
-    return 0.5 * x * (1.0 + np.tanh(0.797885 * x + 0.035677 * x ** 3))
+    return 0.5 * x * (1.0 + np.tanh(0.797885 * x + 0.035677 * x**3))
 
 
 def act_plse(x):
@@ -170,6 +171,7 @@ ELEMENTWISE_ACTIVATIONS = {
 
 # Channel-wise activations (per batch item and pixel, over the channel axis; conv layers only in Darknet).
 
+
 def normalize_channels(x):
     x = _f64(x)
     pos = np.where(x > 0, x, 0.0)
@@ -206,6 +208,7 @@ def activate(x, name):
 # ----------------------------------------------------------------------------------------------------------
 # Convolutional / connected
 # ----------------------------------------------------------------------------------------------------------
+
 
 def conv_out_size(in_size, size, stride, padding):
     """Darknet's conv output size: (in + 2*padding - size) / stride + 1 (dilation is not part of it)."""
@@ -254,11 +257,13 @@ def conv2d_raw(x, weights, *, stride_x=1, stride_y=1, padding=0, dilation=1, gro
         y0 = ky * dilation
         for kx in range(ksize):
             x0 = kx * dilation
-            taps = xp[:, :, y0:y0 + (out_h - 1) * stride_y + 1:stride_y, x0:x0 + (out_w - 1) * stride_x + 1:stride_x]
+            taps = xp[
+                :, :, y0 : y0 + (out_h - 1) * stride_y + 1 : stride_y, x0 : x0 + (out_w - 1) * stride_x + 1 : stride_x
+            ]
             for g in range(groups):
-                xin = taps[:, g * c_per_group:(g + 1) * c_per_group]            # (N, c/g, oh, ow)
-                wk = w[g * n_per_group:(g + 1) * n_per_group, :, ky, kx]         # (n/g, c/g)
-                out[:, g * n_per_group:(g + 1) * n_per_group] += np.einsum("nchw,oc->nohw", xin, wk)
+                xin = taps[:, g * c_per_group : (g + 1) * c_per_group]  # (N, c/g, oh, ow)
+                wk = w[g * n_per_group : (g + 1) * n_per_group, :, ky, kx]  # (n/g, c/g)
+                out[:, g * n_per_group : (g + 1) * n_per_group] += np.einsum("nchw,oc->nohw", xin, wk)
     return out
 
 
@@ -291,20 +296,43 @@ def conv2d_naive(x, weights, *, stride_x=1, stride_y=1, padding=0, dilation=1, g
     return out
 
 
-def convolutional(x, weights, biases, *, stride_x=1, stride_y=1, padding=0, dilation=1, groups=1,
-                  batch_normalize=False, scales=None, rolling_mean=None, rolling_variance=None,
-                  activation="logistic", bn_eps=BN_EPSILON):
+def convolutional(
+    x,
+    weights,
+    biases,
+    *,
+    stride_x=1,
+    stride_y=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    batch_normalize=False,
+    scales=None,
+    rolling_mean=None,
+    rolling_variance=None,
+    activation="logistic",
+    bn_eps=BN_EPSILON,
+):
     """Darknet [convolutional] forward at inference: conv -> (BN with rolling stats) -> +bias -> activation."""
-    y = conv2d_raw(x, weights, stride_x=stride_x, stride_y=stride_y, padding=padding, dilation=dilation,
-                   groups=groups)
+    y = conv2d_raw(x, weights, stride_x=stride_x, stride_y=stride_y, padding=padding, dilation=dilation, groups=groups)
     if batch_normalize:
         y = batchnorm(y, scales, rolling_mean, rolling_variance, bn_eps)
     y = y + _f64(biases).reshape(1, -1, 1, 1)
     return activate(y, activation)
 
 
-def connected(x, weights, biases, *, batch_normalize=False, scales=None, rolling_mean=None,
-              rolling_variance=None, activation="logistic", bn_eps=BN_EPSILON):
+def connected(
+    x,
+    weights,
+    biases,
+    *,
+    batch_normalize=False,
+    scales=None,
+    rolling_mean=None,
+    rolling_variance=None,
+    activation="logistic",
+    bn_eps=BN_EPSILON,
+):
     """Darknet [connected]: out = W . flatten(x) -> (BN) -> +bias -> activation; returns (N, out, 1, 1)."""
     x = _f64(x)
     flat = x.reshape(x.shape[0], -1)
@@ -323,6 +351,7 @@ def connected(x, weights, biases, *, batch_normalize=False, scales=None, rolling
 # ----------------------------------------------------------------------------------------------------------
 # Pooling
 # ----------------------------------------------------------------------------------------------------------
+
 
 def pool_out_size(in_size, size, stride, padding):
     """Darknet maxpool/local_avgpool: (in + padding - size) / stride + 1 (padding is the total, not per side)."""
@@ -399,6 +428,7 @@ def avgpool(x):
 # Routing / merging
 # ----------------------------------------------------------------------------------------------------------
 
+
 def route(inputs, *, groups=1, group_id=0):
     """Darknet [route]: from each input's flat per-image buffer take the part [group_id*P, (group_id+1)*P)
     with P = size/groups, and concatenate the parts (channel axis)."""
@@ -409,7 +439,7 @@ def route(inputs, *, groups=1, group_id=0):
         assert a.shape[0] == n and a.shape[2:] == (h, w), "route inputs must share N, H and W"
         flat = a.reshape(n, -1)
         part = flat.shape[1] // groups
-        parts.append(flat[:, group_id * part:(group_id + 1) * part])
+        parts.append(flat[:, group_id * part : (group_id + 1) * part])
     out = np.concatenate(parts, axis=1)
     return out.reshape(n, -1, h, w)
 
@@ -422,8 +452,7 @@ def shortcut_weight_count(weights_type, n_from, channels):
     return 0
 
 
-def shortcut(x, froms, *, activation="linear", weights=None, weights_type="none",
-             weights_normalization="none"):
+def shortcut(x, froms, *, activation="linear", weights=None, weights_type="none", weights_normalization="none"):
     """Darknet [shortcut] (shortcut_multilayer_cpu).
 
     out = w0*in + sum_k w_k*from_k over the flat per-image buffer; a `from` with fewer elements only adds to the
@@ -500,6 +529,7 @@ def scale_channels(x, from_output, *, scale_wh=0, activation="linear"):
 # Resampling
 # ----------------------------------------------------------------------------------------------------------
 
+
 def upsample(x, *, stride=2, scale=1.0):
     """Darknet [upsample]: stride>0 -> nearest-neighbour x stride times scale;
     stride<0 -> out = scale * sum of each |stride| x |stride| block (input beyond out*|stride| is ignored)."""
@@ -571,6 +601,7 @@ def reorg3d_direct(x, *, stride):
 # Heads and misc
 # ----------------------------------------------------------------------------------------------------------
 
+
 def yolo(x, *, n_anchors, classes, scale_x_y=1.0, new_coords=0):
     """Darknet [yolo] forward: per anchor (planar, 5+classes channels each) logistic on x, y, obj and the
     classes unless new_coords=1; then x, y <- x*s - 0.5*(s-1) in both cases. w, h stay raw."""
@@ -582,9 +613,9 @@ def yolo(x, *, n_anchors, classes, scale_x_y=1.0, new_coords=0):
     for a in range(n_anchors):
         base = a * per
         if not new_coords:
-            out[:, base + 0:base + 2] = _sigmoid(x[:, base + 0:base + 2])
-            out[:, base + 4:base + per] = _sigmoid(x[:, base + 4:base + per])
-        out[:, base + 0:base + 2] = out[:, base + 0:base + 2] * scale_x_y - 0.5 * (scale_x_y - 1.0)
+            out[:, base + 0 : base + 2] = _sigmoid(x[:, base + 0 : base + 2])
+            out[:, base + 4 : base + per] = _sigmoid(x[:, base + 4 : base + per])
+        out[:, base + 0 : base + 2] = out[:, base + 0 : base + 2] * scale_x_y - 0.5 * (scale_x_y - 1.0)
     return out
 
 
@@ -599,9 +630,9 @@ def softmax(x, *, groups=1, temperature=1.0):
     out = np.zeros_like(flat)
     for b in range(n):
         for g in range(groups):
-            seg = flat[b, g * size:(g + 1) * size]
+            seg = flat[b, g * size : (g + 1) * size]
             e = np.exp(seg / temperature - seg.max() / temperature)
-            out[b, g * size:(g + 1) * size] = e / e.sum()
+            out[b, g * size : (g + 1) * size] = e / e.sum()
     return out.reshape(n, inputs, 1, 1)
 
 
@@ -650,11 +681,23 @@ def rolling_update(rolling, batch_stat):
     return BN_ROLLING_MOMENTUM * _f64(rolling) + (1.0 - BN_ROLLING_MOMENTUM) * _f64(batch_stat)
 
 
-def convolutional_train(x, weights, biases, *, stride_x=1, stride_y=1, padding=0, dilation=1, groups=1,
-                        batch_normalize=False, scales=None, activation="logistic", bn_eps=BN_EPSILON):
+def convolutional_train(
+    x,
+    weights,
+    biases,
+    *,
+    stride_x=1,
+    stride_y=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    batch_normalize=False,
+    scales=None,
+    activation="logistic",
+    bn_eps=BN_EPSILON,
+):
     """[convolutional] in training: conv -> (BN on batch statistics, which adds the bias) or +bias -> activation."""
-    y = conv2d_raw(x, weights, stride_x=stride_x, stride_y=stride_y, padding=padding, dilation=dilation,
-                   groups=groups)
+    y = conv2d_raw(x, weights, stride_x=stride_x, stride_y=stride_y, padding=padding, dilation=dilation, groups=groups)
     if batch_normalize:
         y = batchnorm_train(y, scales, biases, bn_eps)[0]
     else:
@@ -662,8 +705,9 @@ def convolutional_train(x, weights, biases, *, stride_x=1, stride_y=1, padding=0
     return activate(y, activation)
 
 
-def connected_train(x, weights, biases, *, batch_normalize=False, scales=None, activation="logistic",
-                    bn_eps=BN_EPSILON):
+def connected_train(
+    x, weights, biases, *, batch_normalize=False, scales=None, activation="logistic", bn_eps=BN_EPSILON
+):
     """[connected] in training: W . flatten(x) -> (BN over the images) or +bias -> activation; (N, out, 1, 1)."""
     x = _f64(x)
     y = x.reshape(x.shape[0], -1) @ _f64(weights).T
@@ -682,6 +726,7 @@ def dropout_train(x, keep, probability):
 # ----------------------------------------------------------------------------------------------------------
 # Helpers shared by the tests (numpy only)
 # ----------------------------------------------------------------------------------------------------------
+
 
 def cfg_text(width, height, channels, *sections):
     """A cfg: [net] with the input size, then each section given as (name, {key: value}) in order."""
@@ -718,12 +763,14 @@ def assert_close(got, want, rtol=1e-4, what="output"):
         raise AssertionError(
             f"{what}: {int(bad.sum())}/{bad.size} values off; worst at {idx}: got {got[idx]!r}, "
             f"expected {want[idx]!r} (abs err {err[idx]:.3g}, bound {bound[idx]:.3g}); "
-            f"max abs err {err.max():.3g}, scale {scale:.3g}")
+            f"max abs err {err.max():.3g}, scale {scale:.3g}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Engine harness (imports pydarknet lazily so the references stay usable without the engine)
 # ----------------------------------------------------------------------------------------------------------
+
 
 def load_cfg(tmp_path, text, name="net.cfg", **kwargs):
     import os
