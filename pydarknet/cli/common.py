@@ -8,11 +8,12 @@ weights or names, weights that do not fit the cfg, an unavailable device); 130 i
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
 from pydarknet.data.dataset import read_image_list
-from pydarknet.errors import DataError
+from pydarknet.errors import DataError, UsageError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -36,6 +37,17 @@ def add_device_options(group):
 
 
 # ----- input expansion -------------------------------------------------------------------------------------
+def ensure_writable_folder(option, folder):
+    """Create ``folder`` (named by the command-line ``option``) if needed and check it can be written, before any
+    work starts, so a bad output path fails at once with the option's name."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{option}: cannot create the folder {folder} ({e.strerror or e})") from None
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{option}: cannot write into {folder}")
+
+
 def _is_image_name(name):
     from pydarknet.data.images import IMAGE_EXTENSIONS
 

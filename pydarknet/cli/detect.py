@@ -8,7 +8,7 @@ import pathlib
 import sys
 import time
 
-from pydarknet.cli.common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error, expand_sources
+from pydarknet.cli.common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, ensure_writable_folder, error, expand_sources
 from pydarknet.errors import UsageError
 
 
@@ -98,14 +98,8 @@ def cmd_detect(args):
         ("--out", args.out and os.path.dirname(os.path.abspath(args.out))),
         ("--coco-out", args.coco_out and os.path.dirname(os.path.abspath(args.coco_out))),
     ):
-        if not folder:
-            continue
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"{opt}: cannot create the folder {folder} ({e.strerror or e})") from None
-        if not os.access(folder, os.W_OK):
-            raise UsageError(f"{opt}: cannot write into {folder}")
+        if folder:
+            ensure_writable_folder(opt, folder)
 
     net, label = _load_model(args)
     try:

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from pydarknet.cli.common import EXIT_OK, EXIT_SOME_FAILED, add_device_options, expand_sources
+from pydarknet.cli.common import EXIT_OK, EXIT_SOME_FAILED, add_device_options, ensure_writable_folder, expand_sources
 from pydarknet.data import dataset as _data
 from pydarknet.errors import UsageError
 
@@ -157,13 +157,7 @@ def _run(det, paths, quiet, on_result):
 
 
 def _check_writable(option, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"{option}: cannot create the folder {folder} ({e.strerror or e})") from None
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"{option}: cannot write into {folder}")
+    ensure_writable_folder(option, os.path.dirname(os.path.abspath(path)))
 
 
 # ----- ground truth ----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ happens here, where errors can name the cfg line.
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 from pydarknet.core.cfg import read_cfg
 from pydarknet.errors import CfgError, CfgWarning
@@ -170,6 +171,11 @@ class Layer:
     @property
     def out_size(self):
         return math.prod(self.out_shape)
+
+    @property
+    def kind(self) -> "LayerType":
+        """This layer's type description (:data:`LAYER_TYPES`)."""
+        return LAYER_TYPES[self.type]
 
     def tensor(self, name):
         for t in self.tensors:
@@ -610,26 +616,134 @@ def _identity(sec, index, shape, opts, lenient):
     return tuple(shape), [], [], 0.0
 
 
-BUILDERS = {
-    "convolutional": _conv,
-    "connected": _connected,
-    "maxpool": _maxpool,
-    "local_avgpool": _local_avgpool,
-    "avgpool": _avgpool,
-    "route": _route,
-    "shortcut": _shortcut,
-    "upsample": _upsample,
-    "yolo": _yolo,
-    "softmax": _softmax,
-    "dropout": _dropout,
-    "sam": _sam,
-    "scale_channels": _scale_channels,
-    "reorg3d": _reorg3d,
-    "batchnorm": _batchnorm,
-    "cost": _identity,
-    "empty": _identity,
+# ----- one description per layer type -------------------------------------------------------------------------
+def _shapes(l):
+    (ic, ih, iw), (oc, oh, ow) = l.in_shape, l.out_shape
+    return f"{iw:4d} x{ih:4d} x{ic:4d} -> {ow:4d} x{oh:4d} x{oc:4d}"
+
+
+def _summary_conv(l):
+    o, oc = l.options, l.out_shape[0]
+    dil = f"({o['dilation']})" if o["dilation"] > 1 else "   "
+    groups = f"{o['groups']:4d}/" if o["groups"] > 1 else "     "
+    return (
+        f"conv  {groups}{oc:4d}      {o['size']} x{o['size']:2d}/{o['stride_x']:2d}{dil} {_shapes(l)} {l.bflops:.3f} BF"
+    )
+
+
+def _summary_pool(l):
+    o = l.options
+    kind = "max" if l.type == "maxpool" else "avg"
+    return f"{kind}               {o['size']:2d}x{o['size']:2d}/{o['stride_x']:2d}    {_shapes(l)} {l.bflops:.3f} BF"
+
+
+def _summary_route(l):
+    o = l.options
+    groups = f" (group {o['group_id']} of {o['groups']})" if o["groups"] > 1 else ""
+    return "route  " + " ".join(str(i) for i in o["layers"]) + groups + f"  -> {l.out_shape[0]} ch"
+
+
+def _summary_shortcut(l):
+    return f"shortcut from {', '.join(str(i) for i in l.options['from'])}  {_shapes(l)}"
+
+
+def _summary_yolo(l):
+    o = l.options
+    return (
+        f"yolo  classes {o['classes']}, anchors {len(o['mask'])}/{o['num']}, "
+        f"scale_x_y {o['scale_x_y']:g}{', new_coords' if o['new_coords'] else ''}"
+    )
+
+
+def _summary_connected(l):
+    c, h, w = l.in_shape
+    return f"connected            {c * h * w:6d} -> {l.out_shape[0]:6d}  {l.bflops:.3f} BF"
+
+
+def _summary_plain(l):
+    return f"{l.type:<18s}          {_shapes(l)}"
+
+
+def _untrainable_bn(l):
+    if l.options.get("batch_normalize") == 2:
+        return "cross-iteration batch normalisation (cbn=1) is not supported in training"
+    return None
+
+
+def _untrainable_dropout(l):
+    o = l.options
+    if o.get("dropblock"):
+        return "dropblock is not supported in training"
+    if not 0 <= o.get("probability", 0) < 1:
+        return f"dropout probability {o['probability']} must be in [0, 1) for training"
+    return None
+
+
+@dataclass(frozen=True)
+class LayerType:
+    """Everything the Python side knows about one layer type, in one place.
+
+    The engine's side of the same type is ``csrc/layers/<name>.cpp`` (CPU) and ``cuda/<name>_kernels.cu`` (CUDA);
+    see docs/architecture.md for adding a type.
+    """
+
+    name: str
+    build: Callable  # (section, index, input shape, options, lenient[, layers]) -> (out shape, inputs, tensors, BFLOPs)
+    reads_layers: bool = False  # the builder is also given the earlier layers (it refers to them by index)
+    weight_init: str = "zeros"  # the "weights" tensor at initialisation: "fan_in" (uniform +-sqrt(2/fan_in)) or "ones"
+    trains_with: str = "sgd"  # the optimizer's rule: "sgd" (decayed weights), "sgd+adam" (may use Adam), "shortcut"
+    clips: bool = False  # honours the layer's `clip` option (Darknet clips convolutional weights only)
+    ema: bool = False  # its weights, biases and scales take part in Darknet's EMA (ema_alpha)
+    transposed_in_v1_files: bool = False  # weights stored transposed in files with major/minor > 1000
+    summary: Callable = _summary_plain  # one line of Network.summary()
+    untrainable: Callable = lambda layer: None  # why training cannot run this layer's options, or None
+
+
+LAYER_TYPES = {
+    t.name: t
+    for t in (
+        LayerType(
+            "convolutional",
+            _conv,
+            weight_init="fan_in",
+            trains_with="sgd+adam",
+            clips=True,
+            ema=True,
+            summary=_summary_conv,
+            untrainable=_untrainable_bn,
+        ),
+        LayerType(
+            "connected",
+            _connected,
+            weight_init="fan_in",
+            transposed_in_v1_files=True,
+            summary=_summary_connected,
+            untrainable=_untrainable_bn,
+        ),
+        LayerType("maxpool", _maxpool, summary=_summary_pool),
+        LayerType("local_avgpool", _local_avgpool, summary=_summary_pool),
+        LayerType("avgpool", _avgpool),
+        LayerType("route", _route, reads_layers=True, summary=_summary_route),
+        LayerType(
+            "shortcut",
+            _shortcut,
+            reads_layers=True,
+            weight_init="ones",
+            trains_with="shortcut",
+            summary=_summary_shortcut,
+        ),
+        LayerType("upsample", _upsample),
+        LayerType("yolo", _yolo, summary=_summary_yolo),
+        LayerType("softmax", _softmax),
+        LayerType("dropout", _dropout, untrainable=_untrainable_dropout),
+        LayerType("sam", _sam, reads_layers=True),
+        LayerType("scale_channels", _scale_channels, reads_layers=True),
+        LayerType("reorg3d", _reorg3d),
+        LayerType("batchnorm", _batchnorm),
+        LayerType("cost", _identity),
+        LayerType("empty", _identity),
+    )
 }
-NEEDS_LAYERS = {"route", "shortcut", "sam", "scale_channels"}
 NOT_SUPPORTED = {
     "region",
     "reorg",
@@ -705,9 +819,9 @@ def build_network(sections, path=None, lenient=False, width=None, height=None):
         if kind in NOT_SUPPORTED:
             raise sec.error(
                 f"layer type [{sec.name}] is not supported by pydarknet (YOLOv3 and later need only "
-                f"{', '.join(sorted(BUILDERS))})"
+                f"{', '.join(sorted(LAYER_TYPES))})"
             )
-        if kind not in BUILDERS:
+        if kind not in LAYER_TYPES:
             if not lenient:
                 raise sec.error(f"unknown section [{sec.name}]")
             warnings.warn(f"{sec.path}:{sec.line}: unknown section [{sec.name}] treated as an empty layer", CfgWarning)
@@ -716,11 +830,11 @@ def build_network(sections, path=None, lenient=False, width=None, height=None):
         opts = {}
         for key, default in COMMON_KEYS.items():
             opts[key] = sec.float(key, default) if isinstance(default, float) else sec.int(key, default)
-        builder = BUILDERS[kind]
-        if kind in NEEDS_LAYERS:
-            out_shape, inputs, tensors, bflops = builder(sec, index, shape, opts, lenient, layers)
+        layer_type = LAYER_TYPES[kind]
+        if layer_type.reads_layers:
+            out_shape, inputs, tensors, bflops = layer_type.build(sec, index, shape, opts, lenient, layers)
         else:
-            out_shape, inputs, tensors, bflops = builder(sec, index, shape, opts, lenient)
+            out_shape, inputs, tensors, bflops = layer_type.build(sec, index, shape, opts, lenient)
         _report_unused(sec, lenient)
         for t in tensors:
             t.offset = offset

@@ -131,11 +131,11 @@ class Network:
         for layer in self.desc.layers:
             for t in layer.tensors:
                 view = flat[t.offset : t.offset + t.size]
-                if t.name == "weights" and layer.type in ("convolutional", "connected"):
+                if t.name == "weights" and layer.kind.weight_init == "fan_in":
                     fan_in = t.size // t.shape[0]
                     scale = np.sqrt(2.0 / fan_in)
                     view[:] = rng.uniform(-scale, scale, t.size).astype(np.float32)
-                elif t.name in ("scales", "rolling_variance") or layer.type == "shortcut":
+                elif t.name in ("scales", "rolling_variance") or layer.kind.weight_init == "ones":
                     view[:] = 1.0
                 else:
                     view[:] = 0.0
@@ -324,17 +324,9 @@ class Network:
         if self._untrainable is None:
             self._untrainable = []
             for l in self.desc.layers:
-                o = l.options
-                if l.type in ("convolutional", "connected") and o.get("batch_normalize") == 2:
-                    self._untrainable.append(
-                        (l, "cross-iteration batch normalisation (cbn=1) is not supported in training")
-                    )
-                if l.type == "dropout" and o.get("dropblock"):
-                    self._untrainable.append((l, "dropblock is not supported in training"))
-                if l.type == "dropout" and not 0 <= o.get("probability", 0) < 1:
-                    self._untrainable.append(
-                        (l, f"dropout probability {o['probability']} must be in [0, 1) for training")
-                    )
+                problem = l.kind.untrainable(l)
+                if problem:
+                    self._untrainable.append((l, problem))
         if self._untrainable:
             layer, problem = self._untrainable[0]
             raise CfgError(f"layer {layer.index} [{layer.type}]: {problem}", self.desc.path, layer.line)
@@ -349,41 +341,7 @@ class Network:
     # ----- description ------------------------------------------------------------------------------------
     def summary(self):
         rows = ["   layer   filters  size/strd(dil)      input                output"]
-        for l in self.desc.layers:
-            o = l.options
-            (ic, ih, iw), (oc, oh, ow) = l.in_shape, l.out_shape
-            shapes = f"{iw:4d} x{ih:4d} x{ic:4d} -> {ow:4d} x{oh:4d} x{oc:4d}"
-            if l.type == "convolutional":
-                dil = f"({o['dilation']})" if o["dilation"] > 1 else "   "
-                groups = f"{o['groups']:4d}/" if o["groups"] > 1 else "     "
-                text = (
-                    f"conv  {groups}{oc:4d}      {o['size']} x{o['size']:2d}/{o['stride_x']:2d}{dil} "
-                    f"{shapes} {l.bflops:.3f} BF"
-                )
-            elif l.type in ("maxpool", "local_avgpool"):
-                text = (
-                    f"{'max' if l.type == 'maxpool' else 'avg'}               {o['size']:2d}x{o['size']:2d}/"
-                    f"{o['stride_x']:2d}    {shapes} {l.bflops:.3f} BF"
-                )
-            elif l.type == "route":
-                text = (
-                    "route  "
-                    + " ".join(str(i) for i in o["layers"])
-                    + (f" (group {o['group_id']} of {o['groups']})" if o["groups"] > 1 else "")
-                    + f"  -> {oc} ch"
-                )
-            elif l.type == "shortcut":
-                text = f"shortcut from {', '.join(str(i) for i in o['from'])}  {shapes}"
-            elif l.type == "yolo":
-                text = (
-                    f"yolo  classes {o['classes']}, anchors {len(o['mask'])}/{o['num']}, "
-                    f"scale_x_y {o['scale_x_y']:g}{', new_coords' if o['new_coords'] else ''}"
-                )
-            elif l.type == "connected":
-                text = f"connected            {l.in_shape[0] * ih * iw:6d} -> {oc:6d}  {l.bflops:.3f} BF"
-            else:
-                text = f"{l.type:<18s}          {shapes}"
-            rows.append(f"{l.index:4d} {text}")
+        rows += [f"{l.index:4d} {l.kind.summary(l)}" for l in self.desc.layers]
         rows.append(f"Total BFLOPS {self.bflops:.3f}")
         return "\n".join(rows)
 

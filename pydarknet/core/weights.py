@@ -93,7 +93,7 @@ def load_into(desc, params, path, partial=False):
             )
         for t in tensors:
             chunk = floats[position : position + t.size]
-            if transposed and layer.type == "connected" and t.name == "weights":
+            if transposed and layer.kind.transposed_in_v1_files and t.name == "weights":
                 out_n, in_n = t.shape
                 chunk = chunk.reshape(in_n, out_n).T.reshape(-1)
             params[t.offset : t.offset + t.size] = chunk
@@ -121,7 +121,7 @@ def save_from(desc, params, path, cutoff=None, seen=0, version=CURRENT_VERSION):
         f.write(header)
         for layer, t in file_tensors(desc, cutoff):
             chunk = params[t.offset : t.offset + t.size]
-            if transposed and layer.type == "connected" and t.name == "weights":
+            if transposed and layer.kind.transposed_in_v1_files and t.name == "weights":
                 chunk = chunk.reshape(t.shape).T.reshape(-1)
             f.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
 

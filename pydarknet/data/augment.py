@@ -117,7 +117,7 @@ def settings_from_network(net) -> AugmentSettings:
     else:
         desc = load_network_desc(net, lenient=True)
     n = desc.net
-    yolo = [l for l in desc.layers if l.type == "yolo"]
+    yolo = [desc.layers[i] for i in desc.yolo_layers]
     last = yolo[-1].options if yolo else {}
     mosaic = bool(n.get("mosaic", 0))
     cutmix = bool(n.get("cutmix", 0))

@@ -174,13 +174,13 @@ def _layer_rules(desc):
         elif layer.index <= last_bn_only:
             never = f"train_only_bn (set on layer {last_bn_only})"
         weights = None
-        if layer.type == "convolutional":
+        if layer.kind.clips:
             t = layer.tensor("weights")
             weights = slice(t.offset, t.offset + t.size)
         rules[layer.index] = _LayerRule(
             layer.index,
             _f32(layer.options.get("learning_rate", 1.0)),
-            _f32(layer.options.get("clip", 0.0)) if layer.type == "convolutional" else _f32(0.0),
+            _f32(layer.options.get("clip", 0.0)) if layer.kind.clips else _f32(0.0),
             int(layer.options.get("dont_update", 0)),
             int(layer.options.get("burnin_update", 0)),
             never,
@@ -195,13 +195,15 @@ def _slots(desc, adam):
         for t in layer.tensors:
             if t.name in ("rolling_mean", "rolling_variance"):
                 continue
-            if layer.type == "shortcut":
+            if layer.kind.trains_with == "shortcut":
                 rule = "shortcut"
             elif t.name == "weights":
                 rule = "decay"
             else:
                 rule = "plain"
-            slots.append(_Slot(layer.index, t.offset, t.offset + t.size, rule, adam and layer.type == "convolutional"))
+            slots.append(
+                _Slot(layer.index, t.offset, t.offset + t.size, rule, adam and layer.kind.trains_with == "sgd+adam")
+            )
     return slots
 
 
@@ -217,7 +219,7 @@ class WeightEMA:
         self.slices = [
             slice(t.offset, t.offset + t.size)
             for l in desc.layers
-            if l.type == "convolutional"
+            if l.kind.ema
             for t in l.tensors
             if t.name in ("weights", "biases", "scales")
         ]

@@ -133,7 +133,7 @@ class Trainer:
         self.images_per_iteration = images_per_iteration(desc)
         self.subdivisions = int(desc.net["subdivisions"])
         self.mini_batch = self.images_per_iteration // self.subdivisions
-        yolo = [l for l in desc.layers if l.type == "yolo"]
+        yolo = [desc.layers[i] for i in desc.yolo_layers]
         if not yolo:
             raise TrainingError(f"{self.cfg}: the network has no [yolo] layer; pydarknet trains detectors")
         classes = {int(l.options["classes"]) for l in yolo}
