@@ -8,14 +8,22 @@ changes. ``precision`` chooses the number format: on the CPU fp32, or bf16 convo
 inputs, float32 sums); on a GPU the activations' type (fp32, or fp16/bf16 with tensor-core convolutions).
 """
 
+from __future__ import annotations
+
 import os
 import warnings
+from typing import TYPE_CHECKING, Any, List, Optional, Union
 
 import numpy as np
 
 from pydarknet.core import graph
 from pydarknet.core import weights as weights_io
 from pydarknet.errors import CfgError, DarknetError, DeviceError
+
+if TYPE_CHECKING:  # only for the annotations: inference sits above core
+    from pydarknet.inference.results import Results
+
+PathLike = Union[str, os.PathLike]
 
 try:
     import pydarknet._core as _core
@@ -141,7 +149,7 @@ class Network:
                     view[:] = 0.0
         self._core.touch_params()
 
-    def load_weights(self, path, *, partial=False):
+    def load_weights(self, path: PathLike, *, partial: bool = False):
         """Load an original Darknet .weights file (partial=True for a backbone prefix like yolov4-tiny.conv.29)."""
         version, seen, loaded = weights_io.load_into(self.desc, self._core.params, path, partial=partial)
         self._core.touch_params()
@@ -192,14 +200,14 @@ class Network:
     def _engine(self):
         return self._core if self._cuda is None else self._cuda
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> List[np.ndarray]:
         """Run the network; returns one array per [yolo] layer (or the final output for other networks)."""
         engine = self._engine
         engine.forward(self._prepare_input(x), False)
         heads = self.yolo_layers or [len(self.layers) - 1]
         return [engine.output(i) for i in heads]
 
-    def forward_all(self, x):
+    def forward_all(self, x: np.ndarray) -> List[np.ndarray]:
         """Run the network and return every layer's output (for debugging and layer-by-layer checks)."""
         engine = self._engine
         engine.forward(self._prepare_input(x), True)
@@ -285,7 +293,7 @@ class Network:
     def zero_grads(self):
         self._core.zero_grads()
 
-    def resized(self, width, height):
+    def resized(self, width: int, height: int) -> Network:
         """This network at another input size (Darknet's multi-scale training), sharing the parameters and the
         gradient buffer with this one: an optimizer step through either is seen by both. The network itself at
         its own size. Inference (test-time augmentation) and training (multi-scale) both resize through here."""
@@ -331,7 +339,9 @@ class Network:
             layer, problem = self._untrainable[0]
             raise CfgError(f"layer {layer.index} [{layer.type}]: {problem}", self.desc.path, layer.line)
 
-    def detect(self, images, *, thresh=0.25, nms=0.45, letterbox=None, **options):
+    def detect(
+        self, images: Any, *, thresh: float = 0.25, nms: float = 0.45, letterbox: Optional[bool] = None, **options: Any
+    ) -> Union[Results, List[Results]]:
         """Detect objects in a path, PIL image, HxWx3 uint8 RGB array, or a list of them, as Darknet's
         `detector test` does; returns a Results (a list of them for a list). See pydarknet.detect.detect."""
         from pydarknet.inference.detect import detect
@@ -339,7 +349,7 @@ class Network:
         return detect(self, images, thresh=thresh, nms=nms, letterbox=letterbox, **options)
 
     # ----- description ------------------------------------------------------------------------------------
-    def summary(self):
+    def summary(self) -> str:
         rows = ["   layer   filters  size/strd(dil)      input                output"]
         rows += [f"{l.index:4d} {l.kind.summary(l)}" for l in self.desc.layers]
         rows.append(f"Total BFLOPS {self.bflops:.3f}")
@@ -385,17 +395,17 @@ def _check_precision(precision, device):
 
 
 def load(
-    cfg,
-    weights=None,
+    cfg: PathLike,
+    weights: Optional[PathLike] = None,
     *,
-    device="cpu",
-    precision="fp32",
-    width=None,
-    height=None,
-    lenient=False,
-    partial=False,
-    seed=None,
-):
+    device: str = "cpu",
+    precision: str = "fp32",
+    width: Optional[int] = None,
+    height: Optional[int] = None,
+    lenient: bool = False,
+    partial: bool = False,
+    seed: Optional[int] = None,
+) -> Network:
     """Build a network from a Darknet .cfg and optionally load original .weights into it.
 
     ``device``: "cpu", "cuda" or "cuda:N". ``precision``: "fp32" (the default) computes in float32 throughout.

@@ -30,12 +30,15 @@ import pathlib
 import sys
 import urllib.request
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from pydarknet.data.dataset import read_names
 from pydarknet.errors import ModelError
 from pydarknet.hub import assets
 from pydarknet.hub.download import save_verified
+
+if TYPE_CHECKING:
+    from pydarknet.core.network import Network
 
 __all__ = [
     "Model",
@@ -279,7 +282,16 @@ def _download(url, dest: pathlib.Path, size, sha256, quiet=False):
             bar.close()
 
 
-def load(name=DEFAULT_MODEL, *, weights=None, device="cpu", precision="fp32", width=None, height=None, quiet=True):
+def load(
+    name: str = DEFAULT_MODEL,
+    *,
+    weights: Optional[str] = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    width: Optional[int] = None,
+    height: Optional[int] = None,
+    quiet: bool = True,
+) -> Network:
     """A ready network for model ``name`` (weights fetched when needed, or the given ``weights`` file);
     ``net.names`` holds the class names, so ``net.detect(...)`` labels detections. ``precision`` as in
     ``pydarknet.load``."""

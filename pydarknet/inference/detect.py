@@ -41,12 +41,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
 from pydarknet.data.images import letterbox_image, letterbox_size, load_image, preprocess, resize_image
 from pydarknet.errors import DarknetError, ImageError
+from pydarknet.inference.results import Results
 
 __all__ = [
     "ImageError",
@@ -287,7 +288,18 @@ class Detector:
     Scaled-YOLOv4's three passes, or a list of ``(scale, flip)`` pairs.
     """
 
-    def __init__(self, net, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=None, tta=False):
+    def __init__(
+        self,
+        net,
+        *,
+        thresh: float = 0.25,
+        nms: float = 0.45,
+        letterbox: Optional[bool] = None,
+        names: Optional[Sequence[str]] = None,
+        nms_kind: Optional[str] = None,
+        batch: Optional[int] = None,
+        tta=False,
+    ):
         heads = list(net.yolo_layers)
         if not heads:
             raise DarknetError(f"{net.desc.path}: the network has no [yolo] layer, so it cannot detect objects")
@@ -444,14 +456,25 @@ class Detector:
             boxes, objs, probs, names=self.names, image=image, path=path, image_size=(img_w, img_h)
         )
 
-    def __call__(self, images):
+    def __call__(self, images) -> Union[Results, List[Results]]:
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         results = self.infer([self.prepare(s) for s in items])
         return results[0] if single else results
 
 
-def detect(net, images, *, thresh=0.25, nms=0.45, letterbox=None, names=None, nms_kind=None, batch=None, tta=False):
+def detect(
+    net,
+    images,
+    *,
+    thresh: float = 0.25,
+    nms: float = 0.45,
+    letterbox: Optional[bool] = None,
+    names: Optional[Sequence[str]] = None,
+    nms_kind: Optional[str] = None,
+    batch: Optional[int] = None,
+    tta=False,
+) -> Union[Results, List[Results]]:
     """Detect objects in one image or a list of images (paths, PIL images or HxWx3 uint8 RGB arrays).
 
     Returns a :class:`~pydarknet.results.Results` for a single image, a list of them for a list. All images
