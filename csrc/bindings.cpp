@@ -365,5 +365,8 @@ PYBIND11_MODULE(_core, m) {
         return 1;
 #endif
     });
-    m.def("has_layer_type", [](const std::string& name) { return pd::layer_registry().count(name) != 0; });
+    m.def("has_layer_type", [](const std::string& name) {
+        pd::LayerKind kind;
+        return pd::find_layer_kind(name, &kind) && pd::layer_registry().count(kind) != 0;
+    });
 }

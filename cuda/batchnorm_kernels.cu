@@ -51,6 +51,6 @@ private:
 
 }  // namespace
 
-PD_REGISTER_CUDA_LAYER("batchnorm", CudaBatchnorm, batchnorm);
+PD_REGISTER_CUDA_LAYER(LayerKind::Batchnorm, CudaBatchnorm);
 
 }  // namespace pd

@@ -34,7 +34,7 @@ public:
         const float* w = ctx.params + spec.tensor("weights").offset;
         const float* b = ctx.params + spec.tensor("biases").offset;
         std::vector<float> weights(w, w + (size_t)outputs * inputs), bias(b, b + outputs);
-        if (spec.get("batch_normalize") != 0) {
+        if (p_.batch_normalize != 0) {
             std::vector<double> factor(outputs);
             batchnorm_factors(b, ctx.params + spec.tensor("scales").offset,
                               ctx.params + spec.tensor("rolling_mean").offset,
@@ -50,7 +50,7 @@ public:
 
     void forward(const CudaContext& ctx) override {
         const int outputs = spec.out.c, inputs = (int)spec.in.size();
-        const int activation = (int)spec.get("activation");
+        const int activation = p_.activation;
         const bool fuse_activation = !is_channel_activation(activation);
         dispatch_precision(ctx.precision, [&](auto tag) {
             using T = decltype(tag);
@@ -63,11 +63,12 @@ public:
     }
 
 private:
+    const ConnectedParams p_ = spec.params<ConnectedParams>();
     DeviceArray<float> weights_, bias_;
 };
 
 }  // namespace
 
-PD_REGISTER_CUDA_LAYER("connected", CudaConnected, connected);
+PD_REGISTER_CUDA_LAYER(LayerKind::Connected, CudaConnected);
 
 }  // namespace pd

@@ -1,6 +1,7 @@
 // The CUDA side of a layer: device parameters derived from the host buffer, and a forward pass that reads and
-// writes views of the activation arena. Each <family>_kernels.cu defines its kernels and layer classes and
-// registers them by cfg section name, like the CPU layers in csrc/layers/.
+// writes views of the activation arena. Each <name>_kernels.cu defines the kernels and the layer class of the
+// type whose CPU layer is csrc/layers/<name>.cpp, reads the same parsed options (csrc/layers/params.h) and
+// registers itself by LayerKind.
 #pragma once
 
 #include <functional>
@@ -110,19 +111,19 @@ public:
 
 using CudaLayerFactory = std::function<std::unique_ptr<CudaLayer>(const LayerSpec&)>;
 
-std::map<std::string, CudaLayerFactory>& cuda_layer_registry();
+std::map<LayerKind, CudaLayerFactory>& cuda_layer_registry();
 
 struct CudaLayerRegistration {
-    CudaLayerRegistration(const char* name, CudaLayerFactory factory) {
-        cuda_layer_registry()[name] = std::move(factory);
+    CudaLayerRegistration(LayerKind kind, CudaLayerFactory factory) {
+        cuda_layer_registry()[kind] = std::move(factory);
     }
 };
 
-#define PD_REGISTER_CUDA_LAYER(name, cls, tag)                                                          \
-    static ::pd::CudaLayerRegistration pd_cuda_registration_##tag(                                     \
-        name, [](const ::pd::LayerSpec& s) { return std::unique_ptr<::pd::CudaLayer>(new cls(s)); })
+#define PD_REGISTER_CUDA_LAYER(kind, cls)                                          \
+    static ::pd::CudaLayerRegistration PD_CONCAT(pd_cuda_registration_, __LINE__)( \
+        kind, [](const ::pd::LayerSpec& s) { return std::unique_ptr<::pd::CudaLayer>(new cls(s)); })
 
-// Kernels shared by several layers (activation_kernels.cu, copy_kernels.cu).
+// Kernels shared by several layers (activation_kernels.cu, copy_kernels.cu, and the launchers below).
 
 // Applies `activation` in place to `batch` images of `channels` x `spatial` values starting at view.data; the
 // normalize_channels family normalises across channels per pixel, the others are element-wise.
@@ -136,5 +137,14 @@ void convert_from_float(Precision precision, const float* from, void* to, size_t
 // A view's `count` values per image -> contiguous float32 (batch * count values).
 void convert_to_float(Precision precision, const DeviceView& from, int batch, size_t count, float* to,
                       cudaStream_t stream);
+
+// The window pool of [maxpool] and [local_avgpool] (maxpool_kernels.cu): the maximum or the in-image average of
+// each window, one thread per output value.
+void launch_window_pool(const CudaContext& ctx, const LayerSpec& spec, const PoolWindow& window, bool average);
+
+// The product of [sam] and [scale_channels] (scale_channels_kernels.cu): out = activation(from * in[k]), where
+// in[k] is the same element (sam), the element's channel (scale_channels) or its pixel (scale_wh=1).
+enum class ProductFactor : int { SAME = 0, PER_CHANNEL = 1, PER_PIXEL = 2 };
+void launch_product(const CudaContext& ctx, const LayerSpec& spec, ProductFactor factor, int activation);
 
 }  // namespace pd

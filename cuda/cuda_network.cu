@@ -9,8 +9,8 @@
 
 namespace pd {
 
-std::map<std::string, CudaLayerFactory>& cuda_layer_registry() {
-    static std::map<std::string, CudaLayerFactory> registry;
+std::map<LayerKind, CudaLayerFactory>& cuda_layer_registry() {
+    static std::map<LayerKind, CudaLayerFactory> registry;
     return registry;
 }
 
@@ -235,7 +235,7 @@ struct CudaNetwork::Impl {
             ctx.output = views[i];
             const int residual = plan.residual[i];
             ctx.residual = residual >= 0 ? views[residual] : DeviceView{};
-            ctx.residual_activation = residual >= 0 ? (int)specs[i + 1]->get("activation") : 0;
+            ctx.residual_activation = residual >= 0 ? (int)specs[i + 1]->params<ShortcutParams>().activation : 0;
             if (timed) PD_CUDA_CHECK(cudaEventRecord(events[2 * i], stream));
             layers[i]->forward(ctx);
             if (timed) PD_CUDA_CHECK(cudaEventRecord(events[2 * i + 1], stream));
@@ -306,7 +306,7 @@ CudaNetwork::CudaNetwork(const Network& host, Precision precision, int device)
     impl_->sm_count = properties.multiProcessorCount;
     for (int i = 0; i < host.layer_count(); ++i) {
         const LayerSpec& spec = host.layer(i).spec;
-        auto factory = cuda_layer_registry().find(spec.type);
+        auto factory = cuda_layer_registry().find(spec.kind);
         PD_CHECK(factory != cuda_layer_registry().end(), "layer ", i, " (", spec.type,
                  ") has no CUDA implementation");
         impl_->layers.push_back(factory->second(spec));

@@ -53,7 +53,7 @@ public:
     }
 
     void prepare(const PrepareContext& ctx) override {
-        if (!spec.has_tensor("weights")) return;
+        if (!p_.weighted) return;
         const TensorRef& w = spec.tensor("weights");
         weights_.upload(ctx.params + w.offset, w.size, ctx.stream);
     }
@@ -67,11 +67,11 @@ public:
             sources.stride[k] = ctx.view(spec.inputs[k]).stride;
             sources.size[k] = ctx.spec_of(spec.inputs[k]).out.size();
         }
-        const bool weighted = spec.has_tensor("weights");
+        const bool weighted = p_.weighted;
         const size_t layer_step = weighted ? spec.tensor("weights").size / (sources.count + 1) : 1;
         const size_t step = outputs / layer_step;
-        const int normalization = shortcut_normalization(spec.text("weights_normalization"));
-        const int activation = (int)spec.get("activation");
+        const int normalization = p_.normalization;
+        const int activation = p_.activation;
         const bool fuse_activation = !is_channel_activation(activation);
         const size_t total = outputs * ctx.batch;
         dispatch_precision(ctx.precision, [&](auto tag) {
@@ -88,11 +88,12 @@ public:
     }
 
 private:
+    const ShortcutParams p_ = spec.params<ShortcutParams>();
     DeviceArray<float> weights_;
 };
 
 }  // namespace
 
-PD_REGISTER_CUDA_LAYER("shortcut", CudaShortcut, shortcut);
+PD_REGISTER_CUDA_LAYER(LayerKind::Shortcut, CudaShortcut);
 
 }  // namespace pd

@@ -24,8 +24,8 @@ public:
     using CudaLayer::CudaLayer;
 
     void forward(const CudaContext& ctx) override {
-        const int groups = (int)spec.get("groups");
-        const float temperature = (float)spec.get("temperature");
+        const int groups = p_.groups;
+        const float temperature = (float)p_.temperature;
         const size_t n = spec.in.size() / groups;
         dispatch_precision(ctx.precision, [&](auto tag) {
             using T = decltype(tag);
@@ -35,10 +35,13 @@ public:
             PD_CUDA_CHECK_LAUNCH();
         });
     }
+
+private:
+    const SoftmaxParams p_ = spec.params<SoftmaxParams>();
 };
 
 }  // namespace
 
-PD_REGISTER_CUDA_LAYER("softmax", CudaSoftmax, softmax);
+PD_REGISTER_CUDA_LAYER(LayerKind::Softmax, CudaSoftmax);
 
 }  // namespace pd

@@ -1,6 +1,7 @@
 // The engine's view of a layer: a spec that the Python side has already validated (shapes, indices, parameter
-// offsets), and a Layer object per type that executes it. Layers are created by name through a registry so that
-// each layer lives in its own file (csrc/layers/<name>.cpp).
+// offsets), resolved once into its LayerKind and typed parameters (layers/params.h), and a Layer object per type
+// that executes it. Layers are created by kind through a registry so that each layer lives in its own file
+// (csrc/layers/<name>.cpp).
 #pragma once
 
 #include <functional>
@@ -9,7 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "../layers/params.h"
 #include "common.h"
+#include "layer_kind.h"
 
 namespace pd {
 
@@ -22,9 +25,14 @@ struct TensorRef {
     size_t offset = 0, size = 0;
 };
 
+// A layer as the Python side describes it: the type's cfg name and its options in untyped maps. resolve_spec
+// fills in `kind`, `common` and `parsed` from them; the layers read only those.
 struct LayerSpec {
     int index = 0;
     std::string type;
+    LayerKind kind = LayerKind::Empty;
+    CommonParams common;
+    LayerParams parsed;
     Shape in, out;
     std::vector<int> inputs;  // other layers read by this one (route/shortcut/sam/scale_channels)
     std::map<std::string, double> num;
@@ -38,6 +46,14 @@ struct LayerSpec {
     const std::string& text(const std::string& key) const;
     const TensorRef& tensor(const std::string& key) const;
     bool has_tensor(const std::string& key) const { return tensors.count(key) != 0; }
+
+    // The parsed options, as the struct of this spec's type.
+    template <typename Params>
+    const Params& params() const {
+        const Params* p = std::get_if<Params>(&parsed);
+        PD_CHECK(p, "layer ", index, " (", type, "): its options were not parsed as this layer type's");
+        return *p;
+    }
 };
 
 class Network;
@@ -103,15 +119,18 @@ public:
 
 using LayerFactory = std::function<std::unique_ptr<Layer>(const LayerSpec&)>;
 
-// Registry of layer types by cfg section name; each layer file registers itself with PD_REGISTER_LAYER.
-std::map<std::string, LayerFactory>& layer_registry();
+// Registry of layer types by kind; each layer file registers itself with PD_REGISTER_LAYER.
+std::map<LayerKind, LayerFactory>& layer_registry();
 
 struct LayerRegistration {
-    LayerRegistration(const char* name, LayerFactory factory) { layer_registry()[name] = std::move(factory); }
+    LayerRegistration(LayerKind kind, LayerFactory factory) { layer_registry()[kind] = std::move(factory); }
 };
 
-#define PD_REGISTER_LAYER(name, cls)                                                            \
-    static ::pd::LayerRegistration pd_registration_##cls(                                       \
-        name, [](const ::pd::LayerSpec& s) { return std::unique_ptr<::pd::Layer>(new cls(s)); })
+#define PD_CONCAT_INNER(a, b) a##b
+#define PD_CONCAT(a, b) PD_CONCAT_INNER(a, b)
+
+#define PD_REGISTER_LAYER(kind, cls)                                     \
+    static ::pd::LayerRegistration PD_CONCAT(pd_registration_, __LINE__)( \
+        kind, [](const ::pd::LayerSpec& s) { return std::unique_ptr<::pd::Layer>(new cls(s)); })
 
 }  // namespace pd

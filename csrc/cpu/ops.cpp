@@ -106,9 +106,8 @@ void max_pool_plane(const float* src, float* dst, float* rows, int in_h, int in_
     for (int oy = 0; oy < out_h; ++oy) {
         float* out = dst + (size_t)oy * out_w;
         for (int ox = 0; ox < out_w; ++ox) out[ox] = -FLT_MAX;
-        for (int ky = 0; ky < size; ++ky) {
-            const int y = offset + oy * stride_y + ky;
-            if (y < 0 || y >= in_h) continue;
+        const PoolSpan ys = pool_span(oy, stride_y, offset, size, in_h);
+        for (int y = ys.first; y < ys.last; ++y) {
             const float* row = rows + (size_t)y * out_w;
             for (int ox = 0; ox < out_w; ++ox) out[ox] = out[ox] < row[ox] ? row[ox] : out[ox];
         }
@@ -117,8 +116,8 @@ void max_pool_plane(const float* src, float* dst, float* rows, int in_h, int in_
 
 }  // namespace
 
-void pool2d(const float* in, float* out, long long planes, int in_h, int in_w, int out_h, int out_w, int size,
-            int stride_y, int stride_x, int offset, bool average) {
+void pool2d(const float* in, float* out, long long planes, int in_h, int in_w, int out_h, int out_w,
+            const PoolWindow& window, bool average) {
     if (!average) {
 #pragma omp parallel
         {
@@ -126,7 +125,7 @@ void pool2d(const float* in, float* out, long long planes, int in_h, int in_w, i
 #pragma omp for schedule(static)
             for (long long p = 0; p < planes; ++p)
                 max_pool_plane(in + p * in_h * in_w, out + p * out_h * out_w, rows.data(), in_h, in_w, out_h, out_w,
-                               size, stride_y, stride_x, offset);
+                               window.size, window.stride_y, window.stride_x, window.offset);
         }
         return;
     }
@@ -137,8 +136,7 @@ void pool2d(const float* in, float* out, long long planes, int in_h, int in_w, i
         const auto load = [&](int y, int x) { return src[y * in_w + x]; };
         for (int oy = 0; oy < out_h; ++oy)
             for (int ox = 0; ox < out_w; ++ox)
-                dst[oy * out_w + ox] =
-                    pool_window(load, in_h, in_w, oy, ox, size, stride_y, stride_x, offset, true);
+                dst[oy * out_w + ox] = pool_window(load, in_h, in_w, oy, ox, window, true);
     }
 }
 

@@ -3,16 +3,18 @@
 
 #include <cstddef>
 
+#include "../math/pooling.h"
+
 namespace pd {
 
 // Applies an activation in place to `batch` blocks of `channels` x `spatial` values. The element-wise ones ignore
 // the layout; the normalize_channels family normalises across channels per pixel.
 void activate_array(float* x, int batch, int channels, size_t spatial, int activation);
 
-// Max or average over size x size windows placed as Darknet places them (top-left at offset + o*stride);
-// positions outside the image are skipped (never the max, not counted in the average).
-void pool2d(const float* in, float* out, long long planes, int in_h, int in_w, int out_h, int out_w, int size,
-            int stride_y, int stride_x, int offset, bool average);
+// Max or average over windows placed as Darknet places them (math/pooling.h); positions outside the image are
+// skipped (never the max, not counted in the average).
+void pool2d(const float* in, float* out, long long planes, int in_h, int in_w, int out_h, int out_w,
+            const PoolWindow& window, bool average);
 
 // Darknet's fuse_conv_batchnorm for n outputs, in double: factor = scale / sqrt(var + eps),
 // folded_bias = bias - mean * factor.
