@@ -8,8 +8,8 @@ namespace {
 constexpr int kThreads = 256;
 
 template <typename T>
-__global__ void global_average_kernel(const T* in, size_t in_stride, T* out, size_t out_stride, int batch,
-                                      int channels, size_t plane) {
+__global__ void global_average_kernel(const T* in, size_t in_stride, T* out, size_t out_stride, int batch, int channels,
+                                      size_t plane) {
     const size_t total = (size_t)batch * channels;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         const size_t b = i / channels, c = i % channels;

@@ -55,8 +55,8 @@ public:
         dispatch_precision(ctx.precision, [&](auto tag) {
             using T = decltype(tag);
             PD_LAUNCH(grid_for((size_t)ctx.batch * outputs, 128), 128, 0, ctx.stream, connected_kernel<T>)(
-                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, inputs,
-                outputs, weights_.data(), bias_.data(), fuse_activation ? activation : LINEAR);
+                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, inputs, outputs,
+                weights_.data(), bias_.data(), fuse_activation ? activation : LINEAR);
             PD_CUDA_CHECK_LAUNCH();
         });
         if (!fuse_activation) activate_view(ctx.precision, ctx.output, ctx.batch, outputs, 1, activation, ctx.stream);

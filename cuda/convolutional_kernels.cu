@@ -35,8 +35,8 @@
 namespace pd {
 namespace {
 
-constexpr int kTensorBK = 32;      // K step of the tensor-core tiles (and K padding)
-constexpr int kMPad = 128;         // filter padding: the largest tile height
+constexpr int kTensorBK = 32;  // K step of the tensor-core tiles (and K padding)
+constexpr int kMPad = 128;     // filter padding: the largest tile height
 constexpr int kOutsideImage = -(1 << 29);
 
 struct ConvGeometry {
@@ -56,12 +56,12 @@ struct ConvParams {
     long long out_stride = 0;
     const T* residual = nullptr;
     long long residual_stride = 0;
-    const W* weights = nullptr;  // [groups][M_pad][K_pad]
+    const W* weights = nullptr;   // [groups][M_pad][K_pad]
     const float* bias = nullptr;  // [groups * M]
     const int4* taps = nullptr;   // [K_pad]: x offset from the patch origin, y dy, z dx
     float* partial = nullptr;     // split-K: [splits][groups][M][batch * out_plane] partial sums, else null
     int groups = 1;
-    int k_span = 0;               // split-K: K range per split (a multiple of kTensorBK); K_pad without splits
+    int k_span = 0;  // split-K: K range per split (a multiple of kTensorBK); K_pad without splits
     int batch = 1;
     int activation = 0, residual_activation = 0;
     ConvGeometry g;
@@ -238,12 +238,11 @@ struct TensorTile {
 };
 
 template <typename T, int BM, int BN, int WM, int WN>
-__global__ void __launch_bounds__(TensorTile<T, BM, BN, WM, WN>::THREADS)
-    conv_tensor_kernel(const ConvParams<T, T> p) {
+__global__ void __launch_bounds__(TensorTile<T, BM, BN, WM, WN>::THREADS) conv_tensor_kernel(const ConvParams<T, T> p) {
     using Tile = TensorTile<T, BM, BN, WM, WN>;
     namespace wmma = nvcuda::wmma;
-    __shared__ __align__(128) T As[BM * Tile::A_LD];  // As[m][k]
-    __shared__ __align__(128) T Bs[Tile::BK * Tile::B_LD];  // Bs[k][n]
+    __shared__ __align__(128) T As[BM * Tile::A_LD];                             // As[m][k]
+    __shared__ __align__(128) T Bs[Tile::BK * Tile::B_LD];                       // Bs[k][n]
     __shared__ __align__(128) float Cs[Tile::WARPS_M * Tile::WARPS_N][16 * 16];  // one fragment per warp
 
     const int t = threadIdx.x;
@@ -371,8 +370,9 @@ public:
         k_ = geometry_.in_c_g * p_.size * p_.size;
         geometry_.K_pad = (k_ + kTensorBK - 1) / kTensorBK * kTensorBK;
         geometry_.M_pad = (geometry_.M + kMPad - 1) / kMPad * kMPad;
-        PD_CHECK((long long)s.in.c * geometry_.in_plane < (1LL << 30) && (long long)geometry_.out_plane * s.out.c <
-                     (1LL << 30), "layer ", s.index, ": the convolution's image is too large for the CUDA kernels");
+        PD_CHECK((long long)s.in.c * geometry_.in_plane < (1LL << 30) &&
+                     (long long)geometry_.out_plane * s.out.c < (1LL << 30),
+                 "layer ", s.index, ": the convolution's image is too large for the CUDA kernels");
     }
 
     void prepare(const PrepareContext& ctx) override {
@@ -436,8 +436,8 @@ public:
 
     void forward(const CudaContext& ctx) override {
         const bool fuse_activation = !is_channel_activation(p_.activation);
-        PD_CHECK((long long)ctx.batch * geometry_.out_plane < (1LL << 31), "layer ", spec.index, ": batch ",
-                 ctx.batch, " is too large for the CUDA convolution at this size");
+        PD_CHECK((long long)ctx.batch * geometry_.out_plane < (1LL << 31), "layer ", spec.index, ": batch ", ctx.batch,
+                 " is too large for the CUDA convolution at this size");
         const Split split = split_for(ctx.batch);
         dispatch_precision(ctx.precision, [&](auto tag) {
             using T = decltype(tag);

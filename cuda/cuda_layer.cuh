@@ -22,7 +22,9 @@ struct DeviceView {
     size_t stride = 0;
 
     template <typename T>
-    T* as() const { return static_cast<T*>(data); }
+    T* as() const {
+        return static_cast<T*>(data);
+    }
     explicit operator bool() const { return data != nullptr; }
 };
 
@@ -81,9 +83,9 @@ struct PrepareContext {
 struct CudaContext {
     int batch = 1;
     Precision precision = Precision::FP32;
-    DeviceView input;   // the previous layer's output (or the network input)
-    DeviceView output;  // this layer's output
-    const std::vector<DeviceView>* views = nullptr;  // every layer's output, for layers that read earlier ones
+    DeviceView input;                                      // the previous layer's output (or the network input)
+    DeviceView output;                                     // this layer's output
+    const std::vector<DeviceView>* views = nullptr;        // every layer's output, for layers that read earlier ones
     const std::vector<const LayerSpec*>* specs = nullptr;  // every layer's spec
     // A convolution with a folded shortcut: add `residual` after the activation, then apply residual_activation.
     DeviceView residual;
@@ -104,7 +106,10 @@ public:
     virtual void prepare(const PrepareContext& ctx) { (void)ctx; }
     virtual void forward(const CudaContext& ctx) = 0;
     // Scratch bytes a forward pass of `batch` images needs (after prepare()).
-    virtual size_t workspace_bytes(int batch) const { (void)batch; return 0; }
+    virtual size_t workspace_bytes(int batch) const {
+        (void)batch;
+        return 0;
+    }
 
     const LayerSpec spec;
 };
@@ -127,8 +132,8 @@ struct CudaLayerRegistration {
 
 // Applies `activation` in place to `batch` images of `channels` x `spatial` values starting at view.data; the
 // normalize_channels family normalises across channels per pixel, the others are element-wise.
-void activate_view(Precision precision, const DeviceView& view, int batch, int channels, size_t spatial,
-                   int activation, cudaStream_t stream);
+void activate_view(Precision precision, const DeviceView& view, int batch, int channels, size_t spatial, int activation,
+                   cudaStream_t stream);
 // Copies `count` values per image between views of the same precision.
 void copy_view(Precision precision, const DeviceView& from, const DeviceView& to, int batch, size_t count,
                cudaStream_t stream);

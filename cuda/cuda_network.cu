@@ -98,9 +98,9 @@ struct CudaNetwork::Impl {
     std::vector<std::string> guard_owner;                  // what lies before each guard region
     std::vector<DeviceView> views;
     DeviceView input_view;
-    DeviceArray<float> staging;  // float32 input before conversion, float32 output after conversion
+    DeviceArray<float> staging;   // float32 input before conversion, float32 output after conversion
     DeviceArray<char> workspace;  // layers' scratch (split-K partial sums)
-    int batch = 0;               // of the last completed forward pass (0: none)
+    int batch = 0;                // of the last completed forward pass (0: none)
 
     bool prepared = false;
     unsigned long long prepared_version = 0;
@@ -307,8 +307,7 @@ CudaNetwork::CudaNetwork(const Network& host, Precision precision, int device)
     for (int i = 0; i < host.layer_count(); ++i) {
         const LayerSpec& spec = host.layer(i).spec;
         auto factory = cuda_layer_registry().find(spec.kind);
-        PD_CHECK(factory != cuda_layer_registry().end(), "layer ", i, " (", spec.type,
-                 ") has no CUDA implementation");
+        PD_CHECK(factory != cuda_layer_registry().end(), "layer ", i, " (", spec.type, ") has no CUDA implementation");
         impl_->layers.push_back(factory->second(spec));
         impl_->specs.push_back(&impl_->layers.back()->spec);
     }
@@ -326,10 +325,12 @@ void CudaNetwork::forward(const float* input, int batch, bool keep_all) {
     m.batch = 0;  // the outputs are not valid until this pass has completed
     const size_t count = (size_t)batch * m.host.input_shape().size();
     if (m.precision == Precision::FP32) {
-        PD_CUDA_CHECK(cudaMemcpyAsync(m.input_view.data, input, count * sizeof(float), cudaMemcpyHostToDevice, m.stream));
+        PD_CUDA_CHECK(
+            cudaMemcpyAsync(m.input_view.data, input, count * sizeof(float), cudaMemcpyHostToDevice, m.stream));
     } else {
         if (m.staging.size() < count) m.staging.resize(count);
-        PD_CUDA_CHECK(cudaMemcpyAsync(m.staging.data(), input, count * sizeof(float), cudaMemcpyHostToDevice, m.stream));
+        PD_CUDA_CHECK(
+            cudaMemcpyAsync(m.staging.data(), input, count * sizeof(float), cudaMemcpyHostToDevice, m.stream));
         convert_from_float(m.precision, m.staging.data(), m.input_view.data, count, m.stream);
     }
     if (m.guard) m.poison();

@@ -9,8 +9,8 @@ namespace {
 constexpr int kThreads = 256;
 
 template <typename T>
-__global__ void pool_kernel(const T* in, size_t in_stride, T* out, size_t out_stride, int batch, int channels,
-                            int in_h, int in_w, int out_h, int out_w, PoolWindow window, bool average) {
+__global__ void pool_kernel(const T* in, size_t in_stride, T* out, size_t out_stride, int batch, int channels, int in_h,
+                            int in_w, int out_h, int out_w, PoolWindow window, bool average) {
     const size_t out_plane = (size_t)out_h * out_w, per_image = out_plane * channels;
     const size_t total = per_image * batch;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
@@ -18,8 +18,8 @@ __global__ void pool_kernel(const T* in, size_t in_stride, T* out, size_t out_st
         const size_t c = within / out_plane, pixel = within % out_plane;
         const int oy = (int)(pixel / out_w), ox = (int)(pixel % out_w);
         const T* plane = in + b * in_stride + c * in_h * in_w;
-        const float v = pool_window([&](int y, int x) { return to_float(plane[(size_t)y * in_w + x]); }, in_h, in_w,
-                                    oy, ox, window, average);
+        const float v = pool_window([&](int y, int x) { return to_float(plane[(size_t)y * in_w + x]); }, in_h, in_w, oy,
+                                    ox, window, average);
         out[b * out_stride + within] = from_float<T>(v);
     }
 }

@@ -20,8 +20,8 @@ __global__ void reorg_kernel(const T* in, size_t in_stride, T* out, size_t out_s
 
 // c, h, w: the output's dimensions.
 template <typename T>
-__global__ void reorg_reverse_kernel(const T* in, size_t in_stride, T* out, size_t out_stride, int batch, int c,
-                                     int h, int w, int s) {
+__global__ void reorg_reverse_kernel(const T* in, size_t in_stride, T* out, size_t out_stride, int batch, int c, int h,
+                                     int w, int s) {
     const size_t per_image = (size_t)c * h * w, total = per_image * batch;
     for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
         const size_t b = id / per_image, within = id % per_image;
@@ -41,12 +41,12 @@ public:
             using T = decltype(tag);
             if (p_.reverse)
                 PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, reorg_reverse_kernel<T>)(
-                    ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch,
-                    spec.out.c, spec.out.h, spec.out.w, s);
+                    ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, spec.out.c,
+                    spec.out.h, spec.out.w, s);
             else
                 PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, reorg_kernel<T>)(
-                    ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch,
-                    spec.out.c, spec.out.h, spec.out.w, spec.in.c, spec.in.h, spec.in.w, s);
+                    ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, spec.out.c,
+                    spec.out.h, spec.out.w, spec.in.c, spec.in.h, spec.in.w, s);
             PD_CUDA_CHECK_LAUNCH();
         });
     }

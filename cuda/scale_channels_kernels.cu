@@ -25,8 +25,7 @@ class CudaScaleChannels : public CudaLayer {
 public:
     using CudaLayer::CudaLayer;
     void forward(const CudaContext& ctx) override {
-        launch_product(ctx, spec, p_.scale_wh ? ProductFactor::PER_PIXEL : ProductFactor::PER_CHANNEL,
-                       p_.activation);
+        launch_product(ctx, spec, p_.scale_wh ? ProductFactor::PER_PIXEL : ProductFactor::PER_CHANNEL, p_.activation);
     }
 
 private:

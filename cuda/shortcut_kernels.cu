@@ -48,8 +48,8 @@ __global__ void shortcut_kernel(const T* in, size_t in_stride, T* out, size_t ou
 class CudaShortcut : public CudaLayer {
 public:
     explicit CudaShortcut(const LayerSpec& s) : CudaLayer(s) {
-        PD_CHECK(s.inputs.size() <= (size_t)kMaxFrom, "layer ", s.index, ": the CUDA shortcut adds at most ",
-                 kMaxFrom, " layers, this one lists ", s.inputs.size());
+        PD_CHECK(s.inputs.size() <= (size_t)kMaxFrom, "layer ", s.index, ": the CUDA shortcut adds at most ", kMaxFrom,
+                 " layers, this one lists ", s.inputs.size());
     }
 
     void prepare(const PrepareContext& ctx) override {
@@ -77,14 +77,14 @@ public:
         dispatch_precision(ctx.precision, [&](auto tag) {
             using T = decltype(tag);
             PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, shortcut_kernel<T>)(
-                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, outputs,
-                sources, weighted ? weights_.data() : nullptr, layer_step, step, normalization,
+                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, outputs, sources,
+                weighted ? weights_.data() : nullptr, layer_step, step, normalization,
                 fuse_activation ? activation : LINEAR);
             PD_CUDA_CHECK_LAUNCH();
         });
         if (!fuse_activation)
-            activate_view(ctx.precision, ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w,
-                          activation, ctx.stream);
+            activate_view(ctx.precision, ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w, activation,
+                          ctx.stream);
     }
 
 private:

@@ -14,8 +14,8 @@ __global__ void softmax_kernel(const T* in, size_t in_stride, T* out, size_t out
         const size_t b = id / groups, g = id % groups;
         const T* x = in + b * in_stride + g * n;
         T* y = out + b * out_stride + g * n;
-        softmax_slice([&](size_t i) { return to_float(x[i]); }, [&](size_t i, float v) { y[i] = from_float<T>(v); },
-                      n, temperature);
+        softmax_slice([&](size_t i) { return to_float(x[i]); }, [&](size_t i, float v) { y[i] = from_float<T>(v); }, n,
+                      temperature);
     }
 }
 

@@ -29,8 +29,8 @@ public:
         dispatch_precision(ctx.precision, [&](auto tag) {
             using T = decltype(tag);
             PD_LAUNCH(grid_for(per_image * ctx.batch, 256), 256, 0, ctx.stream, yolo_kernel<T>)(
-                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, per_image,
-                plane, entries, scale_x_y, new_coords);
+                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, per_image, plane,
+                entries, scale_x_y, new_coords);
             PD_CUDA_CHECK_LAUNCH();
         });
     }

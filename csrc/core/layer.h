@@ -64,7 +64,7 @@ struct ForwardContext {
     const float* input = nullptr;  // the previous layer's output (or the network input), batch * in.size()
     float* output = nullptr;       // this layer's output, batch * out.size()
     const Network* net = nullptr;
-    float* workspace = nullptr;    // scratch shared by all layers, workspace_floats() long
+    float* workspace = nullptr;  // scratch shared by all layers, workspace_floats() long
 };
 
 // A forward pass in training mode: besides the inference context, the parameters are writable (batch-norm
@@ -85,12 +85,12 @@ struct BackwardContext {
     float* output_grad = nullptr;   // dLoss/dOutput; the layer may overwrite it, nobody reads it afterwards
     float* input_grad = nullptr;    // += dLoss/dInput, or null when no earlier layer needs it
     const float* params = nullptr;
-    float* grads = nullptr;         // += dLoss/dParams, laid out exactly like params
-    bool weight_grads = true;       // false under train_only_bn: batch-norm scales and biases only
-    unsigned long long seed = 0;    // the training forward's random key (dropout recomputes its mask)
+    float* grads = nullptr;       // += dLoss/dParams, laid out exactly like params
+    bool weight_grads = true;     // false under train_only_bn: batch-norm scales and biases only
+    unsigned long long seed = 0;  // the training forward's random key (dropout recomputes its mask)
     long long iteration = 0;
-    Network* net = nullptr;         // other layers' training outputs and gradient buffers (route, shortcut...)
-    float* workspace = nullptr;     // scratch shared by all layers, backward_workspace_floats() long
+    Network* net = nullptr;      // other layers' training outputs and gradient buffers (route, shortcut...)
+    float* workspace = nullptr;  // scratch shared by all layers, backward_workspace_floats() long
 };
 
 class Layer {
@@ -99,10 +99,16 @@ public:
     virtual ~Layer() = default;
 
     // Called before a forward pass whenever the parameters may have changed (e.g. to fold batch-norm).
-    virtual void prepare(const float* params, float bn_epsilon) { (void)params; (void)bn_epsilon; }
+    virtual void prepare(const float* params, float bn_epsilon) {
+        (void)params;
+        (void)bn_epsilon;
+    }
     virtual void forward(const ForwardContext& ctx) = 0;
     // Scratch floats this layer needs for one forward pass of `batch` images.
-    virtual size_t workspace_floats(int batch) const { (void)batch; return 0; }
+    virtual size_t workspace_floats(int batch) const {
+        (void)batch;
+        return 0;
+    }
 
     // Forward in training mode, keeping what backward() needs. Layers without training behaviour of their own
     // run their inference forward.
@@ -110,7 +116,10 @@ public:
     // Backward after forward_train. A layer type without one says so rather than return a wrong gradient.
     virtual void backward(const BackwardContext& ctx);
     // Scratch floats backward() needs for `batch` images (forward_train uses workspace_floats()).
-    virtual size_t backward_workspace_floats(int batch) const { (void)batch; return 0; }
+    virtual size_t backward_workspace_floats(int batch) const {
+        (void)batch;
+        return 0;
+    }
     // Whether the layer reads the previous layer's output (route reads only its listed layers).
     virtual bool reads_previous_output() const { return true; }
 
@@ -129,7 +138,7 @@ struct LayerRegistration {
 #define PD_CONCAT_INNER(a, b) a##b
 #define PD_CONCAT(a, b) PD_CONCAT_INNER(a, b)
 
-#define PD_REGISTER_LAYER(kind, cls)                                     \
+#define PD_REGISTER_LAYER(kind, cls)                                      \
     static ::pd::LayerRegistration PD_CONCAT(pd_registration_, __LINE__)( \
         kind, [](const ::pd::LayerSpec& s) { return std::unique_ptr<::pd::Layer>(new cls(s)); })
 

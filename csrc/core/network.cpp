@@ -165,8 +165,8 @@ void Network::forward_train(const float* input, int batch, unsigned long long se
     for (int i = 0; i < n; ++i) {
         train_outputs_[i].resize((size_t)batch * layers_[i]->spec.out.size());
         live_[i] = train_outputs_[i].data();
-        workspace = std::max({workspace, layers_[i]->workspace_floats(batch),
-                              layers_[i]->backward_workspace_floats(batch)});
+        workspace =
+            std::max({workspace, layers_[i]->workspace_floats(batch), layers_[i]->backward_workspace_floats(batch)});
     }
     train_workspace_.resize(workspace);
     TrainContext ctx;

@@ -11,8 +11,7 @@ namespace pd {
 BufferAssignment assign_buffers(const std::vector<Lifetime>& lifetimes) {
     std::vector<int> order(lifetimes.size());
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int a, int b) { return lifetimes[a].start < lifetimes[b].start; });
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return lifetimes[a].start < lifetimes[b].start; });
     BufferAssignment result;
     result.buffer_of.assign(lifetimes.size(), -1);
     std::vector<int> occupant;  // buffer -> the lifetime it holds now

@@ -22,8 +22,9 @@ __attribute__((always_inline)) inline void activate_loop(float* x, size_t n, flo
 
 }  // namespace
 
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void activate_span(float* x, size_t n, int activation, float bias) {
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void activate_span(float* x, size_t n,
+                                                                                                 int activation,
+                                                                                                 float bias) {
     switch (activation) {
 #define PD_ACTIVATION_CASE(A) \
     case A: activate_loop<A>(x, n, bias); break;
@@ -62,9 +63,9 @@ namespace {
 // `a < b ? b : a` keeps the running maximum on a NaN exactly as the direct loop does.
 inline float larger(float a, float b) { return a < b ? b : a; }
 
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void max_pool_plane(const float* src, float* dst, float* rows, int in_h, int in_w, int out_h, int out_w, int size,
-                    int stride_y, int stride_x, int offset) {
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void max_pool_plane(
+    const float* src, float* dst, float* rows, int in_h, int in_w, int out_h, int out_w, int size, int stride_y,
+    int stride_x, int offset) {
     if (size == 2 && stride_y == 2 && stride_x == 2 && offset == 0) {
         // the 2x2/2 pools of the tiny models: one pass, pairs of columns from two rows
         const int full = std::min(out_w, in_w / 2);
@@ -140,8 +141,8 @@ void pool2d(const float* in, float* out, long long planes, int in_h, int in_w, i
     }
 }
 
-void batchnorm_factors(const float* bias, const float* scales, const float* mean, const float* var, float eps,
-                       int n, double* factor, float* folded_bias) {
+void batchnorm_factors(const float* bias, const float* scales, const float* mean, const float* var, float eps, int n,
+                       double* factor, float* folded_bias) {
     for (int i = 0; i < n; ++i) {
         factor[i] = (double)scales[i] / std::sqrt((double)var[i] + (double)eps);
         folded_bias[i] = (float)((double)bias[i] - (double)mean[i] * factor[i]);

@@ -29,7 +29,8 @@ public:
         batchnorm_factors(b, params + spec.tensor("scales").offset, params + spec.tensor("rolling_mean").offset,
                           params + spec.tensor("rolling_variance").offset, eps, outputs, factor.data(), bias_.data());
         for (int o = 0; o < outputs; ++o)
-            for (size_t i = 0; i < inputs; ++i) weights_[o * inputs + i] = (float)(weights_[o * inputs + i] * factor[o]);
+            for (size_t i = 0; i < inputs; ++i)
+                weights_[o * inputs + i] = (float)(weights_[o * inputs + i] * factor[o]);
     }
 
     void forward(const ForwardContext& ctx) override {
@@ -48,7 +49,8 @@ public:
 
     void forward_train(const TrainContext& ctx) override {
         const int bn = p_.batch_normalize;
-        PD_CHECK(bn != 2, "layer ", spec.index, ": cross-iteration batch normalisation (cbn) is not supported in training");
+        PD_CHECK(bn != 2, "layer ", spec.index,
+                 ": cross-iteration batch normalisation (cbn) is not supported in training");
         const int outputs = spec.out.c, inputs = (int)spec.in.size();
         const int activation = p_.activation;
         const float* weights = ctx.params + spec.tensor("weights").offset;

@@ -127,8 +127,8 @@ public:
                 float* out = ctx.output + ((size_t)b * p_.filters + (size_t)g * out_c) * N;
                 const float* columns = image;
                 if (!direct()) {
-                    unroll(image, in_c, spec.in.h, spec.in.w, p_.size, p_.pad(), p_.stride_y, p_.stride_x,
-                           p_.dilation, spec.out.h, spec.out.w, ctx.workspace, (size_t)N);
+                    unroll(image, in_c, spec.in.h, spec.in.w, p_.size, p_.pad(), p_.stride_y, p_.stride_x, p_.dilation,
+                           spec.out.h, spec.out.w, ctx.workspace, (size_t)N);
                     columns = ctx.workspace;
                 }
                 GemmEpilogue epilogue;
@@ -215,7 +215,8 @@ public:
         float* grad = ctx.output_grad;
         float* grad_biases = ctx.grads + spec.tensor("biases").offset;
         if (p_.batch_norm()) {
-            if (!elementwise) activation_backward(grad, ctx.output, pre, ctx.batch, p_.filters, (size_t)N, p_.activation);
+            if (!elementwise)
+                activation_backward(grad, ctx.output, pre, ctx.batch, p_.filters, (size_t)N, p_.activation);
             batch_norm_.backward(grad, ctx.params + spec.tensor("scales").offset,
                                  ctx.grads + spec.tensor("scales").offset, grad_biases, ctx.output, pre,
                                  elementwise ? p_.activation : LINEAR);
@@ -244,8 +245,8 @@ public:
                         if (direct() && chunk == 1)
                             cols = image;
                         else
-                            unroll(image, in_c, spec.in.h, spec.in.w, p_.size, p_.pad(), p_.stride_y,
-                                   p_.stride_x, p_.dilation, spec.out.h, spec.out.w, columns + (size_t)i * N, width);
+                            unroll(image, in_c, spec.in.h, spec.in.w, p_.size, p_.pad(), p_.stride_y, p_.stride_x,
+                                   p_.dilation, spec.out.h, spec.out.w, columns + (size_t)i * N, width);
                         transpose(grad + ((size_t)b * p_.filters + (size_t)g * out_c) * N, out_c, N,
                                   grad_t + (size_t)i * N * out_c);
                     }
@@ -271,8 +272,8 @@ public:
                 for (int oy = 0; oy < spec.out.h; oy += band) {
                     const int rows = std::min(band, spec.out.h - oy), width = rows * spec.out.w;
                     sgemm(K, width, out_c, weights_t, out_c, g_out + (size_t)oy * spec.out.w, N, columns, width);
-                    col2im_add(columns, in_c, spec.in.h, spec.in.w, p_.size, p_.pad(), p_.stride_y,
-                               p_.stride_x, p_.dilation, spec.out.w, oy, oy + rows, image_grad);
+                    col2im_add(columns, in_c, spec.in.h, spec.in.w, p_.size, p_.pad(), p_.stride_y, p_.stride_x,
+                               p_.dilation, spec.out.w, oy, oy + rows, image_grad);
                 }
             }
         }

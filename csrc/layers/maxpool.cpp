@@ -15,8 +15,9 @@ namespace {
 
 // The common 2x2 stride-2 pool of an even-sized plane: every window lies inside; the general loop's scan (from
 // -FLT_MAX, top row first, left first, strictly greater wins) as straight-line code the compiler vectorises.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void max_2x2(const float* src, int in_w, int out_h, int out_w, float* out, int* from) {
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void max_2x2(const float* src, int in_w,
+                                                                                           int out_h, int out_w,
+                                                                                           float* out, int* from) {
     for (int oy = 0; oy < out_h; ++oy) {
         const float* top = src + (size_t)(2 * oy) * in_w;
         const float* bottom = top + in_w;
@@ -131,7 +132,8 @@ public:
                     const size_t o = ((size_t)b * out.c + g) * out_plane;
                     for (size_t p = 0; p < out_plane; ++p)
                         if (argmax_[o + p] >= 0)
-                            ctx.input_grad[((size_t)b * in.c + argmax_[o + p]) * in_plane + p] += ctx.output_grad[o + p];
+                            ctx.input_grad[((size_t)b * in.c + argmax_[o + p]) * in_plane + p] +=
+                                ctx.output_grad[o + p];
                 }
             return;
         }

@@ -30,9 +30,7 @@ int batch_normalize_option(const LayerSpec& s) {
     return (int)v;
 }
 
-Activation activation_option(const LayerSpec& s) {
-    return (Activation)whole(s, "activation", 0, ACTIVATION_COUNT - 1);
-}
+Activation activation_option(const LayerSpec& s) { return (Activation)whole(s, "activation", 0, ACTIVATION_COUNT - 1); }
 
 void expect(const LayerSpec& s, bool ok, const char* what) {
     PD_CHECK(ok, "layer ", s.index, " (", s.type, "): ", what);
@@ -47,8 +45,9 @@ PoolWindow pool_window_of(const LayerSpec& s) {
     const int padding = whole(s, "padding", 0, kMaxDim);
     w.offset = pool_offset(padding);
     expect(s, s.in.h + padding >= w.size && s.in.w + padding >= w.size, "the input is smaller than the window");
-    expect(s, s.out.h == pool_output_size(s.in.h, w.size, w.stride_y, padding) &&
-                  s.out.w == pool_output_size(s.in.w, w.size, w.stride_x, padding),
+    expect(s,
+           s.out.h == pool_output_size(s.in.h, w.size, w.stride_y, padding) &&
+               s.out.w == pool_output_size(s.in.w, w.size, w.stride_x, padding),
            "the output size does not match the window");
     return w;
 }
@@ -77,8 +76,8 @@ ConvolutionalParams ConvolutionalParams::parse(const LayerSpec& s) {
     p.precision = (Precision)(int)s.get("precision", 0);
     PD_CHECK(p.filters == s.out.c && s.in.c % p.groups == 0 && p.filters % p.groups == 0, "layer ", s.index,
              ": inconsistent convolution shape");
-    PD_CHECK(s.tensor("weights").size == (size_t)p.filters * (s.in.c / p.groups) * p.size * p.size, "layer ",
-             s.index, ": weights tensor has the wrong size");
+    PD_CHECK(s.tensor("weights").size == (size_t)p.filters * (s.in.c / p.groups) * p.size * p.size, "layer ", s.index,
+             ": weights tensor has the wrong size");
     return p;
 }
 
@@ -96,8 +95,10 @@ MaxpoolParams MaxpoolParams::parse(const LayerSpec& s) {
     MaxpoolParams p;
     p.depth = flag(s, "maxpool_depth");
     p.window = pool_window_of(s);
-    if (p.depth) expect(s, s.out.c >= 1 && s.out.h == s.in.h && s.out.w == s.in.w, "maxpool_depth keeps the size");
-    else expect(s, s.out.c == s.in.c, "a maxpool keeps the channels");
+    if (p.depth)
+        expect(s, s.out.c >= 1 && s.out.h == s.in.h && s.out.w == s.in.w, "maxpool_depth keeps the size");
+    else
+        expect(s, s.out.c == s.in.c, "a maxpool keeps the channels");
     return p;
 }
 
@@ -129,8 +130,9 @@ ShortcutParams ShortcutParams::parse(const LayerSpec& s) {
     expect(s, !s.inputs.empty(), "a shortcut lists no layers");
     expect(s, s.out.c == s.in.c && s.out.h == s.in.h && s.out.w == s.in.w, "a shortcut keeps its input's shape");
     if (p.weighted)
-        expect(s, s.tensor("weights").size % (s.inputs.size() + 1) == 0 &&
-                      s.out.size() % (s.tensor("weights").size / (s.inputs.size() + 1)) == 0,
+        expect(s,
+               s.tensor("weights").size % (s.inputs.size() + 1) == 0 &&
+                   s.out.size() % (s.tensor("weights").size / (s.inputs.size() + 1)) == 0,
                "the shortcut's weights do not divide its output");
     return p;
 }
@@ -141,9 +143,11 @@ UpsampleParams UpsampleParams::parse(const LayerSpec& s) {
     p.scale = (float)s.get("scale");
     p.reverse = flag(s, "reverse");
     if (p.reverse)
-        expect(s, s.out.h == s.in.h / p.stride && s.out.w == s.in.w / p.stride, "the output size is not input / stride");
+        expect(s, s.out.h == s.in.h / p.stride && s.out.w == s.in.w / p.stride,
+               "the output size is not input / stride");
     else
-        expect(s, s.out.h == s.in.h * p.stride && s.out.w == s.in.w * p.stride, "the output size is not input * stride");
+        expect(s, s.out.h == s.in.h * p.stride && s.out.w == s.in.w * p.stride,
+               "the output size is not input * stride");
     expect(s, s.out.c == s.in.c, "an upsample keeps the channels");
     return p;
 }
@@ -199,12 +203,14 @@ Reorg3dParams Reorg3dParams::parse(const LayerSpec& s) {
     p.reverse = flag(s, "reverse");
     const int s2 = p.stride * p.stride;
     if (p.reverse)
-        expect(s, s.in.c % (s2 * s2) == 0 && s.out.c * s2 == s.in.c && s.out.h == s.in.h * p.stride &&
-                      s.out.w == s.in.w * p.stride,
+        expect(s,
+               s.in.c % (s2 * s2) == 0 && s.out.c * s2 == s.in.c && s.out.h == s.in.h * p.stride &&
+                   s.out.w == s.in.w * p.stride,
                "a reverse reorg needs channels divisible by stride^4 and gives (c / stride^2, h * stride, w * stride)");
     else
-        expect(s, s.in.h % p.stride == 0 && s.in.w % p.stride == 0 && s.out.c == s.in.c * s2 &&
-                      s.out.h * p.stride == s.in.h && s.out.w * p.stride == s.in.w,
+        expect(s,
+               s.in.h % p.stride == 0 && s.in.w % p.stride == 0 && s.out.c == s.in.c * s2 &&
+                   s.out.h * p.stride == s.in.h && s.out.w * p.stride == s.in.w,
                "a reorg needs height and width divisible by stride and gives (c * stride^2, h / stride, w / stride)");
     return p;
 }

@@ -17,7 +17,7 @@ struct LayerSpec;
 
 // Options every layer type has (Darknet's training switches).
 struct CommonParams {
-    double stopbackward = 0;  // 1: no gradient to this layer or any before it; N > 1: the same below iteration N
+    double stopbackward = 0;     // 1: no gradient to this layer or any before it; N > 1: the same below iteration N
     bool onlyforward = false;    // the layer passes no gradient back
     bool train_only_bn = false;  // only batch-norm scales and biases get gradients
     static CommonParams parse(const LayerSpec& spec);
@@ -121,9 +121,9 @@ struct BatchnormParams {
 
 // The parsed options of any layer type; monostate until resolve_spec has run.
 using LayerParams =
-    std::variant<std::monostate, ConvolutionalParams, ConnectedParams, MaxpoolParams, LocalAvgpoolParams,
-                 AvgpoolParams, RouteParams, ShortcutParams, UpsampleParams, YoloParams, SoftmaxParams,
-                 DropoutParams, IdentityParams, SamParams, ScaleChannelsParams, Reorg3dParams, BatchnormParams>;
+    std::variant<std::monostate, ConvolutionalParams, ConnectedParams, MaxpoolParams, LocalAvgpoolParams, AvgpoolParams,
+                 RouteParams, ShortcutParams, UpsampleParams, YoloParams, SoftmaxParams, DropoutParams, IdentityParams,
+                 SamParams, ScaleChannelsParams, Reorg3dParams, BatchnormParams>;
 
 // Resolves a spec as the Python side sends it: its type name to its LayerKind, its options to the common and the
 // type's parameter struct. Throws InvalidArgument for an unknown type or a bad option.

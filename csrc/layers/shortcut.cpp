@@ -83,7 +83,7 @@ public:
 private:
     // The shortcut weights of one forward or backward pass and Darknet's normalisation of them.
     struct Weights {
-        const float* values = nullptr;  // (n + 1) x layer_step, or null without weights_type
+        const float* values = nullptr;    // (n + 1) x layer_step, or null without weights_type
         size_t layer_step = 1, step = 1;  // weights per source (1 or channels); outputs sharing one weight
         int sources = 0;                  // n + 1 (the input, then each `from`)
         int normalization = SHORTCUT_NORM_NONE;
@@ -193,7 +193,8 @@ private:
                 const float v = w.values[w0 + k * w.layer_step];
                 double dw = d[k];
                 if (w.normalization == SHORTCUT_NORM_RELU) dw = v > 0.f ? (d[k] - dot) / sum : 0.0;
-                if (w.normalization == SHORTCUT_NORM_SOFTMAX) dw = nw[k] * (d[k] - dot) - (k == arg_max ? dot * (1.0 - total) : 0.0);
+                if (w.normalization == SHORTCUT_NORM_SOFTMAX)
+                    dw = nw[k] * (d[k] - dot) - (k == arg_max ? dot * (1.0 - total) : 0.0);
                 grad_weights[w0 + k * w.layer_step] += (float)dw;
             }
         }

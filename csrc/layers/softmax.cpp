@@ -20,8 +20,7 @@ public:
             for (int g = 0; g < groups; ++g) {
                 const float* in = ctx.input + b * inputs + g * n;
                 float* out = ctx.output + b * inputs + g * n;
-                softmax_slice([&](size_t i) { return in[i]; }, [&](size_t i, float v) { out[i] = v; }, n,
-                              temperature);
+                softmax_slice([&](size_t i) { return in[i]; }, [&](size_t i, float v) { out[i] = v; }, n, temperature);
             }
     }
 
@@ -37,7 +36,8 @@ public:
                 const float* grad = ctx.output_grad + base;
                 double dot = 0.0;
                 for (size_t i = 0; i < n; ++i) dot += (double)grad[i] * y[i];
-                for (size_t i = 0; i < n; ++i) ctx.input_grad[base + i] += (float)(y[i] * (grad[i] - dot) / temperature);
+                for (size_t i = 0; i < n; ++i)
+                    ctx.input_grad[base + i] += (float)(y[i] * (grad[i] - dot) / temperature);
             }
     }
 

@@ -56,7 +56,8 @@ public:
                 continue;
             }
             for (int y = 0; y < out.h; ++y)
-                for (int x = 0; x < out.w; ++x) dst[upsample_coarse_index(y, x, stride, in.w)] += scale * g[y * out.w + x];
+                for (int x = 0; x < out.w; ++x)
+                    dst[upsample_coarse_index(y, x, stride, in.w)] += scale * g[y * out.w + x];
         }
     }
 

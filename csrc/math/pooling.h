@@ -35,8 +35,7 @@ PD_HD PoolSpan pool_span(int o, int stride, int offset, int size, int extent) {
 // `load(y, x)` returns the input value at (y, x) as a float; only positions inside the image are loaded, rows
 // top to bottom and each row left to right.
 template <typename Load>
-PD_HD float pool_window(const Load& load, int in_h, int in_w, int oy, int ox, const PoolWindow& window,
-                        bool average) {
+PD_HD float pool_window(const Load& load, int in_h, int in_w, int oy, int ox, const PoolWindow& window, bool average) {
     const PoolSpan ys = pool_span(oy, window.stride_y, window.offset, window.size, in_h);
     const PoolSpan xs = pool_span(ox, window.stride_x, window.offset, window.size, in_w);
     float best = -FLT_MAX, sum = 0.f;
