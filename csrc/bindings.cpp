@@ -137,8 +137,7 @@ PYBIND11_MODULE(_core, m) {
              py::arg("specs"), py::arg("param_count"), py::arg("input_shape"), py::arg("share_with") = nullptr,
              "share_with: another network of the same parameter layout whose parameters and gradients to share.")
         .def_property_readonly(
-            "params",
-            [](py::object self) { return pd::view_of(self.cast<pd::Network&>().params, self); },
+            "params", [](py::object self) { return pd::view_of(self.cast<pd::Network&>().params, self); },
             "The flat parameter buffer (a writable view; call touch_params() after writing).")
         .def_property_readonly(
             "grads", [](py::object self) { return pd::view_of(self.cast<pd::Network&>().grads_buffer(), self); },
@@ -200,7 +199,8 @@ PYBIND11_MODULE(_core, m) {
                 float* input_grad_data = nullptr;
                 if (want_input_grad) {
                     const pd::Shape s = net.input_shape();
-                    input_grad = py::array_t<float>({(py::ssize_t)batch, (py::ssize_t)s.c, (py::ssize_t)s.h, (py::ssize_t)s.w});
+                    input_grad =
+                        py::array_t<float>({(py::ssize_t)batch, (py::ssize_t)s.c, (py::ssize_t)s.h, (py::ssize_t)s.w});
                     input_grad_data = input_grad.mutable_data();
                     std::fill(input_grad_data, input_grad_data + (size_t)batch * s.size(), 0.f);
                 }
@@ -319,18 +319,23 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("values"), py::arg("activation"),
         "d activate(x) / dx at each value, as the CPU backward pass computes it (element-wise activations).");
-    m.def("cpu_isa", []() { return std::string(pd::isa_name(pd::active_isa())); },
-          "The instruction set the CPU kernels use now: 'avx512', 'avx2' or 'generic'.");
-    m.def("cpu_best_isa", []() { return std::string(pd::isa_name(pd::cpu_best_isa())); },
-          "The widest instruction set this CPU supports.");
+    m.def(
+        "cpu_isa", []() { return std::string(pd::isa_name(pd::active_isa())); },
+        "The instruction set the CPU kernels use now: 'avx512', 'avx2' or 'generic'.");
+    m.def(
+        "cpu_best_isa", []() { return std::string(pd::isa_name(pd::cpu_best_isa())); },
+        "The widest instruction set this CPU supports.");
     m.def("cpu_has_avx512_bf16", &pd::cpu_has_avx512_bf16, "Whether the CPU has the AVX512_BF16 instructions.");
     m.def(
         "set_cpu_isa",
         [](const std::string& name) {
             pd::Isa isa = pd::Isa::Generic;
-            if (name == "avx512") isa = pd::Isa::Avx512;
-            else if (name == "avx2") isa = pd::Isa::Avx2;
-            else PD_CHECK(name == "generic", "unknown instruction set '", name, "' (avx512, avx2 or generic)");
+            if (name == "avx512")
+                isa = pd::Isa::Avx512;
+            else if (name == "avx2")
+                isa = pd::Isa::Avx2;
+            else
+                PD_CHECK(name == "generic", "unknown instruction set '", name, "' (avx512, avx2 or generic)");
             return std::string(pd::isa_name(pd::set_isa_cap(isa)));
         },
         py::arg("name"),
@@ -365,5 +370,8 @@ PYBIND11_MODULE(_core, m) {
         return 1;
 #endif
     });
-    m.def("has_layer_type", [](const std::string& name) { return pd::layer_registry().count(name) != 0; });
+    m.def("has_layer_type", [](const std::string& name) {
+        pd::LayerKind kind;
+        return pd::find_layer_kind(name, &kind) && pd::layer_registry().count(kind) != 0;
+    });
 }

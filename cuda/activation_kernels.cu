@@ -32,8 +32,8 @@ __global__ void normalize_channels_kernel(T* data, size_t stride, int batch, int
 
 }  // namespace
 
-void activate_view(Precision precision, const DeviceView& view, int batch, int channels, size_t spatial,
-                   int activation, cudaStream_t stream) {
+void activate_view(Precision precision, const DeviceView& view, int batch, int channels, size_t spatial, int activation,
+                   cudaStream_t stream) {
     const size_t count = (size_t)channels * spatial;
     if (activation == LINEAR || count == 0 || batch == 0) return;
     const int threads = 256;

@@ -8,8 +8,8 @@ namespace pd {
 namespace {
 
 template <typename T>
-__global__ void scale_shift_kernel(const T* in, size_t in_stride, T* out, size_t out_stride, int batch,
-                                   int channels, size_t plane, const float* scale, const float* shift) {
+__global__ void scale_shift_kernel(const T* in, size_t in_stride, T* out, size_t out_stride, int batch, int channels,
+                                   size_t plane, const float* scale, const float* shift) {
     const size_t per_image = plane * channels, total = per_image * batch;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         const size_t b = i / per_image, within = i % per_image, c = within / plane;
@@ -51,6 +51,6 @@ private:
 
 }  // namespace
 
-PD_REGISTER_CUDA_LAYER("batchnorm", CudaBatchnorm, batchnorm);
+PD_REGISTER_CUDA_LAYER(LayerKind::Batchnorm, CudaBatchnorm);
 
 }  // namespace pd

@@ -31,11 +31,17 @@ __host__ __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __b
 template <typename T>
 __host__ __device__ __forceinline__ T from_float(float v);
 template <>
-__host__ __device__ __forceinline__ float from_float<float>(float v) { return v; }
+__host__ __device__ __forceinline__ float from_float<float>(float v) {
+    return v;
+}
 template <>
-__host__ __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+__host__ __device__ __forceinline__ __half from_float<__half>(float v) {
+    return __float2half_rn(v);
+}
 template <>
-__host__ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+__host__ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
 
 inline size_t precision_bytes(Precision p) { return p == Precision::FP32 ? 4 : 2; }
 

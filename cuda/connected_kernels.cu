@@ -34,7 +34,7 @@ public:
         const float* w = ctx.params + spec.tensor("weights").offset;
         const float* b = ctx.params + spec.tensor("biases").offset;
         std::vector<float> weights(w, w + (size_t)outputs * inputs), bias(b, b + outputs);
-        if (spec.get("batch_normalize") != 0) {
+        if (p_.batch_normalize != 0) {
             std::vector<double> factor(outputs);
             batchnorm_factors(b, ctx.params + spec.tensor("scales").offset,
                               ctx.params + spec.tensor("rolling_mean").offset,
@@ -50,24 +50,25 @@ public:
 
     void forward(const CudaContext& ctx) override {
         const int outputs = spec.out.c, inputs = (int)spec.in.size();
-        const int activation = (int)spec.get("activation");
+        const int activation = p_.activation;
         const bool fuse_activation = !is_channel_activation(activation);
         dispatch_precision(ctx.precision, [&](auto tag) {
             using T = decltype(tag);
             PD_LAUNCH(grid_for((size_t)ctx.batch * outputs, 128), 128, 0, ctx.stream, connected_kernel<T>)(
-                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, inputs,
-                outputs, weights_.data(), bias_.data(), fuse_activation ? activation : LINEAR);
+                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, inputs, outputs,
+                weights_.data(), bias_.data(), fuse_activation ? activation : LINEAR);
             PD_CUDA_CHECK_LAUNCH();
         });
         if (!fuse_activation) activate_view(ctx.precision, ctx.output, ctx.batch, outputs, 1, activation, ctx.stream);
     }
 
 private:
+    const ConnectedParams p_ = spec.params<ConnectedParams>();
     DeviceArray<float> weights_, bias_;
 };
 
 }  // namespace
 
-PD_REGISTER_CUDA_LAYER("connected", CudaConnected, connected);
+PD_REGISTER_CUDA_LAYER(LayerKind::Connected, CudaConnected);
 
 }  // namespace pd

@@ -35,8 +35,8 @@
 namespace pd {
 namespace {
 
-constexpr int kTensorBK = 32;      // K step of the tensor-core tiles (and K padding)
-constexpr int kMPad = 128;         // filter padding: the largest tile height
+constexpr int kTensorBK = 32;  // K step of the tensor-core tiles (and K padding)
+constexpr int kMPad = 128;     // filter padding: the largest tile height
 constexpr int kOutsideImage = -(1 << 29);
 
 struct ConvGeometry {
@@ -56,12 +56,12 @@ struct ConvParams {
     long long out_stride = 0;
     const T* residual = nullptr;
     long long residual_stride = 0;
-    const W* weights = nullptr;  // [groups][M_pad][K_pad]
+    const W* weights = nullptr;   // [groups][M_pad][K_pad]
     const float* bias = nullptr;  // [groups * M]
     const int4* taps = nullptr;   // [K_pad]: x offset from the patch origin, y dy, z dx
     float* partial = nullptr;     // split-K: [splits][groups][M][batch * out_plane] partial sums, else null
     int groups = 1;
-    int k_span = 0;               // split-K: K range per split (a multiple of kTensorBK); K_pad without splits
+    int k_span = 0;  // split-K: K range per split (a multiple of kTensorBK); K_pad without splits
     int batch = 1;
     int activation = 0, residual_activation = 0;
     ConvGeometry g;
@@ -238,12 +238,11 @@ struct TensorTile {
 };
 
 template <typename T, int BM, int BN, int WM, int WN>
-__global__ void __launch_bounds__(TensorTile<T, BM, BN, WM, WN>::THREADS)
-    conv_tensor_kernel(const ConvParams<T, T> p) {
+__global__ void __launch_bounds__(TensorTile<T, BM, BN, WM, WN>::THREADS) conv_tensor_kernel(const ConvParams<T, T> p) {
     using Tile = TensorTile<T, BM, BN, WM, WN>;
     namespace wmma = nvcuda::wmma;
-    __shared__ __align__(128) T As[BM * Tile::A_LD];  // As[m][k]
-    __shared__ __align__(128) T Bs[Tile::BK * Tile::B_LD];  // Bs[k][n]
+    __shared__ __align__(128) T As[BM * Tile::A_LD];                             // As[m][k]
+    __shared__ __align__(128) T Bs[Tile::BK * Tile::B_LD];                       // Bs[k][n]
     __shared__ __align__(128) float Cs[Tile::WARPS_M * Tile::WARPS_N][16 * 16];  // one fragment per warp
 
     const int t = threadIdx.x;
@@ -357,33 +356,23 @@ void launch_reduce(const ConvParams<T, W>& p, int splits, cudaStream_t stream) {
 
 class CudaConvolutional : public CudaLayer {
 public:
-    explicit CudaConvolutional(const LayerSpec& s)
-        : CudaLayer(s),
-          filters_((int)s.get("filters")),
-          size_((int)s.get("size")),
-          dilation_((int)s.get("dilation")),
-          groups_((int)s.get("groups")),
-          batch_normalize_(s.get("batch_normalize") != 0),
-          activation_((int)s.get("activation")) {
-        PD_CHECK(filters_ == s.out.c && groups_ > 0 && s.in.c % groups_ == 0 && filters_ % groups_ == 0,
-                 "layer ", s.index, ": inconsistent convolution shape");
+    explicit CudaConvolutional(const LayerSpec& s) : CudaLayer(s), p_(spec.params<ConvolutionalParams>()) {
         geometry_.in_h = s.in.h;
         geometry_.in_w = s.in.w;
         geometry_.in_plane = s.in.h * s.in.w;
         geometry_.out_w = s.out.w;
         geometry_.out_plane = s.out.h * s.out.w;
-        geometry_.in_c_g = s.in.c / groups_;
-        geometry_.M = filters_ / groups_;
-        geometry_.stride_x = (int)s.get("stride_x");
-        geometry_.stride_y = (int)s.get("stride_y");
-        geometry_.pad = (int)s.get("padding") * dilation_;
-        k_ = geometry_.in_c_g * size_ * size_;
+        geometry_.in_c_g = s.in.c / p_.groups;
+        geometry_.M = p_.filters / p_.groups;
+        geometry_.stride_x = p_.stride_x;
+        geometry_.stride_y = p_.stride_y;
+        geometry_.pad = p_.pad();
+        k_ = geometry_.in_c_g * p_.size * p_.size;
         geometry_.K_pad = (k_ + kTensorBK - 1) / kTensorBK * kTensorBK;
         geometry_.M_pad = (geometry_.M + kMPad - 1) / kMPad * kMPad;
-        PD_CHECK((long long)s.in.c * geometry_.in_plane < (1LL << 30) && (long long)geometry_.out_plane * s.out.c <
-                     (1LL << 30), "layer ", s.index, ": the convolution's image is too large for the CUDA kernels");
-        PD_CHECK(s.tensor("weights").size == (size_t)filters_ * k_, "layer ", s.index,
-                 ": weights tensor has the wrong size");
+        PD_CHECK((long long)s.in.c * geometry_.in_plane < (1LL << 30) &&
+                     (long long)geometry_.out_plane * s.out.c < (1LL << 30),
+                 "layer ", s.index, ": the convolution's image is too large for the CUDA kernels");
     }
 
     void prepare(const PrepareContext& ctx) override {
@@ -398,20 +387,20 @@ public:
         // Batch-norm folded exactly as the CPU layer folds it (in double, then rounded to float).
         const float* w = ctx.params + spec.tensor("weights").offset;
         const float* b = ctx.params + spec.tensor("biases").offset;
-        std::vector<float> bias(b, b + filters_);
-        std::vector<double> factor(filters_, 1.0);
-        if (batch_normalize_)
+        std::vector<float> bias(b, b + p_.filters);
+        std::vector<double> factor(p_.filters, 1.0);
+        if (p_.batch_norm())
             batchnorm_factors(b, ctx.params + spec.tensor("scales").offset,
                               ctx.params + spec.tensor("rolling_mean").offset,
-                              ctx.params + spec.tensor("rolling_variance").offset, ctx.bn_epsilon, filters_,
+                              ctx.params + spec.tensor("rolling_variance").offset, ctx.bn_epsilon, p_.filters,
                               factor.data(), bias.data());
         const int M = geometry_.M, K_pad = geometry_.K_pad, M_pad = geometry_.M_pad;
-        std::vector<float> padded((size_t)groups_ * M_pad * K_pad, 0.f);
-        for (int f = 0; f < filters_; ++f) {
+        std::vector<float> padded((size_t)p_.groups * M_pad * K_pad, 0.f);
+        for (int f = 0; f < p_.filters; ++f) {
             const int g = f / M, m = f % M;
             float* row = padded.data() + ((size_t)g * M_pad + m) * K_pad;
             for (int k = 0; k < k_; ++k)
-                row[k] = batch_normalize_ ? (float)(w[(size_t)f * k_ + k] * factor[f]) : w[(size_t)f * k_ + k];
+                row[k] = p_.batch_norm() ? (float)(w[(size_t)f * k_ + k] * factor[f]) : w[(size_t)f * k_ + k];
         }
         bias_.upload(bias.data(), bias.size(), ctx.stream);
         if (algorithm_ == ConvAlgorithm::SIMT) {
@@ -432,8 +421,8 @@ public:
                 taps[k] = make_int4(0, kOutsideImage, 0, 0);
                 continue;
             }
-            const int c = k / (size_ * size_), ky = (k / size_) % size_, kx = k % size_;
-            const int dy = ky * dilation_, dx = kx * dilation_;
+            const int c = k / (p_.size * p_.size), ky = (k / p_.size) % p_.size, kx = k % p_.size;
+            const int dy = ky * p_.dilation, dx = kx * p_.dilation;
             taps[k] = make_int4(c * geometry_.in_plane + dy * geometry_.in_w + dx, dy, dx, 0);
         }
         taps_.upload(taps.data(), taps.size(), ctx.stream);
@@ -442,13 +431,13 @@ public:
     size_t workspace_bytes(int batch) const override {
         const Split split = split_for(batch);
         if (split.count == 1) return 0;
-        return sizeof(float) * split.count * groups_ * geometry_.M * (size_t)batch * geometry_.out_plane;
+        return sizeof(float) * split.count * p_.groups * geometry_.M * (size_t)batch * geometry_.out_plane;
     }
 
     void forward(const CudaContext& ctx) override {
-        const bool fuse_activation = !is_channel_activation(activation_);
-        PD_CHECK((long long)ctx.batch * geometry_.out_plane < (1LL << 31), "layer ", spec.index, ": batch ",
-                 ctx.batch, " is too large for the CUDA convolution at this size");
+        const bool fuse_activation = !is_channel_activation(p_.activation);
+        PD_CHECK((long long)ctx.batch * geometry_.out_plane < (1LL << 31), "layer ", spec.index, ": batch ", ctx.batch,
+                 " is too large for the CUDA convolution at this size");
         const Split split = split_for(ctx.batch);
         dispatch_precision(ctx.precision, [&](auto tag) {
             using T = decltype(tag);
@@ -456,7 +445,7 @@ public:
                 const ConvParams<T, float> p = params<T, float>(ctx, weights_float_.data(), fuse_activation, split);
                 const long long total_n = (long long)ctx.batch * geometry_.out_plane;
                 const dim3 grid((unsigned)((total_n + kSimtBN - 1) / kSimtBN),
-                                (unsigned)((geometry_.M + kSimtBM - 1) / kSimtBM), (unsigned)(groups_ * split.count));
+                                (unsigned)((geometry_.M + kSimtBM - 1) / kSimtBM), (unsigned)(p_.groups * split.count));
                 PD_LAUNCH(grid, kSimtThreads, 0, ctx.stream, conv_simt_kernel<T>)(p);
                 PD_CUDA_CHECK_LAUNCH();
                 if (split.count > 1) launch_reduce(p, split.count, ctx.stream);
@@ -465,7 +454,7 @@ public:
             }
         });
         if (!fuse_activation)
-            activate_view(ctx.precision, ctx.output, ctx.batch, filters_, (size_t)geometry_.out_plane, activation_,
+            activate_view(ctx.precision, ctx.output, ctx.batch, p_.filters, (size_t)geometry_.out_plane, p_.activation,
                           ctx.stream);
     }
 
@@ -492,11 +481,11 @@ private:
         } else if (split_k_ == 0) {
             const long long total_n = (long long)batch * geometry_.out_plane;
             const long long blocks = (total_n + tile_columns() - 1) / tile_columns() *
-                                     ((geometry_.M + tile_rows() - 1) / tile_rows()) * groups_;
+                                     ((geometry_.M + tile_rows() - 1) / tile_rows()) * p_.groups;
             if (blocks < sm_count_ && k_tiles >= 8)
                 wanted = (int)std::min<long long>({(2LL * sm_count_ + blocks - 1) / blocks, k_tiles / 4, 16});
         }
-        wanted = std::max(1, std::min({wanted, k_tiles, 65535 / groups_}));
+        wanted = std::max(1, std::min({wanted, k_tiles, 65535 / p_.groups}));
         const int per_split = (k_tiles + wanted - 1) / wanted;
         Split split;
         split.count = (k_tiles + per_split - 1) / per_split;  // no empty split
@@ -521,9 +510,9 @@ private:
         p.bias = bias_.data();
         p.taps = taps_.data();
         p.batch = ctx.batch;
-        p.activation = fuse_activation ? activation_ : LINEAR;
+        p.activation = fuse_activation ? p_.activation : LINEAR;
         p.g = geometry_;
-        p.groups = groups_;
+        p.groups = p_.groups;
         p.k_span = split.span;
         if (split.count > 1) {
             PD_CHECK(ctx.workspace, "layer ", spec.index, ": split-K needs the network's workspace");
@@ -549,9 +538,7 @@ private:
         }
     }
 
-    int filters_, size_, dilation_, groups_;
-    bool batch_normalize_;
-    int activation_;
+    const ConvolutionalParams p_;
     int k_ = 0;
     ConvGeometry geometry_;
     ConvAlgorithm algorithm_ = ConvAlgorithm::SIMT;
@@ -564,6 +551,6 @@ private:
 
 }  // namespace
 
-PD_REGISTER_CUDA_LAYER("convolutional", CudaConvolutional, convolutional);
+PD_REGISTER_CUDA_LAYER(LayerKind::Convolutional, CudaConvolutional);
 
 }  // namespace pd

@@ -6,8 +6,7 @@ namespace pd {
 namespace {
 
 template <typename T>
-__global__ void copy_view_kernel(const T* from, size_t from_stride, T* to, size_t to_stride, int batch,
-                                 size_t count) {
+__global__ void copy_view_kernel(const T* from, size_t from_stride, T* to, size_t to_stride, int batch, size_t count) {
     for (int b = blockIdx.y; b < batch; b += gridDim.y)
         for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
             to[(size_t)b * to_stride + i] = from[(size_t)b * from_stride + i];
@@ -50,7 +49,7 @@ void convert_from_float(Precision precision, const float* from, void* to, size_t
     dispatch_precision(precision, [&](auto tag) {
         using T = decltype(tag);
         PD_LAUNCH(grid_for(count, kThreads), kThreads, 0, stream, from_float_kernel<T>)(from, static_cast<T*>(to),
-                                                                                       count);
+                                                                                        count);
         PD_CUDA_CHECK_LAUNCH();
     });
 }
@@ -60,8 +59,8 @@ void convert_to_float(Precision precision, const DeviceView& from, int batch, si
     if (count == 0 || batch == 0) return;
     dispatch_precision(precision, [&](auto tag) {
         using T = decltype(tag);
-        PD_LAUNCH(batch_grid(count, batch), kThreads, 0, stream, to_float_kernel<T>)(from.as<T>(), from.stride,
-                                                                                    batch, count, to);
+        PD_LAUNCH(batch_grid(count, batch), kThreads, 0, stream, to_float_kernel<T>)(from.as<T>(), from.stride, batch,
+                                                                                     count, to);
         PD_CUDA_CHECK_LAUNCH();
     });
 }

@@ -1,6 +1,7 @@
 // The CUDA side of a layer: device parameters derived from the host buffer, and a forward pass that reads and
-// writes views of the activation arena. Each <family>_kernels.cu defines its kernels and layer classes and
-// registers them by cfg section name, like the CPU layers in csrc/layers/.
+// writes views of the activation arena. Each <name>_kernels.cu defines the kernels and the layer class of the
+// type whose CPU layer is csrc/layers/<name>.cpp, reads the same parsed options (csrc/layers/params.h) and
+// registers itself by LayerKind.
 #pragma once
 
 #include <functional>
@@ -21,7 +22,9 @@ struct DeviceView {
     size_t stride = 0;
 
     template <typename T>
-    T* as() const { return static_cast<T*>(data); }
+    T* as() const {
+        return static_cast<T*>(data);
+    }
     explicit operator bool() const { return data != nullptr; }
 };
 
@@ -80,9 +83,9 @@ struct PrepareContext {
 struct CudaContext {
     int batch = 1;
     Precision precision = Precision::FP32;
-    DeviceView input;   // the previous layer's output (or the network input)
-    DeviceView output;  // this layer's output
-    const std::vector<DeviceView>* views = nullptr;  // every layer's output, for layers that read earlier ones
+    DeviceView input;                                      // the previous layer's output (or the network input)
+    DeviceView output;                                     // this layer's output
+    const std::vector<DeviceView>* views = nullptr;        // every layer's output, for layers that read earlier ones
     const std::vector<const LayerSpec*>* specs = nullptr;  // every layer's spec
     // A convolution with a folded shortcut: add `residual` after the activation, then apply residual_activation.
     DeviceView residual;
@@ -103,31 +106,34 @@ public:
     virtual void prepare(const PrepareContext& ctx) { (void)ctx; }
     virtual void forward(const CudaContext& ctx) = 0;
     // Scratch bytes a forward pass of `batch` images needs (after prepare()).
-    virtual size_t workspace_bytes(int batch) const { (void)batch; return 0; }
+    virtual size_t workspace_bytes(int batch) const {
+        (void)batch;
+        return 0;
+    }
 
     const LayerSpec spec;
 };
 
 using CudaLayerFactory = std::function<std::unique_ptr<CudaLayer>(const LayerSpec&)>;
 
-std::map<std::string, CudaLayerFactory>& cuda_layer_registry();
+std::map<LayerKind, CudaLayerFactory>& cuda_layer_registry();
 
 struct CudaLayerRegistration {
-    CudaLayerRegistration(const char* name, CudaLayerFactory factory) {
-        cuda_layer_registry()[name] = std::move(factory);
+    CudaLayerRegistration(LayerKind kind, CudaLayerFactory factory) {
+        cuda_layer_registry()[kind] = std::move(factory);
     }
 };
 
-#define PD_REGISTER_CUDA_LAYER(name, cls, tag)                                                          \
-    static ::pd::CudaLayerRegistration pd_cuda_registration_##tag(                                     \
-        name, [](const ::pd::LayerSpec& s) { return std::unique_ptr<::pd::CudaLayer>(new cls(s)); })
+#define PD_REGISTER_CUDA_LAYER(kind, cls)                                          \
+    static ::pd::CudaLayerRegistration PD_CONCAT(pd_cuda_registration_, __LINE__)( \
+        kind, [](const ::pd::LayerSpec& s) { return std::unique_ptr<::pd::CudaLayer>(new cls(s)); })
 
-// Kernels shared by several layers (activation_kernels.cu, copy_kernels.cu).
+// Kernels shared by several layers (activation_kernels.cu, copy_kernels.cu, and the launchers below).
 
 // Applies `activation` in place to `batch` images of `channels` x `spatial` values starting at view.data; the
 // normalize_channels family normalises across channels per pixel, the others are element-wise.
-void activate_view(Precision precision, const DeviceView& view, int batch, int channels, size_t spatial,
-                   int activation, cudaStream_t stream);
+void activate_view(Precision precision, const DeviceView& view, int batch, int channels, size_t spatial, int activation,
+                   cudaStream_t stream);
 // Copies `count` values per image between views of the same precision.
 void copy_view(Precision precision, const DeviceView& from, const DeviceView& to, int batch, size_t count,
                cudaStream_t stream);
@@ -136,5 +142,14 @@ void convert_from_float(Precision precision, const float* from, void* to, size_t
 // A view's `count` values per image -> contiguous float32 (batch * count values).
 void convert_to_float(Precision precision, const DeviceView& from, int batch, size_t count, float* to,
                       cudaStream_t stream);
+
+// The window pool of [maxpool] and [local_avgpool] (maxpool_kernels.cu): the maximum or the in-image average of
+// each window, one thread per output value.
+void launch_window_pool(const CudaContext& ctx, const LayerSpec& spec, const PoolWindow& window, bool average);
+
+// The product of [sam] and [scale_channels] (scale_channels_kernels.cu): out = activation(from * in[k]), where
+// in[k] is the same element (sam), the element's channel (scale_channels) or its pixel (scale_wh=1).
+enum class ProductFactor : int { SAME = 0, PER_CHANNEL = 1, PER_PIXEL = 2 };
+void launch_product(const CudaContext& ctx, const LayerSpec& spec, ProductFactor factor, int activation);
 
 }  // namespace pd

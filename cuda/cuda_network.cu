@@ -9,8 +9,8 @@
 
 namespace pd {
 
-std::map<std::string, CudaLayerFactory>& cuda_layer_registry() {
-    static std::map<std::string, CudaLayerFactory> registry;
+std::map<LayerKind, CudaLayerFactory>& cuda_layer_registry() {
+    static std::map<LayerKind, CudaLayerFactory> registry;
     return registry;
 }
 
@@ -98,9 +98,9 @@ struct CudaNetwork::Impl {
     std::vector<std::string> guard_owner;                  // what lies before each guard region
     std::vector<DeviceView> views;
     DeviceView input_view;
-    DeviceArray<float> staging;  // float32 input before conversion, float32 output after conversion
+    DeviceArray<float> staging;   // float32 input before conversion, float32 output after conversion
     DeviceArray<char> workspace;  // layers' scratch (split-K partial sums)
-    int batch = 0;               // of the last completed forward pass (0: none)
+    int batch = 0;                // of the last completed forward pass (0: none)
 
     bool prepared = false;
     unsigned long long prepared_version = 0;
@@ -235,7 +235,7 @@ struct CudaNetwork::Impl {
             ctx.output = views[i];
             const int residual = plan.residual[i];
             ctx.residual = residual >= 0 ? views[residual] : DeviceView{};
-            ctx.residual_activation = residual >= 0 ? (int)specs[i + 1]->get("activation") : 0;
+            ctx.residual_activation = residual >= 0 ? (int)specs[i + 1]->params<ShortcutParams>().activation : 0;
             if (timed) PD_CUDA_CHECK(cudaEventRecord(events[2 * i], stream));
             layers[i]->forward(ctx);
             if (timed) PD_CUDA_CHECK(cudaEventRecord(events[2 * i + 1], stream));
@@ -306,9 +306,8 @@ CudaNetwork::CudaNetwork(const Network& host, Precision precision, int device)
     impl_->sm_count = properties.multiProcessorCount;
     for (int i = 0; i < host.layer_count(); ++i) {
         const LayerSpec& spec = host.layer(i).spec;
-        auto factory = cuda_layer_registry().find(spec.type);
-        PD_CHECK(factory != cuda_layer_registry().end(), "layer ", i, " (", spec.type,
-                 ") has no CUDA implementation");
+        auto factory = cuda_layer_registry().find(spec.kind);
+        PD_CHECK(factory != cuda_layer_registry().end(), "layer ", i, " (", spec.type, ") has no CUDA implementation");
         impl_->layers.push_back(factory->second(spec));
         impl_->specs.push_back(&impl_->layers.back()->spec);
     }
@@ -326,10 +325,12 @@ void CudaNetwork::forward(const float* input, int batch, bool keep_all) {
     m.batch = 0;  // the outputs are not valid until this pass has completed
     const size_t count = (size_t)batch * m.host.input_shape().size();
     if (m.precision == Precision::FP32) {
-        PD_CUDA_CHECK(cudaMemcpyAsync(m.input_view.data, input, count * sizeof(float), cudaMemcpyHostToDevice, m.stream));
+        PD_CUDA_CHECK(
+            cudaMemcpyAsync(m.input_view.data, input, count * sizeof(float), cudaMemcpyHostToDevice, m.stream));
     } else {
         if (m.staging.size() < count) m.staging.resize(count);
-        PD_CUDA_CHECK(cudaMemcpyAsync(m.staging.data(), input, count * sizeof(float), cudaMemcpyHostToDevice, m.stream));
+        PD_CUDA_CHECK(
+            cudaMemcpyAsync(m.staging.data(), input, count * sizeof(float), cudaMemcpyHostToDevice, m.stream));
         convert_from_float(m.precision, m.staging.data(), m.input_view.data, count, m.stream);
     }
     if (m.guard) m.poison();

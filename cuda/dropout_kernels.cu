@@ -16,8 +16,8 @@ public:
 
 }  // namespace
 
-PD_REGISTER_CUDA_LAYER("dropout", CudaIdentity, dropout);
-PD_REGISTER_CUDA_LAYER("cost", CudaIdentity, cost);
-PD_REGISTER_CUDA_LAYER("empty", CudaIdentity, empty);
+PD_REGISTER_CUDA_LAYER(LayerKind::Dropout, CudaIdentity);
+PD_REGISTER_CUDA_LAYER(LayerKind::Cost, CudaIdentity);
+PD_REGISTER_CUDA_LAYER(LayerKind::Empty, CudaIdentity);
 
 }  // namespace pd

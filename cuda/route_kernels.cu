@@ -12,7 +12,7 @@ public:
     using CudaLayer::CudaLayer;
 
     void forward(const CudaContext& ctx) override {
-        const int groups = (int)spec.get("groups"), group_id = (int)spec.get("group_id");
+        const int groups = p_.groups, group_id = p_.group_id;
         size_t offset = 0;
         for (int ref : spec.inputs) {
             const size_t part = ctx.spec_of(ref).out.size() / groups;
@@ -21,10 +21,13 @@ public:
             offset += part;
         }
     }
+
+private:
+    const RouteParams p_ = spec.params<RouteParams>();
 };
 
 }  // namespace
 
-PD_REGISTER_CUDA_LAYER("route", CudaRoute, route);
+PD_REGISTER_CUDA_LAYER(LayerKind::Route, CudaRoute);
 
 }  // namespace pd

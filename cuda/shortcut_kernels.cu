@@ -48,12 +48,12 @@ __global__ void shortcut_kernel(const T* in, size_t in_stride, T* out, size_t ou
 class CudaShortcut : public CudaLayer {
 public:
     explicit CudaShortcut(const LayerSpec& s) : CudaLayer(s) {
-        PD_CHECK(s.inputs.size() <= (size_t)kMaxFrom, "layer ", s.index, ": the CUDA shortcut adds at most ",
-                 kMaxFrom, " layers, this one lists ", s.inputs.size());
+        PD_CHECK(s.inputs.size() <= (size_t)kMaxFrom, "layer ", s.index, ": the CUDA shortcut adds at most ", kMaxFrom,
+                 " layers, this one lists ", s.inputs.size());
     }
 
     void prepare(const PrepareContext& ctx) override {
-        if (!spec.has_tensor("weights")) return;
+        if (!p_.weighted) return;
         const TensorRef& w = spec.tensor("weights");
         weights_.upload(ctx.params + w.offset, w.size, ctx.stream);
     }
@@ -67,32 +67,33 @@ public:
             sources.stride[k] = ctx.view(spec.inputs[k]).stride;
             sources.size[k] = ctx.spec_of(spec.inputs[k]).out.size();
         }
-        const bool weighted = spec.has_tensor("weights");
+        const bool weighted = p_.weighted;
         const size_t layer_step = weighted ? spec.tensor("weights").size / (sources.count + 1) : 1;
         const size_t step = outputs / layer_step;
-        const int normalization = shortcut_normalization(spec.text("weights_normalization"));
-        const int activation = (int)spec.get("activation");
+        const int normalization = p_.normalization;
+        const int activation = p_.activation;
         const bool fuse_activation = !is_channel_activation(activation);
         const size_t total = outputs * ctx.batch;
         dispatch_precision(ctx.precision, [&](auto tag) {
             using T = decltype(tag);
             PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, shortcut_kernel<T>)(
-                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, outputs,
-                sources, weighted ? weights_.data() : nullptr, layer_step, step, normalization,
+                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, outputs, sources,
+                weighted ? weights_.data() : nullptr, layer_step, step, normalization,
                 fuse_activation ? activation : LINEAR);
             PD_CUDA_CHECK_LAUNCH();
         });
         if (!fuse_activation)
-            activate_view(ctx.precision, ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w,
-                          activation, ctx.stream);
+            activate_view(ctx.precision, ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w, activation,
+                          ctx.stream);
     }
 
 private:
+    const ShortcutParams p_ = spec.params<ShortcutParams>();
     DeviceArray<float> weights_;
 };
 
 }  // namespace
 
-PD_REGISTER_CUDA_LAYER("shortcut", CudaShortcut, shortcut);
+PD_REGISTER_CUDA_LAYER(LayerKind::Shortcut, CudaShortcut);
 
 }  // namespace pd

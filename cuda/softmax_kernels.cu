@@ -14,8 +14,8 @@ __global__ void softmax_kernel(const T* in, size_t in_stride, T* out, size_t out
         const size_t b = id / groups, g = id % groups;
         const T* x = in + b * in_stride + g * n;
         T* y = out + b * out_stride + g * n;
-        softmax_slice([&](size_t i) { return to_float(x[i]); }, [&](size_t i, float v) { y[i] = from_float<T>(v); },
-                      n, temperature);
+        softmax_slice([&](size_t i) { return to_float(x[i]); }, [&](size_t i, float v) { y[i] = from_float<T>(v); }, n,
+                      temperature);
     }
 }
 
@@ -24,8 +24,8 @@ public:
     using CudaLayer::CudaLayer;
 
     void forward(const CudaContext& ctx) override {
-        const int groups = (int)spec.get("groups");
-        const float temperature = (float)spec.get("temperature");
+        const int groups = p_.groups;
+        const float temperature = (float)p_.temperature;
         const size_t n = spec.in.size() / groups;
         dispatch_precision(ctx.precision, [&](auto tag) {
             using T = decltype(tag);
@@ -35,10 +35,13 @@ public:
             PD_CUDA_CHECK_LAUNCH();
         });
     }
+
+private:
+    const SoftmaxParams p_ = spec.params<SoftmaxParams>();
 };
 
 }  // namespace
 
-PD_REGISTER_CUDA_LAYER("softmax", CudaSoftmax, softmax);
+PD_REGISTER_CUDA_LAYER(LayerKind::Softmax, CudaSoftmax);
 
 }  // namespace pd

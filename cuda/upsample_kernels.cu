@@ -1,7 +1,9 @@
 // [upsample] on the GPU: nearest-neighbour enlargement times `scale`, or (negative stride in the cfg) the sum of
 // each stride x stride block times `scale`, added in the order the CPU adds them. When the upsampled map is
-// concatenated by a route, the plan has this kernel write straight into the route's output.
+// concatenated by a route, the plan has this kernel write straight into the route's output. The index maps are
+// csrc/math/upsample.h's.
 #include "cuda_layer.cuh"
+#include "math/upsample.h"
 
 namespace pd {
 namespace {
@@ -20,9 +22,9 @@ __global__ void upsample_kernel(const T* in, size_t in_stride, T* out, size_t ou
             v = 0.f;
             for (int dy = 0; dy < stride; ++dy)
                 for (int dx = 0; dx < stride; ++dx)
-                    v += scale * to_float(plane[(size_t)(y * stride + dy) * in_w + x * stride + dx]);
+                    v += scale * to_float(plane[upsample_fine_index(y, x, dy, dx, stride, in_w)]);
         } else {
-            v = scale * to_float(plane[(size_t)(y / stride) * in_w + x / stride]);
+            v = scale * to_float(plane[upsample_coarse_index(y, x, stride, in_w)]);
         }
         out[b * out_stride + within] = from_float<T>(v);
     }
@@ -33,9 +35,9 @@ public:
     using CudaLayer::CudaLayer;
 
     void forward(const CudaContext& ctx) override {
-        const int stride = (int)spec.get("stride");
-        const float scale = (float)spec.get("scale");
-        const bool reverse = spec.get("reverse") != 0;
+        const int stride = p_.stride;
+        const float scale = p_.scale;
+        const bool reverse = p_.reverse;
         const size_t total = (size_t)ctx.batch * spec.out.size();
         dispatch_precision(ctx.precision, [&](auto tag) {
             using T = decltype(tag);
@@ -45,10 +47,13 @@ public:
             PD_CUDA_CHECK_LAUNCH();
         });
     }
+
+private:
+    const UpsampleParams p_ = spec.params<UpsampleParams>();
 };
 
 }  // namespace
 
-PD_REGISTER_CUDA_LAYER("upsample", CudaUpsample, upsample);
+PD_REGISTER_CUDA_LAYER(LayerKind::Upsample, CudaUpsample);
 
 }  // namespace pd

@@ -22,22 +22,25 @@ public:
     using CudaLayer::CudaLayer;
 
     void forward(const CudaContext& ctx) override {
-        const int entries = 5 + (int)spec.get("classes");
+        const int entries = 5 + p_.classes;
         const size_t plane = (size_t)spec.out.h * spec.out.w, per_image = spec.out.size();
-        const float scale_x_y = (float)spec.get("scale_x_y");
-        const bool new_coords = spec.get("new_coords") != 0;
+        const float scale_x_y = p_.scale_x_y;
+        const bool new_coords = p_.new_coords;
         dispatch_precision(ctx.precision, [&](auto tag) {
             using T = decltype(tag);
             PD_LAUNCH(grid_for(per_image * ctx.batch, 256), 256, 0, ctx.stream, yolo_kernel<T>)(
-                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, per_image,
-                plane, entries, scale_x_y, new_coords);
+                ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, per_image, plane,
+                entries, scale_x_y, new_coords);
             PD_CUDA_CHECK_LAUNCH();
         });
     }
+
+private:
+    const YoloParams p_ = spec.params<YoloParams>();
 };
 
 }  // namespace
 
-PD_REGISTER_CUDA_LAYER("yolo", CudaYolo, yolo);
+PD_REGISTER_CUDA_LAYER(LayerKind::Yolo, CudaYolo);
 
 }  // namespace pd

@@ -22,8 +22,8 @@ double process_cpu_seconds() {
 
 }  // namespace
 
-std::map<std::string, LayerFactory>& layer_registry() {
-    static std::map<std::string, LayerFactory> registry;
+std::map<LayerKind, LayerFactory>& layer_registry() {
+    static std::map<LayerKind, LayerFactory> registry;
     return registry;
 }
 
@@ -72,7 +72,7 @@ Network::Network(const std::vector<LayerSpec>& specs, size_t param_count, Shape 
     PD_CHECK(!specs.empty(), "a network needs at least one layer");
     Shape expected = input;
     for (size_t i = 0; i < specs.size(); ++i) {
-        const LayerSpec& s = specs[i];
+        LayerSpec s = specs[i];
         PD_CHECK(s.index == (int)i, "layer specs out of order at ", i);
         PD_CHECK(s.in.c == expected.c && s.in.h == expected.h && s.in.w == expected.w, "layer ", i,
                  ": input shape does not match the previous layer's output");
@@ -80,7 +80,8 @@ Network::Network(const std::vector<LayerSpec>& specs, size_t param_count, Shape 
         for (const auto& t : s.tensors)
             PD_CHECK(t.second.offset + t.second.size <= param_count, "layer ", i, ": tensor '", t.first,
                      "' lies outside the parameter buffer");
-        auto factory = layer_registry().find(s.type);
+        resolve_spec(s);
+        auto factory = layer_registry().find(s.kind);
         PD_CHECK(factory != layer_registry().end(), "layer ", i, ": the engine has no layer type '", s.type, "'");
         layers_.push_back(factory->second(s));
         expected = s.out;
@@ -164,8 +165,8 @@ void Network::forward_train(const float* input, int batch, unsigned long long se
     for (int i = 0; i < n; ++i) {
         train_outputs_[i].resize((size_t)batch * layers_[i]->spec.out.size());
         live_[i] = train_outputs_[i].data();
-        workspace = std::max({workspace, layers_[i]->workspace_floats(batch),
-                              layers_[i]->backward_workspace_floats(batch)});
+        workspace =
+            std::max({workspace, layers_[i]->workspace_floats(batch), layers_[i]->backward_workspace_floats(batch)});
     }
     train_workspace_.resize(workspace);
     TrainContext ctx;
@@ -211,7 +212,7 @@ void Network::zero_grads() { std::fill(grads_buffer().begin(), grads_buffer().en
 // 1, or N > 1 while the iteration is below N: that layer and every layer before it get no gradient.
 int Network::backward_stop() const {
     for (int i = (int)layers_.size() - 1; i >= 0; --i) {
-        const double stop = layers_[i]->spec.get("stopbackward", 0);
+        const double stop = layers_[i]->spec.common.stopbackward;
         if (stop == 1 || stop > (double)train_iteration_) return i;
     }
     return -1;
@@ -256,7 +257,7 @@ void Network::backward(const std::vector<std::pair<int, const float*>>& output_g
     backward_layer_seconds.assign(profile ? n : 0, 0.0);
     for (int i = n - 1; i > stop; --i) {
         Layer& l = *layers_[i];
-        if (!reached[i] || l.spec.get("onlyforward", 0) != 0) continue;
+        if (!reached[i] || l.spec.common.onlyforward) continue;
         ctx.input = i == 0 ? train_input_.data() : train_outputs_[i - 1].data();
         ctx.output = train_outputs_[i].data();
         ctx.output_grad = grad_buffers_[i].data();
@@ -271,7 +272,7 @@ void Network::backward(const std::vector<std::pair<int, const float*>>& output_g
         }
         for (int ref : l.spec.inputs)
             if (ref > stop) reached[ref] = 1;
-        ctx.weight_grads = l.spec.get("train_only_bn", 0) == 0;
+        ctx.weight_grads = !l.spec.common.train_only_bn;
         const auto start = std::chrono::steady_clock::now();
         l.backward(ctx);
         if (profile)

@@ -65,7 +65,7 @@ public:
     float bn_epsilon = 1e-5f;
     // Bumped by anyone who changes `params`; layers re-derive what they cache from them when it changes.
     unsigned long long& params_version;
-    std::vector<int> keep;              // layers whose outputs must survive a forward pass (the yolo heads, the last layer)
+    std::vector<int> keep;  // layers whose outputs must survive a forward pass (the yolo heads, the last layer)
     // When set, forward(), forward_train() and backward() record each layer's wall time (seconds) in
     // layer_seconds, train_layer_seconds and backward_layer_seconds; a layer that backward skips records 0.
     bool profile = false;
@@ -79,7 +79,7 @@ private:
     std::vector<std::unique_ptr<Layer>> layers_;
     Shape input_;
     std::vector<std::vector<float>> buffers_;
-    std::vector<int> buffer_of_;  // layer -> index into buffers_
+    std::vector<int> buffer_of_;      // layer -> index into buffers_
     std::vector<const float*> live_;  // layer -> its output buffer in the pass under way
     std::vector<float> workspace_;
     int batch_ = 0;

@@ -11,8 +11,7 @@ namespace pd {
 BufferAssignment assign_buffers(const std::vector<Lifetime>& lifetimes) {
     std::vector<int> order(lifetimes.size());
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int a, int b) { return lifetimes[a].start < lifetimes[b].start; });
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return lifetimes[a].start < lifetimes[b].start; });
     BufferAssignment result;
     result.buffer_of.assign(lifetimes.size(), -1);
     std::vector<int> occupant;  // buffer -> the lifetime it holds now
@@ -57,18 +56,21 @@ std::vector<int> last_reads(const std::vector<const LayerSpec*>& specs, const st
 
 namespace {
 
-bool is_identity(const LayerSpec& s) { return s.type == "dropout" || s.type == "cost" || s.type == "empty"; }
+bool is_identity(const LayerSpec& s) {
+    return s.kind == LayerKind::Dropout || s.kind == LayerKind::Cost || s.kind == LayerKind::Empty;
+}
 
 // A [shortcut] at i + 1 can be folded into the convolution at i when it only adds one same-sized layer without
 // weights, both activations are element-wise, and nothing but the shortcut reads the convolution's output.
 bool can_fold_shortcut(const std::vector<const LayerSpec*>& specs, const std::vector<int>& last, int i) {
     const LayerSpec& conv = *specs[i];
     const LayerSpec& shortcut = *specs[i + 1];
-    if (conv.type != "convolutional" || shortcut.type != "shortcut") return false;
-    if (shortcut.inputs.size() != 1 || shortcut.has_tensor("weights")) return false;
+    if (conv.kind != LayerKind::Convolutional || shortcut.kind != LayerKind::Shortcut) return false;
+    if (shortcut.inputs.size() != 1 || shortcut.params<ShortcutParams>().weighted) return false;
     const int from = shortcut.inputs[0];
     if (from == i || specs[from]->out.size() != conv.out.size()) return false;
-    if (is_channel_activation((int)conv.get("activation")) || is_channel_activation((int)shortcut.get("activation")))
+    if (is_channel_activation(conv.params<ConvolutionalParams>().activation) ||
+        is_channel_activation(shortcut.params<ShortcutParams>().activation))
         return false;
     return last[i] == i + 1;
 }
@@ -107,8 +109,8 @@ ViewPlan plan_views(const std::vector<const LayerSpec*>& specs, const std::vecto
                 plan.runs[i] = 0;
                 continue;
             }
-            if (s.type != "route") continue;
-            const int groups = (int)s.get("groups"), group_id = (int)s.get("group_id");
+            if (s.kind != LayerKind::Route) continue;
+            const int groups = s.params<RouteParams>().groups, group_id = s.params<RouteParams>().group_id;
             if (s.inputs.size() == 1) {
                 const int from = s.inputs[0];
                 parent[i] = from;

@@ -23,9 +23,13 @@ struct AlignedAllocator {
     }
     void deallocate(T* p, size_t) { std::free(p); }
     template <class U>
-    bool operator==(const AlignedAllocator<U>&) const { return true; }
+    bool operator==(const AlignedAllocator<U>&) const {
+        return true;
+    }
     template <class U>
-    bool operator!=(const AlignedAllocator<U>&) const { return false; }
+    bool operator!=(const AlignedAllocator<U>&) const {
+        return false;
+    }
 };
 
 template <class T>

@@ -39,8 +39,7 @@ int round_up(int v, int to) { return (v + to - 1) / to * to; }
 
 }  // namespace
 
-void PackedMatrix::pack(const float* a, int rows, int depth, long lda, Isa isa, TileWidth width,
-                        Precision precision) {
+void PackedMatrix::pack(const float* a, int rows, int depth, long lda, Isa isa, TileWidth width, Precision precision) {
     rows_ = rows;
     depth_ = depth;
     isa_ = isa;
@@ -100,7 +99,8 @@ __attribute__((always_inline)) inline void copy_run(const float* __restrict src,
 
 // One depth row of an im2col run: run consecutive output columns starting at column x0 of the input row `src`
 // (null: the row lies outside the image), stepping stride_x, zero where x falls outside [0, width).
-__attribute__((always_inline)) inline void unroll_row(const float* src, int x0, int stride_x, int width, int run, float* dst) {
+__attribute__((always_inline)) inline void unroll_row(const float* src, int x0, int stride_x, int width, int run,
+                                                      float* dst) {
     if (src && x0 >= 0 && x0 + (run - 1) * stride_x < width && (stride_x == 1 || stride_x == 2) &&
         (run == 48 || run == 16)) {  // the common case: a full wide (48) or narrow (16) panel row
         if (run == 48)
@@ -131,8 +131,8 @@ __attribute__((always_inline)) inline void unroll_row(const float* src, int x0, 
 
 }  // namespace
 
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void pack_im2col_panels(const ConvGeometry& g, const float* image, int col_begin, int cols, int nr, float* out) {
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void pack_im2col_panels(
+    const ConvGeometry& g, const float* image, int col_begin, int cols, int nr, float* out) {
     const int depth = g.depth();
     const int panels = (cols + nr - 1) / nr;
     if (cols < panels * nr) {
@@ -176,9 +176,9 @@ namespace {
 // fp32_panels_to_bf16 with AVX512_BF16: vcvtne2ps2bf16 rounds 32 values (to nearest even) and one permute
 // interleaves each value of depth 2q with the one of depth 2q + 1 below it.
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void panels_to_bf16_avx512(const float* in, int depth,
-                                                                                int panels, int nr, uint32_t* out) {
-    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
-                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+                                                                                  int panels, int nr, uint32_t* out) {
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
+                                                6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const int pairs = (depth + 1) / 2;
     for (int pnl = 0; pnl < panels; ++pnl) {
         const float* src = in + (size_t)pnl * depth * nr;
@@ -197,8 +197,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void panels_to_bf16_avx51
 
 }  // namespace
 
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void fp32_panels_to_bf16(const float* in, int depth, int panels, int nr, uint32_t* out) {
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void fp32_panels_to_bf16(
+    const float* in, int depth, int panels, int nr, uint32_t* out) {
     if (nr % 16 == 0 && cpu_has_avx512_bf16()) {
         panels_to_bf16_avx512(in, depth, panels, nr, out);
         return;
@@ -217,8 +217,8 @@ void fp32_panels_to_bf16(const float* in, int depth, int panels, int nr, uint32_
     }
 }
 
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void round_span_to_bf16(float* x, size_t n) {
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void round_span_to_bf16(float* x,
+                                                                                                      size_t n) {
     for (size_t i = 0; i < n; ++i) x[i] = round_to_bf16(x[i]);
 }
 
@@ -266,7 +266,8 @@ void gemm_packed(const PackedMatrix& a, int n, const PanelPacker& pack, float* c
     if ((n + nc - 1) / nc < 2 * threads) nc = std::max(nr, round_up((n + 2 * threads - 1) / (2 * threads), nr));
     const int col_blocks = (n + nc - 1) / nc;
     const int row_panels = (m + mr - 1) / mr;
-    const int row_chunks = col_blocks >= 2 * threads ? 1 : std::min(row_panels, (2 * threads + col_blocks - 1) / col_blocks);
+    const int row_chunks =
+        col_blocks >= 2 * threads ? 1 : std::min(row_panels, (2 * threads + col_blocks - 1) / col_blocks);
     const int chunk_rows = (row_panels + row_chunks - 1) / row_chunks * mr;
     const int tasks = col_blocks * row_chunks;
     const bool bf16 = a.pairs(), round = a.precision() == Precision::BF16 && !bf16;
@@ -319,9 +320,8 @@ void sgemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb
     PackedMatrix packed;
     packed.pack(A, M, K, lda, active_isa(), TileWidth::Wide, Precision::FP32);
     gemm_packed(
-        packed, N,
-        [&](int col0, int cols, int nr, float* out) { pack_dense_panels(B, ldb, K, col0, cols, nr, out); }, C, ldc,
-        epilogue.row_bias, epilogue.activation);
+        packed, N, [&](int col0, int cols, int nr, float* out) { pack_dense_panels(B, ldb, K, col0, cols, nr, out); },
+        C, ldc, epilogue.row_bias, epilogue.activation);
 }
 
 }  // namespace pd

@@ -45,9 +45,7 @@ public:
     const MicroKernel& kernel() const { return *kernel_; }
     // Start of the panel holding rows [panel * mr, panel * mr + mr), depth-major.
     const float* fp32_panel(int panel) const { return fp32_.data() + (size_t)panel * depth_ * kernel_->mr; }
-    const uint32_t* bf16_panel(int panel) const {
-        return bf16_.data() + (size_t)panel * kernel_depth() * kernel_->mr;
-    }
+    const uint32_t* bf16_panel(int panel) const { return bf16_.data() + (size_t)panel * kernel_depth() * kernel_->mr; }
 
 private:
     int rows_ = 0, depth_ = 0;

@@ -14,8 +14,8 @@ struct MicroKernel {
     int mr = 0, nr = 0;
     // c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0) + sum_{p < kc} a[p * mr + i] * b[p * nr + j] for
     // i < rows, j < cols.
-    void (*fp32)(int kc, const float* a, const float* b, float* c, long ldc, int rows, int cols, bool accumulate) =
-        nullptr;
+    void (*fp32)(int kc, const float* a, const float* b, float* c, long ldc, int rows, int cols,
+                 bool accumulate) = nullptr;
     // The same over bf16 pairs: a and b hold two bf16 values per 32-bit word (depth 2p in the low half, 2p + 1 in
     // the high half) and kc counts pairs. Null where the instruction set has no bf16 dot product.
     void (*bf16)(int kc, const uint32_t* a, const uint32_t* b, float* c, long ldc, int rows, int cols,

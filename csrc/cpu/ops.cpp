@@ -22,8 +22,9 @@ __attribute__((always_inline)) inline void activate_loop(float* x, size_t n, flo
 
 }  // namespace
 
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void activate_span(float* x, size_t n, int activation, float bias) {
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void activate_span(float* x, size_t n,
+                                                                                                 int activation,
+                                                                                                 float bias) {
     switch (activation) {
 #define PD_ACTIVATION_CASE(A) \
     case A: activate_loop<A>(x, n, bias); break;
@@ -62,9 +63,9 @@ namespace {
 // `a < b ? b : a` keeps the running maximum on a NaN exactly as the direct loop does.
 inline float larger(float a, float b) { return a < b ? b : a; }
 
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void max_pool_plane(const float* src, float* dst, float* rows, int in_h, int in_w, int out_h, int out_w, int size,
-                    int stride_y, int stride_x, int offset) {
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void max_pool_plane(
+    const float* src, float* dst, float* rows, int in_h, int in_w, int out_h, int out_w, int size, int stride_y,
+    int stride_x, int offset) {
     if (size == 2 && stride_y == 2 && stride_x == 2 && offset == 0) {
         // the 2x2/2 pools of the tiny models: one pass, pairs of columns from two rows
         const int full = std::min(out_w, in_w / 2);
@@ -106,9 +107,8 @@ void max_pool_plane(const float* src, float* dst, float* rows, int in_h, int in_
     for (int oy = 0; oy < out_h; ++oy) {
         float* out = dst + (size_t)oy * out_w;
         for (int ox = 0; ox < out_w; ++ox) out[ox] = -FLT_MAX;
-        for (int ky = 0; ky < size; ++ky) {
-            const int y = offset + oy * stride_y + ky;
-            if (y < 0 || y >= in_h) continue;
+        const PoolSpan ys = pool_span(oy, stride_y, offset, size, in_h);
+        for (int y = ys.first; y < ys.last; ++y) {
             const float* row = rows + (size_t)y * out_w;
             for (int ox = 0; ox < out_w; ++ox) out[ox] = out[ox] < row[ox] ? row[ox] : out[ox];
         }
@@ -117,8 +117,8 @@ void max_pool_plane(const float* src, float* dst, float* rows, int in_h, int in_
 
 }  // namespace
 
-void pool2d(const float* in, float* out, long long planes, int in_h, int in_w, int out_h, int out_w, int size,
-            int stride_y, int stride_x, int offset, bool average) {
+void pool2d(const float* in, float* out, long long planes, int in_h, int in_w, int out_h, int out_w,
+            const PoolWindow& window, bool average) {
     if (!average) {
 #pragma omp parallel
         {
@@ -126,7 +126,7 @@ void pool2d(const float* in, float* out, long long planes, int in_h, int in_w, i
 #pragma omp for schedule(static)
             for (long long p = 0; p < planes; ++p)
                 max_pool_plane(in + p * in_h * in_w, out + p * out_h * out_w, rows.data(), in_h, in_w, out_h, out_w,
-                               size, stride_y, stride_x, offset);
+                               window.size, window.stride_y, window.stride_x, window.offset);
         }
         return;
     }
@@ -137,13 +137,12 @@ void pool2d(const float* in, float* out, long long planes, int in_h, int in_w, i
         const auto load = [&](int y, int x) { return src[y * in_w + x]; };
         for (int oy = 0; oy < out_h; ++oy)
             for (int ox = 0; ox < out_w; ++ox)
-                dst[oy * out_w + ox] =
-                    pool_window(load, in_h, in_w, oy, ox, size, stride_y, stride_x, offset, true);
+                dst[oy * out_w + ox] = pool_window(load, in_h, in_w, oy, ox, window, true);
     }
 }
 
-void batchnorm_factors(const float* bias, const float* scales, const float* mean, const float* var, float eps,
-                       int n, double* factor, float* folded_bias) {
+void batchnorm_factors(const float* bias, const float* scales, const float* mean, const float* var, float eps, int n,
+                       double* factor, float* folded_bias) {
     for (int i = 0; i < n; ++i) {
         factor[i] = (double)scales[i] / std::sqrt((double)var[i] + (double)eps);
         folded_bias[i] = (float)((double)bias[i] - (double)mean[i] * factor[i]);

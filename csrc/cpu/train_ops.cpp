@@ -22,9 +22,11 @@
 #define PD_INLINE __attribute__((always_inline)) inline
 
 // Expands X(activation) for every element-wise activation code.
+// clang-format off: the codes in rows
 #define PD_ELEMENTWISE_ACTIVATIONS(X)                                                                        \
     X(LINEAR) X(LOGISTIC) X(LOGGY) X(RELU) X(ELU) X(SELU) X(GELU) X(RELIE) X(RAMP) X(LEAKY) X(TANH) X(PLSE) \
     X(STAIR) X(HARDTAN) X(LHTAN) X(SWISH) X(MISH) X(HARD_MISH) X(RELU6) X(REVLEAKY)
+// clang-format on
 
 namespace pd {
 namespace {
@@ -99,8 +101,8 @@ PD_CLONES void sum_and_squares(const float* x, size_t n, double* sum, double* sq
 }
 
 template <int A, bool KEEP>
-PD_INLINE void normalize_loop(float* __restrict x, float* __restrict xhat, float* __restrict pre, size_t n,
-                              double mean, double inv_std, float scale, float bias) {
+PD_INLINE void normalize_loop(float* __restrict x, float* __restrict xhat, float* __restrict pre, size_t n, double mean,
+                              double inv_std, float scale, float bias) {
     for (size_t b0 = 0; b0 < n; b0 += kBlock) {
         const size_t b1 = std::min(n, b0 + kBlock);
         for (size_t i = b0; i < b1; ++i) {
@@ -116,15 +118,15 @@ PD_INLINE void normalize_loop(float* __restrict x, float* __restrict xhat, float
 
 // x <- activation(scale * xhat + bias) with xhat = (x - mean) * inv_std stored; pre (if not null) <- the value
 // before the activation.
-PD_CLONES PD_FLATTEN void normalize_span(float* x, float* xhat, float* pre, size_t n, double mean, double inv_std, float scale,
-                              float bias, int activation) {
+PD_CLONES PD_FLATTEN void normalize_span(float* x, float* xhat, float* pre, size_t n, double mean, double inv_std,
+                                         float scale, float bias, int activation) {
     switch (activation) {
-#define PD_CASE(A)                                                                        \
-    case A:                                                                               \
-        if (pre)                                                                          \
-            normalize_loop<A, true>(x, xhat, pre, n, mean, inv_std, scale, bias);         \
-        else                                                                              \
-            normalize_loop<A, false>(x, xhat, nullptr, n, mean, inv_std, scale, bias);    \
+#define PD_CASE(A)                                                                     \
+    case A:                                                                            \
+        if (pre)                                                                       \
+            normalize_loop<A, true>(x, xhat, pre, n, mean, inv_std, scale, bias);      \
+        else                                                                           \
+            normalize_loop<A, false>(x, xhat, nullptr, n, mean, inv_std, scale, bias); \
         break;
         PD_ELEMENTWISE_ACTIVATIONS(PD_CASE)
 #undef PD_CASE
@@ -144,7 +146,7 @@ PD_INLINE void gradient_sums_loop(float* __restrict grad, const float* __restric
 
 // grad <- grad * activation'(y, x); sum_g = sum of the new grad, sum_gx = sum of grad * xhat.
 PD_CLONES PD_FLATTEN void gradient_and_sums(float* grad, const float* y, const float* x, const float* xhat, size_t n,
-                                 int activation, double* sum_g, double* sum_gx) {
+                                            int activation, double* sum_g, double* sum_gx) {
     PairSums sums;
     switch (activation) {
 #define PD_CASE(A) \
@@ -294,8 +296,8 @@ void unroll(const float* image, int c, int h, int w, int ksize, int pad, int str
     }
 }
 
-void col2im_add(const float* columns, int c, int h, int w, int ksize, int pad, int stride_y, int stride_x,
-                int dilation, int out_w, int oy_begin, int oy_end, float* image) {
+void col2im_add(const float* columns, int c, int h, int w, int ksize, int pad, int stride_y, int stride_x, int dilation,
+                int out_w, int oy_begin, int oy_end, float* image) {
     const size_t ld = (size_t)(oy_end - oy_begin) * out_w;
     // One channel per thread: all the rows of a channel write only that channel's plane, so no two threads
     // ever add to the same pixel, and each pixel's additions come in a fixed order.
@@ -322,8 +324,8 @@ void col2im_add(const float* columns, int c, int h, int w, int ksize, int pad, i
     }
 }
 
-void activation_backward(float* grad, const float* output, const float* input, int batch, int channels,
-                         size_t spatial, int activation) {
+void activation_backward(float* grad, const float* output, const float* input, int batch, int channels, size_t spatial,
+                         int activation) {
     if (activation == LINEAR) return;
     const size_t n = (size_t)batch * channels * spatial;
     if (!is_channel_activation(activation)) {
@@ -387,8 +389,10 @@ void BatchNormTrainer::forward(float* x, int batch, int channels, size_t spatial
                                const float* biases, float* rolling_mean, float* rolling_variance, float epsilon,
                                int layer_index, int activation, float* pre_activation) {
     const size_t count = (size_t)batch * spatial;
-    PD_CHECK(count > 1, "layer ", layer_index, ": batch normalisation in training needs more than one value per "
-             "channel (batch ", batch, " x ", spatial, " positions); use a larger batch");
+    PD_CHECK(count > 1, "layer ", layer_index,
+             ": batch normalisation in training needs more than one value per "
+             "channel (batch ",
+             batch, " x ", spatial, " positions); use a larger batch");
     PD_CHECK(!is_channel_activation(activation), "layer ", layer_index,
              ": batch-norm fuses element-wise activations only");
     batch_ = batch;
@@ -442,8 +446,8 @@ void BatchNormTrainer::backward(float* grad, const float* scales, float* grad_sc
             const size_t base = ((size_t)b * channels + c) * spatial;
             const float* y = output ? output + base : grad + base;
             double s, sx;
-            gradient_and_sums(grad + base, y, pre_activation ? pre_activation + base : y, xhat_.data() + base,
-                              spatial, activation, &s, &sx);
+            gradient_and_sums(grad + base, y, pre_activation ? pre_activation + base : y, xhat_.data() + base, spatial,
+                              activation, &s, &sx);
             sum_g += s;
             sum_gx += sx;
         }

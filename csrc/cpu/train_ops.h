@@ -30,14 +30,14 @@ void unroll(const float* image, int c, int h, int w, int ksize, int pad, int str
 // The adjoint of unroll for output rows [oy_begin, oy_end) of one image: columns holds those rows only (row r,
 // column (oy - oy_begin)*out_w + ox, ld (oy_end - oy_begin)*out_w), and every entry is added back to the pixel it
 // was sampled from; entries that sampled the zero padding are dropped.
-void col2im_add(const float* columns, int c, int h, int w, int ksize, int pad, int stride_y, int stride_x,
-                int dilation, int out_w, int oy_begin, int oy_end, float* image);
+void col2im_add(const float* columns, int c, int h, int w, int ksize, int pad, int stride_y, int stride_x, int dilation,
+                int out_w, int oy_begin, int oy_end, float* image);
 
 // Turns grad = dLoss/dy into dLoss/dx in place for y = activate(x) over `batch` blocks of channels x spatial
 // values. `output` is y; `input` is x, needed only when activation_needs_input() (may be null otherwise). The
 // normalize_channels family gets its exact per-pixel Jacobian (Darknet's gradient for it is an approximation).
-void activation_backward(float* grad, const float* output, const float* input, int batch, int channels,
-                         size_t spatial, int activation);
+void activation_backward(float* grad, const float* output, const float* input, int batch, int channels, size_t spatial,
+                         int activation);
 
 // sums[c] += the sum of channel c over all images (batch blocks of channels x spatial), in double.
 void add_channel_sums(const float* x, int batch, int channels, size_t spatial, float* sums);
@@ -52,8 +52,8 @@ public:
     // for none; the normalize_channels family is the caller's to apply afterwards). With pre_activation, y itself
     // is also written there. Throws when a channel has a single value (N - 1 = 0).
     void forward(float* x, int batch, int channels, size_t spatial, const float* scales, const float* biases,
-                 float* rolling_mean, float* rolling_variance, float epsilon, int layer_index,
-                 int activation = 0, float* pre_activation = nullptr);
+                 float* rolling_mean, float* rolling_variance, float epsilon, int layer_index, int activation = 0,
+                 float* pre_activation = nullptr);
 
     // grad holds dLoss/d(output) on entry and dLoss/dx on return; dLoss/dscale and dLoss/dbias are added to
     // grad_scales and grad_biases. The element-wise `activation` of forward() is differentiated first (from its

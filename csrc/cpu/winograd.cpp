@@ -55,15 +55,15 @@ std::atomic<size_t>& band_override() {
 // channels: mean error 4.7e-6 instead of 8.4e-6, direct convolution 2.0e-6).
 
 // B^T z for one column or row of a 6x6 tile.
-#define PD_BT(z0, z1, z2, z3, z4, z5, o0, o1, o2, o3, o4, o5)   \
-    do {                                                        \
-        const float d13 = (z1) - (z3), d42 = (z4) - (z2);       \
-        o0 = (z0) + (z4) - 2.f * (z2) + 1.5f * d13;             \
-        o1 = (z4) - (z1) - 2.5f * (z2) - 0.5f * (z3);           \
-        o2 = (z4) + (z1) + 0.5f * (z2) - 2.5f * (z3);           \
-        o3 = d42 - 0.5f * d13;                                  \
-        o4 = d42 + 2.f * d13;                                   \
-        o5 = (z1) + (z5) - 2.f * (z3) + 1.5f * ((z2) - (z4));   \
+#define PD_BT(z0, z1, z2, z3, z4, z5, o0, o1, o2, o3, o4, o5) \
+    do {                                                      \
+        const float d13 = (z1) - (z3), d42 = (z4) - (z2);     \
+        o0 = (z0) + (z4) - 2.f * (z2) + 1.5f * d13;           \
+        o1 = (z4) - (z1) - 2.5f * (z2) - 0.5f * (z3);         \
+        o2 = (z4) + (z1) + 0.5f * (z2) - 2.5f * (z3);         \
+        o3 = d42 - 0.5f * d13;                                \
+        o4 = d42 + 2.f * d13;                                 \
+        o5 = (z1) + (z5) - 2.f * (z3) + 1.5f * ((z2) - (z4)); \
     } while (0)
 
 // A^T m for one column or row of a tile of sums: 6 values to 4 outputs.
@@ -175,7 +175,7 @@ PD_AVX512 inline void bt_vectors(const __m512 (&z)[6], __m512 (&o)[6]) {
 
 // Mask of the lanes of a 16-float vector starting at sample `at` whose samples lie in [lo, hi).
 __attribute__((target("avx512f"))) inline __mmask16 lanes_within(int at, int lo, int hi) {
-    return first_lanes(hi - at) & (__mmask16) ~first_lanes(lo - at);
+    return first_lanes(hi - at) & (__mmask16)~first_lanes(lo - at);
 }
 
 // The 16 samples at + 0 .. 15 of a row segment, zero outside [lo, hi); those are never read.
@@ -190,11 +190,10 @@ PD_AVX512 inline __m512 load_within(const float* line, int at, int lo, int hi) {
 // segment is at line + i and exists for lo <= i < hi; the others read as zero (masked loads, so `line` may point
 // before the row: the samples outside are never touched). w rows have room for n rounded up to 16.
 PD_AVX512 void input_rows_avx512(const float* line, int lo, int hi, int n, float* w, size_t stride) {
-    const __m512i idx[4] = {
-        _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28),
-        _mm512_setr_epi32(1, 5, 9, 13, 17, 21, 25, 29, 1, 5, 9, 13, 17, 21, 25, 29),
-        _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 2, 6, 10, 14, 18, 22, 26, 30),
-        _mm512_setr_epi32(3, 7, 11, 15, 19, 23, 27, 31, 3, 7, 11, 15, 19, 23, 27, 31)};
+    const __m512i idx[4] = {_mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28),
+                            _mm512_setr_epi32(1, 5, 9, 13, 17, 21, 25, 29, 1, 5, 9, 13, 17, 21, 25, 29),
+                            _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 2, 6, 10, 14, 18, 22, 26, 30),
+                            _mm512_setr_epi32(3, 7, 11, 15, 19, 23, 27, 31, 3, 7, 11, 15, 19, 23, 27, 31)};
     for (int m = 0; m < n; m += 16) {
         const int at = 4 * m;
         const __m512 v0 = load_within(line, at, lo, hi), v1 = load_within(line, at + 16, lo, hi);
@@ -239,8 +238,8 @@ PD_CLONES void input_rows(const float* row, int width, int x0, int n, bool avx51
     }
     const int lo = std::clamp(-x0, 0, len), hi = std::clamp(width - x0, lo, len);
     if (avx512) {
-        input_rows_avx512(reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(row) + (intptr_t)x0 * 4), lo,
-                          hi, n, w, stride);
+        input_rows_avx512(reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(row) + (intptr_t)x0 * 4), lo, hi,
+                          n, w, stride);
         return;
     }
     const float* line = row + x0;
@@ -282,8 +281,8 @@ PD_AVX512_BF16 void input_columns_pairs(const float* w0, const float* w1, size_t
                                         size_t point_stride) {
     // 16-bit lane 2l takes channel 2q's tile l (element l of the conversion's low half), lane 2l + 1 channel
     // 2q + 1's (element 16 + l of its high half)
-    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
-                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
+                                                6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     for (int s = 0; s < 6; ++s) {
         __m512 z[6], v0[6], v1[6];
         for (int r = 0; r < 6; ++r) z[r] = _mm512_loadu_ps(w0 + (size_t)(6 * r + s) * stride);
@@ -372,8 +371,7 @@ void WinogradConv::prepare(const float* weights, int filters, int channels, int 
             const float* g = weights + ((size_t)f * channels + c) * 9;
             double gg[6][3];  // G g
             for (int i = 0; i < 6; ++i)
-                for (int j = 0; j < 3; ++j)
-                    gg[i][j] = G[i][0] * g[j] + G[i][1] * g[3 + j] + G[i][2] * g[6 + j];
+                for (int j = 0; j < 3; ++j) gg[i][j] = G[i][0] * g[j] + G[i][1] * g[3 + j] + G[i][2] * g[6 + j];
             for (int i = 0; i < 6; ++i)
                 for (int j = 0; j < 6; ++j)
                     u[(size_t)(i * 6 + j) * plane + (size_t)f * channels + c] =
@@ -383,9 +381,7 @@ void WinogradConv::prepare(const float* weights, int filters, int channels, int 
     const int tiles = ((out_h + 3) / 4) * ((out_w + 3) / 4);
     const MicroKernel& wide = micro_kernel(isa, TileWidth::Wide);
     const MicroKernel& narrow = micro_kernel(isa, TileWidth::Narrow);
-    auto padded = [&](const MicroKernel& k) {
-        return (double)round_up(filters, k.mr) * round_up(tiles, k.nr);
-    };
+    auto padded = [&](const MicroKernel& k) { return (double)round_up(filters, k.mr) * round_up(tiles, k.nr); };
     const TileWidth width = padded(narrow) < padded(wide) ? TileWidth::Narrow : TileWidth::Wide;
     u_.resize(kPoints);
     for (int p = 0; p < kPoints; ++p)
@@ -528,8 +524,8 @@ struct WinogradConv::Band {
     }
 };
 
-void WinogradConv::forward(const float* in, int batch, int height, int width, int pad, float* out, int out_h,
-                           int out_w, const float* bias, int activation) const {
+void WinogradConv::forward(const float* in, int batch, int height, int width, int pad, float* out, int out_h, int out_w,
+                           const float* bias, int activation) const {
     const int C = channels_, K = filters_;
     const int nr = u_.front().kernel().nr;
     const int tiles_y = (out_h + 3) / 4, tiles_x = (out_w + 3) / 4;
@@ -548,10 +544,38 @@ void WinogradConv::forward(const float* in, int batch, int height, int width, in
     const int shared_band = std::max(nr, (int)((budget ? budget : kBandFloats) / per_tile / nr * nr));
     const int band = independent ? private_band : std::min(shared_band, round_up(total, nr));
 
-    Band proto{*this, in, out, height, width, pad, out_h, out_w, tiles_x, per_image, bias, activation, C, K, nr,
-               nr % 16 == 0 ? 16 : 8, band, 0, false, false, active_isa() == Isa::Avx512,
-               (long)height * width, (long)out_h * out_w, (size_t)C * band, (size_t)K * band,
-               nullptr, nullptr, nullptr, 0, 0, 0, {}};
+    Band proto{*this,
+               in,
+               out,
+               height,
+               width,
+               pad,
+               out_h,
+               out_w,
+               tiles_x,
+               per_image,
+               bias,
+               activation,
+               C,
+               K,
+               nr,
+               nr % 16 == 0 ? 16 : 8,
+               band,
+               0,
+               false,
+               false,
+               active_isa() == Isa::Avx512,
+               (long)height * width,
+               (long)out_h * out_w,
+               (size_t)C * band,
+               (size_t)K * band,
+               nullptr,
+               nullptr,
+               nullptr,
+               0,
+               0,
+               0,
+               {}};
     proto.pairs = u_.front().pairs();
     proto.round = precision() == Precision::BF16 && !proto.pairs;
     proto.depth = proto.pairs ? (C + 1) / 2 : C;

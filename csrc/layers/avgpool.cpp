@@ -35,6 +35,6 @@ public:
 
 }  // namespace
 
-PD_REGISTER_LAYER("avgpool", Avgpool);
+PD_REGISTER_LAYER(LayerKind::Avgpool, Avgpool);
 
 }  // namespace pd

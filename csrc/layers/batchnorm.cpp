@@ -59,6 +59,6 @@ private:
 
 }  // namespace
 
-PD_REGISTER_LAYER("batchnorm", Batchnorm);
+PD_REGISTER_LAYER(LayerKind::Batchnorm, Batchnorm);
 
 }  // namespace pd

@@ -24,17 +24,18 @@ public:
         const float* b = params + spec.tensor("biases").offset;
         weights_.assign(w, w + (size_t)outputs * inputs);
         bias_.assign(b, b + outputs);
-        if (spec.get("batch_normalize") == 0) return;
+        if (p_.batch_normalize == 0) return;
         std::vector<double> factor(outputs);
         batchnorm_factors(b, params + spec.tensor("scales").offset, params + spec.tensor("rolling_mean").offset,
                           params + spec.tensor("rolling_variance").offset, eps, outputs, factor.data(), bias_.data());
         for (int o = 0; o < outputs; ++o)
-            for (size_t i = 0; i < inputs; ++i) weights_[o * inputs + i] = (float)(weights_[o * inputs + i] * factor[o]);
+            for (size_t i = 0; i < inputs; ++i)
+                weights_[o * inputs + i] = (float)(weights_[o * inputs + i] * factor[o]);
     }
 
     void forward(const ForwardContext& ctx) override {
         const int outputs = spec.out.c, inputs = (int)spec.in.size();
-        const int activation = (int)spec.get("activation");
+        const int activation = p_.activation;
         // out^T (outputs x batch) = W (outputs x inputs) * in^T; computed per image to keep the layouts simple.
         for (int b = 0; b < ctx.batch; ++b) {
             GemmEpilogue epilogue;
@@ -47,10 +48,11 @@ public:
     }
 
     void forward_train(const TrainContext& ctx) override {
-        const int bn = (int)spec.get("batch_normalize");
-        PD_CHECK(bn != 2, "layer ", spec.index, ": cross-iteration batch normalisation (cbn) is not supported in training");
+        const int bn = p_.batch_normalize;
+        PD_CHECK(bn != 2, "layer ", spec.index,
+                 ": cross-iteration batch normalisation (cbn) is not supported in training");
         const int outputs = spec.out.c, inputs = (int)spec.in.size();
-        const int activation = (int)spec.get("activation");
+        const int activation = p_.activation;
         const float* weights = ctx.params + spec.tensor("weights").offset;
         const float* biases = ctx.params + spec.tensor("biases").offset;
         const bool keep_input = activation_needs_input(activation);
@@ -77,9 +79,9 @@ public:
         const int outputs = spec.out.c, inputs = (int)spec.in.size();
         float* grad = ctx.output_grad;  // batch x outputs
         activation_backward(grad, ctx.output, pre_activation_.empty() ? nullptr : pre_activation_.data(), ctx.batch,
-                            outputs, 1, (int)spec.get("activation"));
+                            outputs, 1, p_.activation);
         float* grad_biases = ctx.grads + spec.tensor("biases").offset;
-        if (spec.get("batch_normalize") != 0) {
+        if (p_.batch_normalize != 0) {
             batch_norm_.backward(grad, ctx.params + spec.tensor("scales").offset,
                                  ctx.grads + spec.tensor("scales").offset, grad_biases);
         } else {
@@ -111,6 +113,7 @@ public:
     }
 
 private:
+    const ConnectedParams p_ = spec.params<ConnectedParams>();
     std::vector<float> weights_, bias_;
     // Training state of the last forward_train.
     BatchNormTrainer batch_norm_;
@@ -119,6 +122,6 @@ private:
 
 }  // namespace
 
-PD_REGISTER_LAYER("connected", Connected);
+PD_REGISTER_LAYER(LayerKind::Connected, Connected);
 
 }  // namespace pd

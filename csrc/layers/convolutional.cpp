@@ -30,38 +30,23 @@ constexpr long long kBandFloats = 1 << 20;
 
 class Convolutional : public Layer {
 public:
-    explicit Convolutional(const LayerSpec& s)
-        : Layer(s),
-          filters_((int)s.get("filters")),
-          size_((int)s.get("size")),
-          stride_x_((int)s.get("stride_x")),
-          stride_y_((int)s.get("stride_y")),
-          dilation_((int)s.get("dilation")),
-          padding_((int)s.get("padding")),
-          groups_((int)s.get("groups")),
-          batch_normalize_(s.get("batch_normalize") != 0),
-          activation_((int)s.get("activation")),
-          precision_((Precision)(int)s.get("precision", 0)) {
-        PD_CHECK(precision_ == Precision::FP32 || precision_ == Precision::BF16, "layer ", s.index,
-                 ": the CPU convolution runs fp32 or bf16, not precision code ", (int)precision_);
-        PD_CHECK(filters_ == s.out.c && groups_ > 0 && s.in.c % groups_ == 0 && filters_ % groups_ == 0,
-                 "layer ", s.index, ": inconsistent convolution shape");
-        PD_CHECK(s.tensor("weights").size == (size_t)filters_ * (s.in.c / groups_) * size_ * size_,
-                 "layer ", s.index, ": weights tensor has the wrong size");
+    explicit Convolutional(const LayerSpec& s) : Layer(s), p_(spec.params<ConvolutionalParams>()) {
+        PD_CHECK(p_.precision == Precision::FP32 || p_.precision == Precision::BF16, "layer ", s.index,
+                 ": the CPU convolution runs fp32 or bf16, not precision code ", (int)p_.precision);
     }
 
     void prepare(const float* params, float eps) override {
-        const size_t per_filter = (size_t)(spec.in.c / groups_) * size_ * size_;
+        const size_t per_filter = (size_t)(spec.in.c / p_.groups) * p_.size * p_.size;
         const float* w = params + spec.tensor("weights").offset;
         const float* b = params + spec.tensor("biases").offset;
-        weights_.assign(w, w + per_filter * filters_);
-        bias_.assign(b, b + filters_);
-        if (batch_normalize_) {
-            std::vector<double> factor(filters_);
+        weights_.assign(w, w + per_filter * p_.filters);
+        bias_.assign(b, b + p_.filters);
+        if (p_.batch_norm()) {
+            std::vector<double> factor(p_.filters);
             batchnorm_factors(b, params + spec.tensor("scales").offset, params + spec.tensor("rolling_mean").offset,
-                              params + spec.tensor("rolling_variance").offset, eps, filters_, factor.data(),
+                              params + spec.tensor("rolling_variance").offset, eps, p_.filters, factor.data(),
                               bias_.data());
-            for (int f = 0; f < filters_; ++f)
+            for (int f = 0; f < p_.filters; ++f)
                 for (size_t i = 0; i < per_filter; ++i)
                     weights_[f * per_filter + i] = (float)(weights_[f * per_filter + i] * factor[f]);
         }
@@ -71,26 +56,26 @@ public:
     }
 
     // A 1x1 convolution with stride 1 and no padding multiplies the image itself: no unrolling.
-    bool direct() const { return size_ == 1 && stride_x_ == 1 && stride_y_ == 1 && padding_ == 0; }
+    bool direct() const { return p_.size == 1 && p_.stride_x == 1 && p_.stride_y == 1 && p_.padding == 0; }
 
     // Winograd F(4x4, 3x3) applies to 3x3, stride 1, undilated, ungrouped convolutions.
     bool winograd_shape() const {
-        return size_ == 3 && stride_x_ == 1 && stride_y_ == 1 && dilation_ == 1 && groups_ == 1 &&
-               winograd_worthwhile(spec.in.c, filters_, spec.out.h, spec.out.w);
+        return p_.size == 3 && p_.stride_x == 1 && p_.stride_y == 1 && p_.dilation == 1 && p_.groups == 1 &&
+               winograd_worthwhile(spec.in.c, p_.filters, spec.out.h, spec.out.w);
     }
 
     void forward(const ForwardContext& ctx) override {
-        const int in_c = spec.in.c / groups_, out_c = filters_ / groups_;
+        const int in_c = spec.in.c / p_.groups, out_c = p_.filters / p_.groups;
         const int N = spec.out.h * spec.out.w;
         const size_t in_plane = (size_t)spec.in.h * spec.in.w;
-        const bool fuse_activation = !is_channel_activation(activation_);
+        const bool fuse_activation = !is_channel_activation(p_.activation);
         if (winograd_shape() && winograd_enabled()) {
             if (!winograd_.prepared() || winograd_.isa() != active_isa())
-                winograd_.prepare(weights_.data(), filters_, spec.in.c, spec.out.h, spec.out.w, active_isa(),
-                                  precision_);
-            winograd_.forward(ctx.input, ctx.batch, spec.in.h, spec.in.w, padding_, ctx.output, spec.out.h,
-                              spec.out.w, bias_.data(), fuse_activation ? activation_ : LINEAR);
-            if (!fuse_activation) activate_array(ctx.output, ctx.batch, filters_, (size_t)N, activation_);
+                winograd_.prepare(weights_.data(), p_.filters, spec.in.c, spec.out.h, spec.out.w, active_isa(),
+                                  p_.precision);
+            winograd_.forward(ctx.input, ctx.batch, spec.in.h, spec.in.w, p_.padding, ctx.output, spec.out.h,
+                              spec.out.w, bias_.data(), fuse_activation ? p_.activation : LINEAR);
+            if (!fuse_activation) activate_array(ctx.output, ctx.batch, p_.filters, (size_t)N, p_.activation);
             return;
         }
         if (packed_.empty() || packed_.front().isa() != active_isa()) pack_weights();
@@ -98,17 +83,17 @@ public:
         geometry.channels = in_c;
         geometry.height = spec.in.h;
         geometry.width = spec.in.w;
-        geometry.ksize = size_;
-        geometry.pad = padding_ * dilation_;
-        geometry.stride_y = stride_y_;
-        geometry.stride_x = stride_x_;
-        geometry.dilation = dilation_;
+        geometry.ksize = p_.size;
+        geometry.pad = p_.pad();
+        geometry.stride_y = p_.stride_y;
+        geometry.stride_x = p_.stride_x;
+        geometry.dilation = p_.dilation;
         geometry.out_h = spec.out.h;
         geometry.out_w = spec.out.w;
         for (int b = 0; b < ctx.batch; ++b) {
-            for (int g = 0; g < groups_; ++g) {
+            for (int g = 0; g < p_.groups; ++g) {
                 const float* image = ctx.input + ((size_t)b * spec.in.c + (size_t)g * in_c) * in_plane;
-                float* out = ctx.output + ((size_t)b * filters_ + (size_t)g * out_c) * N;
+                float* out = ctx.output + ((size_t)b * p_.filters + (size_t)g * out_c) * N;
                 PanelPacker pack;
                 if (direct())
                     pack = [&](int col0, int cols, int nr, float* dst) {
@@ -119,39 +104,39 @@ public:
                         pack_im2col_panels(geometry, image, col0, cols, nr, dst);
                     };
                 gemm_packed(packed_[g], N, pack, out, N, bias_.data() + (size_t)g * out_c,
-                            fuse_activation ? activation_ : LINEAR);
+                            fuse_activation ? p_.activation : LINEAR);
             }
         }
-        if (!fuse_activation) activate_array(ctx.output, ctx.batch, filters_, (size_t)N, activation_);
+        if (!fuse_activation) activate_array(ctx.output, ctx.batch, p_.filters, (size_t)N, p_.activation);
     }
 
     void forward_train(const TrainContext& ctx) override {
-        PD_CHECK(spec.get("batch_normalize") != 2, "layer ", spec.index,
+        PD_CHECK(p_.batch_normalize != 2, "layer ", spec.index,
                  ": cross-iteration batch normalisation (cbn) is not supported in training");
-        const int in_c = spec.in.c / groups_, out_c = filters_ / groups_;
-        const int K = in_c * size_ * size_, N = spec.out.h * spec.out.w;
+        const int in_c = spec.in.c / p_.groups, out_c = p_.filters / p_.groups;
+        const int K = in_c * p_.size * p_.size, N = spec.out.h * spec.out.w;
         const size_t in_plane = (size_t)spec.in.h * spec.in.w;
         const float* weights = ctx.params + spec.tensor("weights").offset;
         const float* biases = ctx.params + spec.tensor("biases").offset;
-        const bool keep_input = activation_needs_input(activation_);
-        const bool elementwise = !is_channel_activation(activation_);
-        const bool fuse_activation = !batch_normalize_ && !keep_input && elementwise;
+        const bool keep_input = activation_needs_input(p_.activation);
+        const bool elementwise = !is_channel_activation(p_.activation);
+        const bool fuse_activation = !p_.batch_norm() && !keep_input && elementwise;
         for (int b = 0; b < ctx.batch; ++b)
-            for (int g = 0; g < groups_; ++g) {
+            for (int g = 0; g < p_.groups; ++g) {
                 const float* image = ctx.input + ((size_t)b * spec.in.c + (size_t)g * in_c) * in_plane;
-                float* out = ctx.output + ((size_t)b * filters_ + (size_t)g * out_c) * N;
+                float* out = ctx.output + ((size_t)b * p_.filters + (size_t)g * out_c) * N;
                 const float* columns = image;
                 if (!direct()) {
-                    unroll(image, in_c, spec.in.h, spec.in.w, size_, padding_ * dilation_, stride_y_, stride_x_,
-                           dilation_, spec.out.h, spec.out.w, ctx.workspace, (size_t)N);
+                    unroll(image, in_c, spec.in.h, spec.in.w, p_.size, p_.pad(), p_.stride_y, p_.stride_x, p_.dilation,
+                           spec.out.h, spec.out.w, ctx.workspace, (size_t)N);
                     columns = ctx.workspace;
                 }
                 GemmEpilogue epilogue;
-                epilogue.row_bias = batch_normalize_ ? nullptr : biases + (size_t)g * out_c;
-                epilogue.activation = fuse_activation ? activation_ : LINEAR;
+                epilogue.row_bias = p_.batch_norm() ? nullptr : biases + (size_t)g * out_c;
+                epilogue.activation = fuse_activation ? p_.activation : LINEAR;
                 sgemm(out_c, N, K, weights + (size_t)g * out_c * K, K, columns, N, out, N, epilogue);
             }
-        const size_t total = (size_t)ctx.batch * filters_ * N;
+        const size_t total = (size_t)ctx.batch * p_.filters * N;
         float* pre = nullptr;
         if (keep_input) {
             pre_activation_.resize(total);
@@ -159,18 +144,18 @@ public:
         } else {
             pre_activation_.clear();
         }
-        if (batch_normalize_) {
+        if (p_.batch_norm()) {
             // Batch-norm applies an element-wise activation (and keeps its input) in the same pass.
-            batch_norm_.forward(ctx.output, ctx.batch, filters_, (size_t)N, ctx.params + spec.tensor("scales").offset,
+            batch_norm_.forward(ctx.output, ctx.batch, p_.filters, (size_t)N, ctx.params + spec.tensor("scales").offset,
                                 biases, ctx.params + spec.tensor("rolling_mean").offset,
                                 ctx.params + spec.tensor("rolling_variance").offset, ctx.bn_epsilon, spec.index,
-                                elementwise ? activation_ : LINEAR, elementwise ? pre : nullptr);
+                                elementwise ? p_.activation : LINEAR, elementwise ? pre : nullptr);
             if (elementwise) return;
         } else if (fuse_activation) {
             return;
         }
         if (pre) std::memcpy(pre, ctx.output, sizeof(float) * total);
-        activate_array(ctx.output, ctx.batch, filters_, (size_t)N, activation_);
+        activate_array(ctx.output, ctx.batch, p_.filters, (size_t)N, p_.activation);
     }
 
     // The input gradient of a stride-1 convolution is itself a convolution: of the output gradient, padded by
@@ -178,15 +163,15 @@ public:
     // way its GEMM sums over out_c * size^2 values into a small in_c x in_plane result, where the columns form
     // (W^T G, then col2im) sums over only out_c values into a result size^2 times larger that col2im re-reads.
     bool transposed_input_gradient() const {
-        const int pad = padding_ * dilation_, reach = (size_ - 1) * dilation_;
-        return stride_x_ == 1 && stride_y_ == 1 && reach >= pad && spec.out.h == spec.in.h + 2 * pad - reach &&
+        const int pad = p_.pad(), reach = (p_.size - 1) * p_.dilation;
+        return p_.stride_x == 1 && p_.stride_y == 1 && reach >= pad && spec.out.h == spec.in.h + 2 * pad - reach &&
                spec.out.w == spec.in.w + 2 * pad - reach;
     }
 
     // Output rows per GEMM + col2im band of the input gradient: the band's K x rows*out_w columns fill about
     // kBandFloats.
     int col2im_band() const {
-        const long long K = (long long)(spec.in.c / groups_) * size_ * size_;
+        const long long K = (long long)(spec.in.c / p_.groups) * p_.size * p_.size;
         return (int)std::max(1LL, std::min<long long>(spec.out.h, kBandFloats / (K * spec.out.w)));
     }
 
@@ -209,34 +194,35 @@ public:
     //                   and the product in_c x chunk*in_plane (stride 1); or transposed weights K x out_c and a band of
     //                   the columns gradient, K x band*out_w, for col2im
     size_t backward_workspace_floats(int batch) const override {
-        const size_t in_c = (size_t)(spec.in.c / groups_), out_c = (size_t)(filters_ / groups_);
-        const size_t K = in_c * size_ * size_, N = (size_t)spec.out.h * spec.out.w;
+        const size_t in_c = (size_t)(spec.in.c / p_.groups), out_c = (size_t)(p_.filters / p_.groups);
+        const size_t K = in_c * p_.size * p_.size, N = (size_t)spec.out.h * spec.out.w;
         const size_t in_plane = (size_t)spec.in.h * spec.in.w;
         const size_t width = (size_t)weight_chunk(batch) * N;
         const size_t weight_pass = K * width + width * out_c + K * out_c;
         const size_t in_width = (size_t)input_chunk(batch) * in_plane;
         const size_t input_pass = transposed_input_gradient()
-                                      ? K * out_c + out_c * size_ * size_ * in_width + in_c * in_width
+                                      ? K * out_c + out_c * p_.size * p_.size * in_width + in_c * in_width
                                       : K * out_c + K * (size_t)col2im_band() * spec.out.w;
         return std::max(weight_pass, input_pass);
     }
 
     void backward(const BackwardContext& ctx) override {
-        const int in_c = spec.in.c / groups_, out_c = filters_ / groups_;
-        const int K = in_c * size_ * size_, N = spec.out.h * spec.out.w;
+        const int in_c = spec.in.c / p_.groups, out_c = p_.filters / p_.groups;
+        const int K = in_c * p_.size * p_.size, N = spec.out.h * spec.out.w;
         const size_t in_plane = (size_t)spec.in.h * spec.in.w;
-        const bool elementwise = !is_channel_activation(activation_);
+        const bool elementwise = !is_channel_activation(p_.activation);
         const float* pre = pre_activation_.empty() ? nullptr : pre_activation_.data();
         float* grad = ctx.output_grad;
         float* grad_biases = ctx.grads + spec.tensor("biases").offset;
-        if (batch_normalize_) {
-            if (!elementwise) activation_backward(grad, ctx.output, pre, ctx.batch, filters_, (size_t)N, activation_);
+        if (p_.batch_norm()) {
+            if (!elementwise)
+                activation_backward(grad, ctx.output, pre, ctx.batch, p_.filters, (size_t)N, p_.activation);
             batch_norm_.backward(grad, ctx.params + spec.tensor("scales").offset,
                                  ctx.grads + spec.tensor("scales").offset, grad_biases, ctx.output, pre,
-                                 elementwise ? activation_ : LINEAR);
+                                 elementwise ? p_.activation : LINEAR);
         } else {
-            activation_backward(grad, ctx.output, pre, ctx.batch, filters_, (size_t)N, activation_);
-            add_channel_sums(grad, ctx.batch, filters_, (size_t)N, grad_biases);
+            activation_backward(grad, ctx.output, pre, ctx.batch, p_.filters, (size_t)N, p_.activation);
+            add_channel_sums(grad, ctx.batch, p_.filters, (size_t)N, grad_biases);
         }
         const float* weights = ctx.params + spec.tensor("weights").offset;
         if (ctx.weight_grads) {
@@ -249,7 +235,7 @@ public:
             float* grad_t = columns + (size_t)K * width;
             float* product = grad_t + width * out_c;
             float* grad_weights = ctx.grads + spec.tensor("weights").offset;
-            for (int g = 0; g < groups_; ++g)
+            for (int g = 0; g < p_.groups; ++g)
                 for (int b0 = 0; b0 < ctx.batch; b0 += chunk) {
                     const int images = std::min(chunk, ctx.batch - b0);
                     const float* cols = columns;
@@ -259,9 +245,9 @@ public:
                         if (direct() && chunk == 1)
                             cols = image;
                         else
-                            unroll(image, in_c, spec.in.h, spec.in.w, size_, padding_ * dilation_, stride_y_,
-                                   stride_x_, dilation_, spec.out.h, spec.out.w, columns + (size_t)i * N, width);
-                        transpose(grad + ((size_t)b * filters_ + (size_t)g * out_c) * N, out_c, N,
+                            unroll(image, in_c, spec.in.h, spec.in.w, p_.size, p_.pad(), p_.stride_y, p_.stride_x,
+                                   p_.dilation, spec.out.h, spec.out.w, columns + (size_t)i * N, width);
+                        transpose(grad + ((size_t)b * p_.filters + (size_t)g * out_c) * N, out_c, N,
                                   grad_t + (size_t)i * N * out_c);
                     }
                     sgemm(K, out_c, images * N, cols, (int)width, grad_t, out_c, product, out_c);
@@ -278,16 +264,16 @@ public:
         float* weights_t = ctx.workspace;
         float* columns = weights_t + (size_t)K * out_c;
         const int band = col2im_band();
-        for (int g = 0; g < groups_; ++g) {
+        for (int g = 0; g < p_.groups; ++g) {
             transpose(weights + (size_t)g * out_c * K, out_c, K, weights_t);
             for (int b = 0; b < ctx.batch; ++b) {
                 float* image_grad = ctx.input_grad + ((size_t)b * spec.in.c + (size_t)g * in_c) * in_plane;
-                const float* g_out = grad + ((size_t)b * filters_ + (size_t)g * out_c) * N;
+                const float* g_out = grad + ((size_t)b * p_.filters + (size_t)g * out_c) * N;
                 for (int oy = 0; oy < spec.out.h; oy += band) {
                     const int rows = std::min(band, spec.out.h - oy), width = rows * spec.out.w;
                     sgemm(K, width, out_c, weights_t, out_c, g_out + (size_t)oy * spec.out.w, N, columns, width);
-                    col2im_add(columns, in_c, spec.in.h, spec.in.w, size_, padding_ * dilation_, stride_y_,
-                               stride_x_, dilation_, spec.out.w, oy, oy + rows, image_grad);
+                    col2im_add(columns, in_c, spec.in.h, spec.in.w, p_.size, p_.pad(), p_.stride_y, p_.stride_x,
+                               p_.dilation, spec.out.w, oy, oy + rows, image_grad);
                 }
             }
         }
@@ -298,16 +284,16 @@ private:
     // W[o][c][size-1-ky][size-1-kx]; see transposed_input_gradient(). Small maps put several images side by side
     // in one product, as the weight gradient does.
     void input_gradient_by_convolution(const BackwardContext& ctx, const float* weights) {
-        const int in_c = spec.in.c / groups_, out_c = filters_ / groups_;
-        const int taps = size_ * size_, depth = out_c * taps, K = in_c * taps, N = spec.out.h * spec.out.w;
+        const int in_c = spec.in.c / p_.groups, out_c = p_.filters / p_.groups;
+        const int taps = p_.size * p_.size, depth = out_c * taps, K = in_c * taps, N = spec.out.h * spec.out.w;
         const int in_plane = spec.in.h * spec.in.w;
-        const int pad = (size_ - 1) * dilation_ - padding_ * dilation_;
+        const int pad = (p_.size - 1) * p_.dilation - p_.pad();
         const int chunk = input_chunk(ctx.batch);
         const size_t width = (size_t)chunk * in_plane;
         float* flipped = ctx.workspace;
         float* columns = flipped + (size_t)in_c * depth;
         float* product = columns + (size_t)depth * width;
-        for (int g = 0; g < groups_; ++g) {
+        for (int g = 0; g < p_.groups; ++g) {
             const float* w = weights + (size_t)g * out_c * K;
 #pragma omp parallel for schedule(static) if ((long long)in_c * depth > 65536)
             for (int c = 0; c < in_c; ++c)
@@ -320,11 +306,11 @@ private:
                 const int images = std::min(chunk, ctx.batch - b0);
                 const float* cols = columns;
                 for (int i = 0; i < images; ++i) {
-                    const float* g_out = ctx.output_grad + ((size_t)(b0 + i) * filters_ + (size_t)g * out_c) * N;
+                    const float* g_out = ctx.output_grad + ((size_t)(b0 + i) * p_.filters + (size_t)g * out_c) * N;
                     if (direct() && chunk == 1)
                         cols = g_out;
                     else
-                        unroll(g_out, out_c, spec.out.h, spec.out.w, size_, pad, 1, 1, dilation_, spec.in.h,
+                        unroll(g_out, out_c, spec.out.h, spec.out.w, p_.size, pad, 1, 1, p_.dilation, spec.in.h,
                                spec.in.w, columns + (size_t)i * in_plane, width);
                 }
                 sgemm(in_c, images * in_plane, depth, flipped, depth, cols, (int)width, product, (int)width);
@@ -342,18 +328,15 @@ private:
 
     // Packs each group's folded weights for the micro-kernel of the instruction set in use.
     void pack_weights() {
-        const int out_c = filters_ / groups_, K = (spec.in.c / groups_) * size_ * size_;
+        const int out_c = p_.filters / p_.groups, K = (spec.in.c / p_.groups) * p_.size * p_.size;
         // Few output columns per image: the narrow tile wastes less on padding.
         const TileWidth width = spec.out.h * spec.out.w < 128 ? TileWidth::Narrow : TileWidth::Wide;
-        packed_.resize(groups_);
-        for (int g = 0; g < groups_; ++g)
-            packed_[g].pack(weights_.data() + (size_t)g * out_c * K, out_c, K, K, active_isa(), width, precision_);
+        packed_.resize(p_.groups);
+        for (int g = 0; g < p_.groups; ++g)
+            packed_[g].pack(weights_.data() + (size_t)g * out_c * K, out_c, K, K, active_isa(), width, p_.precision);
     }
 
-    int filters_, size_, stride_x_, stride_y_, dilation_, padding_, groups_;
-    bool batch_normalize_;
-    int activation_;
-    Precision precision_;  // of the multiplies: fp32, or bf16 inputs and weights with float32 sums
+    const ConvolutionalParams p_;  // precision: of the multiplies, fp32 or bf16 inputs and weights with float32 sums
     std::vector<float> weights_, bias_;  // batch-norm folded in
     // Training state of the last forward_train.
     BatchNormTrainer batch_norm_;
@@ -364,6 +347,6 @@ private:
 
 }  // namespace
 
-PD_REGISTER_LAYER("convolutional", Convolutional);
+PD_REGISTER_LAYER(LayerKind::Convolutional, Convolutional);
 
 }  // namespace pd

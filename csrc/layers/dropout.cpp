@@ -51,8 +51,8 @@ public:
 
 private:
     float probability() const {
-        PD_CHECK(spec.get("dropblock") == 0, "layer ", spec.index, ": dropblock is not supported in training");
-        const double p = spec.get("probability");
+        PD_CHECK(!p_.dropblock, "layer ", spec.index, ": dropblock is not supported in training");
+        const double p = p_.probability;
         PD_CHECK(p >= 0 && p < 1, "layer ", spec.index, ": dropout probability ", p, " must be in [0, 1) for training");
         return (float)p;
     }
@@ -60,12 +60,14 @@ private:
     bool dropped(unsigned long long seed, long long iteration, long long element, float p) const {
         return counter_uniform(seed, (uint64_t)iteration, (uint64_t)spec.index, (uint64_t)element) < p;
     }
+
+    const DropoutParams p_ = spec.params<DropoutParams>();
 };
 
 }  // namespace
 
-PD_REGISTER_LAYER("dropout", Dropout);
-PD_REGISTER_LAYER("cost", Identity);
-static LayerRegistration pd_registration_empty("empty", layer_registry()["cost"]);
+PD_REGISTER_LAYER(LayerKind::Dropout, Dropout);
+PD_REGISTER_LAYER(LayerKind::Cost, Identity);
+PD_REGISTER_LAYER(LayerKind::Empty, Identity);
 
 }  // namespace pd

@@ -8,14 +8,16 @@
 
 #include "../core/network.h"
 #include "../cpu/ops.h"
+#include "../math/pooling.h"
 
 namespace pd {
 namespace {
 
 // The common 2x2 stride-2 pool of an even-sized plane: every window lies inside; the general loop's scan (from
 // -FLT_MAX, top row first, left first, strictly greater wins) as straight-line code the compiler vectorises.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void max_2x2(const float* src, int in_w, int out_h, int out_w, float* out, int* from) {
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void max_2x2(const float* src, int in_w,
+                                                                                           int out_h, int out_w,
+                                                                                           float* out, int* from) {
     for (int oy = 0; oy < out_h; ++oy) {
         const float* top = src + (size_t)(2 * oy) * in_w;
         const float* bottom = top + in_w;
@@ -41,7 +43,7 @@ public:
 
     void forward(const ForwardContext& ctx) override {
         const Shape in = spec.in, out = spec.out;
-        if (spec.get("maxpool_depth") != 0) {
+        if (p_.depth) {
             const size_t plane = (size_t)in.h * in.w;
 #pragma omp parallel for collapse(2) schedule(static)
             for (int b = 0; b < ctx.batch; ++b)
@@ -56,8 +58,7 @@ public:
                 }
             return;
         }
-        pool2d(ctx.input, ctx.output, (long long)ctx.batch * in.c, in.h, in.w, out.h, out.w, (int)spec.get("size"),
-               (int)spec.get("stride_y"), (int)spec.get("stride_x"), -(int)spec.get("padding") / 2, false);
+        pool2d(ctx.input, ctx.output, (long long)ctx.batch * in.c, in.h, in.w, out.h, out.w, p_.window, false);
     }
 
     // Records, per output value, the input it came from: the position within the input plane, or for
@@ -66,7 +67,7 @@ public:
         const Shape in = spec.in, out = spec.out;
         const size_t in_plane = (size_t)in.h * in.w, out_plane = (size_t)out.h * out.w;
         argmax_.resize((size_t)ctx.batch * out.size());
-        if (spec.get("maxpool_depth") != 0) {
+        if (p_.depth) {
 #pragma omp parallel for collapse(2) schedule(static)
             for (int b = 0; b < ctx.batch; ++b)
                 for (int g = 0; g < out.c; ++g) {
@@ -87,10 +88,10 @@ public:
                 }
             return;
         }
-        const int size = (int)spec.get("size"), stride_y = (int)spec.get("stride_y"), stride_x = (int)spec.get("stride_x");
-        const int offset = -(int)spec.get("padding") / 2;
+        const PoolWindow& w = p_.window;
         const long long planes = (long long)ctx.batch * in.c;
-        if (size == 2 && stride_x == 2 && stride_y == 2 && offset == 0 && in.h == 2 * out.h && in.w == 2 * out.w) {
+        if (w.size == 2 && w.stride_x == 2 && w.stride_y == 2 && w.offset == 0 && in.h == 2 * out.h &&
+            in.w == 2 * out.w) {
 #pragma omp parallel for schedule(static)
             for (long long p = 0; p < planes; ++p)
                 max_2x2(ctx.input + p * in_plane, in.w, out.h, out.w, ctx.output + p * out_plane,
@@ -104,18 +105,14 @@ public:
                 for (int ox = 0; ox < out.w; ++ox) {
                     float best = -FLT_MAX;
                     int from = -1;
-                    for (int ky = 0; ky < size; ++ky) {
-                        const int y = offset + oy * stride_y + ky;
-                        if (y < 0 || y >= in.h) continue;
-                        for (int kx = 0; kx < size; ++kx) {
-                            const int x = offset + ox * stride_x + kx;
-                            if (x < 0 || x >= in.w) continue;
+                    const PoolSpan ys = pool_span(oy, w.stride_y, w.offset, w.size, in.h);
+                    const PoolSpan xs = pool_span(ox, w.stride_x, w.offset, w.size, in.w);
+                    for (int y = ys.first; y < ys.last; ++y)
+                        for (int x = xs.first; x < xs.last; ++x)
                             if (src[y * in.w + x] > best) {
                                 best = src[y * in.w + x];
                                 from = y * in.w + x;
                             }
-                        }
-                    }
                     const size_t o = p * out_plane + (size_t)oy * out.w + ox;
                     ctx.output[o] = best;
                     argmax_[o] = from;
@@ -127,7 +124,7 @@ public:
         if (!ctx.input_grad) return;
         const Shape in = spec.in, out = spec.out;
         const size_t in_plane = (size_t)in.h * in.w, out_plane = (size_t)out.h * out.w;
-        if (spec.get("maxpool_depth") != 0) {
+        if (p_.depth) {
             // Output channel g only ever draws from input channels g, g + out_c, ...: no two threads share a target.
 #pragma omp parallel for collapse(2) schedule(static)
             for (int b = 0; b < ctx.batch; ++b)
@@ -135,7 +132,8 @@ public:
                     const size_t o = ((size_t)b * out.c + g) * out_plane;
                     for (size_t p = 0; p < out_plane; ++p)
                         if (argmax_[o + p] >= 0)
-                            ctx.input_grad[((size_t)b * in.c + argmax_[o + p]) * in_plane + p] += ctx.output_grad[o + p];
+                            ctx.input_grad[((size_t)b * in.c + argmax_[o + p]) * in_plane + p] +=
+                                ctx.output_grad[o + p];
                 }
             return;
         }
@@ -152,11 +150,12 @@ public:
     }
 
 private:
+    const MaxpoolParams p_ = spec.params<MaxpoolParams>();
     std::vector<int> argmax_;
 };
 
 }  // namespace
 
-PD_REGISTER_LAYER("maxpool", Maxpool);
+PD_REGISTER_LAYER(LayerKind::Maxpool, Maxpool);
 
 }  // namespace pd

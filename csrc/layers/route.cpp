@@ -14,7 +14,7 @@ public:
     using Layer::Layer;
 
     void forward(const ForwardContext& ctx) override {
-        const int groups = (int)spec.get("groups"), group_id = (int)spec.get("group_id");
+        const int groups = p_.groups, group_id = p_.group_id;
         const size_t out_size = spec.out.size();
         // One copy per input layer and image, each cut into chunks that the threads share.
         struct Copy {
@@ -44,7 +44,7 @@ public:
 
     // Each slice of the output gradient goes back to the slice of the layer it was copied from.
     void backward(const BackwardContext& ctx) override {
-        const int groups = (int)spec.get("groups"), group_id = (int)spec.get("group_id");
+        const int groups = p_.groups, group_id = p_.group_id;
         const size_t out_size = spec.out.size();
         size_t offset = 0;
         for (int ref : spec.inputs) {
@@ -57,10 +57,13 @@ public:
             offset += part;
         }
     }
+
+private:
+    const RouteParams p_ = spec.params<RouteParams>();
 };
 
 }  // namespace
 
-PD_REGISTER_LAYER("route", Route);
+PD_REGISTER_LAYER(LayerKind::Route, Route);
 
 }  // namespace pd

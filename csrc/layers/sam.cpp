@@ -16,19 +16,18 @@ public:
         const long long total = (long long)ctx.batch * spec.out.size();
 #pragma omp parallel for schedule(static) if (total > 65536)
         for (long long i = 0; i < total; ++i) ctx.output[i] = ctx.input[i] * from[i];
-        activate_array(ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w,
-                       (int)spec.get("activation"));
+        activate_array(ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w, p_.activation);
     }
 
     // The pre-activation product, when the activation's gradient needs it, is rebuilt in the workspace.
     size_t backward_workspace_floats(int batch) const override {
-        return activation_needs_input((int)spec.get("activation")) ? (size_t)batch * spec.out.size() : 0;
+        return activation_needs_input(p_.activation) ? (size_t)batch * spec.out.size() : 0;
     }
 
     void backward(const BackwardContext& ctx) override {
         const float* from = ctx.net->train_output(spec.inputs[0]);
         float* from_grad = ctx.net->grad_buffer(spec.inputs[0]);
-        const int activation = (int)spec.get("activation");
+        const int activation = p_.activation;
         const long long total = (long long)ctx.batch * spec.out.size();
         const float* pre = nullptr;
         if (activation_needs_input(activation)) {
@@ -44,10 +43,13 @@ public:
             if (from_grad) from_grad[i] += grad[i] * ctx.input[i];
         }
     }
+
+private:
+    const SamParams p_ = spec.params<SamParams>();
 };
 
 }  // namespace
 
-PD_REGISTER_LAYER("sam", Sam);
+PD_REGISTER_LAYER(LayerKind::Sam, Sam);
 
 }  // namespace pd

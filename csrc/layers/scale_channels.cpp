@@ -15,7 +15,7 @@ public:
     void forward(const ForwardContext& ctx) override {
         const float* from = ctx.net->live_output(spec.inputs[0]);
         const size_t plane = (size_t)spec.out.h * spec.out.w, per_image = spec.out.size();
-        const bool scale_wh = spec.get("scale_wh") != 0;
+        const bool scale_wh = p_.scale_wh;
         const long long total = (long long)ctx.batch * per_image;
 #pragma omp parallel for schedule(static) if (total > 65536)
         for (long long i = 0; i < total; ++i) {
@@ -23,11 +23,11 @@ public:
             const size_t k = scale_wh ? b * plane + within % plane : b * spec.out.c + within / plane;
             ctx.output[i] = from[i] * ctx.input[k];
         }
-        activate_array(ctx.output, ctx.batch, spec.out.c, plane, (int)spec.get("activation"));
+        activate_array(ctx.output, ctx.batch, spec.out.c, plane, p_.activation);
     }
 
     size_t backward_workspace_floats(int batch) const override {
-        return activation_needs_input((int)spec.get("activation")) ? (size_t)batch * spec.out.size() : 0;
+        return activation_needs_input(p_.activation) ? (size_t)batch * spec.out.size() : 0;
     }
 
     // Output element i = from[i] * input[k(i)]: the `from` layer gets grad * input[k]; each scale input[k] gets
@@ -37,8 +37,8 @@ public:
         float* from_grad = ctx.net->grad_buffer(spec.inputs[0]);
         const size_t plane = (size_t)spec.out.h * spec.out.w, per_image = spec.out.size();
         const int channels = spec.out.c;
-        const bool scale_wh = spec.get("scale_wh") != 0;
-        const int activation = (int)spec.get("activation");
+        const bool scale_wh = p_.scale_wh;
+        const int activation = p_.activation;
         const long long total = (long long)ctx.batch * per_image;
         auto scale_index = [&](long long i) {
             const size_t b = i / per_image, within = i % per_image;
@@ -73,10 +73,13 @@ public:
             ctx.input_grad[k] += (float)sum;
         }
     }
+
+private:
+    const ScaleChannelsParams p_ = spec.params<ScaleChannelsParams>();
 };
 
 }  // namespace
 
-PD_REGISTER_LAYER("scale_channels", ScaleChannels);
+PD_REGISTER_LAYER(LayerKind::ScaleChannels, ScaleChannels);
 
 }  // namespace pd

@@ -21,13 +21,12 @@ public:
 
     void forward(const ForwardContext& ctx) override {
         weighted_sum(ctx, ctx.net->params.data());
-        activate_array(ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w,
-                       (int)spec.get("activation"));
+        activate_array(ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w, p_.activation);
     }
 
     void forward_train(const TrainContext& ctx) override {
         weighted_sum(ctx, ctx.params);
-        const int activation = (int)spec.get("activation");
+        const int activation = p_.activation;
         if (activation_needs_input(activation))
             pre_activation_.assign(ctx.output, ctx.output + (size_t)ctx.batch * spec.out.size());
         activate_array(ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w, activation);
@@ -38,7 +37,7 @@ public:
         const int n = (int)spec.inputs.size();
         float* grad = ctx.output_grad;
         activation_backward(grad, ctx.output, pre_activation_.empty() ? nullptr : pre_activation_.data(), ctx.batch,
-                            spec.out.c, (size_t)spec.out.h * spec.out.w, (int)spec.get("activation"));
+                            spec.out.c, (size_t)spec.out.h * spec.out.w, p_.activation);
         const Weights w = weights(ctx.params);
         const long long total = (long long)ctx.batch * outputs;
         std::vector<float> norm(n + 1);
@@ -84,7 +83,7 @@ public:
 private:
     // The shortcut weights of one forward or backward pass and Darknet's normalisation of them.
     struct Weights {
-        const float* values = nullptr;  // (n + 1) x layer_step, or null without weights_type
+        const float* values = nullptr;    // (n + 1) x layer_step, or null without weights_type
         size_t layer_step = 1, step = 1;  // weights per source (1 or channels); outputs sharing one weight
         int sources = 0;                  // n + 1 (the input, then each `from`)
         int normalization = SHORTCUT_NORM_NONE;
@@ -99,9 +98,9 @@ private:
     Weights weights(const float* params) const {
         Weights w;
         w.sources = (int)spec.inputs.size() + 1;
-        if (!spec.has_tensor("weights")) return w;
+        if (!p_.weighted) return w;
         w.values = params + spec.tensor("weights").offset;
-        w.normalization = shortcut_normalization(spec.text("weights_normalization"));
+        w.normalization = p_.normalization;
         w.layer_step = spec.tensor("weights").size / w.sources;
         w.step = spec.out.size() / w.layer_step;
         return w;
@@ -194,17 +193,19 @@ private:
                 const float v = w.values[w0 + k * w.layer_step];
                 double dw = d[k];
                 if (w.normalization == SHORTCUT_NORM_RELU) dw = v > 0.f ? (d[k] - dot) / sum : 0.0;
-                if (w.normalization == SHORTCUT_NORM_SOFTMAX) dw = nw[k] * (d[k] - dot) - (k == arg_max ? dot * (1.0 - total) : 0.0);
+                if (w.normalization == SHORTCUT_NORM_SOFTMAX)
+                    dw = nw[k] * (d[k] - dot) - (k == arg_max ? dot * (1.0 - total) : 0.0);
                 grad_weights[w0 + k * w.layer_step] += (float)dw;
             }
         }
     }
 
+    const ShortcutParams p_ = spec.params<ShortcutParams>();
     std::vector<float> pre_activation_;
 };
 
 }  // namespace
 
-PD_REGISTER_LAYER("shortcut", Shortcut);
+PD_REGISTER_LAYER(LayerKind::Shortcut, Shortcut);
 
 }  // namespace pd

@@ -13,22 +13,21 @@ public:
     using Layer::Layer;
 
     void forward(const ForwardContext& ctx) override {
-        const int groups = (int)spec.get("groups");
-        const float temperature = (float)spec.get("temperature");
+        const int groups = p_.groups;
+        const float temperature = (float)p_.temperature;
         const size_t inputs = spec.in.size(), n = inputs / groups;
         for (int b = 0; b < ctx.batch; ++b)
             for (int g = 0; g < groups; ++g) {
                 const float* in = ctx.input + b * inputs + g * n;
                 float* out = ctx.output + b * inputs + g * n;
-                softmax_slice([&](size_t i) { return in[i]; }, [&](size_t i, float v) { out[i] = v; }, n,
-                              temperature);
+                softmax_slice([&](size_t i) { return in[i]; }, [&](size_t i, float v) { out[i] = v; }, n, temperature);
             }
     }
 
     void backward(const BackwardContext& ctx) override {
         if (!ctx.input_grad) return;
-        const int groups = (int)spec.get("groups");
-        const double temperature = spec.get("temperature");
+        const int groups = p_.groups;
+        const double temperature = p_.temperature;
         const size_t inputs = spec.in.size(), n = inputs / groups;
         for (int b = 0; b < ctx.batch; ++b)
             for (int g = 0; g < groups; ++g) {
@@ -37,13 +36,17 @@ public:
                 const float* grad = ctx.output_grad + base;
                 double dot = 0.0;
                 for (size_t i = 0; i < n; ++i) dot += (double)grad[i] * y[i];
-                for (size_t i = 0; i < n; ++i) ctx.input_grad[base + i] += (float)(y[i] * (grad[i] - dot) / temperature);
+                for (size_t i = 0; i < n; ++i)
+                    ctx.input_grad[base + i] += (float)(y[i] * (grad[i] - dot) / temperature);
             }
     }
+
+private:
+    const SoftmaxParams p_ = spec.params<SoftmaxParams>();
 };
 
 }  // namespace
 
-PD_REGISTER_LAYER("softmax", Softmax);
+PD_REGISTER_LAYER(LayerKind::Softmax, Softmax);
 
 }  // namespace pd

@@ -22,11 +22,10 @@ public:
     using Layer::Layer;
 
     void forward(const ForwardContext& ctx) override {
-        const int anchors = (int)spec.list("mask").size();
-        const int classes = (int)spec.get("classes");
+        const int anchors = p_.anchors, classes = p_.classes;
         const size_t plane = (size_t)spec.out.h * spec.out.w;
-        const float s = (float)spec.get("scale_x_y");
-        const bool new_coords = spec.get("new_coords") != 0;
+        const float s = p_.scale_x_y;
+        const bool new_coords = p_.new_coords;
         std::memcpy(ctx.output, ctx.input, sizeof(float) * ctx.batch * spec.out.size());
         const long long blocks = (long long)ctx.batch * anchors;
 #pragma omp parallel for schedule(static)
@@ -44,10 +43,13 @@ public:
     void backward(const BackwardContext& ctx) override {
         if (ctx.input_grad) add_into(ctx.input_grad, ctx.output_grad, (size_t)ctx.batch * spec.out.size());
     }
+
+private:
+    const YoloParams p_ = spec.params<YoloParams>();
 };
 
 }  // namespace
 
-PD_REGISTER_LAYER("yolo", Yolo);
+PD_REGISTER_LAYER(LayerKind::Yolo, Yolo);
 
 }  // namespace pd

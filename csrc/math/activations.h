@@ -10,11 +10,13 @@
 
 namespace pd {
 
+// clang-format off: the codes in rows, as the Python list reads
 enum Activation : int {
     LINEAR, LOGISTIC, LOGGY, RELU, ELU, SELU, GELU, RELIE, RAMP, LEAKY, TANH, PLSE, STAIR, HARDTAN, LHTAN,
     SWISH, MISH, HARD_MISH, RELU6, REVLEAKY, NORM_CHAN, NORM_CHAN_SOFTMAX, NORM_CHAN_SOFTMAX_MAXVAL,
     ACTIVATION_COUNT
 };
+// clang-format on
 
 // The three normalize_channels variants mix all channels of a pixel, so they are not element-wise.
 PD_HD bool is_channel_activation(int a) { return a >= NORM_CHAN; }
@@ -70,9 +72,7 @@ PD_HD float stair_activate(float x) {
     return (x - n) + floorf(x / 2.f);
 }
 
-PD_HD float gelu_activate(float x) {
-    return 0.5f * x * (1.f + tanh_activate(0.797885f * x + 0.035677f * x * x * x));
-}
+PD_HD float gelu_activate(float x) { return 0.5f * x * (1.f + tanh_activate(0.797885f * x + 0.035677f * x * x * x)); }
 
 PD_HD float activate(float x, int a) {
     switch (a) {

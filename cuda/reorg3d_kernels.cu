@@ -1,6 +1,7 @@
-// [reorg3d] on the GPU: the same permutations as csrc/layers/reorg3d.cpp (forward: a gather per output value;
-// reverse=1, Darknet's reorg run with the output dimensions: a scatter per input value).
+// [reorg3d] on the GPU: the permutations of csrc/math/reorg.h that the CPU layer also uses (forward: a gather
+// per output value; reverse=1, Darknet's reorg run with the output dimensions: a scatter per input value).
 #include "cuda_layer.cuh"
+#include "math/reorg.h"
 
 namespace pd {
 namespace {
@@ -13,25 +14,19 @@ __global__ void reorg_kernel(const T* in, size_t in_stride, T* out, size_t out_s
         const size_t b = id / per_image, within = id % per_image;
         const int i = (int)(within % small_w), j = (int)((within / small_w) % small_h);
         const int k = (int)(within / ((size_t)small_w * small_h));
-        const int c2 = k % big_c, offset = k / big_c;
-        const size_t from = ((size_t)c2 * big_h + (j * s + offset / s)) * big_w + (i * s + offset % s);
-        out[b * out_stride + within] = in[b * in_stride + from];
+        out[b * out_stride + within] = in[b * in_stride + reorg_source(k, j, i, big_c, big_h, big_w, s)];
     }
 }
 
-// w, h, c: the output's dimensions; groups = c / s^2.
+// c, h, w: the output's dimensions.
 template <typename T>
-__global__ void reorg_reverse_kernel(const T* in, size_t in_stride, T* out, size_t out_stride, int batch, int c,
-                                     int h, int w, int s) {
-    const int groups = c / (s * s);
+__global__ void reorg_reverse_kernel(const T* in, size_t in_stride, T* out, size_t out_stride, int batch, int c, int h,
+                                     int w, int s) {
     const size_t per_image = (size_t)c * h * w, total = per_image * batch;
     for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
         const size_t b = id / per_image, within = id % per_image;
         const int i = (int)(within % w), j = (int)((within / w) % h), k = (int)(within / ((size_t)w * h));
-        const int c2 = k % groups, offset = k / groups;
-        const size_t to = (size_t)(i * s + offset % s) +
-                          (size_t)w * s * ((size_t)(j * s + offset / s) + (size_t)h * s * c2);
-        out[b * out_stride + to] = in[b * in_stride + within];
+        out[b * out_stride + reorg_reverse_target(k, j, i, c, h, w, s)] = in[b * in_stride + within];
     }
 }
 
@@ -40,26 +35,28 @@ public:
     using CudaLayer::CudaLayer;
 
     void forward(const CudaContext& ctx) override {
-        const int s = (int)spec.get("stride");
-        const bool reverse = spec.get("reverse") != 0;
+        const int s = p_.stride;
         const size_t total = (size_t)ctx.batch * spec.out.size();
         dispatch_precision(ctx.precision, [&](auto tag) {
             using T = decltype(tag);
-            if (reverse)
+            if (p_.reverse)
                 PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, reorg_reverse_kernel<T>)(
-                    ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch,
-                    spec.out.c, spec.out.h, spec.out.w, s);
+                    ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, spec.out.c,
+                    spec.out.h, spec.out.w, s);
             else
                 PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, reorg_kernel<T>)(
-                    ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch,
-                    spec.out.c, spec.out.h, spec.out.w, spec.in.c, spec.in.h, spec.in.w, s);
+                    ctx.input.as<T>(), ctx.input.stride, ctx.output.as<T>(), ctx.output.stride, ctx.batch, spec.out.c,
+                    spec.out.h, spec.out.w, spec.in.c, spec.in.h, spec.in.w, s);
             PD_CUDA_CHECK_LAUNCH();
         });
     }
+
+private:
+    const Reorg3dParams p_ = spec.params<Reorg3dParams>();
 };
 
 }  // namespace
 
-PD_REGISTER_CUDA_LAYER("reorg3d", CudaReorg3d, reorg3d);
+PD_REGISTER_CUDA_LAYER(LayerKind::Reorg3d, CudaReorg3d);
 
 }  // namespace pd
