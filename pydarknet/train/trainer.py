@@ -29,6 +29,7 @@ A run can be killed at any moment (``kill -9``, a power cut) and resumed from ``
 
 from __future__ import annotations
 
+import collections
 import csv
 import math
 import os
@@ -496,10 +497,12 @@ class Trainer:
         )
         final = None
         interrupted = False
+        recent = collections.deque(maxlen=20)  # the hours-left estimate uses the mean of the last 20 iterations
         try:
             while self.state.iteration < target:
                 entry = self.step()
-                left = (self.max_batches - entry.iteration) * entry.seconds / 3600
+                recent.append(entry.seconds)
+                left = (self.max_batches - entry.iteration) * (sum(recent) / len(recent)) / 3600
                 log(
                     f" {entry.iteration}: {entry.loss:f}, {entry.avg_loss:f} avg loss, {entry.rate:f} rate, "
                     f"{entry.seconds:f} seconds, {entry.images} images, {left:.2f} hours left"
