@@ -1,4 +1,5 @@
-"""``pydarknet train``, ``partial``, ``calc-anchors`` and ``synthetic``: the training side of the command line."""
+"""``pydarknet train``, ``partial``, ``calc-anchors``, ``finetune-cfg`` and ``synthetic``: the training side of the
+command line."""
 
 from __future__ import annotations
 
@@ -116,6 +117,51 @@ def cmd_calc_anchors(args):
     return EXIT_OK
 
 
+def cmd_finetune_cfg(args):
+    from pydarknet.errors import DarknetError
+    from pydarknet.train.finetune import ITERATIONS_PER_CLASS, MIN_MAX_BATCHES, finetune_cfg
+    from pydarknet.utils.atomic import atomic_write_text
+
+    out = pathlib.Path(args.out)
+    if out.exists() and out.resolve() == pathlib.Path(args.cfg).resolve():
+        raise UsageError(f"{out}: the output would overwrite the base cfg; write it to another file")
+    try:
+        r = finetune_cfg(
+            args.cfg,
+            args.data,
+            width=args.width,
+            height=args.height,
+            max_batches=args.max_batches,
+            anchors=args.anchors,
+            batch=args.batch,
+            subdivisions=args.subdivisions,
+            seed=args.seed,
+            lenient=args.lenient,
+        )
+        atomic_write_text(out, r.text)
+    except (DarknetError, ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {out}: {args.cfg} for {args.data} ({r.classes} classes, {r.train_images} training images)")
+    for change in r.changes:
+        print(f"  {change}")
+    if args.max_batches is None:
+        rule = (
+            f"Darknet's rule: classes*{ITERATIONS_PER_CLASS} = {r.classes * ITERATIONS_PER_CLASS}, but not less "
+            f"than the {r.train_images} training images nor {MIN_MAX_BATCHES}"
+        )
+    else:
+        rule = "--max-batches"
+    print(f"max_batches {r.max_batches} ({rule})" + (f", steps {r.steps[0]},{r.steps[1]}" if r.steps else ""))
+    if r.anchors is not None:
+        print(f"anchors from the training labels: average IoU {100 * r.anchors_iou:.2f} % with the closest one")
+    print(
+        f"train with:\n  pydarknet train {out} {args.data} [BACKBONE.weights]\n"
+        "it prints the hours left after every iteration: on a CPU, look at them after a few iterations and, if "
+        "the run is too long, write the cfg again with a smaller --max-batches (steps and burn_in follow it)"
+    )
+    return EXIT_OK
+
+
 def cmd_synthetic(args):
     from pydarknet.data.synthetic import generate
     from pydarknet.train.anchors import calc_anchors
@@ -193,6 +239,33 @@ def add_parsers(sub):
         help="anchors file (default anchors.txt, as Darknet; counters_per_class.txt goes beside it)",
     )
     a.set_defaults(func=cmd_calc_anchors)
+
+    f = sub.add_parser(
+        "finetune-cfg",
+        help="write the cfg for fine-tuning a model on a dataset (classes, filters, anchors, max_batches, steps)",
+        description="Edit BASE_CFG for DATA as Darknet's custom-training guide says: classes= in every [yolo], "
+        "filters=(classes+5)*<anchors in mask> in the [convolutional] before it, anchors from the training labels "
+        "(k-means as calc-anchors), max_batches = classes*2000 but at least the number of training images and "
+        "6000, steps at 80%% and 90%%, burn_in at most a third of max_batches. Every other line of BASE_CFG, "
+        "comments included, is kept.",
+    )
+    f.add_argument("cfg", metavar="BASE_CFG", help="the released model's cfg (e.g. cfg/yolov4-tiny.cfg)")
+    f.add_argument("data", metavar="DATA", help=".data file or data.yaml of the new dataset")
+    f.add_argument("-o", "--out", required=True, help="the cfg to write")
+    f.add_argument("--width", type=int, help="network input width (a multiple of 32; default: the base cfg's)")
+    f.add_argument("--height", type=int, help="network input height (a multiple of 32; default: the base cfg's)")
+    f.add_argument("--max-batches", type=int, help="iterations to train (default: Darknet's rule above)")
+    f.add_argument("--batch", type=int, help="images per iteration (default: the base cfg's)")
+    f.add_argument("--subdivisions", type=int, help="default: the base cfg's")
+    f.add_argument(
+        "--anchors",
+        choices=("auto", "keep"),
+        default="auto",
+        help="auto: k-means on the training labels (default); keep: the base cfg's anchors",
+    )
+    f.add_argument("--seed", type=int, default=0, help="k-means seed")
+    f.add_argument("--lenient", action="store_true", help="warn instead of failing on unknown cfg keys")
+    f.set_defaults(func=cmd_finetune_cfg)
 
     s = sub.add_parser(
         "synthetic",

@@ -18,7 +18,9 @@ and the number of worker processes cannot change a single pixel.
 * **Multi-scale** (:func:`input_size`): Darknet's rule with the last ``[yolo]``'s ``random``.
 * **Workers**: ``workers=0`` computes each batch in the calling thread. ``workers>0`` runs a pool of processes
   that compute single images; after each batch the next ``prefetch`` batches are queued (at the sizes
-  :func:`input_size` gives), so a trainer that takes longer per batch than the loader never waits.
+  :func:`input_size` gives), so a trainer that takes longer per batch than the loader never waits. The workers
+  die with the process that owns the loader, even when it is killed with SIGKILL: on Linux by the parent-death
+  signal, everywhere by a thread in each worker that notices within 0.25 s that its parent changed.
 
 Usage::
 
@@ -34,7 +36,10 @@ import concurrent.futures as cf
 import math
 import multiprocessing as mp
 import os
+import signal
+import sys
 import threading
+import time
 from dataclasses import replace
 from typing import Optional, Sequence, Tuple
 
@@ -156,10 +161,49 @@ class _Source:
 
 _WORKER_SOURCE: Optional[_Source] = None
 
+# Workers must die with the process that owns the loader: a killed trainer (kill -9, OOM killer) cannot shut its
+# pool down, and a forked worker blocked on the task queue never sees EOF because it holds copies of the queue's
+# pipes itself. Two mechanisms, either enough: Linux's parent-death signal, delivered by the kernel the moment the
+# parent goes, and a watcher thread in each worker that polls for a change of parent (reparenting to init or a
+# subreaper) on every system.
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_SECONDS = 0.25
+_USE_PDEATHSIG = True  # tests turn it off to exercise the portable watcher alone
 
-def _init_worker(source):
+
+def _set_parent_death_signal() -> bool:
+    """Ask the kernel to SIGKILL this process when its parent thread exits (Linux only); True if it took."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(PARENT_POLL_SECONDS)
+        if os.getppid() != parent:
+            os._exit(1)  # the owner is gone: nothing to clean up, nobody to report to
+
+
+def _init_worker(source, owner, deathsig):
+    """Pool initializer. ``owner``: the pid that should be this worker's parent (None with forkserver, whose
+    workers are children of the server); ``deathsig``: whether the parent-death signal may be used (only when
+    the pool forked all its workers at once from the main thread: the signal follows the thread that forked,
+    not the process)."""
     global _WORKER_SOURCE
     _WORKER_SOURCE = source
+    parent = os.getppid()
+    if deathsig and _USE_PDEATHSIG:
+        _set_parent_death_signal()
+    if owner is not None and parent != owner:
+        os._exit(1)  # the owner died before the signal was armed
+    threading.Thread(target=_watch_parent, args=(parent,), name="pydarknet-parent-watch", daemon=True).start()
 
 
 def _worker_sample(iteration, slot, w, h, mode):
@@ -221,8 +265,13 @@ class Loader:
         self._pending = {}
         if self.workers:
             method = start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            owner = os.getpid() if method in ("fork", "spawn") else None
+            deathsig = method == "fork" and threading.current_thread() is threading.main_thread()
             self._pool = cf.ProcessPoolExecutor(
-                self.workers, mp_context=mp.get_context(method), initializer=_init_worker, initargs=(self._source,)
+                self.workers,
+                mp_context=mp.get_context(method),
+                initializer=_init_worker,
+                initargs=(self._source, owner, deathsig),
             )
             # Start the processes now, before the caller starts threads of its own.
             list(self._pool.map(_worker_ready, range(self.workers)))

@@ -17,10 +17,19 @@ gradient is not finite; after ``max_nonfinite`` such iterations in a row the run
 
 Beside the weights (in the backup folder) the trainer keeps ``results.csv`` (one row per iteration) and
 ``chart.png`` (loss curve and mAP points, redrawn every ``chart_every`` iterations).
+
+A run can be killed at any moment (``kill -9``, a power cut) and resumed from ``_last.weights``:
+
+* each results.csv row is flushed and fsync'ed before the checkpoint of its iteration is written, so a saved
+  iteration always has its row; on resume the rows after the checkpoint's iteration are dropped (they will be
+  computed again), so the file ends with exactly one row for each iteration 1..N;
+* the temporaries of atomic writes that a killed run left in the backup folder are removed at start;
+* chart.png is drawn from the whole of results.csv, the iterations before the resume included.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import math
 import os
@@ -42,6 +51,20 @@ from pydarknet.train import checkpoint as ckpt
 from pydarknet.train.optim import Optimizer
 from pydarknet.train.schedule import images_per_iteration, learning_rate
 from pydarknet.train.yolo_loss import yolo_loss
+from pydarknet.utils.atomic import atomic_write_text, remove_stale_temporaries
+
+RESULTS_HEADER = [
+    "iteration",
+    "loss",
+    "avg_loss",
+    "learning_rate",
+    "seconds",
+    "images",
+    "width",
+    "height",
+    "skipped",
+    "map",
+]
 
 
 @dataclass
@@ -93,6 +116,123 @@ def _finite(x):
     return bool(np.isfinite(x).all())
 
 
+def _results_row(entry: IterationLog) -> list:
+    return [
+        entry.iteration,
+        f"{entry.loss:.6f}",
+        f"{entry.avg_loss:.6f}",
+        f"{entry.rate:.8g}",
+        f"{entry.seconds:.4f}",
+        entry.images,
+        entry.width,
+        entry.height,
+        int(entry.skipped),
+        "" if entry.map is None else f"{entry.map:.6f}",
+    ]
+
+
+def read_results(path) -> List[List[str]]:
+    """The rows of a results.csv (without the header), one per iteration in increasing order. A row that is not
+    whole (a write cut by a crash) is left out; an iteration written twice keeps its later row."""
+    try:
+        with open(path, newline="") as f:
+            lines = list(csv.reader(f))
+    except FileNotFoundError:
+        return []
+    rows = {}
+    for row in lines:
+        if len(row) != len(RESULTS_HEADER) or not row[0].isdigit():
+            continue  # the header, or a torn row
+        try:
+            [float(v) for v in row[1:9] + [row[9] or "0"]]
+        except ValueError:
+            continue
+        rows[int(row[0])] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def reconcile_results(path, iteration: int) -> List[List[str]]:
+    """Make results.csv agree with a run resumed after ``iteration``: the rows of iterations 1..``iteration``
+    are kept, later ones dropped (the resumed run computes them again). Rewritten atomically; returns the rows
+    kept."""
+    rows = [r for r in read_results(path) if 1 <= int(r[0]) <= int(iteration)]
+    lines = [RESULTS_HEADER] + rows
+    atomic_write_text(path, "".join(",".join(r) + "\r\n" for r in lines))
+    return rows
+
+
+@dataclass
+class ChartData:
+    """What chart.png shows: loss and average loss per iteration, mAP@0.5 (0..1) at the evaluated ones."""
+
+    iterations: List[int]
+    loss: List[float]
+    avg_loss: List[float]
+    map_iterations: List[int]
+    maps: List[float]
+
+
+def chart_data(path) -> ChartData:
+    """The chart's data, read from a results.csv (the whole history of the run, resumes included)."""
+    rows = read_results(path)
+    maps = [(int(r[0]), float(r[9])) for r in rows if r[9] != ""]
+    return ChartData(
+        [int(r[0]) for r in rows],
+        [float(r[1]) for r in rows],
+        [float(r[2]) for r in rows],
+        [m[0] for m in maps],
+        [m[1] for m in maps],
+    )
+
+
+def chart_figure(data: ChartData, title: str, max_batches: int, max_loss: float = 20.0):
+    """The matplotlib figure of chart.png: loss curves on the left axis, the mAP line (with a legend entry and
+    each value written beside its point) on the right one; the x axis leaves room after the last point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    ax.plot(data.iterations, data.loss, color="#9ab", linewidth=0.8, label="loss")
+    ax.plot(data.iterations, data.avg_loss, color="#1f4e99", linewidth=1.5, label="avg loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    right = max([max_batches] + data.iterations)
+    ax.set_xlim(0, right * 1.05)  # the last point and its label stay inside the axes
+    finite = [v for v in data.avg_loss if math.isfinite(v) and v >= 0]
+    if finite:
+        ax.set_ylim(0, min(max(finite) * 1.2, max_loss or 20))
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if data.maps:
+        ax2 = ax.twinx()
+        percent = [100 * m for m in data.maps]
+        (line,) = ax2.plot(data.map_iterations, percent, "o-", color="#c0392b", label="mAP@0.5 %", clip_on=False)
+        for x, y in zip(data.map_iterations, percent):
+            ax2.annotate(
+                f"{y:.1f}%",
+                (x, y),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="right" if x == data.map_iterations[-1] else "center",
+                fontsize=8,
+                color="#c0392b",
+            )
+        ax2.set_ylim(0, 108)  # room above 100 % for a point and its label
+        ax2.set_yticks(range(0, 101, 20))
+        ax2.set_ylabel("mAP@0.5 (%)")
+        handles.append(line)
+        labels.append(line.get_label())
+    # Above the plot, in a row: inside it the legend would hide the curves or the last mAP value.
+    fig.axes[-1].legend(
+        handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), frameon=False, fontsize=9
+    )
+    ax.set_title(title, pad=22)
+    fig.tight_layout()
+    return fig
+
+
 class Trainer:
     """A training run. ``cfg``: the model cfg; ``data``: a Darknet ``.data`` or ultralytics ``data.yaml``;
     ``weights``: optional start weights -- a full file, a backbone prefix (``yolov4-tiny.conv.29``), or a
@@ -118,6 +258,8 @@ class Trainer:
         self.log = log or (lambda line: None if o.quiet else print(line, flush=True))
         self.dataset = load_dataset(data, backup=o.backup)
         self.backup = pathlib.Path(self.dataset.backup)
+        for stale in remove_stale_temporaries(self.backup):
+            self.log(f"removed {stale}, left by a run killed while writing")
         desc = load_network_desc(self.cfg, lenient=o.lenient)
         for key in ("batch", "subdivisions", "max_batches"):
             value = getattr(o, key)
@@ -320,24 +462,25 @@ class Trainer:
             target = min(target, self.state.iteration + int(stop_after))
         self.backup.mkdir(parents=True, exist_ok=True)
         csv_path = self.backup / "results.csv"
-        new_csv = not csv_path.exists() or self.state.iteration == 0
-        csv_file = open(csv_path, "w" if new_csv else "a", newline="")
+        if self.state.iteration == 0 or not csv_path.exists():
+            atomic_write_text(csv_path, ",".join(RESULTS_HEADER) + "\r\n")
+        else:
+            kept = reconcile_results(csv_path, self.state.iteration)
+            if len(kept) != self.state.iteration:
+                self.log(
+                    f"{csv_path} has rows for {len(kept)} of the {self.state.iteration} iterations done before "
+                    f"this resume (written by another run or edited); the chart shows what is there"
+                )
+        csv_file = open(csv_path, "a", newline="")
         writer = csv.writer(csv_file)
-        if new_csv:
-            writer.writerow(
-                [
-                    "iteration",
-                    "loss",
-                    "avg_loss",
-                    "learning_rate",
-                    "seconds",
-                    "images",
-                    "width",
-                    "height",
-                    "skipped",
-                    "map",
-                ]
-            )
+        written = self.state.iteration  # the last iteration that has its row
+
+        def write_row(entry):
+            # Durable before the checkpoint of the same iteration: a saved iteration always has its row.
+            writer.writerow(_results_row(entry))
+            csv_file.flush()
+            os.fsync(csv_file.fileno())
+
         show_bar = o.progress if o.progress is not None else (sys.stderr.isatty() and not o.quiet)
         bar = None
         if show_bar:
@@ -354,10 +497,12 @@ class Trainer:
         )
         final = None
         interrupted = False
+        recent = collections.deque(maxlen=20)  # the hours-left estimate uses the mean of the last 20 iterations
         try:
             while self.state.iteration < target:
                 entry = self.step()
-                left = (self.max_batches - entry.iteration) * entry.seconds / 3600
+                recent.append(entry.seconds)
+                left = (self.max_batches - entry.iteration) * (sum(recent) / len(recent)) / 3600
                 log(
                     f" {entry.iteration}: {entry.loss:f}, {entry.avg_loss:f} avg loss, {entry.rate:f} rate, "
                     f"{entry.seconds:f} seconds, {entry.images} images, {left:.2f} hours left"
@@ -365,7 +510,6 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{entry.avg_loss:.3f}", size=f"{entry.width}x{entry.height}")
-                self.checkpoints.after_iteration(self.net.flat_params, self.state, self.optimizer)
                 if (
                     self.valid is not None
                     and (entry.iteration % self.map_every() == 0 or entry.iteration == self.max_batches)
@@ -378,21 +522,9 @@ class Trainer:
                         f" mean average precision (mAP@0.50) = {entry.map:f}, best = {self.state.best_map:f}"
                         + (f" -> {best}" if best else "")
                     )
-                writer.writerow(
-                    [
-                        entry.iteration,
-                        f"{entry.loss:.6f}",
-                        f"{entry.avg_loss:.6f}",
-                        f"{entry.rate:.8g}",
-                        f"{entry.seconds:.4f}",
-                        entry.images,
-                        entry.width,
-                        entry.height,
-                        int(entry.skipped),
-                        "" if entry.map is None else f"{entry.map:.6f}",
-                    ]
-                )
-                csv_file.flush()
+                write_row(entry)
+                written = entry.iteration
+                self.checkpoints.after_iteration(self.net.flat_params, self.state, self.optimizer)
                 if entry.iteration % max(1, o.chart_every) == 0:
                     self.draw_chart()
         except KeyboardInterrupt:
@@ -401,6 +533,9 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            last = self.history[-1] if self.history else None
+            if last is not None and last.iteration == self.state.iteration > written:
+                write_row(last)  # interrupted between the iteration and its row: _last below saves it
             csv_file.close()
             self.loader.close()
         self.checkpoints.save_last(self.net.flat_params, self.state, self.optimizer)
@@ -412,42 +547,26 @@ class Trainer:
             raise KeyboardInterrupt
         return TrainResult(self.state.iteration, final, self.state.best_map, self.history)
 
-    def draw_chart(self):
-        """chart.png: loss and average loss per iteration, mAP points on a second axis (atomic write)."""
-        if not self.history:
-            return
-        import matplotlib
-
-        matplotlib.use("Agg")
+    def draw_chart(self) -> Optional[ChartData]:
+        """chart.png from the whole of results.csv: loss and average loss per iteration, mAP points on a second
+        axis (atomic write). Returns the data drawn (None before the first row)."""
+        data = chart_data(self.backup / "results.csv")
+        if not data.iterations:
+            return None
         import matplotlib.pyplot as plt
 
-        its = [e.iteration for e in self.history]
-        fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-        ax.plot(its, [e.loss for e in self.history], color="#9ab", linewidth=0.8, label="loss")
-        ax.plot(its, [e.avg_loss for e in self.history], color="#1f4e99", linewidth=1.5, label="avg loss")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("loss")
-        ax.set_xlim(0, self.max_batches)
-        finite = [e.avg_loss for e in self.history if math.isfinite(e.avg_loss) and e.avg_loss >= 0]
-        if finite:
-            ax.set_ylim(0, min(max(finite) * 1.2, float(self.desc.net.get("max_chart_loss", 20)) or 20))
-        ax.grid(alpha=0.3)
-        maps = [(e.iteration, e.map) for e in self.history if e.map is not None]
-        if maps:
-            ax2 = ax.twinx()
-            ax2.plot([m[0] for m in maps], [100 * m[1] for m in maps], "o-", color="#c0392b", label="mAP@0.5 %")
-            ax2.set_ylim(0, 100)
-            ax2.set_ylabel("mAP@0.5 (%)")
-        ax.set_title(f"{os.path.basename(self.cfg)}: iteration {its[-1]}, avg loss {self.history[-1].avg_loss:.3f}")
-        ax.legend(loc="upper right")
-        fig.tight_layout()
-        path = self.backup / "chart.png"
+        title = f"{os.path.basename(self.cfg)}: iteration {data.iterations[-1]}, avg loss {data.avg_loss[-1]:.3f}"
+        max_loss = float(self.desc.net.get("max_chart_loss", 20))
+        fig = chart_figure(data, title, self.max_batches, max_loss)
 
         def write(f):
             fig.savefig(f, format="png")
 
-        ckpt.atomic_write(path, write)
-        plt.close(fig)
+        try:
+            ckpt.atomic_write(self.backup / "chart.png", write)
+        finally:
+            plt.close(fig)
+        return data
 
 
 def train(cfg, data, weights=None, **options) -> TrainResult:
