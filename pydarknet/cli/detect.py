@@ -238,6 +238,8 @@ def cmd_download(args):
             src = f"{assets.ASSETS[m.asset].spec} (or {m.url})" if m.asset else m.url
             print(f"{m.name:14s} {state:7s} {src}")
             print(f"{'':14s} {'':7s} {m.description}")
+            if m.note:
+                print(f"{'':14s} {'':7s} note: {m.note} (Darknet's own: cfg/{m.darknet_cfg})")
         print(
             "\nsample photos (from the package registry): "
             + ", ".join(n for n in assets.names() if not n.endswith(".weights"))

@@ -316,14 +316,20 @@ class Evaluator:
 
     # COCO ----------------------------------------------------------------------------------------------------
     def _coco_detections(self):
+        """The detections as COCO results, clipped to the image as Darknet's COCO export (``detector valid``) and
+        :meth:`Results.to_coco` clip them, so that pycocotools scores here what it scores on ``valid``'s json
+        (Darknet's own mAP keeps the unclipped boxes, as ``detector map`` does)."""
         dets = []
         for im in self.images:
+            w, h = im["width"], im["height"]
             for b, s, c in zip(im["det_boxes"], im["det_scores"], im["det_classes"]):
+                x1, y1 = min(max(float(b[0]), 0.0), w), min(max(float(b[1]), 0.0), h)
+                x2, y2 = min(max(float(b[2]), 0.0), w), min(max(float(b[3]), 0.0), h)
                 dets.append(
                     dict(
                         image_id=im["image_id"],
                         category_id=self.category_ids[int(c)],
-                        bbox=[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                        bbox=[x1, y1, x2 - x1, y2 - y1],
                         score=float(s),
                     )
                 )
