@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import sys
 import time
 
-from pydarknet.cli.common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error, expand_sources
+from pydarknet.cli.common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error, expand_sources, weights_mismatch
 from pydarknet.errors import UsageError
 
 
@@ -43,9 +44,7 @@ def _load_model(args):
         if args.names is not None:
             names = models.read_names(args.names)
     except pydarknet.WeightsError as e:
-        raise UsageError(
-            f"{e}\nThe weights do not fit {cfg}: check that the cfg and the weights belong to the same model."
-        ) from None
+        raise UsageError(weights_mismatch(e, cfg)) from None
     except (pydarknet.DarknetError, OSError, ValueError) as e:
         raise UsageError(str(e)) from None
     if not net.yolo_layers:
@@ -60,6 +59,37 @@ def _load_model(args):
         raise UsageError(f"{src} has {len(names)} names but {cfg} has classes={classes}")
     net.names = names
     return net, label
+
+
+def _is_weights_name(path):
+    name = os.path.basename(str(path)).lower()
+    return name.endswith(".weights") or re.search(r"\.conv\.\d+$", name) is not None
+
+
+def take_darknet_order(args):
+    """Darknet's ``detect CFG WEIGHTS IMAGE...``: a leading ``.cfg`` and ``.weights`` among the sources become
+    ``--cfg``/``--weights``. A cfg or weights file anywhere else is a usage error saying what to type (rather than
+    two images that cannot be read)."""
+    src = [str(s) for s in args.sources]
+    if src and src[0].lower().endswith(".cfg"):
+        if len(src) < 2 or not _is_weights_name(src[1]):
+            raise UsageError(
+                f"{src[0]} is a cfg: give its weights right after it, as Darknet does "
+                f"(pydarknet detect {src[0]} MODEL.weights IMAGE...), or use --cfg/--weights"
+            )
+        if args.cfg is not None or args.weights is not None or args.model is not None:
+            raise UsageError(f"{src[0]} {src[1]}: give the model either positionally or with --cfg/--weights/--model")
+        if len(src) < 3:
+            raise UsageError(f"no images given after {src[0]} {src[1]}")
+        args.cfg, args.weights = src[0], src[1]
+        src = src[2:]
+    for s in src:
+        if s.lower().endswith(".cfg") or _is_weights_name(s):
+            raise UsageError(
+                f"{s} is a model file, not an image: put CFG WEIGHTS first (Darknet's order: "
+                "pydarknet detect MODEL.cfg MODEL.weights IMAGE...) or use --cfg/--weights"
+            )
+    args.sources = src
 
 
 # ----- detect ----------------------------------------------------------------------------------------------
@@ -84,6 +114,7 @@ def cmd_detect(args):
         raise UsageError(f"--nms {args.nms}: must be between 0 and 1")
     if args.batch < 1:
         raise UsageError(f"--batch {args.batch}: must be at least 1")
+    take_darknet_order(args)
     items, many = expand_sources(args.sources)
     if not items:
         raise UsageError("no images given")

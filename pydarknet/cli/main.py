@@ -89,16 +89,28 @@ def build_parser():
     dl.add_argument("--quiet", "-q", action="store_true")
     dl.set_defaults(func=detect_cmd.cmd_download)
 
+    from pydarknet.cli.classify import add_parsers as add_classify_parsers
+    from pydarknet.cli.darknet import add_parsers as add_darknet_parsers
     from pydarknet.cli.evaluate import add_parsers as add_eval_parsers
     from pydarknet.cli.train import add_parsers as add_train_parsers
 
     add_eval_parsers(sub)
     add_train_parsers(sub)
+    add_classify_parsers(sub)
+    add_darknet_parsers(sub)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from pydarknet.cli.darknet import rewrite
+
     parser = build_parser()
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    try:
+        argv = rewrite(argv)  # Darknet's command lines and flags -> pydarknet's
+    except UsageError as e:
+        error(str(e))
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
