@@ -12,6 +12,9 @@ import time
 from pydarknet.cli.common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error, expand_sources, weights_mismatch
 from pydarknet.errors import UsageError
 
+# where `detect --save-txt` writes without --save-dir (relative to the current folder, like Darknet's outputs)
+DEFAULT_RUN_DIR = os.path.join("runs", "detect")
+
 
 # ----- model -----------------------------------------------------------------------------------------------
 def _load_model(args):
@@ -124,6 +127,8 @@ def cmd_detect(args):
         raise UsageError("no images to process")
 
     save_dir = pathlib.Path(args.save_dir) if args.save_dir else None
+    # label files go to a run folder, never beside the images: Darknet looks for a dataset's own labels there
+    labels_dir = (save_dir if save_dir is not None else pathlib.Path(DEFAULT_RUN_DIR)) / "labels"
     for opt, folder in (
         ("--save-dir", save_dir),
         ("--out", args.out and os.path.dirname(os.path.abspath(args.out))),
@@ -197,10 +202,7 @@ def cmd_detect(args):
                 if save_dir is not None:
                     res.save(_unique_name(save_dir, name, used_names))
                 if args.save_txt:
-                    if save_dir is not None:
-                        txt = _unique_name(save_dir / "labels", os.path.splitext(name)[0] + ".txt", used_txt)
-                    else:
-                        txt = pathlib.Path(os.path.splitext(res.path)[0] + ".txt")
+                    txt = _unique_name(labels_dir, os.path.splitext(name)[0] + ".txt", used_txt)
                     if txt.resolve() in protected:
                         raise OSError(f"{txt}: not writing labels over an input list file (use --save-dir)")
                     res.save_txt(txt)
@@ -248,6 +250,8 @@ def cmd_detect(args):
     wrote = [w for w in (args.out, args.coco_out) if w]
     if save_dir is not None:
         wrote.append(f"annotated images in {save_dir}")
+    if args.save_txt:
+        wrote.append(f"label files in {labels_dir}")
     if wrote:
         summary += "; wrote " + ", ".join(wrote)
     if not args.quiet:

