@@ -1,5 +1,6 @@
 """The project's cfg/ files: each builds, and each describes the same network as Darknet's original file."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,11 @@ from pydarknet.core.graph import load_network_desc
 from pydarknet.core.weights import expected_bytes
 
 CFG_DIR = Path(__file__).resolve().parents[1] / "cfg"
-ORIGINALS = Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
+# Darknet's original cfg files (AlexeyAB's cfg/ folder): $PYDARKNET_DARKNET_CFG, else ../shared/darknet-cfg beside
+# the checkout; without them the comparison tests skip (README, "Tests").
+ORIGINALS = Path(
+    os.environ.get("PYDARKNET_DARKNET_CFG") or Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
+)
 CFGS = sorted(p.name for p in CFG_DIR.glob("*.cfg"))
 # cfgs that are a Darknet cfg with documented changes: name -> (Darknet's cfg, {(section, nth such section): {key:
 # value}}). yolov3-tiny-weights-mask.cfg: the mask the released yolov3-tiny.weights were trained with (models.py).
@@ -92,7 +97,7 @@ def test_partial_sizes(name, cutoff):
 def test_cfg_matches_darknet_original(name):
     original = ORIGINALS / name
     if not original.exists():
-        pytest.skip(f"Darknet's original {name} is not available beside the project")
+        pytest.skip(f"Darknet's original {name} is not in {ORIGINALS} (set PYDARKNET_DARKNET_CFG to Darknet's cfg/)")
     ours, theirs = read_cfg(CFG_DIR / name), read_cfg(original)
     assert [s.name for s in ours] == [s.name for s in theirs]
     for a, b in zip(ours, theirs):
