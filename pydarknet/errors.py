@@ -45,10 +45,14 @@ class CfgError(DarknetError, ValueError):
 class WeightsError(DarknetError, ValueError):
     """A `.weights` file that does not fit the network it is loaded into."""
 
-    def __init__(self, problem, path=None):
+    def __init__(self, problem, path=None, *, too_short=False):
         self.problem = problem
         self.path = str(path) if path is not None else None
-        super().__init__(f"{self.path or '<weights>'}: {problem}")
+        # fewer floats than the cfg needs: a truncated file or a backbone prefix; the Python API's way to load the
+        # latter is partial=True (the command line says its own equivalent, see pydarknet.cli.common)
+        self.too_short = too_short
+        hint = "; a backbone prefix such as yolov4-tiny.conv.29 loads with partial=True" if too_short else ""
+        super().__init__(f"{self.path or '<weights>'}: {problem}{hint}")
 
 
 class CudaError(DarknetError, RuntimeError):

@@ -1,5 +1,6 @@
 """The project's cfg/ files: each builds, and each describes the same network as Darknet's original file."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,21 @@ from pydarknet.core.graph import load_network_desc
 from pydarknet.core.weights import expected_bytes
 
 CFG_DIR = Path(__file__).resolve().parents[1] / "cfg"
-ORIGINALS = Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
+# Darknet's original cfg files (AlexeyAB's cfg/ folder): $PYDARKNET_DARKNET_CFG, else ../shared/darknet-cfg beside
+# the checkout; without them the comparison tests skip (README, "Tests").
+ORIGINALS = Path(
+    os.environ.get("PYDARKNET_DARKNET_CFG") or Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
+)
 CFGS = sorted(p.name for p in CFG_DIR.glob("*.cfg"))
+# cfgs that are a Darknet cfg with documented changes: name -> (Darknet's cfg, {(section, nth such section): {key:
+# value}}). yolov3-tiny-weights-mask.cfg: the mask the released yolov3-tiny.weights were trained with (models.py).
+DERIVED = {"yolov3-tiny-weights-mask.cfg": ("yolov3-tiny.cfg", {("yolo", 1): {"mask": "1,2,3"}})}
 
 # Darknet's parameter counts of the released files (darknet-reference.md 1.4): header + 4 bytes per float.
 WEIGHTS_BYTES = {
     "yolov3.cfg": 248_007_048,
     "yolov3-tiny.cfg": 35_434_956,
+    "yolov3-tiny-weights-mask.cfg": 35_434_956,
     "yolov3-spp.cfg": 252_209_544,
     "yolov4.cfg": 257_717_640,
     "yolov4-tiny.cfg": 24_251_276,
@@ -84,15 +93,29 @@ def test_partial_sizes(name, cutoff):
     assert expected_bytes(load_network_desc(CFG_DIR / name), cutoff) == PARTIAL_BYTES[(name, cutoff)]
 
 
-@pytest.mark.parametrize("name", CFGS)
+@pytest.mark.parametrize("name", [n for n in CFGS if n not in DERIVED])
 def test_cfg_matches_darknet_original(name):
     original = ORIGINALS / name
     if not original.exists():
-        pytest.skip(f"Darknet's original {name} is not available beside the project")
+        pytest.skip(f"Darknet's original {name} is not in {ORIGINALS} (set PYDARKNET_DARKNET_CFG to Darknet's cfg/)")
     ours, theirs = read_cfg(CFG_DIR / name), read_cfg(original)
     assert [s.name for s in ours] == [s.name for s in theirs]
     for a, b in zip(ours, theirs):
         assert {k: v for k, (v, _) in a.items.items()} == {k: v for k, (v, _) in b.items.items()}, a.name
+
+
+@pytest.mark.parametrize("name", sorted(DERIVED))
+def test_derived_cfg_differs_from_darknets_only_as_documented(name):
+    base, changes = DERIVED[name]
+    ours, theirs = read_cfg(CFG_DIR / name), read_cfg(CFG_DIR / base)
+    assert [s.name for s in ours] == [s.name for s in theirs]
+    seen = {}
+    for a, b in zip(ours, theirs):
+        nth = seen[a.name] = seen.get(a.name, -1) + 1
+        expected = {k: v for k, (v, _) in b.items.items()}
+        expected.update(changes.get((a.name, nth), {}))
+        assert {k: v for k, (v, _) in a.items.items()} == expected, (a.name, nth)
+    assert expected_bytes(load_network_desc(CFG_DIR / name)) == expected_bytes(load_network_desc(CFG_DIR / base))
 
 
 def test_cfg_dir_is_installed_with_the_package():

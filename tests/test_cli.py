@@ -102,13 +102,20 @@ def test_list_file_with_missing_entry(images, tmp_path, capsys):
     assert re.search(r"^person: \d+%$", out, re.M)
 
 
-def test_save_txt_never_overwrites_a_list_file(tmp_path, capsys):
+def test_save_txt_never_overwrites_a_list_file(tmp_path, capsys, monkeypatch):
     shutil.copy(assets.fetch("zidane.jpg"), tmp_path / "batch.jpg")
     lst = tmp_path / "batch.txt"
     lst.write_text("batch.jpg\n")
+    monkeypatch.chdir(tmp_path)
     code, out, err = run(capsys, "detect", lst, "--save-txt")
+    assert code == 0 and "label files in runs/detect/labels" in err
+    assert lst.read_text() == "batch.jpg\n" and (tmp_path / "runs" / "detect" / "labels" / "batch.txt").is_file()
+    # a list file where the labels would go is still never overwritten
+    trap = tmp_path / "runs" / "detect" / "labels" / "batch.txt"
+    trap.write_text("batch.jpg\n")
+    code, out, err = run(capsys, "detect", trap, "--save-txt")
     assert code == 1 and "not writing labels over an input list file" in err
-    assert lst.read_text() == "batch.jpg\n"
+    assert trap.read_text() == "batch.jpg\n"
     code, out, err = run(capsys, "detect", lst, "--save-txt", "--save-dir", tmp_path / "out")
     assert code == 0 and (tmp_path / "out" / "labels" / "batch.txt").is_file()
 
@@ -155,13 +162,31 @@ def test_cfg_weights_and_names_options(images, tmp_path, capsys):
     assert code == 2 and "--thresh" in err
 
 
-def test_model_option_and_save_txt_next_to_image(images, tmp_path, capsys):
-    img = tmp_path / "coffee.png"
+def test_model_option_and_save_txt_never_in_the_dataset(images, tmp_path, capsys, monkeypatch):
+    dataset = tmp_path / "dataset" / "images"
+    dataset.mkdir(parents=True)
+    img = dataset / "coffee.png"
     shutil.copy(assets.fetch("coffee.png"), img)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
     code, out, err = run(capsys, "detect", img, "--model", "yolov3-tiny", "--letterbox", "--save-txt")
     assert code == 0, err
     assert "cup" in out
-    assert (tmp_path / "coffee.txt").is_file()  # like Darknet's -save_labels
+    # not beside the image (Darknet's -save_labels place, where a dataset's own labels live): a run folder
+    assert sorted(p.name for p in dataset.iterdir()) == ["coffee.png"]
+    assert (work / "runs" / "detect" / "labels" / "coffee.txt").read_text().startswith("41 ")  # cup
+
+
+def test_help_texts_show_single_percent_signs(capsys):
+    from pydarknet.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert "%%" not in text, name
+    assert "`name: 97%`" in sub.choices["detect"].format_help()
 
 
 def test_usage_errors(capsys):
@@ -258,3 +283,15 @@ def test_models_load():
     assert len(net.names) == 80 and net.names[0] == "person"
     r = net.detect(assets.fetch("chelsea.png"), letterbox=True)
     assert r.labels[0] == "cat"
+
+
+def test_default_outputs_are_git_ignored():
+    # files the commands write by default into the folder they run in must not show up as changes of the checkout
+    root = pathlib.Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    from pydarknet.cli.detect import DEFAULT_RUN_DIR
+
+    paths = [f"{DEFAULT_RUN_DIR}/labels/a.txt", "anchors.txt", "counters_per_class.txt", "results/coco_results.json"]
+    proc = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=root, capture_output=True, text=True)
+    assert sorted(proc.stdout.split()) == sorted(paths), proc.stderr

@@ -357,3 +357,48 @@ def test_difficult_box_rules():
     assert m["at_thresh"]["fn"] == 0
     with pytest.raises(ValueError, match="difficult ground-truth class 5"):
         ev.add([a], [0], difficult_boxes=[b], difficult_classes=[5])
+
+
+def test_coco_metrics_score_boxes_clipped_like_the_valid_json(tmp_path):
+    # A detection reaching past the image's top-left corner: Darknet's COCO export (detector valid, Results.to_coco)
+    # clips it to the image, so map's pycocotools numbers must score the clipped box too, the same as pycocotools
+    # run directly on valid's json. Unclipped the IoU with the ground truth is 0.44 (no match at 0.5), clipped it is 1.
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from pydarknet.inference.results import Results
+
+    res = Results([[0.125, 0.125, 0.75, 0.75]], [0.9], [0], names=["thing"], image_size=(100, 100))
+    assert res.xyxy.tolist() == [[-25.0, -25.0, 50.0, 50.0]]
+    ev = Evaluator(1, ["thing"])
+    ev.add([[0, 0, 50, 50]], [0], detections=res, image_id=1)
+    metrics = ev.compute()
+    gt, _ = ev.coco_datasets()
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "valid.json").write_text(json.dumps(res.to_coco(image_id=1, category_ids=[1])))
+    with contextlib.redirect_stdout(io.StringIO()):
+        cg = COCO(str(tmp_path / "gt.json"))
+        e = COCOeval(cg, cg.loadRes(str(tmp_path / "valid.json")), "bbox")
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+    assert metrics["coco"]["AP"] == pytest.approx(float(e.stats[0])) == pytest.approx(1.0)
+    assert metrics["map"] == 0.0  # Darknet's mAP keeps the unclipped box, as detector map does: IoU 0.44 < 0.5
+
+
+def test_report_says_which_threshold_each_count_uses():
+    gt = ([[0, 0, 50, 50], [100, 100, 150, 150]], [0, 0])
+    dets = ([[0, 0, 50, 50], [100, 100, 150, 150], [60, 60, 90, 90]], [0.9, 0.1, 0.05], [0, 0, 0])
+    metrics = evaluate([gt], [dets], 1, ["thing"], sizes=[(200, 200)], coco=False, thresh=0.25)
+    report = format_report(metrics).splitlines()
+    # per class: every detection given (3: TP 2, FP 1); the precision/recall line: only the one above 0.25
+    assert report[0] == "per class: AP, TP and FP over every detection given, matched at IoU 0.50"
+    assert report[2].split()[3:] == ["2", "1", "2"]
+    assert (
+        report[3].startswith("for conf_thresh = 0.25 (--thresh; IoU 0.50): ") and "TP = 1, FP = 0, FN = 1" in report[3]
+    )
+    metrics["settings"] = dict(conf_thresh=0.005, nms=0.45)
+    assert format_report(metrics).splitlines()[0] == (
+        "per class: AP, TP and FP over every detection with confidence >= 0.005 (--conf), after NMS 0.45, "
+        "matched at IoU 0.50"
+    )

@@ -234,3 +234,49 @@ def test_save_annotated(bus, tmp_path, name):
         drawn = np.asarray(im.convert("RGB")).astype(int)
     x1, y1, x2, y2 = r.clip().xyxy[0].astype(int)
     assert np.abs(drawn[y1:y2, x1:x2] - bus[y1:y2, x1:x2]).max() > 100
+
+
+def _crowded_small(size=(160, 120)):
+    """Five boxes side by side on a small image, their tops on one line (people in a row): labels placed above
+    each top-left corner, at a font fit for a photo, would run into each other."""
+    W, H = size
+    xs = [0.12, 0.30, 0.48, 0.66, 0.84]
+    boxes = np.array([[x, 0.55, 0.16, 0.5] for x in xs], np.float32)
+    probs = np.zeros((5, 80), np.float32)
+    for k, c in enumerate([0, 0, 56, 0, 2]):  # person, person, chair, person, car
+        probs[k, c] = 0.9 - 0.1 * k
+    return Results.from_darknet(boxes, probs.max(1), probs, names=NAMES, image_size=(W, H))
+
+
+def test_plot_style_scales_with_the_image():
+    from pydarknet.inference.results import plot_style
+
+    assert plot_style(1280, 720) == (3, 22)
+    assert plot_style(416, 416) == (1, 9)
+    assert plot_style(128, 128) == (1, 8)  # a thumbnail: thin lines, a small font
+    assert plot_style(128, 128, line_width=4, font_size=20) == (4, 20)
+
+
+def test_labels_of_a_small_crowded_image_do_not_cover_each_other():
+    from PIL import Image, ImageDraw
+
+    from pydarknet.inference.results import _font, plot_style
+
+    r = _crowded_small()
+    W, H = r.image_size
+    lw, fs = plot_style(W, H)
+    font = _font(fs)
+    draw = ImageDraw.Draw(Image.new("RGB", (W, H)))
+    layout = r.label_layout(lambda t: draw.textbbox((0, 0), t, font=font), lw, fs)
+    assert [lab["text"].split()[0] for lab in layout] == ["person", "person", "chair", "person", "car"]
+    rects = [lab["rect"] for lab in layout]
+    for k, (x, y, w, h) in enumerate(rects):
+        assert 0 <= x and x + w <= W and 0 <= y and y + h <= H, layout[k]
+        for x2, y2, w2, h2 in rects[k + 1 :]:
+            assert x + w <= x2 or x2 + w2 <= x or y + h <= y2 or y2 + h2 <= y, (rects[k], (x2, y2, w2, h2))
+    # the drawing follows the layout: every label keeps its own colour where it is drawn
+    im = np.asarray(r.plot(image=np.full((H, W, 3), 127, np.uint8)))
+    for lab in layout:
+        x, y, w, h = lab["rect"]
+        patch = im[y : y + h, x : x + w].reshape(-1, 3)
+        assert (patch == class_color(lab["class_id"])).all(axis=1).mean() > 0.3, lab

@@ -86,3 +86,16 @@ def expand_sources(sources):
         else:
             items.append((str(p), f"{p}: no such file or folder"))
     return items, many
+
+
+def weights_mismatch(e, cfg) -> str:
+    """The command line's message for weights that do not fit ``cfg`` (a :class:`pydarknet.WeightsError`): the
+    Python API's ``partial=True`` advice becomes what to type instead."""
+    text = f"{e.path or '<weights>'}: {e.problem}"
+    if getattr(e, "too_short", False):
+        text += (
+            f"\nA backbone prefix such as yolov4-tiny.conv.29 (made by `pydarknet partial`) is where a training run "
+            f"starts, not a model to run: `pydarknet train {cfg} DATA {e.path}` loads it as one. "
+            "detect, map and valid need the whole weights file."
+        )
+    return text + f"\nThe weights do not fit {cfg}: check that the cfg and the weights belong to the same model."

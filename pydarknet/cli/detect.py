@@ -5,11 +5,23 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import sys
 import time
 
-from pydarknet.cli.common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, ensure_writable_folder, error, expand_sources
+from pydarknet.cli.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    ensure_writable_folder,
+    error,
+    expand_sources,
+    weights_mismatch,
+)
 from pydarknet.errors import UsageError
+
+# where `detect --save-txt` writes without --save-dir (relative to the current folder, like Darknet's outputs)
+DEFAULT_RUN_DIR = os.path.join("runs", "detect")
 
 
 # ----- model -----------------------------------------------------------------------------------------------
@@ -43,9 +55,7 @@ def _load_model(args):
         if args.names is not None:
             names = models.read_names(args.names)
     except pydarknet.WeightsError as e:
-        raise UsageError(
-            f"{e}\nThe weights do not fit {cfg}: check that the cfg and the weights belong to the same model."
-        ) from None
+        raise UsageError(weights_mismatch(e, cfg)) from None
     except (pydarknet.DarknetError, OSError, ValueError) as e:
         raise UsageError(str(e)) from None
     if not net.yolo_layers:
@@ -60,6 +70,37 @@ def _load_model(args):
         raise UsageError(f"{src} has {len(names)} names but {cfg} has classes={classes}")
     net.names = names
     return net, label
+
+
+def _is_weights_name(path):
+    name = os.path.basename(str(path)).lower()
+    return name.endswith(".weights") or re.search(r"\.conv\.\d+$", name) is not None
+
+
+def take_darknet_order(args):
+    """Darknet's ``detect CFG WEIGHTS IMAGE...``: a leading ``.cfg`` and ``.weights`` among the sources become
+    ``--cfg``/``--weights``. A cfg or weights file anywhere else is a usage error saying what to type (rather than
+    two images that cannot be read)."""
+    src = [str(s) for s in args.sources]
+    if src and src[0].lower().endswith(".cfg"):
+        if len(src) < 2 or not _is_weights_name(src[1]):
+            raise UsageError(
+                f"{src[0]} is a cfg: give its weights right after it, as Darknet does "
+                f"(pydarknet detect {src[0]} MODEL.weights IMAGE...), or use --cfg/--weights"
+            )
+        if args.cfg is not None or args.weights is not None or args.model is not None:
+            raise UsageError(f"{src[0]} {src[1]}: give the model either positionally or with --cfg/--weights/--model")
+        if len(src) < 3:
+            raise UsageError(f"no images given after {src[0]} {src[1]}")
+        args.cfg, args.weights = src[0], src[1]
+        src = src[2:]
+    for s in src:
+        if s.lower().endswith(".cfg") or _is_weights_name(s):
+            raise UsageError(
+                f"{s} is a model file, not an image: put CFG WEIGHTS first (Darknet's order: "
+                "pydarknet detect MODEL.cfg MODEL.weights IMAGE...) or use --cfg/--weights"
+            )
+    args.sources = src
 
 
 # ----- detect ----------------------------------------------------------------------------------------------
@@ -84,6 +125,7 @@ def cmd_detect(args):
         raise UsageError(f"--nms {args.nms}: must be between 0 and 1")
     if args.batch < 1:
         raise UsageError(f"--batch {args.batch}: must be at least 1")
+    take_darknet_order(args)
     items, many = expand_sources(args.sources)
     if not items:
         raise UsageError("no images given")
@@ -93,6 +135,8 @@ def cmd_detect(args):
         raise UsageError("no images to process")
 
     save_dir = pathlib.Path(args.save_dir) if args.save_dir else None
+    # label files go to a run folder, never beside the images: Darknet looks for a dataset's own labels there
+    labels_dir = (save_dir if save_dir is not None else pathlib.Path(DEFAULT_RUN_DIR)) / "labels"
     for opt, folder in (
         ("--save-dir", save_dir),
         ("--out", args.out and os.path.dirname(os.path.abspath(args.out))),
@@ -160,10 +204,7 @@ def cmd_detect(args):
                 if save_dir is not None:
                     res.save(_unique_name(save_dir, name, used_names))
                 if args.save_txt:
-                    if save_dir is not None:
-                        txt = _unique_name(save_dir / "labels", os.path.splitext(name)[0] + ".txt", used_txt)
-                    else:
-                        txt = pathlib.Path(os.path.splitext(res.path)[0] + ".txt")
+                    txt = _unique_name(labels_dir, os.path.splitext(name)[0] + ".txt", used_txt)
                     if txt.resolve() in protected:
                         raise OSError(f"{txt}: not writing labels over an input list file (use --save-dir)")
                     res.save_txt(txt)
@@ -211,6 +252,8 @@ def cmd_detect(args):
     wrote = [w for w in (args.out, args.coco_out) if w]
     if save_dir is not None:
         wrote.append(f"annotated images in {save_dir}")
+    if args.save_txt:
+        wrote.append(f"label files in {labels_dir}")
     if wrote:
         summary += "; wrote " + ", ".join(wrote)
     if not args.quiet:
@@ -232,6 +275,8 @@ def cmd_download(args):
             src = f"{assets.ASSETS[m.asset].spec} (or {m.url})" if m.asset else m.url
             print(f"{m.name:14s} {state:7s} {src}")
             print(f"{'':14s} {'':7s} {m.description}")
+            if m.note:
+                print(f"{'':14s} {'':7s} note: {m.note} (Darknet's own: cfg/{m.darknet_cfg})")
         print(
             "\nsample photos (from the package registry): "
             + ", ".join(n for n in assets.names() if not n.endswith(".weights"))

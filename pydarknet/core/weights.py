@@ -61,11 +61,12 @@ def load_into(desc, params, path, partial=False):
             f"the file is {len(data):,} bytes but {desc.path} needs exactly {expected:,} bytes "
             f"({hsize}-byte header + {(expected - hsize) // 4:,} floats); "
             + (
-                "it is too short (truncated, or a partial backbone file: pass partial=True)"
+                "it is too short (truncated, or a partial backbone file)"
                 if len(data) < expected
                 else "it is too long (a weights file for a different cfg?)"
             ),
             path,
+            too_short=len(data) < expected,
         )
     if partial and len(data) > expected:
         raise WeightsError(

@@ -21,6 +21,7 @@ __all__ = [
     "letterbox_size",
     "letterbox_image",
     "preprocess",
+    "resize_min_crop",
     "TO_FLOAT",
 ]
 
@@ -198,3 +199,23 @@ def preprocess(rgb, net_w, net_h, letterbox=False):
     if letterbox:
         return letterbox_image(planar, net_w, net_h)
     return resize_image(planar, net_w, net_h)
+
+
+def resize_min_crop(im, net_w, net_h):
+    """What Darknet's ``classifier predict`` feeds a classifier (AlexeyAB classifier.c): ``resize_min(im, net_w)``
+    (the shorter side scaled to ``net_w``, the other by integer arithmetic, bilinear) then ``crop_image`` of
+    ``net_w`` x ``net_h`` at the centre, where pixels outside the resized image repeat its nearest edge pixel."""
+    c, H, W = im.shape
+    if W < H:
+        w, h = net_w, (H * net_w) // W
+    else:
+        w, h = (W * net_w) // H, net_w
+    resized = resize_image(im, w, h) if (w, h) != (W, H) else im
+    dx, dy = (w - net_w) // 2, (h - net_h) // 2  # C's integer division truncates towards zero
+    if w - net_w < 0:
+        dx = -((net_w - w) // 2)
+    if h - net_h < 0:
+        dy = -((net_h - h) // 2)
+    rows = np.clip(np.arange(net_h) + dy, 0, h - 1)
+    cols = np.clip(np.arange(net_w) + dx, 0, w - 1)
+    return np.ascontiguousarray(resized[:, rows][:, :, cols])

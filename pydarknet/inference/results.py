@@ -37,6 +37,7 @@ __all__ = [
     "write_darknet_json",
     "write_coco_json",
     "coco_image_id",
+    "plot_style",
 ]
 
 
@@ -365,40 +366,96 @@ class Results:
                 f"the image is {im.size[0]}x{im.size[1]} but the detections are for {self.width}x{self.height}"
             )
         W, H = im.size
-        lw = line_width or max(2, int(round((W + H) / 2 * 0.003)))
-        fs = font_size or max(12, int(round((W + H) / 2 * 0.022)))
+        lw, fs = plot_style(W, H, line_width, font_size)
         font = _font(fs)
         draw = ImageDraw.Draw(im)
-        groups = {}
-        for i in range(len(self)):
-            groups.setdefault(int(self.box_index[i]), []).append(i)
+        groups = self._box_groups()
         xyxy = self.xyxy.astype(np.float64)
         # least confident first so the most confident box ends up on top (as Darknet draws)
         for k in sorted(groups, key=lambda k: float(self.conf[groups[k][0]])):
-            rows = groups[k]
-            best = rows[0]
-            color = class_color(int(self.class_id[best]))
+            best = groups[k][0]
             x1, y1, x2, y2 = xyxy[best]
             x1, x2 = min(max(x1, 0), W - 1), min(max(x2, 0), W - 1)
             y1, y2 = min(max(y1, 0), H - 1), min(max(y2, 0), H - 1)
-            draw.rectangle([x1, y1, x2, y2], outline=color, width=lw)
-            if not labels:
-                continue
+            draw.rectangle([x1, y1, x2, y2], outline=class_color(int(self.class_id[best])), width=lw)
+        if not labels:
+            return im
+        # labels after every box, so that no outline crosses one
+        for label in reversed(self.label_layout(lambda t: draw.textbbox((0, 0), t, font=font), lw, fs, conf)):
+            color = class_color(label["class_id"])
+            lx, ly, bw, bh = label["rect"]
+            draw.rectangle([lx, ly, lx + bw - 1, ly + bh - 1], fill=color)
+            lum = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+            tb, pad = label["text_bbox"], label["pad"]
+            draw.text(
+                (lx + pad - tb[0], ly + pad - tb[1]),
+                label["text"],
+                fill=(0, 0, 0) if lum > 140 else (255, 255, 255),
+                font=font,
+            )
+        return im
+
+    def _box_groups(self):
+        """{box index: its rows, most confident first}."""
+        groups = {}
+        for i in range(len(self)):
+            groups.setdefault(int(self.box_index[i]), []).append(i)
+        return groups
+
+    def label_layout(self, text_bbox, line_width, font_size, conf=True):
+        """Where :meth:`plot` puts each box's label: a list, most confident box first, of dicts with ``text``,
+        ``class_id``, ``rect`` = (left, top, width, height) in pixels, ``text_bbox`` and ``pad``.
+
+        ``text_bbox(text)`` gives the text's (left, top, right, bottom) in the font used. The most confident box
+        chooses first among: above its top-left corner, inside it, below its bottom edge, then the same on the
+        right; the first spot that fits in the image and covers no label already placed wins (else the one
+        covering least), so that on small or crowded images labels do not hide each other."""
+        W, H = self.width, self.height
+        xyxy = self.xyxy.astype(np.float64)
+        groups = self._box_groups()
+        placed, out = [], []
+        for k in sorted(groups, key=lambda k: -float(self.conf[groups[k][0]])):
+            rows = groups[k]
+            best = rows[0]
             text = ", ".join(
                 f"{self.names[self.class_id[i]]}" + (f" {float(self.conf[i]):.2f}" if conf else "") for i in rows
             )
-            tb = draw.textbbox((0, 0), text, font=font)
-            tw, th = tb[2] - tb[0], tb[3] - tb[1]
-            pad = max(2, fs // 6)
-            bw, bh = tw + 2 * pad, th + 2 * pad
-            lx = min(max(x1, 0), max(W - bw, 0))
-            ly = y1 - bh if y1 - bh >= 0 else min(y1 + lw, max(H - bh, 0))
-            draw.rectangle([lx, ly, lx + bw, ly + bh], fill=color)
-            lum = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-            draw.text(
-                (lx + pad - tb[0], ly + pad - tb[1]), text, fill=(0, 0, 0) if lum > 140 else (255, 255, 255), font=font
+            tb = text_bbox(text)
+            pad = max(1, font_size // 6)
+            bw, bh = int(tb[2] - tb[0]) + 2 * pad, int(tb[3] - tb[1]) + 2 * pad
+            x1, y1, x2, y2 = (int(round(v)) for v in xyxy[best])
+            x1, x2 = min(max(x1, 0), W - 1), min(max(x2, 0), W - 1)
+            y1, y2 = min(max(y1, 0), H - 1), min(max(y2, 0), H - 1)
+            lw = line_width
+            candidates = [
+                (x1, y1 - bh),  # above the top-left corner (Darknet's place)
+                (x1 + lw, y1 + lw),  # inside, top-left
+                (x1, y2 + 1),  # below the box
+                (x1 + lw, y2 - lw - bh + 1),  # inside, bottom-left
+                (x2 - bw + 1, y1 - bh),  # above the top-right corner
+                (x2 - lw - bw + 1, y1 + lw),  # inside, top-right
+            ]
+            choice, least = None, None
+            for cx, cy in candidates:
+                cx, cy = min(max(cx, 0), max(W - bw, 0)), min(max(cy, 0), max(H - bh, 0))
+                overlap = sum(_overlap((cx, cy, bw, bh), r) for r in placed)
+                if overlap == 0:
+                    choice = (cx, cy)
+                    break
+                if least is None or overlap < least[0]:
+                    least = (overlap, (cx, cy))
+            lx, ly = choice if choice is not None else least[1]
+            placed.append((lx, ly, bw, bh))
+            out.append(
+                dict(
+                    text=text,
+                    class_id=int(self.class_id[best]),
+                    rect=(lx, ly, bw, bh),
+                    text_bbox=tuple(tb),
+                    pad=pad,
+                )
             )
-        return im
+        return out
 
     def save(self, path, **plot_options):
         """Write :meth:`plot` to ``path`` (format from the extension; JPEG quality 95); returns the path."""
@@ -413,6 +470,23 @@ class Results:
         else:
             im.save(path, format="PNG")
         return path
+
+
+def plot_style(width, height, line_width=None, font_size=None):
+    """``(box line width, label font size)`` in pixels for an image of this size: 0.3 % and 2.2 % of its mean
+    side, at least 1 and 8 pixels (a 1280x720 photo: 3 and 22; a 416x416 image: 1 and 9; a 128x128 one: 1 and 8),
+    so that the labels of a small image stay small beside its boxes. Given values are used as they are."""
+    side = (int(width) + int(height)) / 2
+    lw = int(line_width) if line_width else max(1, int(round(side * 0.003)))
+    fs = int(font_size) if font_size else max(8, int(round(side * 0.022)))
+    return lw, fs
+
+
+def _overlap(a, b):
+    """Overlapping area of two (left, top, width, height) rectangles."""
+    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return max(w, 0) * max(h, 0)
 
 
 _FONTS = {}
