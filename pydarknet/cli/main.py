@@ -89,11 +89,13 @@ def build_parser():
     dl.add_argument("--quiet", "-q", action="store_true")
     dl.set_defaults(func=detect_cmd.cmd_download)
 
+    from pydarknet.cli.convert import add_parsers as add_convert_parsers
     from pydarknet.cli.evaluate import add_parsers as add_eval_parsers
     from pydarknet.cli.train import add_parsers as add_train_parsers
 
     add_eval_parsers(sub)
     add_train_parsers(sub)
+    add_convert_parsers(sub)
     return parser
 
 

@@ -69,15 +69,6 @@ def _first_tensor(plan, start) -> Optional[str]:
 
 
 def _check_structure(plan: List[sy.DLayer], desc, cfg_path):
-    if len(plan) != len(desc.layers):
-        shorter = min(len(plan), len(desc.layers))
-        layer = desc.layers[min(shorter, len(desc.layers) - 1)]
-        raise _mismatch(
-            cfg_path,
-            layer,
-            f"the checkpoint's model has {len(plan)} Darknet layers but the cfg has {len(desc.layers)}",
-            _first_tensor(plan, shorter) if shorter < len(plan) else None,
-        )
     for i, (dl, layer) in enumerate(zip(plan, desc.layers)):
         tensor = _first_tensor(plan, i)
         if dl.section != layer.type:
@@ -108,7 +99,22 @@ def _check_structure(plan: List[sy.DLayer], desc, cfg_path):
             have = {"classes": o["classes"], "mask": list(o["mask"])}
         for key in want:
             if want[key] != have[key]:
-                raise _mismatch(cfg_path, layer, f"{key} is {have[key]} in the cfg but the checkpoint needs {want[key]}", tensor)
+                raise _mismatch(
+                    cfg_path, layer, f"{key} is {have[key]} in the cfg but the checkpoint needs {want[key]}", tensor
+                )
+    if len(plan) > len(desc.layers):
+        raise _mismatch(
+            cfg_path,
+            desc.layers[-1],
+            f"the cfg ends after {len(desc.layers)} layers; the checkpoint's network has {len(plan)}",
+            _first_tensor(plan, len(desc.layers)),
+        )
+    if len(plan) < len(desc.layers):
+        raise _mismatch(
+            cfg_path,
+            desc.layers[len(plan)],
+            f"the checkpoint's network ends after {len(plan)} layers; the cfg has {len(desc.layers)}",
+        )
 
 
 def _yaml_plan(tensors, model: Optional[Module], where) -> Tuple[List[sy.DLayer], str, dict]:
@@ -149,8 +155,11 @@ def _cfg_plan(desc) -> List[sy.DLayer]:
             dl.options = {k: o[k] for k in ("filters", "size", "batch_normalize", "activation")}
             dl.options["stride"] = o["stride_x"]
             bn = o["batch_normalize"]
-            dl.source = sy.Source(weight=f"{p}.Conv2d.weight", bn=f"{p}.BatchNorm2d" if bn else None,
-                                  bias=None if bn else f"{p}.Conv2d.bias")  # fmt: skip
+            dl.source = sy.Source(
+                weight=f"{p}.Conv2d.weight",
+                bn=f"{p}.BatchNorm2d" if bn else None,
+                bias=None if bn else f"{p}.Conv2d.bias",
+            )
         elif layer.type == "batchnorm":
             dl.source = sy.Source(bn=p)
         elif layer.type in ("route", "shortcut"):
@@ -164,8 +173,11 @@ def _cfg_plan(desc) -> List[sy.DLayer]:
         elif layer.type == "yolo":
             dl.options = {"classes": o["classes"], "mask": ",".join(map(str, o["mask"]))}
         elif layer.tensors:
-            raise CfgError(f"layer {layer.index} [{layer.type}] has parameters the csp-branch converter cannot fill",
-                           desc.path, layer.line)  # fmt: skip
+            raise CfgError(
+                f"layer {layer.index} [{layer.type}] has parameters the csp-branch converter cannot fill",
+                desc.path,
+                layer.line,
+            )
         plan.append(dl)
     return plan
 
@@ -230,8 +242,9 @@ def _fill(plan, desc, tensors, eps_of, default_eps, cfg_path) -> Tuple[np.ndarra
             views["biases"][...] = _get(tensors, src.bias, (n,), layer, cfg_path, used)
         if src.bn is not None:
             if "scales" not in views:
-                raise _mismatch(cfg_path, layer, "the checkpoint has a batch-norm here; set batch_normalize=1",
-                                f"{src.bn}.weight")  # fmt: skip
+                raise _mismatch(
+                    cfg_path, layer, "the checkpoint has a batch-norm here; set batch_normalize=1", f"{src.bn}.weight"
+                )
             lo, hi = src.bn_range or (0, n)
             full = tensors.get(f"{src.bn}.weight")
             total = full.shape[0] if full is not None else hi
@@ -269,8 +282,9 @@ def convert_arrays(tensors: Dict[str, np.ndarray], eps_of: Dict[str, float], mod
     params, eps_used, used = _fill(plan, desc, tensors, eps_of, default_eps, cfg_path)
     unused = [k for k in tensors if k not in used and not k.endswith(_IGNORED)]
     if unused:
-        raise WeightsError(f"checkpoint tensor {unused[0]} (and {len(unused) - 1} more) has no place in {cfg_path}",
-                           where or None)  # fmt: skip
+        raise WeightsError(
+            f"checkpoint tensor {unused[0]} (and {len(unused) - 1} more) has no place in {cfg_path}", where or None
+        )
     return desc, params, {"family": family, "model": name, "tensors": len(used), "eps": eps_used}
 
 
@@ -289,5 +303,6 @@ def convert(checkpoint, cfg, out, *, bn_eps: Optional[float] = None) -> Conversi
     except ModelError as e:
         raise WeightsError(str(e), checkpoint) from None
     weights_io.save_from(desc, params, out, seen=0)
-    return ConversionReport(str(checkpoint), str(cfg), str(out), layers=len(desc.layers), params=desc.param_count,
-                            **fields)  # fmt: skip
+    return ConversionReport(
+        str(checkpoint), str(cfg), str(out), layers=len(desc.layers), params=desc.param_count, **fields
+    )

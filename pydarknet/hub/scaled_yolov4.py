@@ -412,8 +412,12 @@ def layout(spec: dict) -> List[DLayer]:
             b.route(*[out[r] for r in node.inputs], comment=f"{p} Concat")
         elif node.module == "BottleneckCSP":
             c_ = c2 // 2
-            bypass = b.conv(c_, 1, Source(weight=f"{p}.cv2.weight", bn=f"{p}.bn", bn_range=(c_, 2 * c_)),
-                            comment=f"{p} BottleneckCSP: cv2 + bn[{c_}:]")  # fmt: skip
+            bypass = b.conv(
+                c_,
+                1,
+                Source(weight=f"{p}.cv2.weight", bn=f"{p}.bn", bn_range=(c_, 2 * c_)),
+                comment=f"{p} BottleneckCSP: cv2 + bn[{c_}:]",
+            )
             b.route(x)
             b.conv(c_, 1, _conv_src(f"{p}.cv1"))
             for j in range(node.n):
@@ -427,8 +431,9 @@ def layout(spec: dict) -> List[DLayer]:
         elif node.module == "BottleneckCSP2":
             c_ = c2
             x1 = b.conv(c_, 1, _conv_src(f"{p}.cv1"), comment=f"{p} BottleneckCSP2: cv1")
-            bypass = b.conv(c_, 1, Source(weight=f"{p}.cv2.weight", bn=f"{p}.bn", bn_range=(c_, 2 * c_)),
-                            comment=f"cv2 + bn[{c_}:]")  # fmt: skip
+            bypass = b.conv(
+                c_, 1, Source(weight=f"{p}.cv2.weight", bn=f"{p}.bn", bn_range=(c_, 2 * c_)), comment=f"cv2 + bn[{c_}:]"
+            )
             b.route(x1)
             for j in range(node.n):
                 b.conv(c_, 1, _conv_src(f"{p}.m.{j}.cv1"))
@@ -438,8 +443,12 @@ def layout(spec: dict) -> List[DLayer]:
             b.conv(c2, 1, _conv_src(f"{p}.cv3"))
         elif node.module == "SPPCSP":
             c_ = c2
-            bypass = b.conv(c_, 1, Source(weight=f"{p}.cv2.weight", bn=f"{p}.bn", bn_range=(c_, 2 * c_)),
-                            comment=f"{p} SPPCSP: cv2 + bn[{c_}:]")  # fmt: skip
+            bypass = b.conv(
+                c_,
+                1,
+                Source(weight=f"{p}.cv2.weight", bn=f"{p}.bn", bn_range=(c_, 2 * c_)),
+                comment=f"{p} SPPCSP: cv2 + bn[{c_}:]",
+            )
             b.route(x)
             b.conv(c_, 1, _conv_src(f"{p}.cv1"))
             b.conv(c_, 3, _conv_src(f"{p}.cv3"))
@@ -449,8 +458,12 @@ def layout(spec: dict) -> List[DLayer]:
                 b.read(x1)
                 pools.append(b.add("maxpool", size=k, stride=1))
             b.route(pools[2], pools[1], pools[0], x1, comment="mp13, mp9, mp5, x1 (Darknet's order)")
-            b.conv(c_, 1, Source(weight=f"{p}.cv5.conv.weight", bn=f"{p}.cv5.bn", in_blocks=[3, 2, 1, 0]),
-                   comment="cv5 (input channels permuted to PyTorch's x1, mp5, mp9, mp13)")  # fmt: skip
+            b.conv(
+                c_,
+                1,
+                Source(weight=f"{p}.cv5.conv.weight", bn=f"{p}.cv5.bn", in_blocks=[3, 2, 1, 0]),
+                comment="cv5 (input channels permuted to PyTorch's x1, mp5, mp9, mp13)",
+            )
             b.conv(c_, 3, _conv_src(f"{p}.cv6"))
             _bn_mish(b, f"{p}.bn", c_)
             b.route(b.last, bypass)
@@ -464,8 +477,14 @@ def layout(spec: dict) -> List[DLayer]:
     anchors = [v for level in spec["anchors"] for v in level]
     for k, r in enumerate(detect.inputs):
         emit(nodes[r])
-        b.conv(detect.c2, 1, Source(weight=f"model.{detect.index}.m.{k}.weight", bias=f"model.{detect.index}.m.{k}.bias"),
-               bn=False, activation="logistic", comment=f"model.{detect.index}.m.{k} (Detect, level P{3 + k})")  # fmt: skip
+        b.conv(
+            detect.c2,
+            1,
+            Source(weight=f"model.{detect.index}.m.{k}.weight", bias=f"model.{detect.index}.m.{k}.bias"),
+            bn=False,
+            activation="logistic",
+            comment=f"model.{detect.index}.m.{k} (Detect, level P{3 + k})",
+        )
         b.add(
             "yolo",
             mask=",".join(str(na * k + a) for a in range(na)),

@@ -101,6 +101,8 @@ class _Unpickler(pickle.Unpickler):
             return tuple
         if module == "collections" and name == "OrderedDict":
             return collections.OrderedDict
+        if module in ("builtins", "__builtin__") and name in ("set", "frozenset"):
+            return {"set": set, "frozenset": frozenset}[name]  # modules' _non_persistent_buffers_set
         if module.startswith(_MODULE_PREFIXES) and name.isidentifier():
             key = f"{module}.{name}"
             if key not in self._records:
@@ -113,6 +115,8 @@ class _Unpickler(pickle.Unpickler):
         )
 
     def persistent_load(self, pid):
+        if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module" and isinstance(pid[1], type):
+            return pid[1]  # a legacy file records each module class with its source code; the code is not used
         if not isinstance(pid, tuple) or not pid or pid[0] != "storage" or len(pid) < 5:
             raise WeightsError(f"unexpected persistent id {pid!r} in the checkpoint's pickle", self._path)
         kind, key, numel = pid[1], str(pid[2]), pid[4]
@@ -277,7 +281,7 @@ def _resolve(obj, arrays, path, depth=0):
     return obj
 
 
-def state_dict(obj: Any, path=None) -> "tuple[Dict[str, np.ndarray], Dict[str, float], Optional[Module]]":
+def state_dict(obj: Any, path=None) -> tuple[Dict[str, np.ndarray], Dict[str, float], Optional[Module]]:
     """(name -> array, batch-norm prefix -> eps, the model record) from what a checkpoint holds: a model object, a
     training checkpoint ``{'model': ..., ...}`` (its 'model', which the authors' training saves from the EMA; 'ema'
     when there is no 'model'), or a plain state dict."""
@@ -326,4 +330,3 @@ def _is_tensor_dict(d) -> bool:
 
 def _float(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float32) if a.dtype.kind == "f" else a
-

@@ -120,9 +120,7 @@ def reference_forward(spec, t, x, eps=1e-3):
             y2 = _conv(y, t[f"{p}.cv2.weight"])
             y = conv(f"{p}.cv7", _mish(bn(np.concatenate([y1, y2]), f"{p}.bn")))
         elif node.module == "Detect":
-            y = [
-                _conv(xi, t[f"{p}.m.{k}.weight"]) + t[f"{p}.m.{k}.bias"][:, None, None] for k, xi in enumerate(xs)
-            ]
+            y = [_conv(xi, t[f"{p}.m.{k}.weight"]) + t[f"{p}.m.{k}.bias"][:, None, None] for k, xi in enumerate(xs)]
         outs[node.index] = y
     return outs[nodes[-1].index]
 
