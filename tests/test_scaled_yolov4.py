@@ -161,8 +161,12 @@ def test_reader_refuses_code_and_damage(tmp_path):
     good = sy_t.write_checkpoint(tmp_path / "good.pt", spec, tensors)
     data = good.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    flipped = bytearray(data)
+    at = data.index(b"archive/data/0") + 200  # inside the first storage: the zip's CRC check fails
+    flipped[at] ^= 0xFF
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
     (tmp_path / "text.pt").write_text("not a checkpoint")
-    for name in ("cut.pt", "text.pt", "missing.pt"):
+    for name in ("cut.pt", "flipped.pt", "text.pt", "missing.pt"):
         with pytest.raises(WeightsError):
             cv.convert(tmp_path / name, tmp_path / "none.cfg", tmp_path / "x.weights")
 

@@ -188,6 +188,18 @@ def _read_zip(path: Path, data: bytes):
 
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# What a damaged file raises from the zip or pickle machinery (a CRC mismatch, a cut stream, a wrong type).
+_DAMAGE = (
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+    EOFError,
+    AttributeError,
+    TypeError,
+    ValueError,
+    IndexError,
+    struct.error,
+    KeyError,
+)
 
 
 def read_checkpoint(path) -> Any:
@@ -200,11 +212,11 @@ def read_checkpoint(path) -> Any:
     if data[:4] == b"PK\x03\x04":
         try:
             return _read_zip(path, data)
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, struct.error, KeyError) as e:
+        except _DAMAGE as e:
             raise WeightsError(f"the checkpoint's pickle is damaged or not a model: {e!r}", path) from None
     try:
         return _read_legacy_file(path, data)
-    except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, struct.error, KeyError) as e:
+    except _DAMAGE as e:
         raise WeightsError(f"the checkpoint is damaged or not a model: {e!r}", path) from None
 
 
