@@ -234,12 +234,17 @@ def test_registry_entries():
     for name in models.names():
         m = models.get(name)
         assert models.find_data_file(m.cfg).is_file() and models.find_data_file(m.names).is_file()
-        assert m.url.startswith("https://") and m.url.endswith(m.weights)
+        assert m.url.startswith("https://") and m.url.endswith(m.checkpoint or m.weights)
     for name in ("yolov4-tiny", "yolov3-tiny"):  # package-registry sources, sha256 pinned
         m = models.get(name)
         assert m.asset and m.sha256 == assets.ASSETS[m.asset].sha256
         assert models.expected_size(name) == assets.ASSETS[m.asset].size
-    assert models.get("yolov4-p5") is models.get("p5") and models.get("YOLOv4-Tiny").name == "yolov4-tiny"
+    assert models.get("YOLOv4-Tiny").name == "yolov4-tiny"
+    # Darknet's P5/P6 and the PyTorch releases' networks are distinct entries (their cfgs differ)
+    for name in ("yolov4-p5", "yolov4-p6", "yolov4-p7"):
+        m = models.get(name)
+        assert m.checkpoint == f"{name}.pt" and m is not models.MODELS.get(name[-2:])
+    assert models.get("yolov4-p7").cfg == "yolov4-p7.cfg"
     with pytest.raises(models.ModelError, match="known models"):
         models.get("yolov2")
     # sizes the cfgs need (they match the published files)

@@ -108,7 +108,11 @@ def replay(net, plan, batch=2, seed=0):
     return truth
 
 
+MIN_SIZE = {"yolov4-p7": 128}  # its coarsest level has stride 128
+
+
 def load(name, size=64):
+    size = max(size, MIN_SIZE.get(name, 0))
     return pydarknet.load(str(CFG_DIR / f"{name}.cfg"), width=size, height=size)
 
 

@@ -91,6 +91,7 @@ def build_parser():
     dl.set_defaults(func=detect_cmd.cmd_download)
 
     from pydarknet.cli.classify import add_parsers as add_classify_parsers
+    from pydarknet.cli.convert import add_parsers as add_convert_parsers
     from pydarknet.cli.darknet import add_parsers as add_darknet_parsers
     from pydarknet.cli.evaluate import add_parsers as add_eval_parsers
     from pydarknet.cli.train import add_parsers as add_train_parsers
@@ -99,6 +100,7 @@ def build_parser():
     add_train_parsers(sub)
     add_classify_parsers(sub)
     add_darknet_parsers(sub)
+    add_convert_parsers(sub)
     return parser
 
 

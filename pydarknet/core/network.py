@@ -353,7 +353,19 @@ class Network:
         rows = ["   layer   filters  size/strd(dil)      input                output"]
         rows += [f"{l.index:4d} {l.kind.summary(l)}" for l in self.desc.layers]
         rows.append(f"Total BFLOPS {self.bflops:.3f}")
+        rows.append(
+            f"Parameters {self.learnable_params:,} learnable ({self.desc.param_count:,} floats in the .weights file, "
+            "with the batch-norm rolling statistics)"
+        )
         return "\n".join(rows)
+
+    @property
+    def learnable_params(self):
+        """Parameters a framework would count as trainable: every tensor except batch-norm rolling statistics
+        (PyTorch's ``sum(p.numel() for p in model.parameters())`` for the same network)."""
+        return sum(
+            t.size for l in self.desc.layers for t in l.tensors if t.name not in ("rolling_mean", "rolling_variance")
+        )
 
     def __repr__(self):
         c, h, w = self.input_shape

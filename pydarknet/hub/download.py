@@ -27,12 +27,14 @@ def save_verified(
     origin: str,
     error: Type[DarknetError] = AssetError,
     progress: Optional[Callable[[int], None]] = None,
+    at_most: bool = False,
 ) -> str:
     """Copy ``stream`` to ``dest`` atomically and return its sha256.
 
     Reading stops as soon as the stream holds more than ``size`` bytes (a wrong URL cannot fill the disk); a
     shorter stream or a different sha256 (when one is pinned) raises ``error`` naming ``origin``, and ``dest`` is
-    left as it was. ``progress`` is called with each chunk's length.
+    left as it was (with ``at_most``, ``size`` is only an upper bound). ``progress`` is called with each chunk's
+    length.
     """
     dest = pathlib.Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +53,7 @@ def save_verified(
             out.write(chunk)
             if progress is not None:
                 progress(len(chunk))
-        if n != size:
+        if n != size and not (at_most and n > 0):
             raise error(f"{origin} holds {n} bytes, expected {size}")
         if sha256 and digest.hexdigest() != sha256:
             raise error(f"{origin}: sha256 mismatch: got {digest.hexdigest()}, expected {sha256}")

