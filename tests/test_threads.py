@@ -163,3 +163,51 @@ def test_training_interleaved_with_another_thread_is_refused(net):
     finally:
         a.shutdown()
         b.shutdown()
+
+
+SMALL_CFG = """[net]
+width=64
+height=64
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+filters=18
+size=1
+stride=1
+pad=1
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=10,14, 23,27, 37,58
+classes=1
+num=3
+"""
+
+
+@pytest.mark.skipif(pydarknet._core.cuda_device_count() == 0, reason="no CUDA GPU (or CUDA emulation) in this build")
+def test_concurrent_forward_on_cuda(tmp_path):
+    """The CUDA network takes its host network's lock: the same check as on the CPU, on a network small enough
+    for the CUDA emulation."""
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL_CFG)
+    net = pydarknet.load(str(cfg), device="cuda", seed=7)
+    xs = _inputs(net, THREADS, 8)
+    refs = [net.forward(x) for x in xs]
+
+    def work(t):
+        return [net.forward(xs[t]) for _ in range(5)]
+
+    results = _run_threads(work)
+    for t in range(THREADS):
+        for out in results[t]:
+            for a, b in zip(out, refs[t]):
+                np.testing.assert_array_equal(a, b)
