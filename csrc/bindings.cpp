@@ -1,12 +1,23 @@
 // Python bindings of the engine (module pydarknet._core). The Python side builds and validates the network
 // description; this module only converts it and runs it. C++ exceptions become Python exceptions
-// (pd::InvalidArgument -> ValueError, std::bad_alloc -> MemoryError, pd::CudaError -> pydarknet.CudaError).
+// (pd::InvalidArgument -> ValueError, std::bad_alloc -> MemoryError, pd::CudaError -> pydarknet.CudaError,
+// pd::ConcurrentUse -> pydarknet.ConcurrentUseError).
+//
+// Threads: one Python Network may be used from several threads (a web server's request threads). Each engine call
+// releases the GIL and then takes its network's mutex, so other Python threads run while one computes, and calls
+// on one network take turns. A forward pass and the copy of its outputs happen under one hold of the mutex
+// (forward_outputs), so another thread's pass cannot overwrite the activations in between; the copies are new
+// arrays that belong to the caller. The mutex is never taken while holding the GIL, and the GIL is never taken
+// while holding the mutex (no Python object is made or touched under it), so the two cannot deadlock.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
 
 #include "core/cuda_network.h"
 #include "core/network.h"
@@ -30,7 +41,64 @@ std::vector<float> cuda_activate(const std::vector<float>& values, int activatio
 #endif
 
 namespace pd {
+
+// A training sequence (forward_train, then backward or train_output) broken by another thread's forward_train.
+struct ConcurrentUse : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// The engine's network with the lock that makes it safe to share between threads (see the file comment). The
+// lock lives here rather than in Network so that the engine itself stays free of threading policy.
+struct SharedNetwork : Network {
+    using Network::Network;
+    std::mutex mutex;
+    // The thread whose forward_train the training state holds; backward and train_output from any other thread
+    // would silently use that thread's activations, so they are refused.
+    std::thread::id trainer;
+};
+
+#ifdef PYDARKNET_WITH_CUDA
+// A CUDA network shares its host network's lock: it reads the host's parameters, keep list and bn_epsilon.
+struct SharedCudaNetwork : CudaNetwork {
+    SharedCudaNetwork(SharedNetwork& host, Precision precision, int device)
+        : CudaNetwork(host, precision, device), host(host) {}
+    SharedNetwork& host;
+};
+#endif
+
+#ifdef PYDARKNET_CUDA_EMULATION
+// The CPU emulation of the CUDA runtime keeps process-wide state (its block scheduler), so emulated CUDA work
+// from different networks must not overlap either.
+std::mutex emulation_mutex;
+#endif
+
 namespace {
+
+// Runs f() with the GIL released and the network's lock held; f must not touch Python objects.
+template <typename F>
+auto locked(SharedNetwork& net, F&& f) -> decltype(f()) {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(net.mutex);
+    return f();
+}
+
+// A read-only property: a copy of a member, taken under the lock.
+template <typename T>
+auto read_locked(T Network::* member) {
+    return [member](SharedNetwork& net) { return locked(net, [&] { return net.*member; }); };
+}
+
+#ifdef PYDARKNET_WITH_CUDA
+template <typename F>
+auto locked(SharedCudaNetwork& net, F&& f) -> decltype(f()) {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(net.host.mutex);
+#ifdef PYDARKNET_CUDA_EMULATION
+    std::lock_guard<std::mutex> emulation(emulation_mutex);
+#endif
+    return f();
+}
+#endif
 
 Shape to_shape(const py::handle& h) {
     auto t = h.cast<std::vector<int>>();
@@ -76,24 +144,68 @@ int input_batch(const FloatArray& x, const Shape& shape) {
     return (int)x.shape(0);
 }
 
-// forward(x, keep_all) of the CPU or the CUDA network, without the GIL while it runs.
-template <typename Engine>
-void run_forward(Engine& net, const FloatArray& x, bool keep_all) {
-    const int batch = input_batch(x, net.input_shape());
-    const float* data = x.data();
-    py::gil_scoped_release release;
-    net.forward(data, batch, keep_all);
-}
-
 py::array_t<float> output_array(int batch, const Shape& s) {
     return py::array_t<float>({(py::ssize_t)batch, (py::ssize_t)s.c, (py::ssize_t)s.h, (py::ssize_t)s.w});
 }
 
-py::array_t<float> copy_output(const Network& net, int i, int batch, const float* data) {
-    const Shape s = net.layer(i).spec.out;
+// A new (batch, c, h, w) array holding `values`.
+py::array_t<float> array_of(const std::vector<float>& values, int batch, const Shape& s) {
     py::array_t<float> out = output_array(batch, s);
-    std::memcpy(out.mutable_data(), data, sizeof(float) * batch * s.size());
+    std::memcpy(out.mutable_data(), values.data(), sizeof(float) * values.size());
     return out;
+}
+
+// The output arrays for `layers` at `batch` images, made (with the GIL) before the pass that fills them.
+struct Outputs {
+    std::vector<py::array_t<float>> arrays;
+    std::vector<float*> data;
+    std::vector<size_t> floats;
+
+    template <typename ShapeOf>
+    Outputs(const std::vector<int>& layers, int batch, ShapeOf shape_of) {
+        for (int i : layers) {
+            const Shape s = shape_of(i);
+            arrays.push_back(output_array(batch, s));
+            data.push_back(arrays.back().mutable_data());
+            floats.push_back((size_t)batch * s.size());
+        }
+    }
+    py::list list() const {
+        py::list out;
+        for (const auto& a : arrays) out.append(a);
+        return out;
+    }
+};
+
+void check_layers(const Network& net, const std::vector<int>& layers) {
+    for (int i : layers) PD_CHECK(i >= 0 && i < net.layer_count(), "layer index ", i, " out of range");
+}
+
+// forward(x, keep_all) and copies of the outputs of `layers`, as one step under the lock (CPU network).
+py::list forward_outputs(SharedNetwork& net, const FloatArray& x, const std::vector<int>& layers, bool keep_all) {
+    const int batch = input_batch(x, net.input_shape());
+    check_layers(net, layers);
+    Outputs outs(layers, batch, [&](int i) { return net.layer(i).spec.out; });
+    const float* input = x.data();
+    locked(net, [&] {
+        for (int i : layers)
+            PD_CHECK(keep_all || std::find(net.keep.begin(), net.keep.end(), i) != net.keep.end(),
+                     "the output of layer ", i, " is not kept by a forward pass without keep_all");
+        net.forward(input, batch, keep_all);
+        for (size_t k = 0; k < layers.size(); ++k)
+            std::memcpy(outs.data[k], net.output(layers[k]), sizeof(float) * outs.floats[k]);
+    });
+    return outs.list();
+}
+
+// Only the thread that ran the last forward_train may read its outputs or backpropagate through it; call with the
+// lock held.
+void check_trainer(const SharedNetwork& net, const char* what) {
+    PD_CHECK(net.train_batch() > 0, what, " needs a forward_train first");
+    if (net.trainer != std::this_thread::get_id())
+        throw ConcurrentUse(std::string(what) +
+                            ": another thread ran forward_train on this network since this thread's, so its training "
+                            "state belongs to that thread (train one network from one thread at a time)");
 }
 
 // A numpy view of a buffer owned by the network (kept alive by `owner`).
@@ -127,60 +239,125 @@ py::dict plan_to_dict(const ViewPlan& plan) {
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "pydarknet's C++ engine";
-    py::class_<pd::Network>(m, "Network")
-        .def(py::init([](const py::list& specs, size_t param_count, const py::tuple& input, pd::Network* share_with) {
+    py::register_exception_translator([](std::exception_ptr failure) {
+        try {
+            if (failure) std::rethrow_exception(failure);
+        } catch (const pd::ConcurrentUse& e) {
+            PyObject* type = PyExc_RuntimeError;
+            py::object cls;
+            try {
+                cls = py::module_::import("pydarknet.errors").attr("ConcurrentUseError");
+                type = cls.ptr();
+            } catch (py::error_already_set&) {
+            }
+            PyErr_SetString(type, e.what());
+        }
+    });
+    using pd::SharedNetwork;
+    py::class_<SharedNetwork>(m, "Network")
+        .def(py::init([](const py::list& specs, size_t param_count, const py::tuple& input, SharedNetwork* share_with) {
                  std::vector<pd::LayerSpec> converted;
                  for (auto s : specs) converted.push_back(pd::to_spec(s.cast<py::dict>()));
-                 return new pd::Network(converted, param_count, pd::to_shape(input),
-                                        share_with ? share_with->store() : nullptr);
+                 return new SharedNetwork(converted, param_count, pd::to_shape(input),
+                                          share_with ? share_with->store() : nullptr);
              }),
              py::arg("specs"), py::arg("param_count"), py::arg("input_shape"), py::arg("share_with") = nullptr,
              "share_with: another network of the same parameter layout whose parameters and gradients to share.")
         .def_property_readonly(
-            "params", [](py::object self) { return pd::view_of(self.cast<pd::Network&>().params, self); },
-            "The flat parameter buffer (a writable view; call touch_params() after writing).")
+            "params", [](py::object self) { return pd::view_of(self.cast<SharedNetwork&>().params, self); },
+            "The flat parameter buffer (a writable view; call touch_params() after writing). Not to be written while "
+            "a pass runs on this network or on one sharing its parameters.")
         .def_property_readonly(
-            "grads", [](py::object self) { return pd::view_of(self.cast<pd::Network&>().grads_buffer(), self); },
+            "grads",
+            [](py::object self) {
+                SharedNetwork& net = self.cast<SharedNetwork&>();
+                std::vector<float>* grads = pd::locked(net, [&] { return &net.grads_buffer(); });
+                return pd::view_of(*grads, self);
+            },
             "The flat gradient buffer, laid out like params (a writable view).")
-        .def("zero_grads", &pd::Network::zero_grads)
-        .def("touch_params", [](pd::Network& net) { ++net.params_version; })
-        .def_readwrite("bn_epsilon", &pd::Network::bn_epsilon)
-        .def_readwrite("keep", &pd::Network::keep)
-        .def_readwrite("profile", &pd::Network::profile)
-        .def_readonly("layer_seconds", &pd::Network::layer_seconds)
-        .def_readonly("train_layer_seconds", &pd::Network::train_layer_seconds)
-        .def_readonly("backward_layer_seconds", &pd::Network::backward_layer_seconds)
-        .def_readonly("layer_cpu_seconds", &pd::Network::layer_cpu_seconds)
-        .def("forward", &pd::run_forward<pd::Network>, py::arg("x"), py::arg("keep_all") = false)
+        .def("zero_grads", [](SharedNetwork& net) { pd::locked(net, [&] { net.zero_grads(); }); })
+        .def("touch_params", [](SharedNetwork& net) { pd::locked(net, [&] { ++net.params_version; }); })
+        .def_property(
+            "bn_epsilon", [](SharedNetwork& net) { return pd::locked(net, [&] { return net.bn_epsilon; }); },
+            [](SharedNetwork& net, float value) { pd::locked(net, [&] { net.bn_epsilon = value; }); })
+        .def_property(
+            "keep", [](SharedNetwork& net) { return pd::locked(net, [&] { return net.keep; }); },
+            [](SharedNetwork& net, const std::vector<int>& keep) { pd::locked(net, [&] { net.keep = keep; }); })
+        .def_property(
+            "profile", [](SharedNetwork& net) { return pd::locked(net, [&] { return net.profile; }); },
+            [](SharedNetwork& net, bool on) { pd::locked(net, [&] { net.profile = on; }); })
+        .def_property_readonly("layer_seconds", pd::read_locked(&pd::Network::layer_seconds))
+        .def_property_readonly("train_layer_seconds", pd::read_locked(&pd::Network::train_layer_seconds))
+        .def_property_readonly("backward_layer_seconds", pd::read_locked(&pd::Network::backward_layer_seconds))
+        .def_property_readonly("layer_cpu_seconds", pd::read_locked(&pd::Network::layer_cpu_seconds))
+        .def("forward_outputs", &pd::forward_outputs, py::arg("x"), py::arg("layers"), py::arg("keep_all") = false,
+             "Runs the network and returns copies of the outputs of `layers` (one step: safe with other threads).")
+        .def(
+            "forward",
+            [](SharedNetwork& net, const pd::FloatArray& x, bool keep_all) {
+                const int batch = pd::input_batch(x, net.input_shape());
+                const float* input = x.data();
+                pd::locked(net, [&] { net.forward(input, batch, keep_all); });
+            },
+            py::arg("x"), py::arg("keep_all") = false,
+            "Runs the network. With several threads, another thread's pass may replace the outputs before output() "
+            "reads them: use forward_outputs.")
         .def(
             "output",
-            [](const pd::Network& net, int i) {
-                PD_CHECK(i >= 0 && i < net.layer_count(), "layer index ", i, " out of range");
-                return pd::copy_output(net, i, net.batch(), net.output(i));
+            [](SharedNetwork& net, int i) {
+                pd::check_layers(net, {i});
+                int batch = 0;
+                std::vector<float> values = pd::locked(net, [&] {
+                    batch = net.batch();
+                    PD_CHECK(batch > 0, "no output of layer ", i, " (run forward first)");
+                    const float* data = net.output(i);
+                    return std::vector<float>(data, data + (size_t)batch * net.layer(i).spec.out.size());
+                });
+                return pd::array_of(values, batch, net.layer(i).spec.out);
             },
-            py::arg("layer"))
+            py::arg("layer"), "The output of layer i from the last forward pass (a copy).")
         .def(
             "forward_train",
-            [](pd::Network& net, pd::FloatArray x, unsigned long long seed, long long iteration) {
+            [](SharedNetwork& net, const pd::FloatArray& x, unsigned long long seed, long long iteration,
+               const std::vector<int>& outputs) {
                 const int batch = pd::input_batch(x, net.input_shape());
-                const float* data = x.data();
-                py::gil_scoped_release release;
-                net.forward_train(data, batch, seed, iteration);
+                pd::check_layers(net, outputs);
+                pd::Outputs outs(outputs, batch, [&](int i) { return net.layer(i).spec.out; });
+                const float* input = x.data();
+                pd::locked(net, [&] {
+                    net.trainer = std::thread::id();  // nobody's, should the pass throw
+                    net.forward_train(input, batch, seed, iteration);
+                    net.trainer = std::this_thread::get_id();
+                    for (size_t k = 0; k < outputs.size(); ++k)
+                        std::memcpy(outs.data[k], net.train_output(outputs[k]), sizeof(float) * outs.floats[k]);
+                });
+                return outs.list();
             },
-            py::arg("x"), py::arg("seed") = 0, py::arg("iteration") = 0)
-        .def_property_readonly("train_batch", &pd::Network::train_batch)
+            py::arg("x"), py::arg("seed") = 0, py::arg("iteration") = 0, py::arg("outputs") = std::vector<int>(),
+            "Runs the network in training mode; returns copies of the training outputs of `outputs`.")
+        .def_property_readonly("train_batch",
+                               [](SharedNetwork& net) { return pd::locked(net, [&] { return net.train_batch(); }); })
         .def(
             "train_output",
-            [](const pd::Network& net, int i) {
-                PD_CHECK(i >= 0 && i < net.layer_count(), "layer index ", i, " out of range");
-                return pd::copy_output(net, i, net.train_batch(), net.train_output(i));
+            [](SharedNetwork& net, int i) {
+                pd::check_layers(net, {i});
+                int batch = 0;
+                std::vector<float> values = pd::locked(net, [&] {
+                    pd::check_trainer(net, "train_output");
+                    batch = net.train_batch();
+                    const float* data = net.train_output(i);
+                    return std::vector<float>(data, data + (size_t)batch * net.layer(i).spec.out.size());
+                });
+                return pd::array_of(values, batch, net.layer(i).spec.out);
             },
-            py::arg("layer"))
+            py::arg("layer"), "The output of layer i from this thread's last forward_train (a copy).")
         .def(
             "backward",
-            [](pd::Network& net, const py::dict& output_grads, bool want_input_grad) -> py::object {
-                const int batch = net.train_batch();
-                PD_CHECK(batch > 0, "backward needs a forward_train first");
+            [](SharedNetwork& net, const py::dict& output_grads, bool want_input_grad) -> py::object {
+                const int batch = pd::locked(net, [&] {
+                    pd::check_trainer(net, "backward");
+                    return net.train_batch();
+                });
                 std::vector<pd::FloatArray> arrays;  // keep converted arrays alive for the call
                 std::vector<std::pair<int, const float*>> seeds;
                 for (auto item : output_grads) {
@@ -204,23 +381,25 @@ PYBIND11_MODULE(_core, m) {
                     input_grad_data = input_grad.mutable_data();
                     std::fill(input_grad_data, input_grad_data + (size_t)batch * s.size(), 0.f);
                 }
-                {
-                    py::gil_scoped_release release;
+                pd::locked(net, [&] {
+                    pd::check_trainer(net, "backward");
+                    PD_CHECK(net.train_batch() == batch, "the training batch changed");
                     net.backward(seeds, input_grad_data);
-                }
+                });
                 if (!want_input_grad) return py::none();
                 return std::move(input_grad);
             },
             py::arg("output_grads"), py::arg("input_grad") = false);
     m.def(
         "plan_views",
-        [](const pd::Network& net, bool keep_all, bool alias, bool fuse_residual) {
+        [](SharedNetwork& net, bool keep_all, bool alias, bool fuse_residual) {
             std::vector<const pd::LayerSpec*> specs;
             for (int i = 0; i < net.layer_count(); ++i) specs.push_back(&net.layer(i).spec);
             pd::PlanOptions options;
             options.alias = alias;
             options.fuse_residual = fuse_residual;
-            return pd::plan_to_dict(pd::plan_views(specs, net.keep, keep_all, options));
+            const std::vector<int> keep = pd::locked(net, [&] { return net.keep; });
+            return pd::plan_to_dict(pd::plan_views(specs, keep, keep_all, options));
         },
         py::arg("network"), py::arg("keep_all") = false, py::arg("alias") = true, py::arg("fuse_residual") = true,
         "The CUDA network's activation plan for a network (host logic, no GPU needed).");
@@ -232,8 +411,17 @@ PYBIND11_MODULE(_core, m) {
 #ifdef PYDARKNET_WITH_CUDA
     m.attr("built_with_cuda") = true;
     m.def("cuda_device_count", &pd::cuda_device_count, "Number of usable CUDA GPUs (0 on any CUDA error).");
-    m.def("cuda_activate", &pd::cuda_activate, py::arg("values"), py::arg("activation"),
-          "Applies an element-wise activation on the GPU (for CPU/GPU parity tests).");
+    m.def(
+        "cuda_activate",
+        [](const std::vector<float>& values, int activation) {
+            py::gil_scoped_release release;
+#ifdef PYDARKNET_CUDA_EMULATION
+            std::lock_guard<std::mutex> emulation(pd::emulation_mutex);
+#endif
+            return pd::cuda_activate(values, activation);
+        },
+        py::arg("values"), py::arg("activation"),
+        "Applies an element-wise activation on the GPU (for CPU/GPU parity tests).");
     py::register_exception_translator([](std::exception_ptr failure) {
         try {
             if (failure) std::rethrow_exception(failure);
@@ -248,57 +436,114 @@ PYBIND11_MODULE(_core, m) {
             PyErr_SetString(type, e.what());
         }
     });
-    py::class_<pd::CudaNetwork>(m, "CudaNetwork")
-        .def(py::init([](pd::Network& host, int precision, int device) {
+    using pd::SharedCudaNetwork;
+    py::class_<SharedCudaNetwork>(m, "CudaNetwork")
+        .def(py::init([](SharedNetwork& host, int precision, int device) {
                  PD_CHECK(precision >= 0 && precision <= 2, "precision code must be 0 (fp32), 1 (fp16) or 2 (bf16)");
-                 return new pd::CudaNetwork(host, (pd::Precision)precision, device);
+                 return new SharedCudaNetwork(host, (pd::Precision)precision, device);
              }),
              py::arg("host"), py::arg("precision") = 0, py::arg("device") = 0, py::keep_alive<1, 2>(),
              "Runs the host network's layers on CUDA device `device` (its parameters are read from the host).")
-        .def("forward", &pd::run_forward<pd::CudaNetwork>, py::arg("x"), py::arg("keep_all") = false)
+        .def(
+            "forward_outputs",
+            [](SharedCudaNetwork& net, const pd::FloatArray& x, const std::vector<int>& layers, bool keep_all) {
+                const int batch = pd::input_batch(x, net.input_shape());
+                pd::check_layers(net.host, layers);
+                pd::Outputs outs(layers, batch, [&](int i) { return net.output_shape(i); });
+                const float* input = x.data();
+                pd::locked(net, [&] {
+                    net.forward(input, batch, keep_all);
+                    for (size_t k = 0; k < layers.size(); ++k) {
+                        PD_CHECK(net.output_available(layers[k]), "the output of layer ", layers[k],
+                                 " was not kept by the forward pass");
+                        net.copy_output(layers[k], outs.data[k]);
+                    }
+                });
+                return outs.list();
+            },
+            py::arg("x"), py::arg("layers"), py::arg("keep_all") = false,
+            "Runs the network and returns copies of the outputs of `layers` (one step: safe with other threads).")
+        .def(
+            "forward",
+            [](SharedCudaNetwork& net, const pd::FloatArray& x, bool keep_all) {
+                const int batch = pd::input_batch(x, net.input_shape());
+                const float* input = x.data();
+                pd::locked(net, [&] { net.forward(input, batch, keep_all); });
+            },
+            py::arg("x"), py::arg("keep_all") = false,
+            "Runs the network. With several threads, another thread's pass may replace the outputs before output() "
+            "reads them: use forward_outputs.")
         .def(
             "output",
-            [](const pd::CudaNetwork& net, int i) {
-                PD_CHECK(net.output_available(i), "the output of layer ", i, " was not kept by the last forward pass");
-                py::array_t<float> out = pd::output_array(net.batch(), net.output_shape(i));
-                float* data = out.mutable_data();
-                py::gil_scoped_release release;
-                net.copy_output(i, data);
-                return out;
+            [](SharedCudaNetwork& net, int i) {
+                pd::check_layers(net.host, {i});
+                int batch = 0;
+                std::vector<float> values = pd::locked(net, [&] {
+                    PD_CHECK(net.output_available(i), "the output of layer ", i,
+                             " was not kept by the last forward pass");
+                    batch = net.batch();
+                    std::vector<float> v((size_t)batch * net.output_shape(i).size());
+                    net.copy_output(i, v.data());
+                    return v;
+                });
+                return pd::array_of(values, batch, net.output_shape(i));
             },
-            py::arg("layer"))
-        .def("time_layers", &pd::CudaNetwork::time_layers, py::arg("warmup") = 3, py::arg("iterations") = 20,
-             py::call_guard<py::gil_scoped_release>(),
-             "GPU milliseconds of each of `iterations` runs of the layers on the last input (CUDA events).")
-        .def_readwrite("use_graph", &pd::CudaNetwork::use_graph)
-        .def_readwrite("profile", &pd::CudaNetwork::profile)
-        .def_readonly("layer_seconds", &pd::CudaNetwork::layer_seconds)
-        .def_property("guard", &pd::CudaNetwork::guard, &pd::CudaNetwork::set_guard)
-        .def_property_readonly("guard_region_count", &pd::CudaNetwork::guard_region_count)
-        .def("damage_guard_region", &pd::CudaNetwork::damage_guard_region, py::arg("region"),
-             "Changes one byte of a guard region (to test the guard check).")
+            py::arg("layer"), "The output of layer i from the last forward pass (a copy).")
+        .def(
+            "time_layers",
+            [](SharedCudaNetwork& net, int warmup, int iterations) {
+                return pd::locked(net, [&] { return net.time_layers(warmup, iterations); });
+            },
+            py::arg("warmup") = 3, py::arg("iterations") = 20,
+            "GPU milliseconds of each of `iterations` runs of the layers on the last input (CUDA events).")
         .def_property(
-            "conv_algorithm", [](const pd::CudaNetwork& net) { return (int)net.conv_algorithm(); },
-            [](pd::CudaNetwork& net, int algorithm) {
+            "use_graph", [](SharedCudaNetwork& net) { return pd::locked(net, [&] { return net.use_graph; }); },
+            [](SharedCudaNetwork& net, bool on) { pd::locked(net, [&] { net.use_graph = on; }); })
+        .def_property(
+            "profile", [](SharedCudaNetwork& net) { return pd::locked(net, [&] { return net.profile; }); },
+            [](SharedCudaNetwork& net, bool on) { pd::locked(net, [&] { net.profile = on; }); })
+        .def_property_readonly(
+            "layer_seconds", [](SharedCudaNetwork& net) { return pd::locked(net, [&] { return net.layer_seconds; }); })
+        .def_property(
+            "guard", [](SharedCudaNetwork& net) { return pd::locked(net, [&] { return net.guard(); }); },
+            [](SharedCudaNetwork& net, bool on) { pd::locked(net, [&] { net.set_guard(on); }); })
+        .def_property_readonly(
+            "guard_region_count",
+            [](SharedCudaNetwork& net) { return pd::locked(net, [&] { return net.guard_region_count(); }); })
+        .def(
+            "damage_guard_region",
+            [](SharedCudaNetwork& net, int region) { pd::locked(net, [&] { net.damage_guard_region(region); }); },
+            py::arg("region"), "Changes one byte of a guard region (to test the guard check).")
+        .def_property(
+            "conv_algorithm",
+            [](SharedCudaNetwork& net) { return pd::locked(net, [&] { return (int)net.conv_algorithm(); }); },
+            [](SharedCudaNetwork& net, int algorithm) {
                 PD_CHECK(algorithm >= 0 && algorithm <= 2, "conv_algorithm must be 0 (auto), 1 (simt) or 2 (tensor)");
-                net.set_conv_algorithm((pd::ConvAlgorithm)algorithm);
+                pd::locked(net, [&] { net.set_conv_algorithm((pd::ConvAlgorithm)algorithm); });
             })
-        .def_property("split_k", &pd::CudaNetwork::split_k, &pd::CudaNetwork::set_split_k,
-                      "Convolution split-K: 0 automatic, 1 never, n > 1 always n splits.")
+        .def_property(
+            "split_k", [](SharedCudaNetwork& net) { return pd::locked(net, [&] { return net.split_k(); }); },
+            [](SharedCudaNetwork& net, int split_k) { pd::locked(net, [&] { net.set_split_k(split_k); }); },
+            "Convolution split-K: 0 automatic, 1 never, n > 1 always n splits.")
         .def(
             "set_plan_options",
-            [](pd::CudaNetwork& net, bool alias, bool fuse_residual) {
+            [](SharedCudaNetwork& net, bool alias, bool fuse_residual) {
                 pd::PlanOptions options;
                 options.alias = alias;
                 options.fuse_residual = fuse_residual;
-                net.set_plan_options(options);
+                pd::locked(net, [&] { net.set_plan_options(options); });
             },
             py::arg("alias") = true, py::arg("fuse_residual") = true)
-        .def("plan", [](const pd::CudaNetwork& net) { return pd::plan_to_dict(net.plan()); })
-        .def_property_readonly("precision", [](const pd::CudaNetwork& net) { return (int)net.precision(); })
-        .def_property_readonly("device", &pd::CudaNetwork::device)
-        .def_property_readonly("device_name", &pd::CudaNetwork::device_name)
-        .def_property_readonly("arena_bytes", &pd::CudaNetwork::arena_bytes);
+        .def("plan",
+             [](SharedCudaNetwork& net) {
+                 const pd::ViewPlan plan = pd::locked(net, [&] { return net.plan(); });
+                 return pd::plan_to_dict(plan);
+             })
+        .def_property_readonly("precision", [](const SharedCudaNetwork& net) { return (int)net.precision(); })
+        .def_property_readonly("device", [](const SharedCudaNetwork& net) { return net.device(); })
+        .def_property_readonly("device_name", [](const SharedCudaNetwork& net) { return net.device_name(); })
+        .def_property_readonly(
+            "arena_bytes", [](SharedCudaNetwork& net) { return pd::locked(net, [&] { return net.arena_bytes(); }); });
 #else
     m.attr("built_with_cuda") = false;
     m.def("cuda_device_count", []() { return 0; });

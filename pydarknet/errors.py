@@ -21,6 +21,7 @@ __all__ = [
     "TrainingError",
     "CheckpointError",
     "AnchorsError",
+    "ConcurrentUseError",
     "CfgWarning",
 ]
 
@@ -126,6 +127,11 @@ class CheckpointError(DarknetError, ValueError):
 
 class AnchorsError(DarknetError, ValueError):
     """Labels or arguments calc_anchors cannot work with."""
+
+
+class ConcurrentUseError(DarknetError, RuntimeError):
+    """A network used from several threads in a way that cannot be correct: a training sequence (forward_train,
+    then backward) broken by another thread's forward_train on the same network."""
 
 
 class CfgWarning(UserWarning):

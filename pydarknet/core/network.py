@@ -201,17 +201,23 @@ class Network:
         return self._core if self._cuda is None else self._cuda
 
     def forward(self, x: np.ndarray) -> List[np.ndarray]:
-        """Run the network; returns one array per [yolo] layer (or the final output for other networks)."""
-        engine = self._engine
-        engine.forward(self._prepare_input(x), False)
+        """Run the network; returns one array per [yolo] layer (or the final output for other networks).
+
+        Thread safety: one network may be shared by several threads (e.g. a web server's request threads). Calls
+        on one network take turns (each holds the network's lock while it computes, with the GIL released so other
+        Python threads go on); every call returns exactly what it would return alone. The returned arrays are new
+        arrays that belong to the caller: no later call changes them. The engine already spreads one call over
+        all CPU cores, so threads sharing a network gain no throughput over calling it from one thread (see
+        benchmarks/RESULTS.md, "Concurrent use"). Writing the parameters while another thread runs a pass on this
+        network, or on one sharing its parameters (`resized`), is not supported.
+        """
         heads = self.yolo_layers or [len(self.layers) - 1]
-        return [engine.output(i) for i in heads]
+        return self._engine.forward_outputs(self._prepare_input(x), heads, False)
 
     def forward_all(self, x: np.ndarray) -> List[np.ndarray]:
-        """Run the network and return every layer's output (for debugging and layer-by-layer checks)."""
-        engine = self._engine
-        engine.forward(self._prepare_input(x), True)
-        return [engine.output(i) for i in range(len(self.layers))]
+        """Run the network and return every layer's output (for debugging and layer-by-layer checks); new arrays,
+        safe to call from several threads as `forward` is."""
+        return self._engine.forward_outputs(self._prepare_input(x), list(range(len(self.layers))), True)
 
     @property
     def cuda_graph(self):
@@ -240,7 +246,8 @@ class Network:
     def layer_times(self):
         """Seconds per layer of the last forward, forward_train and backward run with `profile` on:
         {"forward": [...], "forward_train": [...], "backward": [...]}, one value per layer (a layer that
-        backward skips counts 0); a pass not run with profiling gives an empty list."""
+        backward skips counts 0); a pass not run with profiling gives an empty list. With several threads using
+        the network, "last" is whichever pass of that kind finished last (each list comes from one pass)."""
         return {
             "forward": list(self._engine.layer_seconds),
             "forward_train": list(self._core.train_layer_seconds),
@@ -255,15 +262,20 @@ class Network:
         (rolling = .99 rolling + .01 batch, the variance with Bessel's correction, as Darknet); dropout draws its
         mask from (seed, iteration, layer, element), so equal arguments give equal masks. `iteration` also decides
         `stopbackward=N` (frozen while iteration < N). Returns {layer index: output} for the [yolo] layers and the
-        last layer.
+        last layer (new arrays).
+
+        Threads: train one network from one thread at a time. The training state belongs to the thread that ran
+        the last forward_train; `backward` or `train_output` from a thread whose pass another thread's
+        forward_train has since replaced raises ConcurrentUseError instead of using the other thread's
+        activations. Inference (`forward`) from other threads meanwhile is safe.
         """
         self._check_trainable()
-        self._core.forward_train(self._prepare_input(x), int(seed), int(iteration))
         heads = sorted(set(self.yolo_layers + [len(self.layers) - 1]))
-        return {i: self._core.train_output(i) for i in heads}
+        outputs = self._core.forward_train(self._prepare_input(x), int(seed), int(iteration), heads)
+        return dict(zip(heads, outputs))
 
     def train_output(self, index):
-        """The output of any layer in the last forward_train (a copy)."""
+        """The output of any layer in this thread's last forward_train (a copy)."""
         return self._core.train_output(int(index))
 
     def backward(self, output_grads, input_grad=False):
@@ -274,7 +286,8 @@ class Network:
         layer passes it through unchanged. Parameter gradients are added (+=) to `grads` (call zero_grads()
         between optimizer steps); with input_grad=True the gradient with respect to the network input is
         returned, else None. Darknet's stopbackward (that layer and all before it get nothing), onlyforward and
-        train_only_bn (no weight gradient for that layer) apply.
+        train_only_bn (no weight gradient for that layer) apply. Raises ConcurrentUseError when another thread ran
+        forward_train on this network after this thread's (see forward_train).
         """
         n = len(self.layers)
         grads = {}
@@ -343,7 +356,10 @@ class Network:
         self, images: Any, *, thresh: float = 0.25, nms: float = 0.45, letterbox: Optional[bool] = None, **options: Any
     ) -> Union[Results, List[Results]]:
         """Detect objects in a path, PIL image, HxWx3 uint8 RGB array, or a list of them, as Darknet's
-        `detector test` does; returns a Results (a list of them for a list). See pydarknet.detect.detect."""
+        `detector test` does; returns a Results (a list of them for a list). See pydarknet.detect.detect.
+
+        Safe to call from several threads on one network (the forward passes take turns, see `forward`); each
+        call's Results are its own."""
         from pydarknet.inference.detect import detect
 
         return detect(self, images, thresh=thresh, nms=nms, letterbox=letterbox, **options)

@@ -39,6 +39,7 @@ Usage::
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Union
@@ -286,6 +287,10 @@ class Detector:
     for 80 classes). ``batch``: images per forward pass (None: up to 8, fewer for networks whose activations
     would take more than about 2 GB). ``tta``: test-time augmentation (see the module doc): True for
     Scaled-YOLOv4's three passes, or a list of ``(scale, flip)`` pairs.
+
+    A Detector (like its network) may be shared by several threads: its settings do not change after
+    construction, the networks of the augmentation passes are built here once, and each network's passes take
+    turns (see :meth:`Network.forward`), so every call gets what it would get alone.
     """
 
     def __init__(
@@ -331,6 +336,7 @@ class Detector:
         _, self.net_h, self.net_w = net.input_shape
         self.passes = _tta_passes(tta, self.net_w, self.net_h, _network_stride(net)) if tta else None
         self._pass_nets = {}
+        self._pass_nets_lock = threading.Lock()  # a pass network is built once even when threads ask at once
         if self.passes:
             for p in self.passes:  # built now, so that a cfg that cannot run a pass fails before any image
                 self._pass_network(p)
@@ -342,9 +348,10 @@ class Detector:
 
     def _pass_network(self, p):
         size = (p.input_w, p.input_h)
-        if size not in self._pass_nets:
-            self._pass_nets[size] = network_at_size(self.net, *size)
-        return self._pass_nets[size]
+        with self._pass_nets_lock:
+            if size not in self._pass_nets:
+                self._pass_nets[size] = network_at_size(self.net, *size)
+            return self._pass_nets[size]
 
     def _pass_input(self, rgb, p, plain):
         if p.scale == 1.0 and not p.flip:
