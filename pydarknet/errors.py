@@ -21,6 +21,8 @@ __all__ = [
     "TrainingError",
     "CheckpointError",
     "AnchorsError",
+    "NonFiniteError",
+    "WriteError",
     "CfgWarning",
 ]
 
@@ -122,6 +124,37 @@ class CheckpointError(DarknetError, ValueError):
 
 class AnchorsError(DarknetError, ValueError):
     """Labels or arguments calc_anchors cannot work with."""
+
+
+class NonFiniteError(DarknetError, ArithmeticError):
+    """A forward pass produced NaN or infinity (names the first layer that did, and its cfg line)."""
+
+
+class WriteError(DarknetError, OSError):
+    """A file could not be written (a full disk, no permission...): names the file and the reason.
+
+    Also an OSError (with ``errno``, ``strerror`` and ``filename``), so code that catches OSError still sees it."""
+
+    def __init__(self, path, exc: OSError):
+        self.path = str(path)
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        if exc.errno == 28:  # ENOSPC
+            reason += " (the disk is full)"
+        super().__init__(exc.errno, reason, self.path)
+        self.message = f"cannot write {self.path}: {reason}"
+
+    def __str__(self):
+        return self.message
+
+    def __reduce__(self):
+        # OSError's own pickling would call __init__ with (errno, strerror, filename); worker processes pickle errors.
+        return (_rebuild_write_error, (self.path, self.errno, self.strerror, self.message))
+
+
+def _rebuild_write_error(path, errno, strerror, message):
+    err = WriteError(path, OSError(errno, strerror))
+    err.message = message
+    return err
 
 
 class CfgWarning(UserWarning):

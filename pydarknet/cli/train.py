@@ -55,6 +55,14 @@ def cmd_train(args):
     from pydarknet.train.trainer import Trainer, TrainOptions
 
     cfg, data, weights = _order(args.files)
+    for opt in ("iterations", "max_batches", "batch", "subdivisions", "save_every", "save_last_every", "map_every"):
+        value = getattr(args, opt)
+        if value is not None and value < 1:
+            raise UsageError(f"--{opt.replace('_', '-')} {value}: must be at least 1")
+    if args.workers < 0:
+        raise UsageError(f"--workers {args.workers}: must be 0 or more")
+    if args.backup is not None and os.path.exists(args.backup) and not os.path.isdir(args.backup):
+        raise UsageError(f"--backup {args.backup}: is a file, not a folder (the folder is created if missing)")
     options = TrainOptions(
         backup=args.backup,
         max_batches=args.max_batches,

@@ -37,7 +37,7 @@ from pydarknet.data.dataset import load_dataset
 from pydarknet.data.images import image_size
 from pydarknet.data.labels import label_path, parse_labels
 from pydarknet.data.loader import Loader
-from pydarknet.errors import TrainingError
+from pydarknet.errors import TrainingError, UsageError, WriteError
 from pydarknet.train import checkpoint as ckpt
 from pydarknet.train.optim import Optimizer
 from pydarknet.train.schedule import images_per_iteration, learning_rate
@@ -118,6 +118,10 @@ class Trainer:
         self.log = log or (lambda line: None if o.quiet else print(line, flush=True))
         self.dataset = load_dataset(data, backup=o.backup)
         self.backup = pathlib.Path(self.dataset.backup)
+        if self.backup.exists() and not self.backup.is_dir():
+            raise TrainingError(
+                f"the backup folder {self.backup} is a file, not a folder; name a folder (it is created if missing)"
+            )
         desc = load_network_desc(self.cfg, lenient=o.lenient)
         for key in ("batch", "subdivisions", "max_batches"):
             value = getattr(o, key)
@@ -317,26 +321,26 @@ class Trainer:
         self._nonfinite_run = 0
         target = self.max_batches
         if stop_after is not None:
+            if int(stop_after) < 1:
+                raise UsageError(f"stop_after (--iterations) must be at least 1, got {stop_after}")
             target = min(target, self.state.iteration + int(stop_after))
-        self.backup.mkdir(parents=True, exist_ok=True)
+        try:
+            self.backup.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError(self.backup, e) from e
         csv_path = self.backup / "results.csv"
         new_csv = not csv_path.exists() or self.state.iteration == 0
-        csv_file = open(csv_path, "w" if new_csv else "a", newline="")
+        try:
+            csv_file = open(csv_path, "w" if new_csv else "a", newline="")
+        except OSError as e:
+            raise WriteError(csv_path, e) from e
         writer = csv.writer(csv_file)
         if new_csv:
-            writer.writerow(
-                [
-                    "iteration",
-                    "loss",
-                    "avg_loss",
-                    "learning_rate",
-                    "seconds",
-                    "images",
-                    "width",
-                    "height",
-                    "skipped",
-                    "map",
-                ]
+            self._write_row(
+                writer,
+                csv_file,
+                csv_path,
+                "iteration loss avg_loss learning_rate seconds images width height skipped map".split(),
             )
         show_bar = o.progress if o.progress is not None else (sys.stderr.isatty() and not o.quiet)
         bar = None
@@ -378,7 +382,10 @@ class Trainer:
                         f" mean average precision (mAP@0.50) = {entry.map:f}, best = {self.state.best_map:f}"
                         + (f" -> {best}" if best else "")
                     )
-                writer.writerow(
+                self._write_row(
+                    writer,
+                    csv_file,
+                    csv_path,
                     [
                         entry.iteration,
                         f"{entry.loss:.6f}",
@@ -390,9 +397,8 @@ class Trainer:
                         entry.height,
                         int(entry.skipped),
                         "" if entry.map is None else f"{entry.map:.6f}",
-                    ]
+                    ],
                 )
-                csv_file.flush()
                 if entry.iteration % max(1, o.chart_every) == 0:
                     self.draw_chart()
         except KeyboardInterrupt:
@@ -401,7 +407,10 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            csv_file.close()
+            try:
+                csv_file.close()
+            except OSError:
+                pass  # every row was flushed (and a failure reported) as it was written
             self.loader.close()
         self.checkpoints.save_last(self.net.flat_params, self.state, self.optimizer)
         if self.state.iteration >= self.max_batches:
@@ -411,6 +420,14 @@ class Trainer:
         if interrupted:
             raise KeyboardInterrupt
         return TrainResult(self.state.iteration, final, self.state.best_map, self.history)
+
+    @staticmethod
+    def _write_row(writer, csv_file, csv_path, row):
+        try:
+            writer.writerow(row)
+            csv_file.flush()
+        except OSError as e:
+            raise WriteError(csv_path, e) from e
 
     def draw_chart(self):
         """chart.png: loss and average loss per iteration, mAP points on a second axis (atomic write)."""
