@@ -562,3 +562,66 @@ def test_dataset_paths_the_os_refuses_are_data_errors(tmp_path, bad_path):
     doc.write_text(f"names: [a]\ntrain: {bad_path}\n")
     with pytest.raises(DataError, match="no such file"):
         dataset.load_dataset(doc)
+
+
+def test_yaml_integer_too_long_to_convert(tmp_path):
+    doc = tmp_path / "data.yaml"
+    doc.write_text("names: [a]\nnc: " + "9" * 5000 + "\ntrain: .\n")
+    with pytest.raises(DataError, match="data.yaml: a value cannot be read"):
+        dataset.read_data_yaml(doc)
+
+
+def test_absurd_class_counts_are_refused_at_once(tmp_path):
+    """classes=99999999999999999999 and no names file made a list of that many default names (a hang)."""
+    (tmp_path / "train.txt").write_text("a.jpg\n")
+    data = tmp_path / "obj.data"
+    for value, message in (("99999999999999999999", "not a number of classes"), ("100001", "out of range")):
+        data.write_text(f"classes = {value}\ntrain = train.txt\n")
+        err = finishes(lambda: dataset.load_dataset(data), seconds=5)
+        assert isinstance(err, DataError) and message in str(err)
+    doc = tmp_path / "data.yaml"
+    doc.write_text("nc: 99999999999\ntrain: train.txt\n")
+    err = finishes(lambda: dataset.load_dataset(doc), seconds=5)
+    assert isinstance(err, DataError) and "is not a positive number of classes (at most 100000)" in str(err)
+
+
+def test_png_chunk_declaring_2_gib_under_a_memory_limit(tmp_path):
+    """PIL reserved the declared IDAT length (2 GiB) before reading: a MemoryError under an address-space limit."""
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGBA", (16, 12), (1, 2, 3, 4)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    idat = data.index(b"IDAT") - 4
+    data[idat : idat + 4] = struct.pack(">I", 0x80000317)
+    path = tmp_path / "big_chunk.png"
+    path.write_bytes(bytes(data))
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))\n"
+        "from pydarknet.data import images\n"
+        "try:\n    images.load_image(sys.argv[1]); print('ok')\n"
+        "except images.ImageError as e:\n    print('ImageError')\n"
+        "except MemoryError:\n    print('MemoryError')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert out.stdout.strip() in ("ok", "ImageError"), out.stdout + out.stderr
+
+
+def test_tiff_with_a_rational_strip_offset_is_an_image_error(tmp_path):
+    """PIL's TIFF reader raised TypeError on a StripOffsets tag stored as a RATIONAL."""
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 12), (5, 6, 7)).save(buf, "TIFF")
+    data = bytearray(buf.getvalue())
+    assert data[:2] == b"II"
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for k in range(struct.unpack_from("<H", data, ifd)[0]):
+        entry = ifd + 2 + 12 * k
+        if struct.unpack_from("<H", data, entry)[0] == 273:  # StripOffsets
+            struct.pack_into("<H", data, entry + 2, 5)  # type RATIONAL
+    path = tmp_path / "rational.tif"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="rational.tif: cannot read image"):
+        images.load_image(path)

@@ -8,6 +8,7 @@ import pathlib
 
 from pydarknet.cli.common import EXIT_OK
 from pydarknet.errors import UsageError
+from pydarknet.utils.atomic import atomic_write_text
 
 
 def _kind(path):
@@ -117,9 +118,9 @@ def cmd_calc_anchors(args):
     print(f"{r.boxes} boxes in {args.data}")
     print(r.report())
     out = pathlib.Path(args.out)
-    out.write_text(r.anchors_text() + "\n")
+    atomic_write_text(out, r.anchors_text() + "\n")
     counters = out.with_name("counters_per_class.txt")
-    counters.write_text(r.counters_text() + "\n")
+    atomic_write_text(counters, r.counters_text() + "\n")
     print(f"saved {out} and {counters}")
     return EXIT_OK
 
@@ -136,7 +137,7 @@ def cmd_synthetic(args):
     )
     anchors = calc_anchors(str(data), 6, args.size, args.size, seed=args.seed).anchors
     cfg = data.with_name(data.stem + "-tiny.cfg")
-    cfg.write_text(starter_cfg(args.classes, args.size, args.size, anchors))
+    atomic_write_text(cfg, starter_cfg(args.classes, args.size, args.size, anchors))
     print(f"wrote {data} and {cfg}; train with:\n  pydarknet train {cfg} {data}")
     return EXIT_OK
 

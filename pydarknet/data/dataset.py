@@ -64,6 +64,11 @@ def _read_text(path, limit, what) -> str:
     return data.decode("utf-8-sig", errors="replace")
 
 
+# As many classes as a [yolo] layer may have (pydarknet.core.graph): more cannot be trained or evaluated, and a
+# typo like classes=99999999999999999999 would otherwise make a list of that many default names.
+MAX_CLASSES = 100_000
+
+
 # ----- .data files and paths ---------------------------------------------------------------------------------
 def read_data_file(path) -> Dict[str, str]:
     """Darknet's ``read_data_cfg``: ``key = value`` lines (``#``/``;`` comments); returns a dict of strings.
@@ -205,15 +210,19 @@ def read_data_yaml(path, backup=None) -> Dataset:
     text = _read_text(path, files.MAX_TEXT_BYTES, "")
     try:
         doc = yaml.load(text, Loader=_dataset_loader(yaml, path))
+    except DataError:
+        raise
     except yaml.YAMLError as e:
         raise DataError(f"{path}: not valid YAML ({short(e, 300)})") from None
+    except ValueError as e:  # a value PyYAML cannot convert (an integer of more than 4,300 digits, ...)
+        raise DataError(f"{path}: a value cannot be read ({short(e, 200)})") from None
     except RecursionError:
         raise DataError(f"{path}: the YAML is nested too deeply") from None
     if not isinstance(doc, dict):
         raise DataError(f"{path}: expected a mapping with path/train/val/names")
     nc = doc.get("nc")
-    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
-        raise DataError(f"{path}: nc={nc!r} is not a positive number of classes")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or not 1 <= nc <= MAX_CLASSES):
+        raise DataError(f"{path}: nc={short(repr(nc))} is not a positive number of classes (at most {MAX_CLASSES})")
     names = doc.get("names")
     if isinstance(names, dict):
         try:
@@ -251,12 +260,12 @@ def data_classes(opts, path, default=None) -> int:
         if default is not None:
             return default
         raise DataError(f"{path}: no 'classes' key")
-    try:
-        classes = int(opts["classes"])
-    except ValueError:
-        raise DataError(f"{path}: classes={opts['classes']!r} is not a number") from None
-    if classes < 1:
-        raise DataError(f"{path}: classes={classes} must be at least 1")
+    value = opts["classes"]
+    if not (value.isascii() and value.strip().lstrip("+-").isdigit()) or len(value.strip()) > 12:
+        raise DataError(f"{path}: classes={short(value)!r} is not a number of classes")
+    classes = int(value)
+    if not 1 <= classes <= MAX_CLASSES:
+        raise DataError(f"{path}: classes={classes} is out of range (1..{MAX_CLASSES})")
     return classes
 
 

@@ -7,7 +7,9 @@ network prepares pixels the same way.
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import threading
 import warnings
 
@@ -84,6 +86,21 @@ def _limit_from_env():
 MAX_IMAGE_PIXELS = _limit_from_env()
 
 _PIL_CAP_LOCK = threading.Lock()
+# What PIL's decoders raise on damaged files: besides OSError/SyntaxError/ValueError, its parsers trip over
+# malformed fields with these (a TIFF rational where an int belongs gives a TypeError, for one).
+_DECODER_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    TypeError,
+    IndexError,
+    KeyError,
+    ZeroDivisionError,
+    OverflowError,
+    RecursionError,
+    struct.error,
+)
 
 
 def _open_and_decode(path, want_alpha):
@@ -91,7 +108,10 @@ def _open_and_decode(path, want_alpha):
     from PIL import Image
 
     limit = MAX_IMAGE_PIXELS
-    with Image.open(path) as im:
+    # PIL is given the bytes, not the file: a chunk that declares a length far beyond the end of the file (a PNG
+    # IDAT of 2 GiB in a 1 KB file) then reads what is there instead of reserving the declared size first.
+    data = files.read_bounded(path, files.MAX_IMAGE_BYTES, lambda problem: ImageError(f"{path}: {problem}"))
+    with Image.open(io.BytesIO(data)) as im:
         w, h = im.size
         if limit and w * h > limit:
             raise ImageError(
@@ -142,7 +162,9 @@ def load_image(source, *, alpha=False):
             return _decode_file(path, alpha), path
         except ImageError:
             raise
-        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        except MemoryError:
+            raise ImageError(f"{path}: not enough memory to decode this image") from None
+        except _DECODER_ERRORS as e:
             reason = short(str(e) or type(e).__name__, 200)
             raise ImageError(f"{path}: cannot read image ({reason})") from None
     if isinstance(source, Image.Image):

@@ -17,6 +17,7 @@ __all__ = [
     "MAX_TEXT_BYTES",
     "MAX_LIST_BYTES",
     "MAX_LABEL_BYTES",
+    "MAX_IMAGE_BYTES",
     "check_regular",
     "read_bounded",
     "short",
@@ -27,6 +28,7 @@ MAX_CFG_BYTES = 8 << 20
 MAX_TEXT_BYTES = 16 << 20  # .data, names, data.yaml
 MAX_LIST_BYTES = 1 << 30  # image lists (Open Images' 1.7M paths are about 140 MB)
 MAX_LABEL_BYTES = 16 << 20  # one YOLO label file (100,000 boxes are about 4 MB)
+MAX_IMAGE_BYTES = 1 << 30  # one image file (the pixel cap, images.MAX_IMAGE_PIXELS, is the tighter bound)
 
 
 def _kind(mode) -> str:
