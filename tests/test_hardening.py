@@ -575,7 +575,12 @@ def test_absurd_class_counts_are_refused_at_once(tmp_path):
     """classes=99999999999999999999 and no names file made a list of that many default names (a hang)."""
     (tmp_path / "train.txt").write_text("a.jpg\n")
     data = tmp_path / "obj.data"
-    for value, message in (("99999999999999999999", "not a number of classes"), ("100001", "out of range")):
+    for value, message in (
+        ("99999999999999999999", "not a number of classes"),
+        ("100001", "out of range"),
+        ("--1", "not a number of classes"),  # int() raised a plain ValueError
+        ("\uff13", "not a number of classes"),
+    ):
         data.write_text(f"classes = {value}\ntrain = train.txt\n")
         err = finishes(lambda: dataset.load_dataset(data), seconds=5)
         assert isinstance(err, DataError) and message in str(err)
@@ -625,3 +630,22 @@ def test_tiff_with_a_rational_strip_offset_is_an_image_error(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ImageError, match="rational.tif: cannot read image"):
         images.load_image(path)
+
+
+def test_cli_source_name_too_long_for_the_os(capsys):
+    code = main(["detect", "x" * 5000])
+    _, err = capsys.readouterr()
+    assert code == 2 and "no such file or folder" in err
+
+
+def test_a_list_used_for_train_and_valid_is_read_once(tmp_path, monkeypatch):
+    """Resolving a long list of missing entries is the slow part of loading a .data: do it once, not twice."""
+    (tmp_path / "train.txt").write_text("".join(f"missing/{k}.jpg\n" for k in range(100)))
+    data = tmp_path / "obj.data"
+    data.write_text("classes = 1\ntrain = train.txt\nvalid = train.txt\n")
+    calls = []
+    real = dataset.read_image_list
+    monkeypatch.setattr(dataset, "read_image_list", lambda *a, **k: calls.append(a) or real(*a, **k))
+    ds = dataset.load_dataset(data)
+    assert len(calls) == 1 and ds.train == ds.valid and len(ds.train) == 100
+    assert ds.train is not ds.valid

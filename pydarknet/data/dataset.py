@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List
 
@@ -120,11 +121,18 @@ def read_image_list(path, exists=None) -> List[str]:
     which candidate counts as present: calc-anchors, which reads only labels, also accepts an entry whose label
     file exists). Paths that do not exist are kept: the loader reports them in ``bad.list``."""
     text = _read_text(path, files.MAX_LIST_BYTES, "the image list ")
+    found = os.path.exists if exists is None else (lambda candidate: exists(pathlib.Path(candidate)))
+    parents = [str(folder) for folder in pathlib.Path(path).absolute().parents]
     out = []
     for line in text.splitlines():
         line = line.strip()
-        if line and not line.startswith("#"):
-            out.append(str(resolve_path(line, path, exists)))
+        if not line or line.startswith("#"):
+            continue
+        # resolve_path, with the list's parents computed once: lists run to a million lines, many may be missing
+        entry = str(_expand_user(line))  # normalised as a Path, as resolve_path returns it
+        if not os.path.isabs(entry) and not found(entry):
+            entry = next((c for c in (os.path.join(f, entry) for f in parents) if found(c)), entry)
+        out.append(entry)
     return out
 
 
@@ -261,7 +269,7 @@ def data_classes(opts, path, default=None) -> int:
             return default
         raise DataError(f"{path}: no 'classes' key")
     value = opts["classes"]
-    if not (value.isascii() and value.strip().lstrip("+-").isdigit()) or len(value.strip()) > 12:
+    if not re.fullmatch(r"[+-]?[0-9]{1,12}", value.strip()):
         raise DataError(f"{path}: classes={short(value)!r} is not a number of classes")
     classes = int(value)
     if not 1 <= classes <= MAX_CLASSES:
@@ -288,13 +296,15 @@ def _read_data(path, backup=None) -> Dataset:
     classes = data_classes(opts, path)
     if not opts.get("train"):
         raise DataError(f"{path}: no 'train' list")
-    lists = {}
+    lists, read = {}, {}
     for key in ("train", "valid"):
         value = opts.get(key) or opts["train"]
         p = resolve_path(value, path)
         if not os.path.isfile(p):
             raise DataError(f"{path}: {key} list {p}: no such file")
-        lists[key] = read_image_list(p)
+        if p not in read:  # valid is often the train list itself: read it once
+            read[p] = read_image_list(p)
+        lists[key] = list(read[p])
     names = data_names(opts, path, classes) or [str(i) for i in range(classes)]
     if backup is None:
         backup = resolve_path(opts.get("backup") or "backup", path)
