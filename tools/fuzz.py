@@ -25,8 +25,9 @@ Usage (from the repository root, with the package importable)::
     python tools/fuzz.py --seed 1 --replay 4711          # one input again, with its traceback
     python tools/fuzz.py --count 2000 --seed 7            # a quick run
 
-Throughput is printed at the end; on two shared cores 100,000 inputs took the time recorded in
-benchmarks/RESULTS.md ("Fuzzing").
+Throughput is printed at the end: on the project's two shared cores 100,000 inputs take 5 to 7 minutes (260 to 330
+inputs/s with two workers); the campaigns and what they found are in benchmarks/RESULTS.md ("Fuzzing"). The exit
+status is 1 when any input ended untyped, crashed or hung.
 """
 
 from __future__ import annotations
