@@ -22,6 +22,8 @@ __all__ = [
     "CheckpointError",
     "AnchorsError",
     "ConcurrentUseError",
+    "NonFiniteError",
+    "WriteError",
     "CfgWarning",
 ]
 
@@ -132,6 +134,37 @@ class AnchorsError(DarknetError, ValueError):
 class ConcurrentUseError(DarknetError, RuntimeError):
     """A network used from several threads in a way that cannot be correct: a training sequence (forward_train,
     then backward) broken by another thread's forward_train on the same network."""
+
+
+class NonFiniteError(DarknetError, ArithmeticError):
+    """A forward pass produced NaN or infinity (names the first layer that did, and its cfg line)."""
+
+
+class WriteError(DarknetError, OSError):
+    """A file could not be written (a full disk, no permission...): names the file and the reason.
+
+    Also an OSError (with ``errno``, ``strerror`` and ``filename``), so code that catches OSError still sees it."""
+
+    def __init__(self, path, exc: OSError):
+        self.path = str(path)
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        if exc.errno == 28:  # ENOSPC
+            reason += " (the disk is full)"
+        super().__init__(exc.errno, reason, self.path)
+        self.message = f"cannot write {self.path}: {reason}"
+
+    def __str__(self):
+        return self.message
+
+    def __reduce__(self):
+        # OSError's own pickling would call __init__ with (errno, strerror, filename); worker processes pickle errors.
+        return (_rebuild_write_error, (self.path, self.errno, self.strerror, self.message))
+
+
+def _rebuild_write_error(path, errno, strerror, message):
+    err = WriteError(path, OSError(errno, strerror))
+    err.message = message
+    return err
 
 
 class CfgWarning(UserWarning):

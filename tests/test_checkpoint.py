@@ -82,7 +82,12 @@ def make_desc(max_batches=2010, ema=0.9, net_extra="", l0="", l3=""):
 
 
 def init_params(desc, seed=0):
-    return (np.random.default_rng(seed).standard_normal(desc.param_count) * 0.2).astype(np.float32)
+    p = (np.random.default_rng(seed).standard_normal(desc.param_count) * 0.2).astype(np.float32)
+    for layer in desc.layers:  # variances are positive in any real file (a negative one is refused on load)
+        for t in layer.tensors:
+            if t.name == "rolling_variance":
+                p[t.offset : t.offset + t.size] = np.abs(p[t.offset : t.offset + t.size]) + np.float32(0.1)
+    return p
 
 
 def grad_for(desc, iteration):

@@ -95,6 +95,16 @@ def fill_distinct(net, seed=0):
     return net
 
 
+def random_tensors(rng, layout):
+    """Standard-normal tensors for ``layout`` ((index, name, shape) rows), variances made positive as a real
+    file's are (a negative rolling_variance is refused on load)."""
+    out = []
+    for _, name, shape in layout:
+        values = rng.standard_normal(shape).astype(np.float32)
+        out.append(np.abs(values) + np.float32(0.1) if name == "rolling_variance" else values)
+    return out
+
+
 def params_bytes(net):
     return np.array(net.params, copy=True).tobytes()
 
@@ -173,7 +183,7 @@ def test_file_layout_is_byte_exact(small_cfg, tmp_path):
 
 def test_hand_written_file_loads_into_the_right_tensors(small_cfg, tmp_path):
     rng = np.random.default_rng(5)
-    tensors = [rng.standard_normal(shape).astype(np.float32) for _, _, shape in SMALL_LAYOUT]
+    tensors = random_tensors(rng, SMALL_LAYOUT)
     path = tmp_path / "hand.weights"
     path.write_bytes(struct.pack("<iiiQ", 0, 2, 5, 4242) + b"".join(t.astype("<f4").tobytes() for t in tensors))
     net = pydarknet.load(small_cfg, path)
@@ -219,6 +229,9 @@ def test_round_trip_keeps_nan_free_special_values(small_cfg, tmp_path):
     src = pydarknet.load(small_cfg, seed=1)
     special = np.array([0.0, -0.0, 1e-45, -1e-45, 3.4028235e38, -3.4028235e38, 1.17549435e-38, 1.0], dtype=np.float32)
     src.params[:] = np.resize(special, src.params.size)
+    for layer in src.layers:  # a negative variance is refused on load (test_hardening); the rest stays special
+        if "rolling_variance" in layer.params:
+            layer.params["rolling_variance"][...] = np.abs(layer.params["rolling_variance"])
     path = tmp_path / "special.weights"
     src.save_weights(path)
     dst = pydarknet.load(small_cfg, path, seed=2)
@@ -244,7 +257,7 @@ def test_round_trip_old_header_with_32_bit_seen(small_cfg, tmp_path, version):
 
 
 def test_hand_written_old_header_file(small_cfg, tmp_path):
-    floats = np.random.default_rng(3).standard_normal(SMALL_FLOATS).astype("<f4")
+    floats = np.concatenate(random_tensors(np.random.default_rng(3), SMALL_LAYOUT), axis=None).astype("<f4")
     path = tmp_path / "yolov2-era.weights"
     path.write_bytes(struct.pack("<iiiI", 0, 1, 0, 64000) + floats.tobytes())
     net = pydarknet.load(small_cfg, path)
@@ -297,7 +310,7 @@ def test_round_trip_transposed_connected(small_cfg, tmp_path, version):
 def test_transposed_file_written_by_hand(small_cfg, tmp_path):
     """A file with the transposed flag loads its connected matrices transposed, and nothing else."""
     rng = np.random.default_rng(9)
-    tensors = [rng.standard_normal(shape).astype(np.float32) for _, _, shape in SMALL_LAYOUT]
+    tensors = random_tensors(rng, SMALL_LAYOUT)
     stored = [
         t.T.copy() if (name == "weights" and index in (3, 4)) else t
         for (index, name, _), t in zip(SMALL_LAYOUT, tensors)
@@ -601,7 +614,7 @@ def test_dontload_layer_is_not_in_the_file(tmp_path):
     # The file holds every tensor except those of layer 1 (biases 2 + weights 8).
     rng = np.random.default_rng(1)
     present = [(i, n, s) for i, n, s in SMALL_LAYOUT if i != 1]
-    tensors = [rng.standard_normal(s).astype(np.float32) for _, _, s in present]
+    tensors = random_tensors(rng, present)
     path = tmp_path / "dontload.weights"
     path.write_bytes(struct.pack("<iiiQ", 0, 2, 5, 0) + b"".join(t.astype("<f4").tobytes() for t in tensors))
     assert path.stat().st_size == FULL_SMALL_BYTES - 4 * 10
@@ -642,7 +655,7 @@ def test_conv_dontloadscales_file_has_no_bn_triplet(tmp_path):
         (i, n, s) for i, n, s in SMALL_LAYOUT if not (i == 0 and n in ("scales", "rolling_mean", "rolling_variance"))
     ]
     rng = np.random.default_rng(2)
-    tensors = [rng.standard_normal(s).astype(np.float32) for _, _, s in present]
+    tensors = random_tensors(rng, present)
     path = tmp_path / "dls.weights"
     path.write_bytes(struct.pack("<iiiQ", 0, 2, 5, 0) + b"".join(t.astype("<f4").tobytes() for t in tensors))
     assert path.stat().st_size == FULL_SMALL_BYTES - 4 * 12
@@ -665,7 +678,7 @@ def test_connected_dontloadscales_file_has_no_bn_triplet(tmp_path):
         (i, n, s) for i, n, s in SMALL_LAYOUT if not (i == 3 and n in ("scales", "rolling_mean", "rolling_variance"))
     ]
     rng = np.random.default_rng(3)
-    tensors = [rng.standard_normal(s).astype(np.float32) for _, _, s in present]
+    tensors = random_tensors(rng, present)
     path = tmp_path / "dls.weights"
     path.write_bytes(struct.pack("<iiiQ", 0, 2, 5, 0) + b"".join(t.astype("<f4").tobytes() for t in tensors))
 

@@ -66,13 +66,14 @@ def expand_sources(sources):
     many = False
     for src in sources:
         p = pathlib.Path(src)
-        if p.is_dir():
+        # os.path's checks answer False for names the OS refuses (too long, NUL bytes) where pathlib's raise
+        if os.path.isdir(p):
             many = True
             found = sorted((q for q in p.iterdir() if q.is_file() and _is_image_name(q.name)), key=lambda q: q.name)
             if not found:
                 items.append((str(p), f"{p}: no images in this folder"))
             items.extend((str(q), None) for q in found)
-        elif p.suffix.lower() in (".txt", ".list") and p.is_file():
+        elif p.suffix.lower() in (".txt", ".list") and os.path.isfile(p):
             many = True
             try:
                 listed = read_image_list(p)
@@ -80,8 +81,8 @@ def expand_sources(sources):
                 items.append((str(p), str(e)))
                 continue
             for q in map(pathlib.Path, listed):
-                items.append((str(q), None if q.exists() else f"{q}: no such file (listed in {p})"))
-        elif p.exists():
+                items.append((str(q), None if os.path.exists(q) else f"{q}: no such file (listed in {p})"))
+        elif os.path.exists(p):
             items.append((str(p), None))
         else:
             items.append((str(p), f"{p}: no such file or folder"))

@@ -232,6 +232,12 @@ def cmd_detect(args):
                 if bar is not None:
                     bar.update(1)
                 continue
+            except MemoryError:
+                failed += 1
+                fail(f"{path}: not enough memory to decode this image")
+                if bar is not None:
+                    bar.update(1)
+                continue
             if len(pending) >= args.batch:
                 flush()
         flush()
@@ -261,6 +267,9 @@ def cmd_detect(args):
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
+_CACHE_LABELS = {"verified": "yes", "unverified": "yes*", "damaged": "BAD", "missing": "-"}
+
+
 # ----- download --------------------------------------------------------------------------------------------
 def cmd_download(args):
     from pydarknet.hub import assets, models
@@ -269,14 +278,17 @@ def cmd_download(args):
         print(f"{'model':14s} {'cached':7s} source")
         for m in models.MODELS.values():
             try:
-                state = "yes" if models.is_cached(m) else "-"
-            except Exception:
+                state = {"verified": "yes", "unverified": "yes*", "damaged": "BAD", "missing": "-"}[
+                    models.cache_state(m)
+                ]
+            except (OSError, models.ModelError):
                 state = "?"
             src = f"{assets.ASSETS[m.asset].spec} (or {m.url})" if m.asset else m.url
             print(f"{m.name:14s} {state:7s} {src}")
             print(f"{'':14s} {'':7s} {m.description}")
             if m.note:
                 print(f"{'':14s} {'':7s} note: {m.note} (Darknet's own: cfg/{m.darknet_cfg})")
+        print("(yes*: size checked only, no published sha256 pinned; BAD: right size, wrong sha256)")
         print(
             "\nsample photos (from the package registry): "
             + ", ".join(n for n in assets.names() if not n.endswith(".weights"))

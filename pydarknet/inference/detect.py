@@ -46,8 +46,15 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
-from pydarknet.data.images import letterbox_image, letterbox_size, load_image, preprocess, resize_image
-from pydarknet.errors import DarknetError, ImageError
+from pydarknet.data.images import (
+    letterbox_image,
+    letterbox_size,
+    load_image,
+    preprocess,
+    resize_image,
+    to_network_channels,
+)
+from pydarknet.errors import CfgError, DarknetError, ImageError, NonFiniteError
 from pydarknet.inference.results import Results
 
 __all__ = [
@@ -265,6 +272,28 @@ def network_at_size(net, width, height):
         raise DarknetError(f"test-time augmentation needs the network at {width}x{height}: {e}") from None
 
 
+# ----- non-finite outputs ------------------------------------------------------------------------------------
+def _checked_forward(net, x, chunk):
+    """``net.forward(x)``, refusing outputs with NaN or infinity: a :class:`NonFiniteError` naming the image and the
+    first layer whose output is not finite (found by running that image again through every layer)."""
+    outs = net.forward(x)
+    if all(np.isfinite(o).all() for o in outs):
+        return outs
+    for b, prepared in enumerate(chunk):
+        if all(np.isfinite(o[b]).all() for o in outs):
+            continue
+        where = prepared.path or f"image {b} of the batch"
+        for i, out in enumerate(net.forward_all(x[b : b + 1])):
+            if not np.isfinite(out).all():
+                layer = net.desc.layers[i]
+                raise NonFiniteError(
+                    f"{where}: layer {i} [{layer.type}] ({net.desc.path} line {layer.line}) produced NaN or "
+                    f"infinity; check that layer's cfg values and the weights"
+                )
+        raise NonFiniteError(f"{where}: the network's output holds NaN or infinity")
+    return outs
+
+
 # ----- the detector ----------------------------------------------------------------------------------------
 @dataclass
 class Prepared:
@@ -333,7 +362,13 @@ class Detector:
             per_image = 4 * sum(int(np.prod(l.out_shape)) for l in net.desc.layers)
             batch = min(8, (2 << 30) // max(per_image, 1))
         self.batch = max(1, int(batch))
-        _, self.net_h, self.net_w = net.input_shape
+        self.channels, self.net_h, self.net_w = net.input_shape
+        if self.channels not in (1, 3, 4):
+            raise CfgError(
+                f"the network takes channels={self.channels}, which no image has: Darknet's image loader gives "
+                f"1 (grey), 3 (RGB) or 4 (RGBA) channels",
+                net.desc.path,
+            )
         self.passes = _tta_passes(tta, self.net_w, self.net_h, _network_stride(net)) if tta else None
         self._pass_nets = {}
         self._pass_nets_lock = threading.Lock()  # a pass network is built once even when threads ask at once
@@ -367,11 +402,16 @@ class Detector:
 
     # -- stages --
     def prepare(self, source):
-        """Load and pre-process one image (raises FileNotFoundError / ImageError / ValueError / TypeError)."""
+        """Load and pre-process one image (raises FileNotFoundError / ImageError / ValueError / TypeError).
+
+        The decoded image is converted to the network's channels as Darknet's loader does (see
+        :func:`~pydarknet.data.images.to_network_channels`): grey for ``channels=1``, RGBA for ``channels=4``."""
         t0 = time.perf_counter()
-        rgb, path = load_image(source)
-        tensor = preprocess(rgb, self.net_w, self.net_h, self.letterbox)
-        passes = [self._pass_input(rgb, p, tensor) for p in self.passes] if self.passes else None
+        image, path = load_image(source, alpha=self.channels == 4)
+        pixels = to_network_channels(image, self.channels)
+        rgb = np.ascontiguousarray(image[:, :, :3]) if image.shape[2] != 3 else image
+        tensor = preprocess(pixels, self.net_w, self.net_h, self.letterbox)
+        passes = [self._pass_input(pixels, p, tensor) for p in self.passes] if self.passes else None
         return Prepared(rgb, tensor, path, (time.perf_counter() - t0) * 1e3, passes)
 
     def infer(self, prepared: Sequence[Prepared]):
@@ -385,12 +425,12 @@ class Detector:
                     raise ValueError(
                         "these images were prepared without test-time augmentation; prepare them with this detector"
                     )
-                pass_outs = [
-                    self._pass_network(ps).forward(np.stack([p.tta_tensors[k] for p in chunk]))
-                    for k, ps in enumerate(self.passes)
-                ]
+                pass_outs = []
+                for k, ps in enumerate(self.passes):
+                    net, x = self._pass_network(ps), np.stack([p.tta_tensors[k] for p in chunk])
+                    pass_outs.append(_checked_forward(net, x, chunk))
             else:
-                outs = self.net.forward(np.stack([p.tensor for p in chunk]))
+                outs = _checked_forward(self.net, np.stack([p.tensor for p in chunk]), chunk)
             infer_ms = (time.perf_counter() - t0) * 1e3 / len(chunk)
             for b, p in enumerate(chunk):
                 t1 = time.perf_counter()
@@ -406,11 +446,22 @@ class Detector:
                 results.append(res)
         return results
 
-    def _candidates(self, outputs, net_w, net_h):
-        """All [yolo] heads of one image decoded: boxes relative to an ``net_w x net_h`` input, objectness, probs."""
+    def _candidates(self, outputs, net_w, net_h, path=None):
+        """All [yolo] heads of one image decoded: boxes relative to an ``net_w x net_h`` input, objectness, probs.
+
+        A box that does not decode to finite numbers (``exp`` of a huge width or height output overflows) raises
+        :class:`NonFiniteError` naming the [yolo] layer, rather than reaching NMS and the results as inf/NaN."""
         boxes, objs, probs = [], [], []
-        for out, opts in zip(outputs, self.heads):
-            b, o, p = _yolo_candidates(np.asarray(out, _F32), opts, net_w, net_h, self.thresh)
+        for out, opts, index in zip(outputs, self.heads, self.net.yolo_layers):
+            with np.errstate(over="ignore", invalid="ignore"):
+                b, o, p = _yolo_candidates(np.asarray(out, _F32), opts, net_w, net_h, self.thresh)
+            if not (np.isfinite(b).all() and np.isfinite(p).all()):
+                layer = self.net.desc.layers[index]
+                raise NonFiniteError(
+                    f"{path or 'image'}: layer {index} [yolo] ({self.net.desc.path} line {layer.line}) decodes to "
+                    f"boxes that are not finite numbers (the exp() of its width/height outputs overflows): the "
+                    f"weights or the cfg produce absurd values"
+                )
             boxes.append(b)
             objs.append(o)
             probs.append(p)
@@ -419,9 +470,9 @@ class Detector:
         probs = np.concatenate(probs) if probs else np.zeros((0, self.classes), _F32)
         return boxes, objs, probs
 
-    def pass_candidates(self, outputs, p, img_w, img_h):
+    def pass_candidates(self, outputs, p, img_w, img_h, path=None):
         """One augmentation pass's candidates with boxes relative to the original image (before NMS)."""
-        boxes, objs, probs = self._candidates(outputs, p.input_w, p.input_h)
+        boxes, objs, probs = self._candidates(outputs, p.input_w, p.input_h, path)
         b = boxes.astype(np.float64)
         # relative to the padded input -> relative to the part the image fills
         b[:, 0] *= p.input_w / p.content_w
@@ -439,7 +490,7 @@ class Detector:
         from pydarknet.inference.results import Results
 
         img_w, img_h = (image.shape[1], image.shape[0]) if image is not None else image_size
-        parts = [self.pass_candidates(outs, p, img_w, img_h) for outs, p in zip(pass_outputs, self.passes)]
+        parts = [self.pass_candidates(outs, p, img_w, img_h, path) for outs, p in zip(pass_outputs, self.passes)]
         boxes = np.concatenate([q[0] for q in parts])
         objs = np.concatenate([q[1] for q in parts])
         probs = np.concatenate([q[2] for q in parts])
@@ -456,7 +507,7 @@ class Detector:
             img_h, img_w = image.shape[:2]
         else:
             img_w, img_h = image_size
-        boxes, objs, probs = self._candidates(outputs, self.net_w, self.net_h)
+        boxes, objs, probs = self._candidates(outputs, self.net_w, self.net_h, path)
         boxes = correct_boxes(boxes, img_w, img_h, self.net_w, self.net_h, self.letterbox)
         probs = nms(boxes, probs, self.nms, self.nms_kind, self.beta_nms)
         return Results.from_darknet(

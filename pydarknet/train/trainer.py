@@ -46,7 +46,7 @@ from pydarknet.data.dataset import load_dataset
 from pydarknet.data.images import image_size
 from pydarknet.data.labels import label_path, parse_labels
 from pydarknet.data.loader import Loader
-from pydarknet.errors import TrainingError
+from pydarknet.errors import TrainingError, UsageError, WriteError
 from pydarknet.train import checkpoint as ckpt
 from pydarknet.train.optim import Optimizer
 from pydarknet.train.schedule import images_per_iteration, learning_rate
@@ -258,6 +258,10 @@ class Trainer:
         self.log = log or (lambda line: None if o.quiet else print(line, flush=True))
         self.dataset = load_dataset(data, backup=o.backup)
         self.backup = pathlib.Path(self.dataset.backup)
+        if self.backup.exists() and not self.backup.is_dir():
+            raise TrainingError(
+                f"the backup folder {self.backup} is a file, not a folder; name a folder (it is created if missing)"
+            )
         for stale in remove_stale_temporaries(self.backup):
             self.log(f"removed {stale}, left by a run killed while writing")
         desc = load_network_desc(self.cfg, lenient=o.lenient)
@@ -459,8 +463,13 @@ class Trainer:
         self._nonfinite_run = 0
         target = self.max_batches
         if stop_after is not None:
+            if int(stop_after) < 1:
+                raise UsageError(f"stop_after (--iterations) must be at least 1, got {stop_after}")
             target = min(target, self.state.iteration + int(stop_after))
-        self.backup.mkdir(parents=True, exist_ok=True)
+        try:
+            self.backup.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError(self.backup, e) from e
         csv_path = self.backup / "results.csv"
         if self.state.iteration == 0 or not csv_path.exists():
             atomic_write_text(csv_path, ",".join(RESULTS_HEADER) + "\r\n")
@@ -471,15 +480,21 @@ class Trainer:
                     f"{csv_path} has rows for {len(kept)} of the {self.state.iteration} iterations done before "
                     f"this resume (written by another run or edited); the chart shows what is there"
                 )
-        csv_file = open(csv_path, "a", newline="")
+        try:
+            csv_file = open(csv_path, "a", newline="")
+        except OSError as e:
+            raise WriteError(csv_path, e) from e
         writer = csv.writer(csv_file)
         written = self.state.iteration  # the last iteration that has its row
 
         def write_row(entry):
             # Durable before the checkpoint of the same iteration: a saved iteration always has its row.
-            writer.writerow(_results_row(entry))
-            csv_file.flush()
-            os.fsync(csv_file.fileno())
+            try:
+                writer.writerow(_results_row(entry))
+                csv_file.flush()
+                os.fsync(csv_file.fileno())
+            except OSError as e:
+                raise WriteError(csv_path, e) from e
 
         show_bar = o.progress if o.progress is not None else (sys.stderr.isatty() and not o.quiet)
         bar = None
@@ -536,7 +551,10 @@ class Trainer:
             last = self.history[-1] if self.history else None
             if last is not None and last.iteration == self.state.iteration > written:
                 write_row(last)  # interrupted between the iteration and its row: _last below saves it
-            csv_file.close()
+            try:
+                csv_file.close()
+            except OSError:
+                pass  # every row was flushed (and a failure reported) as it was written
             self.loader.close()
         self.checkpoints.save_last(self.net.flat_params, self.state, self.optimizer)
         if self.state.iteration >= self.max_batches:

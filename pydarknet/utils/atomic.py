@@ -13,6 +13,8 @@ import secrets
 from pathlib import Path
 from typing import List
 
+from pydarknet.errors import WriteError
+
 __all__ = ["atomic_write", "atomic_write_text", "fsync_dir", "remove_stale_temporaries", "temporary_name"]
 
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]{8})\.tmp$")
@@ -39,8 +41,20 @@ def fsync_dir(directory):
 
 def atomic_write(path, write):
     """Write ``path`` by calling ``write(binary_file)`` on a temporary file in the same folder, then fsync,
-    rename over ``path`` and fsync the folder. A crash at any moment leaves either the old or the new file."""
+    rename over ``path`` and fsync the folder. A crash at any moment leaves either the old or the new file.
+
+    A failure of the file system (a full disk, no permission, a folder that is gone) raises
+    :class:`~pydarknet.errors.WriteError` naming ``path``; ``path`` is then left as it was."""
     path = Path(path)
+    try:
+        _atomic_write(path, write)
+    except WriteError:
+        raise
+    except OSError as e:
+        raise WriteError(path, e) from e
+
+
+def _atomic_write(path, write):
     directory = path.parent
     tmp = directory / temporary_name(path)
     # os.open with mode 0o666 honours the umask, so the result has the permissions a plain open() would give.
