@@ -255,7 +255,7 @@ def add_parsers(sub):
         description="Edit BASE_CFG for DATA as Darknet's custom-training guide says: classes= in every [yolo], "
         "filters=(classes+5)*<anchors in mask> in the [convolutional] before it, anchors from the training labels "
         "(k-means as calc-anchors), max_batches = classes*2000 but at least the number of training images and "
-        "6000, steps at 80%% and 90%%, burn_in at most a third of max_batches. Every other line of BASE_CFG, "
+        "6000, steps at 80% and 90%, burn_in at most a third of max_batches. Every other line of BASE_CFG, "
         "comments included, is kept.",
     )
     f.add_argument("cfg", metavar="BASE_CFG", help="the released model's cfg (e.g. cfg/yolov4-tiny.cfg)")
