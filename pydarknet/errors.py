@@ -21,6 +21,8 @@ __all__ = [
     "TrainingError",
     "CheckpointError",
     "AnchorsError",
+    "ExportError",
+    "VideoError",
     "CfgWarning",
 ]
 
@@ -122,6 +124,24 @@ class CheckpointError(DarknetError, ValueError):
 
 class AnchorsError(DarknetError, ValueError):
     """Labels or arguments calc_anchors cannot work with."""
+
+
+class ExportError(DarknetError, ValueError):
+    """A network, or an export option, that cannot be written in the asked format (names the layer and cfg line)."""
+
+
+class VideoError(DarknetError, RuntimeError):
+    """A video file or stream that cannot be opened, decoded or written (names the source and, where there is
+    one, the frame)."""
+
+    def __init__(self, problem, source=None, frame=None):
+        self.problem = problem
+        self.source = None if source is None else str(source)
+        self.frame = frame
+        where = self.source or "<video>"
+        if frame is not None:
+            where = f"{where}: frame {frame}"
+        super().__init__(f"{where}: {problem}")
 
 
 class CfgWarning(UserWarning):
