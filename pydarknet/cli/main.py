@@ -39,7 +39,11 @@ def build_parser():
         "package registry). Exit codes: 0 ok; 1 some images could not be read; 2 bad arguments or model.",
     )
     d.add_argument(
-        "sources", nargs="+", metavar="SOURCE", help="image files, folders of images, or .txt files listing image paths"
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="image files, folders of images, or .txt files listing image paths; video files (mp4, avi, mkv, ...), "
+        "folders of videos, rtsp:// or http:// stream URLs, or a camera index (0)",
     )
     g = d.add_argument_group("model")
     g.add_argument(
@@ -76,6 +80,9 @@ def build_parser():
     )
     w.add_argument("--ext-output", action="store_true", help="print pixel boxes (Darknet's -ext_output)")
     w.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    from pydarknet.cli.video import add_video_options
+
+    add_video_options(d)
     d.set_defaults(func=detect_cmd.cmd_detect)
 
     dl = sub.add_parser(
@@ -90,10 +97,12 @@ def build_parser():
     dl.set_defaults(func=detect_cmd.cmd_download)
 
     from pydarknet.cli.evaluate import add_parsers as add_eval_parsers
+    from pydarknet.cli.export import add_parsers as add_export_parsers
     from pydarknet.cli.train import add_parsers as add_train_parsers
 
     add_eval_parsers(sub)
     add_train_parsers(sub)
+    add_export_parsers(sub)
     return parser
 
 

@@ -346,6 +346,13 @@ class Network:
 
         return detect(self, images, thresh=thresh, nms=nms, letterbox=letterbox, **options)
 
+    def detect_stream(self, source, **options):
+        """Detect objects in each frame of a video file, stream URL or camera index; iterate the result for one
+        Results per frame (``.frame``, ``.timestamp``). See pydarknet.video.stream.detect_stream (needs PyAV)."""
+        from pydarknet.video.stream import detect_stream
+
+        return detect_stream(self, source, **options)
+
     def export(self, path, format="onnx", **options):
         """Write this network for another runtime: ``format="onnx"`` (the only one), options as
         :func:`pydarknet.export.to_onnx` (opset, batch, dynamic_size, fp16, outputs="raw"/"decoded"/"nms", thresh,

@@ -86,7 +86,8 @@ class _Graph:
 
     def const(self, value, dtype=_F32, hint="c"):
         name = self.name(hint)
-        self.inits.append(self.onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        array = np.asarray(value, dtype=dtype)  # (np.ascontiguousarray would turn a scalar into shape (1,))
+        self.inits.append((name, array if array.flags.c_contiguous else array.copy(order="C")))
         return name
 
     def ints(self, values, hint="i"):
@@ -645,21 +646,19 @@ def build_model(
             _nms(g, boxes, scores, thresh, nms, int(per_class))
             out_infos.append(g.h.make_tensor_value_info("detections", onnx.TensorProto.FLOAT, ["M", 7]))
 
-    graph = g.h.make_graph(
-        g.nodes,
-        "pydarknet",
-        [g.h.make_tensor_value_info(image, onnx.TensorProto.FLOAT, dims)],
-        out_infos,
-        initializer=g.inits,
+    inputs = [g.h.make_tensor_value_info(image, onnx.TensorProto.FLOAT, dims)]
+    model = _make_model(g, inputs, out_infos)
+    # The same graph with the initializers declared as typed inputs instead: shape inference on it gives the
+    # output shapes without copying the weights again.
+    skeleton = _make_model(
+        g, inputs + [g.h.make_tensor_value_info(n, _dtype(onnx, a), a.shape) for n, a in g.inits], out_infos
     )
-    model = g.h.make_model(
-        graph,
-        opset_imports=[g.h.make_opsetid("", opset)],
-        producer_name="pydarknet",
-        producer_version=_version(),
-    )
-    # The IR version of the opset, so that runtimes that predate the newest onnx package still load the file.
-    model.ir_version = min(onnx.IR_VERSION, _ir_version(onnx, opset))
+    for name, array in g.inits:  # written straight into the model: no intermediate TensorProto copies
+        t = model.graph.initializer.add()
+        t.name = name
+        t.data_type = _dtype(onnx, array)
+        t.dims.extend(array.shape)
+        t.raw_data = array.tobytes()
     model.doc_string = f"{desc.path} exported by pydarknet: input 'images' (N, {c}, H, W) float32 RGB in [0, 1]"
     meta = {
         "cfg": str(desc.path),
@@ -674,8 +673,24 @@ def build_model(
         meta["names"] = "\n".join(str(n) for n in names)
     onnx.helper.set_model_props(model, meta)
     data = model.SerializeToString()
-    _check(onnx, model, data, desc)
+    _check(onnx, model, skeleton, data, desc)
     return model, data
+
+
+def _dtype(onnx, array):
+    return onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+
+
+def _make_model(g, inputs, outputs):
+    model = g.h.make_model(
+        g.h.make_graph(g.nodes, "pydarknet", inputs, outputs),
+        opset_imports=[g.h.make_opsetid("", g.opset)],
+        producer_name="pydarknet",
+        producer_version=_version(),
+    )
+    # The IR version of the opset, so that runtimes that predate the newest onnx package still load the file.
+    model.ir_version = min(g.onnx.IR_VERSION, _ir_version(g.onnx, g.opset))
+    return model
 
 
 def _version():
@@ -691,29 +706,14 @@ def _ir_version(onnx, opset):
     return onnx.IR_VERSION
 
 
-def _skeleton(onnx, model):
-    """The model with its initializers declared as typed graph inputs instead (the same graph without the weight
-    bytes): shape inference on it gives the output shapes without copying hundreds of megabytes again."""
-    inits = list(model.graph.initializer)
-    del model.graph.initializer[:]
-    light = onnx.ModelProto()
-    try:
-        light.CopyFrom(model)
-    finally:
-        model.graph.initializer.extend(inits)
-    for t in inits:
-        light.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    return light
-
-
-def _check(onnx, model, data, desc):
+def _check(onnx, model, skeleton, data, desc):
     """onnx.checker with full_check (strict shape inference) on the serialized model, then the inferred output
     shapes against the ones declared from the network description."""
     if len(data) >= (2 << 30) - (1 << 20):
         raise ExportError(f"{desc.path}: the model is over 2 GB, more than one ONNX protobuf file can hold")
     try:
         onnx.checker.check_model(data, full_check=True)
-        inferred = onnx.shape_inference.infer_shapes(_skeleton(onnx, model), check_type=True, strict_mode=True)
+        inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ExportError(f"{desc.path}: the exported graph does not pass onnx.checker: {e}") from None
     for declared, got in zip(model.graph.output, inferred.graph.output):
