@@ -115,8 +115,19 @@ def test_cli_stride_and_folder_of_videos(engine, net, video, tmp_path):
     folder.mkdir()
     shutil.copy(video, folder / "a.mkv")
     shutil.copy(video, folder / "b.mkv")
-    rc = main(["detect", str(folder), "--vid-stride", "4", "--save-dir", str(tmp_path / "o"), "-q",
-               "--jsonl", str(tmp_path / "f.jsonl")])
+    rc = main(
+        [
+            "detect",
+            str(folder),
+            "--vid-stride",
+            "4",
+            "--save-dir",
+            str(tmp_path / "o"),
+            "-q",
+            "--jsonl",
+            str(tmp_path / "f.jsonl"),
+        ]
+    )
     assert rc == 0
     for name in ("a.mkv", "b.mkv"):
         frames, *_, fps = decode_all(tmp_path / "o" / name)

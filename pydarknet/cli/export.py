@@ -96,7 +96,7 @@ def cmd_export(args):
         )
     for w in caught:
         if not args.quiet:
-            print(f"warning: {w.message}", file=sys.stderr)
+            print(f"warning: {w.message}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - t0
     c, h, w = net.input_shape
     if not args.quiet:
