@@ -34,20 +34,23 @@ def session(model_bytes):
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def randomize(net, rng):
+def randomize(net, rng, shift=0.1):
     """Random parameters that keep activations of order one in every shipped cfg: the engine's He-uniform
     weights (load with a seed), and biases, batch-norm statistics and shortcut weights drawn around their
-    neutral values (wider draws make deep random residual networks overflow, which would test nothing)."""
+    neutral values (wider draws make deep random residual networks overflow, which would test nothing).
+    ``shift``: the spread of biases and batch-norm means. (Without them, the Darknet-scale weights make deep
+    activations vanish; with them, the deepest layers of a random yolov4-p6 depend only weakly on the input, but
+    vary over the image, which is what each layer's comparison needs.)"""
     for layer in net.layers:
         for name, view in layer.params.items():
             if name == "weights" and layer.type in ("convolutional", "connected"):
                 continue
             if name == "biases":
-                view[...] = rng.normal(0.0, 0.1, view.shape)
+                view[...] = rng.normal(0.0, shift, view.shape)
             elif name == "scales":
                 view[...] = rng.uniform(0.8, 1.2, view.shape)
             elif name == "rolling_mean":
-                view[...] = rng.normal(0.0, 0.1, view.shape)
+                view[...] = rng.normal(0.0, shift, view.shape)
             elif name == "rolling_variance":
                 view[...] = rng.uniform(0.8, 1.25, view.shape)
             else:
@@ -61,25 +64,29 @@ def max_diff(got, want):
     return max(float(np.abs(g.astype(np.float64) - w).max()) for g, w in zip(got, want))
 
 
-def load_shipped(engine, name, size=SIZE):
+def load_shipped(engine, name, size=SIZE, shift=0.1):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unused keys some shipped cfgs carry
         net = engine.load(str(ROOT / "cfg" / name), width=size, height=size, seed=0)
-    randomize(net, np.random.default_rng(1))
+    randomize(net, np.random.default_rng(1), shift)
     return net
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CFGS else n for n in CFGS])
 def test_shipped_cfg_matches_forward(engine, name):
+    """The heads within 1e-4 of net.forward, and every layer's output within 1e-4 of net.forward_all: each layer
+    is checked where it is, also where a deep random network's heads hardly depend on the input any more."""
     from pydarknet.export.onnx import build_model
 
     net = load_shipped(engine, name)
-    _, data = build_model(net)
+    _, data = build_model(net, layer_outputs=True)
     x = np.random.default_rng(2).random((1, *net.input_shape), dtype=np.float32)
+    want_layers = net.forward_all(x)
     want = net.forward(x)
     got = session(data).run(None, {"images": x})
-    assert max(float(np.abs(w).max()) for w in want) < 50  # activations of order one: the bound means something
-    assert max_diff(got, want) <= TOL
+    assert max(float(np.abs(w).max()) for w in want_layers) < 100  # activations of order one: 1e-4 means something
+    assert max_diff(got[: len(want)], want) <= TOL
+    assert max_diff(got[len(want) :], want_layers) <= TOL
 
 
 # ----- layers and options the shipped cfgs do not use ---------------------------------------------------------
@@ -204,12 +211,13 @@ def build_case(tmp_path, name, channels=3):
     return net, pydarknet
 
 
+@pytest.mark.parametrize("opset", [13, 21])  # both ends: some operators changed form in between (ReduceMax)
 @pytest.mark.parametrize("name", sorted(LAYER_CASES))
-def test_layer_options_match_forward(engine, tmp_path, name):
+def test_layer_options_match_forward(engine, tmp_path, name, opset):
     from pydarknet.export.onnx import build_model
 
     net, _ = build_case(tmp_path, name)
-    _, data = build_model(net, batch=2)
+    _, data = build_model(net, batch=2, opset=opset)
     x = np.random.default_rng(4).normal(0.0, 1.0, (2, *net.input_shape)).astype(np.float32)
     want = net.forward(x)
     assert max_diff(session(data).run(None, {"images": x}), want) <= TOL

@@ -582,9 +582,11 @@ def build_model(
     nms: float = 0.45,
     max_per_class: Optional[int] = None,
     names: Optional[Sequence[str]] = None,
+    layer_outputs: bool = False,
 ):
     """The ONNX ModelProto of ``net`` (see the module doc for the options) and its serialized bytes, checked with
-    ``onnx.checker`` (full check, strict shape inference) and the inferred output shapes."""
+    ``onnx.checker`` (full check, strict shape inference) and the inferred output shapes. ``layer_outputs`` adds
+    every layer's output as ``layer_<index>`` after the regular outputs (to compare with ``net.forward_all``)."""
     onnx = _onnx()
     _check_options(opset, batch, outputs, thresh, nms)
     desc = net.desc
@@ -646,6 +648,12 @@ def build_model(
             _nms(g, boxes, scores, thresh, nms, int(per_class))
             out_infos.append(g.h.make_tensor_value_info("detections", onnx.TensorProto.FLOAT, ["M", 7]))
 
+    if layer_outputs:  # every layer's output too, for checking an export layer by layer against net.forward_all
+        for l, t in zip(desc.layers, ctx.outputs):
+            g.op("Identity", [t], outputs=[f"layer_{l.index}"])
+            c_i, h_i, w_i = l.out_shape
+            shape = [batch_dim, c_i] + ([f"h{l.index}", f"w{l.index}"] if dynamic_size else [h_i, w_i])
+            out_infos.append(g.h.make_tensor_value_info(f"layer_{l.index}", onnx.TensorProto.FLOAT, shape))
     inputs = [g.h.make_tensor_value_info(image, onnx.TensorProto.FLOAT, dims)]
     model = _make_model(g, inputs, out_infos)
     # The same graph with the initializers declared as typed inputs instead: shape inference on it gives the

@@ -57,7 +57,8 @@ def results_from_decoded(
     path=None,
 ):
     """One image's ``outputs="decoded"`` ``boxes`` (K, 4) and ``scores`` (K, C) through Darknet's thresholds and NMS
-    (any ``nms_kind``, as ``net.detect``) into a Results."""
+    (any ``nms_kind``, as ``net.detect``) into a Results. The file holds no separate objectness, so the Results'
+    ``objectness`` is each box's best class probability."""
     net_w, net_h = net_size
     scores = np.asarray(scores, _F32)
     keep = (scores > _F32(thresh)).any(axis=1)
