@@ -24,6 +24,8 @@ __all__ = [
     "ConcurrentUseError",
     "NonFiniteError",
     "WriteError",
+    "ExportError",
+    "VideoError",
     "CfgWarning",
 ]
 
@@ -165,6 +167,24 @@ def _rebuild_write_error(path, errno, strerror, message):
     err = WriteError(path, OSError(errno, strerror))
     err.message = message
     return err
+
+
+class ExportError(DarknetError, ValueError):
+    """A network, or an export option, that cannot be written in the asked format (names the layer and cfg line)."""
+
+
+class VideoError(DarknetError, RuntimeError):
+    """A video file or stream that cannot be opened, decoded or written (names the source and, where there is
+    one, the frame)."""
+
+    def __init__(self, problem, source=None, frame=None):
+        self.problem = problem
+        self.source = None if source is None else str(source)
+        self.frame = frame
+        where = self.source or "<video>"
+        if frame is not None:
+            where = f"{where}: frame {frame}"
+        super().__init__(f"{where}: {problem}")
 
 
 class CfgWarning(UserWarning):

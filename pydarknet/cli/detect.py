@@ -115,10 +115,13 @@ def _unique_name(directory, name, used):
 
 
 def cmd_detect(args):
+    from pydarknet.cli import video as video_cmd
     from pydarknet.errors import DarknetError
     from pydarknet.inference.detect import Detector, ImageError
     from pydarknet.inference.results import write_coco_json, write_darknet_json
 
+    if not getattr(args, "images_only", False) and video_cmd.has_video(args.sources):
+        return video_cmd.cmd_detect_video(args)  # video files, streams and cameras (cli/video.py)
     if not 0 <= args.thresh <= 1:
         raise UsageError(f"--thresh {args.thresh}: must be between 0 and 1")
     if not 0 <= args.nms <= 1:

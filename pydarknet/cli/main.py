@@ -39,7 +39,11 @@ def build_parser():
         "package registry). Exit codes: 0 ok; 1 some images could not be read; 2 bad arguments or model.",
     )
     d.add_argument(
-        "sources", nargs="+", metavar="SOURCE", help="image files, folders of images, or .txt files listing image paths"
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="image files, folders of images, or .txt files listing image paths; video files (mp4, avi, mkv, ...), "
+        "folders of videos, rtsp:// or http:// stream URLs, or a camera index (0)",
     )
     g = d.add_argument_group("model")
     g.add_argument(
@@ -77,6 +81,9 @@ def build_parser():
     )
     w.add_argument("--ext-output", action="store_true", help="print pixel boxes (Darknet's -ext_output)")
     w.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    from pydarknet.cli.video import add_video_options
+
+    add_video_options(d)
     d.set_defaults(func=detect_cmd.cmd_detect)
 
     dl = sub.add_parser(
@@ -94,6 +101,7 @@ def build_parser():
     from pydarknet.cli.convert import add_parsers as add_convert_parsers
     from pydarknet.cli.darknet import add_parsers as add_darknet_parsers
     from pydarknet.cli.evaluate import add_parsers as add_eval_parsers
+    from pydarknet.cli.export import add_parsers as add_export_parsers
     from pydarknet.cli.train import add_parsers as add_train_parsers
 
     add_eval_parsers(sub)
@@ -101,6 +109,7 @@ def build_parser():
     add_classify_parsers(sub)
     add_darknet_parsers(sub)
     add_convert_parsers(sub)
+    add_export_parsers(sub)
     return parser
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from pydarknet.core import graph
 from pydarknet.core import weights as weights_io
-from pydarknet.errors import CfgError, DarknetError, DeviceError
+from pydarknet.errors import CfgError, DarknetError, DeviceError, ExportError
 
 if TYPE_CHECKING:  # only for the annotations: inference sits above core
     from pydarknet.inference.results import Results
@@ -363,6 +363,23 @@ class Network:
         from pydarknet.inference.detect import detect
 
         return detect(self, images, thresh=thresh, nms=nms, letterbox=letterbox, **options)
+
+    def detect_stream(self, source, **options):
+        """Detect objects in each frame of a video file, stream URL or camera index; iterate the result for one
+        Results per frame (``.frame``, ``.timestamp``). See pydarknet.video.stream.detect_stream (needs PyAV)."""
+        from pydarknet.video.stream import detect_stream
+
+        return detect_stream(self, source, **options)
+
+    def export(self, path, format="onnx", **options):
+        """Write this network for another runtime: ``format="onnx"`` (the only one), options as
+        :func:`pydarknet.export.to_onnx` (opset, batch, dynamic_size, fp16, outputs="raw"/"decoded"/"nms", thresh,
+        nms); returns the ONNX ModelProto."""
+        from pydarknet.export.onnx import to_onnx
+
+        if format != "onnx":
+            raise ExportError(f"unknown export format {format!r}; pydarknet exports 'onnx'")
+        return to_onnx(self, path, **options)
 
     # ----- description ------------------------------------------------------------------------------------
     def summary(self) -> str:

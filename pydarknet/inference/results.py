@@ -22,7 +22,7 @@ import json
 import math
 import pathlib
 import re
-from typing import Iterable, NamedTuple
+from typing import Iterable, NamedTuple, Optional
 
 import numpy as np
 
@@ -79,6 +79,10 @@ def coco_image_id(path):
 
 class Results:
     """Detections of one image (see the module docstring for the box formats)."""
+
+    # For a video frame (net.detect_stream): its index in the source and its time in seconds.
+    frame: Optional[int] = None
+    timestamp: Optional[float] = None
 
     def __init__(
         self,
