@@ -235,6 +235,19 @@ py::dict plan_to_dict(const ViewPlan& plan) {
 }
 
 }  // namespace
+// Raises pydarknet.errors.<name> (a RuntimeError where that module cannot be imported, e.g. while the interpreter
+// shuts down).
+inline void set_python_error(const char* name, const char* what) {
+    PyObject* type = PyExc_RuntimeError;
+    py::object cls;
+    try {
+        cls = py::module_::import("pydarknet.errors").attr(name);
+        type = cls.ptr();
+    } catch (py::error_already_set&) {
+    }
+    PyErr_SetString(type, what);
+}
+
 }  // namespace pd
 
 PYBIND11_MODULE(_core, m) {
@@ -243,14 +256,9 @@ PYBIND11_MODULE(_core, m) {
         try {
             if (failure) std::rethrow_exception(failure);
         } catch (const pd::ConcurrentUse& e) {
-            PyObject* type = PyExc_RuntimeError;
-            py::object cls;
-            try {
-                cls = py::module_::import("pydarknet.errors").attr("ConcurrentUseError");
-                type = cls.ptr();
-            } catch (py::error_already_set&) {
-            }
-            PyErr_SetString(type, e.what());
+            pd::set_python_error("ConcurrentUseError", e.what());
+        } catch (const pd::CudaError& e) {
+            pd::set_python_error("CudaError", e.what());
         }
     });
     using pd::SharedNetwork;
@@ -422,20 +430,6 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("values"), py::arg("activation"),
         "Applies an element-wise activation on the GPU (for CPU/GPU parity tests).");
-    py::register_exception_translator([](std::exception_ptr failure) {
-        try {
-            if (failure) std::rethrow_exception(failure);
-        } catch (const pd::CudaError& e) {
-            PyObject* type = PyExc_RuntimeError;
-            py::object cls;
-            try {
-                cls = py::module_::import("pydarknet.errors").attr("CudaError");
-                type = cls.ptr();
-            } catch (py::error_already_set&) {
-            }
-            PyErr_SetString(type, e.what());
-        }
-    });
     using pd::SharedCudaNetwork;
     py::class_<SharedCudaNetwork>(m, "CudaNetwork")
         .def(py::init([](SharedNetwork& host, int precision, int device) {

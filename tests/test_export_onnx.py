@@ -16,6 +16,8 @@ import pytest
 from support.assets import fetch_or_skip
 from support.reference import cfg_text, load_cfg
 
+from pydarknet.core import graph
+
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
@@ -99,30 +101,7 @@ def conv(filters, size=3, activation="linear", **extra):
 LAYER_CASES = {
     "activations": [
         conv(6, activation=a, batch_normalize=1)
-        for a in (
-            "logistic",
-            "loggy",
-            "relu",
-            "elu",
-            "selu",
-            "gelu",
-            "relie",
-            "ramp",
-            "leaky",
-            "tanh",
-            "plse",
-            "stair",
-            "hardtan",
-            "lhtan",
-            "swish",
-            "mish",
-            "hard_mish",
-            "relu6",
-            "revleaky",
-            "normalize_channels",
-            "normalize_channels_softmax",
-            "normalize_channels_softmax_maxval",
-        )
+        for a in graph.ACTIVATIONS[1:]  # every activation but linear
     ],
     "conv_shapes": [
         conv(8, size=3, stride=2, activation="leaky"),
