@@ -357,3 +357,41 @@ def test_real_weights_same_detections(engine, tmp_path, model):
         assert_same_detections(decoded(path), want)
         assert_same_detections(in_graph(path), net.detect(path, nms_kind="default"))
     assert found >= 5  # the photos do hold objects: the comparison is not between empty lists
+
+
+def test_cli_export(engine, tmp_path, capsys):
+    import onnx
+
+    from pydarknet.cli.main import main
+
+    out = tmp_path / "tiny.onnx"
+    cfg = str(ROOT / "cfg" / "yolov3-tiny.cfg")
+    rc = main(
+        [
+            "export",
+            cfg,
+            "-o",
+            str(out),
+            "--width",
+            "96",
+            "--height",
+            "64",
+            "--outputs",
+            "decoded",
+            "--dynamic-batch",
+            "--opset",
+            "13",
+            "--verify",
+        ]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "input images (N, 3, 64, 96), outputs decoded" in printed and "checked with onnx.checker" in printed
+    diff = float(printed.split("max abs difference to net.forward ")[1].split()[0])
+    assert diff <= TOL
+    model = onnx.load(str(out))
+    assert model.opset_import[0].version == 13 and [o.name for o in model.graph.output] == ["boxes", "scores"]
+    assert main(["export", str(tmp_path / "missing.cfg")]) == 2
+    assert "missing.cfg: no such file" in capsys.readouterr().err
+    assert main(["export", cfg, "-o", str(out), "--opset", "9"]) == 2
+    assert "opset 9 is not supported; use 13 to 21" in capsys.readouterr().err
