@@ -55,6 +55,11 @@ def split_sources(sources):
     videos, images = [], []
     for src in sources:
         p = pathlib.Path(src)
+        try:
+            p.is_dir()
+        except OSError:  # a name the OS cannot even look up: the image path reports it as unreadable
+            images.append(src)
+            continue
         if is_stream(src) or (is_camera(src) and not p.exists()) or (is_video_file(src) and not p.is_dir()):
             videos.append(src)
         elif p.is_dir():
