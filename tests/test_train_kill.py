@@ -218,7 +218,9 @@ def test_kill_at_random_points_then_resume_leaves_a_whole_history(tmp_path):
             os.kill(proc.pid, signal.SIGKILL)
             code = proc.wait()
             proc.stdout.close()
-        assert code == -signal.SIGKILL, "".join(output)  # killed, not ended by itself
+        if code == 0:  # on a slow, busy machine the run may reach max_batches before the kill lands
+            break
+        assert code == -signal.SIGKILL, "".join(output)  # killed, not ended by some error
         if last.exists():
             saved = load_state(last.with_suffix(".state"), arrays=False).iteration
             rows_past_checkpoint.append(sum(i > saved for i in _csv_iterations(backup / "results.csv")))
@@ -226,7 +228,7 @@ def test_kill_at_random_points_then_resume_leaves_a_whole_history(tmp_path):
     assert sum(rows_past_checkpoint) > 0, rows_past_checkpoint
     resumed = Trainer(cfg, data, str(last), TrainOptions(backup=str(backup), workers=0, save_last_every=every))
     start = resumed.state.iteration
-    assert 0 < start < max_batches
+    assert 0 < start <= max_batches  # max_batches when the last run ended by itself before its kill
     resumed.run()
     assert not [p.name for p in backup.iterdir() if p.name.endswith(".tmp")]
     iterations = _csv_iterations(backup / "results.csv")
