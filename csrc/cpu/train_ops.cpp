@@ -461,8 +461,8 @@ void BatchNormTrainer::forward(float* x, int batch, int channels, size_t spatial
     reducer(layer_index, 0, stats.data(), stats.size());
     const double total = stats[2 * (size_t)channels];
     PD_CHECK(total > 1, "layer ", layer_index,
-             ": batch normalisation in training needs more than one value per channel over all processes (",
-             total, "); use a larger batch");
+             ": batch normalisation in training needs more than one value per channel over all processes (", total,
+             "); use a larger batch");
     count_ = total;
 #pragma omp parallel for schedule(static) if ((long long)count * channels > kParallelMin)
     for (int c = 0; c < channels; ++c) normalize_channel(c, stats[c], stats[channels + c], total);
