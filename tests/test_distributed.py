@@ -260,6 +260,21 @@ def test_two_rank_run_resumed_from_last_is_the_uninterrupted_run(tiny, tmp_path)
 
 
 @needs_mpi
+def test_a_nonfinite_value_on_one_rank_skips_the_update_on_every_rank(tiny, tmp_path):
+    cfg, data = tiny
+    script = pathlib.Path(__file__).parent / "support" / "mpi_nonfinite.py"
+    run = _mpirun(2, [str(script), str(cfg), str(data), str(tmp_path / "b")])
+    assert run.returncode == 0, run.stdout + run.stderr
+    reports = [(tmp_path / "b" / f"rank{r}.txt").read_text().splitlines() for r in range(2)]
+    for report in reports:
+        assert report[0].split()[:2] == ["skipped=True", "unchanged=True"]
+        assert report[-1].startswith("stopped: 3 iterations in a row produced non-finite values")
+    assert reports[0][0].split("params=")[1] == reports[1][0].split("params=")[1]  # the same parameters
+    # The NaN is in rank 1's images; synchronized batch-norm carries it into rank 0's statistics as well.
+    assert "layer 0 [convolutional] (cfg line" in reports[0][1] and "output on ranks 0, 1" in reports[0][1]
+
+
+@needs_mpi
 def test_ranks_with_different_data_are_refused(tiny, tmp_path):
     cfg, data = tiny
     other = synthetic.generate(tmp_path / "other", n_train=40, n_valid=4, size=64, classes=2, seed=6)

@@ -487,8 +487,16 @@ class Trainer:
                 if bad or bad_ranks:
                     problem = self._first_nonfinite_layer(net) if bad else None
                     if comm.distributed:
-                        where = self.comm.allgather_objects(problem, "sharing the non-finite layer")[bad_ranks[0]]
-                        problem = f"{where} on rank {bad_ranks[0]}"
+                        # Each rank's finding, ranks with the same one together. Synchronized batch-norm carries a
+                        # non-finite value into every rank's statistics, so several ranks may name the same layer.
+                        found = comm.allgather_objects(problem, "sharing the non-finite layer")
+                        places = {}
+                        for r in bad_ranks:
+                            places.setdefault(found[r], []).append(str(r))
+                        problem = "; ".join(
+                            f"{where} on rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}"
+                            for where, ranks in places.items()
+                        )
                     break
                 net.backward(grads)
         finally:
