@@ -69,6 +69,12 @@ def test_single_process_communicator_needs_no_mpi():
         Communicator(None, timeout=0)
 
 
+def test_launched_without_mpi4py_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # makes `from mpi4py import MPI` fail as if not installed
+    with pytest.raises(DistributedError, match=r"one of 4 started by a launcher.*pydarknet\[dist\]"):
+        Communicator.create(environ={"PMI_SIZE": "4"})
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 64x64 starter cfg with 2 classes and 40 synthetic training images."""
