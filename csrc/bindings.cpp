@@ -26,6 +26,7 @@
 #include "cpu/ops.h"
 #include "math/activations.h"
 #include "cpu/peak.h"
+#include "cpu/train_ops.h"
 #include "cpu/winograd.h"
 
 #ifdef _OPENMP
@@ -542,6 +543,30 @@ PYBIND11_MODULE(_core, m) {
     m.attr("built_with_cuda") = false;
     m.def("cuda_device_count", []() { return 0; });
 #endif
+    m.def(
+        "set_batch_norm_reducer",
+        [](py::object fn) {
+            // The callable lives in a holder freed here, with the GIL held, when it is replaced; never by a static
+            // destructor at exit, when Python is gone.
+            static py::object* holder = nullptr;
+            pd::set_batch_norm_reducer(nullptr);
+            delete holder;
+            holder = nullptr;
+            if (fn.is_none()) return;
+            holder = new py::object(fn);
+            py::object* call = holder;
+            pd::set_batch_norm_reducer([call](int layer, int phase, double* stats, size_t n) {
+                py::gil_scoped_acquire gil;
+                py::array_t<double> view({(py::ssize_t)n}, {(py::ssize_t)sizeof(double)}, stats,
+                                         py::capsule(stats, [](void*) {}));
+                (*call)(layer, phase, view);
+            });
+        },
+        py::arg("reducer"),
+        "Synchronized batch-norm: reducer(layer, phase, stats) is called by every training batch-norm with its "
+        "local per-channel sums (a float64 array: phase 0 [sum x, sum x^2, count], phase 1 [sum g, sum g*xhat, "
+        "count]) and must replace them in place by the sums over all processes; None turns it off.");
+    m.def("has_batch_norm_reducer", &pd::has_batch_norm_reducer);
     m.def(
         "cpu_activate",
         [](std::vector<float> values, int activation) {

@@ -19,6 +19,7 @@ __all__ = [
     "DeviceError",
     "TruthError",
     "TrainingError",
+    "DistributedError",
     "CheckpointError",
     "AnchorsError",
     "ConcurrentUseError",
@@ -118,6 +119,16 @@ class TruthError(DarknetError, ValueError):
 
 class TrainingError(DarknetError, RuntimeError):
     """Training cannot go on (repeated non-finite losses, an unusable dataset, ...)."""
+
+
+class DistributedError(TrainingError):
+    """Data-parallel training cannot go on: a rank died or hung (the message names it), the ranks disagree on
+    the cfg, weights or data, or the MPI set-up is missing."""
+
+    def __init__(self, problem, rank=None):
+        self.problem = problem
+        self.rank = rank
+        super().__init__(problem)
 
 
 class CheckpointError(DarknetError, ValueError):

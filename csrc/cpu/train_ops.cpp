@@ -385,11 +385,23 @@ void add_channel_sums(const float* x, int batch, int channels, size_t spatial, f
     }
 }
 
+namespace {
+BatchNormReducer& reducer_slot() {
+    static BatchNormReducer reducer;
+    return reducer;
+}
+}  // namespace
+
+void set_batch_norm_reducer(BatchNormReducer reducer) { reducer_slot() = std::move(reducer); }
+
+bool has_batch_norm_reducer() { return (bool)reducer_slot(); }
+
 void BatchNormTrainer::forward(float* x, int batch, int channels, size_t spatial, const float* scales,
                                const float* biases, float* rolling_mean, float* rolling_variance, float epsilon,
                                int layer_index, int activation, float* pre_activation) {
     const size_t count = (size_t)batch * spatial;
-    PD_CHECK(count > 1, "layer ", layer_index,
+    const BatchNormReducer& reducer = reducer_slot();
+    PD_CHECK(count > 1 || reducer, "layer ", layer_index,
              ": batch normalisation in training needs more than one value per "
              "channel (batch ",
              batch, " x ", spatial, " positions); use a larger batch");
@@ -398,24 +410,27 @@ void BatchNormTrainer::forward(float* x, int batch, int channels, size_t spatial
     batch_ = batch;
     channels_ = channels;
     spatial_ = spatial;
+    layer_index_ = layer_index;
+    count_ = (double)count;
     xhat_.resize((size_t)batch * channels * spatial);
     mean_.assign(channels, 0.0);
     variance_.assign(channels, 0.0);
     inv_std_.assign(channels, 0.0);
-    // One channel per thread: its statistics are summed in one fixed order, then its values normalised.
-#pragma omp parallel for schedule(static) if ((long long)count * channels > kParallelMin)
-    for (int c = 0; c < channels; ++c) {
-        double sum = 0.0, squares = 0.0;
+    auto channel_sums = [&](int c, double* sum, double* squares) {
+        *sum = 0.0;
+        *squares = 0.0;
         for (int b = 0; b < batch; ++b) {
             double s, q;
             sum_and_squares(x + ((size_t)b * channels + c) * spatial, spatial, &s, &q);
-            sum += s;
-            squares += q;
+            *sum += s;
+            *squares += q;
         }
+    };
+    auto normalize_channel = [&](int c, double sum, double squares, double total) {
         // Float values summed in double: sum(x^2) - n mean^2 loses nothing that matters unless the mean is
         // ~1e6 standard deviations from zero; the clamp keeps a constant channel's round-off from going negative.
-        const double mean = sum / (double)count;
-        const double variance = std::max(0.0, (squares - sum * mean) / (double)(count - 1));
+        const double mean = sum / total;
+        const double variance = std::max(0.0, (squares - sum * mean) / (total - 1));
         const double inv_std = 1.0 / std::sqrt(variance + (double)epsilon);
         mean_[c] = mean;
         variance_[c] = variance;
@@ -427,7 +442,30 @@ void BatchNormTrainer::forward(float* x, int batch, int channels, size_t spatial
         }
         rolling_mean[c] = .99f * rolling_mean[c] + .01f * (float)mean;
         rolling_variance[c] = .99f * rolling_variance[c] + .01f * (float)variance;
+    };
+    if (!reducer) {
+        // One channel per thread: its statistics are summed in one fixed order, then its values normalised.
+#pragma omp parallel for schedule(static) if ((long long)count * channels > kParallelMin)
+        for (int c = 0; c < channels; ++c) {
+            double sum, squares;
+            channel_sums(c, &sum, &squares);
+            normalize_channel(c, sum, squares, (double)count);
+        }
+        return;
     }
+    // Synchronized: the local sums of every channel, reduced over the processes, then the normalisation.
+    std::vector<double> stats(2 * (size_t)channels + 1);
+#pragma omp parallel for schedule(static) if ((long long)count * channels > kParallelMin)
+    for (int c = 0; c < channels; ++c) channel_sums(c, &stats[c], &stats[channels + c]);
+    stats[2 * (size_t)channels] = (double)count;
+    reducer(layer_index, 0, stats.data(), stats.size());
+    const double total = stats[2 * (size_t)channels];
+    PD_CHECK(total > 1, "layer ", layer_index,
+             ": batch normalisation in training needs more than one value per channel over all processes (", total,
+             "); use a larger batch");
+    count_ = total;
+#pragma omp parallel for schedule(static) if ((long long)count * channels > kParallelMin)
+    for (int c = 0; c < channels; ++c) normalize_channel(c, stats[c], stats[channels + c], total);
 }
 
 void BatchNormTrainer::backward(float* grad, const float* scales, float* grad_scales, float* grad_biases,
@@ -439,28 +477,52 @@ void BatchNormTrainer::backward(float* grad, const float* scales, float* grad_sc
     PD_CHECK(!is_channel_activation(activation) && (activation == LINEAR || output) &&
                  (pre_activation || !activation_needs_input(activation)),
              "batch-norm backward: activation ", activation, " needs its output (and input) values");
-#pragma omp parallel for schedule(static) if ((long long)count * channels > kParallelMin)
-    for (int c = 0; c < channels; ++c) {
-        double sum_g = 0.0, sum_gx = 0.0;
+    // g = dL/dy from dL/d(activation(y)) in place, and its sums sum(g), sum(g * xhat) for channel c.
+    auto channel_sums = [&](int c, double* sum_g, double* sum_gx) {
+        *sum_g = 0.0;
+        *sum_gx = 0.0;
         for (int b = 0; b < batch; ++b) {
             const size_t base = ((size_t)b * channels + c) * spatial;
             const float* y = output ? output + base : grad + base;
             double s, sx;
             gradient_and_sums(grad + base, y, pre_activation ? pre_activation + base : y, xhat_.data() + base, spatial,
                               activation, &s, &sx);
-            sum_g += s;
-            sum_gx += sx;
+            *sum_g += s;
+            *sum_gx += sx;
         }
-        grad_biases[c] += (float)sum_g;
-        grad_scales[c] += (float)sum_gx;
-        // dL/dx = scale / std * (g - mean(g) - xhat * sum(g * xhat) / (N - 1)), g = dL/dy.
+        grad_biases[c] += (float)*sum_g;
+        grad_scales[c] += (float)*sum_gx;
+    };
+    // dL/dx = scale / std * (g - mean(g) - xhat * sum(g * xhat) / (N - 1)), g = dL/dy.
+    auto input_gradient = [&](int c, double sum_g, double sum_gx, double total) {
         const double factor = scales[c] * inv_std_[c];
-        const double mean_g = sum_g / (double)count, proj = sum_gx / (double)(count - 1);
+        const double mean_g = sum_g / total, proj = sum_gx / (total - 1);
         for (int b = 0; b < batch; ++b) {
             const size_t base = ((size_t)b * channels + c) * spatial;
             normalize_gradient_span(grad + base, xhat_.data() + base, spatial, factor, mean_g, proj);
         }
+    };
+    const BatchNormReducer& reducer = reducer_slot();
+    if (!reducer) {
+#pragma omp parallel for schedule(static) if ((long long)count * channels > kParallelMin)
+        for (int c = 0; c < channels; ++c) {
+            double sum_g, sum_gx;
+            channel_sums(c, &sum_g, &sum_gx);
+            input_gradient(c, sum_g, sum_gx, (double)count);
+        }
+        return;
     }
+    // Synchronized: the mean of g and its projection on xhat are over every process's batch, as in forward().
+    std::vector<double> stats(2 * (size_t)channels + 1);
+#pragma omp parallel for schedule(static) if ((long long)count * channels > kParallelMin)
+    for (int c = 0; c < channels; ++c) channel_sums(c, &stats[c], &stats[channels + c]);
+    stats[2 * (size_t)channels] = (double)count;
+    reducer(layer_index_, 1, stats.data(), stats.size());
+    const double total = stats[2 * (size_t)channels];
+    PD_CHECK(total == count_, "layer ", layer_index_, ": the batch-norm backward pass counts ", total,
+             " values per channel over all processes, its forward pass ", count_);
+#pragma omp parallel for schedule(static) if ((long long)count * channels > kParallelMin)
+    for (int c = 0; c < channels; ++c) input_gradient(c, stats[c], stats[channels + c], total);
 }
 
 }  // namespace pd

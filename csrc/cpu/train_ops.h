@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <vector>
 
 namespace pd {
@@ -42,6 +43,17 @@ void activation_backward(float* grad, const float* output, const float* input, i
 // sums[c] += the sum of channel c over all images (batch blocks of channels x spatial), in double.
 void add_channel_sums(const float* x, int batch, int channels, size_t spatial, float* sums);
 
+// Synchronized batch normalisation across processes (data-parallel training). When a reducer is set, every
+// BatchNormTrainer hands it the per-channel partial sums of its local batch and uses what it gives back (the sums
+// over all processes) instead: forward() passes `phase` 0 with [sum(x) per channel, sum(x^2) per channel, count],
+// backward() `phase` 1 with [sum(g) per channel, sum(g * xhat) per channel, count] (g = dLoss/dy); `n` = 2 *
+// channels + 1. The reducer replaces the values in place (an all-reduce with sum) and may throw; the scale and
+// bias gradients stay local (the caller reduces the gradient buffer as a whole). Process-wide: a process trains
+// one network at a time. With no reducer (the default) the code path and every result are unchanged.
+using BatchNormReducer = std::function<void(int layer, int phase, double* stats, size_t n)>;
+void set_batch_norm_reducer(BatchNormReducer reducer);
+bool has_batch_norm_reducer();
+
 // Batch normalisation in training mode, as Darknet's forward_batchnorm_layer with state.train: per channel,
 // mean and variance over batch x spatial of the current batch, the variance with Bessel's correction
 // (variance_cpu divides by N - 1), xhat = (x - mean) / sqrt(variance + eps), y = scale * xhat + bias; the
@@ -68,7 +80,8 @@ public:
     const std::vector<double>& batch_variance() const { return variance_; }
 
 private:
-    int batch_ = 0, channels_ = 0;
+    int batch_ = 0, channels_ = 0, layer_index_ = -1;
+    double count_ = 0;  // values per channel behind the statistics: all processes' with a reducer
     size_t spatial_ = 0;
     std::vector<float> xhat_;
     std::vector<double> mean_, variance_, inv_std_;

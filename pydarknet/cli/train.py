@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import sys
 
-from pydarknet.cli.common import EXIT_OK
+from pydarknet.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from pydarknet.errors import UsageError
 from pydarknet.utils.atomic import atomic_write_text
 
@@ -54,6 +55,27 @@ def _order(files):
 
 def cmd_train(args):
     from pydarknet.errors import DarknetError
+    from pydarknet.train.distributed import Communicator
+
+    try:
+        comm = Communicator.create(timeout=args.dist_timeout)
+    except (DarknetError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    if not comm.distributed:
+        return _train(args, comm)
+    # One rank's error leaves the others waiting in an exchange that cannot complete: say what happened on this
+    # rank, then end the whole run (MPI_Abort) instead of letting every rank wait for its time-out.
+    try:
+        return _train(args, comm)
+    except BaseException as e:
+        message = str(e) if isinstance(e, (DarknetError, UsageError)) else f"{type(e).__name__}: {e}"
+        print(f"pydarknet: error: rank {comm.rank} of {comm.size}: {message}", file=sys.stderr, flush=True)
+        comm.abort(EXIT_INTERRUPTED if isinstance(e, KeyboardInterrupt) else EXIT_USAGE)
+        raise
+
+
+def _train(args, comm):
+    from pydarknet.errors import DarknetError
     from pydarknet.train.trainer import Trainer, TrainOptions
 
     cfg, data, weights = _order(args.files)
@@ -81,13 +103,15 @@ def cmd_train(args):
         lenient=args.lenient,
         quiet=args.quiet,
         progress=args.progress,
+        sync_bn=args.sync_bn,
+        dist_timeout=args.dist_timeout,
     )
     try:
-        trainer = Trainer(cfg, data, weights, options)
+        trainer = Trainer(cfg, data, weights, options, comm=comm)
         result = trainer.run(stop_after=args.iterations)
     except (DarknetError, ValueError, OSError) as e:
         raise UsageError(str(e)) from None
-    if not args.quiet:
+    if not args.quiet and comm.is_root:
         done = f"{result.iterations} iterations"
         print(
             f"done: {done}; weights in {trainer.backup}"
@@ -224,6 +248,18 @@ def add_parsers(sub):
         action=argparse.BooleanOptionalAction,
         default=None,
         help="show a progress bar (default: when stderr is a terminal)",
+    )
+    t.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="under mpirun/srun: batch-norm statistics over all ranks' images (default on)",
+    )
+    t.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        help="under mpirun/srun: seconds a rank waits for the others before it names the silent ones and stops (600)",
     )
     t.add_argument("--quiet", "-q", action="store_true")
     t.set_defaults(func=cmd_train)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING, Any, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Union
 
 import numpy as np
 
@@ -464,3 +464,14 @@ def load(
     if weights is not None:
         net.load_weights(weights, partial=partial)
     return net
+
+
+def set_batch_norm_reducer(reducer: Optional[Callable[[int, int, np.ndarray], None]]) -> None:
+    """Synchronized batch-norm for data-parallel training (process-wide; None turns it off, the default).
+
+    While set, every training batch-norm (CPU engine) calls ``reducer(layer, phase, stats)`` with ``stats`` a
+    float64 array of its local per-channel sums -- phase 0 (forward): ``[sum x (C values), sum x^2 (C), count]``,
+    phase 1 (backward): ``[sum g (C), sum g*xhat (C), count]`` -- and uses the values the reducer leaves in the
+    array (the sums over all processes) for the mean, variance and the input gradient. Scale and bias gradients
+    stay local. An exception raised by the reducer propagates out of ``forward_train`` / ``backward``."""
+    _core.set_batch_norm_reducer(reducer)

@@ -16,6 +16,9 @@ and the number of worker processes cannot change a single pixel.
 * **Modes**: with ``mosaic`` (or ``mixup``) in the cfg, half of the batches (a seeded coin per iteration) are
   mosaics (mixups); the others are plain.
 * **Multi-scale** (:func:`input_size`): Darknet's rule with the last ``[yolo]``'s ``random``.
+* **Shards** (data-parallel training): ``slots`` picks which slots of each batch this loader produces, in that
+  order. Every image is still the one of its slot in the whole batch (same image, same augmentation), so the
+  processes of a data-parallel run together see exactly the batches of a single-process run.
 * **Workers**: ``workers=0`` computes each batch in the calling thread. ``workers>0`` runs a pool of processes
   that compute single images; after each batch the next ``prefetch`` batches are queued (at the sizes
   :func:`input_size` gives), so a trainer that takes longer per batch than the loader never waits. The workers
@@ -223,7 +226,8 @@ class Loader:
     ``batch``: images per iteration (the cfg's ``batch``); ``problems``: a
     :class:`~pydarknet.data.ProblemLog`, or a folder to write ``bad.list``/``bad_label.list`` in, or None
     (kept in memory); ``max_batches``: overrides the settings' (multi-scale uses the largest size for the last
-    100 iterations); ``start_method``: the multiprocessing start method (default ``fork`` where available).
+    100 iterations); ``start_method``: the multiprocessing start method (default ``fork`` where available);
+    ``slots``: the slots of each batch to produce (default all ``batch`` of them; see the module documentation).
     """
 
     def __init__(
@@ -239,6 +243,7 @@ class Loader:
         problems=None,
         max_batches: Optional[int] = None,
         start_method: Optional[str] = None,
+        slots: Optional[Sequence[int]] = None,
     ):
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
@@ -249,6 +254,9 @@ class Loader:
         self.settings = settings
         self.classes = int(classes)
         self.batch_size = int(batch)
+        self.slots = list(range(self.batch_size)) if slots is None else [int(k) for k in slots]
+        if not self.slots or any(not 0 <= k < self.batch_size for k in self.slots):
+            raise ValueError(f"slots must be a non-empty list of slots in 0..{self.batch_size - 1}, got {slots}")
         self.seed = int(seed)
         self.workers = int(workers)
         self.prefetch = int(prefetch)
@@ -319,6 +327,11 @@ class Loader:
     def __len__(self):
         return len(self.images)
 
+    @property
+    def labels(self):
+        """The boxes of each usable image (float32 ``(k, 5)``: x y w h class), in the order of ``images``."""
+        return list(self._source.boxes)
+
     def epoch(self, iteration) -> float:
         """How many passes over the usable images the batches before ``iteration`` make."""
         return iteration * self.batch_size / len(self.images)
@@ -352,11 +365,11 @@ class Loader:
         w, h = self._size(iteration, width, height)
         mode = self.mode(iteration)
         if self._pool is None:
-            images = np.empty((self.batch_size, 3, h, w), np.float32)
+            images = np.empty((len(self.slots), 3, h, w), np.float32)
             truths = []
-            for slot in range(self.batch_size):
+            for i, slot in enumerate(self.slots):
                 img, boxes, problems = self._source.sample(iteration, slot, w, h, mode)
-                images[slot] = img
+                images[i] = img
                 truths.append(boxes)
                 self._log(problems)
             return images, truths
@@ -372,14 +385,14 @@ class Loader:
         return int(width), int(height)
 
     def _submit(self, iteration, w, h, mode):
-        images = np.empty((self.batch_size, 3, h, w), np.float32)
-        truths = [None] * self.batch_size
-        stored = [threading.Event() for _ in range(self.batch_size)]
+        images = np.empty((len(self.slots), 3, h, w), np.float32)
+        truths = [None] * len(self.slots)
+        stored = [threading.Event() for _ in self.slots]
         futures = []
-        for slot in range(self.batch_size):
+        for i, slot in enumerate(self.slots):
             fut = self._pool.submit(_worker_sample, iteration, slot, w, h, mode)
 
-            def store(f, slot=slot):
+            def store(f, slot=i):
                 # Runs in the executor's result thread: the copy happens while the caller trains.
                 try:
                     if not f.cancelled() and f.exception() is None:

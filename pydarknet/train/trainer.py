@@ -25,6 +25,11 @@ A run can be killed at any moment (``kill -9``, a power cut) and resumed from ``
   computed again), so the file ends with exactly one row for each iteration 1..N;
 * the temporaries of atomic writes that a killed run left in the backup folder are removed at start;
 * chart.png is drawn from the whole of results.csv, the iterations before the resume included.
+
+Under ``mpirun -n N`` (or ``srun``) the run is data-parallel (:mod:`pydarknet.train.distributed`): each rank
+loads its shard of every global batch, the gradients are summed over the ranks before the update, batch-norm
+statistics are synchronized (``sync_bn``), every rank takes the same non-finite decision, and only rank 0
+writes results.csv, chart.png and the weights, and runs ``--map``.
 """
 
 from __future__ import annotations
@@ -42,15 +47,17 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from pydarknet.core.graph import load_network_desc
+from pydarknet.core.network import set_batch_norm_reducer
 from pydarknet.data.dataset import load_dataset
 from pydarknet.data.images import image_size
 from pydarknet.data.labels import label_path, parse_labels
 from pydarknet.data.loader import Loader
 from pydarknet.errors import TrainingError, UsageError, WriteError
 from pydarknet.train import checkpoint as ckpt
+from pydarknet.train.distributed import Communicator, fingerprint, shard_sizes_text, shard_slots
 from pydarknet.train.optim import Optimizer
 from pydarknet.train.schedule import images_per_iteration, learning_rate
-from pydarknet.train.yolo_loss import yolo_loss
+from pydarknet.train.yolo_loss import cost_from_terms, yolo_loss
 from pydarknet.utils.atomic import atomic_write_text, remove_stale_temporaries
 
 RESULTS_HEADER = [
@@ -88,6 +95,8 @@ class TrainOptions:
     lenient: bool = False  # cfg parsing
     quiet: bool = False
     progress: Optional[bool] = None  # progress bar (default: when stderr is a terminal)
+    sync_bn: bool = True  # data-parallel runs: batch-norm statistics over all ranks' images
+    dist_timeout: float = 600.0  # data-parallel runs: seconds a rank waits for the others before giving up
 
 
 @dataclass
@@ -245,10 +254,12 @@ class Trainer:
         weights=None,
         options: Optional[TrainOptions] = None,
         log: Optional[Callable[[str], None]] = None,
+        comm: Optional[Communicator] = None,
     ):
         import pydarknet
 
         self.options = o = options or TrainOptions()
+        self.comm = comm if comm is not None else Communicator.create(timeout=o.dist_timeout)
         if str(o.device).split(":")[0] != "cpu":
             raise TrainingError(
                 f"training runs on the CPU for now (device={o.device!r}): the CUDA backend has "
@@ -256,14 +267,17 @@ class Trainer:
             )
         self.cfg = str(cfg)
         self.log = log or (lambda line: None if o.quiet else print(line, flush=True))
+        if not self.comm.is_root:
+            self.log = lambda line: None  # rank 0 speaks for the run; errors still surface on every rank
         self.dataset = load_dataset(data, backup=o.backup)
         self.backup = pathlib.Path(self.dataset.backup)
         if self.backup.exists() and not self.backup.is_dir():
             raise TrainingError(
                 f"the backup folder {self.backup} is a file, not a folder; name a folder (it is created if missing)"
             )
-        for stale in remove_stale_temporaries(self.backup):
-            self.log(f"removed {stale}, left by a run killed while writing")
+        if self.comm.is_root:
+            for stale in remove_stale_temporaries(self.backup):
+                self.log(f"removed {stale}, left by a run killed while writing")
         desc = load_network_desc(self.cfg, lenient=o.lenient)
         for key in ("batch", "subdivisions", "max_batches"):
             value = getattr(o, key)
@@ -279,6 +293,8 @@ class Trainer:
         self.images_per_iteration = images_per_iteration(desc)
         self.subdivisions = int(desc.net["subdivisions"])
         self.mini_batch = self.images_per_iteration // self.subdivisions
+        slots = shard_slots(self.comm.rank, self.comm.size, self.images_per_iteration, self.subdivisions)
+        self.local_mini_batch = self.mini_batch // self.comm.size  # images per forward pass on this rank
         yolo = [desc.layers[i] for i in desc.yolo_layers]
         if not yolo:
             raise TrainingError(f"{self.cfg}: the network has no [yolo] layer; pydarknet trains detectors")
@@ -319,7 +335,14 @@ class Trainer:
             start_iteration=self.state.iteration,
         )
         self.loader = Loader.from_dataset(
-            self.dataset, desc, batch=self.images_per_iteration, seed=self.seed, workers=o.workers
+            self.dataset,
+            desc,
+            batch=self.images_per_iteration,
+            seed=self.seed,
+            workers=o.workers,
+            slots=slots if self.comm.distributed else None,
+            # One writer of bad.list / bad_label.list: rank 0 (it checks every label, as the others do).
+            **({} if self.comm.is_root else {"problems": None}),
         )
         # The training forward moves the batch-norm rolling statistics; a skipped iteration puts them back.
         rolling = [
@@ -331,7 +354,46 @@ class Trainer:
         self._rolling = np.concatenate(rolling) if rolling else np.zeros(0, np.int64)
         self._nets = {}
         self.history: List[IterationLog] = []
-        self.valid = self._validation_set() if o.map else None
+        self.valid = self._validation_set() if o.map and self.comm.is_root else None
+        self._reducer = None
+        if self.comm.distributed:
+            self._join(weights, slots)
+
+    def _join(self, weights, slots):
+        """Data-parallel start-up: refuse ranks that disagree on the cfg, weights, data or options; rank 0's
+        parameters go to every rank (the optimizer state, loaded by each from the same file, is compared);
+        synchronized batch-norm is switched on."""
+        o = self.options
+        with open(self.cfg, "rb") as f:
+            cfg_text = f.read()
+        self.comm.check_same(
+            {
+                "cfg": fingerprint(cfg_text),
+                "batch/subdivisions/max_batches": (self.images_per_iteration, self.subdivisions, self.max_batches),
+                "weights": fingerprint(self.net.flat_params) if weights is not None else "none",
+                "optimizer state": fingerprint(*[x for kv in sorted(self.optimizer.state_dict().items()) for x in kv]),
+                "iteration": self.state.iteration,
+                "seed": self.seed,
+                "data": fingerprint(
+                    [os.path.basename(p) for p in self.loader.images], *self.loader.labels, self.dataset.classes
+                ),
+                "options": (o.sync_bn, o.clear, o.map, o.max_nonfinite, o.dist_timeout),
+                "world": self.comm.size,
+            },
+            "the cfg, weights and data",
+        )
+        # Equal by the check above; the broadcast makes rank 0's bits the only ones, whatever a rank's file system.
+        self.comm.broadcast(self.net.flat_params, what="broadcasting the initial weights")
+        self.net.touch_params()
+        for line in self.comm.describe():
+            self.log(line)
+        self.log(
+            f"data-parallel: {self.comm.size} ranks x {self.local_mini_batch} images per forward pass "
+            f"(rank 0: slots {shard_sizes_text(slots)} of each batch); batch-norm "
+            + ("synchronized" if o.sync_bn else "per rank")
+        )
+        if o.sync_bn:
+            self._reducer = self.comm.batch_norm_reducer()
 
     # ----- pieces -------------------------------------------------------------------------------------------
     def _net_at(self, width, height):
@@ -409,18 +471,45 @@ class Trainer:
         problem = None
         self.net.zero_grads()
         rolling_before = self.net.flat_params[self._rolling]
-        for s in range(self.subdivisions):
-            part = slice(s * self.mini_batch, (s + 1) * self.mini_batch)
-            outputs = net.forward_train(images[part], seed=self.seed, iteration=it * self.subdivisions + s)
-            grads = {}
-            for i in heads:
-                r = yolo_loss(outputs[i], truths[part], net.desc.layers[i], width, height)
-                grads[i] = r.grad
-                loss += r.loss
-            if not (math.isfinite(loss) and all(_finite(g) for g in grads.values())):
-                problem = self._first_nonfinite_layer(net)
-                break
-            net.backward(grads)
+        comm = self.comm
+        lm = self.local_mini_batch
+        terms = []  # each head's cost terms per forward pass: the cost of the global mini-batch is built from them
+        set_batch_norm_reducer(self._reducer)
+        try:
+            for s in range(self.subdivisions):
+                part = slice(s * lm, (s + 1) * lm)
+                outputs = net.forward_train(images[part], seed=self.seed, iteration=it * self.subdivisions + s)
+                grads = {}
+                for i in heads:
+                    r = yolo_loss(outputs[i], truths[part], net.desc.layers[i], width, height)
+                    grads[i] = r.grad
+                    loss += r.loss
+                    terms.append(r.cost_terms)
+                bad = not (math.isfinite(loss) and all(_finite(g) for g in grads.values()))
+                # Every rank stops at the same subdivision: synchronized batch-norm needs all of them in backward.
+                bad_ranks = comm.any(bad, f"checking the losses of iteration {it + 1}") if comm.distributed else []
+                if bad or bad_ranks:
+                    problem = self._first_nonfinite_layer(net) if bad else None
+                    if comm.distributed:
+                        # Each rank's finding, ranks with the same one together. Synchronized batch-norm carries a
+                        # non-finite value into every rank's statistics, so several ranks may name the same layer.
+                        found = comm.allgather_objects(problem, "sharing the non-finite layer")
+                        places = {}
+                        for r in bad_ranks:
+                            places.setdefault(found[r], []).append(str(r))
+                        problem = "; ".join(
+                            f"{where} on rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}"
+                            for where, ranks in places.items()
+                        )
+                    break
+                net.backward(grads)
+        finally:
+            set_batch_norm_reducer(None)
+        if comm.distributed:
+            summed = comm.allreduce_sum(np.array(terms, np.float64), f"summing the loss of iteration {it + 1}")
+            loss = sum(cost_from_terms(*t) for t in summed)
+            if problem is None:
+                comm.allreduce_sum(self.net.grads, f"summing the gradients of iteration {it + 1}")
         loss /= int(self.desc.net["batch"])  # Darknet divides the summed costs by the cfg's batch
         rate = float(learning_rate(it + 1, self.desc))
         skipped = problem is not None
@@ -466,6 +555,9 @@ class Trainer:
             if int(stop_after) < 1:
                 raise UsageError(f"stop_after (--iterations) must be at least 1, got {stop_after}")
             target = min(target, self.state.iteration + int(stop_after))
+        root = self.comm.is_root
+        if not root:
+            return self._run_follower(target)
         try:
             self.backup.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -532,6 +624,7 @@ class Trainer:
                 ):
                     metrics = self.evaluate()
                     entry.map = float(metrics["map"])
+                    # The other ranks wait here (in their next exchange) while rank 0 evaluates.
                     best = self.checkpoints.save_best(self.net.flat_params, self.state, entry.map, self.optimizer)
                     log(
                         f" mean average precision (mAP@0.50) = {entry.map:f}, best = {self.state.best_map:f}"
@@ -564,6 +657,16 @@ class Trainer:
         if interrupted:
             raise KeyboardInterrupt
         return TrainResult(self.state.iteration, final, self.state.best_map, self.history)
+
+    def _run_follower(self, target: int) -> TrainResult:
+        """run() on a rank other than 0: the same iterations, no files (rank 0 writes results.csv, chart.png
+        and the weights, and evaluates)."""
+        try:
+            while self.state.iteration < target:
+                self.step()
+        finally:
+            self.loader.close()
+        return TrainResult(self.state.iteration, None, self.state.best_map, self.history)
 
     def draw_chart(self) -> Optional[ChartData]:
         """chart.png from the whole of results.csv: loss and average loss per iteration, mAP points on a second

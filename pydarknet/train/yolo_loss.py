@@ -205,6 +205,10 @@ class YoloLossResult:
     total_bbox: int
     rewritten_bbox: int
     iou_loss_kind: str = "mse"
+    # ``loss`` as ``box / max(count, 1) + rest`` (Darknet's cost is not a sum over images: with CIoU/GIoU and
+    # show_details the box term is averaged over the mini-batch's positives). Data-parallel training sums these
+    # three over the ranks and rebuilds the cost of the whole mini-batch with :func:`cost_from_terms`.
+    cost_terms: Tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def summary(self, index=None):
         """Darknet-style one-line summary of this layer (its older, detailed format)."""
@@ -722,9 +726,11 @@ def yolo_loss(output, truths, layer, net_w, net_h) -> YoloLossResult:
     class_loss = cfg.obj_normalizer * non_box_sq
     if not cfg.show_details or cfg.iou_loss == "mse":
         cost = sum_sq
+        terms = (0.0, float(state.count), sum_sq)
     else:
         per_box = state.tot_giou_loss if cfg.iou_loss == "giou" else state.tot_iou_loss
         cost = cfg.iou_normalizer * per_box / count + class_loss
+        terms = (float(cfg.iou_normalizer * per_box), float(state.count), float(class_loss))
     grad = delta * np.float32(-cfg.delta_normalizer)
     return YoloLossResult(
         grad=grad.reshape(output.shape),
@@ -743,4 +749,10 @@ def yolo_loss(output, truths, layer, net_w, net_h) -> YoloLossResult:
         total_bbox=state.total_bbox,
         rewritten_bbox=state.rewritten_bbox,
         iou_loss_kind=cfg.iou_loss,
+        cost_terms=terms,
     )
+
+
+def cost_from_terms(box: float, count: float, rest: float) -> float:
+    """Darknet's cost of a mini-batch from its (possibly summed over several shards) ``cost_terms``."""
+    return box / (count if count else 1) + rest
