@@ -334,6 +334,14 @@ PYBIND11_MODULE(_core, m) {
                                })
         .def("zero_grads", &pd::CudaNetwork::zero_grads)
         .def(
+            "copy_params",
+            [](const pd::CudaNetwork& net, py::array_t<float, py::array::c_style> params) {
+                PD_CHECK(params.ndim() == 1 && (size_t)params.size() == net.param_count() && params.writeable(),
+                         "copy_params: a writable flat float32 array of ", net.param_count(), " values");
+                net.copy_params(params.mutable_data());
+            },
+            py::arg("params"))
+        .def(
             "sgd_step",
             [](pd::CudaNetwork& net, const std::vector<size_t>& starts, const std::vector<size_t>& stops,
                const std::vector<int>& rules, const std::vector<float>& steps, float decay_coef, float momentum,

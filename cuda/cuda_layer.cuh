@@ -100,7 +100,8 @@ struct CudaContext {
 // A forward pass in training mode (float32 only): the views are every layer's training output (contiguous, stride
 // out.size()); the parameters are the device copy of the flat buffer; random decisions are keyed like the CPU's.
 struct CudaTrainContext : CudaContext {
-    const float* params = nullptr;
+    float* params = nullptr;  // writable: batch-norm moves its rolling statistics
+    float bn_epsilon = 1e-5f;
     unsigned long long seed = 0;
     long long iteration = 0;
 };

@@ -485,6 +485,7 @@ void CudaNetwork::forward_train(const float* input, int batch, unsigned long lon
     ctx.workspace = m.workspace.data();
     ctx.stream = m.stream;
     ctx.params = m.d_params.data();
+    ctx.bn_epsilon = m.host.bn_epsilon;
     ctx.seed = seed;
     ctx.iteration = iteration;
     for (int i = 0; i < n; ++i) {
@@ -581,6 +582,15 @@ void CudaNetwork::copy_train_output(int layer, float* destination) const {
 }
 
 size_t CudaNetwork::param_count() const { return impl_->host.params.size(); }
+
+void CudaNetwork::copy_params(float* destination) const {
+    const Impl& m = *impl_;
+    PD_CHECK(m.d_params.size() == param_count(), "no device parameters yet (run forward_train first)");
+    DeviceScope scope(m.device);
+    PD_CUDA_CHECK(cudaMemcpyAsync(destination, m.d_params.data(), param_count() * sizeof(float), cudaMemcpyDeviceToHost,
+                                  m.stream));
+    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
 
 void CudaNetwork::copy_grads(float* destination) const {
     Impl& m = *impl_;

@@ -14,6 +14,8 @@ programming model (cuda/emulation/): the kernels' logic is checked, nothing abou
 speed.
 """
 
+import pathlib
+
 import numpy as np
 import pytest
 from support.reference import cfg_text, randomize_params
@@ -73,6 +75,7 @@ def compare_training(cpu, gpu, batch, rng, seed=7, iteration=3):
     for net in (cpu, gpu):
         net.zero_grads()
         net.forward_train(x, seed=seed, iteration=iteration)
+    check(gpu.params, cpu.params, "parameters after forward_train (batch-norm rolling statistics)")
     last = len(cpu.layers) - 1
     for layer in cpu.layers:
         check(gpu.train_output(layer.index), cpu.train_output(layer.index), f"layer {layer.index} ({layer.type})")
@@ -94,11 +97,12 @@ def random_conv_case(rng):
     filters = groups * int(rng.integers(1, 5))
     activation = str(rng.choice(["linear", "leaky", "mish", "logistic", "swish", "relu", "tanh"]))
     keys = dict(stride=stride, groups=groups, dilation=dilation, activation=activation)
+    keys["batch_normalize"] = int(rng.integers(0, 2))
     w, h = int(rng.integers(5, 12)), int(rng.integers(5, 12))
     return [conv(filters, size, **keys)], w, h, channels
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(12))
 def test_convolution_backward_matches_the_cpu(tmp_path, case):
     rng = np.random.default_rng(100 + case)
     sections, w, h, c = random_conv_case(rng)
@@ -121,6 +125,7 @@ LAYER_CASES = {
     "maxpool_2x2": [conv(3, activation="leaky"), ("maxpool", {"size": 2, "stride": 2}), conv(2)],
     "maxpool_overlap": [conv(3, activation="leaky"), ("maxpool", {"size": 3, "stride": 1}), conv(2)],
     "maxpool_odd": [conv(3, activation="leaky"), ("maxpool", {"size": 3, "stride": 2}), conv(2)],
+    "batchnorm_conv": [conv(4, batch_normalize=1, activation="mish"), conv(3, batch_normalize=1, activation="leaky")],
     "dropout": [conv(4, activation="leaky"), ("dropout", {"probability": 0.3}), conv(2)],
 }
 
@@ -146,10 +151,10 @@ def test_dropout_draws_the_cpu_mask(tmp_path):
 
 def test_untrainable_layers_are_named(tmp_path):
     path = tmp_path / "net.cfg"
-    path.write_text(cfg(8, 8, 3, conv(4), conv(4, batch_normalize=1)))
+    path.write_text(cfg(8, 8, 3, conv(4), ("avgpool", {})))
     gpu = pydarknet.load(str(path), device="cuda")
     x = np.zeros((1, 3, 8, 8), np.float32)
-    with pytest.raises(pydarknet.DeviceError, match=r"net.cfg:\d+: layer 1 \[convolutional\].*batch-normalised"):
+    with pytest.raises(pydarknet.DeviceError, match=r"net.cfg:\d+: layer 1 \[avgpool\].*not implemented on the GPU"):
         gpu.forward_train(x)
     fp16 = pydarknet.load(str(path), device="cuda", precision="fp16")
     with pytest.raises(pydarknet.DeviceError, match="fp32 only"):
@@ -196,3 +201,29 @@ def test_nonfinite_gradient_skips_the_device_step_and_names_the_layer(tmp_path):
     assert (result.nonfinite.layer, result.nonfinite.tensor) == (0, "weights")  # biases come first, finite
     np.testing.assert_array_equal(gpu.params, before)
     assert not opt.velocity.any()
+
+
+@pytest.mark.parametrize("name", ["yolov3-tiny", "yolov4-tiny"])
+def test_whole_network_backward_matches_the_cpu(name):
+    """A real cfg at 64 x 64: batch-normalised convolutions, maxpools, routes (with groups), upsample and the
+    [yolo] heads, whose given gradient passes through to their inputs."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "cfg" / f"{name}.cfg"
+    cpu = pydarknet.load(str(path), width=64, height=64)
+    gpu = pydarknet.load(str(path), device="cuda", width=64, height=64)
+    rng = np.random.default_rng(5)
+    randomize_params(cpu, rng)
+    gpu.params[...] = cpu.params
+    x = rng.uniform(0, 1, (2, *cpu.input_shape)).astype(np.float32)
+    heads = {}
+    for net in (cpu, gpu):
+        net.zero_grads()
+        heads[net is gpu] = net.forward_train(x, seed=1, iteration=1)
+    check(gpu.params, cpu.params, "parameters after forward_train")
+    seeds = {}
+    for index in cpu.yolo_layers:
+        check(heads[True][index], heads[False][index], f"yolo layer {index}")
+        seeds[index] = rng.standard_normal(heads[False][index].shape).astype(np.float32)
+    want = cpu.backward(seeds, input_grad=True)
+    got = gpu.backward(seeds, input_grad=True)
+    check(got, want, "input gradient")
+    check(gpu.grads, cpu.grads, "parameter gradient")

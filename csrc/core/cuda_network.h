@@ -91,6 +91,9 @@ public:
     int train_batch() const;
     void copy_train_output(int layer, float* destination) const;
     size_t param_count() const;
+    // The device parameters (param_count() values): after forward_train they hold batch-norm's moved rolling
+    // statistics, which the caller copies into the host buffer.
+    void copy_params(float* destination) const;
     void copy_grads(float* destination) const;  // param_count() values
     void zero_grads();
     // One SGD update of `host_params` (param_count() values, uploaded, updated with the device gradients and

@@ -260,6 +260,9 @@ class Network:
         self._check_trainable()
         engine = self._engine
         engine.forward_train(self._prepare_input(x), int(seed), int(iteration))
+        if self._cuda is not None:  # batch-norm moved its rolling statistics in the device copy
+            self._cuda.copy_params(self._core.params)
+            self._core.touch_params()
         heads = sorted(set(self.yolo_layers + [len(self.layers) - 1]))
         return {i: engine.train_output(i) for i in heads}
 
