@@ -199,6 +199,10 @@ long long launch_first_nonfinite(const float* values, size_t n, cudaStream_t str
 // The window pool of [maxpool] and [local_avgpool] (maxpool_kernels.cu): the maximum or the in-image average of
 // each window, one thread per output value.
 void launch_window_pool(const CudaContext& ctx, const LayerSpec& spec, const PoolWindow& window, bool average);
+// Its backward (training, float32): the gradient to each window's maximum, or spread over the window's in-image
+// positions; nothing when ctx.input_grad is null.
+void launch_window_pool_backward(const CudaBackwardContext& ctx, const LayerSpec& spec, const PoolWindow& window,
+                                 bool average);
 
 // The product of [sam] and [scale_channels] (scale_channels_kernels.cu): out = activation(from * in[k]), where
 // in[k] is the same element (sam), the element's channel (scale_channels) or its pixel (scale_wh=1).

@@ -59,10 +59,11 @@ __device__ int window_argmax(const float* plane, int in_h, int in_w, int oy, int
     return from;
 }
 
-// Backward, one thread per input value: it visits the windows that contain it in output order and adds the
-// gradient of those whose maximum it is (so overlapping windows need no atomics).
+// Backward, one thread per input value: it visits the windows that contain it in output order (so overlapping
+// windows need no atomics) and adds the gradient of those whose maximum it is, or (average) its share of each
+// window's gradient, 1 / the window's in-image positions, as the CPU's [local_avgpool] backward.
 __global__ void pool_backward_kernel(const float* input, const float* grad, float* in_grad, int planes, int in_h,
-                                     int in_w, int out_h, int out_w, PoolWindow w) {
+                                     int in_w, int out_h, int out_w, PoolWindow w, bool average) {
     const size_t in_plane = (size_t)in_h * in_w, total = in_plane * planes;
     for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
         const size_t p = id / in_plane;
@@ -78,7 +79,13 @@ __global__ void pool_backward_kernel(const float* input, const float* grad, floa
         float v = in_grad[id];
         for (int oy = oy0; oy <= oy1; ++oy)
             for (int ox = ox0; ox <= ox1; ++ox)
-                if (window_argmax(plane, in_h, in_w, oy, ox, w) == at) v += g[oy * out_w + ox];
+                if (average) {
+                    const PoolSpan ys = pool_span(oy, w.stride_y, w.offset, w.size, in_h);
+                    const PoolSpan xs = pool_span(ox, w.stride_x, w.offset, w.size, in_w);
+                    v += g[oy * out_w + ox] / ((ys.last - ys.first) * (xs.last - xs.first));
+                } else if (window_argmax(plane, in_h, in_w, oy, ox, w) == at) {
+                    v += g[oy * out_w + ox];
+                }
         in_grad[id] = v;
     }
 }
@@ -106,15 +113,7 @@ public:
         return p_.depth ? "maxpool_depth has no backward pass on the GPU yet" : nullptr;
     }
 
-    void backward(const CudaBackwardContext& ctx) override {
-        if (!ctx.input_grad) return;
-        const int planes = ctx.batch * spec.in.c;
-        const size_t total = (size_t)planes * spec.in.h * spec.in.w;
-        PD_LAUNCH(grid_for(total, kThreads), kThreads, 0, ctx.stream, pool_backward_kernel)(
-            ctx.input, ctx.output_grad, ctx.input_grad, planes, spec.in.h, spec.in.w, spec.out.h, spec.out.w,
-            p_.window);
-        PD_CUDA_CHECK_LAUNCH();
-    }
+    void backward(const CudaBackwardContext& ctx) override { launch_window_pool_backward(ctx, spec, p_.window, false); }
 
 private:
     const MaxpoolParams p_ = spec.params<MaxpoolParams>();
@@ -131,6 +130,17 @@ void launch_window_pool(const CudaContext& ctx, const LayerSpec& spec, const Poo
             spec.in.h, spec.in.w, spec.out.h, spec.out.w, window, average);
         PD_CUDA_CHECK_LAUNCH();
     });
+}
+
+void launch_window_pool_backward(const CudaBackwardContext& ctx, const LayerSpec& spec, const PoolWindow& window,
+                                 bool average) {
+    if (!ctx.input_grad) return;
+    const int planes = ctx.batch * spec.in.c;
+    const size_t total = (size_t)planes * spec.in.h * spec.in.w;
+    PD_LAUNCH(grid_for(total, kThreads), kThreads, 0, ctx.stream, pool_backward_kernel)(
+        ctx.input, ctx.output_grad, ctx.input_grad, planes, spec.in.h, spec.in.w, spec.out.h, spec.out.w, window,
+        average);
+    PD_CUDA_CHECK_LAUNCH();
 }
 
 PD_REGISTER_CUDA_LAYER(LayerKind::Maxpool, CudaMaxpool);
