@@ -484,6 +484,114 @@ PYBIND11_MODULE(_core, m) {
                 return pd::array_of(values, batch, net.output_shape(i));
             },
             py::arg("layer"), "The output of layer i from the last forward pass (a copy).")
+        // Training (float32): the same calls as the host Network's; parameter gradients stay on the device
+        // (`grads` is a copy), the SGD step writes the host parameters.
+        .def("untrainable_layers", &pd::CudaNetwork::untrainable_layers)
+        .def(
+            "forward_train",
+            [](pd::CudaNetwork& net, pd::FloatArray x, unsigned long long seed, long long iteration) {
+                const int batch = pd::input_batch(x, net.input_shape());
+                const float* data = x.data();
+                py::gil_scoped_release release;
+                net.forward_train(data, batch, seed, iteration);
+            },
+            py::arg("x"), py::arg("seed") = 0, py::arg("iteration") = 0)
+        .def_property_readonly("train_batch", &pd::CudaNetwork::train_batch)
+        .def(
+            "train_output",
+            [](const pd::CudaNetwork& net, int i) {
+                PD_CHECK(net.train_batch() > 0 && i >= 0 && i < net.layer_count(), "no training output of layer ", i,
+                         " (run forward_train first)");
+                py::array_t<float> out = pd::output_array(net.train_batch(), net.output_shape(i));
+                float* data = out.mutable_data();
+                py::gil_scoped_release release;
+                net.copy_train_output(i, data);
+                return out;
+            },
+            py::arg("layer"))
+        .def(
+            "backward",
+            [](pd::CudaNetwork& net, const py::dict& output_grads, bool want_input_grad) -> py::object {
+                const int batch = net.train_batch();
+                PD_CHECK(batch > 0, "backward needs a forward_train first");
+                std::vector<pd::FloatArray> arrays;
+                std::vector<std::pair<int, const float*>> seeds;
+                for (auto item : output_grads) {
+                    const int i = item.first.cast<int>();
+                    PD_CHECK(i >= 0 && i < net.layer_count(), "gradient given for layer ", i, ", which does not exist");
+                    const pd::Shape s = net.output_shape(i);
+                    pd::FloatArray a = pd::FloatArray::ensure(item.second);
+                    PD_CHECK(a && a.ndim() == 4 && a.shape(0) == batch && a.shape(1) == s.c && a.shape(2) == s.h &&
+                                 a.shape(3) == s.w,
+                             "the gradient for layer ", i, " must have shape (", batch, ", ", s.c, ", ", s.h, ", ", s.w,
+                             ")");
+                    arrays.push_back(a);
+                    seeds.emplace_back(i, arrays.back().data());
+                }
+                py::array_t<float> input_grad;
+                float* input_grad_data = nullptr;
+                if (want_input_grad) {
+                    input_grad = pd::output_array(batch, net.input_shape());
+                    input_grad_data = input_grad.mutable_data();
+                    std::fill(input_grad_data, input_grad_data + (size_t)batch * net.input_shape().size(), 0.f);
+                }
+                {
+                    py::gil_scoped_release release;
+                    net.backward(seeds, input_grad_data);
+                }
+                if (!want_input_grad) return py::none();
+                return std::move(input_grad);
+            },
+            py::arg("output_grads"), py::arg("input_grad") = false)
+        .def_property_readonly("grads",
+                               [](const pd::CudaNetwork& net) {
+                                   py::array_t<float> out((py::ssize_t)net.param_count());
+                                   net.copy_grads(out.mutable_data());
+                                   return out;
+                               })
+        .def("zero_grads", &pd::CudaNetwork::zero_grads)
+        .def(
+            "copy_params",
+            [](const pd::CudaNetwork& net, py::array_t<float, py::array::c_style> params) {
+                PD_CHECK(params.ndim() == 1 && (size_t)params.size() == net.param_count() && params.writeable(),
+                         "copy_params: a writable flat float32 array of ", net.param_count(), " values");
+                net.copy_params(params.mutable_data());
+            },
+            py::arg("params"))
+        .def(
+            "sgd_step",
+            [](pd::CudaNetwork& net, const std::vector<size_t>& starts, const std::vector<size_t>& stops,
+               const std::vector<int>& rules, const std::vector<float>& steps, float decay_coef, float momentum,
+               py::array_t<float, py::array::c_style> params) {
+                PD_CHECK(
+                    starts.size() == stops.size() && starts.size() == rules.size() && starts.size() == steps.size(),
+                    "sgd_step: starts, stops, rules and steps must have the same length");
+                PD_CHECK(params.ndim() == 1 && (size_t)params.size() == net.param_count() && params.writeable(),
+                         "sgd_step: params must be a writable flat float32 array of ", net.param_count(), " values");
+                std::vector<pd::SgdSegment> segments(starts.size());
+                for (size_t k = 0; k < starts.size(); ++k) {
+                    PD_CHECK(rules[k] >= 0 && rules[k] <= 2, "sgd_step: rule ", rules[k], " is not 0, 1 or 2");
+                    segments[k] = pd::SgdSegment{starts[k], stops[k], rules[k], steps[k]};
+                }
+                float* data = params.mutable_data();
+                py::gil_scoped_release release;
+                net.sgd_step(segments, decay_coef, momentum, data);
+            },
+            py::arg("starts"), py::arg("stops"), py::arg("rules"), py::arg("steps"), py::arg("decay_coef"),
+            py::arg("momentum"), py::arg("params"))
+        .def_property(
+            "velocity",
+            [](const pd::CudaNetwork& net) {
+                py::array_t<float> out((py::ssize_t)net.param_count());
+                net.copy_velocity(out.mutable_data());
+                return out;
+            },
+            [](pd::CudaNetwork& net, pd::FloatArray values) {
+                PD_CHECK(values.ndim() == 1 && (size_t)values.size() == net.param_count(),
+                         "velocity must be a flat float32 array of ", net.param_count(), " values");
+                net.set_velocity(values.data());
+            })
+        .def("first_nonfinite_grad", &pd::CudaNetwork::first_nonfinite_grad)
         .def(
             "time_layers",
             [](SharedCudaNetwork& net, int warmup, int iterations) {

@@ -20,6 +20,13 @@ __global__ void global_average_kernel(const T* in, size_t in_stride, T* out, siz
     }
 }
 
+// Backward, one thread per input value: its channel's gradient divided by the plane size.
+__global__ void avgpool_backward_kernel(const float* grad, float* in_grad, size_t planes, size_t plane) {
+    const size_t total = planes * plane;
+    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x)
+        in_grad[id] += grad[id / plane] / plane;
+}
+
 class CudaAvgpool : public CudaLayer {
 public:
     using CudaLayer::CudaLayer;
@@ -33,6 +40,16 @@ public:
                 plane);
             PD_CUDA_CHECK_LAUNCH();
         });
+    }
+
+    const char* untrainable() const override { return nullptr; }
+
+    void backward(const CudaBackwardContext& ctx) override {
+        if (!ctx.input_grad) return;
+        const size_t planes = (size_t)ctx.batch * spec.in.c, plane = (size_t)spec.in.h * spec.in.w;
+        PD_LAUNCH(grid_for(planes * plane, 256), 256, 0, ctx.stream, avgpool_backward_kernel)(
+            ctx.output_grad, ctx.input_grad, planes, plane);
+        PD_CUDA_CHECK_LAUNCH();
     }
 };
 

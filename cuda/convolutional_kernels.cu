@@ -354,6 +354,182 @@ void launch_reduce(const ConvParams<T, W>& p, int splits, cudaStream_t stream) {
 
 // ----- the layer ---------------------------------------------------------------------------------------------
 
+// ----- training (float32, direct kernels: correctness first, see cuda/NOTES.md) -----------------------------
+
+// The geometry every training kernel needs.
+struct TrainGeometry {
+    int batch, in_c, in_h, in_w, filters, out_h, out_w, size, stride_y, stride_x, dilation, pad, groups;
+    __host__ __device__ int group_in() const { return in_c / groups; }
+    __host__ __device__ int group_out() const { return filters / groups; }
+};
+
+// The training forward, one thread per output value: bias plus the window's products, the sum before the
+// activation kept in `pre` when the activation's gradient needs it.
+__global__ void conv_train_forward_kernel(TrainGeometry g, const float* input, const float* weights,
+                                          const float* biases, float* output, float* pre, int activation) {
+    const size_t out_plane = (size_t)g.out_h * g.out_w, total = out_plane * g.filters * g.batch;
+    const int gi = g.group_in();
+    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
+        const size_t b = id / (out_plane * g.filters);
+        const int f = (int)(id / out_plane % g.filters), p = (int)(id % out_plane), oy = p / g.out_w, ox = p % g.out_w;
+        const int group = f / g.group_out();
+        const float* w = weights + (size_t)f * gi * g.size * g.size;
+        float sum = 0.f;
+        for (int c = 0; c < gi; ++c) {
+            const float* plane = input + ((b * g.in_c) + (size_t)group * gi + c) * g.in_h * g.in_w;
+            for (int ky = 0; ky < g.size; ++ky) {
+                const int y = oy * g.stride_y - g.pad + ky * g.dilation;
+                if (y < 0 || y >= g.in_h) continue;
+                for (int kx = 0; kx < g.size; ++kx) {
+                    const int x = ox * g.stride_x - g.pad + kx * g.dilation;
+                    if (x < 0 || x >= g.in_w) continue;
+                    sum += w[(c * g.size + ky) * g.size + kx] * plane[y * g.in_w + x];
+                }
+            }
+        }
+        sum += biases[f];
+        if (pre) pre[id] = sum;
+        output[id] = activate(sum, activation);
+    }
+}
+
+// dLoss/dbias, one thread per filter: the gradient summed over the batch and the positions.
+__global__ void conv_bias_grad_kernel(TrainGeometry g, const float* grad, float* grad_biases) {
+    const size_t out_plane = (size_t)g.out_h * g.out_w;
+    for (int f = blockIdx.x * blockDim.x + threadIdx.x; f < g.filters; f += gridDim.x * blockDim.x) {
+        float sum = 0.f;
+        for (int b = 0; b < g.batch; ++b) {
+            const float* plane = grad + ((size_t)b * g.filters + f) * out_plane;
+            for (size_t p = 0; p < out_plane; ++p) sum += plane[p];
+        }
+        grad_biases[f] += sum;
+    }
+}
+
+// dLoss/dW, one thread per weight (f, c, ky, kx): the output gradient times the input value the weight met.
+__global__ void conv_weight_grad_kernel(TrainGeometry g, const float* input, const float* grad, float* grad_weights) {
+    const int gi = g.group_in(), taps = g.size * g.size;
+    const size_t total = (size_t)g.filters * gi * taps, out_plane = (size_t)g.out_h * g.out_w;
+    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
+        const int f = (int)(id / ((size_t)gi * taps)), c = (int)(id / taps % gi), ky = (int)(id % taps) / g.size,
+                  kx = (int)(id % taps) % g.size;
+        const int channel = f / g.group_out() * gi + c;
+        float sum = 0.f;
+        for (int b = 0; b < g.batch; ++b) {
+            const float* plane = input + ((size_t)b * g.in_c + channel) * g.in_h * g.in_w;
+            const float* gp = grad + ((size_t)b * g.filters + f) * out_plane;
+            for (int oy = 0; oy < g.out_h; ++oy) {
+                const int y = oy * g.stride_y - g.pad + ky * g.dilation;
+                if (y < 0 || y >= g.in_h) continue;
+                for (int ox = 0; ox < g.out_w; ++ox) {
+                    const int x = ox * g.stride_x - g.pad + kx * g.dilation;
+                    if (x < 0 || x >= g.in_w) continue;
+                    sum += gp[oy * g.out_w + ox] * plane[y * g.in_w + x];
+                }
+            }
+        }
+        grad_weights[id] += sum;
+    }
+}
+
+// dLoss/dInput, one thread per input value: every (filter, tap) whose window reached it.
+__global__ void conv_input_grad_kernel(TrainGeometry g, const float* weights, const float* grad, float* in_grad) {
+    const int gi = g.group_in(), go = g.group_out();
+    const size_t in_plane = (size_t)g.in_h * g.in_w, total = in_plane * g.in_c * g.batch;
+    const size_t out_plane = (size_t)g.out_h * g.out_w;
+    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
+        const size_t b = id / (in_plane * g.in_c);
+        const int channel = (int)(id / in_plane % g.in_c), p = (int)(id % in_plane), y = p / g.in_w, x = p % g.in_w;
+        const int group = channel / gi, c = channel % gi;
+        float sum = 0.f;
+        for (int fo = 0; fo < go; ++fo) {
+            const int f = group * go + fo;
+            const float* w = weights + ((size_t)f * gi + c) * g.size * g.size;
+            const float* gp = grad + (b * g.filters + f) * out_plane;
+            for (int ky = 0; ky < g.size; ++ky) {
+                const int ty = y + g.pad - ky * g.dilation;
+                if (ty < 0 || ty % g.stride_y) continue;
+                const int oy = ty / g.stride_y;
+                if (oy >= g.out_h) continue;
+                for (int kx = 0; kx < g.size; ++kx) {
+                    const int tx = x + g.pad - kx * g.dilation;
+                    if (tx < 0 || tx % g.stride_x) continue;
+                    const int ox = tx / g.stride_x;
+                    if (ox >= g.out_w) continue;
+                    sum += w[ky * g.size + kx] * gp[oy * g.out_w + ox];
+                }
+            }
+        }
+        in_grad[id] += sum;
+    }
+}
+
+// Batch-norm in training mode, as the CPU's BatchNormTrainer (csrc/cpu/train_ops.h), one thread per channel
+// (a correctness baseline): statistics summed in double, the variance with Bessel's correction, xhat kept,
+// y = activation(scale * xhat + bias) with the value before the activation kept when its gradient needs it, and
+// the rolling statistics moved by Darknet's .99 / .01 in the device parameters.
+__global__ void bn_train_forward_kernel(float* x, float* xhat, float* pre, double* inv_std_out, int batch, int channels,
+                                        size_t spatial, const float* scales, const float* biases, float* rolling_mean,
+                                        float* rolling_variance, float epsilon, int activation) {
+    const size_t count = spatial * batch;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x) {
+        double sum = 0.0, squares = 0.0;
+        for (int b = 0; b < batch; ++b) {
+            const float* v = x + ((size_t)b * channels + c) * spatial;
+            for (size_t i = 0; i < spatial; ++i) {
+                sum += v[i];
+                squares += (double)v[i] * v[i];
+            }
+        }
+        const double mean = sum / (double)count;
+        const double raw = (squares - sum * mean) / (double)(count - 1), variance = raw > 0.0 ? raw : 0.0;
+        const double inv_std = 1.0 / sqrt(variance + (double)epsilon);
+        inv_std_out[c] = inv_std;
+        for (int b = 0; b < batch; ++b) {
+            const size_t base = ((size_t)b * channels + c) * spatial;
+            for (size_t i = base; i < base + spatial; ++i) {
+                const float h = (float)(((double)x[i] - mean) * inv_std);
+                xhat[i] = h;
+                const float y = scales[c] * h + biases[c];
+                if (pre) pre[i] = y;
+                x[i] = activate(y, activation);
+            }
+        }
+        rolling_mean[c] = .99f * rolling_mean[c] + .01f * (float)mean;
+        rolling_variance[c] = .99f * rolling_variance[c] + .01f * (float)variance;
+    }
+}
+
+// Its exact derivative (the CPU's BatchNormTrainer::backward): the activation's gradient first, then
+// dscale += sum(g * xhat), dbias += sum(g), dx = scale / std * (g - mean(g) - xhat * sum(g * xhat) / (N - 1)).
+__global__ void bn_train_backward_kernel(float* grad, const float* output, const float* pre, const float* xhat,
+                                         const double* inv_std, int batch, int channels, size_t spatial,
+                                         const float* scales, float* grad_scales, float* grad_biases, int activation) {
+    const size_t count = spatial * batch;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x) {
+        double sum_g = 0.0, sum_gx = 0.0;
+        for (int b = 0; b < batch; ++b) {
+            const size_t base = ((size_t)b * channels + c) * spatial;
+            for (size_t i = base; i < base + spatial; ++i) {
+                float g = grad[i];
+                if (activation != LINEAR) g *= gradient(output[i], pre ? pre[i] : output[i], activation);
+                grad[i] = g;
+                sum_g += g;
+                sum_gx += (double)g * xhat[i];
+            }
+        }
+        grad_biases[c] += (float)sum_g;
+        grad_scales[c] += (float)sum_gx;
+        const double factor = scales[c] * inv_std[c];
+        const double mean_g = sum_g / (double)count, proj = sum_gx / (double)(count - 1);
+        for (int b = 0; b < batch; ++b) {
+            const size_t base = ((size_t)b * channels + c) * spatial;
+            for (size_t i = base; i < base + spatial; ++i)
+                grad[i] = (float)(factor * ((double)grad[i] - mean_g - (double)xhat[i] * proj));
+        }
+    }
+}
+
 class CudaConvolutional : public CudaLayer {
 public:
     explicit CudaConvolutional(const LayerSpec& s) : CudaLayer(s), p_(spec.params<ConvolutionalParams>()) {
@@ -458,7 +634,91 @@ public:
                           ctx.stream);
     }
 
+    const char* untrainable() const override {
+        if (p_.batch_normalize == 2) return "cross-iteration batch normalisation (cbn) is not supported in training";
+        if (is_channel_activation(p_.activation))
+            return "the normalize_channels activations have no backward pass on the GPU yet";
+        return nullptr;
+    }
+
+    void forward_train(const CudaTrainContext& ctx) override {
+        const TrainGeometry g = train_geometry(ctx.batch);
+        const size_t total = (size_t)ctx.batch * spec.out.size();
+        float* pre = nullptr;
+        if (activation_needs_input(p_.activation)) {
+            pre_activation_.resize(total);
+            pre = pre_activation_.data();
+        }
+        const float* biases = ctx.params + spec.tensor("biases").offset;
+        const bool bn = p_.batch_norm();
+        PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, conv_train_forward_kernel)(
+            g, ctx.input.as<float>(), ctx.params + spec.tensor("weights").offset, bn ? zeros(ctx) : biases,
+            ctx.output.as<float>(), bn ? nullptr : pre, bn ? (int)LINEAR : (int)p_.activation);
+        PD_CUDA_CHECK_LAUNCH();
+        if (!bn) return;
+        const size_t spatial = (size_t)spec.out.h * spec.out.w;
+        PD_CHECK(spatial * ctx.batch > 1, "layer ", spec.index,
+                 ": batch normalisation in training needs more than one value per channel (batch ", ctx.batch, " x ",
+                 spatial, " positions); use a larger batch");
+        xhat_.resize(total);
+        inv_std_.resize(p_.filters);
+        PD_LAUNCH(grid_for(p_.filters, 64), 64, 0, ctx.stream, bn_train_forward_kernel)(
+            ctx.output.as<float>(), xhat_.data(), pre, inv_std_.data(), ctx.batch, p_.filters, spatial,
+            ctx.params + spec.tensor("scales").offset, biases, ctx.params + spec.tensor("rolling_mean").offset,
+            ctx.params + spec.tensor("rolling_variance").offset, ctx.bn_epsilon, (int)p_.activation);
+        PD_CUDA_CHECK_LAUNCH();
+    }
+
+    void backward(const CudaBackwardContext& ctx) override {
+        const TrainGeometry g = train_geometry(ctx.batch);
+        const bool needs_pre = activation_needs_input(p_.activation);
+        if (p_.batch_norm()) {
+            PD_LAUNCH(grid_for(p_.filters, 64), 64, 0, ctx.stream, bn_train_backward_kernel)(
+                ctx.output_grad, ctx.output, needs_pre ? pre_activation_.data() : nullptr, xhat_.data(),
+                inv_std_.data(), ctx.batch, p_.filters, (size_t)spec.out.h * spec.out.w,
+                ctx.params + spec.tensor("scales").offset, ctx.grads + spec.tensor("scales").offset,
+                ctx.grads + spec.tensor("biases").offset, (int)p_.activation);
+            PD_CUDA_CHECK_LAUNCH();
+        } else {
+            activation_gradient(ctx.output_grad, ctx.output, needs_pre ? pre_activation_.data() : nullptr,
+                                (size_t)ctx.batch * spec.out.size(), p_.activation, ctx.stream);
+            PD_LAUNCH(grid_for(p_.filters, 128), 128, 0, ctx.stream, conv_bias_grad_kernel)(
+                g, ctx.output_grad, ctx.grads + spec.tensor("biases").offset);
+            PD_CUDA_CHECK_LAUNCH();
+        }
+        if (ctx.weight_grads) {
+            const size_t weights = spec.tensor("weights").size;
+            PD_LAUNCH(grid_for(weights, 128), 128, 0, ctx.stream, conv_weight_grad_kernel)(
+                g, ctx.input, ctx.output_grad, ctx.grads + spec.tensor("weights").offset);
+            PD_CUDA_CHECK_LAUNCH();
+        }
+        if (ctx.input_grad) {
+            const size_t total = (size_t)ctx.batch * spec.in.size();
+            PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, conv_input_grad_kernel)(
+                g, ctx.params + spec.tensor("weights").offset, ctx.output_grad, ctx.input_grad);
+            PD_CUDA_CHECK_LAUNCH();
+        }
+    }
+
 private:
+    TrainGeometry train_geometry(int batch) const {
+        return TrainGeometry{batch,   spec.in.c,   spec.in.h,   spec.in.w,   p_.filters, spec.out.h, spec.out.w,
+                             p_.size, p_.stride_y, p_.stride_x, p_.dilation, p_.pad(),   p_.groups};
+    }
+
+    // Zero biases for the convolution before batch-norm (which adds the biases after normalising).
+    const float* zeros(const CudaTrainContext& ctx) {
+        if (zero_biases_.size() != (size_t)p_.filters) {
+            zero_biases_.resize(p_.filters);
+            PD_CUDA_CHECK(cudaMemsetAsync(zero_biases_.data(), 0, p_.filters * sizeof(float), ctx.stream));
+        }
+        return zero_biases_.data();
+    }
+
+    DeviceArray<float> pre_activation_;      // the training forward's values before the activation, when needed
+    DeviceArray<float> xhat_, zero_biases_;  // batch-norm's normalised values of the last forward_train
+    DeviceArray<double> inv_std_;            // and its 1 / sqrt(variance + epsilon) per channel
+
     struct Split {
         int count = 1;  // blocks along K
         int span = 0;   // K elements per split, a multiple of kTensorBK

@@ -97,6 +97,38 @@ struct CudaContext {
     const LayerSpec& spec_of(int layer) const { return *(*specs)[layer]; }
 };
 
+// A forward pass in training mode (float32 only): the views are every layer's training output (contiguous, stride
+// out.size()); the parameters are the device copy of the flat buffer; random decisions are keyed like the CPU's.
+struct CudaTrainContext : CudaContext {
+    float* params = nullptr;  // writable: batch-norm moves its rolling statistics
+    float bn_epsilon = 1e-5f;
+    unsigned long long seed = 0;
+    long long iteration = 0;
+};
+
+// A backward pass through one layer on the device, as the CPU's BackwardContext (csrc/core/layer.h): layers add
+// (+=) into input_grad, into the gradient buffers of the layers they read, and into grads (laid out like params).
+struct CudaBackwardContext {
+    int batch = 1;
+    const float* input = nullptr;   // this layer's input in the training forward
+    const float* output = nullptr;  // this layer's output in the training forward
+    float* output_grad = nullptr;   // dLoss/dOutput; the layer may overwrite it
+    float* input_grad = nullptr;    // += dLoss/dInput, or null when no earlier layer needs it
+    const float* params = nullptr;
+    float* grads = nullptr;
+    bool weight_grads = true;
+    unsigned long long seed = 0;
+    long long iteration = 0;
+    const std::vector<float*>* outputs = nullptr;       // every layer's training output
+    const std::vector<float*>* grad_buffers = nullptr;  // every layer's output gradient (null: none flows there)
+    const std::vector<const LayerSpec*>* specs = nullptr;
+    cudaStream_t stream = nullptr;
+
+    const float* output_of(int layer) const { return (*outputs)[layer]; }
+    float* grad_of(int layer) const { return (*grad_buffers)[layer]; }
+    const LayerSpec& spec_of(int layer) const { return *(*specs)[layer]; }
+};
+
 class CudaLayer {
 public:
     explicit CudaLayer(const LayerSpec& spec) : spec(spec) {}
@@ -110,6 +142,12 @@ public:
         (void)batch;
         return 0;
     }
+
+    // Training. untrainable() says why this layer cannot train on the device (null when it can); only then are
+    // forward_train (by default the inference forward on float32 training views) and backward called.
+    virtual const char* untrainable() const { return "its backward pass is not implemented on the GPU yet"; }
+    virtual void forward_train(const CudaTrainContext& ctx) { forward(ctx); }
+    virtual void backward(const CudaBackwardContext& ctx);
 
     const LayerSpec spec;
 };
@@ -143,9 +181,28 @@ void convert_from_float(Precision precision, const float* from, void* to, size_t
 void convert_to_float(Precision precision, const DeviceView& from, int batch, size_t count, float* to,
                       cudaStream_t stream);
 
+// Training helpers (train_kernels.cu), float32.
+// to[b * to_stride + i] += from[b * from_stride + i] for i < count, b < batch.
+void add_strided(float* to, size_t to_stride, const float* from, size_t from_stride, int batch, size_t count,
+                 cudaStream_t stream);
+// grad[i] *= d activate / dx at (output[i], input[i]) for n values of an element-wise activation; input may be
+// null when the activation's gradient needs only its output.
+void activation_gradient(float* grad, const float* output, const float* input, size_t n, int activation,
+                         cudaStream_t stream);
+
+// Darknet's SGD update over the flat buffers (one kernel; segments on the device, sorted and disjoint).
+void launch_sgd(float* params, const float* grads, float* velocity, const SgdSegment* segments, int count, size_t n,
+                float decay_coef, float momentum, cudaStream_t stream);
+// The index of the first NaN or infinity among n values, or -1 (waits for the stream).
+long long launch_first_nonfinite(const float* values, size_t n, cudaStream_t stream);
+
 // The window pool of [maxpool] and [local_avgpool] (maxpool_kernels.cu): the maximum or the in-image average of
 // each window, one thread per output value.
 void launch_window_pool(const CudaContext& ctx, const LayerSpec& spec, const PoolWindow& window, bool average);
+// Its backward (training, float32): the gradient to each window's maximum, or spread over the window's in-image
+// positions; nothing when ctx.input_grad is null.
+void launch_window_pool_backward(const CudaBackwardContext& ctx, const LayerSpec& spec, const PoolWindow& window,
+                                 bool average);
 
 // The product of [sam] and [scale_channels] (scale_channels_kernels.cu): out = activation(from * in[k]), where
 // in[k] is the same element (sam), the element's channel (scale_channels) or its pixel (scale_wh=1).

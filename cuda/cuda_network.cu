@@ -108,6 +108,42 @@ struct CudaNetwork::Impl {
     ConvAlgorithm prepared_algorithm = ConvAlgorithm::AUTO;
     int prepared_split_k = -1;
 
+    // Training state (float32): the input and every layer's output of the last forward_train, their gradients,
+    // the parameters, their gradients and the SGD velocity, all on the device.
+    DeviceArray<float> train_input;
+    std::vector<std::unique_ptr<DeviceArray<float>>> train_out, grad_buf;
+    std::vector<float*> train_ptr, grad_ptr;
+    std::vector<DeviceView> train_views;
+    DeviceArray<float> d_params, d_grads, d_velocity, d_input_grad;
+    DeviceArray<SgdSegment> d_segments;
+    bool grads_ready = false, velocity_ready = false;
+    int train_batch = 0;
+    unsigned long long train_seed = 0;
+    long long train_iteration = 0;
+
+    void ensure_grads() {
+        if (grads_ready) return;
+        d_grads.resize(host.params.size());
+        PD_CUDA_CHECK(cudaMemsetAsync(d_grads.data(), 0, host.params.size() * sizeof(float), stream));
+        grads_ready = true;
+    }
+
+    void ensure_velocity() {
+        if (velocity_ready) return;
+        d_velocity.resize(host.params.size());
+        PD_CUDA_CHECK(cudaMemsetAsync(d_velocity.data(), 0, host.params.size() * sizeof(float), stream));
+        velocity_ready = true;
+    }
+
+    // Darknet's backward_network stops at the last layer with stopbackward 1 (or N > iteration).
+    int backward_stop() const {
+        for (int i = (int)specs.size() - 1; i >= 0; --i) {
+            const double stop = specs[i]->common.stopbackward;
+            if (stop == 1 || stop > (double)train_iteration) return i;
+        }
+        return -1;
+    }
+
     cudaGraphExec_t graph = nullptr;
     std::vector<cudaEvent_t> events;  // 2 per layer while profiling, or 2 for timing
 
@@ -401,6 +437,228 @@ std::vector<float> CudaNetwork::time_layers(int warmup, int iterations) {
     PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
     if (m.guard) m.check_guards();
     return ms;
+}
+
+// ----- training ----------------------------------------------------------------------------------------------
+
+std::vector<std::pair<int, std::string>> CudaNetwork::untrainable_layers() const {
+    std::vector<std::pair<int, std::string>> out;
+    for (size_t i = 0; i < impl_->layers.size(); ++i)
+        if (const char* why = impl_->layers[i]->untrainable()) out.emplace_back((int)i, why);
+    return out;
+}
+
+void CudaNetwork::forward_train(const float* input, int batch, unsigned long long seed, long long iteration) {
+    PD_CHECK(batch >= 1, "batch must be at least 1");
+    Impl& m = *impl_;
+    PD_CHECK(m.precision == Precision::FP32, "training on the GPU runs in float32 only (this network is ",
+             m.precision == Precision::FP16 ? "fp16" : "bf16", ")");
+    for (const auto& bad : untrainable_layers())
+        PD_CHECK(false, "layer ", bad.first, " (", m.specs[bad.first]->type, ") cannot train on the GPU: ", bad.second);
+    DeviceScope scope(m.device);
+    m.ensure_prepared();
+    m.ensure_workspace(batch);
+    m.train_batch = 0;  // no backward until this pass has completed
+    const int n = (int)m.layers.size();
+    const size_t in_count = (size_t)batch * m.host.input_shape().size();
+    m.train_input.resize(in_count);
+    PD_CUDA_CHECK(
+        cudaMemcpyAsync(m.train_input.data(), input, in_count * sizeof(float), cudaMemcpyHostToDevice, m.stream));
+    m.d_params.resize(m.host.params.size());
+    PD_CUDA_CHECK(cudaMemcpyAsync(m.d_params.data(), m.host.params.data(), m.host.params.size() * sizeof(float),
+                                  cudaMemcpyHostToDevice, m.stream));
+    m.train_out.resize(n);
+    m.train_ptr.assign(n, nullptr);
+    m.train_views.assign(n, DeviceView{});
+    for (int i = 0; i < n; ++i) {
+        if (!m.train_out[i]) m.train_out[i].reset(new DeviceArray<float>());
+        const size_t size = m.specs[i]->out.size();
+        m.train_out[i]->resize(size * batch);
+        m.train_ptr[i] = m.train_out[i]->data();
+        m.train_views[i] = DeviceView{m.train_ptr[i], size};
+    }
+    CudaTrainContext ctx;
+    ctx.batch = batch;
+    ctx.precision = Precision::FP32;
+    ctx.views = &m.train_views;
+    ctx.specs = &m.specs;
+    ctx.workspace = m.workspace.data();
+    ctx.stream = m.stream;
+    ctx.params = m.d_params.data();
+    ctx.bn_epsilon = m.host.bn_epsilon;
+    ctx.seed = seed;
+    ctx.iteration = iteration;
+    for (int i = 0; i < n; ++i) {
+        ctx.input = i == 0 ? DeviceView{m.train_input.data(), m.host.input_shape().size()} : m.train_views[i - 1];
+        ctx.output = m.train_views[i];
+        m.layers[i]->forward_train(ctx);
+    }
+    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    m.train_batch = batch;
+    m.train_seed = seed;
+    m.train_iteration = iteration;
+}
+
+void CudaNetwork::backward(const std::vector<std::pair<int, const float*>>& output_grads, float* input_grad) {
+    Impl& m = *impl_;
+    PD_CHECK(m.train_batch > 0, "backward needs a forward_train first");
+    DeviceScope scope(m.device);
+    const int n = (int)m.layers.size(), batch = m.train_batch, stop = m.backward_stop();
+    m.ensure_grads();
+    m.grad_buf.resize(n);
+    m.grad_ptr.assign(n, nullptr);
+    for (int i = stop + 1; i < n; ++i) {
+        if (!m.grad_buf[i]) m.grad_buf[i].reset(new DeviceArray<float>());
+        const size_t count = (size_t)batch * m.specs[i]->out.size();
+        m.grad_buf[i]->resize(count);
+        m.grad_ptr[i] = m.grad_buf[i]->data();
+        PD_CUDA_CHECK(cudaMemsetAsync(m.grad_ptr[i], 0, count * sizeof(float), m.stream));
+    }
+    std::vector<char> reached(n, 0);
+    for (const auto& seed : output_grads) {
+        PD_CHECK(seed.first >= 0 && seed.first < n, "gradient given for layer ", seed.first, ", which does not exist");
+        if (seed.first <= stop) continue;
+        PD_CUDA_CHECK(cudaMemcpyAsync(m.grad_ptr[seed.first], seed.second,
+                                      (size_t)batch * m.specs[seed.first]->out.size() * sizeof(float),
+                                      cudaMemcpyHostToDevice, m.stream));
+        reached[seed.first] = 1;
+    }
+    const size_t in_count = (size_t)batch * m.host.input_shape().size();
+    if (input_grad) {
+        m.d_input_grad.resize(in_count);
+        PD_CUDA_CHECK(cudaMemsetAsync(m.d_input_grad.data(), 0, in_count * sizeof(float), m.stream));
+    }
+    CudaBackwardContext ctx;
+    ctx.batch = batch;
+    ctx.params = m.d_params.data();
+    ctx.grads = m.d_grads.data();
+    ctx.seed = m.train_seed;
+    ctx.iteration = m.train_iteration;
+    ctx.outputs = &m.train_ptr;
+    ctx.grad_buffers = &m.grad_ptr;
+    ctx.specs = &m.specs;
+    ctx.stream = m.stream;
+    for (int i = n - 1; i > stop; --i) {
+        const LayerSpec& spec = *m.specs[i];
+        if (!reached[i] || spec.common.onlyforward) continue;
+        ctx.input = i == 0 ? m.train_input.data() : m.train_ptr[i - 1];
+        ctx.output = m.train_ptr[i];
+        ctx.output_grad = m.grad_ptr[i];
+        ctx.input_grad = nullptr;
+        if (m.host.layer(i).reads_previous_output()) {
+            if (i == 0) {
+                ctx.input_grad = input_grad ? m.d_input_grad.data() : nullptr;
+            } else if (i - 1 > stop) {
+                ctx.input_grad = m.grad_ptr[i - 1];
+                reached[i - 1] = 1;
+            }
+        }
+        for (int ref : spec.inputs)
+            if (ref > stop) reached[ref] = 1;
+        ctx.weight_grads = !spec.common.train_only_bn;
+        m.layers[i]->backward(ctx);
+    }
+    if (input_grad) {
+        std::vector<float> device(in_count);
+        PD_CUDA_CHECK(cudaMemcpyAsync(device.data(), m.d_input_grad.data(), in_count * sizeof(float),
+                                      cudaMemcpyDeviceToHost, m.stream));
+        PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+        for (size_t k = 0; k < in_count; ++k) input_grad[k] += device[k];
+    }
+    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+int CudaNetwork::train_batch() const { return impl_->train_batch; }
+
+void CudaNetwork::copy_train_output(int layer, float* destination) const {
+    const Impl& m = *impl_;
+    PD_CHECK(m.train_batch > 0 && layer >= 0 && layer < layer_count(), "no training output of layer ", layer,
+             " (run forward_train first)");
+    DeviceScope scope(m.device);
+    PD_CUDA_CHECK(cudaMemcpyAsync(destination, m.train_ptr[layer],
+                                  (size_t)m.train_batch * m.specs[layer]->out.size() * sizeof(float),
+                                  cudaMemcpyDeviceToHost, m.stream));
+    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+size_t CudaNetwork::param_count() const { return impl_->host.params.size(); }
+
+void CudaNetwork::copy_params(float* destination) const {
+    const Impl& m = *impl_;
+    PD_CHECK(m.d_params.size() == param_count(), "no device parameters yet (run forward_train first)");
+    DeviceScope scope(m.device);
+    PD_CUDA_CHECK(cudaMemcpyAsync(destination, m.d_params.data(), param_count() * sizeof(float), cudaMemcpyDeviceToHost,
+                                  m.stream));
+    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+void CudaNetwork::copy_grads(float* destination) const {
+    Impl& m = *impl_;
+    DeviceScope scope(m.device);
+    m.ensure_grads();
+    PD_CUDA_CHECK(cudaMemcpyAsync(destination, m.d_grads.data(), param_count() * sizeof(float), cudaMemcpyDeviceToHost,
+                                  m.stream));
+    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+void CudaNetwork::zero_grads() {
+    Impl& m = *impl_;
+    DeviceScope scope(m.device);
+    m.grads_ready = false;
+    m.ensure_grads();
+    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+void CudaNetwork::sgd_step(const std::vector<SgdSegment>& segments, float decay_coef, float momentum,
+                           float* host_params) {
+    Impl& m = *impl_;
+    const size_t n = param_count();
+    std::vector<SgdSegment> sorted = segments;
+    std::sort(sorted.begin(), sorted.end(), [](const SgdSegment& a, const SgdSegment& b) { return a.start < b.start; });
+    for (size_t k = 0; k < sorted.size(); ++k) {
+        PD_CHECK(sorted[k].start <= sorted[k].stop && sorted[k].stop <= n, "SGD segment [", sorted[k].start, ", ",
+                 sorted[k].stop, ") lies outside the ", n, " parameters");
+        PD_CHECK(k == 0 || sorted[k - 1].stop <= sorted[k].start, "SGD segments overlap at ", sorted[k].start);
+    }
+    DeviceScope scope(m.device);
+    m.ensure_grads();
+    m.ensure_velocity();
+    m.d_params.resize(n);
+    PD_CUDA_CHECK(cudaMemcpyAsync(m.d_params.data(), host_params, n * sizeof(float), cudaMemcpyHostToDevice, m.stream));
+    m.d_segments.resize(sorted.size());
+    if (!sorted.empty())
+        PD_CUDA_CHECK(cudaMemcpyAsync(m.d_segments.data(), sorted.data(), sorted.size() * sizeof(SgdSegment),
+                                      cudaMemcpyHostToDevice, m.stream));
+    launch_sgd(m.d_params.data(), m.d_grads.data(), m.d_velocity.data(), m.d_segments.data(), (int)sorted.size(), n,
+               decay_coef, momentum, m.stream);
+    PD_CUDA_CHECK(cudaMemcpyAsync(host_params, m.d_params.data(), n * sizeof(float), cudaMemcpyDeviceToHost, m.stream));
+    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+void CudaNetwork::copy_velocity(float* destination) const {
+    Impl& m = *impl_;
+    DeviceScope scope(m.device);
+    m.ensure_velocity();
+    PD_CUDA_CHECK(cudaMemcpyAsync(destination, m.d_velocity.data(), param_count() * sizeof(float),
+                                  cudaMemcpyDeviceToHost, m.stream));
+    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+void CudaNetwork::set_velocity(const float* values) {
+    Impl& m = *impl_;
+    DeviceScope scope(m.device);
+    m.d_velocity.resize(param_count());
+    PD_CUDA_CHECK(
+        cudaMemcpyAsync(m.d_velocity.data(), values, param_count() * sizeof(float), cudaMemcpyHostToDevice, m.stream));
+    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    m.velocity_ready = true;
+}
+
+long long CudaNetwork::first_nonfinite_grad() const {
+    Impl& m = *impl_;
+    DeviceScope scope(m.device);
+    m.ensure_grads();
+    return launch_first_nonfinite(m.d_grads.data(), param_count(), m.stream);
 }
 
 Precision CudaNetwork::precision() const { return impl_->precision; }

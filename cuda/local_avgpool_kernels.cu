@@ -9,6 +9,8 @@ class CudaLocalAvgpool : public CudaLayer {
 public:
     using CudaLayer::CudaLayer;
     void forward(const CudaContext& ctx) override { launch_window_pool(ctx, spec, p_.window, true); }
+    const char* untrainable() const override { return nullptr; }
+    void backward(const CudaBackwardContext& ctx) override { launch_window_pool_backward(ctx, spec, p_.window, true); }
 
 private:
     const LocalAvgpoolParams p_ = spec.params<LocalAvgpoolParams>();

@@ -42,6 +42,54 @@ __global__ void depth_max_kernel(const T* in, size_t in_stride, T* out, size_t o
     }
 }
 
+// The position (y * in_w + x) of the maximum of output (oy, ox)'s window, the first of equal values in the
+// forward's order (rows top to bottom, each left to right, a strictly greater value replacing the best), -1 for
+// a window without input positions: where the CPU's forward_train records its argmax.
+__device__ int window_argmax(const float* plane, int in_h, int in_w, int oy, int ox, const PoolWindow& w) {
+    const PoolSpan ys = pool_span(oy, w.stride_y, w.offset, w.size, in_h);
+    const PoolSpan xs = pool_span(ox, w.stride_x, w.offset, w.size, in_w);
+    float best = -FLT_MAX;
+    int from = -1;
+    for (int y = ys.first; y < ys.last; ++y)
+        for (int x = xs.first; x < xs.last; ++x)
+            if (plane[y * in_w + x] > best) {
+                best = plane[y * in_w + x];
+                from = y * in_w + x;
+            }
+    return from;
+}
+
+// Backward, one thread per input value: it visits the windows that contain it in output order (so overlapping
+// windows need no atomics) and adds the gradient of those whose maximum it is, or (average) its share of each
+// window's gradient, 1 / the window's in-image positions, as the CPU's [local_avgpool] backward.
+__global__ void pool_backward_kernel(const float* input, const float* grad, float* in_grad, int planes, int in_h,
+                                     int in_w, int out_h, int out_w, PoolWindow w, bool average) {
+    const size_t in_plane = (size_t)in_h * in_w, total = in_plane * planes;
+    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
+        const size_t p = id / in_plane;
+        const int at = (int)(id % in_plane), y = at / in_w, x = at % in_w;
+        const float* plane = input + p * in_plane;
+        const float* g = grad + p * (size_t)out_h * out_w;
+        // Windows start at offset + o * stride (offset <= 0) and hold `size` positions.
+        const int ly = y - w.offset - w.size + 1, lx = x - w.offset - w.size + 1;
+        const int oy0 = ly <= 0 ? 0 : (ly + w.stride_y - 1) / w.stride_y;
+        const int ox0 = lx <= 0 ? 0 : (lx + w.stride_x - 1) / w.stride_x;
+        const int ly1 = (y - w.offset) / w.stride_y, lx1 = (x - w.offset) / w.stride_x;
+        const int oy1 = ly1 < out_h - 1 ? ly1 : out_h - 1, ox1 = lx1 < out_w - 1 ? lx1 : out_w - 1;
+        float v = in_grad[id];
+        for (int oy = oy0; oy <= oy1; ++oy)
+            for (int ox = ox0; ox <= ox1; ++ox)
+                if (average) {
+                    const PoolSpan ys = pool_span(oy, w.stride_y, w.offset, w.size, in_h);
+                    const PoolSpan xs = pool_span(ox, w.stride_x, w.offset, w.size, in_w);
+                    v += g[oy * out_w + ox] / ((ys.last - ys.first) * (xs.last - xs.first));
+                } else if (window_argmax(plane, in_h, in_w, oy, ox, w) == at) {
+                    v += g[oy * out_w + ox];
+                }
+        in_grad[id] = v;
+    }
+}
+
 class CudaMaxpool : public CudaLayer {
 public:
     using CudaLayer::CudaLayer;
@@ -61,6 +109,12 @@ public:
         });
     }
 
+    const char* untrainable() const override {
+        return p_.depth ? "maxpool_depth has no backward pass on the GPU yet" : nullptr;
+    }
+
+    void backward(const CudaBackwardContext& ctx) override { launch_window_pool_backward(ctx, spec, p_.window, false); }
+
 private:
     const MaxpoolParams p_ = spec.params<MaxpoolParams>();
 };
@@ -76,6 +130,17 @@ void launch_window_pool(const CudaContext& ctx, const LayerSpec& spec, const Poo
             spec.in.h, spec.in.w, spec.out.h, spec.out.w, window, average);
         PD_CUDA_CHECK_LAUNCH();
     });
+}
+
+void launch_window_pool_backward(const CudaBackwardContext& ctx, const LayerSpec& spec, const PoolWindow& window,
+                                 bool average) {
+    if (!ctx.input_grad) return;
+    const int planes = ctx.batch * spec.in.c;
+    const size_t total = (size_t)planes * spec.in.h * spec.in.w;
+    PD_LAUNCH(grid_for(total, kThreads), kThreads, 0, ctx.stream, pool_backward_kernel)(
+        ctx.input, ctx.output_grad, ctx.input_grad, planes, spec.in.h, spec.in.w, spec.out.h, spec.out.w, window,
+        average);
+    PD_CUDA_CHECK_LAUNCH();
 }
 
 PD_REGISTER_CUDA_LAYER(LayerKind::Maxpool, CudaMaxpool);

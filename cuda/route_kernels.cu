@@ -22,6 +22,22 @@ public:
         }
     }
 
+    const char* untrainable() const override { return nullptr; }
+
+    // Each slice of the output gradient goes back to the slice of the layer it was copied from.
+    void backward(const CudaBackwardContext& ctx) override {
+        const int groups = p_.groups, group_id = p_.group_id;
+        const size_t out_size = spec.out.size();
+        size_t offset = 0;
+        for (int ref : spec.inputs) {
+            const size_t in_size = ctx.spec_of(ref).out.size(), part = in_size / groups;
+            if (float* dst = ctx.grad_of(ref))
+                add_strided(dst + part * group_id, in_size, ctx.output_grad + offset, out_size, ctx.batch, part,
+                            ctx.stream);
+            offset += part;
+        }
+    }
+
 private:
     const RouteParams p_ = spec.params<RouteParams>();
 };

@@ -1,6 +1,7 @@
 // [shortcut] on the GPU: one thread per output value, the weights' normalisation from csrc/math/shortcut.h. The
 // common case (a convolution, then a shortcut adding one earlier layer) never runs this: the plan folds the add
 // into the convolution's epilogue (csrc/core/plan.h).
+#include <algorithm>
 #include <vector>
 
 #include "cuda_layer.cuh"
@@ -87,9 +88,48 @@ public:
                           ctx.stream);
     }
 
+    const char* untrainable() const override {
+        if (p_.weighted) return "weighted [shortcut] layers have no backward pass on the GPU yet";
+        if (is_channel_activation(p_.activation))
+            return "the normalize_channels activations have no backward pass on the GPU yet";
+        return nullptr;
+    }
+
+    // The gradient goes through the activation (its input recomputed when the gradient needs it) and then, unchanged,
+    // to the input and to the overlapping prefix of every source, as the CPU's Shortcut::backward without weights.
+    void backward(const CudaBackwardContext& ctx) override {
+        const size_t outputs = spec.out.size(), total = outputs * ctx.batch;
+        const int activation = p_.activation;
+        const float* pre = nullptr;
+        if (activation_needs_input(activation)) {
+            Sources sources{};
+            sources.count = (int)spec.inputs.size();
+            for (int k = 0; k < sources.count; ++k) {
+                sources.data[k] = ctx.output_of(spec.inputs[k]);
+                sources.size[k] = sources.stride[k] = ctx.spec_of(spec.inputs[k]).out.size();
+            }
+            pre_activation_.resize(total);
+            PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, shortcut_kernel<float>)(
+                ctx.input, outputs, pre_activation_.data(), outputs, ctx.batch, outputs, sources, nullptr, 1, outputs,
+                0, LINEAR);
+            PD_CUDA_CHECK_LAUNCH();
+            pre = pre_activation_.data();
+        }
+        activation_gradient(ctx.output_grad, ctx.output, pre, total, activation, ctx.stream);
+        if (ctx.input_grad)
+            add_strided(ctx.input_grad, outputs, ctx.output_grad, outputs, ctx.batch, outputs, ctx.stream);
+        for (int ref : spec.inputs) {
+            float* dst = ctx.grad_of(ref);
+            if (!dst) continue;
+            const size_t size = ctx.spec_of(ref).out.size();
+            add_strided(dst, size, ctx.output_grad, outputs, ctx.batch, std::min(size, outputs), ctx.stream);
+        }
+    }
+
 private:
     const ShortcutParams p_ = spec.params<ShortcutParams>();
     DeviceArray<float> weights_;
+    DeviceArray<float> pre_activation_;  // backward's recomputed pre-activation values
 };
 
 }  // namespace

@@ -30,6 +30,26 @@ __global__ void upsample_kernel(const T* in, size_t in_stride, T* out, size_t ou
     }
 }
 
+// The adjoint, one thread per input value: it adds scale times the gradient of every output it was copied to, in
+// the CPU's order (the fine positions row by row), or (reverse) scale times the gradient of the block it went into.
+__global__ void upsample_backward_kernel(const float* grad, float* in_grad, int batch, int channels, int in_h, int in_w,
+                                         int out_h, int out_w, int stride, float scale, bool reverse) {
+    const size_t in_plane = (size_t)in_h * in_w, total = in_plane * channels * batch;
+    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
+        const size_t plane = id / in_plane, pixel = id % in_plane;
+        const int y = (int)(pixel / in_w), x = (int)(pixel % in_w);
+        const float* g = grad + plane * out_h * out_w;
+        float v = in_grad[id];
+        if (reverse) {
+            if (y < out_h * stride && x < out_w * stride) v += scale * g[upsample_coarse_index(y, x, stride, out_w)];
+        } else {
+            for (int dy = 0; dy < stride; ++dy)
+                for (int dx = 0; dx < stride; ++dx) v += scale * g[upsample_fine_index(y, x, dy, dx, stride, out_w)];
+        }
+        in_grad[id] = v;
+    }
+}
+
 class CudaUpsample : public CudaLayer {
 public:
     using CudaLayer::CudaLayer;
@@ -46,6 +66,17 @@ public:
                 spec.in.h, spec.in.w, spec.out.h, spec.out.w, stride, scale, reverse);
             PD_CUDA_CHECK_LAUNCH();
         });
+    }
+
+    const char* untrainable() const override { return nullptr; }
+
+    void backward(const CudaBackwardContext& ctx) override {
+        if (!ctx.input_grad) return;
+        const size_t total = (size_t)ctx.batch * spec.in.size();
+        PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, upsample_backward_kernel)(
+            ctx.output_grad, ctx.input_grad, ctx.batch, spec.in.c, spec.in.h, spec.in.w, spec.out.h, spec.out.w,
+            (int)p_.stride, (float)p_.scale, (bool)p_.reverse);
+        PD_CUDA_CHECK_LAUNCH();
     }
 
 private:

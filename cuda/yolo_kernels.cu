@@ -35,6 +35,14 @@ public:
         });
     }
 
+    const char* untrainable() const override { return nullptr; }
+
+    // The identity, as on the CPU: the gradient given for a [yolo] layer is the loss's delta of its input.
+    void backward(const CudaBackwardContext& ctx) override {
+        if (ctx.input_grad)
+            add_strided(ctx.input_grad, 0, ctx.output_grad, 0, 1, (size_t)ctx.batch * spec.out.size(), ctx.stream);
+    }
+
 private:
     const YoloParams p_ = spec.params<YoloParams>();
 };

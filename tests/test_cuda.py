@@ -762,13 +762,12 @@ def test_devices_and_timing(tmp_path):
 
 @pytest.mark.cuda
 @needs_gpu
-def test_training_passes_are_refused_and_profile_times_the_gpu(tmp_path):
-    """No CUDA backward kernels yet: the training passes of a CUDA network raise DeviceError. net.profile
-    switches the CUDA network's per-layer timing, which layer_times() reports."""
+def test_backward_needs_forward_train_and_profile_times_the_gpu(tmp_path):
+    """backward before any forward_train is refused on the GPU as on the CPU (the training passes themselves are
+    tested in test_cuda_train.py). net.profile switches the CUDA network's per-layer timing, which layer_times()
+    reports."""
     cpu, gpu = pair(tmp_path, 14, 12, 3, *PLAN_NET[:6])
     x = np.random.default_rng(10).random((2, 3, 12, 14), dtype=np.float32)
-    with pytest.raises(pydarknet.DeviceError, match="CPU only"):
-        gpu.forward_train(x)
     with pytest.raises(ValueError, match="forward_train first"):
         gpu.backward({len(gpu.layers) - 1: np.zeros((2,) + gpu.layers[-1].out_shape, np.float32)})
     gpu.profile = True

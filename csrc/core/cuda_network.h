@@ -26,6 +26,16 @@ struct CudaError : std::runtime_error {
 // for FP16/BF16; SIMT also runs FP16/BF16 storage (float weights), TENSOR needs FP16 or BF16.
 enum class ConvAlgorithm : int { AUTO = 0, SIMT = 1, TENSOR = 2 };
 
+// A range of the flat parameter buffer and how Darknet's SGD updates it (pydarknet/train/optim.py):
+// PLAIN (biases, scales) U -= g; DECAY (weights) also U += decay_coef * W; SHORTCUT ([shortcut] weights) U -= g
+// clamped to [-1, 1]; then W += step * U, U *= momentum.
+struct SgdSegment {
+    enum Rule : int { PLAIN = 0, DECAY = 1, SHORTCUT = 2 };
+    size_t start = 0, stop = 0;
+    int rule = PLAIN;
+    float step = 0.f;  // learning rate * layer learning_rate / update batch
+};
+
 class CudaNetwork {
 public:
     CudaNetwork(const Network& host, Precision precision, int device);
@@ -69,6 +79,31 @@ public:
     // that the guard check catches it).
     int guard_region_count() const;
     void damage_guard_region(int region);
+    // ----- training (float32 networks; cuda/NOTES.md lists the layer types) ------------------------------------
+    // The host network's parameters are the reference: forward_train uploads them, sgd_step writes them back.
+    // (layer, why) for every layer that cannot train on the device.
+    std::vector<std::pair<int, std::string>> untrainable_layers() const;
+    // As Network::forward_train, keeping every layer's output on the device.
+    void forward_train(const float* input, int batch, unsigned long long seed, long long iteration);
+    // As Network::backward: gradients of some layers' outputs in, parameter gradients added to the device
+    // gradient buffer; the input gradient is added to input_grad when it is not null.
+    void backward(const std::vector<std::pair<int, const float*>>& output_grads, float* input_grad);
+    int train_batch() const;
+    void copy_train_output(int layer, float* destination) const;
+    size_t param_count() const;
+    // The device parameters (param_count() values): after forward_train they hold batch-norm's moved rolling
+    // statistics, which the caller copies into the host buffer.
+    void copy_params(float* destination) const;
+    void copy_grads(float* destination) const;  // param_count() values
+    void zero_grads();
+    // One SGD update of `host_params` (param_count() values, uploaded, updated with the device gradients and
+    // the device velocity, written back).
+    void sgd_step(const std::vector<SgdSegment>& segments, float decay_coef, float momentum, float* host_params);
+    void copy_velocity(float* destination) const;
+    void set_velocity(const float* values);
+    // Index of the first NaN or infinity in the device gradient buffer, or -1.
+    long long first_nonfinite_grad() const;
+
     // Capture the layers once per plan in a CUDA graph and replay it (cuts launch overhead at small batch).
     bool use_graph = false;
     // Record each layer's GPU time (CUDA events; graphs are not used while profiling).

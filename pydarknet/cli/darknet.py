@@ -33,7 +33,7 @@ _DEVICE = {
     "-nogpu": (False, ["--device", "cpu"]),
 }
 _NO_WINDOW = (False, [])  # -dont_show: pydarknet never opens a window, so there is nothing to turn off
-_CPU_TRAINING = "training runs on the CPU (the CUDA backend has no backward kernels yet)"
+_CPU_TRAINING = "training runs on the CPU (the train command does not use the CUDA training passes yet)"
 
 FLAGS: Dict[str, Dict[str, Tuple[bool, Translation]]] = {
     "detect": {

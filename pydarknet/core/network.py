@@ -271,12 +271,18 @@ class Network:
         """
         self._check_trainable()
         heads = sorted(set(self.yolo_layers + [len(self.layers) - 1]))
-        outputs = self._core.forward_train(self._prepare_input(x), int(seed), int(iteration), heads)
-        return dict(zip(heads, outputs))
+        if self._cuda is None:
+            outputs = self._core.forward_train(self._prepare_input(x), int(seed), int(iteration), heads)
+            return dict(zip(heads, outputs))
+        self._cuda.forward_train(self._prepare_input(x), int(seed), int(iteration))
+        # batch-norm moved its rolling statistics in the device copy
+        self._cuda.copy_params(self._core.params)
+        self._core.touch_params()
+        return {i: self._cuda.train_output(i) for i in heads}
 
     def train_output(self, index):
         """The output of any layer in this thread's last forward_train (a copy)."""
-        return self._core.train_output(int(index))
+        return self._engine.train_output(int(index))
 
     def backward(self, output_grads, input_grad=False):
         """Backpropagate after forward_train.
@@ -296,15 +302,16 @@ class Network:
             if not 0 <= index < n:
                 raise ValueError(f"gradient given for layer {index}; the network has layers 0..{n - 1}")
             grads[index] = np.ascontiguousarray(grad, dtype=np.float32)
-        return self._core.backward(grads, bool(input_grad))
+        return self._engine.backward(grads, bool(input_grad))
 
     @property
     def grads(self):
-        """The flat float32 gradient buffer (a writable view), laid out exactly like `params`."""
-        return self._core.grads
+        """The flat float32 gradient buffer, laid out exactly like `params`: a writable view on the CPU; on a GPU,
+        where the gradients stay in device memory, a copy."""
+        return self._engine.grads
 
     def zero_grads(self):
-        self._core.zero_grads()
+        self._engine.zero_grads()
 
     def resized(self, width: int, height: int) -> Network:
         """This network at another input size (Darknet's multi-scale training), sharing the parameters and the
@@ -335,13 +342,22 @@ class Network:
         return other
 
     def _check_trainable(self):
-        """Refuse a network on a GPU, and, naming the cfg line, the layer options that have no training
-        implementation."""
+        """Refuse, naming the cfg line, the layer options that have no training implementation, and on a GPU the
+        precisions and layers whose training passes have no CUDA kernels yet (see cuda/NOTES.md)."""
         if self._cuda is not None:
-            raise DeviceError(
-                f"training passes run on the CPU only (this network is on {self.device}): the CUDA "
-                f"backend has no backward kernels yet; load the network with device='cpu'"
-            )
+            if self.precision != "fp32":
+                raise DeviceError(
+                    f"training on {self.device} runs in fp32 only for now (this network is {self.precision}); "
+                    f"load it with precision='fp32' or device='cpu'"
+                )
+            missing = self._cuda.untrainable_layers()
+            if missing:
+                index, why = missing[0]
+                layer = self.desc.layers[index]
+                raise DeviceError(
+                    f"{self.desc.path}:{layer.line}: layer {index} [{layer.type}] cannot train on {self.device}: "
+                    f"{why}; train this network with device='cpu'"
+                )
         if self._untrainable is None:
             self._untrainable = []
             for l in self.desc.layers:

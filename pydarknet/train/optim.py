@@ -53,6 +53,7 @@ from typing import Optional
 
 import numpy as np
 
+from pydarknet.errors import DeviceError
 from pydarknet.train.schedule import learning_rate, net_options, update_batch
 
 __all__ = ["Optimizer", "WeightEMA", "StepResult", "NonFinite", "gradient_norm", "first_nonfinite"]
@@ -366,6 +367,60 @@ class Optimizer:
         if touch:
             touch()
         return StepResult(iteration, float(rate), norm, False, None, ema_action)
+
+    _DEVICE_RULES = {"plain": 0, "decay": 1, "shortcut": 2}
+
+    def step_device(self, network, iteration, *, rate=None, rng=None):
+        """The SGD update of step() run on the GPU of ``network`` (a pydarknet Network on a CUDA device) with the
+        gradients where backward left them: one kernel over the flat buffers, Darknet's order and rounding.
+
+        This first version keeps the host parameters and ``velocity`` as the reference (both are sent to the
+        device and written back, so checkpoints and resume are those of step()); the non-finite check runs on the
+        device, the gradient norm of the result on a host copy of the gradients. Adam, EMA, ``clip``,
+        ``dont_update`` and ``burnin_update`` are not on the device yet: a DeviceError says which.
+        """
+        cuda = getattr(network, "_cuda", None)
+        if cuda is None:
+            raise DeviceError("step_device needs a network on a CUDA device; use step() for the CPU")
+        if network.desc.param_count != self.param_count:
+            raise ValueError(f"the network has {network.desc.param_count} parameters, the optimizer {self.param_count}")
+        iteration = int(iteration)
+        if iteration < 1:
+            raise ValueError(f"iteration counts from 1 (the update closing the first iteration), got {iteration}")
+        if self.adam or self.ema is not None:
+            raise DeviceError("the device optimizer runs SGD only for now (this cfg sets adam=1 or ema_alpha)")
+        for rule in self.layer_rules.values():
+            if rule.never:
+                continue
+            if rule.clip or self._skips(rule, iteration):
+                raise DeviceError(
+                    f"layer {rule.index}: clip, dont_update and burnin_update are not in the device optimizer yet"
+                )
+        grad = cuda.grads
+        norm = gradient_norm(grad)
+        if cuda.first_nonfinite_grad() >= 0:
+            return StepResult(iteration, None, norm, True, self.first_nonfinite(grad))
+        if rate is None:
+            rate = learning_rate(iteration, self.desc, rng)
+        rate = _f32(rate)
+        batch = _f32(self.batch)
+        decay_coef = _f32(-self.decay * batch)
+        starts, stops, rules, steps = [], [], [], []
+        for slot in self.slots:
+            rule = self.layer_rules[slot.layer]
+            if rule.never:
+                continue
+            starts.append(slot.start)
+            stops.append(slot.stop)
+            rules.append(self._DEVICE_RULES[slot.rule])
+            steps.append(float(_f32(_f32(rate * rule.lr_scale) / batch)))
+        params, touch = _params_array(network)
+        cuda.velocity = self.velocity
+        cuda.sgd_step(starts, stops, rules, steps, float(decay_coef), float(self.momentum), params)
+        self.velocity[...] = cuda.velocity
+        if touch:
+            touch()
+        return StepResult(iteration, float(rate), norm, False, None, None)
 
     def _accumulate(self, slot, s, grad):
         if slot.adam:

@@ -262,8 +262,8 @@ class Trainer:
         self.comm = comm if comm is not None else Communicator.create(timeout=o.dist_timeout)
         if str(o.device).split(":")[0] != "cpu":
             raise TrainingError(
-                f"training runs on the CPU for now (device={o.device!r}): the CUDA backend has "
-                f"forward kernels only; its backward kernels are not written yet"
+                f"training runs on the CPU for now (device={o.device!r}): the train command does not use the "
+                f"CUDA training passes yet (the loss, Adam/EMA and several layer types are not on the GPU)"
             )
         self.cfg = str(cfg)
         self.log = log or (lambda line: None if o.quiet else print(line, flush=True))
