@@ -486,20 +486,20 @@ PYBIND11_MODULE(_core, m) {
             py::arg("layer"), "The output of layer i from the last forward pass (a copy).")
         // Training (float32): the same calls as the host Network's; parameter gradients stay on the device
         // (`grads` is a copy), the SGD step writes the host parameters.
-        .def("untrainable_layers", &pd::CudaNetwork::untrainable_layers)
+        .def("untrainable_layers", [](SharedCudaNetwork& net) { return net.untrainable_layers(); })
         .def(
             "forward_train",
-            [](pd::CudaNetwork& net, pd::FloatArray x, unsigned long long seed, long long iteration) {
+            [](SharedCudaNetwork& net, pd::FloatArray x, unsigned long long seed, long long iteration) {
                 const int batch = pd::input_batch(x, net.input_shape());
                 const float* data = x.data();
                 py::gil_scoped_release release;
                 net.forward_train(data, batch, seed, iteration);
             },
             py::arg("x"), py::arg("seed") = 0, py::arg("iteration") = 0)
-        .def_property_readonly("train_batch", &pd::CudaNetwork::train_batch)
+        .def_property_readonly("train_batch", [](SharedCudaNetwork& net) { return net.train_batch(); })
         .def(
             "train_output",
-            [](const pd::CudaNetwork& net, int i) {
+            [](const SharedCudaNetwork& net, int i) {
                 PD_CHECK(net.train_batch() > 0 && i >= 0 && i < net.layer_count(), "no training output of layer ", i,
                          " (run forward_train first)");
                 py::array_t<float> out = pd::output_array(net.train_batch(), net.output_shape(i));
@@ -511,7 +511,7 @@ PYBIND11_MODULE(_core, m) {
             py::arg("layer"))
         .def(
             "backward",
-            [](pd::CudaNetwork& net, const py::dict& output_grads, bool want_input_grad) -> py::object {
+            [](SharedCudaNetwork& net, const py::dict& output_grads, bool want_input_grad) -> py::object {
                 const int batch = net.train_batch();
                 PD_CHECK(batch > 0, "backward needs a forward_train first");
                 std::vector<pd::FloatArray> arrays;
@@ -544,15 +544,15 @@ PYBIND11_MODULE(_core, m) {
             },
             py::arg("output_grads"), py::arg("input_grad") = false)
         .def_property_readonly("grads",
-                               [](const pd::CudaNetwork& net) {
+                               [](const SharedCudaNetwork& net) {
                                    py::array_t<float> out((py::ssize_t)net.param_count());
                                    net.copy_grads(out.mutable_data());
                                    return out;
                                })
-        .def("zero_grads", &pd::CudaNetwork::zero_grads)
+        .def("zero_grads", [](SharedCudaNetwork& net) { return net.zero_grads(); })
         .def(
             "copy_params",
-            [](const pd::CudaNetwork& net, py::array_t<float, py::array::c_style> params) {
+            [](const SharedCudaNetwork& net, py::array_t<float, py::array::c_style> params) {
                 PD_CHECK(params.ndim() == 1 && (size_t)params.size() == net.param_count() && params.writeable(),
                          "copy_params: a writable flat float32 array of ", net.param_count(), " values");
                 net.copy_params(params.mutable_data());
@@ -560,7 +560,7 @@ PYBIND11_MODULE(_core, m) {
             py::arg("params"))
         .def(
             "sgd_step",
-            [](pd::CudaNetwork& net, const std::vector<size_t>& starts, const std::vector<size_t>& stops,
+            [](SharedCudaNetwork& net, const std::vector<size_t>& starts, const std::vector<size_t>& stops,
                const std::vector<int>& rules, const std::vector<float>& steps, float decay_coef, float momentum,
                py::array_t<float, py::array::c_style> params) {
                 PD_CHECK(
@@ -581,17 +581,17 @@ PYBIND11_MODULE(_core, m) {
             py::arg("momentum"), py::arg("params"))
         .def_property(
             "velocity",
-            [](const pd::CudaNetwork& net) {
+            [](const SharedCudaNetwork& net) {
                 py::array_t<float> out((py::ssize_t)net.param_count());
                 net.copy_velocity(out.mutable_data());
                 return out;
             },
-            [](pd::CudaNetwork& net, pd::FloatArray values) {
+            [](SharedCudaNetwork& net, pd::FloatArray values) {
                 PD_CHECK(values.ndim() == 1 && (size_t)values.size() == net.param_count(),
                          "velocity must be a flat float32 array of ", net.param_count(), " values");
                 net.set_velocity(values.data());
             })
-        .def("first_nonfinite_grad", &pd::CudaNetwork::first_nonfinite_grad)
+        .def("first_nonfinite_grad", [](SharedCudaNetwork& net) { return net.first_nonfinite_grad(); })
         .def(
             "time_layers",
             [](SharedCudaNetwork& net, int warmup, int iterations) {
