@@ -420,6 +420,8 @@ PYBIND11_MODULE(_core, m) {
 #ifdef PYDARKNET_WITH_CUDA
     m.attr("built_with_cuda") = true;
     m.def("cuda_device_count", &pd::cuda_device_count, "Number of usable CUDA GPUs (0 on any CUDA error).");
+    m.def("cuda_set_device", &pd::cuda_set_device, py::arg("device"),
+          "Make `device` the calling thread's current GPU (libraries such as NCCL create their state on it).");
     m.def(
         "cuda_activate",
         [](const std::vector<float>& values, int activation) {
@@ -592,6 +594,21 @@ PYBIND11_MODULE(_core, m) {
                 net.set_velocity(values.data());
             })
         .def("first_nonfinite_grad", [](SharedCudaNetwork& net) { return net.first_nonfinite_grad(); })
+        // Gradient exchange between processes: raw device addresses for a collective library (NCCL) that runs
+        // on the same stream, and the upload of a buffer summed on the host.
+        .def_property_readonly("grads_pointer",
+                               [](SharedCudaNetwork& net) { return (uintptr_t)net.grads_device_pointer(); })
+        .def_property_readonly("stream_pointer",
+                               [](const SharedCudaNetwork& net) { return (uintptr_t)net.stream_handle(); })
+        .def("stream_idle", [](const SharedCudaNetwork& net) { return net.stream_idle(); })
+        .def(
+            "set_grads",
+            [](SharedCudaNetwork& net, pd::FloatArray values) {
+                PD_CHECK(values.ndim() == 1 && (size_t)values.size() == net.param_count(),
+                         "set_grads: a flat float32 array of ", net.param_count(), " values");
+                net.set_grads(values.data());
+            },
+            py::arg("values"))
         .def(
             "time_layers",
             [](SharedCudaNetwork& net, int warmup, int iterations) {

@@ -25,6 +25,12 @@ int cuda_device_count() {
     return count;
 }
 
+void cuda_set_device(int device) {
+    PD_CHECK(device >= 0 && device < cuda_device_count(), "CUDA device ", device, " does not exist (",
+             cuda_device_count(), " found)");
+    PD_CUDA_CHECK(cudaSetDevice(device));
+}
+
 namespace {
 
 constexpr size_t kAlignment = 256;
@@ -659,6 +665,32 @@ long long CudaNetwork::first_nonfinite_grad() const {
     DeviceScope scope(m.device);
     m.ensure_grads();
     return launch_first_nonfinite(m.d_grads.data(), param_count(), m.stream);
+}
+
+float* CudaNetwork::grads_device_pointer() {
+    Impl& m = *impl_;
+    DeviceScope scope(m.device);
+    m.ensure_grads();
+    return m.d_grads.data();
+}
+
+void* CudaNetwork::stream_handle() const { return impl_->stream; }
+
+bool CudaNetwork::stream_idle() const {
+    DeviceScope scope(impl_->device);
+    const cudaError_t state = cudaStreamQuery(impl_->stream);
+    if (state == cudaErrorNotReady) return false;
+    PD_CUDA_CHECK(state);
+    return true;
+}
+
+void CudaNetwork::set_grads(const float* values) {
+    Impl& m = *impl_;
+    DeviceScope scope(m.device);
+    m.ensure_grads();
+    PD_CUDA_CHECK(
+        cudaMemcpyAsync(m.d_grads.data(), values, param_count() * sizeof(float), cudaMemcpyHostToDevice, m.stream));
+    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
 }
 
 Precision CudaNetwork::precision() const { return impl_->precision; }

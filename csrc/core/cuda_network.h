@@ -103,6 +103,14 @@ public:
     void set_velocity(const float* values);
     // Index of the first NaN or infinity in the device gradient buffer, or -1.
     long long first_nonfinite_grad() const;
+    // For summing gradients across processes (pydarknet/train/distributed.py): the device gradient buffer
+    // (param_count() floats), the stream the training passes run on (a collective enqueued there follows the
+    // backward pass), whether that stream has finished its work (never blocks: a peer that died must not hang the
+    // caller), and an upload of gradients summed on the host.
+    float* grads_device_pointer();
+    void* stream_handle() const;
+    bool stream_idle() const;
+    void set_grads(const float* values);
 
     // Capture the layers once per plan in a CUDA graph and replay it (cuts launch overhead at small batch).
     bool use_graph = false;
@@ -116,5 +124,7 @@ private:
 };
 
 int cuda_device_count();
+// Makes `device` the calling thread's current GPU (for libraries that create their state on it: NCCL).
+void cuda_set_device(int device);
 
 }  // namespace pd

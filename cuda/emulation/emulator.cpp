@@ -290,6 +290,7 @@ const char* cudaGetErrorString(cudaError_t error) {
     auto& e = pd_emulation::errors();
     switch (error) {
         case cudaSuccess: e.text = "no error"; break;
+        case cudaErrorNotReady: e.text = "device not ready"; break;
         case cudaErrorInvalidValue: e.text = "invalid argument"; break;
         case cudaErrorMemoryAllocation: e.text = "out of memory"; break;
         case cudaErrorInvalidConfiguration: e.text = "invalid configuration argument"; break;
@@ -354,6 +355,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 cudaError_t cudaStreamSynchronize(cudaStream_t) {
     return refuse_while_capturing() ? cudaErrorStreamCaptureUnsupported : cudaSuccess;
 }
+cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
     *event = new CUevent_st;
     return cudaSuccess;

@@ -28,7 +28,15 @@ import numpy as np
 
 from pydarknet.errors import DistributedError
 
-__all__ = ["Communicator", "launched_world_size", "shard_slots", "fingerprint"]
+__all__ = [
+    "Communicator",
+    "GradientExchange",
+    "device_for_rank",
+    "fingerprint",
+    "launched_world_size",
+    "local_rank",
+    "shard_slots",
+]
 
 # Environment variables that launchers set to the number of processes they started.
 WORLD_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS")
@@ -256,3 +264,97 @@ def shard_sizes_text(slots: Sequence[int]) -> str:
             runs.append(f"{start}-{s}" if s != start else f"{s}")
             start = None
     return ",".join(runs)
+
+
+# ----- which GPU each rank uses --------------------------------------------------------------------------------
+# Environment variables that launchers set to the rank's index among the ranks on its own machine.
+LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMIX_LOCAL_RANK", "SLURM_LOCALID")
+
+
+def local_rank(environ: Optional[Dict[str, str]] = None) -> int:
+    """This process's index among the ranks on its machine (0 when no launcher says)."""
+    environ = os.environ if environ is None else environ
+    for name in LOCAL_RANK_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def device_for_rank(device: str, gpus: int, environ: Optional[Dict[str, str]] = None) -> str:
+    """The device a rank trains on: ``cuda`` (no index) gives each rank of a machine its own GPU, ``local rank
+    mod gpus``; an explicit ``cuda:N`` or ``cpu`` is kept."""
+    if device == "cuda" and gpus > 0:
+        return f"cuda:{local_rank(environ) % gpus}"
+    return device
+
+
+# ----- summing the gradients of a network ----------------------------------------------------------------------
+GRADIENT_BACKENDS = ("auto", "mpi", "nccl")
+
+
+class GradientExchange:
+    """Sums a network's flat gradient buffer over the ranks, in place, once per iteration.
+
+    A network on the CPU: MPI on the buffer itself. A network on a CUDA GPU: NCCL on the device buffer, enqueued on
+    the network's stream after the backward pass, when ``backend`` is ``nccl``, or ``auto`` and every rank has a
+    real GPU and can load NCCL; otherwise (``mpi``, or ``auto`` in the CUDA emulation or without NCCL) the buffer
+    goes through host memory: downloaded, summed over MPI, uploaded. The ranks agree on the choice before any of
+    them builds an NCCL communicator.
+    """
+
+    def __init__(self, comm: Communicator, net, backend: str = "auto"):
+        if backend not in GRADIENT_BACKENDS:
+            raise ValueError(f"gradient exchange {backend!r}: use one of {', '.join(GRADIENT_BACKENDS)}")
+        self.comm = comm
+        self.net = net
+        self._nccl = None
+        self.backend = "mpi"
+        cuda = getattr(net, "_cuda", None)
+        if cuda is None:
+            if backend == "nccl":
+                raise DistributedError("--dist-backend nccl sums device buffers: train on a GPU (--device cuda)")
+            return
+        if backend == "mpi" or not comm.distributed:
+            return
+        from pydarknet import _core
+        from pydarknet.train.nccl import NcclCommunicator, NcclLibrary
+
+        library, why = None, None
+        if _core.cuda_emulated:
+            why = "this engine runs its CUDA kernels in the CPU emulation, where NCCL has no GPU to use"
+        else:
+            try:
+                library = NcclLibrary()
+            except DistributedError as exc:
+                why = str(exc)
+        reasons = comm.allgather_objects(why, "choosing how to sum the gradients")
+        missing = [(r, w) for r, w in enumerate(reasons) if w]
+        if missing:
+            if backend == "nccl":
+                rank, reason = missing[0]
+                raise DistributedError(f"--dist-backend nccl: rank {rank} cannot use NCCL: {reason}", rank=rank)
+            return
+        self._nccl = NcclCommunicator(comm, cuda.device, _core.cuda_set_device, library)
+        self.backend = "nccl"
+
+    def sum(self, what: str = "summing the gradients") -> None:
+        if not self.comm.distributed:
+            return
+        cuda = getattr(self.net, "_cuda", None)
+        if cuda is None:
+            self.comm.allreduce_sum(self.net.grads, what)
+        elif self._nccl is not None:
+            from pydarknet.train.nccl import FLOAT32
+
+            count = int(self.net.desc.param_count)
+            self._nccl.allreduce_sum(cuda.grads_pointer, count, FLOAT32, cuda.stream_pointer, cuda.stream_idle, what)
+        else:
+            grads = cuda.grads  # a host copy
+            self.comm.allreduce_sum(grads, what)
+            cuda.set_grads(grads)
+
+    def close(self) -> None:
+        if self._nccl is not None:
+            self._nccl.close()
+            self._nccl = None
