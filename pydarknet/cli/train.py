@@ -105,6 +105,7 @@ def _train(args, comm):
         progress=args.progress,
         sync_bn=args.sync_bn,
         dist_timeout=args.dist_timeout,
+        dist_backend=args.dist_backend,
     )
     try:
         trainer = Trainer(cfg, data, weights, options, comm=comm)
@@ -260,6 +261,13 @@ def add_parsers(sub):
         type=float,
         default=600.0,
         help="under mpirun/srun: seconds a rank waits for the others before it names the silent ones and stops (600)",
+    )
+    t.add_argument(
+        "--dist-backend",
+        choices=("auto", "mpi", "nccl"),
+        default="auto",
+        help="under mpirun/srun with --device cuda: sum the gradients with NCCL on the GPUs (nccl), through host "
+        "memory over MPI (mpi), or NCCL when every rank can load it (auto, the default)",
     )
     t.add_argument("--quiet", "-q", action="store_true")
     t.set_defaults(func=cmd_train)

@@ -54,7 +54,14 @@ from pydarknet.data.labels import label_path, parse_labels
 from pydarknet.data.loader import Loader
 from pydarknet.errors import TrainingError, UsageError, WriteError
 from pydarknet.train import checkpoint as ckpt
-from pydarknet.train.distributed import Communicator, fingerprint, shard_sizes_text, shard_slots
+from pydarknet.train.distributed import (
+    Communicator,
+    GradientExchange,
+    device_for_rank,
+    fingerprint,
+    shard_sizes_text,
+    shard_slots,
+)
 from pydarknet.train.optim import Optimizer
 from pydarknet.train.schedule import images_per_iteration, learning_rate
 from pydarknet.train.yolo_loss import cost_from_terms, yolo_loss
@@ -97,6 +104,7 @@ class TrainOptions:
     progress: Optional[bool] = None  # progress bar (default: when stderr is a terminal)
     sync_bn: bool = True  # data-parallel runs: batch-norm statistics over all ranks' images
     dist_timeout: float = 600.0  # data-parallel runs: seconds a rank waits for the others before giving up
+    dist_backend: str = "auto"  # data-parallel GPU runs: how gradients are summed (auto, mpi, nccl)
 
 
 @dataclass
@@ -306,7 +314,12 @@ class Trainer:
                 f"[yolo] and filters=(classes+5)*<anchors in mask> in the [convolutional] before it"
             )
 
-        self.net = pydarknet.Network(desc, device=o.device, seed=0 if o.seed is None else o.seed)
+        device = o.device
+        if self.comm.distributed:
+            from pydarknet import _core
+
+            device = device_for_rank(device, _core.cuda_device_count())  # one GPU per rank of a machine
+        self.net = pydarknet.Network(desc, device=device, seed=0 if o.seed is None else o.seed)
         self.net.names = list(self.dataset.names)
         self.desc = desc
         self.optimizer = Optimizer(self.net)
@@ -377,7 +390,7 @@ class Trainer:
                 "data": fingerprint(
                     [os.path.basename(p) for p in self.loader.images], *self.loader.labels, self.dataset.classes
                 ),
-                "options": (o.sync_bn, o.clear, o.map, o.max_nonfinite, o.dist_timeout),
+                "options": (o.sync_bn, o.clear, o.map, o.max_nonfinite, o.dist_timeout, o.dist_backend),
                 "world": self.comm.size,
             },
             "the cfg, weights and data",
@@ -394,6 +407,9 @@ class Trainer:
         )
         if o.sync_bn:
             self._reducer = self.comm.batch_norm_reducer()
+        self.exchange = GradientExchange(self.comm, self.net, o.dist_backend)
+        if self.net.device != "cpu":
+            self.log(f"gradients summed over the ranks with {self.exchange.backend} (on {self.net.device})")
 
     # ----- pieces -------------------------------------------------------------------------------------------
     def _net_at(self, width, height):
@@ -509,7 +525,7 @@ class Trainer:
             summed = comm.allreduce_sum(np.array(terms, np.float64), f"summing the loss of iteration {it + 1}")
             loss = sum(cost_from_terms(*t) for t in summed)
             if problem is None:
-                comm.allreduce_sum(self.net.grads, f"summing the gradients of iteration {it + 1}")
+                self.exchange.sum(f"summing the gradients of iteration {it + 1}")
         loss /= int(self.desc.net["batch"])  # Darknet divides the summed costs by the cfg's batch
         rate = float(learning_rate(it + 1, self.desc))
         skipped = problem is not None
