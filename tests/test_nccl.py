@@ -17,7 +17,7 @@ import pytest
 import pydarknet
 from pydarknet import _core
 from pydarknet.errors import DistributedError
-from pydarknet.train.distributed import Communicator, GradientExchange, device_for_rank, local_rank
+from pydarknet.train.distributed import Communicator, GradientExchange, device_for_rank, local_rank, nccl_refusals
 
 MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable)) or shutil.which("mpirun")
 
@@ -70,6 +70,15 @@ def test_each_rank_of_a_machine_gets_its_own_gpu():
     assert device_for_rank("cuda", 4, {"MPI_LOCALRANKID": "6"}) == "cuda:2"
     assert device_for_rank("cuda:1", 4, {"MPI_LOCALRANKID": "6"}) == "cuda:1"  # an explicit index is kept
     assert device_for_rank("cpu", 4, {"MPI_LOCALRANKID": "6"}) == "cpu"
+
+
+def test_ranks_that_cannot_use_nccl_are_named():
+    assert nccl_refusals([(None, "a", 0), (None, "a", 1), (None, "b", 0)]) == []
+    assert nccl_refusals([(None, "a", 0), ("no library", "a", 1)]) == [(1, "no library")]
+    # two ranks on one GPU of a machine (a one-GPU machine with two ranks): NCCL refuses that
+    assert nccl_refusals([(None, "a", 0), (None, "a", 0)]) == [
+        (1, "it shares GPU 0 on a with rank 0; NCCL needs a GPU per rank")
+    ]
 
 
 def test_nccl_needs_a_network_on_a_gpu():

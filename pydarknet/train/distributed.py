@@ -289,6 +289,21 @@ def device_for_rank(device: str, gpus: int, environ: Optional[Dict[str, str]] = 
     return device
 
 
+def nccl_refusals(places: Sequence[tuple]) -> List[tuple]:
+    """(rank, why) for the ranks that cannot join an NCCL communicator, from every rank's (why it cannot load or
+    use NCCL or None, host name, GPU index). NCCL refuses two ranks on one GPU; summing through host memory over MPI
+    still works there (several ranks on a one-GPU machine)."""
+    refusals = [(r, why) for r, (why, _, _) in enumerate(places) if why]
+    owner: Dict[tuple, int] = {}
+    for r, (_, host, gpu) in enumerate(places):
+        if (host, gpu) in owner:
+            refusals.append(
+                (r, f"it shares GPU {gpu} on {host} with rank {owner[host, gpu]}; NCCL needs a GPU per rank")
+            )
+        owner.setdefault((host, gpu), r)
+    return sorted(refusals)
+
+
 # ----- summing the gradients of a network ----------------------------------------------------------------------
 GRADIENT_BACKENDS = ("auto", "mpi", "nccl")
 
@@ -328,8 +343,8 @@ class GradientExchange:
                 library = NcclLibrary()
             except DistributedError as exc:
                 why = str(exc)
-        reasons = comm.allgather_objects(why, "choosing how to sum the gradients")
-        missing = [(r, w) for r, w in enumerate(reasons) if w]
+        places = comm.allgather_objects((why, socket.gethostname(), cuda.device), "choosing how to sum the gradients")
+        missing = nccl_refusals(places)
         if missing:
             if backend == "nccl":
                 rank, reason = missing[0]
