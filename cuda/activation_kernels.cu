@@ -30,7 +30,32 @@ __global__ void normalize_channels_kernel(T* data, size_t stride, int batch, int
     }
 }
 
+// One thread per pixel: the exact gradient of the normalize_channels family (float32 training buffers).
+__global__ void normalize_channels_gradient_kernel(float* grad, const float* output, const float* input, int batch,
+                                                   int channels, size_t spatial, int activation) {
+    const size_t pixels = (size_t)batch * spatial;
+    for (size_t p = blockIdx.x * (size_t)blockDim.x + threadIdx.x; p < pixels; p += (size_t)gridDim.x * blockDim.x) {
+        const size_t base = (p / spatial) * channels * spatial + p % spatial;
+        normalize_channels_gradient(activation, channels, spatial, grad + base, output + base,
+                                    input ? input + base : nullptr);
+    }
+}
+
 }  // namespace
+
+void layer_activation_gradient(float* grad, const float* output, const float* input, int batch, int channels,
+                               size_t spatial, int activation, cudaStream_t stream) {
+    const size_t pixels = (size_t)batch * spatial;
+    if (activation == LINEAR || pixels == 0 || channels == 0) return;
+    if (!is_channel_activation(activation)) {
+        activation_gradient(grad, output, input, pixels * channels, activation, stream);
+        return;
+    }
+    PD_CHECK(input || activation != NORM_CHAN, "normalize_channels: the gradient needs the pre-activation values");
+    PD_LAUNCH(grid_for(pixels, 128), 128, 0, stream, normalize_channels_gradient_kernel)(grad, output, input, batch,
+                                                                                         channels, spatial, activation);
+    PD_CUDA_CHECK_LAUNCH();
+}
 
 void activate_view(Precision precision, const DeviceView& view, int batch, int channels, size_t spatial, int activation,
                    cudaStream_t stream) {

@@ -464,72 +464,6 @@ __global__ void conv_input_grad_kernel(TrainGeometry g, const float* weights, co
     }
 }
 
-// Batch-norm in training mode, as the CPU's BatchNormTrainer (csrc/cpu/train_ops.h), one thread per channel
-// (a correctness baseline): statistics summed in double, the variance with Bessel's correction, xhat kept,
-// y = activation(scale * xhat + bias) with the value before the activation kept when its gradient needs it, and
-// the rolling statistics moved by Darknet's .99 / .01 in the device parameters.
-__global__ void bn_train_forward_kernel(float* x, float* xhat, float* pre, double* inv_std_out, int batch, int channels,
-                                        size_t spatial, const float* scales, const float* biases, float* rolling_mean,
-                                        float* rolling_variance, float epsilon, int activation) {
-    const size_t count = spatial * batch;
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x) {
-        double sum = 0.0, squares = 0.0;
-        for (int b = 0; b < batch; ++b) {
-            const float* v = x + ((size_t)b * channels + c) * spatial;
-            for (size_t i = 0; i < spatial; ++i) {
-                sum += v[i];
-                squares += (double)v[i] * v[i];
-            }
-        }
-        const double mean = sum / (double)count;
-        const double raw = (squares - sum * mean) / (double)(count - 1), variance = raw > 0.0 ? raw : 0.0;
-        const double inv_std = 1.0 / sqrt(variance + (double)epsilon);
-        inv_std_out[c] = inv_std;
-        for (int b = 0; b < batch; ++b) {
-            const size_t base = ((size_t)b * channels + c) * spatial;
-            for (size_t i = base; i < base + spatial; ++i) {
-                const float h = (float)(((double)x[i] - mean) * inv_std);
-                xhat[i] = h;
-                const float y = scales[c] * h + biases[c];
-                if (pre) pre[i] = y;
-                x[i] = activate(y, activation);
-            }
-        }
-        rolling_mean[c] = .99f * rolling_mean[c] + .01f * (float)mean;
-        rolling_variance[c] = .99f * rolling_variance[c] + .01f * (float)variance;
-    }
-}
-
-// Its exact derivative (the CPU's BatchNormTrainer::backward): the activation's gradient first, then
-// dscale += sum(g * xhat), dbias += sum(g), dx = scale / std * (g - mean(g) - xhat * sum(g * xhat) / (N - 1)).
-__global__ void bn_train_backward_kernel(float* grad, const float* output, const float* pre, const float* xhat,
-                                         const double* inv_std, int batch, int channels, size_t spatial,
-                                         const float* scales, float* grad_scales, float* grad_biases, int activation) {
-    const size_t count = spatial * batch;
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x) {
-        double sum_g = 0.0, sum_gx = 0.0;
-        for (int b = 0; b < batch; ++b) {
-            const size_t base = ((size_t)b * channels + c) * spatial;
-            for (size_t i = base; i < base + spatial; ++i) {
-                float g = grad[i];
-                if (activation != LINEAR) g *= gradient(output[i], pre ? pre[i] : output[i], activation);
-                grad[i] = g;
-                sum_g += g;
-                sum_gx += (double)g * xhat[i];
-            }
-        }
-        grad_biases[c] += (float)sum_g;
-        grad_scales[c] += (float)sum_gx;
-        const double factor = scales[c] * inv_std[c];
-        const double mean_g = sum_g / (double)count, proj = sum_gx / (double)(count - 1);
-        for (int b = 0; b < batch; ++b) {
-            const size_t base = ((size_t)b * channels + c) * spatial;
-            for (size_t i = base; i < base + spatial; ++i)
-                grad[i] = (float)(factor * ((double)grad[i] - mean_g - (double)xhat[i] * proj));
-        }
-    }
-}
-
 class CudaConvolutional : public CudaLayer {
 public:
     explicit CudaConvolutional(const LayerSpec& s) : CudaLayer(s), p_(spec.params<ConvolutionalParams>()) {
@@ -636,16 +570,19 @@ public:
 
     const char* untrainable() const override {
         if (p_.batch_normalize == 2) return "cross-iteration batch normalisation (cbn) is not supported in training";
-        if (is_channel_activation(p_.activation))
-            return "the normalize_channels activations have no backward pass on the GPU yet";
         return nullptr;
     }
 
+    // As the CPU's: the convolution (with the element-wise activation when there is no batch-norm), batch-norm
+    // fused with an element-wise activation, or the normalize_channels family applied last; the values before
+    // the activation kept when its gradient needs them.
     void forward_train(const CudaTrainContext& ctx) override {
         const TrainGeometry g = train_geometry(ctx.batch);
-        const size_t total = (size_t)ctx.batch * spec.out.size();
+        const size_t total = (size_t)ctx.batch * spec.out.size(), spatial = (size_t)spec.out.h * spec.out.w;
+        const int activation = p_.activation;
+        const bool elementwise = !is_channel_activation(activation);
         float* pre = nullptr;
-        if (activation_needs_input(p_.activation)) {
+        if (activation_needs_input(activation)) {
             pre_activation_.resize(total);
             pre = pre_activation_.data();
         }
@@ -653,35 +590,43 @@ public:
         const bool bn = p_.batch_norm();
         PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, conv_train_forward_kernel)(
             g, ctx.input.as<float>(), ctx.params + spec.tensor("weights").offset, bn ? zeros(ctx) : biases,
-            ctx.output.as<float>(), bn ? nullptr : pre, bn ? (int)LINEAR : (int)p_.activation);
+            ctx.output.as<float>(), bn ? nullptr : pre, bn || !elementwise ? (int)LINEAR : activation);
         PD_CUDA_CHECK_LAUNCH();
-        if (!bn) return;
-        const size_t spatial = (size_t)spec.out.h * spec.out.w;
-        PD_CHECK(spatial * ctx.batch > 1, "layer ", spec.index,
-                 ": batch normalisation in training needs more than one value per channel (batch ", ctx.batch, " x ",
-                 spatial, " positions); use a larger batch");
-        xhat_.resize(total);
-        inv_std_.resize(p_.filters);
-        PD_LAUNCH(grid_for(p_.filters, 64), 64, 0, ctx.stream, bn_train_forward_kernel)(
-            ctx.output.as<float>(), xhat_.data(), pre, inv_std_.data(), ctx.batch, p_.filters, spatial,
-            ctx.params + spec.tensor("scales").offset, biases, ctx.params + spec.tensor("rolling_mean").offset,
-            ctx.params + spec.tensor("rolling_variance").offset, ctx.bn_epsilon, (int)p_.activation);
-        PD_CUDA_CHECK_LAUNCH();
+        if (bn) {
+            PD_CHECK(spatial * ctx.batch > 1, "layer ", spec.index,
+                     ": batch normalisation in training needs more than one value per channel (batch ", ctx.batch,
+                     " x ", spatial, " positions); use a larger batch");
+            xhat_.resize(total);
+            inv_std_.resize(p_.filters);
+            launch_batchnorm_train(ctx.output.as<float>(), xhat_.data(), elementwise ? pre : nullptr, inv_std_.data(),
+                                   ctx.batch, p_.filters, spatial, ctx.params + spec.tensor("scales").offset, biases,
+                                   ctx.params + spec.tensor("rolling_mean").offset,
+                                   ctx.params + spec.tensor("rolling_variance").offset, ctx.bn_epsilon,
+                                   elementwise ? activation : (int)LINEAR, ctx.stream);
+            if (!elementwise && pre)
+                PD_CUDA_CHECK(
+                    cudaMemcpyAsync(pre, ctx.output.data, total * sizeof(float), cudaMemcpyDeviceToDevice, ctx.stream));
+        }
+        if (!elementwise)
+            activate_view(Precision::FP32, ctx.output, ctx.batch, p_.filters, spatial, activation, ctx.stream);
     }
 
     void backward(const CudaBackwardContext& ctx) override {
         const TrainGeometry g = train_geometry(ctx.batch);
-        const bool needs_pre = activation_needs_input(p_.activation);
+        const int activation = p_.activation;
+        const bool elementwise = !is_channel_activation(activation);
+        const float* pre = activation_needs_input(activation) ? pre_activation_.data() : nullptr;
+        const size_t spatial = (size_t)spec.out.h * spec.out.w;
+        if (!elementwise || !p_.batch_norm())
+            layer_activation_gradient(ctx.output_grad, ctx.output, pre, ctx.batch, p_.filters, spatial, activation,
+                                      ctx.stream);
         if (p_.batch_norm()) {
-            PD_LAUNCH(grid_for(p_.filters, 64), 64, 0, ctx.stream, bn_train_backward_kernel)(
-                ctx.output_grad, ctx.output, needs_pre ? pre_activation_.data() : nullptr, xhat_.data(),
-                inv_std_.data(), ctx.batch, p_.filters, (size_t)spec.out.h * spec.out.w,
-                ctx.params + spec.tensor("scales").offset, ctx.grads + spec.tensor("scales").offset,
-                ctx.grads + spec.tensor("biases").offset, (int)p_.activation);
-            PD_CUDA_CHECK_LAUNCH();
+            launch_batchnorm_backward(
+                ctx.output_grad, ctx.output, elementwise ? pre : nullptr, xhat_.data(), inv_std_.data(), ctx.batch,
+                p_.filters, spatial, ctx.params + spec.tensor("scales").offset,
+                ctx.grads + spec.tensor("scales").offset, ctx.grads + spec.tensor("biases").offset,
+                elementwise ? activation : (int)LINEAR, ctx.stream);
         } else {
-            activation_gradient(ctx.output_grad, ctx.output, needs_pre ? pre_activation_.data() : nullptr,
-                                (size_t)ctx.batch * spec.out.size(), p_.activation, ctx.stream);
             PD_LAUNCH(grid_for(p_.filters, 128), 128, 0, ctx.stream, conv_bias_grad_kernel)(
                 g, ctx.output_grad, ctx.grads + spec.tensor("biases").offset);
             PD_CUDA_CHECK_LAUNCH();

@@ -208,5 +208,28 @@ void launch_window_pool_backward(const CudaBackwardContext& ctx, const LayerSpec
 // in[k] is the same element (sam), the element's channel (scale_channels) or its pixel (scale_wh=1).
 enum class ProductFactor : int { SAME = 0, PER_CHANNEL = 1, PER_PIXEL = 2 };
 void launch_product(const CudaContext& ctx, const LayerSpec& spec, ProductFactor factor, int activation);
+// Its backward (training, float32): the activation's gradient (the product recomputed when it needs its input),
+// then the `from` layer gets grad * in[k] and the input grad * from, summed per factor in a fixed order.
+void launch_product_backward(const CudaBackwardContext& ctx, const LayerSpec& spec, ProductFactor factor,
+                             int activation);
+
+// grad *= the activation's Jacobian over `batch` blocks of channels x spatial values (activation_kernels.cu):
+// element-wise activations as activation_gradient, the normalize_channels family per pixel (one thread each,
+// csrc/math/activations.h). input (the pre-activation values) may be null unless activation_needs_input.
+void layer_activation_gradient(float* grad, const float* output, const float* input, int batch, int channels,
+                               size_t spatial, int activation, cudaStream_t stream);
+
+// Batch-norm in training mode (batchnorm_kernels.cu, one thread per channel, csrc/math/batchnorm.h): x holds the
+// raw values on entry and activation(scale * xhat + bias) on return (an element-wise activation; LINEAR for
+// none), xhat and 1 / std per channel are kept, pre (when not null) gets the value before the activation, and
+// the rolling statistics move in place.
+void launch_batchnorm_train(float* x, float* xhat, float* pre, double* inv_std, int batch, int channels, size_t spatial,
+                            const float* scales, const float* biases, float* rolling_mean, float* rolling_variance,
+                            float epsilon, int activation, cudaStream_t stream);
+// Its exact backward: grad holds dLoss/d(output) on entry and dLoss/dx on return; the scale and bias gradients are
+// added.
+void launch_batchnorm_backward(float* grad, const float* output, const float* pre, const float* xhat,
+                               const double* inv_std, int batch, int channels, size_t spatial, const float* scales,
+                               float* grad_scales, float* grad_biases, int activation, cudaStream_t stream);
 
 }  // namespace pd

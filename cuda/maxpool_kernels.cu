@@ -42,6 +42,30 @@ __global__ void depth_max_kernel(const T* in, size_t in_stride, T* out, size_t o
     }
 }
 
+// Its backward (training, float32), one thread per output value: the maximum found again (the first of equal
+// values, as the CPU's strict comparison picks) gets the gradient. Output channel g only draws from input
+// channels g, g + out_c, ...: no two threads share a target.
+__global__ void depth_max_backward_kernel(const float* in, const float* grad, float* in_grad, int batch, int in_c,
+                                          int out_c, size_t plane) {
+    const size_t per_image = plane * out_c, total = per_image * batch;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t b = i / per_image, within = i % per_image;
+        const int g = (int)(within / plane);
+        const size_t pixel = within % plane;
+        const float* image = in + b * plane * in_c;
+        float best = -FLT_MAX;
+        int from = -1;
+        for (int k = g; k < in_c; k += out_c) {
+            const float v = image[(size_t)k * plane + pixel];
+            if (v > best) {
+                best = v;
+                from = k;
+            }
+        }
+        if (from >= 0) in_grad[(b * in_c + from) * plane + pixel] += grad[i];
+    }
+}
+
 // The position (y * in_w + x) of the maximum of output (oy, ox)'s window, the first of equal values in the
 // forward's order (rows top to bottom, each left to right, a strictly greater value replacing the best), -1 for
 // a window without input positions: where the CPU's forward_train records its argmax.
@@ -109,11 +133,19 @@ public:
         });
     }
 
-    const char* untrainable() const override {
-        return p_.depth ? "maxpool_depth has no backward pass on the GPU yet" : nullptr;
-    }
+    const char* untrainable() const override { return nullptr; }
 
-    void backward(const CudaBackwardContext& ctx) override { launch_window_pool_backward(ctx, spec, p_.window, false); }
+    void backward(const CudaBackwardContext& ctx) override {
+        if (!p_.depth) {
+            launch_window_pool_backward(ctx, spec, p_.window, false);
+            return;
+        }
+        if (!ctx.input_grad) return;
+        const size_t plane = (size_t)spec.in.h * spec.in.w, total = (size_t)ctx.batch * spec.out.size();
+        PD_LAUNCH(grid_for(total, kThreads), kThreads, 0, ctx.stream, depth_max_backward_kernel)(
+            ctx.input, ctx.output_grad, ctx.input_grad, ctx.batch, spec.in.c, spec.out.c, plane);
+        PD_CUDA_CHECK_LAUNCH();
+    }
 
 private:
     const MaxpoolParams p_ = spec.params<MaxpoolParams>();

@@ -21,14 +21,64 @@ __global__ void product_kernel(const T* in, size_t in_stride, const T* from, siz
     }
 }
 
+// The factor index of output element `within` of an image, and the factors per image.
+__host__ __device__ inline size_t factor_index(ProductFactor factor, size_t within, size_t plane) {
+    return factor == ProductFactor::SAME ? within
+                                         : (factor == ProductFactor::PER_PIXEL ? within % plane : within / plane);
+}
+__host__ __device__ inline size_t factors_per_image(ProductFactor factor, size_t per_image, size_t plane) {
+    return factor == ProductFactor::SAME ? per_image : (factor == ProductFactor::PER_PIXEL ? plane : per_image / plane);
+}
+
+// Training: the `from` layer's gradient grad * in[k], one thread per element; with one factor per element
+// ([sam]) also the input's, grad * from, input first (the two may be one buffer, as on the CPU).
+__global__ void product_from_grad_kernel(const float* grad, const float* in, const float* from, float* in_grad,
+                                         float* from_grad, int batch, size_t per_image, size_t plane,
+                                         ProductFactor factor) {
+    const size_t total = per_image * batch;
+    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
+        const size_t b = id / per_image, within = id % per_image;
+        if (factor == ProductFactor::SAME && in_grad) in_grad[id] += grad[id] * from[id];
+        if (from_grad) {
+            const size_t k = factor_index(factor, within, plane);
+            from_grad[id] += grad[id] * in[b * factors_per_image(factor, per_image, plane) + k];
+        }
+    }
+}
+
+// The gradient of each factor (per channel or per pixel), one thread per factor: the sum of grad * from over the
+// elements it multiplies, in double, in the CPU's order.
+__global__ void product_scale_grad_kernel(const float* grad, const float* from, float* in_grad, int batch, int channels,
+                                          size_t plane, ProductFactor factor) {
+    const size_t per_image = plane * channels;
+    const size_t scales = (size_t)batch * (factor == ProductFactor::PER_PIXEL ? plane : (size_t)channels);
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < scales; k += (size_t)gridDim.x * blockDim.x) {
+        double sum = 0.0;
+        if (factor == ProductFactor::PER_PIXEL) {
+            const size_t b = k / plane, p = k % plane;
+            for (int c = 0; c < channels; ++c) {
+                const size_t i = b * per_image + (size_t)c * plane + p;
+                sum += (double)grad[i] * from[i];
+            }
+        } else {
+            const size_t base = k * plane;
+            for (size_t p = 0; p < plane; ++p) sum += (double)grad[base + p] * from[base + p];
+        }
+        in_grad[k] += (float)sum;
+    }
+}
+
 class CudaScaleChannels : public CudaLayer {
 public:
     using CudaLayer::CudaLayer;
-    void forward(const CudaContext& ctx) override {
-        launch_product(ctx, spec, p_.scale_wh ? ProductFactor::PER_PIXEL : ProductFactor::PER_CHANNEL, p_.activation);
+    void forward(const CudaContext& ctx) override { launch_product(ctx, spec, factor(), p_.activation); }
+    const char* untrainable() const override { return nullptr; }
+    void backward(const CudaBackwardContext& ctx) override {
+        launch_product_backward(ctx, spec, factor(), p_.activation);
     }
 
 private:
+    ProductFactor factor() const { return p_.scale_wh ? ProductFactor::PER_PIXEL : ProductFactor::PER_CHANNEL; }
     const ScaleChannelsParams p_ = spec.params<ScaleChannelsParams>();
 };
 
@@ -47,6 +97,34 @@ void launch_product(const CudaContext& ctx, const LayerSpec& spec, ProductFactor
     });
     if (!fuse_activation)
         activate_view(ctx.precision, ctx.output, ctx.batch, spec.out.c, plane, activation, ctx.stream);
+}
+
+void launch_product_backward(const CudaBackwardContext& ctx, const LayerSpec& spec, ProductFactor factor,
+                             int activation) {
+    const size_t plane = (size_t)spec.out.h * spec.out.w, per_image = spec.out.size(), total = per_image * ctx.batch;
+    const int channels = spec.out.c;
+    const float* from = ctx.output_of(spec.inputs[0]);
+    float* from_grad = ctx.grad_of(spec.inputs[0]);
+    DeviceArray<float> pre;
+    if (activation_needs_input(activation)) {
+        pre.resize(total);
+        PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, product_kernel<float>)(
+            ctx.input, factors_per_image(factor, per_image, plane), from, per_image, pre.data(), per_image, ctx.batch,
+            per_image, plane, factor, (int)LINEAR);
+        PD_CUDA_CHECK_LAUNCH();
+    }
+    layer_activation_gradient(ctx.output_grad, ctx.output, pre.data(), ctx.batch, channels, plane, activation,
+                              ctx.stream);
+    // The scratch is freed when this returns: wait for the kernels that read it.
+    if (pre.data()) PD_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+    PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, product_from_grad_kernel)(
+        ctx.output_grad, ctx.input, from, ctx.input_grad, from_grad, ctx.batch, per_image, plane, factor);
+    PD_CUDA_CHECK_LAUNCH();
+    if (factor == ProductFactor::SAME || !ctx.input_grad) return;
+    const size_t scales = (size_t)ctx.batch * (factor == ProductFactor::PER_PIXEL ? plane : (size_t)channels);
+    PD_LAUNCH(grid_for(scales, 128), 128, 0, ctx.stream, product_scale_grad_kernel)(
+        ctx.output_grad, from, ctx.input_grad, ctx.batch, channels, plane, factor);
+    PD_CUDA_CHECK_LAUNCH();
 }
 
 PD_REGISTER_CUDA_LAYER(LayerKind::ScaleChannels, CudaScaleChannels);

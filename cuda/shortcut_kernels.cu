@@ -46,6 +46,47 @@ __global__ void shortcut_kernel(const T* in, size_t in_stride, T* out, size_t ou
     }
 }
 
+// Training (float32). The gradient of one target (`which` 0: the input, k + 1: the k-th `from` layer, `size`
+// values per image, of which the first min(size, outputs) met the sum): grad times its normalised weight, one
+// thread per output value.
+__global__ void shortcut_source_grad_kernel(const float* grad, float* dst, int batch, size_t outputs, size_t size,
+                                            const float* weights, size_t layer_step, size_t step, int count, int which,
+                                            int normalization) {
+    const size_t total = outputs * batch;
+    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
+        const size_t b = id / outputs, i = id % outputs;
+        if (i >= size) continue;
+        const size_t w0 = i / step;
+        const ShortcutNormalizer normalizer = shortcut_normalizer(weights, w0, layer_step, count, normalization);
+        dst[b * size + i] += grad[id] * shortcut_weight(weights[w0 + which * layer_step], normalizer, normalization);
+    }
+}
+
+// The weights' gradient, one thread per weight group w0 (its `step` outputs), walking the batch and the group's
+// outputs in the CPU's order: dLoss/d(normalised weight) in double, then through the normalisation.
+__global__ void shortcut_weight_grad_kernel(const float* grad, const float* input, Sources sources, int batch,
+                                            size_t outputs, const float* weights, size_t layer_step, size_t step,
+                                            int normalization, float* grad_weights) {
+    const int count = sources.count + 1;
+    for (size_t w0 = blockIdx.x * (size_t)blockDim.x + threadIdx.x; w0 < layer_step;
+         w0 += (size_t)gridDim.x * blockDim.x) {
+        double d[kMaxFrom + 1] = {};
+        for (int b = 0; b < batch; ++b)
+            for (size_t i = w0 * step; i < (w0 + 1) * step; ++i) {
+                const double g = grad[(size_t)b * outputs + i];
+                d[0] += g * input[(size_t)b * outputs + i];
+                for (int k = 0; k < sources.count; ++k)
+                    if (i < sources.size[k])
+                        d[k + 1] += g * static_cast<const float*>(sources.data[k])[b * sources.size[k] + i];
+            }
+        float nw[kMaxFrom + 1];
+        const ShortcutNormalizer normalizer = shortcut_normalizer(weights, w0, layer_step, count, normalization);
+        for (int k = 0; k < count; ++k)
+            nw[k] = shortcut_weight(weights[w0 + k * layer_step], normalizer, normalization);
+        shortcut_weight_gradient(d, nw, weights, w0, layer_step, count, normalization, grad_weights);
+    }
+}
+
 class CudaShortcut : public CudaLayer {
 public:
     explicit CudaShortcut(const LayerSpec& s) : CudaLayer(s) {
@@ -88,48 +129,97 @@ public:
                           ctx.stream);
     }
 
-    const char* untrainable() const override {
-        if (p_.weighted) return "weighted [shortcut] layers have no backward pass on the GPU yet";
-        if (is_channel_activation(p_.activation))
-            return "the normalize_channels activations have no backward pass on the GPU yet";
-        return nullptr;
+    const char* untrainable() const override { return nullptr; }
+
+    // The weighted sum with the weights of the device parameters (inference reads the prepared copy), the value
+    // before the activation kept when its gradient needs it.
+    void forward_train(const CudaTrainContext& ctx) override {
+        const size_t outputs = spec.out.size(), total = outputs * ctx.batch;
+        const int activation = p_.activation;
+        const bool elementwise = !is_channel_activation(activation);
+        const Sources sources = train_sources(ctx, [&](int ref) { return ctx.view(ref).data; });
+        const float* weights = p_.weighted ? ctx.params + spec.tensor("weights").offset : nullptr;
+        float* pre = nullptr;
+        if (activation_needs_input(activation)) {
+            pre_activation_.resize(total);
+            pre = pre_activation_.data();
+            launch_sum(ctx.input.as<float>(), pre, ctx.batch, sources, weights, LINEAR, ctx.stream);
+        }
+        launch_sum(ctx.input.as<float>(), ctx.output.as<float>(), ctx.batch, sources, weights,
+                   elementwise ? activation : (int)LINEAR, ctx.stream);
+        if (!elementwise)
+            activate_view(Precision::FP32, ctx.output, ctx.batch, spec.out.c, (size_t)spec.out.h * spec.out.w,
+                          activation, ctx.stream);
     }
 
-    // The gradient goes through the activation (its input recomputed when the gradient needs it) and then, unchanged,
-    // to the input and to the overlapping prefix of every source, as the CPU's Shortcut::backward without weights.
+    // The gradient goes through the activation, then to the input and to the overlapping prefix of every source,
+    // times its normalised weight (1 without weights); the weights get the sums of gradient x source through
+    // their normalisation (csrc/math/shortcut.h), as the CPU's Shortcut::backward.
     void backward(const CudaBackwardContext& ctx) override {
         const size_t outputs = spec.out.size(), total = outputs * ctx.batch;
         const int activation = p_.activation;
-        const float* pre = nullptr;
-        if (activation_needs_input(activation)) {
-            Sources sources{};
-            sources.count = (int)spec.inputs.size();
-            for (int k = 0; k < sources.count; ++k) {
-                sources.data[k] = ctx.output_of(spec.inputs[k]);
-                sources.size[k] = sources.stride[k] = ctx.spec_of(spec.inputs[k]).out.size();
+        layer_activation_gradient(ctx.output_grad, ctx.output,
+                                  activation_needs_input(activation) ? pre_activation_.data() : nullptr, ctx.batch,
+                                  spec.out.c, (size_t)spec.out.h * spec.out.w, activation, ctx.stream);
+        if (!p_.weighted) {
+            if (ctx.input_grad)
+                add_strided(ctx.input_grad, outputs, ctx.output_grad, outputs, ctx.batch, outputs, ctx.stream);
+            for (int ref : spec.inputs) {
+                float* dst = ctx.grad_of(ref);
+                if (!dst) continue;
+                const size_t size = ctx.spec_of(ref).out.size();
+                add_strided(dst, size, ctx.output_grad, outputs, ctx.batch, std::min(size, outputs), ctx.stream);
             }
-            pre_activation_.resize(total);
-            PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, shortcut_kernel<float>)(
-                ctx.input, outputs, pre_activation_.data(), outputs, ctx.batch, outputs, sources, nullptr, 1, outputs,
-                0, LINEAR);
-            PD_CUDA_CHECK_LAUNCH();
-            pre = pre_activation_.data();
+            return;
         }
-        activation_gradient(ctx.output_grad, ctx.output, pre, total, activation, ctx.stream);
-        if (ctx.input_grad)
-            add_strided(ctx.input_grad, outputs, ctx.output_grad, outputs, ctx.batch, outputs, ctx.stream);
-        for (int ref : spec.inputs) {
-            float* dst = ctx.grad_of(ref);
+        const int count = (int)spec.inputs.size() + 1;
+        const size_t layer_step = spec.tensor("weights").size / count, step = outputs / layer_step;
+        const float* weights = ctx.params + spec.tensor("weights").offset;
+        // One target at a time (source -1 is the input), in the CPU's order: targets may be one buffer.
+        for (int k = -1; k < count - 1; ++k) {
+            float* dst = k < 0 ? ctx.input_grad : ctx.grad_of(spec.inputs[k]);
             if (!dst) continue;
-            const size_t size = ctx.spec_of(ref).out.size();
-            add_strided(dst, size, ctx.output_grad, outputs, ctx.batch, std::min(size, outputs), ctx.stream);
+            const size_t size = k < 0 ? outputs : ctx.spec_of(spec.inputs[k]).out.size();
+            PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, shortcut_source_grad_kernel)(
+                ctx.output_grad, dst, ctx.batch, outputs, size, weights, layer_step, step, count, k + 1,
+                p_.normalization);
+            PD_CUDA_CHECK_LAUNCH();
         }
+        if (!ctx.weight_grads) return;
+        const Sources sources = train_sources(ctx, [&](int ref) { return ctx.output_of(ref); });
+        PD_LAUNCH(grid_for(layer_step, 64), 64, 0, ctx.stream, shortcut_weight_grad_kernel)(
+            ctx.output_grad, ctx.input, sources, ctx.batch, outputs, weights, layer_step, step, p_.normalization,
+            ctx.grads + spec.tensor("weights").offset);
+        PD_CUDA_CHECK_LAUNCH();
     }
 
 private:
+    // The `from` layers' training outputs (float32, one image after another).
+    template <typename Context, typename Data>
+    Sources train_sources(const Context& ctx, const Data& data) const {
+        Sources sources{};
+        sources.count = (int)spec.inputs.size();
+        for (int k = 0; k < sources.count; ++k) {
+            sources.data[k] = data(spec.inputs[k]);
+            sources.size[k] = sources.stride[k] = ctx.spec_of(spec.inputs[k]).out.size();
+        }
+        return sources;
+    }
+
+    // out = activation(the weighted sum), float32 training buffers; weights null: all 1.
+    void launch_sum(const float* in, float* out, int batch, const Sources& sources, const float* weights,
+                    int activation, cudaStream_t stream) const {
+        const size_t outputs = spec.out.size();
+        const size_t layer_step = weights ? spec.tensor("weights").size / (sources.count + 1) : 1;
+        PD_LAUNCH(grid_for(outputs * batch, 256), 256, 0, stream, shortcut_kernel<float>)(
+            in, outputs, out, outputs, batch, outputs, sources, weights, layer_step, outputs / layer_step,
+            p_.normalization, activation);
+        PD_CUDA_CHECK_LAUNCH();
+    }
+
     const ShortcutParams p_ = spec.params<ShortcutParams>();
     DeviceArray<float> weights_;
-    DeviceArray<float> pre_activation_;  // backward's recomputed pre-activation values
+    DeviceArray<float> pre_activation_;  // the training forward's values before the activation, when needed
 };
 
 }  // namespace

@@ -1,5 +1,5 @@
 // [softmax] on the GPU: one thread per (image, group) computes exp(x / t - max / t) / sum over its slice with the
-// CPU's formula (csrc/math/softmax.h). Only classifiers have this layer.
+// CPU's formula (csrc/math/softmax.h), and its backward. Only classifiers have this layer.
 #include "cuda_layer.cuh"
 #include "math/softmax.h"
 
@@ -19,6 +19,14 @@ __global__ void softmax_kernel(const T* in, size_t in_stride, T* out, size_t out
     }
 }
 
+// Training: the softmax Jacobian, one thread per (image, group) as the CPU's (csrc/math/softmax.h).
+__global__ void softmax_backward_kernel(const float* y, const float* grad, float* in_grad, int batch, int groups,
+                                        size_t n, double temperature) {
+    const size_t total = (size_t)batch * groups;
+    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x)
+        softmax_slice_gradient(y + id * n, grad + id * n, in_grad + id * n, n, temperature);
+}
+
 class CudaSoftmax : public CudaLayer {
 public:
     using CudaLayer::CudaLayer;
@@ -34,6 +42,16 @@ public:
                 temperature);
             PD_CUDA_CHECK_LAUNCH();
         });
+    }
+
+    const char* untrainable() const override { return nullptr; }
+
+    void backward(const CudaBackwardContext& ctx) override {
+        if (!ctx.input_grad) return;
+        const int groups = p_.groups;
+        PD_LAUNCH(grid_for((size_t)ctx.batch * groups, 64), 64, 0, ctx.stream, softmax_backward_kernel)(
+            ctx.output, ctx.output_grad, ctx.input_grad, ctx.batch, groups, spec.in.size() / groups, p_.temperature);
+        PD_CUDA_CHECK_LAUNCH();
     }
 
 private:

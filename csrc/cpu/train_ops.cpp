@@ -342,33 +342,11 @@ void activation_backward(float* grad, const float* output, const float* input, i
         return;
     }
     PD_CHECK(input || activation != NORM_CHAN, "normalize_channels: the gradient needs the pre-activation values");
-    const float eps = 0.0001f;  // the forward's (activate_array)
 #pragma omp parallel for schedule(static) if ((long long)n > kParallelMin)
     for (long long p = 0; p < (long long)batch * (long long)spatial; ++p) {
         const size_t base = (size_t)(p / spatial) * channels * spatial + (size_t)(p % spatial);
-        float* g = grad + base;
-        const float* y = output + base;
-        double dot = 0.0;
-        for (int k = 0; k < channels; ++k) dot += (double)g[k * spatial] * y[k * spatial];
-        if (activation == NORM_CHAN) {
-            // y_k = x_k / S for x_k > 0 (else 0), S = eps + sum of the positive x: dy_k/dx_j = [x_j > 0](d_kj - y_k)/S.
-            const float* x = input + base;
-            double sum = eps;
-            for (int k = 0; k < channels; ++k) sum += std::max(x[k * spatial], 0.f);
-            for (int k = 0; k < channels; ++k)
-                g[k * spatial] = x[k * spatial] > 0.f ? (float)((g[k * spatial] - dot) / sum) : 0.f;
-            continue;
-        }
-        // Softmax with eps in the denominator: dy_k/dx_j = d_kj y_k - y_k y_j. With the max subtracted, the
-        // maximum's input also moves every exponent, which adds -y_k (1 - sum y) to its column (eps / (eps + sum)).
-        int arg_max = 0;
-        double total = 0.0;
-        for (int k = 0; k < channels; ++k) {
-            total += y[k * spatial];
-            if (y[k * spatial] > y[arg_max * spatial]) arg_max = k;
-        }
-        for (int k = 0; k < channels; ++k) g[k * spatial] = (float)(y[k * spatial] * (g[k * spatial] - dot));
-        if (activation == NORM_CHAN_SOFTMAX_MAXVAL) g[arg_max * spatial] -= (float)(dot * (1.0 - total));
+        normalize_channels_gradient(activation, channels, spatial, grad + base, output + base,
+                                    input ? input + base : nullptr);
     }
 }
 

@@ -154,9 +154,7 @@ private:
     }
 
     // dLoss/dweights: first with respect to the normalised weights (sum of gradient x source over the elements
-    // sharing a weight), then through the normalisation. relu: nw_k = r_k / S, r = max(w, 0), S = eps + sum r.
-    // softmax: nw_k = e_k / S, e_k = exp(w_k - max): dnw_k/dw_j = d_kj nw_k - nw_k nw_j, and the maximum's
-    // weight, which shifts every exponent, gets an extra -nw_k (1 - sum nw).
+    // sharing a weight), then through the normalisation (math/shortcut.h, shared with the CUDA kernels).
     void weight_backward(const BackwardContext& ctx, const Weights& w) const {
         const size_t outputs = spec.out.size();
         const int n = (int)spec.inputs.size(), sources = n + 1;
@@ -178,25 +176,9 @@ private:
         float* grad_weights = ctx.grads + spec.tensor("weights").offset;
         std::vector<float> nw(sources);
         for (size_t w0 = 0; w0 < w.layer_step; ++w0) {
-            const double* d = d_norm.data() + w0 * sources;
             w.normalised(w0, nw.data());
-            double dot = 0.0, total = 0.0, sum = 0.0001;
-            int arg_max = 0;
-            for (int k = 0; k < sources; ++k) {
-                dot += d[k] * nw[k];
-                total += nw[k];
-                const float v = w.values[w0 + k * w.layer_step];
-                sum += std::fmax(v, 0.f);
-                if (v > w.values[w0 + arg_max * w.layer_step]) arg_max = k;
-            }
-            for (int k = 0; k < sources; ++k) {
-                const float v = w.values[w0 + k * w.layer_step];
-                double dw = d[k];
-                if (w.normalization == SHORTCUT_NORM_RELU) dw = v > 0.f ? (d[k] - dot) / sum : 0.0;
-                if (w.normalization == SHORTCUT_NORM_SOFTMAX)
-                    dw = nw[k] * (d[k] - dot) - (k == arg_max ? dot * (1.0 - total) : 0.0);
-                grad_weights[w0 + k * w.layer_step] += (float)dw;
-            }
+            shortcut_weight_gradient(d_norm.data() + w0 * sources, nw.data(), w.values, w0, w.layer_step, sources,
+                                     w.normalization, grad_weights);
         }
     }
 

@@ -32,12 +32,8 @@ public:
         for (int b = 0; b < ctx.batch; ++b)
             for (int g = 0; g < groups; ++g) {
                 const size_t base = b * inputs + g * n;
-                const float* y = ctx.output + base;
-                const float* grad = ctx.output_grad + base;
-                double dot = 0.0;
-                for (size_t i = 0; i < n; ++i) dot += (double)grad[i] * y[i];
-                for (size_t i = 0; i < n; ++i)
-                    ctx.input_grad[base + i] += (float)(y[i] * (grad[i] - dot) / temperature);
+                softmax_slice_gradient(ctx.output + base, ctx.output_grad + base, ctx.input_grad + base, n,
+                                       temperature);
             }
     }
 

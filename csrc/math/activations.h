@@ -187,4 +187,32 @@ PD_HD void normalize_channels_pixel(int activation, int channels, const Get& get
     for (int k = 0; k < channels; ++k) set(k, expf(get(k) - max_val) / sum);
 }
 
+// The exact gradient of the normalize_channels family at one pixel (Darknet's gradient for it is an
+// approximation): g holds dLoss/dy on entry and dLoss/dx on return, y is the output, x the input (read by
+// normalize_channels only); channel k is at offset k * stride. normalize_channels: y_k = x_k / S for x_k > 0
+// (else 0), S = eps + sum of the positive x, so dy_k/dx_j = [x_j > 0] (d_kj - y_k) / S. The softmax forms:
+// dy_k/dx_j = d_kj y_k - y_k y_j; with the maximum subtracted (_maxval) the maximum's input also moves every
+// exponent, which adds -y_k (1 - sum y) to its column (eps / (eps + sum)). Sums in double.
+PD_HD void normalize_channels_gradient(int activation, int channels, size_t stride, float* g, const float* y,
+                                       const float* x) {
+    const float eps = 0.0001f;  // the forward's (normalize_channels_pixel)
+    double dot = 0.0;
+    for (int k = 0; k < channels; ++k) dot += (double)g[k * stride] * y[k * stride];
+    if (activation == NORM_CHAN) {
+        double sum = eps;
+        for (int k = 0; k < channels; ++k) sum += fmaxf(x[k * stride], 0.f);
+        for (int k = 0; k < channels; ++k)
+            g[k * stride] = x[k * stride] > 0.f ? (float)((g[k * stride] - dot) / sum) : 0.f;
+        return;
+    }
+    int arg_max = 0;
+    double total = 0.0;
+    for (int k = 0; k < channels; ++k) {
+        total += y[k * stride];
+        if (y[k * stride] > y[arg_max * stride]) arg_max = k;
+    }
+    for (int k = 0; k < channels; ++k) g[k * stride] = (float)(y[k * stride] * (g[k * stride] - dot));
+    if (activation == NORM_CHAN_SOFTMAX_MAXVAL) g[arg_max * stride] -= (float)(dot * (1.0 - total));
+}
+
 }  // namespace pd

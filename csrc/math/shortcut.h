@@ -46,4 +46,30 @@ PD_HD float shortcut_weight(float w, const ShortcutNormalizer& n, int normalizat
     return w;
 }
 
+// dLoss/dweights of weight group w0 (added to grad_weights[w0 + k * step]) from d[k] = dLoss/d(normalised weight
+// k) and the normalised weights nw, through the normalisation: relu: nw_k = r_k / S, r = max(w, 0),
+// S = eps + sum r; softmax: nw_k = e_k / S, e_k = exp(w_k - max): dnw_k/dw_j = d_kj nw_k - nw_k nw_j, and the
+// maximum's weight, which shifts every exponent, gets an extra -nw_k (1 - sum nw). (Darknet's backward leaves
+// the normalisation out.)
+PD_HD void shortcut_weight_gradient(const double* d, const float* nw, const float* weights, size_t w0, size_t step,
+                                    int count, int normalization, float* grad_weights) {
+    double dot = 0.0, total = 0.0, sum = 0.0001;
+    int arg_max = 0;
+    for (int k = 0; k < count; ++k) {
+        dot += d[k] * nw[k];
+        total += nw[k];
+        const float v = weights[w0 + k * step];
+        sum += fmaxf(v, 0.f);
+        if (v > weights[w0 + arg_max * step]) arg_max = k;
+    }
+    for (int k = 0; k < count; ++k) {
+        const float v = weights[w0 + k * step];
+        double dw = d[k];
+        if (normalization == SHORTCUT_NORM_RELU) dw = v > 0.f ? (d[k] - dot) / sum : 0.0;
+        if (normalization == SHORTCUT_NORM_SOFTMAX)
+            dw = nw[k] * (d[k] - dot) - (k == arg_max ? dot * (1.0 - total) : 0.0);
+        grad_weights[w0 + k * step] += (float)dw;
+    }
+}
+
 }  // namespace pd

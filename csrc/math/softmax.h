@@ -19,4 +19,11 @@ PD_HD void softmax_slice(const Load& load, const Store& store, size_t n, float t
     for (size_t i = 0; i < n; ++i) store(i, expf(load(i) / temperature - largest / temperature) / sum);
 }
 
+// Its backward over one slice: in_grad[i] += y_i (g_i - sum_j g_j y_j) / temperature, the dot product in double.
+PD_HD void softmax_slice_gradient(const float* y, const float* grad, float* in_grad, size_t n, double temperature) {
+    double dot = 0.0;
+    for (size_t i = 0; i < n; ++i) dot += (double)grad[i] * y[i];
+    for (size_t i = 0; i < n; ++i) in_grad[i] += (float)(y[i] * (grad[i] - dot) / temperature);
+}
+
 }  // namespace pd
