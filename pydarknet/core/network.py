@@ -296,7 +296,8 @@ class Network:
         between optimizer steps); with input_grad=True the gradient with respect to the network input is
         returned, else None. Darknet's stopbackward (that layer and all before it get nothing), onlyforward and
         train_only_bn (no weight gradient for that layer) apply. Raises ConcurrentUseError when another thread ran
-        forward_train on this network after this thread's (see forward_train).
+        forward_train on this network after this thread's (see forward_train). On a CUDA network, heads whose
+        device loss ran (device_yolo_loss) start from the gradient it left on the device unless one is given here.
         """
         n = len(self.layers)
         grads = {}
