@@ -610,6 +610,71 @@ PYBIND11_MODULE(_core, m) {
             },
             py::arg("values"))
         .def(
+            "yolo_loss",
+            [](SharedCudaNetwork& net, int layer, const py::dict& options,
+               py::array_t<double, py::array::c_style | py::array::forcecast> truths,
+               py::array_t<int, py::array::c_style | py::array::forcecast> classes,
+               py::array_t<int, py::array::c_style | py::array::forcecast> counts) {
+                // options: the fields of pydarknet.train.yolo_loss.YoloLossConfig the loss reads (see
+                // device_yolo_loss there), iou kinds as YoloIouKind codes.
+                const int batch = net.train_batch();
+                PD_CHECK(batch > 0, "yolo_loss needs a forward_train first");
+                PD_CHECK(truths.ndim() == 3 && truths.shape(0) == batch && truths.shape(2) == 4 &&
+                             classes.ndim() == 2 && classes.shape(0) == batch && classes.shape(1) == truths.shape(1) &&
+                             counts.ndim() == 1 && counts.shape(0) == batch,
+                         "yolo_loss: truths (", batch, ", k, 4), classes (", batch, ", k) and counts (", batch,
+                         ") expected");
+                pd::YoloLossSetup s;
+                s.classes = options["classes"].cast<int>();
+                s.net_w = options["net_w"].cast<int>();
+                s.net_h = options["net_h"].cast<int>();
+                s.mask = options["mask"].cast<std::vector<int>>();
+                s.anchors = options["anchors"].cast<std::vector<double>>();
+                s.class_multipliers = options["class_multipliers"].cast<std::vector<float>>();
+                s.ignore_thresh = options["ignore_thresh"].cast<double>();
+                s.truth_thresh = options["truth_thresh"].cast<double>();
+                s.iou_thresh = options["iou_thresh"].cast<double>();
+                s.iou_normalizer = options["iou_normalizer"].cast<double>();
+                s.obj_normalizer = options["obj_normalizer"].cast<double>();
+                s.cls_normalizer = options["cls_normalizer"].cast<double>();
+                s.delta_normalizer = options["delta_normalizer"].cast<double>();
+                s.max_delta = options["max_delta"].cast<double>();
+                s.clip_max_delta = options["clip_max_delta"].cast<bool>();
+                s.label_smooth_eps = options["label_smooth_eps"].cast<double>();
+                s.focal_loss = options["focal_loss"].cast<bool>();
+                s.new_coords = options["new_coords"].cast<bool>();
+                s.objectness_smooth = options["objectness_smooth"].cast<bool>();
+                s.iou_loss = options["iou_loss"].cast<int>();
+                s.iou_thresh_kind = options["iou_thresh_kind"].cast<int>();
+                const double* t = truths.data();
+                const int* c = classes.data();
+                const int* n = counts.data();
+                const int k = (int)truths.shape(1);
+                pd::YoloLossSums r;
+                {
+                    py::gil_scoped_release release;
+                    r = net.yolo_loss(layer, s, t, c, n, k);
+                }
+                py::dict out;
+                out["sum_sq"] = r.sum_sq;
+                out["box_sq"] = r.box_sq;
+                out["obj_sum"] = r.obj_sum;
+                out["tot_iou"] = r.tot_iou;
+                out["tot_iou_loss"] = r.tot_iou_loss;
+                out["tot_giou_loss"] = r.tot_giou_loss;
+                out["avg_cat"] = r.avg_cat;
+                out["avg_obj"] = r.avg_obj;
+                out["count"] = r.count;
+                out["recall50"] = r.recall50;
+                out["recall75"] = r.recall75;
+                out["total_bbox"] = r.total_bbox;
+                out["rewritten_bbox"] = r.rewritten_bbox;
+                return out;
+            },
+            py::arg("layer"), py::arg("options"), py::arg("truths"), py::arg("classes"), py::arg("counts"),
+            "The [yolo] loss of a head of this thread's last forward_train on the device; its gradient stays in the "
+            "layer's device gradient buffer for the next backward. Returns the loss's sums.")
+        .def(
             "time_layers",
             [](SharedCudaNetwork& net, int warmup, int iterations) {
                 return pd::locked(net, [&] { return net.time_layers(warmup, iterations); });

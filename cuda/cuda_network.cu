@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cuda_layer.cuh"
+#include "yolo_loss.cuh"
 
 namespace pd {
 
@@ -123,6 +124,9 @@ struct CudaNetwork::Impl {
     DeviceArray<float> d_params, d_grads, d_velocity, d_input_grad;
     DeviceArray<SgdSegment> d_segments;
     bool grads_ready = false, velocity_ready = false;
+    // Layers whose gradient buffer a device loss (yolo_loss) filled since the last forward_train; backward
+    // starts from it instead of clearing it.
+    std::vector<char> device_seeded;
     int train_batch = 0;
     unsigned long long train_seed = 0;
     long long train_iteration = 0;
@@ -466,6 +470,7 @@ void CudaNetwork::forward_train(const float* input, int batch, unsigned long lon
     m.ensure_workspace(batch);
     m.train_batch = 0;  // no backward until this pass has completed
     const int n = (int)m.layers.size();
+    m.device_seeded.assign(n, 0);
     const size_t in_count = (size_t)batch * m.host.input_shape().size();
     m.train_input.resize(in_count);
     PD_CUDA_CHECK(
@@ -518,9 +523,12 @@ void CudaNetwork::backward(const std::vector<std::pair<int, const float*>>& outp
         const size_t count = (size_t)batch * m.specs[i]->out.size();
         m.grad_buf[i]->resize(count);
         m.grad_ptr[i] = m.grad_buf[i]->data();
+        if (m.device_seeded[i]) continue;
         PD_CUDA_CHECK(cudaMemsetAsync(m.grad_ptr[i], 0, count * sizeof(float), m.stream));
     }
     std::vector<char> reached(n, 0);
+    for (int i = stop + 1; i < n; ++i) reached[i] = m.device_seeded[i];
+    m.device_seeded.assign(n, 0);  // a device loss's gradient seeds one backward
     for (const auto& seed : output_grads) {
         PD_CHECK(seed.first >= 0 && seed.first < n, "gradient given for layer ", seed.first, ", which does not exist");
         if (seed.first <= stop) continue;
@@ -729,6 +737,40 @@ void CudaNetwork::damage_guard_region(int region) {
     const auto& r = m.guard_regions[region];
     PD_CUDA_CHECK(cudaMemsetAsync(m.arena + r.first + r.second / 2, kGuardByte ^ 0xFF, 1, m.stream));
     PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+// ----- the [yolo] loss on the device ------------------------------------------------------------------------
+
+YoloLossSums CudaNetwork::yolo_loss(int layer, const YoloLossSetup& setup, const double* truths, const int* classes,
+                                    const int* counts, int max_truths) {
+    Impl& m = *impl_;
+    PD_CHECK(m.train_batch > 0, "yolo_loss needs a forward_train first");
+    const int n = (int)m.layers.size();
+    PD_CHECK(layer >= 0 && layer < n, "yolo_loss: layer ", layer, " does not exist");
+    const LayerSpec& spec = *m.specs[layer];
+    PD_CHECK(spec.kind == LayerKind::Yolo, "yolo_loss: layer ", layer, " is [", spec.type, "], not [yolo]");
+    PD_CHECK(!setup.mask.empty() && spec.out.c == (int)setup.mask.size() * (5 + setup.classes), "yolo_loss: layer ",
+             layer, " has ", spec.out.c, " channels, the loss options need ", setup.mask.size(), "*(5+", setup.classes,
+             ")");
+    PD_CHECK(setup.anchors.size() % 2 == 0 && setup.net_w > 0 && setup.net_h > 0, "yolo_loss: bad anchors or size");
+    for (int a : setup.mask)
+        PD_CHECK(a >= 0 && 2 * (size_t)a < setup.anchors.size(), "yolo_loss: mask entry ", a, " is not an anchor");
+    PD_CHECK(setup.class_multipliers.empty() || (int)setup.class_multipliers.size() == setup.classes,
+             "yolo_loss: one class multiplier per class");
+    const int batch = m.train_batch;
+    for (int b = 0; b < batch; ++b)
+        PD_CHECK(counts[b] >= 0 && counts[b] <= max_truths, "yolo_loss: image ", b, " has a bad truth count");
+    for (size_t k = 0; k < (size_t)batch * max_truths; ++k)
+        PD_CHECK(classes[k] >= 0 && classes[k] < setup.classes, "yolo_loss: class ", classes[k], " out of range");
+    DeviceScope scope(m.device);
+    if ((int)m.grad_buf.size() < n) m.grad_buf.resize(n);
+    if (!m.grad_buf[layer]) m.grad_buf[layer].reset(new DeviceArray<float>());
+    m.grad_buf[layer]->resize((size_t)batch * spec.out.size());
+    m.device_seeded[layer] = 0;  // not a valid gradient until the loss has completed
+    const YoloLossSums sums = launch_yolo_loss(setup, m.train_ptr[layer], m.grad_buf[layer]->data(), batch, spec.out.h,
+                                               spec.out.w, truths, classes, counts, max_truths, m.stream);
+    m.device_seeded[layer] = 1;
+    return sums;
 }
 
 }  // namespace pd

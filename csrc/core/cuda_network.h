@@ -36,6 +36,28 @@ struct SgdSegment {
     float step = 0.f;  // learning rate * layer learning_rate / update batch
 };
 
+// A [yolo] head's training-loss options (pydarknet/train/yolo_loss.py YoloLossConfig; iou kinds are
+// YoloIouKind of csrc/math/yolo_loss.h) and the network input size its anchors are measured in.
+struct YoloLossSetup {
+    int classes = 0, net_w = 0, net_h = 0;
+    std::vector<int> mask;                 // anchor index of each of the head's anchors
+    std::vector<double> anchors;           // all `num` anchors, (w, h) pairs in pixels
+    std::vector<float> class_multipliers;  // counters_per_class (empty: none)
+    double ignore_thresh = 0.5, truth_thresh = 1.0, iou_thresh = 1.0;
+    double iou_normalizer = 0.75, obj_normalizer = 1.0, cls_normalizer = 1.0, delta_normalizer = 1.0;
+    double max_delta = 0.0, label_smooth_eps = 0.0;
+    bool clip_max_delta = false, focal_loss = false, new_coords = false, objectness_smooth = false;
+    int iou_loss = 0, iou_thresh_kind = 1;
+};
+
+// What the device loss sums (in double, in a fixed order): the pieces YoloLossResult is assembled from.
+struct YoloLossSums {
+    double sum_sq = 0, box_sq = 0;  // sum of delta^2 over all values, and over the x, y, w, h entries
+    double obj_sum = 0;             // objectness summed over every anchor (NaN read as 0 in images with truths)
+    double tot_iou = 0, tot_iou_loss = 0, tot_giou_loss = 0, avg_cat = 0, avg_obj = 0;
+    long long count = 0, recall50 = 0, recall75 = 0, total_bbox = 0, rewritten_bbox = 0;
+};
+
 class CudaNetwork {
 public:
     CudaNetwork(const Network& host, Precision precision, int device);
@@ -111,6 +133,11 @@ public:
     void* stream_handle() const;
     bool stream_idle() const;
     void set_grads(const float* values);
+    // The [yolo] loss of head `layer` of the last forward_train, computed on the device: its gradient stays in
+    // the layer's device gradient buffer, which the next backward uses (a gradient given to backward for the
+    // same layer replaces it). truths: counts[b] rows of (x, y, w, h) and class ids per image, max_truths slots.
+    YoloLossSums yolo_loss(int layer, const YoloLossSetup& setup, const double* truths, const int* classes,
+                           const int* counts, int max_truths);
 
     // Capture the layers once per plan in a CUDA graph and replay it (cuts launch overhead at small batch).
     bool use_graph = false;

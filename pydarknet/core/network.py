@@ -255,14 +255,15 @@ class Network:
         }
 
     # ----- training -----------------------------------------------------------------------------------------
-    def forward_train(self, x, seed=0, iteration=0):
+    def forward_train(self, x, seed=0, iteration=0, *, copy_outputs=True):
         """Run the network in training mode and keep what backward() needs.
 
         Batch-norm uses the statistics of this batch and moves the rolling statistics in `params`
         (rolling = .99 rolling + .01 batch, the variance with Bessel's correction, as Darknet); dropout draws its
         mask from (seed, iteration, layer, element), so equal arguments give equal masks. `iteration` also decides
         `stopbackward=N` (frozen while iteration < N). Returns {layer index: output} for the [yolo] layers and the
-        last layer (new arrays).
+        last layer (new arrays). On a CUDA network, ``copy_outputs=False`` returns {} and copies nothing: the
+        outputs stay on the device for :func:`~pydarknet.train.yolo_loss.device_yolo_loss`.
 
         Threads: train one network from one thread at a time. The training state belongs to the thread that ran
         the last forward_train; `backward` or `train_output` from a thread whose pass another thread's
@@ -278,6 +279,8 @@ class Network:
         # batch-norm moved its rolling statistics in the device copy
         self._cuda.copy_params(self._core.params)
         self._core.touch_params()
+        if not copy_outputs:
+            return {}
         return {i: self._cuda.train_output(i) for i in heads}
 
     def train_output(self, index):
@@ -293,7 +296,8 @@ class Network:
         between optimizer steps); with input_grad=True the gradient with respect to the network input is
         returned, else None. Darknet's stopbackward (that layer and all before it get nothing), onlyforward and
         train_only_bn (no weight gradient for that layer) apply. Raises ConcurrentUseError when another thread ran
-        forward_train on this network after this thread's (see forward_train).
+        forward_train on this network after this thread's (see forward_train). On a CUDA network, heads whose
+        device loss ran (device_yolo_loss) start from the gradient it left on the device unless one is given here.
         """
         n = len(self.layers)
         grads = {}
@@ -303,6 +307,18 @@ class Network:
                 raise ValueError(f"gradient given for layer {index}; the network has layers 0..{n - 1}")
             grads[index] = np.ascontiguousarray(grad, dtype=np.float32)
         return self._engine.backward(grads, bool(input_grad))
+
+    def backward_device(self, input_grad=False):
+        """Backpropagate from the gradients device losses left on the device (CUDA networks only).
+
+        After forward_train and :func:`pydarknet.train.yolo_loss.device_yolo_loss` for the heads, this runs
+        backward from those heads' device gradients without copying anything head-sized to the host; otherwise
+        as :meth:`backward` (``backward`` also starts from them, next to the gradients it is given). A device
+        gradient seeds one backward: the next forward_train or backward starts clean.
+        """
+        if self._cuda is None:
+            raise DeviceError("backward_device needs a network on a CUDA device (use backward on the CPU)")
+        return self._cuda.backward({}, bool(input_grad))
 
     @property
     def grads(self):

@@ -28,6 +28,9 @@ Darknet's ``delta`` is the negative gradient with respect to the yolo layer's *i
 identity); :attr:`YoloLossResult.grad` is ``-delta_normalizer * delta`` (``delta_normalizer`` is applied in
 Darknet's GPU backward, the build that trains released models).
 
+:func:`device_yolo_loss` computes the same on a CUDA network's device (cuda/yolo_loss_kernels.cu), from the head's
+output of the last ``forward_train``, leaving the gradient in device memory for :meth:`Network.backward_device`.
+
 Input truths that Darknet's data loader would never produce are rejected with :class:`TruthError` rather than
 silently skipped (class id outside ``[0, classes)``, centre outside ``[0, 1]``, negative or non-finite sizes);
 rows with a zero width or height -- Darknet's loader drops them, and zero rows pad its truth buffer -- are
@@ -42,13 +45,14 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from pydarknet.errors import DarknetError, TruthError
+from pydarknet.errors import DarknetError, DeviceError, TruthError
 
 __all__ = [
     "TruthError",
     "YoloLossConfig",
     "YoloLossResult",
     "yolo_loss",
+    "device_yolo_loss",
     "box_iou",
     "box_giou",
     "box_diou",
@@ -189,8 +193,8 @@ class YoloLossResult:
     had one (Darknet prints their ratio per iteration).
     """
 
-    grad: np.ndarray
-    delta: np.ndarray
+    grad: Optional[np.ndarray]  # None from device_yolo_loss: the gradient stays on the device
+    delta: Optional[np.ndarray]
     loss: float
     avg_iou: float
     avg_class: float
@@ -756,3 +760,97 @@ def yolo_loss(output, truths, layer, net_w, net_h) -> YoloLossResult:
 def cost_from_terms(box: float, count: float, rest: float) -> float:
     """Darknet's cost of a mini-batch from its (possibly summed over several shards) ``cost_terms``."""
     return box / (count if count else 1) + rest
+
+
+# ----- the same loss on a CUDA network's device -------------------------------------------------------------
+def device_yolo_loss(net, index: int, truths, net_w: int, net_h: int) -> YoloLossResult:
+    """:func:`yolo_loss` of head `index` of the last ``net.forward_train`` on a CUDA network, on the device.
+
+    Equal to ``yolo_loss(net.train_output(index), truths, net.layers[index], net_w, net_h)`` (to float32
+    rounding, see cuda/NOTES.md) without copying the head's output to the host: the gradient is written into the
+    layer's device gradient buffer, where the next ``net.backward_device()`` (or ``net.backward``) starts from
+    it, and the result's ``grad`` and ``delta`` are None. Truths are validated on the host as yolo_loss
+    validates them (TruthError) and uploaded (small).
+    """
+    engine = getattr(net, "_cuda", None)
+    if engine is None:
+        raise DeviceError("device_yolo_loss needs a network on a CUDA device (use yolo_loss on the CPU)")
+    index = int(index)
+    if not 0 <= index < len(net.layers):
+        raise DarknetError(f"device_yolo_loss: layer {index} does not exist (the network has {len(net.layers)})")
+    cfg = _config(net.layers[index])
+    batch = int(engine.train_batch)
+    if batch <= 0:
+        raise DarknetError("device_yolo_loss needs a forward_train first")
+    if not (net_w > 0 and net_h > 0):
+        raise DarknetError(f"yolo_loss: network size {net_w}x{net_h} is not positive")
+    net_w, net_h = int(net_w), int(net_h)
+    boxes = _check_truths(truths, batch, cfg.classes, cfg.max_boxes)
+    slots = max([len(bx) for bx, _ in boxes] + [0])
+    packed = np.zeros((batch, slots, 4), np.float64)
+    classes = np.zeros((batch, slots), np.int32)
+    counts = np.zeros(batch, np.int32)
+    for b, (bx, cl) in enumerate(boxes):
+        packed[b, : len(bx)] = bx
+        classes[b, : len(bx)] = cl
+        counts[b] = len(bx)
+    options = {
+        "classes": cfg.classes,
+        "net_w": net_w,
+        "net_h": net_h,
+        "mask": list(cfg.mask),
+        "anchors": [v for pair in cfg.anchors for v in pair],
+        "class_multipliers": list(cfg.class_multipliers or ()),
+        "ignore_thresh": cfg.ignore_thresh,
+        "truth_thresh": cfg.truth_thresh,
+        "iou_thresh": cfg.iou_thresh,
+        "iou_normalizer": cfg.iou_normalizer,
+        "obj_normalizer": cfg.obj_normalizer,
+        "cls_normalizer": cfg.cls_normalizer,
+        "delta_normalizer": cfg.delta_normalizer,
+        "max_delta": cfg.max_delta,
+        "clip_max_delta": cfg.max_delta != FLT_MAX,
+        "label_smooth_eps": cfg.label_smooth_eps,
+        "focal_loss": cfg.focal_loss,
+        "new_coords": cfg.new_coords,
+        "objectness_smooth": cfg.objectness_smooth,
+        "iou_loss": IOU_LOSSES.index(cfg.iou_loss),
+        "iou_thresh_kind": IOU_LOSSES.index(cfg.iou_thresh_kind),
+    }
+    s = engine.yolo_loss(index, options, packed, classes, counts)
+    _, h, w = net.layers[index].out_shape
+    return _device_result(cfg, s, batch, len(cfg.mask) * h * w)
+
+
+def _device_result(cfg, s, batch, anchors_per_image):
+    """YoloLossResult from the device's sums, with yolo_loss's formulas (step 4 there)."""
+    n = int(s["count"])
+    count = n if n else 1
+    sum_sq = float(s["sum_sq"])
+    class_loss = cfg.obj_normalizer * (sum_sq - float(s["box_sq"]))
+    if not cfg.show_details or cfg.iou_loss == "mse":
+        cost = sum_sq
+        terms = (0.0, float(n), sum_sq)
+    else:
+        per_box = s["tot_giou_loss"] if cfg.iou_loss == "giou" else s["tot_iou_loss"]
+        cost = cfg.iou_normalizer * per_box / count + class_loss
+        terms = (float(cfg.iou_normalizer * per_box), float(n), float(class_loss))
+    return YoloLossResult(
+        grad=None,
+        delta=None,
+        loss=cost,
+        avg_iou=s["tot_iou"] / count,
+        avg_class=s["avg_cat"] / count,
+        avg_obj=s["avg_obj"] / count,
+        avg_noobj=s["obj_sum"] / (anchors_per_image * batch),
+        recall50=s["recall50"] / count,
+        recall75=s["recall75"] / count,
+        count=n,
+        class_loss=class_loss / batch,
+        iou_loss=(sum_sq - class_loss) / batch,
+        total_loss=sum_sq / batch,
+        total_bbox=int(s["total_bbox"]),
+        rewritten_bbox=int(s["rewritten_bbox"]),
+        iou_loss_kind=cfg.iou_loss,
+        cost_terms=terms,
+    )
