@@ -1,8 +1,9 @@
 """GPU inference speed: pydarknet's CUDA kernels against PyTorch + cuDNN running the same network.
 
-The PyTorch graph is built from the same cfg and the same parameters (``TorchDarknet`` below: convolutions with
-batch norm folded exactly as pydarknet folds it, Darknet's activations, maxpool with Darknet's padding, route,
-shortcut, upsample and the yolo layers' transform), in channels_last memory format, with cuDNN autotuning on.
+The PyTorch graph is built from the same cfg and the same parameters (benchmarks/torch_darknet.py, shared with
+bench_gpu_train.py: convolutions with batch norm folded exactly as pydarknet folds it, Darknet's activations,
+maxpool with Darknet's padding, route, shortcut, upsample and the yolo layers' transform), in channels_last
+memory format, with cuDNN autotuning on.
 In fp32, TF32 is switched off in PyTorch so both sides compute in float32; in fp16 both store activations and
 convolution operands in binary16 and accumulate in float32. Before any timing, the outputs of the two are
 compared (normalized MSE, bounds below) so that the comparison is fair; a mismatch is reported and makes the
@@ -35,6 +36,11 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from torch_darknet import build_torch_model, folded_conv  # noqa: E402  (shared with bench_gpu_train.py)
+
+__all__ = ["build_torch_model", "folded_conv", "load_network", "nmse"]
+
 DEFAULT_MODELS = "yolov4:608,yolov4-tiny:416"
 # Normalized MSE between the two engines' outputs that still counts as "the same network".
 AGREEMENT = {"fp32": 1e-5, "fp16": 1e-2}
@@ -56,127 +62,6 @@ def parse_args(argv=None):
     ap.add_argument("--peak-tflops", type=float, default=None, help="dense FP16 peak (default: from the GPU name)")
     ap.add_argument("--no-torch-graph", action="store_true", help="time PyTorch eagerly only")
     return ap.parse_args(argv)
-
-
-# ----- the PyTorch graph ---------------------------------------------------------------------------------------
-
-
-def folded_conv(layer, bn_epsilon):
-    """A convolution's weights and bias with batch norm folded in as pydarknet folds it (float64, then float32)."""
-    p = {k: np.asarray(v) for k, v in layer.params.items()}
-    w = p["weights"].astype(np.float64)
-    b = p["biases"].astype(np.float64)
-    if layer.options["batch_normalize"]:
-        factor = p["scales"].astype(np.float64) / np.sqrt(p["rolling_variance"].astype(np.float64) + bn_epsilon)
-        w = w * factor[:, None, None, None]
-        b = b - p["rolling_mean"].astype(np.float64) * factor
-    return w.astype(np.float32), b.astype(np.float32)
-
-
-def build_torch_model(net):
-    """A torch.nn.Module computing what pydarknet's forward() returns (the [yolo] layers' outputs)."""
-    import torch
-    import torch.nn.functional as F
-
-    activations = {
-        "linear": lambda y: y,
-        "leaky": lambda y: F.leaky_relu(y, 0.1),
-        "mish": F.mish,
-        "swish": F.silu,
-        "logistic": torch.sigmoid,
-        "relu": F.relu,
-        "tanh": torch.tanh,
-    }
-
-    def activation(name):
-        if name not in activations:
-            raise NotImplementedError(f"activation {name} in the PyTorch graph")
-        return activations[name]
-
-    class TorchDarknet(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.desc = net.desc.layers
-            self.convs = torch.nn.ModuleDict()
-            for layer in self.desc:
-                o = layer.options
-                if layer.type == "convolutional":
-                    conv = torch.nn.Conv2d(
-                        layer.in_shape[0],
-                        o["filters"],
-                        o["size"],
-                        stride=(o["stride_y"], o["stride_x"]),
-                        padding=o["padding"] * o["dilation"],
-                        dilation=o["dilation"],
-                        groups=o["groups"],
-                        bias=True,
-                    )
-                    w, b = folded_conv(net.layers[layer.index], net.bn_epsilon)
-                    with torch.no_grad():
-                        conv.weight.copy_(torch.from_numpy(w))
-                        conv.bias.copy_(torch.from_numpy(b))
-                    self.convs[str(layer.index)] = conv
-                elif layer.type == "maxpool" and o["maxpool_depth"]:
-                    raise NotImplementedError("maxpool_depth in the PyTorch graph")
-                elif layer.type == "shortcut" and (o["weights_type"] != "none" or len(layer.inputs) != 1):
-                    raise NotImplementedError("weighted or multi-input shortcut in the PyTorch graph")
-                elif layer.type not in ("convolutional", "maxpool", "route", "shortcut", "upsample", "yolo"):
-                    raise NotImplementedError(f"[{layer.type}] in the PyTorch graph")
-            last = {}
-            for layer in self.desc:
-                for r in ([layer.index - 1] if layer.type != "route" else []) + list(layer.inputs):
-                    last[r] = layer.index
-            self.last_use = last
-            self.heads = [l.index for l in self.desc if l.type == "yolo"] or [len(self.desc) - 1]
-
-        def forward(self, x):
-            outs = {}
-            prev = x
-            for layer in self.desc:
-                o, i = layer.options, layer.index
-                if layer.type == "convolutional":
-                    y = activation(o["activation"])(self.convs[str(i)](prev))
-                elif layer.type == "maxpool":
-                    size, sx, sy, padding = o["size"], o["stride_x"], o["stride_y"], o["padding"]
-                    _, oh, ow = layer.out_shape
-                    before = padding // 2
-                    h, w = prev.shape[2], prev.shape[3]
-                    right = max(0, (ow - 1) * sx + size - before - w)
-                    bottom = max(0, (oh - 1) * sy + size - before - h)
-                    y = F.pad(prev, (before, right, before, bottom), value=float("-inf"))
-                    y = F.max_pool2d(y, size, (sy, sx))[:, :, :oh, :ow]
-                elif layer.type == "route":
-                    parts = []
-                    for r in layer.inputs:
-                        t = outs[r]
-                        share = t.shape[1] // o["groups"]
-                        parts.append(t[:, share * o["group_id"] : share * (o["group_id"] + 1)])
-                    y = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-                elif layer.type == "shortcut":
-                    y = activation(o["activation"])(prev + outs[layer.inputs[0]])
-                elif layer.type == "upsample":
-                    if o["reverse"]:
-                        raise NotImplementedError("downsampling [upsample] in the PyTorch graph")
-                    y = F.interpolate(prev, scale_factor=o["stride"], mode="nearest")
-                    if o["scale"] != 1.0:
-                        y = y * o["scale"]
-                else:  # yolo
-                    n, c, h, w = prev.shape
-                    a = len(o["mask"])
-                    t = prev.reshape(n, a, 5 + o["classes"], h, w)
-                    if not o["new_coords"]:
-                        t = torch.cat([torch.sigmoid(t[:, :, 0:2]), t[:, :, 2:4], torch.sigmoid(t[:, :, 4:])], 2)
-                    s = o["scale_x_y"]
-                    if s != 1.0:
-                        t = torch.cat([t[:, :, 0:2] * s - 0.5 * (s - 1.0), t[:, :, 2:]], 2)
-                    y = t.reshape(n, c, h, w)
-                outs[i] = y
-                prev = y
-                for r in [r for r in outs if self.last_use.get(r, -1) <= i and r not in self.heads and r != i]:
-                    del outs[r]
-            return [outs[i] for i in self.heads]
-
-    return TorchDarknet()
 
 
 # ----- setup ---------------------------------------------------------------------------------------------------
