@@ -27,6 +27,7 @@ statistics calibrated on a 256 x 256 input (tests/netcalib.py), so that activati
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import pathlib
 import statistics
@@ -84,11 +85,22 @@ def load_network(name, size, precision, device):
         net.load_weights(models.weights_path(name))
         return net, "real"
     if name not in _CALIBRATED:
-        small = with_input_size(text, 256, 256)
-        rng = np.random.default_rng(0)
-        randomize(net, rng)
-        calibrate(net, small, rng.random((1, 3, 256, 256), dtype=np.float32), rng)
-        _CALIBRATED[name] = np.array(net.params)
+        # The calibration (a numpy forward at 256, tens of seconds for yolov4) is kept on disk for the next
+        # process (bench_gpu_train.py after this script), keyed by the cfg and the calibration code.
+        key = hashlib.sha256((ROOT / "cfg" / f"{name}.cfg").read_bytes())
+        key.update((ROOT / "tests" / "support" / "netcalib.py").read_bytes())
+        saved = path.parent / f"bench-gpu-calibrated-{name}-{key.hexdigest()[:16]}.npy"
+        if saved.is_file() and saved.stat().st_size == 128 + 4 * net.params.size:
+            _CALIBRATED[name] = np.load(saved)
+        else:
+            small = with_input_size(text, 256, 256)
+            rng = np.random.default_rng(0)
+            randomize(net, rng)
+            calibrate(net, small, rng.random((1, 3, 256, 256), dtype=np.float32), rng)
+            _CALIBRATED[name] = np.array(net.params)
+            tmp = saved.with_suffix(f".{os.getpid()}.tmp.npy")
+            np.save(tmp, _CALIBRATED[name])
+            os.replace(tmp, saved)
     net.params[...] = _CALIBRATED[name]
     return net, "random, calibrated"
 
