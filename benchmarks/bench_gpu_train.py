@@ -28,6 +28,7 @@ pydarknet's inference forward on two images (normalized MSE <= 1e-5 in fp32): a 
     python benchmarks/bench_gpu_train.py                                   # yolov4-tiny 416 and yolov4 608
     python benchmarks/bench_gpu_train.py --models yolov4-tiny --iterations 5 --precision fp32,fp16
     python benchmarks/bench_gpu_train.py --models yolov4 --batch 8 --subdivisions 1 --json out.json
+    python benchmarks/bench_gpu_train.py --models yolov4-tiny:416,yolov4:608:8/1   # yolov4: one pass of 8
     python benchmarks/bench_gpu_train.py --smoke      # no GPU: the code paths at 64x64 (not a speed measurement)
 
 ``--device cpu`` (and ``--smoke``) runs PyTorch on the CPU and pydarknet on its CUDA device when the engine is the
@@ -66,7 +67,11 @@ TORCH_LOSS = "sum of squared differences to random targets (not a yolo loss)"
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default=None, help=f"cfg names from cfg/ with :SIZE (default {DEFAULT_MODELS})")
+    ap.add_argument(
+        "--models",
+        default=None,
+        help=f"cfg names from cfg/ as NAME[:SIZE[:BATCH[/SUBDIVISIONS]]], comma-separated (default {DEFAULT_MODELS})",
+    )
     ap.add_argument("--size", type=int, default=None, help="input size for every model (overrides :SIZE)")
     ap.add_argument("--batch", type=int, default=None, help="images per iteration (default: the cfg's batch)")
     ap.add_argument("--subdivisions", type=int, default=None, help="passes per iteration (default: the cfg's)")
@@ -90,6 +95,11 @@ def parse_args(argv=None):
         help="stop timing a configuration after this long (at least one timed iteration is kept)",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--progress",
+        action="store_true",
+        help="print every iteration's time, and each pydarknet phase as it ends (a run cut short still shows them)",
+    )
     ap.add_argument("--json", default=None, help="write the rows as JSON here (rewritten after each row)")
     ap.add_argument("--smoke", action="store_true", help="yolov4-tiny at 64, batch 4 in 2 passes, 1 iteration, CPU")
     args = ap.parse_args(argv)
@@ -122,6 +132,26 @@ def parse_args(argv=None):
         ap.error(f"--warmup must be at least 0, got {args.warmup}")
     args.precision_list, args.engine_list = precisions, engines
     return args
+
+
+def parse_model(spec: str, args):
+    """``NAME[:SIZE[:BATCH[/SUBDIVISIONS]]]`` -> (name, size, [net] overrides). --size replaces every SIZE;
+    --batch and --subdivisions apply where the spec leaves them out."""
+    parts = spec.strip().split(":")
+    if not parts[0] or len(parts) > 3:
+        raise SystemExit(f"bench_gpu_train: bad model {spec!r}; use NAME[:SIZE[:BATCH[/SUBDIVISIONS]]]")
+    try:
+        size = args.size or int(parts[1] if len(parts) > 1 and parts[1] else 416)
+        batch, _, subdivisions = (parts[2] if len(parts) > 2 else "").partition("/")
+        overrides = {
+            "batch": int(batch) if batch else args.batch,
+            "subdivisions": int(subdivisions) if subdivisions else args.subdivisions,
+        }
+    except ValueError:
+        raise SystemExit(f"bench_gpu_train: bad model {spec!r}; use NAME[:SIZE[:BATCH[/SUBDIVISIONS]]]") from None
+    if min([size] + [v for v in overrides.values() if v is not None]) < 1:
+        raise SystemExit(f"bench_gpu_train: {spec!r}: size, batch and subdivisions must be at least 1")
+    return parts[0], size, {k: v for k, v in overrides.items() if v is not None}
 
 
 # ----- results ---------------------------------------------------------------------------------------------------
@@ -227,8 +257,9 @@ class PhaseClock:
     With ``events`` the marks are CUDA events on the current stream (GPU time), else wall-clock times (for code
     whose calls return once their work is done)."""
 
-    def __init__(self, events: bool):
+    def __init__(self, events: bool, echo=None):
         self.events = events
+        self.echo = echo  # wall-clock marks only: called with (phase, ms) as each phase ends
         self.marks = []
 
     def mark(self, phase: Optional[str]):
@@ -239,7 +270,10 @@ class PhaseClock:
             event.record()
             self.marks.append((phase, event))
         else:
-            self.marks.append((phase, time.perf_counter()))
+            now = time.perf_counter()
+            if self.echo and self.marks and self.marks[-1][0] is not None:
+                self.echo(self.marks[-1][0], (now - self.marks[-1][1]) * 1e3)
+            self.marks.append((phase, now))
 
     def totals(self) -> Dict[str, float]:
         """Milliseconds per phase (call after the work has finished); the clock is emptied."""
@@ -257,9 +291,10 @@ class PhaseClock:
         return out
 
 
-def run_timed(step, sync, warmup, iterations, max_seconds):
+def run_timed(step, sync, warmup, iterations, max_seconds, label=None):
     """Run step(k) warmup + iterations times; returns (mean ms per timed step, mean phase ms, timed count,
-    extra values summed over timed steps). Stops early once max_seconds have passed and one timed step is in."""
+    extra values summed over timed steps). Stops early once max_seconds have passed and one timed step is in.
+    With a label, each iteration's time is printed as it ends."""
     start = time.perf_counter()
     walls, phases, extra = [], [], {}
     for k in range(warmup + iterations):
@@ -267,6 +302,9 @@ def run_timed(step, sync, warmup, iterations, max_seconds):
         result = step(k)
         sync()
         wall = (time.perf_counter() - t0) * 1e3
+        if label:
+            kind = "warm-up" if k < warmup else "timed"
+            print(f"  {label}: iteration {k + 1} ({kind}) {wall:.1f} ms", flush=True)
         if k >= warmup:
             walls.append(wall)
             phases.append(result.pop("phases"))
@@ -303,8 +341,14 @@ def pydarknet_row(base: Row, name, size, precision, device, images, truths, args
     mini = base.batch // base.subdivisions
     row.device = f"{device}{' (CPU emulation)' if on_device and _emulated() else ''}"
 
+    label = f"pydarknet {name} {size} {precision}" if args.progress else None
+
+    def echo(phase, ms):
+        print(f"  {label}: {phase} {ms:.1f} ms", flush=True)
+
     def step(k):
-        clock = PhaseClock(events=False)  # every call below returns after its stream has finished
+        # wall clock: every call below returns after its stream has finished
+        clock = PhaseClock(events=False, echo=echo if label else None)
         clock.mark("optimizer")
         net.zero_grads()
         for s in range(base.subdivisions):
@@ -326,7 +370,9 @@ def pydarknet_row(base: Row, name, size, precision, device, images, truths, args
         return {"phases": clock.totals(), "skipped": int(result.skipped)}
 
     try:
-        ms_step, phases, count, extra = run_timed(step, lambda: None, args.warmup, args.iterations, args.max_seconds)
+        ms_step, phases, count, extra = run_timed(
+            step, lambda: None, args.warmup, args.iterations, args.max_seconds, label
+        )
     except DeviceError as e:
         row.status, row.reason = "not available", str(e)
         return row
@@ -392,7 +438,8 @@ def torch_row(base: Row, cpu_model, precision, images, args, momentum, decay, ra
         sync()
         return {"phases": clock.totals()}
 
-    ms_step, phases, count, _ = run_timed(step, sync, args.warmup, args.iterations, args.max_seconds)
+    label = f"torch {base.network} {base.size} {precision}" if args.progress else None
+    ms_step, phases, count, _ = run_timed(step, sync, args.warmup, args.iterations, args.max_seconds, label)
     row.status, row.reason = "ok", ""
     row.ms_step, row.phases_ms, row.iterations = ms_step, phases, count
     row.images_per_s = base.batch / ms_step * 1e3
@@ -470,13 +517,10 @@ def main(argv=None):
     rows: List[Row] = []
     failed = False
     for spec in args.models.split(","):
-        name, _, size_text = spec.strip().partition(":")
-        size = args.size or int(size_text or 416)
+        name, size, overrides = parse_model(spec, args)
         cfg = ROOT / "cfg" / f"{name}.cfg"
         desc = load_network_desc(str(cfg), width=size, height=size)
-        for key in ("batch", "subdivisions"):
-            if getattr(args, key) is not None:
-                desc.net[key] = getattr(args, key)
+        desc.net.update(overrides)
         batch = images_per_iteration(desc)
         subdivisions = int(desc.net["subdivisions"])
         classes = int(desc.layers[desc.yolo_layers[0]].options["classes"])
