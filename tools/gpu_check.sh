@@ -131,6 +131,20 @@ step() {
     return $rc
 }
 
+train_headline() {
+    # one summary line per row of bench_gpu_train.json (rewritten after each row, so also after a time limit)
+    [ -f "$out/bench_gpu_train.json" ] || { note "  bench_train: no rows written"; return; }
+    "$python" - "$out/bench_gpu_train.json" << 'EOF' | tee -a "$summary"
+import json, sys
+data = json.load(open(sys.argv[1]))
+print(f"  bench_gpu_train rows, on {data['meta']['where']}:")
+for r in data["rows"]:
+    what = f"{r['images_per_s']:.1f} img/s, {r['ms_step']:.1f} ms/step" if r["status"] == "ok" else r["status"]
+    ratio = f", pydarknet/torch {r['ratio']:.2f}" if r.get("ratio") else ""
+    print(f"  {r['network']} {r['size']} {r['batch']}/{r['subdivisions']} {r['engine']} {r['precision']}: {what}{ratio}")
+EOF
+}
+
 prepare() {
     # Not for the GPU machine (it is offline): copies the verified assets the GPU tests use into gpu_cache/.
     local assets=(yolov4-tiny.weights yolov3-tiny.weights bus.jpg zidane.jpg)
@@ -194,6 +208,7 @@ for s in "${steps[@]}"; do
                     --models yolov4-tiny:416,yolov4:608:8/1 --iterations 2 --warmup 1 --max-seconds 20 \
                     --precision fp32,fp16 --progress --json "$out/bench_gpu_train.json"
             fi
+            train_headline
             ;;
         # the longer checks, not in the default run: every CUDA inference test except whole networks, the
         # float64-reference layer suite on the GPU, whole networks, and the sanitizers
