@@ -70,7 +70,9 @@ def parse_args(argv=None):
 _CALIBRATED = {}  # cfg name -> calibrated random parameters (they do not depend on the input size)
 
 
-def load_network(name, size, precision, device):
+def load_network(name, size, precision, device, *, disk_cache=False):
+    """The cfg at size x size with the real weights when cached, else calibrated random parameters (kept on disk
+    in $TMPDIR with disk_cache=True, as the benchmark scripts ask; tests leave it off)."""
     import pydarknet
     from pydarknet.hub import models
 
@@ -90,7 +92,7 @@ def load_network(name, size, precision, device):
         key = hashlib.sha256((ROOT / "cfg" / f"{name}.cfg").read_bytes())
         key.update((ROOT / "tests" / "support" / "netcalib.py").read_bytes())
         saved = path.parent / f"bench-gpu-calibrated-{name}-{key.hexdigest()[:16]}.npy"
-        if saved.is_file() and saved.stat().st_size == 128 + 4 * net.params.size:
+        if disk_cache and saved.is_file() and saved.stat().st_size == 128 + 4 * net.params.size:
             _CALIBRATED[name] = np.load(saved)
         else:
             small = with_input_size(text, 256, 256)
@@ -98,9 +100,10 @@ def load_network(name, size, precision, device):
             randomize(net, rng)
             calibrate(net, small, rng.random((1, 3, 256, 256), dtype=np.float32), rng)
             _CALIBRATED[name] = np.array(net.params)
-            tmp = saved.with_suffix(f".{os.getpid()}.tmp.npy")
-            np.save(tmp, _CALIBRATED[name])
-            os.replace(tmp, saved)
+            if disk_cache:
+                tmp = saved.with_suffix(f".{os.getpid()}.tmp.npy")
+                np.save(tmp, _CALIBRATED[name])
+                os.replace(tmp, saved)
     net.params[...] = _CALIBRATED[name]
     return net, "random, calibrated"
 
@@ -161,7 +164,7 @@ def main(argv=None):
         name, _, size = spec.partition(":")
         size = int(size or 416)
         for precision in args.precisions.split(","):
-            net, weights = load_network(name, size, precision, "cuda")
+            net, weights = load_network(name, size, precision, "cuda", disk_cache=True)
             net.cuda_graph = True
             model = build_torch_model(net).cuda().eval().to(memory_format=torch.channels_last)
             dtype = torch.float16 if precision == "fp16" else torch.float32

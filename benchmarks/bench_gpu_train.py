@@ -329,7 +329,7 @@ def pydarknet_row(base: Row, name, size, precision, device, images, truths, args
 
     row = dataclasses.replace(base, engine="pydarknet", precision=precision, loss="Darknet yolo loss (host)")
     try:
-        net, weights = bench_gpu.load_network(name, size, precision, device)
+        net, weights = bench_gpu.load_network(name, size, precision, device, disk_cache=True)
     except DeviceError as e:
         row.status, row.reason = "not available", str(e)
         return row
@@ -531,7 +531,7 @@ def main(argv=None):
         # The torch module is built from the starting parameters (before pydarknet trains them), on the CPU.
         cpu_model = None
         if "torch" in args.engine_list:
-            ref, _ = bench_gpu.load_network(name, size, "fp32", "cpu")
+            ref, _ = bench_gpu.load_network(name, size, "fp32", "cpu", disk_cache=True)
             try:
                 cpu_model = build_torch_model(ref, fold_batchnorm=False)
                 agree = graph_check(ref, cpu_model, images)
