@@ -1,8 +1,9 @@
 """GPU inference speed: pydarknet's CUDA kernels against PyTorch + cuDNN running the same network.
 
-The PyTorch graph is built from the same cfg and the same parameters (``TorchDarknet`` below: convolutions with
-batch norm folded exactly as pydarknet folds it, Darknet's activations, maxpool with Darknet's padding, route,
-shortcut, upsample and the yolo layers' transform), in channels_last memory format, with cuDNN autotuning on.
+The PyTorch graph is built from the same cfg and the same parameters (benchmarks/torch_darknet.py, shared with
+bench_gpu_train.py: convolutions with batch norm folded exactly as pydarknet folds it, Darknet's activations,
+maxpool with Darknet's padding, route, shortcut, upsample and the yolo layers' transform), in channels_last
+memory format, with cuDNN autotuning on.
 In fp32, TF32 is switched off in PyTorch so both sides compute in float32; in fp16 both store activations and
 convolution operands in binary16 and accumulate in float32. Before any timing, the outputs of the two are
 compared (normalized MSE, bounds below) so that the comparison is fair; a mismatch is reported and makes the
@@ -26,6 +27,7 @@ statistics calibrated on a 256 x 256 input (tests/netcalib.py), so that activati
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import pathlib
 import statistics
@@ -35,6 +37,11 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from torch_darknet import build_torch_model, folded_conv  # noqa: E402  (shared with bench_gpu_train.py)
+
+__all__ = ["build_torch_model", "folded_conv", "load_network", "nmse"]
+
 DEFAULT_MODELS = "yolov4:608,yolov4-tiny:416"
 # Normalized MSE between the two engines' outputs that still counts as "the same network".
 AGREEMENT = {"fp32": 1e-5, "fp16": 1e-2}
@@ -58,133 +65,14 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-# ----- the PyTorch graph ---------------------------------------------------------------------------------------
-
-
-def folded_conv(layer, bn_epsilon):
-    """A convolution's weights and bias with batch norm folded in as pydarknet folds it (float64, then float32)."""
-    p = {k: np.asarray(v) for k, v in layer.params.items()}
-    w = p["weights"].astype(np.float64)
-    b = p["biases"].astype(np.float64)
-    if layer.options["batch_normalize"]:
-        factor = p["scales"].astype(np.float64) / np.sqrt(p["rolling_variance"].astype(np.float64) + bn_epsilon)
-        w = w * factor[:, None, None, None]
-        b = b - p["rolling_mean"].astype(np.float64) * factor
-    return w.astype(np.float32), b.astype(np.float32)
-
-
-def build_torch_model(net):
-    """A torch.nn.Module computing what pydarknet's forward() returns (the [yolo] layers' outputs)."""
-    import torch
-    import torch.nn.functional as F
-
-    activations = {
-        "linear": lambda y: y,
-        "leaky": lambda y: F.leaky_relu(y, 0.1),
-        "mish": F.mish,
-        "swish": F.silu,
-        "logistic": torch.sigmoid,
-        "relu": F.relu,
-        "tanh": torch.tanh,
-    }
-
-    def activation(name):
-        if name not in activations:
-            raise NotImplementedError(f"activation {name} in the PyTorch graph")
-        return activations[name]
-
-    class TorchDarknet(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.desc = net.desc.layers
-            self.convs = torch.nn.ModuleDict()
-            for layer in self.desc:
-                o = layer.options
-                if layer.type == "convolutional":
-                    conv = torch.nn.Conv2d(
-                        layer.in_shape[0],
-                        o["filters"],
-                        o["size"],
-                        stride=(o["stride_y"], o["stride_x"]),
-                        padding=o["padding"] * o["dilation"],
-                        dilation=o["dilation"],
-                        groups=o["groups"],
-                        bias=True,
-                    )
-                    w, b = folded_conv(net.layers[layer.index], net.bn_epsilon)
-                    with torch.no_grad():
-                        conv.weight.copy_(torch.from_numpy(w))
-                        conv.bias.copy_(torch.from_numpy(b))
-                    self.convs[str(layer.index)] = conv
-                elif layer.type == "maxpool" and o["maxpool_depth"]:
-                    raise NotImplementedError("maxpool_depth in the PyTorch graph")
-                elif layer.type == "shortcut" and (o["weights_type"] != "none" or len(layer.inputs) != 1):
-                    raise NotImplementedError("weighted or multi-input shortcut in the PyTorch graph")
-                elif layer.type not in ("convolutional", "maxpool", "route", "shortcut", "upsample", "yolo"):
-                    raise NotImplementedError(f"[{layer.type}] in the PyTorch graph")
-            last = {}
-            for layer in self.desc:
-                for r in ([layer.index - 1] if layer.type != "route" else []) + list(layer.inputs):
-                    last[r] = layer.index
-            self.last_use = last
-            self.heads = [l.index for l in self.desc if l.type == "yolo"] or [len(self.desc) - 1]
-
-        def forward(self, x):
-            outs = {}
-            prev = x
-            for layer in self.desc:
-                o, i = layer.options, layer.index
-                if layer.type == "convolutional":
-                    y = activation(o["activation"])(self.convs[str(i)](prev))
-                elif layer.type == "maxpool":
-                    size, sx, sy, padding = o["size"], o["stride_x"], o["stride_y"], o["padding"]
-                    _, oh, ow = layer.out_shape
-                    before = padding // 2
-                    h, w = prev.shape[2], prev.shape[3]
-                    right = max(0, (ow - 1) * sx + size - before - w)
-                    bottom = max(0, (oh - 1) * sy + size - before - h)
-                    y = F.pad(prev, (before, right, before, bottom), value=float("-inf"))
-                    y = F.max_pool2d(y, size, (sy, sx))[:, :, :oh, :ow]
-                elif layer.type == "route":
-                    parts = []
-                    for r in layer.inputs:
-                        t = outs[r]
-                        share = t.shape[1] // o["groups"]
-                        parts.append(t[:, share * o["group_id"] : share * (o["group_id"] + 1)])
-                    y = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-                elif layer.type == "shortcut":
-                    y = activation(o["activation"])(prev + outs[layer.inputs[0]])
-                elif layer.type == "upsample":
-                    if o["reverse"]:
-                        raise NotImplementedError("downsampling [upsample] in the PyTorch graph")
-                    y = F.interpolate(prev, scale_factor=o["stride"], mode="nearest")
-                    if o["scale"] != 1.0:
-                        y = y * o["scale"]
-                else:  # yolo
-                    n, c, h, w = prev.shape
-                    a = len(o["mask"])
-                    t = prev.reshape(n, a, 5 + o["classes"], h, w)
-                    if not o["new_coords"]:
-                        t = torch.cat([torch.sigmoid(t[:, :, 0:2]), t[:, :, 2:4], torch.sigmoid(t[:, :, 4:])], 2)
-                    s = o["scale_x_y"]
-                    if s != 1.0:
-                        t = torch.cat([t[:, :, 0:2] * s - 0.5 * (s - 1.0), t[:, :, 2:]], 2)
-                    y = t.reshape(n, c, h, w)
-                outs[i] = y
-                prev = y
-                for r in [r for r in outs if self.last_use.get(r, -1) <= i and r not in self.heads and r != i]:
-                    del outs[r]
-            return [outs[i] for i in self.heads]
-
-    return TorchDarknet()
-
-
 # ----- setup ---------------------------------------------------------------------------------------------------
 
 _CALIBRATED = {}  # cfg name -> calibrated random parameters (they do not depend on the input size)
 
 
-def load_network(name, size, precision, device):
+def load_network(name, size, precision, device, *, disk_cache=False):
+    """The cfg at size x size with the real weights when cached, else calibrated random parameters (kept on disk
+    in $TMPDIR with disk_cache=True, as the benchmark scripts ask; tests leave it off)."""
     import pydarknet
     from pydarknet.hub import models
 
@@ -199,11 +87,23 @@ def load_network(name, size, precision, device):
         net.load_weights(models.weights_path(name))
         return net, "real"
     if name not in _CALIBRATED:
-        small = with_input_size(text, 256, 256)
-        rng = np.random.default_rng(0)
-        randomize(net, rng)
-        calibrate(net, small, rng.random((1, 3, 256, 256), dtype=np.float32), rng)
-        _CALIBRATED[name] = np.array(net.params)
+        # The calibration (a numpy forward at 256, tens of seconds for yolov4) is kept on disk for the next
+        # process (bench_gpu_train.py after this script), keyed by the cfg and the calibration code.
+        key = hashlib.sha256((ROOT / "cfg" / f"{name}.cfg").read_bytes())
+        key.update((ROOT / "tests" / "support" / "netcalib.py").read_bytes())
+        saved = path.parent / f"bench-gpu-calibrated-{name}-{key.hexdigest()[:16]}.npy"
+        if disk_cache and saved.is_file() and saved.stat().st_size == 128 + 4 * net.params.size:
+            _CALIBRATED[name] = np.load(saved)
+        else:
+            small = with_input_size(text, 256, 256)
+            rng = np.random.default_rng(0)
+            randomize(net, rng)
+            calibrate(net, small, rng.random((1, 3, 256, 256), dtype=np.float32), rng)
+            _CALIBRATED[name] = np.array(net.params)
+            if disk_cache:
+                tmp = saved.with_suffix(f".{os.getpid()}.tmp.npy")
+                np.save(tmp, _CALIBRATED[name])
+                os.replace(tmp, saved)
     net.params[...] = _CALIBRATED[name]
     return net, "random, calibrated"
 
@@ -264,7 +164,7 @@ def main(argv=None):
         name, _, size = spec.partition(":")
         size = int(size or 416)
         for precision in args.precisions.split(","):
-            net, weights = load_network(name, size, precision, "cuda")
+            net, weights = load_network(name, size, precision, "cuda", disk_cache=True)
             net.cuda_graph = True
             model = build_torch_model(net).cuda().eval().to(memory_format=torch.channels_last)
             dtype = torch.float16 if precision == "fp16" else torch.float32
