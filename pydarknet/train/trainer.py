@@ -363,6 +363,12 @@ class Trainer:
         self.valid = self._validation_set() if o.map and self.comm.is_root else None
         self._reducer = None
         if self.comm.distributed:
+            if self.on_device and o.sync_bn and any(l.options.get("batch_normalize") for l in desc.layers):
+                # The reducer is a hook of the CPU engine's batch-norm; the device one would silently not call it.
+                raise TrainingError(
+                    f"synchronized batch-norm is not on the GPU yet (device={o.device!r}, {self.comm.size} ranks): "
+                    f"pass --no-sync-bn (each rank normalizes with its own images) or train with --device cpu"
+                )
             self._join(weights, slots)
 
     def _join(self, weights, slots):
