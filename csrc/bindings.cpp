@@ -654,10 +654,13 @@ PYBIND11_MODULE(_core, m) {
         using pd::SharedCudaNetwork;
         auto cuda_network = py::reinterpret_borrow<py::class_<SharedCudaNetwork>>(m.attr("CudaNetwork"));
         cuda_network
-            .def("sync_params", [](SharedCudaNetwork& net) { pd::locked(net, [&] { net.sync_params(); }); },
-                 "Upload the host parameters if they changed (params_version) since the last upload.")
-            .def("mark_params_current", [](SharedCudaNetwork& net) { pd::locked(net, [&] { net.mark_params_current(); }); },
-                 "Record that the host buffer equals the device parameters (after copy_params): no upload needed.")
+            .def(
+                "sync_params", [](SharedCudaNetwork& net) { pd::locked(net, [&] { net.sync_params(); }); },
+                "Upload the host parameters if they changed (params_version) since the last upload.")
+            .def(
+                "mark_params_current",
+                [](SharedCudaNetwork& net) { pd::locked(net, [&] { net.mark_params_current(); }); },
+                "Record that the host buffer equals the device parameters (after copy_params): no upload needed.")
             .def(
                 "set_grads",
                 [](SharedCudaNetwork& net, pd::FloatArray values) {

@@ -117,7 +117,7 @@ struct CudaNetwork::Impl {
     DeviceArray<float> d_params, d_grads, d_velocity, d_input_grad;
     DeviceArray<SgdSegment> d_segments;
     bool grads_ready = false, velocity_ready = false;
-    bool params_uploaded = false;              // d_params holds the host parameters of uploaded_version (or newer)
+    bool params_uploaded = false;             // d_params holds the host parameters of uploaded_version (or newer)
     unsigned long long uploaded_version = 0;  // host params_version at the last upload
     int train_batch = 0;
     unsigned long long train_seed = 0;

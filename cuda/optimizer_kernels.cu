@@ -66,12 +66,8 @@ __global__ void update_kernel(float* params, const float* grads, float* velocity
         const float g = grads[i];
         float w = params[i];
         switch (s.rule) {
-            case OptimizerSegment::ACCUMULATE:
-                velocity[i] = add_rn(velocity[i], -g);
-                continue;
-            case OptimizerSegment::ACCUMULATE_ADAM:
-                pending[i] = add_rn(pending[i], -g);
-                continue;
+            case OptimizerSegment::ACCUMULATE: velocity[i] = add_rn(velocity[i], -g); continue;
+            case OptimizerSegment::ACCUMULATE_ADAM: pending[i] = add_rn(pending[i], -g); continue;
             case OptimizerSegment::ADAM:
             case OptimizerSegment::ADAM_PENDING: {
                 float d = -g;
@@ -251,8 +247,8 @@ std::pair<long long, double> CudaOptimizer::check_grads(CudaNetwork& net) {
     PD_CUDA_CHECK_LAUNCH();
     std::vector<long long> host_first(chunks);
     std::vector<double> host_sums(chunks);
-    PD_CUDA_CHECK(cudaMemcpyAsync(host_first.data(), first.data(), chunks * sizeof(long long), cudaMemcpyDeviceToHost,
-                                  m.stream));
+    PD_CUDA_CHECK(
+        cudaMemcpyAsync(host_first.data(), first.data(), chunks * sizeof(long long), cudaMemcpyDeviceToHost, m.stream));
     PD_CUDA_CHECK(
         cudaMemcpyAsync(host_sums.data(), sums.data(), chunks * sizeof(double), cudaMemcpyDeviceToHost, m.stream));
     PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
@@ -286,7 +282,7 @@ void CudaOptimizer::step(CudaNetwork& net, const std::vector<OptimizerSegment>& 
     const int count = m.upload_segments(segments);
     if (count > 0 && m.n > 0) {
         PD_LAUNCH(grid_for(m.n, 256), 256, 0, m.stream, update_kernel)(params, grads, velocity, am, av, pending,
-                                                                        m.segments.data(), count, m.n, scalars);
+                                                                       m.segments.data(), count, m.n, scalars);
         PD_CUDA_CHECK_LAUNCH();
     }
     PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
@@ -305,7 +301,7 @@ void CudaOptimizer::ema(CudaNetwork& net, const std::vector<std::pair<size_t, si
     const int count = m.upload_segments(list);
     if (count > 0 && m.n > 0 && (init || action != 0)) {
         PD_LAUNCH(grid_for(m.n, 256), 256, 0, m.stream, ema_kernel)(params, values, m.segments.data(), count, m.n, init,
-                                                                     action, alpha, one_minus_alpha);
+                                                                    action, alpha, one_minus_alpha);
         PD_CUDA_CHECK_LAUNCH();
     }
     PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));

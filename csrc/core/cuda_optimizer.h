@@ -19,7 +19,15 @@ namespace pd {
 // ADAM_PENDING d = pending - g (then pending = 0); ACCUMULATE (a layer skipped by dont_update/burnin_update):
 // U -= g, ACCUMULATE_ADAM: pending -= g. clip > 0 clamps the weights to [-clip, clip] after the update.
 struct OptimizerSegment {
-    enum Rule : int { PLAIN = 0, DECAY = 1, SHORTCUT = 2, ADAM = 3, ADAM_PENDING = 4, ACCUMULATE = 5, ACCUMULATE_ADAM = 6 };
+    enum Rule : int {
+        PLAIN = 0,
+        DECAY = 1,
+        SHORTCUT = 2,
+        ADAM = 3,
+        ADAM_PENDING = 4,
+        ACCUMULATE = 5,
+        ACCUMULATE_ADAM = 6
+    };
     size_t start = 0, stop = 0;
     int rule = PLAIN;
     float step = 0.f;
