@@ -483,7 +483,8 @@ class Trainer:
 
     @staticmethod
     def _backward(net, grads):
-        """Backward after _head_losses (its gradients given; None would mean already in the device buffers)."""
+        """Backward after _head_losses from the gradients it returned. A device loss (gradients already in the
+        device buffers, ``grads`` None) switches here to the device-side backward entry."""
         net.backward(grads)
 
     # ----- one iteration ------------------------------------------------------------------------------------
