@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "core/cuda_network.h"
+#include "core/cuda_optimizer.h"
 #include "core/network.h"
 #include "core/plan.h"
 #include "cpu/isa.h"
@@ -595,20 +596,12 @@ PYBIND11_MODULE(_core, m) {
             })
         .def("first_nonfinite_grad", [](SharedCudaNetwork& net) { return net.first_nonfinite_grad(); })
         // Gradient exchange between processes: raw device addresses for a collective library (NCCL) that runs
-        // on the same stream, and the upload of a buffer summed on the host.
+        // on the same stream (a buffer summed on the host goes back with set_grads).
         .def_property_readonly("grads_pointer",
                                [](SharedCudaNetwork& net) { return (uintptr_t)net.grads_device_pointer(); })
         .def_property_readonly("stream_pointer",
                                [](const SharedCudaNetwork& net) { return (uintptr_t)net.stream_handle(); })
         .def("stream_idle", [](const SharedCudaNetwork& net) { return net.stream_idle(); })
-        .def(
-            "set_grads",
-            [](SharedCudaNetwork& net, pd::FloatArray values) {
-                PD_CHECK(values.ndim() == 1 && (size_t)values.size() == net.param_count(),
-                         "set_grads: a flat float32 array of ", net.param_count(), " values");
-                net.set_grads(values.data());
-            },
-            py::arg("values"))
         .def(
             "yolo_loss",
             [](SharedCudaNetwork& net, int layer, const py::dict& options,
@@ -729,6 +722,95 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("device_name", [](const SharedCudaNetwork& net) { return net.device_name(); })
         .def_property_readonly(
             "arena_bytes", [](SharedCudaNetwork& net) { return pd::locked(net, [&] { return net.arena_bytes(); }); });
+    {
+        // Device-resident training state: the copy rule's calls on CudaNetwork and the device optimizer
+        // (csrc/core/cuda_optimizer.h). Every call takes the network's lock, as the other CUDA calls do.
+        using pd::SharedCudaNetwork;
+        auto cuda_network = py::reinterpret_borrow<py::class_<SharedCudaNetwork>>(m.attr("CudaNetwork"));
+        cuda_network
+            .def(
+                "sync_params", [](SharedCudaNetwork& net) { pd::locked(net, [&] { net.sync_params(); }); },
+                "Upload the host parameters if they changed (params_version) since the last upload.")
+            .def(
+                "mark_params_current",
+                [](SharedCudaNetwork& net) { pd::locked(net, [&] { net.mark_params_current(); }); },
+                "Record that the host buffer equals the device parameters (after copy_params): no upload needed.")
+            .def(
+                "set_grads",
+                [](SharedCudaNetwork& net, pd::FloatArray values) {
+                    PD_CHECK(values.ndim() == 1 && (size_t)values.size() == net.param_count(),
+                             "set_grads: a flat float32 array of ", net.param_count(), " values");
+                    const float* data = values.data();
+                    pd::locked(net, [&] { net.set_grads(data); });
+                },
+                py::arg("values"));
+        py::class_<pd::CudaOptimizer>(m, "CudaOptimizer")
+            .def(py::init<int, size_t>(), py::arg("device"), py::arg("param_count"))
+            .def_property_readonly("param_count", &pd::CudaOptimizer::param_count)
+            .def(
+                "download",
+                [](const pd::CudaOptimizer& opt, int buffer) {
+                    py::array_t<float> out((py::ssize_t)opt.param_count());
+                    float* data = out.mutable_data();
+                    py::gil_scoped_release release;
+                    opt.download(buffer, data);
+                    return out;
+                },
+                py::arg("buffer"), "A copy of buffer 0 velocity, 1 adam_m, 2 adam_v, 3 adam_pending or 4 ema.")
+            .def(
+                "upload",
+                [](pd::CudaOptimizer& opt, int buffer, pd::FloatArray values) {
+                    PD_CHECK(values.ndim() == 1 && (size_t)values.size() == opt.param_count(),
+                             "upload: a flat float32 array of ", opt.param_count(), " values");
+                    const float* data = values.data();
+                    py::gil_scoped_release release;
+                    opt.upload(buffer, data);
+                },
+                py::arg("buffer"), py::arg("values"))
+            .def(
+                "check_grads",
+                [](pd::CudaOptimizer& opt, SharedCudaNetwork& net) {
+                    return pd::locked(net, [&] { return opt.check_grads(net); });
+                },
+                py::arg("net"), "(first non-finite gradient index or -1, sum of squared gradients).")
+            .def(
+                "step",
+                [](pd::CudaOptimizer& opt, SharedCudaNetwork& net, const std::vector<size_t>& starts,
+                   const std::vector<size_t>& stops, const std::vector<int>& rules, const std::vector<float>& steps,
+                   const std::vector<float>& clips, const std::vector<float>& scalars) {
+                    PD_CHECK(starts.size() == stops.size() && starts.size() == rules.size() &&
+                                 starts.size() == steps.size() && starts.size() == clips.size(),
+                             "step: starts, stops, rules, steps and clips must have the same length");
+                    PD_CHECK(scalars.size() == 9,
+                             "step: scalars are decay_coef, momentum, B1, B2, eps, 1-B1, 1-B2, 1-B1**t, 1-B2**t");
+                    std::vector<pd::OptimizerSegment> segments(starts.size());
+                    for (size_t k = 0; k < starts.size(); ++k)
+                        segments[k] = pd::OptimizerSegment{starts[k], stops[k], rules[k], steps[k], clips[k]};
+                    pd::OptimizerScalars k{scalars[0], scalars[1], scalars[2], scalars[3], scalars[4],
+                                           scalars[5], scalars[6], scalars[7], scalars[8]};
+                    pd::locked(net, [&] { opt.step(net, segments, k); });
+                },
+                py::arg("net"), py::arg("starts"), py::arg("stops"), py::arg("rules"), py::arg("steps"),
+                py::arg("clips"), py::arg("scalars"))
+            .def(
+                "ema",
+                [](pd::CudaOptimizer& opt, SharedCudaNetwork& net, const std::vector<std::pair<size_t, size_t>>& ranges,
+                   bool init, int action, float alpha, float one_minus_alpha) {
+                    pd::locked(net, [&] { opt.ema(net, ranges, init, action, alpha, one_minus_alpha); });
+                },
+                py::arg("net"), py::arg("ranges"), py::arg("init"), py::arg("action"), py::arg("alpha"),
+                py::arg("one_minus_alpha"))
+            .def(
+                "save_params",
+                [](pd::CudaOptimizer& opt, SharedCudaNetwork& net) { pd::locked(net, [&] { opt.save_params(net); }); },
+                py::arg("net"))
+            .def(
+                "restore_params",
+                [](pd::CudaOptimizer& opt, SharedCudaNetwork& net) {
+                    pd::locked(net, [&] { opt.restore_params(net); });
+                },
+                py::arg("net"));
+    }
 #else
     m.attr("built_with_cuda") = false;
     m.def("cuda_device_count", []() { return 0; });

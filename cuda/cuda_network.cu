@@ -127,6 +127,8 @@ struct CudaNetwork::Impl {
     // Layers whose gradient buffer a device loss (yolo_loss) filled since the last forward_train; backward
     // starts from it instead of clearing it.
     std::vector<char> device_seeded;
+    bool params_uploaded = false;             // d_params holds the host parameters of uploaded_version (or newer)
+    unsigned long long uploaded_version = 0;  // host params_version at the last upload
     int train_batch = 0;
     unsigned long long train_seed = 0;
     long long train_iteration = 0;
@@ -143,6 +145,18 @@ struct CudaNetwork::Impl {
         d_velocity.resize(host.params.size());
         PD_CUDA_CHECK(cudaMemsetAsync(d_velocity.data(), 0, host.params.size() * sizeof(float), stream));
         velocity_ready = true;
+    }
+
+    // The device parameters are the reference between uploads: the optimizer and the training forward pass
+    // (rolling statistics) change them there; a host change (touch_params) makes the next use upload again.
+    void sync_params() {
+        const size_t n = host.params.size();
+        if (params_uploaded && uploaded_version == host.params_version && d_params.size() == n) return;
+        d_params.resize(n);
+        PD_CUDA_CHECK(
+            cudaMemcpyAsync(d_params.data(), host.params.data(), n * sizeof(float), cudaMemcpyHostToDevice, stream));
+        params_uploaded = true;
+        uploaded_version = host.params_version;
     }
 
     // Darknet's backward_network stops at the last layer with stopbackward 1 (or N > iteration).
@@ -475,9 +489,7 @@ void CudaNetwork::forward_train(const float* input, int batch, unsigned long lon
     m.train_input.resize(in_count);
     PD_CUDA_CHECK(
         cudaMemcpyAsync(m.train_input.data(), input, in_count * sizeof(float), cudaMemcpyHostToDevice, m.stream));
-    m.d_params.resize(m.host.params.size());
-    PD_CUDA_CHECK(cudaMemcpyAsync(m.d_params.data(), m.host.params.data(), m.host.params.size() * sizeof(float),
-                                  cudaMemcpyHostToDevice, m.stream));
+    m.sync_params();
     m.train_out.resize(n);
     m.train_ptr.assign(n, nullptr);
     m.train_views.assign(n, DeviceView{});
@@ -690,6 +702,30 @@ bool CudaNetwork::stream_idle() const {
     if (state == cudaErrorNotReady) return false;
     PD_CUDA_CHECK(state);
     return true;
+}
+
+float* CudaNetwork::train_params() {
+    Impl& m = *impl_;
+    DeviceScope scope(m.device);
+    m.sync_params();
+    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    return m.d_params.data();
+}
+
+float* CudaNetwork::train_grads() {
+    Impl& m = *impl_;
+    DeviceScope scope(m.device);
+    m.ensure_grads();
+    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    return m.d_grads.data();
+}
+
+void CudaNetwork::sync_params() { (void)train_params(); }
+
+void CudaNetwork::mark_params_current() {
+    Impl& m = *impl_;
+    PD_CHECK(m.params_uploaded, "no device parameters yet (run forward_train first)");
+    m.uploaded_version = m.host.params_version;
 }
 
 void CudaNetwork::set_grads(const float* values) {

@@ -138,6 +138,13 @@ public:
     // same layer replaces it). truths: counts[b] rows of (x, y, w, h) and class ids per image, max_truths slots.
     YoloLossSums yolo_loss(int layer, const YoloLossSetup& setup, const double* truths, const int* classes,
                            const int* counts, int max_truths);
+    // Device-resident training state (pydarknet/core/network.py states which copy of the parameters is current):
+    // forward_train uploads the host parameters only when the host's params_version differs from the one last
+    // uploaded. CudaOptimizer (core/cuda_optimizer.h) updates the device copy in place.
+    float* train_params();       // the device parameters (uploaded first if the host changed)
+    float* train_grads();        // the device gradient buffer (zeroed at first use)
+    void sync_params();          // upload the host parameters if they changed since the last upload
+    void mark_params_current();  // the host buffer now equals the device copy: no upload needed
 
     // Capture the layers once per plan in a CUDA graph and replay it (cuts launch overhead at small batch).
     bool use_graph = false;

@@ -237,7 +237,12 @@ def add_parsers(sub):
         default=min(4, os.cpu_count() or 1),
         help="image loading processes (default min(4, CPUs); 0 loads in the training process)",
     )
-    t.add_argument("--device", default="cpu", help="cpu (the train command does not use the CUDA training passes yet)")
+    t.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda or cuda:N: where the forward/backward passes and the update run (default cpu; on a GPU "
+        "in float32, the [yolo] loss on the host)",
+    )
     t.add_argument("--clear", action="store_true", help="reset the iteration counter of WEIGHTS (Darknet's -clear)")
     t.add_argument("--map", action="store_true", help="compute mAP@0.5 on the valid list and keep _best.weights")
     t.add_argument("--map-every", type=int, help="iterations between mAP evaluations (default max(100, 4 epochs))")

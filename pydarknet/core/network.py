@@ -6,6 +6,17 @@ of the same layout (`net.grads`), a training-mode forward pass and the backward 
 ``device="cuda"`` the layers run on a GPU (``_core.CudaNetwork``), which re-reads the parameter buffer whenever it
 changes. ``precision`` chooses the number format: on the CPU fp32, or bf16 convolutions (bfloat16 weights and
 inputs, float32 sums); on a GPU the activations' type (fp32, or fp16/bf16 with tensor-core convolutions).
+
+Training on a GPU keeps the parameters in device memory between iterations (the training forward pass moves the
+batch-norm rolling statistics there, the device optimizer updates them there). Which copy is current:
+
+* the host buffer is the reference until a device training call changes the device copy; from then on the
+  network (or the resized network sharing its buffer) whose device copy is newer is recorded in ``_DeviceSync``;
+* anything that reads or writes the host buffer (``params``/``flat_params``, ``touch_params``, ``forward``,
+  ``save_weights``, layer views) first copies the newer device parameters down (one device-to-host copy) and so
+  makes the host current again; ``params`` hands out a writable view, so the next device training call uploads
+  the host buffer again (the engine compares the host's params_version with the one it last uploaded);
+* a view of ``params`` kept from before a device update is stale: take ``params`` again after training steps.
 """
 
 from __future__ import annotations
@@ -85,6 +96,14 @@ class LayerView:
         return f"<Layer {self.index} {self.type} {self.in_shape} -> {self.out_shape}>"
 
 
+class _DeviceSync:
+    """Which copy of a shared host parameter buffer is current: ``ahead`` is the Network (base or resized, they
+    share the buffer) whose device parameters are newer than the host buffer, or None when the host is current."""
+
+    def __init__(self):
+        self.ahead: Optional[Network] = None
+
+
 class Network:
     def __init__(self, desc, device="cpu", seed=None, precision="fp32", *, lenient=False, _share=None):
         self.desc = desc
@@ -108,6 +127,7 @@ class Network:
             self._cuda.use_graph = bool(desc.net.get("use_cuda_graph", 0))
         self.layers = [LayerView(self, l) for l in desc.layers]
         self._untrainable = None
+        self._sync = _share._sync if _share is not None else _DeviceSync()
         if _share is not None:
             self.seen, self.version, self.bn_epsilon = _share.seen, _share.version, _share.bn_epsilon
             return
@@ -118,7 +138,9 @@ class Network:
     # ----- parameters -------------------------------------------------------------------------------------
     @property
     def params(self):
-        """The flat float32 parameter buffer (a writable view, in .weights file order)."""
+        """The flat float32 parameter buffer (a writable view, in .weights file order). After training on a GPU the
+        device parameters are copied down first (see the module doc: which copy is current)."""
+        self._sync_host()
         self._core.touch_params()
         return self._core.params
 
@@ -130,8 +152,30 @@ class Network:
         return self.params
 
     def touch_params(self):
-        """Tell the engine the parameters changed, so the next inference forward re-derives its folded copies."""
+        """Tell the engine the parameters changed, so the next inference forward re-derives its folded copies (and
+        the next training pass on a GPU uploads them). Newer device parameters are copied down first."""
+        self._sync_host()
         self._core.touch_params()
+
+    def _sync_host(self):
+        """Make the host buffer current: copy down the parameters of the network whose device copy is newer."""
+        ahead = self._sync.ahead
+        if ahead is not None:
+            ahead._cuda.copy_params(self._core.params)
+            self._sync.ahead = None
+            self._core.touch_params()  # other networks sharing the buffer upload it at their next training pass
+            ahead._cuda.mark_params_current()  # its device copy equals the host: no upload back
+
+    def _device_params_changed(self):
+        """Record that this network's device parameters are now newer than the host buffer."""
+        self._sync.ahead = self
+
+    def _sync_device(self):
+        """Make this network's device parameters current (before a training pass or a device update): newer
+        parameters of another network sharing the buffer come down, then the host buffer goes up if it changed."""
+        if self._sync.ahead is not None and self._sync.ahead is not self:
+            self._sync_host()
+        self._cuda.sync_params()
 
     def _initialise(self, rng):
         """Darknet's training initialisation: uniform +-sqrt(2/fan_in) weights, zero biases, unit BN scales."""
@@ -151,6 +195,7 @@ class Network:
 
     def load_weights(self, path: PathLike, *, partial: bool = False):
         """Load an original Darknet .weights file (partial=True for a backbone prefix like yolov4-tiny.conv.29)."""
+        self._sync_host()  # a partial file leaves the other layers as they are
         version, seen, loaded = weights_io.load_into(self.desc, self._core.params, path, partial=partial)
         self._core.touch_params()
         self.version, self.seen = version, seen
@@ -160,6 +205,7 @@ class Network:
         """Write Darknet .weights; cutoff=N writes layers 0..N-1 with seen=0 like `darknet partial`."""
         if seen is None:
             seen = 0 if cutoff is not None else self.seen
+        self._sync_host()
         weights_io.save_from(self.desc, self._core.params, path, cutoff=cutoff, seen=seen, version=version)
 
     @property
@@ -212,11 +258,13 @@ class Network:
         network, or on one sharing its parameters (`resized`), is not supported.
         """
         heads = self.yolo_layers or [len(self.layers) - 1]
+        self._sync_host()
         return self._engine.forward_outputs(self._prepare_input(x), heads, False)
 
     def forward_all(self, x: np.ndarray) -> List[np.ndarray]:
         """Run the network and return every layer's output (for debugging and layer-by-layer checks); new arrays,
         safe to call from several threads as `forward` is."""
+        self._sync_host()
         return self._engine.forward_outputs(self._prepare_input(x), list(range(len(self.layers))), True)
 
     @property
@@ -275,10 +323,11 @@ class Network:
         if self._cuda is None:
             outputs = self._core.forward_train(self._prepare_input(x), int(seed), int(iteration), heads)
             return dict(zip(heads, outputs))
-        self._cuda.forward_train(self._prepare_input(x), int(seed), int(iteration))
-        # batch-norm moved its rolling statistics in the device copy
-        self._cuda.copy_params(self._core.params)
-        self._core.touch_params()
+        x = self._prepare_input(x)
+        self._sync_device()
+        self._cuda.forward_train(x, int(seed), int(iteration))
+        # batch-norm moved its rolling statistics in the device copy, which stays there until the host needs it
+        self._device_params_changed()
         if not copy_outputs:
             return {}
         return {i: self._cuda.train_output(i) for i in heads}

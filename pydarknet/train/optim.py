@@ -43,6 +43,13 @@ Darknet instead zeroes NaN/inf entries of the updates (``reset_nan_and_inf``). A
 operation rounded on its own, as Darknet's CPU code does; its GPU kernels may fuse ``a*x + y`` into one rounding,
 a difference in the last bit. ``loss_scale`` (mixed precision) cancels out exactly in Darknet's formulas and is
 not applied; multi-GPU ``learning_rate *= ngpus`` is the training loop's business.
+
+On a GPU (``step_device``) the same update runs as one kernel over the flat device buffers (plus one for the EMA),
+with every rule above, and the optimizer's buffers (velocity, Adam moments and pending gradients, EMA averages)
+live in device memory (``_core.CudaOptimizer``) from the first device step on: the host arrays are brought up to
+date only by ``sync_host()``, which ``state_dict()`` and the EMA's ``averaged()`` call. Every operation is rounded
+on its own there too (``__fmul_rn``/``__fadd_rn``/``__fdiv_rn``/``__fsqrt_rn`` under nvcc), so the device update
+gives the host's bits.
 """
 
 from __future__ import annotations
@@ -112,10 +119,11 @@ def _as_desc(network):
 
 
 def _params_array(params):
-    """(flat float32 array, callback to run after writing) for an ndarray or a pydarknet Network."""
+    """(flat float32 array, callback to run after writing) for an ndarray or a pydarknet Network (whose newer device
+    parameters are copied down first, see pydarknet.core.network)."""
     core = getattr(params, "_core", None)
     if core is not None:
-        return core.params, core.touch_params
+        return params.flat_params, core.touch_params
     return params, None
 
 
@@ -226,6 +234,7 @@ class WeightEMA:
         ]
         self.values = np.zeros(desc.param_count, np.float32)
         self.initialized = False
+        self._before_read = None  # set by a device optimizer: brings `values` up from the device
 
     @property
     def start(self):
@@ -266,12 +275,16 @@ class WeightEMA:
         Darknet writes to ``_ema.weights``."""
         params, _ = _params_array(params)
         _check_buffer("params", params, self.param_count, writable=False)
+        if self._before_read is not None:
+            self._before_read()
         out = np.array(params, copy=True)
         for s in self.slices:
             out[s] = self.values[s]
         return out
 
     def state_dict(self):
+        if self._before_read is not None:
+            self._before_read()
         return {"ema": self.values.copy(), "ema_initialized": self.initialized}
 
     def load_state_dict(self, state):
@@ -309,6 +322,10 @@ class Optimizer:
         self.adam_v = np.zeros(n, np.float32) if self.adam else None
         self.adam_pending = None
         self.ema = WeightEMA(desc) if opts["ema_alpha"] else None
+        self._device = None  # _core.CudaOptimizer once step_device has run
+        self._device_index = None
+        self._host_stale = False  # the device buffers are newer than the host arrays
+        self._device_pending = False  # Adam's pending buffer is in use on the device (adam_pending is not None)
 
     # ----- checks -------------------------------------------------------------------------------------------
     def first_nonfinite(self, buffer):
@@ -332,6 +349,7 @@ class Optimizer:
         ``rate`` overrides the schedule's learning rate (``pydarknet.schedule.learning_rate``); ``rng`` is used
         by ``policy=random`` only. On a gradient holding NaN/inf nothing is changed and the result says where.
         """
+        self._detach_device()
         params, touch = _params_array(params)
         _check_buffer("params", params, self.param_count, writable=True)
         _check_buffer("grad", grad, self.param_count, writable=False)
@@ -368,16 +386,85 @@ class Optimizer:
             touch()
         return StepResult(iteration, float(rate), norm, False, None, ema_action)
 
+    # Rules of the device update (csrc/core/cuda_optimizer.h OptimizerSegment) and its buffers (CudaOptimizer).
     _DEVICE_RULES = {"plain": 0, "decay": 1, "shortcut": 2}
+    _ADAM, _ADAM_PENDING, _ACCUMULATE, _ACCUMULATE_ADAM = 3, 4, 5, 6
+    _VELOCITY, _ADAM_M, _ADAM_V, _PENDING, _EMA = 0, 1, 2, 3, 4
+
+    def _attach_device(self, network):
+        """The device optimizer state for ``network``'s GPU, created from the host arrays at the first use."""
+        from pydarknet.core.network import _core
+
+        index = int(network.device.split(":")[1])
+        if self._device is not None and self._device_index == index:
+            return self._device
+        self._detach_device()
+        device = _core.CudaOptimizer(index, self.param_count)
+        self._device, self._device_index = device, index
+        self._push_device()
+        if self.ema is not None:
+            self.ema._before_read = self.sync_host
+        return device
+
+    def _push_device(self):
+        """Host arrays -> device buffers (at attach and after load_state_dict)."""
+        device = self._device
+        device.upload(self._VELOCITY, self.velocity)
+        if self.adam:
+            device.upload(self._ADAM_M, self.adam_m)
+            device.upload(self._ADAM_V, self.adam_v)
+            self._device_pending = self.adam_pending is not None
+            if self._device_pending:
+                device.upload(self._PENDING, self.adam_pending)
+        if self.ema is not None:
+            device.upload(self._EMA, self.ema.values)
+        self._host_stale = False
+
+    def sync_host(self):
+        """Bring the host arrays (velocity, Adam moments and pending gradients, EMA averages) up to date with the
+        device buffers after device steps; a no-op when they already are (or nothing ran on a device)."""
+        if self._device is None or not self._host_stale:
+            return
+        device = self._device
+        self.velocity[...] = device.download(self._VELOCITY)
+        if self.adam:
+            self.adam_m[...] = device.download(self._ADAM_M)
+            self.adam_v[...] = device.download(self._ADAM_V)
+            self.adam_pending = device.download(self._PENDING) if self._device_pending else None
+        if self.ema is not None:
+            self.ema.values[...] = device.download(self._EMA)
+        self._host_stale = False
+
+    def _detach_device(self):
+        """Back to the host arrays as the only state (a host step after device steps)."""
+        if self._device is None:
+            return
+        self.sync_host()
+        self._device = self._device_index = None
+        if self.ema is not None:
+            self.ema._before_read = None
+
+    def save_device_params(self, network):
+        """Keep a device copy of ``network``'s parameters (before the training forward pass moves the batch-norm
+        rolling statistics), for restore_device_params: one device-to-device copy."""
+        network._sync_device()
+        self._attach_device(network).save_params(network._cuda)
+
+    def restore_device_params(self, network):
+        """Put back the parameters save_device_params kept (an iteration whose update is skipped)."""
+        self._attach_device(network).restore_params(network._cuda)
+        network._device_params_changed()
 
     def step_device(self, network, iteration, *, rate=None, rng=None):
-        """The SGD update of step() run on the GPU of ``network`` (a pydarknet Network on a CUDA device) with the
-        gradients where backward left them: one kernel over the flat buffers, Darknet's order and rounding.
+        """step() run on the GPU of ``network`` (a pydarknet Network on a CUDA device) with the gradients where
+        backward left them: every rule of step() (SGD, Adam, layer rates, frozen layers, dont_update /
+        burnin_update accumulation, clip, shortcut clamp) in one kernel over the flat device buffers, then the EMA
+        in a second, each operation rounded as the host rounds it.
 
-        This first version keeps the host parameters and ``velocity`` as the reference (both are sent to the
-        device and written back, so checkpoints and resume are those of step()); the non-finite check runs on the
-        device, the gradient norm of the result on a host copy of the gradients. Adam, EMA, ``clip``,
-        ``dont_update`` and ``burnin_update`` are not on the device yet: a DeviceError says which.
+        Parameters, gradients and the optimizer's buffers stay in device memory; the network's host buffer is
+        brought up to date when read (see pydarknet.core.network) and the optimizer's by sync_host(). The
+        non-finite check and the gradient norm (float64, chunks in a fixed order) run on the device; only when a
+        value is not finite is the gradient copied to the host, to name the layer and tensor.
         """
         cuda = getattr(network, "_cuda", None)
         if cuda is None:
@@ -387,40 +474,75 @@ class Optimizer:
         iteration = int(iteration)
         if iteration < 1:
             raise ValueError(f"iteration counts from 1 (the update closing the first iteration), got {iteration}")
-        if self.adam or self.ema is not None:
-            raise DeviceError("the device optimizer runs SGD only for now (this cfg sets adam=1 or ema_alpha)")
-        for rule in self.layer_rules.values():
-            if rule.never:
-                continue
-            if rule.clip or self._skips(rule, iteration):
-                raise DeviceError(
-                    f"layer {rule.index}: clip, dont_update and burnin_update are not in the device optimizer yet"
-                )
-        grad = cuda.grads
-        norm = gradient_norm(grad)
-        if cuda.first_nonfinite_grad() >= 0:
-            return StepResult(iteration, None, norm, True, self.first_nonfinite(grad))
+        device = self._attach_device(network)
+        network._sync_device()
+        first, squares = device.check_grads(cuda)
+        norm = math.sqrt(squares) if squares >= 0 else squares
+        if first >= 0:
+            return StepResult(iteration, None, norm, True, self.first_nonfinite(cuda.grads))
         if rate is None:
             rate = learning_rate(iteration, self.desc, rng)
         rate = _f32(rate)
         batch = _f32(self.batch)
         decay_coef = _f32(-self.decay * batch)
-        starts, stops, rules, steps = [], [], [], []
+        pending = self._device_pending
+        starts, stops, rules, steps, clips = [], [], [], [], []
         for slot in self.slots:
             rule = self.layer_rules[slot.layer]
             if rule.never:
                 continue
+            step, clip = _f32(0.0), _f32(0.0)
+            if self._skips(rule, iteration):
+                code = self._ACCUMULATE_ADAM if slot.adam else self._ACCUMULATE
+                pending = pending or slot.adam  # the host allocates adam_pending here, seen by later slots
+            else:
+                layer_rate = _f32(rate * rule.lr_scale)
+                if slot.adam:
+                    code, step = (self._ADAM_PENDING if pending else self._ADAM), layer_rate
+                else:
+                    code, step = self._DEVICE_RULES[slot.rule], _f32(layer_rate / batch)
+                if rule.clip and rule.weights is not None and rule.weights.start == slot.start:
+                    clip = rule.clip
             starts.append(slot.start)
             stops.append(slot.stop)
-            rules.append(self._DEVICE_RULES[slot.rule])
-            steps.append(float(_f32(_f32(rate * rule.lr_scale) / batch)))
-        params, touch = _params_array(network)
-        cuda.velocity = self.velocity
-        cuda.sgd_step(starts, stops, rules, steps, float(decay_coef), float(self.momentum), params)
-        self.velocity[...] = cuda.velocity
-        if touch:
-            touch()
-        return StepResult(iteration, float(rate), norm, False, None, None)
+            rules.append(code)
+            steps.append(float(step))
+            clips.append(float(clip))
+        one = _f32(1.0)
+        t = _f32(iteration)
+        scalars = [
+            decay_coef,
+            self.momentum,
+            self.B1,
+            self.B2,
+            self.eps,
+            _f32(one - self.B1),
+            _f32(one - self.B2),
+            _f32(one - np.power(self.B1, t)),
+            _f32(one - np.power(self.B2, t)),
+        ]
+        device.step(cuda, starts, stops, rules, steps, clips, [float(v) for v in scalars])
+        self._device_pending = pending
+        self._host_stale = True
+        network._device_params_changed()
+        return StepResult(iteration, float(rate), norm, False, None, self._ema_device(network, iteration))
+
+    def _ema_device(self, network, iteration):
+        """WeightEMA.after_update on the device buffers: the same decisions, the kernel doing the arithmetic."""
+        ema = self.ema
+        if ema is None or not ema.alpha or iteration < ema.start:
+            return None
+        init = not ema.initialized
+        ema.initialized = True
+        if iteration == ema.apply_at:
+            action, name = 2, "apply"
+        elif iteration < ema.apply_at:
+            action, name = 1, "update"
+        else:
+            action, name = 0, None
+        ranges = [(s.start, s.stop) for s in ema.slices]
+        self._device.ema(network._cuda, ranges, init, action, float(ema.alpha), float(_f32(_f32(1.0) - ema.alpha)))
+        return name
 
     def _accumulate(self, slot, s, grad):
         if slot.adam:
@@ -460,6 +582,7 @@ class Optimizer:
     # ----- state --------------------------------------------------------------------------------------------
     def state_dict(self):
         """Copies of every buffer needed to continue bit-exactly (momentum, Adam moments, EMA)."""
+        self.sync_host()
         state = {"kind": "adam" if self.adam else "sgd", "velocity": self.velocity.copy()}
         if self.adam:
             state["adam_m"] = self.adam_m.copy()
@@ -494,3 +617,5 @@ class Optimizer:
             self.adam_pending = None if pending is None else np.array(pending, dtype=np.float32, copy=True)
         if self.ema is not None:
             self.ema.load_state_dict(state)
+        if self._device is not None:
+            self._push_device()

@@ -30,6 +30,16 @@ Under ``mpirun -n N`` (or ``srun``) the run is data-parallel (:mod:`pydarknet.tr
 loads its shard of every global batch, the gradients are summed over the ranks before the update, batch-norm
 statistics are synchronized (``sync_bn``), every rank takes the same non-finite decision, and only rank 0
 writes results.csv, chart.png and the weights, and runs ``--map``.
+
+With ``device="cuda"`` the forward and backward passes and the update run on the GPU, with the parameters,
+gradients and the optimizer's buffers kept in device memory across iterations (the host copies are brought up to
+date only to write a checkpoint, evaluate ``--map``, or end the run; see pydarknet.core.network and
+``Optimizer.step_device``). The ``[yolo]`` loss runs on the device too (``device_yolo_loss``): the heads' outputs
+never come to the host, only the truths go up and a few sums come back (``Trainer._head_losses`` is the one place
+that chooses the loss). A multi-scale size change moves the parameters through the host buffer once (down from
+the previous size's network, up to the new one's). Data-parallel runs on GPUs sum the gradients with NCCL or
+through a host copy (pydarknet.train.distributed.GradientExchange), and synchronized batch-norm hands the device
+batch-norm's per-channel sums to the same reducer as on the CPU.
 """
 
 from __future__ import annotations
@@ -64,7 +74,7 @@ from pydarknet.train.distributed import (
 )
 from pydarknet.train.optim import Optimizer
 from pydarknet.train.schedule import images_per_iteration, learning_rate
-from pydarknet.train.yolo_loss import cost_from_terms, yolo_loss
+from pydarknet.train.yolo_loss import cost_from_terms, device_yolo_loss, yolo_loss
 from pydarknet.utils.atomic import atomic_write_text, remove_stale_temporaries
 
 RESULTS_HEADER = [
@@ -268,11 +278,6 @@ class Trainer:
 
         self.options = o = options or TrainOptions()
         self.comm = comm if comm is not None else Communicator.create(timeout=o.dist_timeout)
-        if str(o.device).split(":")[0] != "cpu":
-            raise TrainingError(
-                f"training runs on the CPU for now (device={o.device!r}): the train command does not use the "
-                f"CUDA training passes yet (the loss, Adam/EMA and several layer types are not on the GPU)"
-            )
         self.cfg = str(cfg)
         self.log = log or (lambda line: None if o.quiet else print(line, flush=True))
         if not self.comm.is_root:
@@ -321,6 +326,9 @@ class Trainer:
             device = device_for_rank(device, _core.cuda_device_count())  # one GPU per rank of a machine
         self.net = pydarknet.Network(desc, device=device, seed=0 if o.seed is None else o.seed)
         self.net.names = list(self.dataset.names)
+        self.on_device = self.net.device != "cpu"
+        if self.on_device:
+            self.net._check_trainable()  # a layer without device training passes is named now, not mid-run
         self.desc = desc
         self.optimizer = Optimizer(self.net)
         self.state = ckpt.TrainState()
@@ -469,10 +477,33 @@ class Trainer:
             out = net.train_output(i)
             if not _finite(out):
                 return f"layer {i} [{net.desc.layers[i].type}] (cfg line {net.desc.layers[i].line}) output"
-        where = self.optimizer.first_nonfinite(self.net.grads)
+        where = self.optimizer.first_nonfinite(net.grads)
         if where is not None:
             return f"gradient of {where}"
         return "the loss"
+
+    def _head_losses(self, net, outputs, truths, width, height):
+        """The [yolo] loss of one forward pass: ``([(head, loss, cost_terms)], grads)`` with ``grads`` what
+        ``_backward`` needs ({head: dLoss/dInput} as host arrays for the numpy loss; the device loss leaves the
+        gradients in the device buffers and returns None). The one place that chooses how the loss is computed."""
+        if self.on_device:
+            results = [(i, device_yolo_loss(net, i, truths, width, height)) for i in net.yolo_layers]
+            return [(i, r.loss, r.cost_terms) for i, r in results], None
+        losses, grads = [], {}
+        for i in net.yolo_layers:
+            r = yolo_loss(outputs[i], truths, net.desc.layers[i], width, height)
+            grads[i] = r.grad
+            losses.append((i, r.loss, r.cost_terms))
+        return losses, grads
+
+    @staticmethod
+    def _backward(net, grads):
+        """Backward after _head_losses from the gradients it returned. A device loss (gradients already in the
+        device buffers, ``grads`` None) switches here to the device-side backward entry."""
+        if grads is None:
+            net.backward_device()
+        else:
+            net.backward(grads)
 
     # ----- one iteration ------------------------------------------------------------------------------------
     def step(self):
@@ -482,11 +513,15 @@ class Trainer:
         width, height = self.loader.input_size(it)
         net = self._net_at(width, height)
         images, truths = self.loader.batch(it, width, height)
-        heads = net.yolo_layers
         loss = 0.0
         problem = None
-        self.net.zero_grads()
-        rolling_before = self.net.flat_params[self._rolling]
+        if self.on_device:
+            # The device keeps its parameters; a copy (device to device) puts the rolling statistics back on a skip.
+            net.zero_grads()
+            self.optimizer.save_device_params(net)
+        else:
+            self.net.zero_grads()
+            rolling_before = self.net.flat_params[self._rolling]
         comm = self.comm
         lm = self.local_mini_batch
         terms = []  # each head's cost terms per forward pass: the cost of the global mini-batch is built from them
@@ -494,14 +529,17 @@ class Trainer:
         try:
             for s in range(self.subdivisions):
                 part = slice(s * lm, (s + 1) * lm)
-                outputs = net.forward_train(images[part], seed=self.seed, iteration=it * self.subdivisions + s)
-                grads = {}
-                for i in heads:
-                    r = yolo_loss(outputs[i], truths[part], net.desc.layers[i], width, height)
-                    grads[i] = r.grad
-                    loss += r.loss
-                    terms.append(r.cost_terms)
-                bad = not (math.isfinite(loss) and all(_finite(g) for g in grads.values()))
+                outputs = net.forward_train(
+                    images[part],
+                    seed=self.seed,
+                    iteration=it * self.subdivisions + s,
+                    copy_outputs=not self.on_device,  # the device loss reads the heads where they are
+                )
+                losses, grads = self._head_losses(net, outputs, truths[part], width, height)
+                for _, head_loss, cost_terms in losses:
+                    loss += head_loss
+                    terms.append(cost_terms)
+                bad = not (math.isfinite(loss) and all(_finite(g) for g in (grads or {}).values()))
                 # Every rank stops at the same subdivision: synchronized batch-norm needs all of them in backward.
                 bad_ranks = comm.any(bad, f"checking the losses of iteration {it + 1}") if comm.distributed else []
                 if bad or bad_ranks:
@@ -518,7 +556,7 @@ class Trainer:
                             for where, ranks in places.items()
                         )
                     break
-                net.backward(grads)
+                self._backward(net, grads)
         finally:
             set_batch_norm_reducer(None)
         if comm.distributed:
@@ -530,12 +568,19 @@ class Trainer:
         rate = float(learning_rate(it + 1, self.desc))
         skipped = problem is not None
         if not skipped:
-            result = self.optimizer.step(self.net.flat_params, self.net.grads, it + 1, rate=rate)
+            if self.on_device:
+                result = self.optimizer.step_device(net, it + 1, rate=rate)
+            else:
+                result = self.optimizer.step(self.net.flat_params, self.net.grads, it + 1, rate=rate)
             if result.skipped:
                 skipped, problem = True, f"gradient of {result.nonfinite}"
-        if skipped:
-            self.net.flat_params[self._rolling] = rolling_before
-        self.net.touch_params()
+        if self.on_device:
+            if skipped:
+                self.optimizer.restore_device_params(net)
+        else:
+            if skipped:
+                self.net.flat_params[self._rolling] = rolling_before
+            self.net.touch_params()
         if skipped:
             self._nonfinite_run += 1
             self.log(
@@ -648,7 +693,9 @@ class Trainer:
                     )
                 write_row(entry)
                 written = entry.iteration
-                self.checkpoints.after_iteration(self.net.flat_params, self.state, self.optimizer)
+                # On a GPU the parameters come down only for an iteration that writes a checkpoint.
+                if not self.on_device or self.checkpoints.plan(entry.iteration):
+                    self.checkpoints.after_iteration(self.net.flat_params, self.state, self.optimizer)
                 if entry.iteration % max(1, o.chart_every) == 0:
                     self.draw_chart()
         except KeyboardInterrupt:
