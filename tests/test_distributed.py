@@ -402,7 +402,8 @@ def test_two_gpu_ranks_sum_their_gradients_like_two_cpu_ranks(tiny, tmp_path):
     # the maxpool windows (flat synthetic backgrounds), so a max-abs bound as for CPU ranks would not hold, and
     # the runs drift apart with each update (loss 2.4e-6 relative after 2 updates, 5.4e-5 after 3 measured).
     print(
-        f"2 GPU ranks vs 2 CPU ranks (synchronized batch-norm), 2 updates: normalized MSE {error:.3g} (training moved them {moved:.3g})"
+        f"2 GPU ranks vs 2 CPU ranks (synchronized batch-norm), 2 updates: normalized MSE {error:.3g} "
+        f"(training moved them {moved:.3g})"
     )
     assert moved > 1e-4 and error <= 1e-6
     np.testing.assert_allclose(_losses(tmp_path / "cuda"), _losses(tmp_path / "cpu"), rtol=1e-5)
