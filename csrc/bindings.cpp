@@ -595,6 +595,13 @@ PYBIND11_MODULE(_core, m) {
                 net.set_velocity(values.data());
             })
         .def("first_nonfinite_grad", [](SharedCudaNetwork& net) { return net.first_nonfinite_grad(); })
+        // Mixed precision: backward starts from the given gradients times loss_scale; scale_grads multiplies the
+        // device gradient buffer (the optimizer's unscale).
+        .def_property(
+            "loss_scale", [](SharedCudaNetwork& net) { return pd::locked(net, [&] { return net.loss_scale; }); },
+            [](SharedCudaNetwork& net, float scale) { pd::locked(net, [&] { net.loss_scale = scale; }); })
+        .def("scale_grads",
+             [](SharedCudaNetwork& net, float factor) { pd::locked(net, [&] { net.scale_grads(factor); }); })
         // Gradient exchange between processes: raw device addresses for a collective library (NCCL) that runs
         // on the same stream (a buffer summed on the host goes back with set_grads).
         .def_property_readonly("grads_pointer",

@@ -1,13 +1,15 @@
 // [connected] on the GPU: one thread per (image, output) computes its dot product in order, with the weights
 // batch-norm-folded as the CPU layer folds them; then bias and activation. Training (float32): the raw weights,
 // batch-norm on the batch statistics, and direct backward kernels (one thread per weight, per input value).
-// Simple rather than fast: none of the detection networks has this layer.
+// Simple rather than fast: none of the detection networks has this layer. Mixed precision (`op`, FP16/BF16) rounds
+// the multiplied operands of the training products to that type, sums in float32 (csrc/math/amp.h).
 #include <cstring>
 #include <vector>
 
 #include "cpu/ops.h"
 #include "cuda_layer.cuh"
 #include "math/activations.h"
+#include "math/amp.h"
 
 namespace pd {
 namespace {
@@ -28,6 +30,20 @@ __global__ void connected_kernel(const T* in, size_t in_stride, T* out, size_t o
 
 // ----- training (float32) -----
 
+// The training forward: W x + b with the raw weights, one thread per (image, output), operands rounded to `op`.
+__global__ void connected_train_forward_kernel(const float* in, float* out, int batch, int inputs, int outputs,
+                                               const float* weights, const float* bias, Precision op) {
+    const size_t total = (size_t)batch * outputs;
+    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
+        const size_t b = id / outputs, o = id % outputs;
+        const float* x = in + b * inputs;
+        const float* w = weights + o * inputs;
+        float sum = 0.f;
+        for (int i = 0; i < inputs; ++i) sum = fmaf(round_to(op, w[i]), round_to(op, x[i]), sum);
+        out[id] = sum + bias[o];
+    }
+}
+
 // Backward: dLoss/dbias, one thread per output, summed over the images in double (the CPU's order).
 __global__ void connected_bias_grad_kernel(const float* grad, float* grad_biases, int batch, int outputs) {
     for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < outputs; o += gridDim.x * blockDim.x) {
@@ -39,25 +55,26 @@ __global__ void connected_bias_grad_kernel(const float* grad, float* grad_biases
 
 // dLoss/dW[o][i] += g[b][o] * x[b][i] image after image, one thread per weight (the CPU's rank-1 updates).
 __global__ void connected_weight_grad_kernel(const float* grad, const float* input, float* grad_weights, int batch,
-                                             int inputs, int outputs) {
+                                             int inputs, int outputs, Precision op) {
     const size_t total = (size_t)outputs * inputs;
     for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
         const size_t o = id / inputs, i = id % inputs;
         float sum = grad_weights[id];
-        for (int b = 0; b < batch; ++b) sum += grad[(size_t)b * outputs + o] * input[(size_t)b * inputs + i];
+        for (int b = 0; b < batch; ++b)
+            sum += round_to(op, grad[(size_t)b * outputs + o]) * round_to(op, input[(size_t)b * inputs + i]);
         grad_weights[id] = sum;
     }
 }
 
 // dLoss/dx[b][i] += sum over outputs of g[b][o] * W[o][i], one thread per input value.
 __global__ void connected_input_grad_kernel(const float* grad, const float* weights, float* in_grad, int batch,
-                                            int inputs, int outputs) {
+                                            int inputs, int outputs, Precision op) {
     const size_t total = (size_t)batch * inputs;
     for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
         const size_t b = id / inputs, i = id % inputs;
         const float* g = grad + b * outputs;
         float sum = 0.f;
-        for (int o = 0; o < outputs; ++o) sum += g[o] * weights[(size_t)o * inputs + i];
+        for (int o = 0; o < outputs; ++o) sum += round_to(op, g[o]) * round_to(op, weights[(size_t)o * inputs + i]);
         in_grad[id] += sum;
     }
 }
@@ -116,9 +133,9 @@ public:
             zero_biases_.resize(outputs);
             PD_CUDA_CHECK(cudaMemsetAsync(zero_biases_.data(), 0, outputs * sizeof(float), ctx.stream));
         }
-        PD_LAUNCH(grid_for(total, 128), 128, 0, ctx.stream, connected_kernel<float>)(
-            ctx.input.as<float>(), inputs, ctx.output.as<float>(), outputs, ctx.batch, inputs, outputs,
-            ctx.params + spec.tensor("weights").offset, bn ? zero_biases_.data() : biases, (int)LINEAR);
+        PD_LAUNCH(grid_for(total, 128), 128, 0, ctx.stream, connected_train_forward_kernel)(
+            ctx.input.as<float>(), ctx.output.as<float>(), ctx.batch, inputs, outputs,
+            ctx.params + spec.tensor("weights").offset, bn ? zero_biases_.data() : biases, ctx.operands);
         PD_CUDA_CHECK_LAUNCH();
         if (bn) {
             PD_CHECK(ctx.batch > 1, "layer ", spec.index,
@@ -158,12 +175,12 @@ public:
         const float* weights = ctx.params + spec.tensor("weights").offset;
         if (ctx.weight_grads) {
             PD_LAUNCH(grid_for((size_t)outputs * inputs, 128), 128, 0, ctx.stream, connected_weight_grad_kernel)(
-                grad, ctx.input, ctx.grads + spec.tensor("weights").offset, ctx.batch, inputs, outputs);
+                grad, ctx.input, ctx.grads + spec.tensor("weights").offset, ctx.batch, inputs, outputs, ctx.operands);
             PD_CUDA_CHECK_LAUNCH();
         }
         if (!ctx.input_grad) return;
         PD_LAUNCH(grid_for((size_t)ctx.batch * inputs, 128), 128, 0, ctx.stream, connected_input_grad_kernel)(
-            grad, weights, ctx.input_grad, ctx.batch, inputs, outputs);
+            grad, weights, ctx.input_grad, ctx.batch, inputs, outputs, ctx.operands);
         PD_CUDA_CHECK_LAUNCH();
     }
 

@@ -31,6 +31,7 @@
 #include "cpu/ops.h"
 #include "cuda_layer.cuh"
 #include "math/activations.h"
+#include "math/amp.h"
 
 namespace pd {
 namespace {
@@ -355,6 +356,9 @@ void launch_reduce(const ConvParams<T, W>& p, int splits, cudaStream_t stream) {
 // ----- the layer ---------------------------------------------------------------------------------------------
 
 // ----- training (float32, direct kernels: correctness first, see cuda/NOTES.md) -----------------------------
+// Mixed precision (`op`, FP16/BF16): every multiplied operand (input, weight, output gradient) is rounded to that
+// type and the sums stay float32, as a tensor-core GEMM with float32 accumulation computes them; the product of
+// two rounded values is exact in float32, so a fused multiply-add changes nothing.
 
 // The geometry every training kernel needs.
 struct TrainGeometry {
@@ -366,7 +370,8 @@ struct TrainGeometry {
 // The training forward, one thread per output value: bias plus the window's products, the sum before the
 // activation kept in `pre` when the activation's gradient needs it.
 __global__ void conv_train_forward_kernel(TrainGeometry g, const float* input, const float* weights,
-                                          const float* biases, float* output, float* pre, int activation) {
+                                          const float* biases, float* output, float* pre, int activation,
+                                          Precision op) {
     const size_t out_plane = (size_t)g.out_h * g.out_w, total = out_plane * g.filters * g.batch;
     const int gi = g.group_in();
     for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
@@ -383,7 +388,7 @@ __global__ void conv_train_forward_kernel(TrainGeometry g, const float* input, c
                 for (int kx = 0; kx < g.size; ++kx) {
                     const int x = ox * g.stride_x - g.pad + kx * g.dilation;
                     if (x < 0 || x >= g.in_w) continue;
-                    sum += w[(c * g.size + ky) * g.size + kx] * plane[y * g.in_w + x];
+                    sum += round_to(op, w[(c * g.size + ky) * g.size + kx]) * round_to(op, plane[y * g.in_w + x]);
                 }
             }
         }
@@ -407,7 +412,8 @@ __global__ void conv_bias_grad_kernel(TrainGeometry g, const float* grad, float*
 }
 
 // dLoss/dW, one thread per weight (f, c, ky, kx): the output gradient times the input value the weight met.
-__global__ void conv_weight_grad_kernel(TrainGeometry g, const float* input, const float* grad, float* grad_weights) {
+__global__ void conv_weight_grad_kernel(TrainGeometry g, const float* input, const float* grad, float* grad_weights,
+                                        Precision op) {
     const int gi = g.group_in(), taps = g.size * g.size;
     const size_t total = (size_t)g.filters * gi * taps, out_plane = (size_t)g.out_h * g.out_w;
     for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
@@ -424,7 +430,7 @@ __global__ void conv_weight_grad_kernel(TrainGeometry g, const float* input, con
                 for (int ox = 0; ox < g.out_w; ++ox) {
                     const int x = ox * g.stride_x - g.pad + kx * g.dilation;
                     if (x < 0 || x >= g.in_w) continue;
-                    sum += gp[oy * g.out_w + ox] * plane[y * g.in_w + x];
+                    sum += round_to(op, gp[oy * g.out_w + ox]) * round_to(op, plane[y * g.in_w + x]);
                 }
             }
         }
@@ -433,7 +439,8 @@ __global__ void conv_weight_grad_kernel(TrainGeometry g, const float* input, con
 }
 
 // dLoss/dInput, one thread per input value: every (filter, tap) whose window reached it.
-__global__ void conv_input_grad_kernel(TrainGeometry g, const float* weights, const float* grad, float* in_grad) {
+__global__ void conv_input_grad_kernel(TrainGeometry g, const float* weights, const float* grad, float* in_grad,
+                                       Precision op) {
     const int gi = g.group_in(), go = g.group_out();
     const size_t in_plane = (size_t)g.in_h * g.in_w, total = in_plane * g.in_c * g.batch;
     const size_t out_plane = (size_t)g.out_h * g.out_w;
@@ -456,7 +463,7 @@ __global__ void conv_input_grad_kernel(TrainGeometry g, const float* weights, co
                     if (tx < 0 || tx % g.stride_x) continue;
                     const int ox = tx / g.stride_x;
                     if (ox >= g.out_w) continue;
-                    sum += w[ky * g.size + kx] * gp[oy * g.out_w + ox];
+                    sum += round_to(op, w[ky * g.size + kx]) * round_to(op, gp[oy * g.out_w + ox]);
                 }
             }
         }
@@ -590,7 +597,7 @@ public:
         const bool bn = p_.batch_norm();
         PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, conv_train_forward_kernel)(
             g, ctx.input.as<float>(), ctx.params + spec.tensor("weights").offset, bn ? zeros(ctx) : biases,
-            ctx.output.as<float>(), bn ? nullptr : pre, bn || !elementwise ? (int)LINEAR : activation);
+            ctx.output.as<float>(), bn ? nullptr : pre, bn || !elementwise ? (int)LINEAR : activation, ctx.operands);
         PD_CUDA_CHECK_LAUNCH();
         if (bn) {
             PD_CHECK(spatial * ctx.batch > 1, "layer ", spec.index,
@@ -634,13 +641,13 @@ public:
         if (ctx.weight_grads) {
             const size_t weights = spec.tensor("weights").size;
             PD_LAUNCH(grid_for(weights, 128), 128, 0, ctx.stream, conv_weight_grad_kernel)(
-                g, ctx.input, ctx.output_grad, ctx.grads + spec.tensor("weights").offset);
+                g, ctx.input, ctx.output_grad, ctx.grads + spec.tensor("weights").offset, ctx.operands);
             PD_CUDA_CHECK_LAUNCH();
         }
         if (ctx.input_grad) {
             const size_t total = (size_t)ctx.batch * spec.in.size();
             PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, conv_input_grad_kernel)(
-                g, ctx.params + spec.tensor("weights").offset, ctx.output_grad, ctx.input_grad);
+                g, ctx.params + spec.tensor("weights").offset, ctx.output_grad, ctx.input_grad, ctx.operands);
             PD_CUDA_CHECK_LAUNCH();
         }
     }

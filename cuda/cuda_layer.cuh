@@ -97,13 +97,16 @@ struct CudaContext {
     const LayerSpec& spec_of(int layer) const { return *(*specs)[layer]; }
 };
 
-// A forward pass in training mode (float32 only): the views are every layer's training output (contiguous, stride
+// A forward pass in training mode (float32 storage): the views are every layer's training output (contiguous, stride
 // out.size()); the parameters are the device copy of the flat buffer; random decisions are keyed like the CPU's.
 struct CudaTrainContext : CudaContext {
     float* params = nullptr;  // writable: batch-norm moves its rolling statistics
     float bn_epsilon = 1e-5f;
     unsigned long long seed = 0;
     long long iteration = 0;
+    // Mixed precision (csrc/math/amp.h): FP16/BF16 rounds the operands of the convolution and [connected]
+    // products to that type (sums in float32); everything else and all storage stay float32.
+    Precision operands = Precision::FP32;
 };
 
 // A backward pass through one layer on the device, as the CPU's BackwardContext (csrc/core/layer.h): layers add
@@ -119,6 +122,7 @@ struct CudaBackwardContext {
     bool weight_grads = true;
     unsigned long long seed = 0;
     long long iteration = 0;
+    Precision operands = Precision::FP32;               // as CudaTrainContext::operands
     const std::vector<float*>* outputs = nullptr;       // every layer's training output
     const std::vector<float*>* grad_buffers = nullptr;  // every layer's output gradient (null: none flows there)
     const std::vector<const LayerSpec*>* specs = nullptr;
@@ -195,6 +199,8 @@ void launch_sgd(float* params, const float* grads, float* velocity, const SgdSeg
                 float decay_coef, float momentum, cudaStream_t stream);
 // The index of the first NaN or infinity among n values, or -1 (waits for the stream).
 long long launch_first_nonfinite(const float* values, size_t n, cudaStream_t stream);
+// values[i] *= factor for n values (mixed precision's loss scaling).
+void launch_scale(float* values, size_t n, float factor, cudaStream_t stream);
 
 // The window pool of [maxpool] and [local_avgpool] (maxpool_kernels.cu): the maximum or the in-image average of
 // each window, one thread per output value.

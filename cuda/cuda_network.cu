@@ -475,8 +475,6 @@ std::vector<std::pair<int, std::string>> CudaNetwork::untrainable_layers() const
 void CudaNetwork::forward_train(const float* input, int batch, unsigned long long seed, long long iteration) {
     PD_CHECK(batch >= 1, "batch must be at least 1");
     Impl& m = *impl_;
-    PD_CHECK(m.precision == Precision::FP32, "training on the GPU runs in float32 only (this network is ",
-             m.precision == Precision::FP16 ? "fp16" : "bf16", ")");
     for (const auto& bad : untrainable_layers())
         PD_CHECK(false, "layer ", bad.first, " (", m.specs[bad.first]->type, ") cannot train on the GPU: ", bad.second);
     DeviceScope scope(m.device);
@@ -511,6 +509,7 @@ void CudaNetwork::forward_train(const float* input, int batch, unsigned long lon
     ctx.bn_epsilon = m.host.bn_epsilon;
     ctx.seed = seed;
     ctx.iteration = iteration;
+    ctx.operands = m.precision;  // fp16/bf16 networks train in mixed precision (storage stays float32)
     for (int i = 0; i < n; ++i) {
         ctx.input = i == 0 ? DeviceView{m.train_input.data(), m.host.input_shape().size()} : m.train_views[i - 1];
         ctx.output = m.train_views[i];
@@ -554,8 +553,13 @@ void CudaNetwork::backward(const std::vector<std::pair<int, const float*>>& outp
         m.d_input_grad.resize(in_count);
         PD_CUDA_CHECK(cudaMemsetAsync(m.d_input_grad.data(), 0, in_count * sizeof(float), m.stream));
     }
+    // Loss scaling (mixed precision): the gradients backward starts from, times loss_scale.
+    if (loss_scale != 1.f)
+        for (int i = stop + 1; i < n; ++i)
+            if (reached[i]) launch_scale(m.grad_ptr[i], (size_t)batch * m.specs[i]->out.size(), loss_scale, m.stream);
     CudaBackwardContext ctx;
     ctx.batch = batch;
+    ctx.operands = m.precision;
     ctx.params = m.d_params.data();
     ctx.grads = m.d_grads.data();
     ctx.seed = m.train_seed;
@@ -807,6 +811,18 @@ YoloLossSums CudaNetwork::yolo_loss(int layer, const YoloLossSetup& setup, const
                                                spec.out.w, truths, classes, counts, max_truths, m.stream);
     m.device_seeded[layer] = 1;
     return sums;
+}
+
+}  // namespace pd
+
+namespace pd {
+
+void CudaNetwork::scale_grads(float factor) {
+    Impl& m = *impl_;
+    DeviceScope scope(m.device);
+    m.ensure_grads();
+    launch_scale(m.d_grads.data(), m.d_grads.size(), factor, m.stream);
+    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
 }
 
 }  // namespace pd

@@ -136,4 +136,16 @@ long long launch_first_nonfinite(const float* values, size_t n, cudaStream_t str
     return -1;
 }
 
+// values[i] *= factor (loss scaling: a power of two, exact unless the product overflows or underflows).
+static __global__ void loss_scale_kernel(float* values, size_t n, float factor) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        values[i] *= factor;
+}
+
+void launch_scale(float* values, size_t n, float factor, cudaStream_t stream) {
+    if (n == 0) return;
+    PD_LAUNCH(grid_for(n, 256), 256, 0, stream, loss_scale_kernel)(values, n, factor);
+    PD_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace pd

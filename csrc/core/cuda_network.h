@@ -101,7 +101,7 @@ public:
     // that the guard check catches it).
     int guard_region_count() const;
     void damage_guard_region(int region);
-    // ----- training (float32 networks; cuda/NOTES.md lists the layer types) ------------------------------------
+    // ----- training (float32 storage; fp16/bf16 networks in mixed precision; cuda/NOTES.md lists the layers) -----
     // The host network's parameters are the reference: forward_train uploads them, sgd_step writes them back.
     // (layer, why) for every layer that cannot train on the device.
     std::vector<std::pair<int, std::string>> untrainable_layers() const;
@@ -145,6 +145,11 @@ public:
     float* train_grads();        // the device gradient buffer (zeroed at first use)
     void sync_params();          // upload the host parameters if they changed since the last upload
     void mark_params_current();  // the host buffer now equals the device copy: no upload needed
+
+    // Mixed precision (fp16/bf16 networks, cuda/NOTES.md): backward multiplies the gradients it starts from by
+    // loss_scale; scale_grads multiplies the device gradient buffer (to unscale before the update).
+    float loss_scale = 1.f;
+    void scale_grads(float factor);
 
     // Capture the layers once per plan in a CUDA graph and replay it (cuts launch overhead at small batch).
     bool use_graph = false;

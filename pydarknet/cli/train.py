@@ -95,6 +95,7 @@ def _train(args, comm):
         seed=args.seed,
         workers=args.workers,
         device=args.device,
+        precision=args.precision,
         clear=args.clear,
         map=args.map,
         map_every=args.map_every,
@@ -240,8 +241,15 @@ def add_parsers(sub):
     t.add_argument(
         "--device",
         default="cpu",
-        help="cpu, cuda or cuda:N: where the forward/backward passes and the update run (default cpu; on a GPU "
-        "in float32, the [yolo] loss on the host)",
+        help="cpu, cuda or cuda:N: where the forward/backward passes, the [yolo] loss and the update run (default cpu)",
+    )
+    t.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16"],
+        help="with --device cuda: fp16 or bf16 mixed precision (the convolution and [connected] operands rounded "
+        "to that type, float32 sums, storage, batch-norm and update; fp16 with dynamic loss scaling). These "
+        "training kernels are not tensor-core kernels yet: no speed-up, no memory saving (default fp32)",
     )
     t.add_argument("--clear", action="store_true", help="reset the iteration counter of WEIGHTS (Darknet's -clear)")
     t.add_argument("--map", action="store_true", help="compute mAP@0.5 on the valid list and keep _best.weights")

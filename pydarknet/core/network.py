@@ -406,15 +406,31 @@ class Network:
         other.names = getattr(self, "names", None)
         return other
 
+    @property
+    def loss_scale(self) -> float:
+        """Mixed-precision loss scaling (CUDA networks): backward starts from the given (or device-loss) gradients
+        times this factor, so the parameter gradients come out scaled by it too (see scale_grads). 1 on the CPU."""
+        return 1.0 if self._cuda is None else float(self._cuda.loss_scale)
+
+    @loss_scale.setter
+    def loss_scale(self, scale: float) -> None:
+        if self._cuda is None:
+            if float(scale) != 1.0:
+                raise DeviceError("loss scaling is for mixed-precision training on a CUDA device")
+            return
+        self._cuda.loss_scale = float(scale)
+
+    def scale_grads(self, factor: float) -> None:
+        """Multiply the device gradient buffer by ``factor`` (unscaling before the update; CUDA networks)."""
+        if self._cuda is None:
+            raise DeviceError("scale_grads needs a network on a CUDA device")
+        self._cuda.scale_grads(float(factor))
+
     def _check_trainable(self):
         """Refuse, naming the cfg line, the layer options that have no training implementation, and on a GPU the
-        precisions and layers whose training passes have no CUDA kernels yet (see cuda/NOTES.md)."""
+        layers whose training passes have no CUDA kernels yet (see cuda/NOTES.md). An fp16/bf16 network on a GPU
+        trains in mixed precision: float32 storage, the convolution and [connected] operands rounded to its type."""
         if self._cuda is not None:
-            if self.precision != "fp32":
-                raise DeviceError(
-                    f"training on {self.device} runs in fp32 only for now (this network is {self.precision}); "
-                    f"load it with precision='fp32' or device='cpu'"
-                )
             missing = self._cuda.untrainable_layers()
             if missing:
                 index, why = missing[0]

@@ -619,3 +619,59 @@ class Optimizer:
             self.ema.load_state_dict(state)
         if self._device is not None:
             self._push_device()
+
+
+class LossScaler:
+    """Dynamic loss scaling for fp16 mixed-precision training, with PyTorch GradScaler's documented defaults.
+
+    backward starts from the loss gradient times ``scale`` (Network.loss_scale), so small gradients survive the
+    fp16 rounding of the products' operands; ``unscale`` multiplies the summed gradient by 1 / scale once, before
+    the update. A non-finite gradient is the scaler's normal signal, not a failure: the update is skipped and the
+    scale multiplied by ``backoff``; after ``growth_interval`` finite updates in a row it is multiplied by
+    ``growth``. The scale is a power of two, so scaling and unscaling are exact where they neither overflow nor
+    underflow. bf16 has float32's range and needs none (its scaler stays at 1 and is not used).
+    """
+
+    def __init__(
+        self, scale: float = 2.0**16, growth: float = 2.0, backoff: float = 0.5, growth_interval: int = 2000
+    ) -> None:
+        if not (scale > 0 and math.isfinite(scale)) or growth <= 1 or not 0 < backoff < 1 or growth_interval < 1:
+            raise ValueError(
+                f"LossScaler needs scale > 0, growth > 1, 0 < backoff < 1 and growth_interval >= 1; got "
+                f"{scale}, {growth}, {backoff}, {growth_interval}"
+            )
+        self.scale = float(scale)
+        self.growth = float(growth)
+        self.backoff = float(backoff)
+        self.growth_interval = int(growth_interval)
+        self.good_steps = 0  # finite updates since the last change of the scale
+
+    def apply(self, network) -> None:
+        """Make ``network``'s next backward start from gradients times the current scale."""
+        network.loss_scale = self.scale
+
+    def unscale(self, network) -> None:
+        """Multiply ``network``'s device gradient buffer by 1 / scale (once per update, before it)."""
+        network.scale_grads(1.0 / self.scale)
+
+    def update(self, finite: bool) -> bool:
+        """Record one update's outcome; returns True when the scale changed."""
+        if not finite:
+            self.scale *= self.backoff
+            self.good_steps = 0
+            return True
+        self.good_steps += 1
+        if self.good_steps >= self.growth_interval:
+            grown = self.scale * self.growth
+            self.good_steps = 0
+            if math.isfinite(np.float32(grown)):
+                self.scale = grown
+                return True
+        return False
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "good_steps": self.good_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale = float(state["scale"])
+        self.good_steps = int(state["good_steps"])

@@ -72,7 +72,7 @@ from pydarknet.train.distributed import (
     shard_sizes_text,
     shard_slots,
 )
-from pydarknet.train.optim import Optimizer
+from pydarknet.train.optim import LossScaler, Optimizer
 from pydarknet.train.schedule import images_per_iteration, learning_rate
 from pydarknet.train.yolo_loss import cost_from_terms, device_yolo_loss, yolo_loss
 from pydarknet.utils.atomic import atomic_write_text, remove_stale_temporaries
@@ -102,6 +102,10 @@ class TrainOptions:
     seed: Optional[int] = None  # default: the resumed run's seed, else 0
     workers: int = 0  # loader processes (0: load in this process)
     device: str = "cpu"
+    # Mixed precision on a CUDA device (cuda/NOTES.md): "fp16" (with dynamic loss scaling) or "bf16" round the
+    # convolution and [connected] operands to that type; storage, batch-norm, loss and update stay float32.
+    precision: str = "fp32"
+    loss_scale_growth_interval: int = 2000  # fp16: finite updates in a row before the loss scale doubles
     clear: bool = False  # Darknet's -clear: start counting iterations from 0
     map: bool = False  # evaluate on the valid list and keep _best.weights
     map_every: Optional[int] = None  # iterations between evaluations (default as Darknet: max(100, 4 epochs))
@@ -324,7 +328,17 @@ class Trainer:
             from pydarknet import _core
 
             device = device_for_rank(device, _core.cuda_device_count())  # one GPU per rank of a machine
-        self.net = pydarknet.Network(desc, device=device, seed=0 if o.seed is None else o.seed)
+        precision = str(o.precision).strip().lower()
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise UsageError(f"unknown training precision {o.precision!r}; use fp32, fp16 or bf16")
+        if precision != "fp32" and not str(device).startswith("cuda"):
+            raise UsageError(
+                f"precision {precision} (mixed-precision training) needs a CUDA device (--device cuda); the CPU "
+                f"trains in fp32"
+            )
+        self.net = pydarknet.Network(desc, device=device, seed=0 if o.seed is None else o.seed, precision=precision)
+        # fp16's narrow range needs loss scaling; bf16 has float32's exponent range and needs none.
+        self.scaler = LossScaler(growth_interval=o.loss_scale_growth_interval) if precision == "fp16" else None
         self.net.names = list(self.dataset.names)
         self.on_device = self.net.device != "cpu"
         if self.on_device:
@@ -339,6 +353,8 @@ class Trainer:
             self.state.best_map = info.best_map
             self.state.seed = info.seed
             self.avg_loss = float(info.extra.get("avg_loss", -1.0))
+            if self.scaler is not None and "loss_scale" in info.extra:
+                self.scaler.load_state_dict(info.extra["loss_scale"])
             how = "with its training state" if info.state_path else "(fresh momentum)"
             self.log(f"Loaded {info.layers_loaded} layers from {weights} {how}; iteration {info.iteration}")
         if o.seed is not None:
@@ -519,6 +535,8 @@ class Trainer:
             # The device keeps its parameters; a copy (device to device) puts the rolling statistics back on a skip.
             net.zero_grads()
             self.optimizer.save_device_params(net)
+            if self.scaler is not None:
+                self.scaler.apply(net)
         else:
             self.net.zero_grads()
             rolling_before = self.net.flat_params[self._rolling]
@@ -567,13 +585,19 @@ class Trainer:
         loss /= int(self.desc.net["batch"])  # Darknet divides the summed costs by the cfg's batch
         rate = float(learning_rate(it + 1, self.desc))
         skipped = problem is not None
+        overflow = False  # fp16 loss scaling: a non-finite gradient is the scaler's signal, not a failure
         if not skipped:
             if self.on_device:
+                if self.scaler is not None:
+                    self.scaler.unscale(net)
                 result = self.optimizer.step_device(net, it + 1, rate=rate)
             else:
                 result = self.optimizer.step(self.net.flat_params, self.net.grads, it + 1, rate=rate)
             if result.skipped:
                 skipped, problem = True, f"gradient of {result.nonfinite}"
+                overflow = self.scaler is not None
+            elif self.scaler is not None:
+                self.scaler.update(True)
         if self.on_device:
             if skipped:
                 self.optimizer.restore_device_params(net)
@@ -581,7 +605,19 @@ class Trainer:
             if skipped:
                 self.net.flat_params[self._rolling] = rolling_before
             self.net.touch_params()
-        if skipped:
+        if overflow:
+            before = self.scaler.scale
+            self.scaler.update(False)
+            self.log(
+                f"iteration {it + 1}: fp16 gradient overflow ({problem}); update skipped, loss scale "
+                f"{before:g} -> {self.scaler.scale:g}"
+            )
+            if self.scaler.scale < 2.0**-24:
+                raise TrainingError(
+                    f"the fp16 loss scale fell to {self.scaler.scale:g} and the gradient is still not finite "
+                    f"(first in {problem}): not an overflow. Train in bf16 or fp32, or lower learning_rate in [net]"
+                )
+        elif skipped:
             self._nonfinite_run += 1
             self.log(
                 f"iteration {it + 1}: non-finite value first in {problem}; the update is skipped "
@@ -598,6 +634,8 @@ class Trainer:
             self.avg_loss = loss if self.avg_loss < 0 else self.avg_loss * 0.9 + loss * 0.1
         self.state.iteration = it + 1
         self.state.extra["avg_loss"] = self.avg_loss
+        if self.scaler is not None:
+            self.state.extra["loss_scale"] = self.scaler.state_dict()
         self.net.seen = self.state.iteration * self.images_per_iteration
         entry = IterationLog(
             it + 1, loss, self.avg_loss, rate, time.perf_counter() - start, self.net.seen, width, height, skipped
