@@ -16,6 +16,8 @@ from support.reference import cfg_text, randomize_params
 
 import pydarknet
 from pydarknet import _core
+from pydarknet.errors import DeviceError, UsageError
+from pydarknet.train.optim import LossScaler
 
 HAS_GPU = _core.cuda_device_count() > 0
 pytestmark = pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU on this machine")
@@ -216,3 +218,130 @@ def test_layer_training_rounds_the_products_operands(tmp_path, name, precision):
     # rounding flipped into a 10x different gradient.
     assert versus["output"] >= 1e-9, "fp16/bf16 training equals fp32: the operands were not rounded"
     assert max(versus.values()) <= VERSUS_FP32[precision]
+
+
+# ----- the loss scaler and the trainer ---------------------------------------------------------------------------
+def test_loss_scaler_halves_on_overflow_and_grows_after_finite_steps():
+    s = LossScaler(growth_interval=3)
+    assert s.scale == 2.0**16
+    assert not s.update(True) and not s.update(True) and s.update(True)
+    assert (s.scale, s.good_steps) == (2.0**17, 0)
+    s.update(True)
+    assert s.update(False) and (s.scale, s.good_steps) == (2.0**16, 0)
+    restored = LossScaler()
+    restored.load_state_dict(s.state_dict())
+    assert (restored.scale, restored.good_steps) == (s.scale, s.good_steps)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from pydarknet.data import synthetic
+    from pydarknet.train.anchors import calc_anchors
+
+    folder = tmp_path_factory.mktemp("amp-shapes")
+    data = synthetic.generate(folder, n_train=16, n_valid=2, size=64, classes=3, seed=3)
+    return data, calc_anchors(str(data), 6, 64, 64, seed=0).anchors
+
+
+def tiny_cfg(tmp_path, anchors, max_batches=6):
+    from pydarknet.train.starter import starter_cfg
+
+    text = starter_cfg(3, 64, 64, anchors, max_batches=max_batches, batch=4)
+    text = text.replace("burn_in=200", "burn_in=0").replace("subdivisions=1", "subdivisions=2")
+    path = tmp_path / "tiny.cfg"
+    path.write_text(text)
+    return path
+
+
+def trainer(cfg, data, folder, precision, weights=None, device="cuda", **options):
+    from pydarknet.train.trainer import Trainer, TrainOptions
+
+    options = dict(dict(backup=str(folder), workers=0, seed=5, quiet=True), **options)
+    return Trainer(cfg, data, weights, TrainOptions(device=device, precision=precision, **options))
+
+
+def test_mixed_precision_needs_a_cuda_device(dataset, tmp_path):
+    data, anchors = dataset
+    cfg = tiny_cfg(tmp_path, anchors)
+    with pytest.raises(UsageError, match="needs a CUDA device"):
+        trainer(cfg, data, tmp_path / "cpu", "fp16", device="cpu")
+    with pytest.raises(DeviceError, match="needs device='cuda'"):
+        pydarknet.load(str(cfg), precision="fp16")
+
+
+# Three iterations vs fp32 (the weights then differ by nmse 1.3e-4 fp16, 3.2e-4 bf16); the bound allows the
+# operand rounding (relative 2^-11 / 2^-8 per product) to move the loss by about twice what was measured.
+LOSS_REL = {"fp16": 1e-2, "bf16": 3e-2}  # measured 4.55e-3 (fp16), 1.16e-2 (bf16) by the third iteration
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_three_iterations_in_mixed_precision_follow_fp32(dataset, tmp_path, precision):
+    data, anchors = dataset
+    cfg = tiny_cfg(tmp_path, anchors)
+    base = trainer(cfg, data, tmp_path / "fp32", "fp32")
+    amp = trainer(cfg, data, tmp_path / precision, precision)
+    assert (amp.scaler is not None) == (precision == "fp16")
+    if amp.scaler is not None:
+        amp.scaler.scale = 2.0**8  # 2^16 overflows this cfg's first gradient (a skip): compare updates from the start
+    worst = 0.0
+    for _ in range(3):
+        want, got = base.step(), amp.step()
+        assert not want.skipped and not got.skipped
+        worst = max(worst, abs(got.loss - want.loss) / abs(want.loss))
+    error = nmse(amp.net.flat_params, base.net.flat_params)
+    print(f"{precision}: losses within {worst:.3g} relative of fp32, weights after 3 iterations nmse {error:.3g}")
+    assert 0 < worst <= LOSS_REL[precision]
+
+
+def test_fp16_overflow_skips_the_update_without_counting_a_failure(dataset, tmp_path):
+    data, anchors = dataset
+    cfg = tiny_cfg(tmp_path, anchors)
+    lines = []
+    t = trainer(cfg, data, tmp_path / "o", "fp16", max_nonfinite=1)
+    t.log = lines.append
+    t._nonfinite_run = 0  # as run() starts
+    t.scaler.scale = 2.0**100  # every scaled gradient overflows fp16
+    before = t.net.flat_params.copy()
+    entry = t.step()  # max_nonfinite=1: a counted failure would raise TrainingError here
+    assert entry.skipped and t.scaler.scale == 2.0**99 and t._nonfinite_run == 0
+    np.testing.assert_array_equal(t.net.flat_params, before)
+    assert len(lines) == 1 and "loss scale" in lines[0]
+
+
+def test_fp16_growth_after_finite_steps(dataset, tmp_path):
+    data, anchors = dataset
+    t = trainer(tiny_cfg(tmp_path, anchors), data, tmp_path / "g", "fp16", loss_scale_growth_interval=2)
+    t.scaler.scale = 2.0**4
+    for _ in range(2):
+        assert not t.step().skipped
+    assert t.scaler.scale == 2.0**5
+
+
+def test_fp16_resume_is_bit_identical_and_restores_the_scale(dataset, tmp_path):
+    data, anchors = dataset
+    cfg = tiny_cfg(tmp_path, anchors, max_batches=4)
+    straight = trainer(cfg, data, tmp_path / "a", "fp16", save_last_every=2, loss_scale_growth_interval=3)
+    straight.run()
+    first = trainer(cfg, data, tmp_path / "b", "fp16", save_last_every=2, loss_scale_growth_interval=3)
+    first.run(stop_after=2)
+    saved = first.scaler.state_dict()
+    assert saved["scale"] != 2.0**16 or saved["good_steps"] > 0  # the scaler moved: its state matters
+    last = tmp_path / "b" / "tiny_last.weights"
+    resumed = trainer(cfg, data, tmp_path / "b", "fp16", weights=str(last), loss_scale_growth_interval=3)
+    assert resumed.state.iteration == 2 and resumed.scaler.state_dict() == saved
+    resumed.run()
+    assert resumed.scaler.state_dict() == straight.scaler.state_dict()
+    for name in ("tiny_final.weights", "tiny_last.weights"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_train_command_in_bf16(dataset, tmp_path):
+    from pydarknet.cli.main import main
+
+    data, anchors = dataset
+    cfg = tiny_cfg(tmp_path, anchors, max_batches=2)
+    args = ["train", str(cfg), str(data), "--workers", "0", "--seed", "5", "--no-progress", "--quiet"]
+    assert main(args + ["--backup", str(tmp_path / "out"), "--device", "cuda", "--precision", "bf16"]) == 0
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"tiny_final.weights", "tiny_last.weights", "tiny_last.state", "results.csv"} <= names
+    assert main(args + ["--backup", str(tmp_path / "cpu"), "--precision", "bf16"]) != 0
