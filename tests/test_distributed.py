@@ -110,7 +110,8 @@ def test_loader_shards_are_the_single_process_batch(tiny, workers):
 DEVICES = [
     "cpu",
     pytest.param(
-        "cuda", marks=pytest.mark.skipif(pydarknet._core.cuda_device_count() < 1, reason="no CUDA device (or emulation)")
+        "cuda",
+        marks=pytest.mark.skipif(pydarknet._core.cuda_device_count() < 1, reason="no CUDA device (or emulation)"),
     ),
 ]
 
