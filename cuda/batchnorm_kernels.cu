@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "cpu/ops.h"
+#include "cpu/train_ops.h"
 #include "cuda_layer.cuh"
 #include "math/batchnorm.h"
 
@@ -35,6 +36,63 @@ __global__ void bn_train_backward_kernel(float* grad, const float* output, const
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x)
         batchnorm_backward_channel(grad, output, pre, xhat, inv_std[c], batch, channels, spatial, c, scales[c],
                                    grad_scales + c, grad_biases + c, activation);
+}
+
+// Synchronized batch-norm (data-parallel training): the local sums first, then the normalisation with the sums
+// over every process. stats holds sum(x) per channel, then sum(x^2) per channel (forward), or sum(g), sum(g * xhat)
+// (backward).
+__global__ void bn_sums_kernel(const float* x, double* stats, int batch, int channels, size_t spatial) {
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x)
+        batchnorm_channel_sums(x, batch, channels, spatial, c, stats + c, stats + channels + c);
+}
+
+__global__ void bn_normalize_kernel(float* x, float* xhat, float* pre, double* inv_std_out, const double* stats,
+                                    double total, int batch, int channels, size_t spatial, const float* scales,
+                                    const float* biases, float* rolling_mean, float* rolling_variance, float epsilon,
+                                    int activation) {
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x)
+        inv_std_out[c] = batchnorm_normalize_channel(x, xhat, pre, batch, channels, spatial, c, stats[c],
+                                                     stats[channels + c], total, scales[c], biases[c], rolling_mean + c,
+                                                     rolling_variance + c, epsilon, activation);
+}
+
+__global__ void bn_gradient_sums_kernel(float* grad, const float* output, const float* pre, const float* xhat,
+                                        double* stats, int batch, int channels, size_t spatial, float* grad_scales,
+                                        float* grad_biases, int activation) {
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x)
+        batchnorm_gradient_sums(grad, output, pre, xhat, batch, channels, spatial, c, grad_scales + c, grad_biases + c,
+                                activation, stats + c, stats + channels + c);
+}
+
+__global__ void bn_input_gradient_kernel(float* grad, const float* xhat, const double* inv_std, const double* stats,
+                                         double total, int batch, int channels, size_t spatial, const float* scales) {
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x)
+        batchnorm_input_gradient(grad, xhat, inv_std[c], batch, channels, spatial, c, scales[c], stats[c],
+                                 stats[channels + c], total);
+}
+
+// Hands the local sums (2 * channels doubles on the device, and the local count) to the process's batch-norm
+// reducer, the same hook the CPU engine calls (csrc/cpu/train_ops.h), and puts the sums over every process back.
+// Returns the number of values behind them. The sums are small (16 bytes a channel); the wait for them is the
+// synchronisation that synchronized batch-norm needs anyway.
+double reduce_device_stats(double* stats, int channels, double count, int layer, int phase, cudaStream_t stream) {
+    std::vector<double> host(2 * (size_t)channels + 1);
+    PD_CUDA_CHECK(
+        cudaMemcpyAsync(host.data(), stats, 2 * (size_t)channels * sizeof(double), cudaMemcpyDeviceToHost, stream));
+    PD_CUDA_CHECK(cudaStreamSynchronize(stream));
+    host.back() = count;
+    reduce_batch_norm(layer, phase, host.data(), host.size());
+    PD_CUDA_CHECK(
+        cudaMemcpyAsync(stats, host.data(), 2 * (size_t)channels * sizeof(double), cudaMemcpyHostToDevice, stream));
+    PD_CUDA_CHECK(cudaStreamSynchronize(stream));  // `host` goes out of scope
+    return host.back();
+}
+
+// Scratch for the synchronized path's sums (one per thread: layers run one after the other on a stream).
+double* stats_scratch(int channels) {
+    static thread_local DeviceArray<double> scratch;
+    if (scratch.size() < 2 * (size_t)channels) scratch.resize(2 * (size_t)channels);
+    return scratch.data();
 }
 
 class CudaBatchnorm : public CudaLayer {
@@ -77,11 +135,11 @@ public:
                                       ctx.stream));
         xhat_.resize(total);
         inv_std_.resize(spec.out.c);
-        launch_batchnorm_train(ctx.output.as<float>(), xhat_.data(), nullptr, inv_std_.data(), ctx.batch, spec.out.c,
-                               spatial, ctx.params + spec.tensor("scales").offset,
-                               ctx.params + spec.tensor("biases").offset,
-                               ctx.params + spec.tensor("rolling_mean").offset,
-                               ctx.params + spec.tensor("rolling_variance").offset, ctx.bn_epsilon, LINEAR, ctx.stream);
+        launch_batchnorm_train(
+            ctx.output.as<float>(), xhat_.data(), nullptr, inv_std_.data(), ctx.batch, spec.out.c, spatial,
+            ctx.params + spec.tensor("scales").offset, ctx.params + spec.tensor("biases").offset,
+            ctx.params + spec.tensor("rolling_mean").offset, ctx.params + spec.tensor("rolling_variance").offset,
+            ctx.bn_epsilon, LINEAR, spec.index, ctx.stream);
     }
 
     // Scales and biases get their gradients, the input the normalisation's exact derivative.
@@ -89,7 +147,7 @@ public:
         launch_batchnorm_backward(ctx.output_grad, ctx.output, nullptr, xhat_.data(), inv_std_.data(), ctx.batch,
                                   spec.out.c, (size_t)spec.out.h * spec.out.w,
                                   ctx.params + spec.tensor("scales").offset, ctx.grads + spec.tensor("scales").offset,
-                                  ctx.grads + spec.tensor("biases").offset, LINEAR, ctx.stream);
+                                  ctx.grads + spec.tensor("biases").offset, LINEAR, spec.index, ctx.stream);
         if (ctx.input_grad) {
             const size_t per_image = spec.out.size();
             add_strided(ctx.input_grad, per_image, ctx.output_grad, per_image, ctx.batch, per_image, ctx.stream);
@@ -106,18 +164,43 @@ private:
 
 void launch_batchnorm_train(float* x, float* xhat, float* pre, double* inv_std, int batch, int channels, size_t spatial,
                             const float* scales, const float* biases, float* rolling_mean, float* rolling_variance,
-                            float epsilon, int activation, cudaStream_t stream) {
-    PD_LAUNCH(grid_for(channels, 64), 64, 0, stream, bn_train_forward_kernel)(x, xhat, pre, inv_std, batch, channels,
-                                                                              spatial, scales, biases, rolling_mean,
-                                                                              rolling_variance, epsilon, activation);
+                            float epsilon, int activation, int layer, cudaStream_t stream) {
+    if (!has_batch_norm_reducer()) {
+        PD_LAUNCH(grid_for(channels, 64), 64, 0, stream, bn_train_forward_kernel)(
+            x, xhat, pre, inv_std, batch, channels, spatial, scales, biases, rolling_mean, rolling_variance, epsilon,
+            activation);
+        PD_CUDA_CHECK_LAUNCH();
+        return;
+    }
+    double* stats = stats_scratch(channels);
+    PD_LAUNCH(grid_for(channels, 64), 64, 0, stream, bn_sums_kernel)(x, stats, batch, channels, spatial);
+    PD_CUDA_CHECK_LAUNCH();
+    const double total = reduce_device_stats(stats, channels, (double)spatial * batch, layer, 0, stream);
+    PD_CHECK(total > 1, "layer ", layer,
+             ": batch normalisation in training needs more than one value per channel over all processes (", total,
+             "); use a larger batch");
+    PD_LAUNCH(grid_for(channels, 64), 64, 0, stream, bn_normalize_kernel)(
+        x, xhat, pre, inv_std, stats, total, batch, channels, spatial, scales, biases, rolling_mean, rolling_variance,
+        epsilon, activation);
     PD_CUDA_CHECK_LAUNCH();
 }
 
 void launch_batchnorm_backward(float* grad, const float* output, const float* pre, const float* xhat,
                                const double* inv_std, int batch, int channels, size_t spatial, const float* scales,
-                               float* grad_scales, float* grad_biases, int activation, cudaStream_t stream) {
-    PD_LAUNCH(grid_for(channels, 64), 64, 0, stream, bn_train_backward_kernel)(
-        grad, output, pre, xhat, inv_std, batch, channels, spatial, scales, grad_scales, grad_biases, activation);
+                               float* grad_scales, float* grad_biases, int activation, int layer, cudaStream_t stream) {
+    if (!has_batch_norm_reducer()) {
+        PD_LAUNCH(grid_for(channels, 64), 64, 0, stream, bn_train_backward_kernel)(
+            grad, output, pre, xhat, inv_std, batch, channels, spatial, scales, grad_scales, grad_biases, activation);
+        PD_CUDA_CHECK_LAUNCH();
+        return;
+    }
+    double* stats = stats_scratch(channels);
+    PD_LAUNCH(grid_for(channels, 64), 64, 0, stream, bn_gradient_sums_kernel)(
+        grad, output, pre, xhat, stats, batch, channels, spatial, grad_scales, grad_biases, activation);
+    PD_CUDA_CHECK_LAUNCH();
+    const double total = reduce_device_stats(stats, channels, (double)spatial * batch, layer, 1, stream);
+    PD_LAUNCH(grid_for(channels, 64), 64, 0, stream, bn_input_gradient_kernel)(grad, xhat, inv_std, stats, total, batch,
+                                                                               channels, spatial, scales);
     PD_CUDA_CHECK_LAUNCH();
 }
 

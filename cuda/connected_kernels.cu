@@ -146,7 +146,7 @@ public:
             launch_batchnorm_train(
                 ctx.output.as<float>(), xhat_.data(), nullptr, inv_std_.data(), ctx.batch, outputs, 1,
                 ctx.params + spec.tensor("scales").offset, biases, ctx.params + spec.tensor("rolling_mean").offset,
-                ctx.params + spec.tensor("rolling_variance").offset, ctx.bn_epsilon, LINEAR, ctx.stream);
+                ctx.params + spec.tensor("rolling_variance").offset, ctx.bn_epsilon, LINEAR, spec.index, ctx.stream);
         }
         if (activation_needs_input(p_.activation)) {
             pre_activation_.resize(total);
@@ -166,7 +166,8 @@ public:
         if (p_.batch_normalize != 0) {
             launch_batchnorm_backward(grad, nullptr, nullptr, xhat_.data(), inv_std_.data(), ctx.batch, outputs, 1,
                                       ctx.params + spec.tensor("scales").offset,
-                                      ctx.grads + spec.tensor("scales").offset, grad_biases, LINEAR, ctx.stream);
+                                      ctx.grads + spec.tensor("scales").offset, grad_biases, LINEAR, spec.index,
+                                      ctx.stream);
         } else {
             PD_LAUNCH(grid_for(outputs, 128), 128, 0, ctx.stream, connected_bias_grad_kernel)(grad, grad_biases,
                                                                                               ctx.batch, outputs);

@@ -609,7 +609,7 @@ public:
                                    ctx.batch, p_.filters, spatial, ctx.params + spec.tensor("scales").offset, biases,
                                    ctx.params + spec.tensor("rolling_mean").offset,
                                    ctx.params + spec.tensor("rolling_variance").offset, ctx.bn_epsilon,
-                                   elementwise ? activation : (int)LINEAR, ctx.stream);
+                                   elementwise ? activation : (int)LINEAR, spec.index, ctx.stream);
             if (!elementwise && pre)
                 PD_CUDA_CHECK(
                     cudaMemcpyAsync(pre, ctx.output.data, total * sizeof(float), cudaMemcpyDeviceToDevice, ctx.stream));
@@ -632,7 +632,7 @@ public:
                 ctx.output_grad, ctx.output, elementwise ? pre : nullptr, xhat_.data(), inv_std_.data(), ctx.batch,
                 p_.filters, spatial, ctx.params + spec.tensor("scales").offset,
                 ctx.grads + spec.tensor("scales").offset, ctx.grads + spec.tensor("biases").offset,
-                elementwise ? activation : (int)LINEAR, ctx.stream);
+                elementwise ? activation : (int)LINEAR, spec.index, ctx.stream);
         } else {
             PD_LAUNCH(grid_for(p_.filters, 128), 128, 0, ctx.stream, conv_bias_grad_kernel)(
                 g, ctx.output_grad, ctx.grads + spec.tensor("biases").offset);

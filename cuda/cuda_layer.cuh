@@ -228,14 +228,16 @@ void layer_activation_gradient(float* grad, const float* output, const float* in
 // Batch-norm in training mode (batchnorm_kernels.cu, one thread per channel, csrc/math/batchnorm.h): x holds the
 // raw values on entry and activation(scale * xhat + bias) on return (an element-wise activation; LINEAR for
 // none), xhat and 1 / std per channel are kept, pre (when not null) gets the value before the activation, and
-// the rolling statistics move in place.
+// the rolling statistics move in place. With a batch-norm reducer set (synchronized batch-norm across processes,
+// csrc/cpu/train_ops.h) the statistics are those of every process's batch: the local sums go to the reducer as
+// `layer`'s, and come back summed.
 void launch_batchnorm_train(float* x, float* xhat, float* pre, double* inv_std, int batch, int channels, size_t spatial,
                             const float* scales, const float* biases, float* rolling_mean, float* rolling_variance,
-                            float epsilon, int activation, cudaStream_t stream);
+                            float epsilon, int activation, int layer, cudaStream_t stream);
 // Its exact backward: grad holds dLoss/d(output) on entry and dLoss/dx on return; the scale and bias gradients are
-// added.
+// added (local sums); with a reducer, the input gradient uses the sums over every process, as the forward did.
 void launch_batchnorm_backward(float* grad, const float* output, const float* pre, const float* xhat,
                                const double* inv_std, int batch, int channels, size_t spatial, const float* scales,
-                               float* grad_scales, float* grad_biases, int activation, cudaStream_t stream);
+                               float* grad_scales, float* grad_biases, int activation, int layer, cudaStream_t stream);
 
 }  // namespace pd

@@ -107,7 +107,17 @@ def test_loader_shards_are_the_single_process_batch(tiny, workers):
 
 
 # ----- synchronized batch-norm in the engine ---------------------------------------------------------------------
-def test_batch_norm_reducer_makes_a_half_batch_train_like_the_whole(tiny):
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(pydarknet._core.cuda_device_count() < 1, reason="no CUDA device (or emulation)"),
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_norm_reducer_makes_a_half_batch_train_like_the_whole(tiny, device):
     """Two identical ranks simulated in one process: a reducer that doubles the local sums (what an all-reduce over
     two ranks holding the same images returns) makes a batch of 4 give the outputs and input gradients of the batch
     of 8 that repeats it, and half its parameter gradients."""
@@ -121,7 +131,7 @@ def test_batch_norm_reducer_makes_a_half_batch_train_like_the_whole(tiny):
         stats *= 2
 
     def run(images, reducer):
-        net = pydarknet.load(str(cfg), seed=11)
+        net = pydarknet.load(str(cfg), seed=11, device=device)
         set_batch_norm_reducer(reducer)
         try:
             outs = net.forward_train(images, seed=1, iteration=0)
@@ -147,9 +157,10 @@ def test_batch_norm_reducer_makes_a_half_batch_train_like_the_whole(tiny):
     assert not all(np.allclose(plain_outs[i], ref_outs[i][:4], rtol=1e-5, atol=1e-6) for i in outs)
 
 
-def test_batch_norm_reducer_errors_propagate(tiny):
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_norm_reducer_errors_propagate(tiny, device):
     cfg, _ = tiny
-    net = pydarknet.load(str(cfg), seed=11)
+    net = pydarknet.load(str(cfg), seed=11, device=device)
 
     def fail(layer, phase, stats):
         raise DistributedError(f"no answer at layer {layer}")

@@ -374,6 +374,12 @@ void set_batch_norm_reducer(BatchNormReducer reducer) { reducer_slot() = std::mo
 
 bool has_batch_norm_reducer() { return (bool)reducer_slot(); }
 
+void reduce_batch_norm(int layer, int phase, double* stats, size_t n) {
+    const BatchNormReducer& reducer = reducer_slot();
+    PD_CHECK((bool)reducer, "layer ", layer, ": no batch-norm reducer is set");
+    reducer(layer, phase, stats, n);
+}
+
 void BatchNormTrainer::forward(float* x, int batch, int channels, size_t spatial, const float* scales,
                                const float* biases, float* rolling_mean, float* rolling_variance, float epsilon,
                                int layer_index, int activation, float* pre_activation) {

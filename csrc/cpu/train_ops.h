@@ -53,6 +53,8 @@ void add_channel_sums(const float* x, int batch, int channels, size_t spatial, f
 using BatchNormReducer = std::function<void(int layer, int phase, double* stats, size_t n)>;
 void set_batch_norm_reducer(BatchNormReducer reducer);
 bool has_batch_norm_reducer();
+// Calls the reducer (one must be set): the CUDA batch-norm hands its sums to the same hook.
+void reduce_batch_norm(int layer, int phase, double* stats, size_t n);
 
 // Batch normalisation in training mode, as Darknet's forward_batchnorm_layer with state.train: per channel,
 // mean and variance over batch x spatial of the current batch, the variance with Bessel's correction
