@@ -6,6 +6,7 @@ host memory. Joining an NCCL communicator and its all-reduce need real GPUs: too
 
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -152,8 +153,9 @@ def _ranks(tmp_path, mode):
 def test_rank_zeros_unique_id_reaches_every_rank(tmp_path):
     run = _ranks(tmp_path, "unique-id")
     assert run.returncode == 0, run.stdout + run.stderr
-    lines = sorted(l for l in run.stdout.splitlines() if "unique id" in l)
-    assert len(lines) == 2 and lines[0].split()[-1] == lines[1].split()[-1]
+    # The launcher forwards both ranks' output to one stream, where their lines can run together.
+    found = dict(re.findall(r"rank (\d) unique id ([0-9a-f]{16})", run.stdout))
+    assert sorted(found) == ["0", "1"] and found["0"] == found["1"], run.stdout
 
 
 @needs_mpi
