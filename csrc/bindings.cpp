@@ -561,39 +561,6 @@ PYBIND11_MODULE(_core, m) {
                 net.copy_params(params.mutable_data());
             },
             py::arg("params"))
-        .def(
-            "sgd_step",
-            [](SharedCudaNetwork& net, const std::vector<size_t>& starts, const std::vector<size_t>& stops,
-               const std::vector<int>& rules, const std::vector<float>& steps, float decay_coef, float momentum,
-               py::array_t<float, py::array::c_style> params) {
-                PD_CHECK(
-                    starts.size() == stops.size() && starts.size() == rules.size() && starts.size() == steps.size(),
-                    "sgd_step: starts, stops, rules and steps must have the same length");
-                PD_CHECK(params.ndim() == 1 && (size_t)params.size() == net.param_count() && params.writeable(),
-                         "sgd_step: params must be a writable flat float32 array of ", net.param_count(), " values");
-                std::vector<pd::SgdSegment> segments(starts.size());
-                for (size_t k = 0; k < starts.size(); ++k) {
-                    PD_CHECK(rules[k] >= 0 && rules[k] <= 2, "sgd_step: rule ", rules[k], " is not 0, 1 or 2");
-                    segments[k] = pd::SgdSegment{starts[k], stops[k], rules[k], steps[k]};
-                }
-                float* data = params.mutable_data();
-                py::gil_scoped_release release;
-                net.sgd_step(segments, decay_coef, momentum, data);
-            },
-            py::arg("starts"), py::arg("stops"), py::arg("rules"), py::arg("steps"), py::arg("decay_coef"),
-            py::arg("momentum"), py::arg("params"))
-        .def_property(
-            "velocity",
-            [](const SharedCudaNetwork& net) {
-                py::array_t<float> out((py::ssize_t)net.param_count());
-                net.copy_velocity(out.mutable_data());
-                return out;
-            },
-            [](SharedCudaNetwork& net, pd::FloatArray values) {
-                PD_CHECK(values.ndim() == 1 && (size_t)values.size() == net.param_count(),
-                         "velocity must be a flat float32 array of ", net.param_count(), " values");
-                net.set_velocity(values.data());
-            })
         .def("first_nonfinite_grad", [](SharedCudaNetwork& net) { return net.first_nonfinite_grad(); })
         // Mixed precision: backward starts from the given gradients times loss_scale; scale_grads multiplies the
         // device gradient buffer (the optimizer's unscale).

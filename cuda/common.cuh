@@ -7,6 +7,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <math.h>
+
 #include <cstddef>
 #include <stdexcept>
 #include <string>
@@ -22,6 +24,13 @@ inline void cuda_check(cudaError_t status, const char* what, const char* file, i
                         cudaGetErrorString(status));
     }
 }
+
+}  // namespace pd
+
+#define PD_CUDA_CHECK(call) ::pd::cuda_check((call), #call, __FILE__, __LINE__)
+#define PD_CUDA_CHECK_LAUNCH() ::pd::cuda_check(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
+
+namespace pd {
 
 // Storage types: activations are kept in the precision's type; all arithmetic outside the tensor cores is float.
 __host__ __device__ __forceinline__ float to_float(float v) { return v; }
@@ -55,6 +64,57 @@ void dispatch_precision(Precision p, F&& f) {
     }
 }
 
+// float32 operations each rounded on their own, as the host optimizer computes them (pydarknet/train/optim.py):
+// nvcc would otherwise fuse a * b + c into one rounding; division and square root correctly rounded.
+__device__ __forceinline__ float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+    return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+__device__ __forceinline__ float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+    return __fadd_rn(a, b);
+#else
+    return a + b;
+#endif
+}
+__device__ __forceinline__ float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+    return __fdiv_rn(a, b);
+#else
+    return a / b;
+#endif
+}
+__device__ __forceinline__ float sqrt_rn(float a) {
+#if defined(__CUDA_ARCH__)
+    return __fsqrt_rn(a);
+#else
+    return sqrtf(a);
+#endif
+}
+
+// Makes a GPU current for the duration of a call and restores the caller's afterwards.
+class DeviceScope {
+public:
+    explicit DeviceScope(int device) {
+        if (cudaGetDevice(&previous_) != cudaSuccess) {
+            cudaGetLastError();
+            previous_ = -1;
+        }
+        PD_CUDA_CHECK(cudaSetDevice(device));
+    }
+    ~DeviceScope() {
+        if (previous_ >= 0) cudaSetDevice(previous_);
+    }
+    DeviceScope(const DeviceScope&) = delete;
+    DeviceScope& operator=(const DeviceScope&) = delete;
+
+private:
+    int previous_ = -1;
+};
+
 // Blocks for a grid-stride loop over n items: enough to fill the GPU, never more than the hardware allows.
 inline unsigned grid_for(size_t n, int threads) {
     const size_t blocks = (n + threads - 1) / threads;
@@ -62,9 +122,6 @@ inline unsigned grid_for(size_t n, int threads) {
 }
 
 }  // namespace pd
-
-#define PD_CUDA_CHECK(call) ::pd::cuda_check((call), #call, __FILE__, __LINE__)
-#define PD_CUDA_CHECK_LAUNCH() ::pd::cuda_check(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
 
 // kernel<<<grid, block, shared_bytes, stream>>> written as PD_LAUNCH(grid, block, shared_bytes, stream, kernel)(
 // arguments), so that the CPU emulation of the CUDA programming model (cuda/emulation/) can run the same source.

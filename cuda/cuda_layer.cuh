@@ -194,9 +194,6 @@ void add_strided(float* to, size_t to_stride, const float* from, size_t from_str
 void activation_gradient(float* grad, const float* output, const float* input, size_t n, int activation,
                          cudaStream_t stream);
 
-// Darknet's SGD update over the flat buffers (one kernel; segments on the device, sorted and disjoint).
-void launch_sgd(float* params, const float* grads, float* velocity, const SgdSegment* segments, int count, size_t n,
-                float decay_coef, float momentum, cudaStream_t stream);
 // The index of the first NaN or infinity among n values, or -1 (waits for the stream).
 long long launch_first_nonfinite(const float* values, size_t n, cudaStream_t stream);
 // values[i] *= factor for n values (mixed precision's loss scaling).

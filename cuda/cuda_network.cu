@@ -41,24 +41,6 @@ constexpr unsigned char kPoisonByte = 0xFF;  // NaN in float32, float16 and bflo
 
 size_t align_up(size_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
 
-// Makes the network's GPU current for the duration of a call and restores the caller's afterwards.
-class DeviceScope {
-public:
-    explicit DeviceScope(int device) {
-        if (cudaGetDevice(&previous_) != cudaSuccess) {
-            cudaGetLastError();
-            previous_ = -1;
-        }
-        PD_CUDA_CHECK(cudaSetDevice(device));
-    }
-    ~DeviceScope() {
-        if (previous_ >= 0) cudaSetDevice(previous_);
-    }
-
-private:
-    int previous_ = -1;
-};
-
 bool same_options(const PlanOptions& a, const PlanOptions& b) {
     return a.alias == b.alias && a.fuse_residual == b.fuse_residual;
 }
@@ -116,14 +98,13 @@ struct CudaNetwork::Impl {
     int prepared_split_k = -1;
 
     // Training state (float32): the input and every layer's output of the last forward_train, their gradients,
-    // the parameters, their gradients and the SGD velocity, all on the device.
+    // the parameters and their gradients, all on the device (the optimizer's buffers: core/cuda_optimizer.h).
     DeviceArray<float> train_input;
     std::vector<std::unique_ptr<DeviceArray<float>>> train_out, grad_buf;
     std::vector<float*> train_ptr, grad_ptr;
     std::vector<DeviceView> train_views;
-    DeviceArray<float> d_params, d_grads, d_velocity, d_input_grad;
-    DeviceArray<SgdSegment> d_segments;
-    bool grads_ready = false, velocity_ready = false;
+    DeviceArray<float> d_params, d_grads, d_input_grad;
+    bool grads_ready = false;
     // Layers whose gradient buffer a device loss (yolo_loss) filled since the last forward_train; backward
     // starts from it instead of clearing it.
     std::vector<char> device_seeded;
@@ -138,13 +119,6 @@ struct CudaNetwork::Impl {
         d_grads.resize(host.params.size());
         PD_CUDA_CHECK(cudaMemsetAsync(d_grads.data(), 0, host.params.size() * sizeof(float), stream));
         grads_ready = true;
-    }
-
-    void ensure_velocity() {
-        if (velocity_ready) return;
-        d_velocity.resize(host.params.size());
-        PD_CUDA_CHECK(cudaMemsetAsync(d_velocity.data(), 0, host.params.size() * sizeof(float), stream));
-        velocity_ready = true;
     }
 
     // The device parameters are the reference between uploads: the optimizer and the training forward pass
@@ -637,51 +611,6 @@ void CudaNetwork::zero_grads() {
     m.grads_ready = false;
     m.ensure_grads();
     PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
-}
-
-void CudaNetwork::sgd_step(const std::vector<SgdSegment>& segments, float decay_coef, float momentum,
-                           float* host_params) {
-    Impl& m = *impl_;
-    const size_t n = param_count();
-    std::vector<SgdSegment> sorted = segments;
-    std::sort(sorted.begin(), sorted.end(), [](const SgdSegment& a, const SgdSegment& b) { return a.start < b.start; });
-    for (size_t k = 0; k < sorted.size(); ++k) {
-        PD_CHECK(sorted[k].start <= sorted[k].stop && sorted[k].stop <= n, "SGD segment [", sorted[k].start, ", ",
-                 sorted[k].stop, ") lies outside the ", n, " parameters");
-        PD_CHECK(k == 0 || sorted[k - 1].stop <= sorted[k].start, "SGD segments overlap at ", sorted[k].start);
-    }
-    DeviceScope scope(m.device);
-    m.ensure_grads();
-    m.ensure_velocity();
-    m.d_params.resize(n);
-    PD_CUDA_CHECK(cudaMemcpyAsync(m.d_params.data(), host_params, n * sizeof(float), cudaMemcpyHostToDevice, m.stream));
-    m.d_segments.resize(sorted.size());
-    if (!sorted.empty())
-        PD_CUDA_CHECK(cudaMemcpyAsync(m.d_segments.data(), sorted.data(), sorted.size() * sizeof(SgdSegment),
-                                      cudaMemcpyHostToDevice, m.stream));
-    launch_sgd(m.d_params.data(), m.d_grads.data(), m.d_velocity.data(), m.d_segments.data(), (int)sorted.size(), n,
-               decay_coef, momentum, m.stream);
-    PD_CUDA_CHECK(cudaMemcpyAsync(host_params, m.d_params.data(), n * sizeof(float), cudaMemcpyDeviceToHost, m.stream));
-    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
-}
-
-void CudaNetwork::copy_velocity(float* destination) const {
-    Impl& m = *impl_;
-    DeviceScope scope(m.device);
-    m.ensure_velocity();
-    PD_CUDA_CHECK(cudaMemcpyAsync(destination, m.d_velocity.data(), param_count() * sizeof(float),
-                                  cudaMemcpyDeviceToHost, m.stream));
-    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
-}
-
-void CudaNetwork::set_velocity(const float* values) {
-    Impl& m = *impl_;
-    DeviceScope scope(m.device);
-    m.d_velocity.resize(param_count());
-    PD_CUDA_CHECK(
-        cudaMemcpyAsync(m.d_velocity.data(), values, param_count() * sizeof(float), cudaMemcpyHostToDevice, m.stream));
-    PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
-    m.velocity_ready = true;
 }
 
 long long CudaNetwork::first_nonfinite_grad() const {

@@ -12,36 +12,6 @@ namespace pd {
 
 namespace {
 
-// nvcc would otherwise fuse a * b + c into one rounding; division and square root correctly rounded.
-__device__ __forceinline__ float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-    return __fmul_rn(a, b);
-#else
-    return a * b;
-#endif
-}
-__device__ __forceinline__ float add_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-    return __fadd_rn(a, b);
-#else
-    return a + b;
-#endif
-}
-__device__ __forceinline__ float div_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-    return __fdiv_rn(a, b);
-#else
-    return a / b;
-#endif
-}
-__device__ __forceinline__ float sqrt_rn(float a) {
-#if defined(__CUDA_ARCH__)
-    return __fsqrt_rn(a);
-#else
-    return sqrtf(a);
-#endif
-}
-
 // The last segment starting at or before i (segments sorted by start), or -1 when i lies in none.
 __device__ __forceinline__ int find_segment(const OptimizerSegment* segments, int count, size_t i) {
     int lo = 0, hi = count;
@@ -135,23 +105,6 @@ __global__ void check_kernel(const float* values, size_t n, long long* first, do
     }
 }
 
-class Scope {
-public:
-    explicit Scope(int device) {
-        if (cudaGetDevice(&previous_) != cudaSuccess) {
-            cudaGetLastError();
-            previous_ = -1;
-        }
-        PD_CUDA_CHECK(cudaSetDevice(device));
-    }
-    ~Scope() {
-        if (previous_ >= 0) cudaSetDevice(previous_);
-    }
-
-private:
-    int previous_ = -1;
-};
-
 std::vector<OptimizerSegment> sorted_segments(std::vector<OptimizerSegment> segments, size_t n) {
     std::sort(segments.begin(), segments.end(),
               [](const OptimizerSegment& a, const OptimizerSegment& b) { return a.start < b.start; });
@@ -207,7 +160,7 @@ struct CudaOptimizer::Impl {
 };
 
 CudaOptimizer::CudaOptimizer(int device, size_t param_count) : impl_(new Impl(device, param_count)) {
-    Scope scope(device);
+    DeviceScope scope(device);
     PD_CUDA_CHECK(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking));
 }
 
@@ -218,7 +171,7 @@ int CudaOptimizer::device() const { return impl_->device; }
 
 void CudaOptimizer::download(int buffer, float* destination) const {
     Impl& m = *impl_;
-    Scope scope(m.device);
+    DeviceScope scope(m.device);
     const float* data = m.buffer(buffer);
     PD_CUDA_CHECK(cudaMemcpyAsync(destination, data, m.n * sizeof(float), cudaMemcpyDeviceToHost, m.stream));
     PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
@@ -226,7 +179,7 @@ void CudaOptimizer::download(int buffer, float* destination) const {
 
 void CudaOptimizer::upload(int buffer, const float* values) {
     Impl& m = *impl_;
-    Scope scope(m.device);
+    DeviceScope scope(m.device);
     float* data = m.buffer(buffer);
     PD_CUDA_CHECK(cudaMemcpyAsync(data, values, m.n * sizeof(float), cudaMemcpyHostToDevice, m.stream));
     PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
@@ -236,7 +189,7 @@ std::pair<long long, double> CudaOptimizer::check_grads(CudaNetwork& net) {
     Impl& m = *impl_;
     m.check_network(net);
     const float* grads = net.train_grads();  // the network's own calls end synchronised
-    Scope scope(m.device);
+    DeviceScope scope(m.device);
     if (m.n == 0) return {-1, 0.0};
     const size_t chunks = (m.n + kCheckChunk - 1) / kCheckChunk;
     DeviceArray<long long> first;
@@ -267,7 +220,7 @@ void CudaOptimizer::step(CudaNetwork& net, const std::vector<OptimizerSegment>& 
     m.check_network(net);
     float* params = net.train_params();
     const float* grads = net.train_grads();
-    Scope scope(m.device);
+    DeviceScope scope(m.device);
     bool adam = false, sgd = false;
     for (const auto& s : segments) {
         const bool is_adam = s.rule == OptimizerSegment::ADAM || s.rule == OptimizerSegment::ADAM_PENDING ||
@@ -294,7 +247,7 @@ void CudaOptimizer::ema(CudaNetwork& net, const std::vector<std::pair<size_t, si
     m.check_network(net);
     PD_CHECK(action >= 0 && action <= 2, "EMA action ", action, " is not 0, 1 or 2");
     float* params = net.train_params();
-    Scope scope(m.device);
+    DeviceScope scope(m.device);
     std::vector<OptimizerSegment> list;
     for (const auto& r : ranges) list.push_back(OptimizerSegment{r.first, r.second, OptimizerSegment::PLAIN, 0.f, 0.f});
     float* values = m.buffer(EMA);
@@ -311,7 +264,7 @@ void CudaOptimizer::save_params(CudaNetwork& net) {
     Impl& m = *impl_;
     m.check_network(net);
     const float* params = net.train_params();
-    Scope scope(m.device);
+    DeviceScope scope(m.device);
     m.snapshot.resize(m.n);
     PD_CUDA_CHECK(cudaMemcpyAsync(m.snapshot.data(), params, m.n * sizeof(float), cudaMemcpyDeviceToDevice, m.stream));
     PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
@@ -322,7 +275,7 @@ void CudaOptimizer::restore_params(CudaNetwork& net) {
     m.check_network(net);
     PD_CHECK(m.snapshot.size() == m.n && m.snapshot.data(), "no saved parameters to restore (save_params first)");
     float* params = net.train_params();
-    Scope scope(m.device);
+    DeviceScope scope(m.device);
     PD_CUDA_CHECK(cudaMemcpyAsync(params, m.snapshot.data(), m.n * sizeof(float), cudaMemcpyDeviceToDevice, m.stream));
     PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
 }

@@ -1,7 +1,7 @@
 // Training on the GPU, the parts that are not one layer type (float32 only): the default backward (a layer type
 // without one says so), gradient accumulation between strided buffers, activation gradients through the
-// formulas the CPU uses (csrc/math/activations.h), Darknet's SGD update over the flat buffers in one kernel, and
-// the search for the first non-finite gradient value.
+// formulas the CPU uses (csrc/math/activations.h), gradient scaling, and the search for the first non-finite
+// gradient value. The optimizer's update is cuda/optimizer_kernels.cu.
 #include <math.h>
 
 #include "cuda_layer.cuh"
@@ -29,50 +29,6 @@ __global__ void activation_gradient_kernel(float* grad, const float* output, con
                                            int activation) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         grad[i] *= gradient(output[i], input ? input[i] : output[i], activation);
-}
-
-// Each operation rounded on its own, as the reference optimizer (pydarknet/train/optim.py) computes in float32:
-// nvcc would otherwise fuse a * b + c into one rounding.
-__device__ __forceinline__ float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-    return __fmul_rn(a, b);
-#else
-    return a * b;
-#endif
-}
-__device__ __forceinline__ float add_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-    return __fadd_rn(a, b);
-#else
-    return a + b;
-#endif
-}
-
-// One update of Darknet's update_*_gpu for every value covered by a segment (sorted, disjoint): U -= grad;
-// decay segments U += decay_coef * W, shortcut segments clamp U to [-1, 1]; W += step * U; U *= momentum.
-__global__ void sgd_kernel(float* params, const float* grads, float* velocity, const SgdSegment* segments, int count,
-                           size_t n, float decay_coef, float momentum) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        int lo = 0, hi = count;  // the last segment starting at or before i
-        while (hi - lo > 1) {
-            const int mid = (lo + hi) / 2;
-            if (segments[mid].start <= i)
-                lo = mid;
-            else
-                hi = mid;
-        }
-        const SgdSegment s = segments[lo];
-        if (i < s.start || i >= s.stop) continue;
-        float w = params[i];
-        float u = add_rn(velocity[i], -grads[i]);
-        if (s.rule == SgdSegment::SHORTCUT)
-            u = fminf(1.f, fmaxf(-1.f, u));
-        else if (s.rule == SgdSegment::DECAY)
-            u = add_rn(u, mul_rn(decay_coef, w));
-        w = add_rn(w, mul_rn(s.step, u));
-        params[i] = w;
-        velocity[i] = mul_rn(u, momentum);
-    }
 }
 
 constexpr size_t kFiniteChunk = 4096;
@@ -109,14 +65,6 @@ void activation_gradient(float* grad, const float* output, const float* input, s
     PD_CHECK(input || !activation_needs_input(activation), "activation ", activation,
              ": the gradient needs the pre-activation values");
     PD_LAUNCH(grid_for(n, 256), 256, 0, stream, activation_gradient_kernel)(grad, output, input, n, activation);
-    PD_CUDA_CHECK_LAUNCH();
-}
-
-void launch_sgd(float* params, const float* grads, float* velocity, const SgdSegment* segments, int count, size_t n,
-                float decay_coef, float momentum, cudaStream_t stream) {
-    if (n == 0 || count == 0) return;
-    PD_LAUNCH(grid_for(n, 256), 256, 0, stream, sgd_kernel)(params, grads, velocity, segments, count, n, decay_coef,
-                                                            momentum);
     PD_CUDA_CHECK_LAUNCH();
 }
 

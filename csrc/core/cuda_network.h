@@ -26,16 +26,6 @@ struct CudaError : std::runtime_error {
 // for FP16/BF16; SIMT also runs FP16/BF16 storage (float weights), TENSOR needs FP16 or BF16.
 enum class ConvAlgorithm : int { AUTO = 0, SIMT = 1, TENSOR = 2 };
 
-// A range of the flat parameter buffer and how Darknet's SGD updates it (pydarknet/train/optim.py):
-// PLAIN (biases, scales) U -= g; DECAY (weights) also U += decay_coef * W; SHORTCUT ([shortcut] weights) U -= g
-// clamped to [-1, 1]; then W += step * U, U *= momentum.
-struct SgdSegment {
-    enum Rule : int { PLAIN = 0, DECAY = 1, SHORTCUT = 2 };
-    size_t start = 0, stop = 0;
-    int rule = PLAIN;
-    float step = 0.f;  // learning rate * layer learning_rate / update batch
-};
-
 // A [yolo] head's training-loss options (pydarknet/train/yolo_loss.py YoloLossConfig; iou kinds are
 // YoloIouKind of csrc/math/yolo_loss.h) and the network input size its anchors are measured in.
 struct YoloLossSetup {
@@ -102,7 +92,6 @@ public:
     int guard_region_count() const;
     void damage_guard_region(int region);
     // ----- training (float32 storage; fp16/bf16 networks in mixed precision; cuda/NOTES.md lists the layers) -----
-    // The host network's parameters are the reference: forward_train uploads them, sgd_step writes them back.
     // (layer, why) for every layer that cannot train on the device.
     std::vector<std::pair<int, std::string>> untrainable_layers() const;
     // As Network::forward_train, keeping every layer's output on the device.
@@ -118,11 +107,6 @@ public:
     void copy_params(float* destination) const;
     void copy_grads(float* destination) const;  // param_count() values
     void zero_grads();
-    // One SGD update of `host_params` (param_count() values, uploaded, updated with the device gradients and
-    // the device velocity, written back).
-    void sgd_step(const std::vector<SgdSegment>& segments, float decay_coef, float momentum, float* host_params);
-    void copy_velocity(float* destination) const;
-    void set_velocity(const float* values);
     // Index of the first NaN or infinity in the device gradient buffer, or -1.
     long long first_nonfinite_grad() const;
     // For summing gradients across processes (pydarknet/train/distributed.py): the device gradient buffer

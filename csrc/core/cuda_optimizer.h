@@ -14,8 +14,9 @@
 
 namespace pd {
 
-// A range of the flat buffers and what one update does to it. SGD rules as SgdSegment (step = learning rate *
-// layer learning_rate / update batch); ADAM (step = learning rate * layer learning_rate) reads d = -g, or
+// A range of the flat buffers and what one update does to it. SGD (Darknet's update_*_gpu, pydarknet/train/optim.py):
+// PLAIN (biases, scales) U -= g; DECAY (weights) also U += decay_coef * W; SHORTCUT ([shortcut] weights) U -= g
+// clamped to [-1, 1]; then W += step * U, U *= momentum (step = learning rate * layer learning_rate / update batch); ADAM (step = learning rate * layer learning_rate) reads d = -g, or
 // ADAM_PENDING d = pending - g (then pending = 0); ACCUMULATE (a layer skipped by dont_update/burnin_update):
 // U -= g, ACCUMULATE_ADAM: pending -= g. clip > 0 clamps the weights to [-clip, clip] after the update.
 struct OptimizerSegment {
