@@ -3,14 +3,15 @@
 One iteration as Darknet runs it: ``batch`` images in ``subdivisions`` forward/backward passes, then one update.
 Both engines train the network built from the same cfg with the same starting parameters, in one process:
 
-* pydarknet on ``device="cuda"``, float32 (training on the GPU runs in fp32 only for now: ``--precision fp16`` or
-  ``bf16`` is tried for real and reported "not available" with pydarknet's own refusal until it exists). The step
-  calls the pieces ``pydarknet.train.trainer.Trainer.step`` calls -- ``Network.forward_train``, the [yolo] loss
-  (``pydarknet.train.yolo_loss.yolo_loss``, Darknet's real loss, on the host), ``Network.backward``, then the
-  update (``Optimizer.step_device``, Darknet's SGD on the GPU) -- without the data loader, logging or checkpoints.
-  Every one of these calls returns after its stream has finished, so wall-clock time between them is the time of
-  each phase. pydarknet uploads the input (and the parameters) inside ``forward_train``: its "upload" column is
-  empty and its forward includes them; its "loss" includes copying the head outputs to the host.
+* pydarknet on ``device="cuda"`` in fp32, fp16 or bf16 (mixed precision: the convolution operands rounded to
+  that type, float32 sums and master weights, fp16 with loss scaling; the training kernels are direct float32
+  kernels, so mixed precision changes the numerics, not yet the speed). The step calls the pieces
+  ``pydarknet.train.trainer.Trainer.step`` calls on a GPU -- ``Network.forward_train`` (no head copied to the host),
+  the [yolo] loss on the device (``pydarknet.train.yolo_loss.device_yolo_loss``, Darknet's real loss),
+  ``Network.backward_device``, then the update (``Optimizer.step_device``, Darknet's SGD on the GPU) -- without the
+  data loader, logging or checkpoints. Every one of these calls returns after its stream has finished, so
+  wall-clock time between them is the time of each phase. pydarknet uploads the input inside ``forward_train``:
+  its "upload" column is empty and its forward includes it. On the CPU (``--device cpu``) the host loss runs.
 * PyTorch: the module of ``benchmarks/torch_darknet.py`` with real ``nn.BatchNorm2d`` layers in training mode
   (Darknet's epsilon and momentum), channels_last, cuDNN autotuning, ``torch.optim.SGD`` with the cfg's momentum
   and decay; fp32 with TF32 off (as pydarknet computes), and automatic mixed precision (``torch.autocast`` fp16
@@ -323,11 +324,11 @@ def pydarknet_row(base: Row, name, size, precision, device, images, truths, args
     """Time pydarknet's training step; a DeviceError from the engine (a precision or layer that cannot train
     there) makes the row "not available" with the engine's own words."""
     from pydarknet.errors import DeviceError
-    from pydarknet.train.optim import Optimizer
+    from pydarknet.train.optim import LossScaler, Optimizer
     from pydarknet.train.schedule import learning_rate
-    from pydarknet.train.yolo_loss import yolo_loss
+    from pydarknet.train.yolo_loss import device_yolo_loss, yolo_loss
 
-    row = dataclasses.replace(base, engine="pydarknet", precision=precision, loss="Darknet yolo loss (host)")
+    row = dataclasses.replace(base, engine="pydarknet", precision=precision, loss="Darknet yolo loss")
     try:
         net, weights = bench_gpu.load_network(name, size, precision, device, disk_cache=True)
     except DeviceError as e:
@@ -338,6 +339,8 @@ def pydarknet_row(base: Row, name, size, precision, device, images, truths, args
     heads = net.yolo_layers
     optimizer = Optimizer(net)
     on_device = getattr(net, "_cuda", None) is not None
+    scaler = LossScaler() if on_device and precision == "fp16" else None
+    row.loss = f"Darknet yolo loss ({'device' if on_device else 'host'})"
     mini = base.batch // base.subdivisions
     row.device = f"{device}{' (CPU emulation)' if on_device and _emulated() else ''}"
 
@@ -354,15 +357,29 @@ def pydarknet_row(base: Row, name, size, precision, device, images, truths, args
         for s in range(base.subdivisions):
             part = slice(s * mini, (s + 1) * mini)
             clock.mark("forward")
-            outputs = net.forward_train(images[part], seed=args.seed, iteration=k * base.subdivisions + s)
+            outputs = net.forward_train(
+                images[part], seed=args.seed, iteration=k * base.subdivisions + s, copy_outputs=not on_device
+            )
             clock.mark("loss")
-            grads = {i: yolo_loss(outputs[i], truths[part], desc.layers[i], size, size).grad for i in heads}
-            clock.mark("backward")
-            net.backward(grads)
+            if on_device:
+                for i in heads:
+                    device_yolo_loss(net, i, truths[part], size, size)
+                if scaler is not None:
+                    scaler.apply(net)
+                clock.mark("backward")
+                net.backward_device()
+            else:
+                grads = {i: yolo_loss(outputs[i], truths[part], desc.layers[i], size, size).grad for i in heads}
+                clock.mark("backward")
+                net.backward(grads)
         clock.mark("optimizer")
         rate = float(learning_rate(k + 1, desc))
         if on_device:
+            if scaler is not None:
+                scaler.unscale(net)
             result = optimizer.step_device(net, k + 1, rate=rate)
+            if scaler is not None:
+                scaler.update(not result.skipped)
         else:
             result = optimizer.step(net.flat_params, net.grads, k + 1, rate=rate)
             net.touch_params()
@@ -513,7 +530,8 @@ def main(argv=None):
     print(f"# bench_gpu_train: {where}; PyTorch {torch.__version__}; pydarknet on {meta['pydarknet_device']}")
     if args.smoke or not gpu:
         print("# a check that the code runs: these timings are not GPU speed figures")
-    print(f"# torch loss: {TORCH_LOSS}; pydarknet: Darknet's yolo loss on the host", flush=True)
+    loss_place = "host" if args.device == "cpu" else "device"
+    print(f"# torch loss: {TORCH_LOSS}; pydarknet: Darknet's yolo loss on the {loss_place}", flush=True)
     rows: List[Row] = []
     failed = False
     for spec in args.models.split(","):
