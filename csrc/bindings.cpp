@@ -785,6 +785,34 @@ PYBIND11_MODULE(_core, m) {
                 },
                 py::arg("net"));
     }
+    {
+        // Training input staging (CudaNetwork::stage_input): pinned host buffers and an upload on a copy stream.
+        // Bound as forward_train is (the GIL released); stage_input converts like forward_train.
+        using pd::SharedCudaNetwork;
+        auto cuda_network = py::reinterpret_borrow<py::class_<SharedCudaNetwork>>(m.attr("CudaNetwork"));
+        cuda_network
+            .def(
+                "stage_input",
+                [](SharedCudaNetwork& net, pd::FloatArray x) {
+                    const int batch = pd::input_batch(x, net.input_shape());
+                    const float* data = x.data();
+                    py::gil_scoped_release release;
+                    net.stage_input(data, batch);
+                },
+                py::arg("x"), "Copy a batch into pinned memory and start its upload; forward_train_staged runs it.")
+            .def(
+                "forward_train_staged",
+                [](SharedCudaNetwork& net, unsigned long long seed, long long iteration) {
+                    py::gil_scoped_release release;
+                    net.forward_train_staged(seed, iteration);
+                },
+                py::arg("seed") = 0, py::arg("iteration") = 0, "forward_train on the oldest staged batch.")
+            .def_property_readonly("staged_count", [](SharedCudaNetwork& net) { return net.staged_count(); })
+            .def("clear_staged", [](SharedCudaNetwork& net) {
+                py::gil_scoped_release release;
+                net.clear_staged();
+            });
+    }
 #else
     m.attr("built_with_cuda") = false;
     m.def("cuda_device_count", []() { return 0; });

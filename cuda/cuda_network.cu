@@ -53,6 +53,7 @@ struct CudaNetwork::Impl {
     ~Impl() {
         if (cudaSetDevice(device) != cudaSuccess) cudaGetLastError();
         release_arena();
+        release_staging();
         for (cudaEvent_t e : events) cudaEventDestroy(e);
         if (stream) cudaStreamDestroy(stream);
         layers.clear();
@@ -111,8 +112,41 @@ struct CudaNetwork::Impl {
     bool params_uploaded = false;             // d_params holds the host parameters of uploaded_version (or newer)
     unsigned long long uploaded_version = 0;  // host params_version at the last upload
     int train_batch = 0;
+    float* train_input_ptr = nullptr;  // the last forward_train's input: train_input or a staging slot's buffer
     unsigned long long train_seed = 0;
     long long train_iteration = 0;
+
+    // Input staging (stage_input): each slot has a page-locked host buffer, a device buffer and the event its
+    // upload on copy_stream records. FREE -> STAGED (stage_input) -> IN_USE (forward_train_staged) -> FREE (the
+    // next forward_train of either kind, or clear_staged for a STAGED slot).
+    enum class SlotState { FREE, STAGED, IN_USE };
+    struct InputSlot {
+        float* pinned = nullptr;
+        size_t capacity = 0;  // floats in pinned and in device
+        DeviceArray<float> device;
+        cudaEvent_t uploaded = nullptr;
+        int batch = 0;
+        SlotState state = SlotState::FREE;
+        unsigned long long order = 0;  // stage_input's count when staged: the oldest runs first
+    };
+    InputSlot slots[2];
+    cudaStream_t copy_stream = nullptr;
+    unsigned long long staged_total = 0;
+
+    void release_staging() {
+        if (copy_stream && cudaStreamSynchronize(copy_stream) != cudaSuccess) cudaGetLastError();
+        for (InputSlot& slot : slots) {
+            if (slot.pinned) cudaFreeHost(slot.pinned);
+            if (slot.uploaded) cudaEventDestroy(slot.uploaded);
+            slot.pinned = nullptr;
+            slot.uploaded = nullptr;
+            slot.capacity = 0;
+            slot.device.release();
+            slot.state = SlotState::FREE;
+        }
+        if (copy_stream) cudaStreamDestroy(copy_stream);
+        copy_stream = nullptr;
+    }
 
     void ensure_grads() {
         if (grads_ready) return;
@@ -447,6 +481,13 @@ std::vector<std::pair<int, std::string>> CudaNetwork::untrainable_layers() const
 }
 
 void CudaNetwork::forward_train(const float* input, int batch, unsigned long long seed, long long iteration) {
+    run_forward_train(input, -1, batch, seed, iteration);
+}
+
+// input: host images to upload on the compute stream (slot < 0), or null and the staging slot whose upload to
+// wait for.
+void CudaNetwork::run_forward_train(const float* input, int slot, int batch, unsigned long long seed,
+                                    long long iteration) {
     PD_CHECK(batch >= 1, "batch must be at least 1");
     Impl& m = *impl_;
     for (const auto& bad : untrainable_layers())
@@ -458,9 +499,19 @@ void CudaNetwork::forward_train(const float* input, int batch, unsigned long lon
     const int n = (int)m.layers.size();
     m.device_seeded.assign(n, 0);
     const size_t in_count = (size_t)batch * m.host.input_shape().size();
-    m.train_input.resize(in_count);
-    PD_CUDA_CHECK(
-        cudaMemcpyAsync(m.train_input.data(), input, in_count * sizeof(float), cudaMemcpyHostToDevice, m.stream));
+    for (Impl::InputSlot& s : m.slots)  // the pass that read this slot is being replaced
+        if (s.state == Impl::SlotState::IN_USE) s.state = Impl::SlotState::FREE;
+    if (slot < 0) {
+        m.train_input.resize(in_count);
+        PD_CUDA_CHECK(
+            cudaMemcpyAsync(m.train_input.data(), input, in_count * sizeof(float), cudaMemcpyHostToDevice, m.stream));
+        m.train_input_ptr = m.train_input.data();
+    } else {
+        Impl::InputSlot& staged = m.slots[slot];
+        PD_CUDA_CHECK(cudaStreamWaitEvent(m.stream, staged.uploaded, 0));
+        staged.state = Impl::SlotState::IN_USE;
+        m.train_input_ptr = staged.device.data();
+    }
     m.sync_params();
     m.train_out.resize(n);
     m.train_ptr.assign(n, nullptr);
@@ -485,7 +536,7 @@ void CudaNetwork::forward_train(const float* input, int batch, unsigned long lon
     ctx.iteration = iteration;
     ctx.operands = m.precision;  // fp16/bf16 networks train in mixed precision (storage stays float32)
     for (int i = 0; i < n; ++i) {
-        ctx.input = i == 0 ? DeviceView{m.train_input.data(), m.host.input_shape().size()} : m.train_views[i - 1];
+        ctx.input = i == 0 ? DeviceView{m.train_input_ptr, m.host.input_shape().size()} : m.train_views[i - 1];
         ctx.output = m.train_views[i];
         m.layers[i]->forward_train(ctx);
     }
@@ -545,7 +596,7 @@ void CudaNetwork::backward(const std::vector<std::pair<int, const float*>>& outp
     for (int i = n - 1; i > stop; --i) {
         const LayerSpec& spec = *m.specs[i];
         if (!reached[i] || spec.common.onlyforward) continue;
-        ctx.input = i == 0 ? m.train_input.data() : m.train_ptr[i - 1];
+        ctx.input = i == 0 ? m.train_input_ptr : m.train_ptr[i - 1];
         ctx.output = m.train_ptr[i];
         ctx.output_grad = m.grad_ptr[i];
         ctx.input_grad = nullptr;
@@ -752,6 +803,69 @@ void CudaNetwork::scale_grads(float factor) {
     m.ensure_grads();
     launch_scale(m.d_grads.data(), m.d_grads.size(), factor, m.stream);
     PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+// ----- training input staging -----
+
+void CudaNetwork::stage_input(const float* input, int batch) {
+    PD_CHECK(batch >= 1, "batch must be at least 1");
+    Impl& m = *impl_;
+    DeviceScope scope(m.device);
+    Impl::InputSlot* slot = nullptr;
+    for (Impl::InputSlot& s : m.slots)
+        if (s.state == Impl::SlotState::FREE) {
+            slot = &s;
+            break;
+        }
+    PD_CHECK(slot,
+             "stage_input: both staging slots are busy (a staged batch waits to run and the last training pass "
+             "still reads the other); run forward_train on the staged batch first");
+    const size_t count = (size_t)batch * m.host.input_shape().size();
+    if (!m.copy_stream) PD_CUDA_CHECK(cudaStreamCreateWithFlags(&m.copy_stream, cudaStreamNonBlocking));
+    if (!slot->uploaded) PD_CUDA_CHECK(cudaEventCreateWithFlags(&slot->uploaded, cudaEventDisableTiming));
+    // A FREE slot's last upload has completed (the pass that read it waited for it and was synchronized, or
+    // clear_staged waited), so its buffers may be replaced or overwritten.
+    if (slot->capacity < count) {
+        if (slot->pinned) PD_CUDA_CHECK(cudaFreeHost(slot->pinned));
+        slot->pinned = nullptr;
+        slot->capacity = 0;
+        PD_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&slot->pinned), count * sizeof(float)));
+        slot->device.resize(count);
+        slot->capacity = count;
+    }
+    std::memcpy(slot->pinned, input, count * sizeof(float));
+    PD_CUDA_CHECK(cudaMemcpyAsync(slot->device.data(), slot->pinned, count * sizeof(float), cudaMemcpyHostToDevice,
+                                  m.copy_stream));
+    PD_CUDA_CHECK(cudaEventRecord(slot->uploaded, m.copy_stream));
+    slot->batch = batch;
+    slot->state = Impl::SlotState::STAGED;
+    slot->order = ++m.staged_total;
+}
+
+void CudaNetwork::forward_train_staged(unsigned long long seed, long long iteration) {
+    Impl& m = *impl_;
+    int oldest = -1;
+    for (int k = 0; k < 2; ++k)
+        if (m.slots[k].state == Impl::SlotState::STAGED && (oldest < 0 || m.slots[k].order < m.slots[oldest].order))
+            oldest = k;
+    PD_CHECK(oldest >= 0, "forward_train on the staged input: nothing is staged (call stage_input first)");
+    run_forward_train(nullptr, oldest, m.slots[oldest].batch, seed, iteration);
+}
+
+int CudaNetwork::staged_count() const {
+    int count = 0;
+    for (const Impl::InputSlot& s : impl_->slots) count += s.state == Impl::SlotState::STAGED;
+    return count;
+}
+
+void CudaNetwork::clear_staged() {
+    Impl& m = *impl_;
+    DeviceScope scope(m.device);
+    for (Impl::InputSlot& s : m.slots)
+        if (s.state == Impl::SlotState::STAGED) {
+            PD_CUDA_CHECK(cudaEventSynchronize(s.uploaded));  // its host buffer may be overwritten next
+            s.state = Impl::SlotState::FREE;
+        }
 }
 
 }  // namespace pd

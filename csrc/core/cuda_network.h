@@ -141,7 +141,22 @@ public:
     bool profile = false;
     std::vector<double> layer_seconds;
 
+    // ----- training input staging (pinned host memory, a copy stream, two slots) -----
+    // stage_input copies `batch` images (float32, NCHW) into a page-locked host buffer of a free slot, enqueues
+    // their upload on the network's copy stream (recording an event) and returns without waiting for it.
+    // forward_train_staged runs the oldest staged batch: the compute stream waits for that upload's event instead
+    // of uploading, so the upload overlaps whatever the compute stream runs meanwhile (the loss and backward of
+    // the previous pass). Slot rule: a slot is busy from stage_input until the training pass that reads it is
+    // replaced by the next forward_train (backward reads the network's input too, so "its forward pass was
+    // enqueued" is not enough); stage_input while both slots are busy is refused. With two slots, staging pass
+    // s+1 right after forward_train(s) is always allowed. Buffers grow only when a larger batch arrives.
+    void stage_input(const float* input, int batch);
+    void forward_train_staged(unsigned long long seed, long long iteration);
+    int staged_count() const;  // batches staged and not yet run
+    void clear_staged();       // drops the staged batches that have not run (after waiting for their uploads)
+
 private:
+    void run_forward_train(const float* input, int slot, int batch, unsigned long long seed, long long iteration);
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };

@@ -314,6 +314,16 @@ cudaError_t cudaFree(void* pointer) {
     std::free(pointer);
     return cudaSuccess;
 }
+cudaError_t cudaMallocHost(void** pointer, size_t bytes) {
+    if (refuse_while_capturing()) return cudaErrorStreamCaptureUnsupported;
+    *pointer = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
+    return *pointer ? cudaSuccess : pd_emulation::set_error(cudaErrorMemoryAllocation, "cudaMallocHost");
+}
+cudaError_t cudaFreeHost(void* pointer) {
+    if (refuse_while_capturing()) return cudaErrorStreamCaptureUnsupported;
+    std::free(pointer);
+    return cudaSuccess;
+}
 cudaError_t cudaMemcpy(void* to, const void* from, size_t bytes, cudaMemcpyKind) {
     if (refuse_while_capturing()) return cudaErrorStreamCaptureUnsupported;
     std::memmove(to, from, bytes);
@@ -363,6 +373,10 @@ cudaError_t cudaEventCreate(cudaEvent_t* event) {
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
     delete event;
     return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) { return cudaEventCreate(event); }
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned) {
+    return event ? cudaSuccess : pd_emulation::set_error(cudaErrorInvalidValue, "cudaStreamWaitEvent: no event");
 }
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     auto stamp = [event]() { event->time = std::chrono::steady_clock::now(); };

@@ -317,20 +317,53 @@ class Network:
         the last forward_train; `backward` or `train_output` from a thread whose pass another thread's
         forward_train has since replaced raises ConcurrentUseError instead of using the other thread's
         activations. Inference (`forward`) from other threads meanwhile is safe.
+
+        ``x=None`` (CUDA networks) runs on the oldest batch given to :meth:`stage_input` instead of uploading one;
+        the result is bit-identical to passing that batch here.
         """
         self._check_trainable()
         heads = sorted(set(self.yolo_layers + [len(self.layers) - 1]))
+        if x is None and self._cuda is None:
+            raise DeviceError("forward_train(None) runs a staged batch, which needs a network on a CUDA device")
         if self._cuda is None:
             outputs = self._core.forward_train(self._prepare_input(x), int(seed), int(iteration), heads)
             return dict(zip(heads, outputs))
-        x = self._prepare_input(x)
+        x = None if x is None else self._prepare_input(x)
         self._sync_device()
-        self._cuda.forward_train(x, int(seed), int(iteration))
+        if x is None:
+            try:
+                self._cuda.forward_train_staged(int(seed), int(iteration))
+            except ValueError as e:  # nothing staged
+                raise DeviceError(str(e)) from e
+        else:
+            self._cuda.forward_train(x, int(seed), int(iteration))
         # batch-norm moved its rolling statistics in the device copy, which stays there until the host needs it
         self._device_params_changed()
         if not copy_outputs:
             return {}
         return {i: self._cuda.train_output(i) for i in heads}
+
+    def stage_input(self, x: np.ndarray) -> None:
+        """Start uploading the input of a later ``forward_train(None)`` (CUDA networks); returns without waiting.
+
+        The batch is checked and converted as forward_train does, copied into page-locked host memory and uploaded
+        on a copy stream, so the upload overlaps the device work issued meanwhile (the loss and backward of the
+        current pass). Two batches can wait at once: staging is refused (DeviceError) while one staged batch
+        waits to run and the last training pass, whose backward still reads its input, used the other slot; so
+        stage pass s+1 after forward_train(s), not earlier. ``forward_train(None)`` runs the oldest staged batch.
+        """
+        if self._cuda is None:
+            raise DeviceError("stage_input needs a network on a CUDA device (the CPU reads the array directly)")
+        x = self._prepare_input(x)
+        try:
+            self._cuda.stage_input(x)
+        except ValueError as e:  # both slots busy
+            raise DeviceError(str(e)) from e
+
+    def clear_staged(self) -> None:
+        """Drop the batches staged with stage_input that have not run (CUDA networks; nothing to do on the CPU)."""
+        if self._cuda is not None:
+            self._cuda.clear_staged()
 
     def train_output(self, index):
         """The output of any layer in this thread's last forward_train (a copy)."""

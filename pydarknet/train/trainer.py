@@ -269,6 +269,10 @@ class Trainer:
     ``weights``: optional start weights -- a full file, a backbone prefix (``yolov4-tiny.conv.29``), or a
     ``_last.weights`` whose state file makes the run continue exactly where it stopped."""
 
+    # Device runs stage each pass's images (Network.stage_input) so the upload overlaps the previous pass; the
+    # tests turn it off to compare with plain uploads.
+    _stage_inputs = True
+
     def __init__(
         self,
         cfg,
@@ -543,16 +547,23 @@ class Trainer:
         comm = self.comm
         lm = self.local_mini_batch
         terms = []  # each head's cost terms per forward pass: the cost of the global mini-batch is built from them
+        # On the device each pass's images are staged (pinned memory, a copy stream): pass s+1's upload is started
+        # right after forward_train(s), so it overlaps the loss and backward of pass s. Same bits as uploading.
+        staged = self.on_device and self._stage_inputs
         set_batch_norm_reducer(self._reducer)
         try:
+            if staged:
+                net.stage_input(images[0:lm])
             for s in range(self.subdivisions):
                 part = slice(s * lm, (s + 1) * lm)
                 outputs = net.forward_train(
-                    images[part],
+                    None if staged else images[part],
                     seed=self.seed,
                     iteration=it * self.subdivisions + s,
                     copy_outputs=not self.on_device,  # the device loss reads the heads where they are
                 )
+                if staged and s + 1 < self.subdivisions:
+                    net.stage_input(images[(s + 1) * lm : (s + 2) * lm])
                 losses, grads = self._head_losses(net, outputs, truths[part], width, height)
                 for _, head_loss, cost_terms in losses:
                     loss += head_loss
@@ -576,6 +587,8 @@ class Trainer:
                     break
                 self._backward(net, grads)
         finally:
+            if staged:
+                net.clear_staged()  # a pass cut short (non-finite loss) leaves the next one staged
             set_batch_norm_reducer(None)
         if comm.distributed:
             summed = comm.allreduce_sum(np.array(terms, np.float64), f"summing the loss of iteration {it + 1}")
