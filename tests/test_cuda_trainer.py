@@ -14,6 +14,7 @@ import csv
 
 import numpy as np
 import pytest
+from support.poison import poison_batches
 from support.reference import cfg_text, randomize_params
 
 import pydarknet
@@ -231,15 +232,7 @@ def test_nonfinite_on_the_device_skips_the_update_and_names_the_layer(dataset, t
     lines = []
     t = trainer(cfg, data, tmp_path / "b", "cuda")
     t.log = lines.append
-    real_batch = t.loader.batch
-
-    def poisoned(iteration, width=None, height=None):
-        images, truths = real_batch(iteration, width, height)
-        if iteration >= 1:
-            images[0, 0, 5, 5] = np.nan
-        return images, truths
-
-    t.loader.batch = poisoned
+    real_batch = poison_batches(t)
     t.step()
     before = t.net.flat_params.copy()
     t.optimizer.sync_host()

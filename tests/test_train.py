@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from support.poison import poison_batches
 
 import pydarknet
 from pydarknet.cli.main import main
@@ -119,15 +120,7 @@ def test_nonfinite_loss_skips_the_update_and_names_the_layer(tmp_path):
     trainer = Trainer(
         cfg, data, None, TrainOptions(backup=str(tmp_path / "b"), workers=0, max_nonfinite=3), log=lines.append
     )
-    real_batch = trainer.loader.batch
-
-    def poisoned(iteration, width=None, height=None):
-        images, truths = real_batch(iteration, width, height)
-        if iteration >= 1:
-            images[0, 0, 5, 5] = np.nan
-        return images, truths
-
-    trainer.loader.batch = poisoned
+    poison_batches(trainer)
     trainer.step()
     before = trainer.net.flat_params.copy()
     entry = trainer.step()
