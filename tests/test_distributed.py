@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -24,6 +25,9 @@ from pydarknet.train.distributed import Communicator, fingerprint, launched_worl
 from pydarknet.train.starter import starter_cfg
 
 MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable)) or shutil.which("mpirun")
+# `python -m pydarknet` puts the working folder first on the import path: the ranks run outside the checkout, so
+# that they import the installed package with its compiled engine however it was installed (editable or not).
+RUN_DIR = tempfile.gettempdir()
 
 
 def _have_mpi():
@@ -205,6 +209,7 @@ def _mpirun(n, args, timeout=300, **kwargs):
     return subprocess.run(
         [MPIRUN, "-n", str(n), sys.executable, *args],
         env=_env(),
+        cwd=RUN_DIR,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -213,7 +218,9 @@ def _mpirun(n, args, timeout=300, **kwargs):
 
 
 def _single(args, timeout=300):
-    return subprocess.run([sys.executable, *args], env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], env=_env(), cwd=RUN_DIR, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _losses(backup):
@@ -300,6 +307,7 @@ def test_ranks_with_different_data_are_refused(tiny, tmp_path):
     run = subprocess.run(
         [MPIRUN, "-n", "1", sys.executable, *a, ":", "-n", "1", sys.executable, *b],
         env=_env(),
+        cwd=RUN_DIR,
         capture_output=True,
         text=True,
         timeout=300,
@@ -314,6 +322,7 @@ def _start(cfg, data, backup, *extra):
     return subprocess.Popen(
         [MPIRUN, "-n", "2", sys.executable, *args],
         env=_env(),
+        cwd=RUN_DIR,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
