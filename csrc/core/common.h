@@ -2,6 +2,8 @@
 // Python bindings turn into exceptions. Nothing here exits or aborts the process.
 #pragma once
 
+#include <stdint.h>
+
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -13,6 +15,23 @@
 #endif
 
 namespace pd {
+
+// A float's bits and back (the math built on the float format: exp_approx, mixed-precision rounding).
+PD_HD uint32_t bits_of(float x) {
+#if defined(__CUDA_ARCH__)
+    return __float_as_uint(x);
+#else
+    return __builtin_bit_cast(uint32_t, x);
+#endif
+}
+
+PD_HD float float_of_bits(uint32_t bits) {
+#if defined(__CUDA_ARCH__)
+    return __uint_as_float(bits);
+#else
+    return __builtin_bit_cast(float, bits);
+#endif
+}
 
 // The number format a network computes in, one code for both back ends (and for the Python side's precision
 // names, pydarknet/network.py). The CPU runs FP32, or BF16 as bfloat16 weights and inputs of the convolutions with

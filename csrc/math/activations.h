@@ -21,14 +21,6 @@ enum Activation : int {
 // The three normalize_channels variants mix all channels of a pixel, so they are not element-wise.
 PD_HD bool is_channel_activation(int a) { return a >= NORM_CHAN; }
 
-PD_HD float float_from_bits(int bits) {
-#if defined(__CUDA_ARCH__)
-    return __int_as_float(bits);
-#else
-    return __builtin_bit_cast(float, bits);
-#endif
-}
-
 // e^x within about 2 ulp for x in [-87, 88] (clamped outside): a range reduction to r in [-ln2/2, ln2/2] and a
 // degree-6 polynomial (the Cephes expf coefficients). Straight-line arithmetic, so loops over it vectorise; the
 // activations below are built on it and are therefore as fast as their arithmetic allows on every back end.
@@ -44,7 +36,7 @@ PD_HD float exp_approx(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.f;
-    return p * float_from_bits(((int)k + 127) << 23);
+    return p * float_of_bits((uint32_t)(((int)k + 127) << 23));
 }
 
 PD_HD float logistic_activate(float x) { return 1.f / (1.f + exp_approx(-x)); }

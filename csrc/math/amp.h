@@ -10,30 +10,14 @@
 
 namespace pd {
 
-PD_HD uint32_t amp_bits(float x) {
-#if defined(__CUDA_ARCH__)
-    return __float_as_uint(x);
-#else
-    return __builtin_bit_cast(uint32_t, x);
-#endif
-}
-
-PD_HD float amp_float(uint32_t bits) {
-#if defined(__CUDA_ARCH__)
-    return __uint_as_float(bits);
-#else
-    return __builtin_bit_cast(float, bits);
-#endif
-}
-
 // x rounded to the nearest value of `precision` (FP32: x itself), returned as a float.
 PD_HD float round_to(Precision precision, float x) {
     if (precision == Precision::FP32) return x;
-    const uint32_t bits = amp_bits(x), magnitude = bits & 0x7fffffffu;
+    const uint32_t bits = bits_of(x), magnitude = bits & 0x7fffffffu;
     if (magnitude >= 0x7f800000u) return x;  // infinities and NaN stay what they are
     if (precision == Precision::BF16) {
         // Keep the top 16 bits, rounded to even; a carry into the exponent (also to infinity) is right.
-        return amp_float((bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u);
+        return float_of_bits((bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u);
     }
     if (magnitude >= 0x477ff000u) return copysignf(INFINITY, x);  // 65520 and above round to infinity
     if (magnitude < 0x38800000u) {
@@ -42,7 +26,7 @@ PD_HD float round_to(Precision precision, float x) {
         return rintf(x * 16777216.f) * (1.f / 16777216.f);
     }
     // A normal half: 10 mantissa bits of the float's 23, rounded to even.
-    return amp_float((bits + 0xfffu + ((bits >> 13) & 1u)) & 0xffffe000u);
+    return float_of_bits((bits + 0xfffu + ((bits >> 13) & 1u)) & 0xffffe000u);
 }
 
 }  // namespace pd
