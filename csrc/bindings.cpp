@@ -18,6 +18,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
 
 #include "core/cuda_network.h"
 #include "core/cuda_optimizer.h"
@@ -148,6 +149,36 @@ int input_batch(const FloatArray& x, const Shape& shape) {
 
 py::array_t<float> output_array(int batch, const Shape& s) {
     return py::array_t<float>({(py::ssize_t)batch, (py::ssize_t)s.c, (py::ssize_t)s.h, (py::ssize_t)s.w});
+}
+
+// The {layer: dLoss/dOutput} dict of a backward call, checked against each layer's output shape at `batch` images
+// and converted to float32; `arrays` keeps the converted arrays alive for the call.
+template <typename OutputShape>
+std::vector<std::pair<int, const float*>> gradient_seeds(const py::dict& output_grads, int batch, int layer_count,
+                                                         OutputShape output_shape, std::vector<FloatArray>& arrays) {
+    std::vector<std::pair<int, const float*>> seeds;
+    arrays.reserve(output_grads.size());
+    for (auto item : output_grads) {
+        const int i = item.first.cast<int>();
+        PD_CHECK(i >= 0 && i < layer_count, "gradient given for layer ", i, ", which does not exist");
+        const Shape s = output_shape(i);
+        FloatArray a = FloatArray::ensure(item.second);
+        PD_CHECK(
+            a && a.ndim() == 4 && a.shape(0) == batch && a.shape(1) == s.c && a.shape(2) == s.h && a.shape(3) == s.w,
+            "the gradient for layer ", i, " must have shape (", batch, ", ", s.c, ", ", s.h, ", ", s.w, ")");
+        arrays.push_back(a);
+        seeds.emplace_back(i, arrays.back().data());
+    }
+    return seeds;
+}
+
+// A zeroed (batch, c, h, w) array for the input gradient when asked for (and its data pointer), else none.
+std::pair<py::array_t<float>, float*> input_gradient_array(bool wanted, int batch, const Shape& s) {
+    if (!wanted) return {py::array_t<float>(), nullptr};
+    py::array_t<float> out = output_array(batch, s);
+    float* data = out.mutable_data();
+    std::fill(data, data + (size_t)batch * s.size(), 0.f);
+    return {out, data};
 }
 
 // A new (batch, c, h, w) array holding `values`.
@@ -368,29 +399,13 @@ PYBIND11_MODULE(_core, m) {
                     pd::check_trainer(net, "backward");
                     return net.train_batch();
                 });
-                std::vector<pd::FloatArray> arrays;  // keep converted arrays alive for the call
-                std::vector<std::pair<int, const float*>> seeds;
-                for (auto item : output_grads) {
-                    const int i = item.first.cast<int>();
-                    PD_CHECK(i >= 0 && i < net.layer_count(), "gradient given for layer ", i, ", which does not exist");
-                    const pd::Shape s = net.layer(i).spec.out;
-                    pd::FloatArray a = pd::FloatArray::ensure(item.second);
-                    PD_CHECK(a && a.ndim() == 4 && a.shape(0) == batch && a.shape(1) == s.c && a.shape(2) == s.h &&
-                                 a.shape(3) == s.w,
-                             "the gradient for layer ", i, " must have shape (", batch, ", ", s.c, ", ", s.h, ", ", s.w,
-                             ")");
-                    arrays.push_back(a);
-                    seeds.emplace_back(i, arrays.back().data());
-                }
+                std::vector<pd::FloatArray> arrays;
+                const auto seeds = pd::gradient_seeds(
+                    output_grads, batch, net.layer_count(), [&](int i) { return net.layer(i).spec.out; }, arrays);
                 py::array_t<float> input_grad;
                 float* input_grad_data = nullptr;
-                if (want_input_grad) {
-                    const pd::Shape s = net.input_shape();
-                    input_grad =
-                        py::array_t<float>({(py::ssize_t)batch, (py::ssize_t)s.c, (py::ssize_t)s.h, (py::ssize_t)s.w});
-                    input_grad_data = input_grad.mutable_data();
-                    std::fill(input_grad_data, input_grad_data + (size_t)batch * s.size(), 0.f);
-                }
+                std::tie(input_grad, input_grad_data) =
+                    pd::input_gradient_array(want_input_grad, batch, net.input_shape());
                 pd::locked(net, [&] {
                     pd::check_trainer(net, "backward");
                     PD_CHECK(net.train_batch() == batch, "the training batch changed");
@@ -518,26 +533,12 @@ PYBIND11_MODULE(_core, m) {
                 const int batch = net.train_batch();
                 PD_CHECK(batch > 0, "backward needs a forward_train first");
                 std::vector<pd::FloatArray> arrays;
-                std::vector<std::pair<int, const float*>> seeds;
-                for (auto item : output_grads) {
-                    const int i = item.first.cast<int>();
-                    PD_CHECK(i >= 0 && i < net.layer_count(), "gradient given for layer ", i, ", which does not exist");
-                    const pd::Shape s = net.output_shape(i);
-                    pd::FloatArray a = pd::FloatArray::ensure(item.second);
-                    PD_CHECK(a && a.ndim() == 4 && a.shape(0) == batch && a.shape(1) == s.c && a.shape(2) == s.h &&
-                                 a.shape(3) == s.w,
-                             "the gradient for layer ", i, " must have shape (", batch, ", ", s.c, ", ", s.h, ", ", s.w,
-                             ")");
-                    arrays.push_back(a);
-                    seeds.emplace_back(i, arrays.back().data());
-                }
+                const auto seeds = pd::gradient_seeds(
+                    output_grads, batch, net.layer_count(), [&](int i) { return net.output_shape(i); }, arrays);
                 py::array_t<float> input_grad;
                 float* input_grad_data = nullptr;
-                if (want_input_grad) {
-                    input_grad = pd::output_array(batch, net.input_shape());
-                    input_grad_data = input_grad.mutable_data();
-                    std::fill(input_grad_data, input_grad_data + (size_t)batch * net.input_shape().size(), 0.f);
-                }
+                std::tie(input_grad, input_grad_data) =
+                    pd::input_gradient_array(want_input_grad, batch, net.input_shape());
                 {
                     py::gil_scoped_release release;
                     net.backward(seeds, input_grad_data);
