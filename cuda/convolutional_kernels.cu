@@ -30,6 +30,7 @@
 
 #include "cpu/ops.h"
 #include "cuda_layer.cuh"
+#include "train_gemm.cuh"
 #include "math/activations.h"
 #include "math/amp.h"
 
@@ -367,36 +368,128 @@ struct TrainGeometry {
     __host__ __device__ int group_out() const { return filters / groups; }
 };
 
-// The training forward, one thread per output value: bias plus the window's products, the sum before the
-// activation kept in `pre` when the activation's gradient needs it.
-__global__ void conv_train_forward_kernel(TrainGeometry g, const float* input, const float* weights,
-                                          const float* biases, float* output, float* pre, int activation,
-                                          Precision op) {
-    const size_t out_plane = (size_t)g.out_h * g.out_w, total = out_plane * g.filters * g.batch;
-    const int gi = g.group_in();
-    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
-        const size_t b = id / (out_plane * g.filters);
-        const int f = (int)(id / out_plane % g.filters), p = (int)(id % out_plane), oy = p / g.out_w, ox = p % g.out_w;
-        const int group = f / g.group_out();
-        const float* w = weights + (size_t)f * gi * g.size * g.size;
-        float sum = 0.f;
-        for (int c = 0; c < gi; ++c) {
-            const float* plane = input + ((b * g.in_c) + (size_t)group * gi + c) * g.in_h * g.in_w;
-            for (int ky = 0; ky < g.size; ++ky) {
-                const int y = oy * g.stride_y - g.pad + ky * g.dilation;
-                if (y < 0 || y >= g.in_h) continue;
-                for (int kx = 0; kx < g.size; ++kx) {
-                    const int x = ox * g.stride_x - g.pad + kx * g.dilation;
-                    if (x < 0 || x >= g.in_w) continue;
-                    sum += round_to(op, w[(c * g.size + ky) * g.size + kx]) * round_to(op, plane[y * g.in_w + x]);
-                }
-            }
-        }
-        sum += biases[f];
-        if (pre) pre[id] = sum;
-        output[id] = activate(sum, activation);
+// The three training products as problems of the training GEMM (cuda/train_gemm.cuh), per group. k walks a
+// filter's weights in their stored order (channel, ky, kx); n walks the batch's pixels image after image.
+
+// Forward: output[f][pixel] = sum over k of W[f][k] * input at tap k of the pixel's window, plus the bias; the sum
+// before the activation kept in `pre` when the activation's gradient needs it.
+struct ConvForwardProblem {
+    TrainGeometry g;
+    const float* input;
+    const float* weights;
+    const float* biases;
+    float* output;
+    float* pre;
+    int activation;
+    int M;  // filters per group
+    long long N, K;
+    int groups;
+
+    struct Column {
+        long long base;  // the image's first channel of the group
+        int y0, x0;      // the window's top-left corner
+    };
+    __device__ Column column(int group, long long n) const {
+        const int out_plane = g.out_h * g.out_w;
+        const long long b = n / out_plane;
+        const int pixel = (int)(n - b * out_plane), oy = pixel / g.out_w, ox = pixel - oy * g.out_w;
+        return Column{(b * g.in_c + (long long)group * g.group_in()) * g.in_h * g.in_w, oy * g.stride_y - g.pad,
+                      ox * g.stride_x - g.pad};
     }
-}
+    __device__ float a(int group, int m, long long k) const { return weights[((long long)group * M + m) * K + k]; }
+    __device__ float b(int, const Column& c, long long k) const {
+        const int taps = g.size * g.size, channel = (int)(k / taps), tap = (int)(k - (long long)channel * taps);
+        const int y = c.y0 + tap / g.size * g.dilation, x = c.x0 + tap % g.size * g.dilation;
+        if ((unsigned)y >= (unsigned)g.in_h || (unsigned)x >= (unsigned)g.in_w) return 0.f;
+        return input[c.base + ((long long)channel * g.in_h + y) * g.in_w + x];
+    }
+    __device__ void store(int group, int m, long long n, float value) const {
+        const long long out_plane = (long long)g.out_h * g.out_w, b = n / out_plane;
+        const int f = group * M + m;
+        const long long id = (b * g.filters + f) * out_plane + (n - b * out_plane);
+        value += biases[f];
+        if (pre) pre[id] = value;
+        output[id] = activate(value, activation);
+    }
+};
+
+// Weight gradient: dW[f][k] += sum over the batch's output pixels r of grad[f][r] * the input value tap k of r's
+// window met. K is batch x output pixels (few outputs, a long sum: the GEMM that split-K is for).
+struct ConvWeightGradProblem {
+    TrainGeometry g;
+    const float* input;
+    const float* grad;
+    float* grad_weights;
+    int M;  // filters per group
+    long long N, K;
+    int groups;
+
+    struct Column {
+        long long channel;  // the tap's input channel within the group, times the plane
+        int dy, dx;         // the tap's offset from an output pixel's scaled position
+    };
+    __device__ Column column(int, long long n) const {
+        const int taps = g.size * g.size, channel = (int)(n / taps), tap = (int)(n - (long long)channel * taps);
+        return Column{(long long)channel * g.in_h * g.in_w, tap / g.size * g.dilation - g.pad,
+                      tap % g.size * g.dilation - g.pad};
+    }
+    __device__ float a(int group, int m, long long r) const {
+        const int out_plane = g.out_h * g.out_w;
+        const long long b = r / out_plane;
+        return grad[(b * g.filters + (long long)group * M + m) * out_plane + (r - b * out_plane)];
+    }
+    __device__ float b(int group, const Column& c, long long r) const {
+        const int out_plane = g.out_h * g.out_w;
+        const long long b = r / out_plane;
+        const int pixel = (int)(r - b * out_plane), oy = pixel / g.out_w, ox = pixel - oy * g.out_w;
+        const int y = oy * g.stride_y + c.dy, x = ox * g.stride_x + c.dx;
+        if ((unsigned)y >= (unsigned)g.in_h || (unsigned)x >= (unsigned)g.in_w) return 0.f;
+        return input[(b * g.in_c + (long long)group * g.group_in()) * g.in_h * g.in_w + c.channel +
+                     (long long)y * g.in_w + x];
+    }
+    __device__ void store(int group, int m, long long n, float value) const {
+        grad_weights[((long long)group * M + m) * N + n] += value;
+    }
+};
+
+// Input gradient: dX[c][pixel] += sum over (filter, tap) of W[filter][c][tap] * grad[filter] at the output pixel
+// whose window put that tap on this pixel (none when the stride skips it): the convolution transposed, gathered.
+struct ConvInputGradProblem {
+    TrainGeometry g;
+    const float* weights;
+    const float* grad;
+    float* input_grad;
+    int M;  // input channels per group
+    long long N, K;
+    int groups;
+
+    struct Column {
+        long long base;  // the image's gradient of the group's first filter
+        int ty, tx;      // the pixel's position plus the padding
+    };
+    __device__ Column column(int group, long long n) const {
+        const int in_plane = g.in_h * g.in_w;
+        const long long b = n / in_plane;
+        const int pixel = (int)(n - b * in_plane), y = pixel / g.in_w, x = pixel - y * g.in_w;
+        return Column{(b * g.filters + (long long)group * g.group_out()) * g.out_h * g.out_w, y + g.pad, x + g.pad};
+    }
+    __device__ float a(int group, int m, long long k) const {
+        const int taps = g.size * g.size, filter = (int)(k / taps), tap = (int)(k - (long long)filter * taps);
+        return weights[(((long long)group * g.group_out() + filter) * M + m) * taps + tap];
+    }
+    __device__ float b(int, const Column& c, long long k) const {
+        const int taps = g.size * g.size, filter = (int)(k / taps), tap = (int)(k - (long long)filter * taps);
+        const int sy = c.ty - tap / g.size * g.dilation, sx = c.tx - tap % g.size * g.dilation;
+        if (sy < 0 || sx < 0 || sy % g.stride_y || sx % g.stride_x) return 0.f;
+        const int oy = sy / g.stride_y, ox = sx / g.stride_x;
+        if (oy >= g.out_h || ox >= g.out_w) return 0.f;
+        return grad[c.base + ((long long)filter * g.out_h + oy) * g.out_w + ox];
+    }
+    __device__ void store(int group, int m, long long n, float value) const {
+        const long long in_plane = (long long)g.in_h * g.in_w, b = n / in_plane;
+        input_grad[(b * g.in_c + (long long)group * M + m) * in_plane + (n - b * in_plane)] += value;
+    }
+};
 
 // dLoss/dbias, one thread per filter: the gradient summed over the batch and the positions.
 __global__ void conv_bias_grad_kernel(TrainGeometry g, const float* grad, float* grad_biases) {
@@ -408,66 +501,6 @@ __global__ void conv_bias_grad_kernel(TrainGeometry g, const float* grad, float*
             for (size_t p = 0; p < out_plane; ++p) sum += plane[p];
         }
         grad_biases[f] += sum;
-    }
-}
-
-// dLoss/dW, one thread per weight (f, c, ky, kx): the output gradient times the input value the weight met.
-__global__ void conv_weight_grad_kernel(TrainGeometry g, const float* input, const float* grad, float* grad_weights,
-                                        Precision op) {
-    const int gi = g.group_in(), taps = g.size * g.size;
-    const size_t total = (size_t)g.filters * gi * taps, out_plane = (size_t)g.out_h * g.out_w;
-    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
-        const int f = (int)(id / ((size_t)gi * taps)), c = (int)(id / taps % gi), ky = (int)(id % taps) / g.size,
-                  kx = (int)(id % taps) % g.size;
-        const int channel = f / g.group_out() * gi + c;
-        float sum = 0.f;
-        for (int b = 0; b < g.batch; ++b) {
-            const float* plane = input + ((size_t)b * g.in_c + channel) * g.in_h * g.in_w;
-            const float* gp = grad + ((size_t)b * g.filters + f) * out_plane;
-            for (int oy = 0; oy < g.out_h; ++oy) {
-                const int y = oy * g.stride_y - g.pad + ky * g.dilation;
-                if (y < 0 || y >= g.in_h) continue;
-                for (int ox = 0; ox < g.out_w; ++ox) {
-                    const int x = ox * g.stride_x - g.pad + kx * g.dilation;
-                    if (x < 0 || x >= g.in_w) continue;
-                    sum += round_to(op, gp[oy * g.out_w + ox]) * round_to(op, plane[y * g.in_w + x]);
-                }
-            }
-        }
-        grad_weights[id] += sum;
-    }
-}
-
-// dLoss/dInput, one thread per input value: every (filter, tap) whose window reached it.
-__global__ void conv_input_grad_kernel(TrainGeometry g, const float* weights, const float* grad, float* in_grad,
-                                       Precision op) {
-    const int gi = g.group_in(), go = g.group_out();
-    const size_t in_plane = (size_t)g.in_h * g.in_w, total = in_plane * g.in_c * g.batch;
-    const size_t out_plane = (size_t)g.out_h * g.out_w;
-    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
-        const size_t b = id / (in_plane * g.in_c);
-        const int channel = (int)(id / in_plane % g.in_c), p = (int)(id % in_plane), y = p / g.in_w, x = p % g.in_w;
-        const int group = channel / gi, c = channel % gi;
-        float sum = 0.f;
-        for (int fo = 0; fo < go; ++fo) {
-            const int f = group * go + fo;
-            const float* w = weights + ((size_t)f * gi + c) * g.size * g.size;
-            const float* gp = grad + (b * g.filters + f) * out_plane;
-            for (int ky = 0; ky < g.size; ++ky) {
-                const int ty = y + g.pad - ky * g.dilation;
-                if (ty < 0 || ty % g.stride_y) continue;
-                const int oy = ty / g.stride_y;
-                if (oy >= g.out_h) continue;
-                for (int kx = 0; kx < g.size; ++kx) {
-                    const int tx = x + g.pad - kx * g.dilation;
-                    if (tx < 0 || tx % g.stride_x) continue;
-                    const int ox = tx / g.stride_x;
-                    if (ox >= g.out_w) continue;
-                    sum += round_to(op, w[ky * g.size + kx]) * round_to(op, gp[oy * g.out_w + ox]);
-                }
-            }
-        }
-        in_grad[id] += sum;
     }
 }
 
@@ -495,6 +528,7 @@ public:
     void prepare(const PrepareContext& ctx) override {
         sm_count_ = ctx.sm_count;
         split_k_ = ctx.split_k;
+        precision_ = ctx.precision;
         algorithm_ = ctx.conv_algorithm;
         if (algorithm_ == ConvAlgorithm::AUTO)
             algorithm_ = ctx.precision == Precision::FP32 ? ConvAlgorithm::SIMT : ConvAlgorithm::TENSOR;
@@ -595,10 +629,11 @@ public:
         }
         const float* biases = ctx.params + spec.tensor("biases").offset;
         const bool bn = p_.batch_norm();
-        PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, conv_train_forward_kernel)(
-            g, ctx.input.as<float>(), ctx.params + spec.tensor("weights").offset, bn ? zeros(ctx) : biases,
-            ctx.output.as<float>(), bn ? nullptr : pre, bn || !elementwise ? (int)LINEAR : activation, ctx.operands);
-        PD_CUDA_CHECK_LAUNCH();
+        const ConvForwardProblem problem =
+            forward_problem(g, ctx.input.as<float>(), ctx.params + spec.tensor("weights").offset,
+                            bn ? zeros(ctx) : biases, ctx.output.as<float>(), bn ? nullptr : pre,
+                            bn || !elementwise ? (int)LINEAR : activation);
+        launch_train_gemm(problem, ctx.operands, plan(problem, ctx.operands), ctx.workspace, ctx.stream);
         if (bn) {
             PD_CHECK(spatial * ctx.batch > 1, "layer ", spec.index,
                      ": batch normalisation in training needs more than one value per channel (batch ", ctx.batch,
@@ -639,23 +674,62 @@ public:
             PD_CUDA_CHECK_LAUNCH();
         }
         if (ctx.weight_grads) {
-            const size_t weights = spec.tensor("weights").size;
-            PD_LAUNCH(grid_for(weights, 128), 128, 0, ctx.stream, conv_weight_grad_kernel)(
-                g, ctx.input, ctx.output_grad, ctx.grads + spec.tensor("weights").offset, ctx.operands);
-            PD_CUDA_CHECK_LAUNCH();
+            const ConvWeightGradProblem problem =
+                weight_grad_problem(g, ctx.input, ctx.output_grad, ctx.grads + spec.tensor("weights").offset);
+            launch_train_gemm(problem, ctx.operands, plan(problem, ctx.operands), ctx.workspace, ctx.stream);
         }
         if (ctx.input_grad) {
-            const size_t total = (size_t)ctx.batch * spec.in.size();
-            PD_LAUNCH(grid_for(total, 256), 256, 0, ctx.stream, conv_input_grad_kernel)(
-                g, ctx.params + spec.tensor("weights").offset, ctx.output_grad, ctx.input_grad, ctx.operands);
-            PD_CUDA_CHECK_LAUNCH();
+            const ConvInputGradProblem problem =
+                input_grad_problem(g, ctx.params + spec.tensor("weights").offset, ctx.output_grad, ctx.input_grad);
+            launch_train_gemm(problem, ctx.operands, plan(problem, ctx.operands), ctx.workspace, ctx.stream);
         }
+    }
+
+    // The largest split-K workspace of the three training GEMMs (plans depend on shapes only).
+    size_t train_workspace_bytes(int batch) const override {
+        const TrainGeometry g = train_geometry(batch);
+        const ConvForwardProblem forward = forward_problem(g, nullptr, nullptr, nullptr, nullptr, nullptr, LINEAR);
+        const ConvWeightGradProblem weights = weight_grad_problem(g, nullptr, nullptr, nullptr);
+        const ConvInputGradProblem inputs = input_grad_problem(g, nullptr, nullptr, nullptr);
+        return std::max({train_gemm_workspace(forward, plan(forward, precision_)),
+                         train_gemm_workspace(weights, plan(weights, precision_)),
+                         train_gemm_workspace(inputs, plan(inputs, precision_))});
     }
 
 private:
     TrainGeometry train_geometry(int batch) const {
         return TrainGeometry{batch,   spec.in.c,   spec.in.h,   spec.in.w,   p_.filters, spec.out.h, spec.out.w,
                              p_.size, p_.stride_y, p_.stride_x, p_.dilation, p_.pad(),   p_.groups};
+    }
+
+    ConvForwardProblem forward_problem(const TrainGeometry& g, const float* input, const float* weights,
+                                       const float* biases, float* output, float* pre, int activation) const {
+        const long long taps = (long long)p_.size * p_.size;
+        return ConvForwardProblem{g,           input,
+                                  weights,     biases,
+                                  output,      pre,
+                                  activation,  g.group_out(),
+                                  (long long)g.batch * g.out_h * g.out_w,
+                                  g.group_in() * taps,
+                                  g.groups};
+    }
+    ConvWeightGradProblem weight_grad_problem(const TrainGeometry& g, const float* input, const float* grad,
+                                              float* grad_weights) const {
+        const long long taps = (long long)p_.size * p_.size;
+        return ConvWeightGradProblem{
+            g, input, grad, grad_weights, g.group_out(), g.group_in() * taps, (long long)g.batch * g.out_h * g.out_w,
+            g.groups};
+    }
+    ConvInputGradProblem input_grad_problem(const TrainGeometry& g, const float* weights, const float* grad,
+                                            float* input_grad) const {
+        const long long taps = (long long)p_.size * p_.size;
+        return ConvInputGradProblem{
+            g, weights, grad, input_grad, g.group_in(), (long long)g.batch * g.in_h * g.in_w, g.group_out() * taps,
+            g.groups};
+    }
+    template <class P>
+    GemmPlan plan(const P& problem, Precision operands) const {
+        return plan_train_gemm(problem, operands, algorithm_ == ConvAlgorithm::SIMT, split_k_, sm_count_);
     }
 
     // Zero biases for the convolution before batch-norm (which adds the biases after normalising).
@@ -755,6 +829,7 @@ private:
     ConvGeometry geometry_;
     ConvAlgorithm algorithm_ = ConvAlgorithm::SIMT;
     int sm_count_ = 1, split_k_ = 1;
+    Precision precision_ = Precision::FP32;  // the network's: also the training operands' (mixed precision)
     DeviceArray<float> weights_float_;  // SIMT weights
     DeviceArray<short> weights_;        // TENSOR weights, FP16 or BF16 bits
     DeviceArray<float> bias_;

@@ -123,6 +123,7 @@ struct CudaBackwardContext {
     unsigned long long seed = 0;
     long long iteration = 0;
     Precision operands = Precision::FP32;               // as CudaTrainContext::operands
+    void* workspace = nullptr;                          // as CudaContext::workspace, train_workspace_bytes() long
     const std::vector<float*>* outputs = nullptr;       // every layer's training output
     const std::vector<float*>* grad_buffers = nullptr;  // every layer's output gradient (null: none flows there)
     const std::vector<const LayerSpec*>* specs = nullptr;
@@ -152,6 +153,11 @@ public:
     virtual const char* untrainable() const { return "its backward pass is not implemented on the GPU yet"; }
     virtual void forward_train(const CudaTrainContext& ctx) { forward(ctx); }
     virtual void backward(const CudaBackwardContext& ctx);
+    // Scratch bytes forward_train and backward of `batch` images need (after prepare()): the shared workspace.
+    virtual size_t train_workspace_bytes(int batch) const {
+        (void)batch;
+        return 0;
+    }
 
     const LayerSpec spec;
 };

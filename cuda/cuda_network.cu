@@ -271,10 +271,14 @@ struct CudaNetwork::Impl {
         prepared_split_k = split_k;
     }
 
-    // Grows the shared workspace to what the layers need for `run_batch` images (a graph holds its address).
-    void ensure_workspace(int run_batch) {
+    // Grows the shared workspace to what the layers need for `run_batch` images (a graph holds its address);
+    // `training`: also what forward_train and backward need.
+    void ensure_workspace(int run_batch, bool training = false) {
         size_t need = 0;
-        for (const auto& layer : layers) need = std::max(need, layer->workspace_bytes(run_batch));
+        for (const auto& layer : layers) {
+            need = std::max(need, layer->workspace_bytes(run_batch));
+            if (training) need = std::max(need, layer->train_workspace_bytes(run_batch));
+        }
         if (need <= workspace.size() && workspace.data()) return;
         release_graph();
         workspace.resize(need);
@@ -494,7 +498,7 @@ void CudaNetwork::run_forward_train(const float* input, int slot, int batch, uns
         PD_CHECK(false, "layer ", bad.first, " (", m.specs[bad.first]->type, ") cannot train on the GPU: ", bad.second);
     DeviceScope scope(m.device);
     m.ensure_prepared();
-    m.ensure_workspace(batch);
+    m.ensure_workspace(batch, true);
     m.train_batch = 0;  // no backward until this pass has completed
     const int n = (int)m.layers.size();
     m.device_seeded.assign(n, 0);
@@ -585,6 +589,7 @@ void CudaNetwork::backward(const std::vector<std::pair<int, const float*>>& outp
     CudaBackwardContext ctx;
     ctx.batch = batch;
     ctx.operands = m.precision;
+    ctx.workspace = m.workspace.data();
     ctx.params = m.d_params.data();
     ctx.grads = m.d_grads.data();
     ctx.seed = m.train_seed;
