@@ -1,13 +1,15 @@
 // [connected] on the GPU: one thread per (image, output) computes its dot product in order, with the weights
-// batch-norm-folded as the CPU layer folds them; then bias and activation. Training (float32): the raw weights,
-// batch-norm on the batch statistics, and direct backward kernels (one thread per weight, per input value).
-// Simple rather than fast: none of the detection networks has this layer. Mixed precision (`op`, FP16/BF16) rounds
-// the multiplied operands of the training products to that type, sums in float32 (csrc/math/amp.h).
+// batch-norm-folded as the CPU layer folds them; then bias and activation (simple rather than fast: none of the
+// detection networks has this layer). Training (float32 storage): the raw weights, batch-norm on the batch
+// statistics, and the three products (forward, weight and input gradients) on the training GEMM
+// (cuda/train_gemm.cuh), which in mixed precision (FP16/BF16) rounds their operands and sums in float32.
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "cpu/ops.h"
 #include "cuda_layer.cuh"
+#include "train_gemm.cuh"
 #include "math/activations.h"
 #include "math/amp.h"
 
@@ -30,19 +32,56 @@ __global__ void connected_kernel(const T* in, size_t in_stride, T* out, size_t o
 
 // ----- training (float32) -----
 
-// The training forward: W x + b with the raw weights, one thread per (image, output), operands rounded to `op`.
-__global__ void connected_train_forward_kernel(const float* in, float* out, int batch, int inputs, int outputs,
-                                               const float* weights, const float* bias, Precision op) {
-    const size_t total = (size_t)batch * outputs;
-    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
-        const size_t b = id / outputs, o = id % outputs;
-        const float* x = in + b * inputs;
-        const float* w = weights + o * inputs;
-        float sum = 0.f;
-        for (int i = 0; i < inputs; ++i) sum = fmaf(round_to(op, w[i]), round_to(op, x[i]), sum);
-        out[id] = sum + bias[o];
-    }
-}
+// The three training products as problems of the training GEMM (cuda/train_gemm.cuh); n walks the images.
+
+// Forward: out[b][o] = sum over i of W[o][i] x[b][i] + bias[o], the raw weights.
+struct ConnectedForwardProblem {
+    const float* input;
+    const float* weights;
+    const float* bias;
+    float* output;
+    int M;  // outputs
+    long long N, K;
+    int groups;
+
+    using Column = long long;  // the image
+    __device__ Column column(int, long long n) const { return n; }
+    __device__ float a(int, int m, long long k) const { return weights[m * K + k]; }
+    __device__ float b(int, Column image, long long k) const { return input[image * K + k]; }
+    __device__ void store(int, int m, long long n, float value) const { output[n * M + m] = value + bias[m]; }
+};
+
+// dLoss/dW[o][i] += sum over the images of g[b][o] x[b][i].
+struct ConnectedWeightGradProblem {
+    const float* grad;
+    const float* input;
+    float* grad_weights;
+    int M;  // outputs
+    long long N, K;  // inputs, images
+    int groups;
+
+    using Column = long long;  // the input
+    __device__ Column column(int, long long n) const { return n; }
+    __device__ float a(int, int m, long long image) const { return grad[image * M + m]; }
+    __device__ float b(int, Column i, long long image) const { return input[image * N + i]; }
+    __device__ void store(int, int m, long long n, float value) const { grad_weights[m * N + n] += value; }
+};
+
+// dLoss/dx[b][i] += sum over the outputs of W[o][i] g[b][o].
+struct ConnectedInputGradProblem {
+    const float* weights;
+    const float* grad;
+    float* input_grad;
+    int M;  // inputs
+    long long N, K;  // images, outputs
+    int groups;
+
+    using Column = long long;  // the image
+    __device__ Column column(int, long long n) const { return n; }
+    __device__ float a(int, int m, long long o) const { return weights[o * M + m]; }
+    __device__ float b(int, Column image, long long o) const { return grad[image * K + o]; }
+    __device__ void store(int, int m, long long n, float value) const { input_grad[n * M + m] += value; }
+};
 
 // Backward: dLoss/dbias, one thread per output, summed over the images in double (the CPU's order).
 __global__ void connected_bias_grad_kernel(const float* grad, float* grad_biases, int batch, int outputs) {
@@ -50,32 +89,6 @@ __global__ void connected_bias_grad_kernel(const float* grad, float* grad_biases
         double sum = 0.0;
         for (int b = 0; b < batch; ++b) sum += grad[(size_t)b * outputs + o];
         grad_biases[o] += (float)sum;
-    }
-}
-
-// dLoss/dW[o][i] += g[b][o] * x[b][i] image after image, one thread per weight (the CPU's rank-1 updates).
-__global__ void connected_weight_grad_kernel(const float* grad, const float* input, float* grad_weights, int batch,
-                                             int inputs, int outputs, Precision op) {
-    const size_t total = (size_t)outputs * inputs;
-    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
-        const size_t o = id / inputs, i = id % inputs;
-        float sum = grad_weights[id];
-        for (int b = 0; b < batch; ++b)
-            sum += round_to(op, grad[(size_t)b * outputs + o]) * round_to(op, input[(size_t)b * inputs + i]);
-        grad_weights[id] = sum;
-    }
-}
-
-// dLoss/dx[b][i] += sum over outputs of g[b][o] * W[o][i], one thread per input value.
-__global__ void connected_input_grad_kernel(const float* grad, const float* weights, float* in_grad, int batch,
-                                            int inputs, int outputs, Precision op) {
-    const size_t total = (size_t)batch * inputs;
-    for (size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x; id < total; id += (size_t)gridDim.x * blockDim.x) {
-        const size_t b = id / inputs, i = id % inputs;
-        const float* g = grad + b * outputs;
-        float sum = 0.f;
-        for (int o = 0; o < outputs; ++o) sum += round_to(op, g[o]) * round_to(op, weights[(size_t)o * inputs + i]);
-        in_grad[id] += sum;
     }
 }
 
@@ -101,6 +114,10 @@ public:
         }
         weights_.upload(weights.data(), weights.size(), ctx.stream);
         bias_.upload(bias.data(), bias.size(), ctx.stream);
+        simt_only_ = ctx.conv_algorithm == ConvAlgorithm::SIMT;
+        split_k_ = ctx.split_k;
+        sm_count_ = ctx.sm_count;
+        precision_ = ctx.precision;
     }
 
     void forward(const CudaContext& ctx) override {
@@ -133,10 +150,15 @@ public:
             zero_biases_.resize(outputs);
             PD_CUDA_CHECK(cudaMemsetAsync(zero_biases_.data(), 0, outputs * sizeof(float), ctx.stream));
         }
-        PD_LAUNCH(grid_for(total, 128), 128, 0, ctx.stream, connected_train_forward_kernel)(
-            ctx.input.as<float>(), ctx.output.as<float>(), ctx.batch, inputs, outputs,
-            ctx.params + spec.tensor("weights").offset, bn ? zero_biases_.data() : biases, ctx.operands);
-        PD_CUDA_CHECK_LAUNCH();
+        const ConnectedForwardProblem problem{ctx.input.as<float>(),
+                                              ctx.params + spec.tensor("weights").offset,
+                                              bn ? zero_biases_.data() : biases,
+                                              ctx.output.as<float>(),
+                                              outputs,
+                                              ctx.batch,
+                                              inputs,
+                                              1};
+        launch_train_gemm(problem, ctx.operands, plan(problem, ctx.operands), ctx.workspace, ctx.stream);
         if (bn) {
             PD_CHECK(ctx.batch > 1, "layer ", spec.index,
                      ": batch normalisation in training needs more than one value per channel (batch ", ctx.batch,
@@ -175,14 +197,23 @@ public:
         }
         const float* weights = ctx.params + spec.tensor("weights").offset;
         if (ctx.weight_grads) {
-            PD_LAUNCH(grid_for((size_t)outputs * inputs, 128), 128, 0, ctx.stream, connected_weight_grad_kernel)(
-                grad, ctx.input, ctx.grads + spec.tensor("weights").offset, ctx.batch, inputs, outputs, ctx.operands);
-            PD_CUDA_CHECK_LAUNCH();
+            const ConnectedWeightGradProblem problem{
+                grad, ctx.input, ctx.grads + spec.tensor("weights").offset, outputs, inputs, ctx.batch, 1};
+            launch_train_gemm(problem, ctx.operands, plan(problem, ctx.operands), ctx.workspace, ctx.stream);
         }
         if (!ctx.input_grad) return;
-        PD_LAUNCH(grid_for((size_t)ctx.batch * inputs, 128), 128, 0, ctx.stream, connected_input_grad_kernel)(
-            grad, weights, ctx.input_grad, ctx.batch, inputs, outputs, ctx.operands);
-        PD_CUDA_CHECK_LAUNCH();
+        const ConnectedInputGradProblem problem{weights, grad, ctx.input_grad, inputs, ctx.batch, outputs, 1};
+        launch_train_gemm(problem, ctx.operands, plan(problem, ctx.operands), ctx.workspace, ctx.stream);
+    }
+
+    size_t train_workspace_bytes(int batch) const override {
+        const int outputs = spec.out.c, inputs = (int)spec.in.size();
+        const ConnectedForwardProblem forward{nullptr, nullptr, nullptr, nullptr, outputs, batch, inputs, 1};
+        const ConnectedWeightGradProblem weights{nullptr, nullptr, nullptr, outputs, inputs, batch, 1};
+        const ConnectedInputGradProblem input{nullptr, nullptr, nullptr, inputs, batch, outputs, 1};
+        return std::max({train_gemm_workspace(forward, plan(forward, precision_)),
+                         train_gemm_workspace(weights, plan(weights, precision_)),
+                         train_gemm_workspace(input, plan(input, precision_))});
     }
 
 private:
@@ -191,6 +222,15 @@ private:
     // Training state of the last forward_train.
     DeviceArray<float> xhat_, pre_activation_, zero_biases_;
     DeviceArray<double> inv_std_;
+    // The training GEMMs' choices, from prepare(): the SIMT kernel asked for, split-K, the GPU's size.
+    bool simt_only_ = false;
+    int split_k_ = 0, sm_count_ = 1;
+    Precision precision_ = Precision::FP32;
+
+    template <class P>
+    GemmPlan plan(const P& problem, Precision operands) const {
+        return plan_train_gemm(problem, operands, simt_only_, split_k_, sm_count_);
+    }
 };
 
 }  // namespace

@@ -58,12 +58,17 @@ void fill_fragment(fragment<accumulator, 16, 16, 16, T>& f, T v) {
 template <typename T, typename LayoutA, typename LayoutB>
 void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, T, LayoutA>& a,
               const fragment<matrix_b, 16, 16, 16, T, LayoutB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
+    // The order in which the hardware adds an MMA's products is unspecified (and not the SIMT loop's): here the
+    // 16 products are added as a pairwise tree, then to the accumulator, so results that silently depend on one
+    // order differ from a sequential loop's in the emulation too.
     float out[16][16];
     for (int i = 0; i < 16; ++i)
         for (int j = 0; j < 16; ++j) {
-            float sum = c.value[i][j];
-            for (int k = 0; k < 16; ++k) sum += a.value[i][k] * b.value[k][j];
-            out[i][j] = sum;
+            float partial[16];
+            for (int k = 0; k < 16; ++k) partial[k] = a.value[i][k] * b.value[k][j];
+            for (int width = 8; width >= 1; width /= 2)
+                for (int k = 0; k < width; ++k) partial[k] += partial[k + width];
+            out[i][j] = c.value[i][j] + partial[0];
         }
     for (int i = 0; i < 16; ++i)
         for (int j = 0; j < 16; ++j) d.value[i][j] = out[i][j];
