@@ -56,7 +56,7 @@ struct ConnectedWeightGradProblem {
     const float* grad;
     const float* input;
     float* grad_weights;
-    int M;  // outputs
+    int M;           // outputs
     long long N, K;  // inputs, images
     int groups;
 
@@ -72,7 +72,7 @@ struct ConnectedInputGradProblem {
     const float* weights;
     const float* grad;
     float* input_grad;
-    int M;  // inputs
+    int M;           // inputs
     long long N, K;  // images, outputs
     int groups;
 

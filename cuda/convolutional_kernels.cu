@@ -356,10 +356,9 @@ void launch_reduce(const ConvParams<T, W>& p, int splits, cudaStream_t stream) {
 
 // ----- the layer ---------------------------------------------------------------------------------------------
 
-// ----- training (float32, direct kernels: correctness first, see cuda/NOTES.md) -----------------------------
-// Mixed precision (`op`, FP16/BF16): every multiplied operand (input, weight, output gradient) is rounded to that
-// type and the sums stay float32, as a tensor-core GEMM with float32 accumulation computes them; the product of
-// two rounded values is exact in float32, so a fused multiply-add changes nothing.
+// ----- training (float32 storage; the products on the training GEMM, cuda/train_gemm.cuh) ------------------
+// Mixed precision (FP16/BF16 operands): every multiplied operand (input, weight, output gradient) is rounded to
+// that type and the sums stay float32, on the tensor cores.
 
 // The geometry every training kernel needs.
 struct TrainGeometry {
@@ -629,10 +628,9 @@ public:
         }
         const float* biases = ctx.params + spec.tensor("biases").offset;
         const bool bn = p_.batch_norm();
-        const ConvForwardProblem problem =
-            forward_problem(g, ctx.input.as<float>(), ctx.params + spec.tensor("weights").offset,
-                            bn ? zeros(ctx) : biases, ctx.output.as<float>(), bn ? nullptr : pre,
-                            bn || !elementwise ? (int)LINEAR : activation);
+        const ConvForwardProblem problem = forward_problem(
+            g, ctx.input.as<float>(), ctx.params + spec.tensor("weights").offset, bn ? zeros(ctx) : biases,
+            ctx.output.as<float>(), bn ? nullptr : pre, bn || !elementwise ? (int)LINEAR : activation);
         launch_train_gemm(problem, ctx.operands, plan(problem, ctx.operands), ctx.workspace, ctx.stream);
         if (bn) {
             PD_CHECK(spatial * ctx.batch > 1, "layer ", spec.index,
@@ -705,10 +703,14 @@ private:
     ConvForwardProblem forward_problem(const TrainGeometry& g, const float* input, const float* weights,
                                        const float* biases, float* output, float* pre, int activation) const {
         const long long taps = (long long)p_.size * p_.size;
-        return ConvForwardProblem{g,           input,
-                                  weights,     biases,
-                                  output,      pre,
-                                  activation,  g.group_out(),
+        return ConvForwardProblem{g,
+                                  input,
+                                  weights,
+                                  biases,
+                                  output,
+                                  pre,
+                                  activation,
+                                  g.group_out(),
                                   (long long)g.batch * g.out_h * g.out_w,
                                   g.group_in() * taps,
                                   g.groups};
@@ -716,16 +718,26 @@ private:
     ConvWeightGradProblem weight_grad_problem(const TrainGeometry& g, const float* input, const float* grad,
                                               float* grad_weights) const {
         const long long taps = (long long)p_.size * p_.size;
-        return ConvWeightGradProblem{
-            g, input, grad, grad_weights, g.group_out(), g.group_in() * taps, (long long)g.batch * g.out_h * g.out_w,
-            g.groups};
+        return ConvWeightGradProblem{g,
+                                     input,
+                                     grad,
+                                     grad_weights,
+                                     g.group_out(),
+                                     g.group_in() * taps,
+                                     (long long)g.batch * g.out_h * g.out_w,
+                                     g.groups};
     }
     ConvInputGradProblem input_grad_problem(const TrainGeometry& g, const float* weights, const float* grad,
                                             float* input_grad) const {
         const long long taps = (long long)p_.size * p_.size;
-        return ConvInputGradProblem{
-            g, weights, grad, input_grad, g.group_in(), (long long)g.batch * g.in_h * g.in_w, g.group_out() * taps,
-            g.groups};
+        return ConvInputGradProblem{g,
+                                    weights,
+                                    grad,
+                                    input_grad,
+                                    g.group_in(),
+                                    (long long)g.batch * g.in_h * g.in_w,
+                                    g.group_out() * taps,
+                                    g.groups};
     }
     template <class P>
     GemmPlan plan(const P& problem, Precision operands) const {
@@ -830,8 +842,8 @@ private:
     ConvAlgorithm algorithm_ = ConvAlgorithm::SIMT;
     int sm_count_ = 1, split_k_ = 1;
     Precision precision_ = Precision::FP32;  // the network's: also the training operands' (mixed precision)
-    DeviceArray<float> weights_float_;  // SIMT weights
-    DeviceArray<short> weights_;        // TENSOR weights, FP16 or BF16 bits
+    DeviceArray<float> weights_float_;       // SIMT weights
+    DeviceArray<short> weights_;             // TENSOR weights, FP16 or BF16 bits
     DeviceArray<float> bias_;
     DeviceArray<int4> taps_;
 };

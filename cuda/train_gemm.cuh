@@ -192,8 +192,7 @@ __global__ void __launch_bounds__(kGemmTensorThreads)
         for (int e = 0; e < 16; ++e) {
             const int m = a_m + 4 * e;
             const long long k = k0 + a_k;
-            As[m * kGemmTensorALd + a_k] =
-                from_float<T>(m0 + m < p.M && k < bk.end ? p.a(bk.group, m0 + m, k) : 0.f);
+            As[m * kGemmTensorALd + a_k] = from_float<T>(m0 + m < p.M && k < bk.end ? p.a(bk.group, m0 + m, k) : 0.f);
         }
 #pragma unroll 4
         for (int e = 0; e < 16; ++e) {

@@ -7,7 +7,7 @@ same way (the same math: only the summation order and float32 sums differ) and w
 shows the rounding matters). fp16 training scales the loss (LossScaler, GradScaler's defaults).
 
 Skipped without a CUDA device; in the CUDA emulation build the kernels' arithmetic is checked, nothing about a
-GPU's speed (these are direct kernels, not tensor-core GEMMs).
+GPU's speed.
 """
 
 import numpy as np
