@@ -113,20 +113,31 @@ __global__ void __launch_bounds__(kGemmSimtThreads)
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
 
-    for (long long k0 = bk.begin; k0 < bk.end; k0 += kGemmSimtBK) {
+    // The next tile's operands are read into registers before the current tile's math, so the global loads
+    // overlap it; they go to shared memory once every thread is done with the current tile.
+    float a_next[4], b_next[4];
+    auto fetch = [&](long long k0) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int m = a_m + 16 * e;
             const long long k = k0 + a_k;
-            As[a_k][m] = m0 + m < p.M && k < bk.end ? round_to(op, p.a(bk.group, m0 + m, k)) : 0.f;
+            a_next[e] = m0 + m < p.M && k < bk.end ? round_to(op, p.a(bk.group, m0 + m, k)) : 0.f;
         }
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            const int kk = b_k + 4 * e;
-            const long long k = k0 + kk;
-            Bs[kk][b_n] = column_valid && k < bk.end ? round_to(op, p.b(bk.group, column, k)) : 0.f;
+            const long long k = k0 + b_k + 4 * e;
+            b_next[e] = column_valid && k < bk.end ? round_to(op, p.b(bk.group, column, k)) : 0.f;
         }
+    };
+    if (bk.begin < bk.end) fetch(bk.begin);
+    for (long long k0 = bk.begin; k0 < bk.end; k0 += kGemmSimtBK) {
+        __syncthreads();  // every thread is done reading the previous tile
+#pragma unroll
+        for (int e = 0; e < 4; ++e) As[a_k][a_m + 16 * e] = a_next[e];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) Bs[b_k + 4 * e][b_n] = b_next[e];
         __syncthreads();
+        if (k0 + kGemmSimtBK < bk.end) fetch(k0 + kGemmSimtBK);
 #pragma unroll
         for (int kk = 0; kk < kGemmSimtBK; ++kk) {
             float a[4], b[4];
@@ -139,7 +150,6 @@ __global__ void __launch_bounds__(kGemmSimtThreads)
 #pragma unroll
                 for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
         }
-        __syncthreads();
     }
 
 #pragma unroll
@@ -187,20 +197,30 @@ __global__ void __launch_bounds__(kGemmTensorThreads)
 #pragma unroll
         for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
 
-    for (long long k0 = bk.begin; k0 < bk.end; k0 += kGemmTensorBK) {
-#pragma unroll 4
+    // Register prefetch of the next tile, as in the SIMT kernel (already rounded to T: 16 registers).
+    T a_next[16], b_next[16];
+    auto fetch = [&](long long k0) {
+#pragma unroll
         for (int e = 0; e < 16; ++e) {
             const int m = a_m + 4 * e;
             const long long k = k0 + a_k;
-            As[m * kGemmTensorALd + a_k] = from_float<T>(m0 + m < p.M && k < bk.end ? p.a(bk.group, m0 + m, k) : 0.f);
+            a_next[e] = from_float<T>(m0 + m < p.M && k < bk.end ? p.a(bk.group, m0 + m, k) : 0.f);
         }
-#pragma unroll 4
+#pragma unroll
         for (int e = 0; e < 16; ++e) {
-            const int kk = b_k + 2 * e;
-            const long long k = k0 + kk;
-            Bs[kk * kGemmTensorBLd + b_n] = from_float<T>(column_valid && k < bk.end ? p.b(bk.group, column, k) : 0.f);
+            const long long k = k0 + b_k + 2 * e;
+            b_next[e] = from_float<T>(column_valid && k < bk.end ? p.b(bk.group, column, k) : 0.f);
         }
+    };
+    if (bk.begin < bk.end) fetch(bk.begin);
+    for (long long k0 = bk.begin; k0 < bk.end; k0 += kGemmTensorBK) {
+        __syncthreads();  // every warp is done reading the previous tile
+#pragma unroll
+        for (int e = 0; e < 16; ++e) As[(a_m + 4 * e) * kGemmTensorALd + a_k] = a_next[e];
+#pragma unroll
+        for (int e = 0; e < 16; ++e) Bs[(b_k + 2 * e) * kGemmTensorBLd + b_n] = b_next[e];
         __syncthreads();
+        if (k0 + kGemmTensorBK < bk.end) fetch(k0 + kGemmTensorBK);
 #pragma unroll
         for (int kk = 0; kk < kGemmTensorBK; kk += 16) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a[2];
@@ -216,7 +236,6 @@ __global__ void __launch_bounds__(kGemmTensorThreads)
 #pragma unroll
                 for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
         }
-        __syncthreads();
     }
 
     // Through shared memory, one fragment at a time: the fragments' register layout is unspecified.
