@@ -368,15 +368,20 @@ struct TrainGeometry {
 };
 
 // The three training products as problems of the training GEMM (cuda/train_gemm.cuh), per group. k walks a
-// filter's weights in their stored order (channel, ky, kx); n walks the batch's pixels image after image.
+// filter's weights in their stored order (channel, ky, kx); n walks the batch's pixels image after image. Index
+// arithmetic that divides is 32-bit (forward_train checks that batch x pixels fits) and the per-k geometry comes
+// from tables built in prepare(), so gathering an operand costs no division in the forward and input-gradient
+// GEMMs and two 32-bit ones in the weight gradient's.
 
 // Forward: output[f][pixel] = sum over k of W[f][k] * input at tap k of the pixel's window, plus the bias; the sum
-// before the activation kept in `pre` when the activation's gradient needs it.
+// before the activation kept in `pre` when the activation's gradient needs it. taps[k]: the inference table
+// (offset from the window's corner, dy, dx).
 struct ConvForwardProblem {
     TrainGeometry g;
     const float* input;
     const float* weights;
     const float* biases;
+    const int4* taps;
     float* output;
     float* pre;
     int activation;
@@ -385,27 +390,26 @@ struct ConvForwardProblem {
     int groups;
 
     struct Column {
-        long long base;  // the image's first channel of the group
-        int y0, x0;      // the window's top-left corner
+        long long corner;  // the element at the window's top-left corner (may lie outside the image)
+        int y0, x0;        // that corner's position
     };
     __device__ Column column(int group, long long n) const {
-        const int out_plane = g.out_h * g.out_w;
-        const long long b = n / out_plane;
-        const int pixel = (int)(n - b * out_plane), oy = pixel / g.out_w, ox = pixel - oy * g.out_w;
-        return Column{(b * g.in_c + (long long)group * g.group_in()) * g.in_h * g.in_w, oy * g.stride_y - g.pad,
-                      ox * g.stride_x - g.pad};
+        const int out_plane = g.out_h * g.out_w, b = (int)n / out_plane, pixel = (int)n - b * out_plane;
+        const int oy = pixel / g.out_w, y0 = oy * g.stride_y - g.pad, x0 = (pixel - oy * g.out_w) * g.stride_x - g.pad;
+        return Column{
+            ((long long)b * g.in_c + (long long)group * g.group_in()) * g.in_h * g.in_w + (long long)y0 * g.in_w + x0,
+            y0, x0};
     }
     __device__ float a(int group, int m, long long k) const { return weights[((long long)group * M + m) * K + k]; }
     __device__ float b(int, const Column& c, long long k) const {
-        const int taps = g.size * g.size, channel = (int)(k / taps), tap = (int)(k - (long long)channel * taps);
-        const int y = c.y0 + tap / g.size * g.dilation, x = c.x0 + tap % g.size * g.dilation;
+        const int4 tap = taps[k];
+        const int y = c.y0 + tap.y, x = c.x0 + tap.z;
         if ((unsigned)y >= (unsigned)g.in_h || (unsigned)x >= (unsigned)g.in_w) return 0.f;
-        return input[c.base + ((long long)channel * g.in_h + y) * g.in_w + x];
+        return input[c.corner + tap.x];
     }
     __device__ void store(int group, int m, long long n, float value) const {
-        const long long out_plane = (long long)g.out_h * g.out_w, b = n / out_plane;
-        const int f = group * M + m;
-        const long long id = (b * g.filters + f) * out_plane + (n - b * out_plane);
+        const int out_plane = g.out_h * g.out_w, b = (int)n / out_plane, f = group * M + m;
+        const long long id = ((long long)b * g.filters + f) * out_plane + ((int)n - b * out_plane);
         value += biases[f];
         if (pre) pre[id] = value;
         output[id] = activate(value, activation);
@@ -428,22 +432,20 @@ struct ConvWeightGradProblem {
         int dy, dx;         // the tap's offset from an output pixel's scaled position
     };
     __device__ Column column(int, long long n) const {
-        const int taps = g.size * g.size, channel = (int)(n / taps), tap = (int)(n - (long long)channel * taps);
+        const int taps = g.size * g.size, channel = (int)n / taps, tap = (int)n - channel * taps;
         return Column{(long long)channel * g.in_h * g.in_w, tap / g.size * g.dilation - g.pad,
                       tap % g.size * g.dilation - g.pad};
     }
     __device__ float a(int group, int m, long long r) const {
-        const int out_plane = g.out_h * g.out_w;
-        const long long b = r / out_plane;
-        return grad[(b * g.filters + (long long)group * M + m) * out_plane + (r - b * out_plane)];
+        const int out_plane = g.out_h * g.out_w, b = (int)r / out_plane;
+        return grad[((long long)b * g.filters + (long long)group * M + m) * out_plane + ((int)r - b * out_plane)];
     }
     __device__ float b(int group, const Column& c, long long r) const {
-        const int out_plane = g.out_h * g.out_w;
-        const long long b = r / out_plane;
-        const int pixel = (int)(r - b * out_plane), oy = pixel / g.out_w, ox = pixel - oy * g.out_w;
+        const int out_plane = g.out_h * g.out_w, b = (int)r / out_plane, pixel = (int)r - b * out_plane;
+        const int oy = pixel / g.out_w, ox = pixel - oy * g.out_w;
         const int y = oy * g.stride_y + c.dy, x = ox * g.stride_x + c.dx;
         if ((unsigned)y >= (unsigned)g.in_h || (unsigned)x >= (unsigned)g.in_w) return 0.f;
-        return input[(b * g.in_c + (long long)group * g.group_in()) * g.in_h * g.in_w + c.channel +
+        return input[((long long)b * g.in_c + (long long)group * g.group_in()) * g.in_h * g.in_w + c.channel +
                      (long long)y * g.in_w + x];
     }
     __device__ void store(int group, int m, long long n, float value) const {
@@ -453,10 +455,12 @@ struct ConvWeightGradProblem {
 
 // Input gradient: dX[c][pixel] += sum over (filter, tap) of W[filter][c][tap] * grad[filter] at the output pixel
 // whose window put that tap on this pixel (none when the stride skips it): the convolution transposed, gathered.
+// back_taps[k], k = (filter, tap) within the group: (filter x output plane, ky x dilation, kx x dilation, filter).
 struct ConvInputGradProblem {
     TrainGeometry g;
     const float* weights;
     const float* grad;
+    const int4* back_taps;
     float* input_grad;
     int M;  // input channels per group
     long long N, K;
@@ -467,26 +471,33 @@ struct ConvInputGradProblem {
         int ty, tx;      // the pixel's position plus the padding
     };
     __device__ Column column(int group, long long n) const {
-        const int in_plane = g.in_h * g.in_w;
-        const long long b = n / in_plane;
-        const int pixel = (int)(n - b * in_plane), y = pixel / g.in_w, x = pixel - y * g.in_w;
-        return Column{(b * g.filters + (long long)group * g.group_out()) * g.out_h * g.out_w, y + g.pad, x + g.pad};
+        const int in_plane = g.in_h * g.in_w, b = (int)n / in_plane, pixel = (int)n - b * in_plane;
+        const int y = pixel / g.in_w, x = pixel - y * g.in_w;
+        return Column{((long long)b * g.filters + (long long)group * g.group_out()) * g.out_h * g.out_w, y + g.pad,
+                      x + g.pad};
     }
     __device__ float a(int group, int m, long long k) const {
-        const int taps = g.size * g.size, filter = (int)(k / taps), tap = (int)(k - (long long)filter * taps);
+        const int taps = g.size * g.size, filter = back_taps[k].w, tap = (int)k - filter * taps;
         return weights[(((long long)group * g.group_out() + filter) * M + m) * taps + tap];
     }
     __device__ float b(int, const Column& c, long long k) const {
-        const int taps = g.size * g.size, filter = (int)(k / taps), tap = (int)(k - (long long)filter * taps);
-        const int sy = c.ty - tap / g.size * g.dilation, sx = c.tx - tap % g.size * g.dilation;
-        if (sy < 0 || sx < 0 || sy % g.stride_y || sx % g.stride_x) return 0.f;
-        const int oy = sy / g.stride_y, ox = sx / g.stride_x;
+        const int4 tap = back_taps[k];
+        int oy = c.ty - tap.y, ox = c.tx - tap.z;
+        if (oy < 0 || ox < 0) return 0.f;
+        if (g.stride_y > 1) {
+            if (oy % g.stride_y) return 0.f;
+            oy /= g.stride_y;
+        }
+        if (g.stride_x > 1) {
+            if (ox % g.stride_x) return 0.f;
+            ox /= g.stride_x;
+        }
         if (oy >= g.out_h || ox >= g.out_w) return 0.f;
-        return grad[c.base + ((long long)filter * g.out_h + oy) * g.out_w + ox];
+        return grad[c.base + tap.x + (long long)oy * g.out_w + ox];
     }
     __device__ void store(int group, int m, long long n, float value) const {
-        const long long in_plane = (long long)g.in_h * g.in_w, b = n / in_plane;
-        input_grad[(b * g.in_c + (long long)group * M + m) * in_plane + (n - b * in_plane)] += value;
+        const int in_plane = g.in_h * g.in_w, b = (int)n / in_plane;
+        input_grad[((long long)b * g.in_c + (long long)group * M + m) * in_plane + ((int)n - b * in_plane)] += value;
     }
 };
 
@@ -576,6 +587,15 @@ public:
             taps[k] = make_int4(c * geometry_.in_plane + dy * geometry_.in_w + dx, dy, dx, 0);
         }
         taps_.upload(taps.data(), taps.size(), ctx.stream);
+
+        // The training input gradient's table: k = (filter, ky, kx) within a group.
+        const int taps_per_filter = p_.size * p_.size;
+        std::vector<int4> back_taps((size_t)geometry_.M * taps_per_filter);
+        for (int filter = 0; filter < geometry_.M; ++filter)
+            for (int tap = 0; tap < taps_per_filter; ++tap)
+                back_taps[(size_t)filter * taps_per_filter + tap] = make_int4(
+                    filter * geometry_.out_plane, tap / p_.size * p_.dilation, tap % p_.size * p_.dilation, filter);
+        back_taps_.upload(back_taps.data(), back_taps.size(), ctx.stream);
     }
 
     size_t workspace_bytes(int batch) const override {
@@ -618,6 +638,8 @@ public:
     // the activation kept when its gradient needs them.
     void forward_train(const CudaTrainContext& ctx) override {
         const TrainGeometry g = train_geometry(ctx.batch);
+        PD_CHECK((long long)ctx.batch * std::max(spec.in.h * spec.in.w, spec.out.h * spec.out.w) < (1LL << 31),
+                 "layer ", spec.index, ": batch ", ctx.batch, " is too large for the CUDA training convolution");
         const size_t total = (size_t)ctx.batch * spec.out.size(), spatial = (size_t)spec.out.h * spec.out.w;
         const int activation = p_.activation;
         const bool elementwise = !is_channel_activation(activation);
@@ -702,30 +724,24 @@ private:
 
     ConvForwardProblem forward_problem(const TrainGeometry& g, const float* input, const float* weights,
                                        const float* biases, float* output, float* pre, int activation) const {
-        const long long taps = (long long)p_.size * p_.size;
         return ConvForwardProblem{g,
                                   input,
                                   weights,
                                   biases,
+                                  taps_.data(),
                                   output,
                                   pre,
                                   activation,
                                   g.group_out(),
                                   (long long)g.batch * g.out_h * g.out_w,
-                                  g.group_in() * taps,
+                                  (long long)k_,
                                   g.groups};
     }
     ConvWeightGradProblem weight_grad_problem(const TrainGeometry& g, const float* input, const float* grad,
                                               float* grad_weights) const {
-        const long long taps = (long long)p_.size * p_.size;
-        return ConvWeightGradProblem{g,
-                                     input,
-                                     grad,
-                                     grad_weights,
-                                     g.group_out(),
-                                     g.group_in() * taps,
-                                     (long long)g.batch * g.out_h * g.out_w,
-                                     g.groups};
+        return ConvWeightGradProblem{
+            g,       input, grad, grad_weights, g.group_out(), (long long)k_, (long long)g.batch * g.out_h * g.out_w,
+            g.groups};
     }
     ConvInputGradProblem input_grad_problem(const TrainGeometry& g, const float* weights, const float* grad,
                                             float* input_grad) const {
@@ -733,6 +749,7 @@ private:
         return ConvInputGradProblem{g,
                                     weights,
                                     grad,
+                                    back_taps_.data(),
                                     input_grad,
                                     g.group_in(),
                                     (long long)g.batch * g.in_h * g.in_w,
@@ -846,6 +863,7 @@ private:
     DeviceArray<short> weights_;             // TENSOR weights, FP16 or BF16 bits
     DeviceArray<float> bias_;
     DeviceArray<int4> taps_;
+    DeviceArray<int4> back_taps_;  // the training input gradient's (filter, tap) table
 };
 
 }  // namespace
