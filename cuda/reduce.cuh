@@ -31,62 +31,62 @@ inline int reduce_threads(size_t count) {
     return threads;
 }
 
-// The sum over the block of each thread's v[0 .. used), returned in every thread's v. Every thread of the block
+// The sum over the block of each thread's v[0 .. N), returned in every thread's v. Every thread of the block
 // must call it (it has barriers); blockDim.x is a multiple of kReduceGroups, at most kReduceMaxThreads. The
 // tree is fixed: thread t's values go to slot t; thread g < 16 adds the blockDim.x / 16 consecutive slots of
 // group g in order; every thread then adds the 16 group sums in order. Two barriers; a second call may follow
 // at once (each shared array is written only after the barrier that ends the previous call's reads of it).
 template <int N>
-__device__ void block_sum(double (&v)[N], int used = N) {
+__device__ void block_sum(double (&v)[N]) {
     __shared__ double slots[N][kReduceMaxThreads];
     __shared__ double groups[N][kReduceGroups];
     const int t = threadIdx.x, width = blockDim.x / kReduceGroups;
-    for (int n = 0; n < used; ++n) slots[n][t] = v[n];
+    for (int n = 0; n < N; ++n) slots[n][t] = v[n];
     __syncthreads();
     if (t < kReduceGroups)
-        for (int n = 0; n < used; ++n) {
+        for (int n = 0; n < N; ++n) {
             double s = slots[n][t * width];
             for (int k = 1; k < width; ++k) s += slots[n][t * width + k];
             groups[n][t] = s;
         }
     __syncthreads();
-    for (int n = 0; n < used; ++n) {
+    for (int n = 0; n < N; ++n) {
         double s = groups[n][0];
         for (int k = 1; k < kReduceGroups; ++k) s += groups[n][k];
         v[n] = s;
     }
 }
 
-// Pass one. term(segment, j, v) adds value j (< count) of `segment` into v[0 .. used) (and may write that
+// Pass one. term(segment, j, v) adds value j (< count) of `segment` into v[0 .. N) (and may write that
 // value's element in place: each is visited once); block (segment, chunk) either hands the segment's sums to
 // finish(segment, v) (one chunk) or writes them to partial[(segment * chunks + chunk) * N + n].
 template <int N, typename Term, typename Finish>
 __global__ void segment_partial_kernel(Term term, Finish finish, size_t segments, size_t count, size_t chunk,
-                                       size_t chunks, int used, double* partial) {
+                                       size_t chunks, double* partial) {
     for (size_t block = blockIdx.x; block < segments * chunks; block += gridDim.x) {
         const size_t segment = block / chunks, k = block % chunks;
         const size_t begin = k * chunk, end = begin + chunk < count ? begin + chunk : count;
         double v[N];
         for (int n = 0; n < N; ++n) v[n] = 0.0;
         for (size_t j = begin + threadIdx.x; j < end; j += blockDim.x) term(segment, j, v);
-        block_sum(v, used);
+        block_sum(v);
         if (threadIdx.x != 0) continue;
         if (chunks == 1)
             finish(segment, v);
         else
-            for (int n = 0; n < used; ++n) partial[block * N + n] = v[n];
+            for (int n = 0; n < N; ++n) partial[block * N + n] = v[n];
     }
 }
 
 // Pass two: the chunks' sums of each segment, added in the same fixed way, handed to finish.
 template <int N, typename Finish>
-__global__ void segment_finish_kernel(Finish finish, const double* partial, size_t segments, size_t chunks, int used) {
+__global__ void segment_finish_kernel(Finish finish, const double* partial, size_t segments, size_t chunks) {
     for (size_t segment = blockIdx.x; segment < segments; segment += gridDim.x) {
         double v[N];
         for (int n = 0; n < N; ++n) v[n] = 0.0;
         for (size_t k = threadIdx.x; k < chunks; k += blockDim.x)
-            for (int n = 0; n < used; ++n) v[n] += partial[(segment * chunks + k) * N + n];
-        block_sum(v, used);
+            for (int n = 0; n < N; ++n) v[n] += partial[(segment * chunks + k) * N + n];
+        block_sum(v);
         if (threadIdx.x == 0) finish(segment, v);
     }
 }
@@ -96,23 +96,23 @@ __global__ void segment_finish_kernel(Finish finish, const double* partial, size
 // since its queued kernels may still use the old buffer.
 double* reduce_scratch(int slot, size_t count, cudaStream_t stream);
 
-// `segments` sums of `count` values each, of up to N quantities (`used` of them), in the fixed order above:
-// finish(segment, v) gets each segment's sums (thread 0 of one block per segment calls it). Nothing runs when
-// there is nothing to add. Term and Finish are small structs with __device__ operator() (copied to the kernels).
+// `segments` sums of `count` values each, of N quantities (v[0 .. N), zero where a term adds nothing), in the
+// fixed order above: finish(segment, v) gets each segment's sums (thread 0 of one block per segment calls it).
+// Nothing runs when there is nothing to add. Term and Finish are small structs with __device__ operator() (copied
+// to the kernels).
 template <int N, typename Term, typename Finish>
-void launch_segment_sums(size_t segments, size_t count, const Term& term, const Finish& finish, cudaStream_t stream,
-                         int used = N) {
+void launch_segment_sums(size_t segments, size_t count, const Term& term, const Finish& finish, cudaStream_t stream) {
     if (segments == 0 || count == 0) return;
     const int threads = reduce_threads(count);
     const size_t chunk = (size_t)threads * kReduceValuesPerThread, chunks = (count + chunk - 1) / chunk;
     double* partial = chunks > 1 ? reduce_scratch(0, segments * chunks * N, stream) : nullptr;
     const size_t blocks = segments * chunks;
     PD_LAUNCH((unsigned)(blocks < kReduceMaxBlocks ? blocks : kReduceMaxBlocks), threads, 0, stream,
-              segment_partial_kernel<N, Term, Finish>)(term, finish, segments, count, chunk, chunks, used, partial);
+              segment_partial_kernel<N, Term, Finish>)(term, finish, segments, count, chunk, chunks, partial);
     PD_CUDA_CHECK_LAUNCH();
     if (chunks == 1) return;
     PD_LAUNCH((unsigned)(segments < kReduceMaxBlocks ? segments : kReduceMaxBlocks), reduce_threads(chunks), 0, stream,
-              segment_finish_kernel<N, Finish>)(finish, partial, segments, chunks, used);
+              segment_finish_kernel<N, Finish>)(finish, partial, segments, chunks);
     PD_CUDA_CHECK_LAUNCH();
 }
 

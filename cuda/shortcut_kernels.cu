@@ -199,7 +199,7 @@ public:
             layer_step, (size_t)ctx.batch * step,
             WeightGradientTerms{ctx.output_grad, ctx.input, sources, outputs, layer_step, step},
             WeightGradient{weights, layer_step, count, p_.normalization, ctx.grads + spec.tensor("weights").offset},
-            ctx.stream, count);
+            ctx.stream);
     }
 
 private:
