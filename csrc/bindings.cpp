@@ -40,7 +40,9 @@ namespace py = pybind11;
 #ifdef PYDARKNET_WITH_CUDA
 namespace pd {
 std::vector<float> cuda_activate(const std::vector<float>& values, int activation);
-}
+std::vector<float> cuda_channel_sums(const std::vector<float>& x, int batch, int channels, size_t spatial,
+                                     std::vector<float> accumulate);
+}  // namespace pd
 #endif
 
 namespace pd {
@@ -449,6 +451,17 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("values"), py::arg("activation"),
         "Applies an element-wise activation on the GPU (for CPU/GPU parity tests).");
+    m.def(
+        "cuda_channel_sums",
+        [](const std::vector<float>& x, int batch, int channels, size_t spatial, std::vector<float> accumulate) {
+            py::gil_scoped_release release;
+#ifdef PYDARKNET_CUDA_EMULATION
+            std::lock_guard<std::mutex> emulation(pd::emulation_mutex);
+#endif
+            return pd::cuda_channel_sums(x, batch, channels, spatial, std::move(accumulate));
+        },
+        py::arg("x"), py::arg("batch"), py::arg("channels"), py::arg("spatial"), py::arg("accumulate"),
+        "accumulate[c] + the sum of x[b][c][s] over b and s, on the GPU in its fixed order (for parity tests).");
     using pd::SharedCudaNetwork;
     py::class_<SharedCudaNetwork>(m, "CudaNetwork")
         .def(py::init([](SharedNetwork& host, int precision, int device) {

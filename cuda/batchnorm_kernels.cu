@@ -7,6 +7,7 @@
 #include "cpu/train_ops.h"
 #include "cuda_layer.cuh"
 #include "math/batchnorm.h"
+#include "reduce.cuh"
 
 namespace pd {
 namespace {
@@ -21,54 +22,79 @@ __global__ void scale_shift_kernel(const T* in, size_t in_stride, T* out, size_t
     }
 }
 
-// One thread per channel (a correctness baseline, see cuda/NOTES.md).
-__global__ void bn_train_forward_kernel(float* x, float* xhat, float* pre, double* inv_std_out, int batch, int channels,
-                                        size_t spatial, const float* scales, const float* biases, float* rolling_mean,
-                                        float* rolling_variance, float epsilon, int activation) {
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x)
-        inv_std_out[c] = batchnorm_train_channel(x, xhat, pre, batch, channels, spatial, c, scales[c], biases[c],
-                                                 rolling_mean + c, rolling_variance + c, epsilon, activation);
+// Training. Each channel's sums run through launch_segment_sums (cuda/reduce.cuh: blocks per channel, or per
+// chunk of a channel and then per channel, in a fixed order), the element-wise parts one thread per value.
+// stats holds sum(x) per channel, then sum(x^2) per channel (forward), or sum(g), sum(g * xhat) (backward).
+
+struct ChannelSums {  // forward: x and x^2
+    const float* x;
+    size_t channels, spatial;
+    __device__ void operator()(size_t c, size_t j, double* v) const {
+        const double value = x[channel_value_index(c, j, channels, spatial)];
+        v[0] += value;
+        v[1] += value * value;
+    }
+};
+
+struct GradientSums {  // backward: the activation's gradient applied in place, then g and g * xhat
+    float* grad;
+    const float *output, *pre, *xhat;
+    size_t channels, spatial;
+    int activation;
+    __device__ void operator()(size_t c, size_t j, double* v) const {
+        const size_t i = channel_value_index(c, j, channels, spatial);
+        float g = grad[i];  // output (and pre) may be null with LINEAR
+        if (activation != LINEAR) g *= gradient(output[i], pre ? pre[i] : output[i], activation);
+        grad[i] = g;
+        v[0] += g;
+        v[1] += (double)g * xhat[i];
+    }
+};
+
+struct StoreStats {  // the sums into stats; in the backward also dbias += sum(g), dscale += sum(g * xhat)
+    double* stats;
+    size_t channels;
+    float *grad_scales, *grad_biases;
+    __device__ void operator()(size_t c, const double* v) const {
+        stats[c] = v[0];
+        stats[channels + c] = v[1];
+        if (grad_biases) grad_biases[c] += (float)v[0];
+        if (grad_scales) grad_scales[c] += (float)v[1];
+    }
+};
+
+// Per channel: 1 / std kept for the backward, the rolling statistics moved.
+__global__ void bn_statistics_kernel(const double* stats, double total, int channels, float epsilon, double* inv_std,
+                                     float* rolling_mean, float* rolling_variance) {
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x) {
+        const BatchnormStatistics s = batchnorm_statistics(stats[c], stats[channels + c], total, epsilon);
+        inv_std[c] = s.inv_std;
+        batchnorm_rolling_update(s, rolling_mean + c, rolling_variance + c);
+    }
 }
 
-__global__ void bn_train_backward_kernel(float* grad, const float* output, const float* pre, const float* xhat,
-                                         const double* inv_std, int batch, int channels, size_t spatial,
-                                         const float* scales, float* grad_scales, float* grad_biases, int activation) {
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x)
-        batchnorm_backward_channel(grad, output, pre, xhat, inv_std[c], batch, channels, spatial, c, scales[c],
-                                   grad_scales + c, grad_biases + c, activation);
-}
-
-// Synchronized batch-norm (data-parallel training): the local sums first, then the normalisation with the sums
-// over every process. stats holds sum(x) per channel, then sum(x^2) per channel (forward), or sum(g), sum(g * xhat)
-// (backward).
-__global__ void bn_sums_kernel(const float* x, double* stats, int batch, int channels, size_t spatial) {
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x)
-        batchnorm_channel_sums(x, batch, channels, spatial, c, stats + c, stats + channels + c);
-}
-
-__global__ void bn_normalize_kernel(float* x, float* xhat, float* pre, double* inv_std_out, const double* stats,
+// One thread per value: xhat, the value before the activation (pre, when not null), the activation.
+__global__ void bn_normalize_kernel(float* x, float* xhat, float* pre, const double* inv_std, const double* stats,
                                     double total, int batch, int channels, size_t spatial, const float* scales,
-                                    const float* biases, float* rolling_mean, float* rolling_variance, float epsilon,
-                                    int activation) {
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x)
-        inv_std_out[c] = batchnorm_normalize_channel(x, xhat, pre, batch, channels, spatial, c, stats[c],
-                                                     stats[channels + c], total, scales[c], biases[c], rolling_mean + c,
-                                                     rolling_variance + c, epsilon, activation);
+                                    const float* biases, int activation) {
+    const size_t n = (size_t)batch * channels * spatial;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t c = (i / spatial) % channels;
+        const float y = batchnorm_normalize_value(x[i], stats[c] / total, inv_std[c], scales[c], biases[c], xhat + i);
+        if (pre) pre[i] = y;
+        x[i] = activate(y, activation);
+    }
 }
 
-__global__ void bn_gradient_sums_kernel(float* grad, const float* output, const float* pre, const float* xhat,
-                                        double* stats, int batch, int channels, size_t spatial, float* grad_scales,
-                                        float* grad_biases, int activation) {
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x)
-        batchnorm_gradient_sums(grad, output, pre, xhat, batch, channels, spatial, c, grad_scales + c, grad_biases + c,
-                                activation, stats + c, stats + channels + c);
-}
-
+// One thread per value: dLoss/dx from the sums.
 __global__ void bn_input_gradient_kernel(float* grad, const float* xhat, const double* inv_std, const double* stats,
                                          double total, int batch, int channels, size_t spatial, const float* scales) {
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x)
-        batchnorm_input_gradient(grad, xhat, inv_std[c], batch, channels, spatial, c, scales[c], stats[c],
-                                 stats[channels + c], total);
+    const size_t n = (size_t)batch * channels * spatial;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t c = (i / spatial) % channels;
+        grad[i] =
+            batchnorm_input_gradient(grad[i], xhat[i], inv_std[c], scales[c], stats[c], stats[channels + c], total);
+    }
 }
 
 // Hands the local sums (2 * channels doubles on the device, and the local count) to the process's batch-norm
@@ -86,13 +112,6 @@ double reduce_device_stats(double* stats, int channels, double count, int layer,
         cudaMemcpyAsync(stats, host.data(), 2 * (size_t)channels * sizeof(double), cudaMemcpyHostToDevice, stream));
     PD_CUDA_CHECK(cudaStreamSynchronize(stream));  // `host` goes out of scope
     return host.back();
-}
-
-// Scratch for the synchronized path's sums (one per thread: layers run one after the other on a stream).
-double* stats_scratch(int channels) {
-    static thread_local DeviceArray<double> scratch;
-    if (scratch.size() < 2 * (size_t)channels) scratch.resize(2 * (size_t)channels);
-    return scratch.data();
 }
 
 class CudaBatchnorm : public CudaLayer {
@@ -165,42 +184,37 @@ private:
 void launch_batchnorm_train(float* x, float* xhat, float* pre, double* inv_std, int batch, int channels, size_t spatial,
                             const float* scales, const float* biases, float* rolling_mean, float* rolling_variance,
                             float epsilon, int activation, int layer, cudaStream_t stream) {
-    if (!has_batch_norm_reducer()) {
-        PD_LAUNCH(grid_for(channels, 64), 64, 0, stream, bn_train_forward_kernel)(
-            x, xhat, pre, inv_std, batch, channels, spatial, scales, biases, rolling_mean, rolling_variance, epsilon,
-            activation);
-        PD_CUDA_CHECK_LAUNCH();
-        return;
+    double* stats = reduce_scratch(1, 2 * (size_t)channels, stream);
+    launch_segment_sums<2>(channels, (size_t)batch * spatial, ChannelSums{x, (size_t)channels, spatial},
+                           StoreStats{stats, (size_t)channels, nullptr, nullptr}, stream);
+    double total = (double)spatial * batch;
+    if (has_batch_norm_reducer()) {
+        total = reduce_device_stats(stats, channels, total, layer, 0, stream);
+        PD_CHECK(total > 1, "layer ", layer,
+                 ": batch normalisation in training needs more than one value per channel over all processes (", total,
+                 "); use a larger batch");
     }
-    double* stats = stats_scratch(channels);
-    PD_LAUNCH(grid_for(channels, 64), 64, 0, stream, bn_sums_kernel)(x, stats, batch, channels, spatial);
+    PD_LAUNCH(grid_for(channels, 64), 64, 0, stream, bn_statistics_kernel)(stats, total, channels, epsilon, inv_std,
+                                                                           rolling_mean, rolling_variance);
     PD_CUDA_CHECK_LAUNCH();
-    const double total = reduce_device_stats(stats, channels, (double)spatial * batch, layer, 0, stream);
-    PD_CHECK(total > 1, "layer ", layer,
-             ": batch normalisation in training needs more than one value per channel over all processes (", total,
-             "); use a larger batch");
-    PD_LAUNCH(grid_for(channels, 64), 64, 0, stream, bn_normalize_kernel)(
-        x, xhat, pre, inv_std, stats, total, batch, channels, spatial, scales, biases, rolling_mean, rolling_variance,
-        epsilon, activation);
+    const size_t n = (size_t)batch * channels * spatial;
+    PD_LAUNCH(grid_for(n, 256), 256, 0, stream, bn_normalize_kernel)(x, xhat, pre, inv_std, stats, total, batch,
+                                                                     channels, spatial, scales, biases, activation);
     PD_CUDA_CHECK_LAUNCH();
 }
 
 void launch_batchnorm_backward(float* grad, const float* output, const float* pre, const float* xhat,
                                const double* inv_std, int batch, int channels, size_t spatial, const float* scales,
                                float* grad_scales, float* grad_biases, int activation, int layer, cudaStream_t stream) {
-    if (!has_batch_norm_reducer()) {
-        PD_LAUNCH(grid_for(channels, 64), 64, 0, stream, bn_train_backward_kernel)(
-            grad, output, pre, xhat, inv_std, batch, channels, spatial, scales, grad_scales, grad_biases, activation);
-        PD_CUDA_CHECK_LAUNCH();
-        return;
-    }
-    double* stats = stats_scratch(channels);
-    PD_LAUNCH(grid_for(channels, 64), 64, 0, stream, bn_gradient_sums_kernel)(
-        grad, output, pre, xhat, stats, batch, channels, spatial, grad_scales, grad_biases, activation);
-    PD_CUDA_CHECK_LAUNCH();
-    const double total = reduce_device_stats(stats, channels, (double)spatial * batch, layer, 1, stream);
-    PD_LAUNCH(grid_for(channels, 64), 64, 0, stream, bn_input_gradient_kernel)(grad, xhat, inv_std, stats, total, batch,
-                                                                               channels, spatial, scales);
+    double* stats = reduce_scratch(1, 2 * (size_t)channels, stream);
+    launch_segment_sums<2>(channels, (size_t)batch * spatial,
+                           GradientSums{grad, output, pre, xhat, (size_t)channels, spatial, activation},
+                           StoreStats{stats, (size_t)channels, grad_scales, grad_biases}, stream);
+    double total = (double)spatial * batch;
+    if (has_batch_norm_reducer()) total = reduce_device_stats(stats, channels, total, layer, 1, stream);
+    const size_t n = (size_t)batch * channels * spatial;
+    PD_LAUNCH(grid_for(n, 256), 256, 0, stream, bn_input_gradient_kernel)(grad, xhat, inv_std, stats, total, batch,
+                                                                          channels, spatial, scales);
     PD_CUDA_CHECK_LAUNCH();
 }
 

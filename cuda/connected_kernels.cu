@@ -83,15 +83,6 @@ struct ConnectedInputGradProblem {
     __device__ void store(int, int m, long long n, float value) const { input_grad[n * M + m] += value; }
 };
 
-// Backward: dLoss/dbias, one thread per output, summed over the images in double (the CPU's order).
-__global__ void connected_bias_grad_kernel(const float* grad, float* grad_biases, int batch, int outputs) {
-    for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < outputs; o += gridDim.x * blockDim.x) {
-        double sum = 0.0;
-        for (int b = 0; b < batch; ++b) sum += grad[(size_t)b * outputs + o];
-        grad_biases[o] += (float)sum;
-    }
-}
-
 class CudaConnected : public CudaLayer {
 public:
     using CudaLayer::CudaLayer;
@@ -191,9 +182,7 @@ public:
                                       ctx.grads + spec.tensor("scales").offset, grad_biases, LINEAR, spec.index,
                                       ctx.stream);
         } else {
-            PD_LAUNCH(grid_for(outputs, 128), 128, 0, ctx.stream, connected_bias_grad_kernel)(grad, grad_biases,
-                                                                                              ctx.batch, outputs);
-            PD_CUDA_CHECK_LAUNCH();
+            launch_channel_sums(grad, ctx.batch, outputs, 1, grad_biases, ctx.stream);
         }
         const float* weights = ctx.params + spec.tensor("weights").offset;
         if (ctx.weight_grads) {

@@ -501,19 +501,6 @@ struct ConvInputGradProblem {
     }
 };
 
-// dLoss/dbias, one thread per filter: the gradient summed over the batch and the positions.
-__global__ void conv_bias_grad_kernel(TrainGeometry g, const float* grad, float* grad_biases) {
-    const size_t out_plane = (size_t)g.out_h * g.out_w;
-    for (int f = blockIdx.x * blockDim.x + threadIdx.x; f < g.filters; f += gridDim.x * blockDim.x) {
-        float sum = 0.f;
-        for (int b = 0; b < g.batch; ++b) {
-            const float* plane = grad + ((size_t)b * g.filters + f) * out_plane;
-            for (size_t p = 0; p < out_plane; ++p) sum += plane[p];
-        }
-        grad_biases[f] += sum;
-    }
-}
-
 class CudaConvolutional : public CudaLayer {
 public:
     explicit CudaConvolutional(const LayerSpec& s) : CudaLayer(s), p_(spec.params<ConvolutionalParams>()) {
@@ -689,9 +676,8 @@ public:
                 ctx.grads + spec.tensor("scales").offset, ctx.grads + spec.tensor("biases").offset,
                 elementwise ? activation : (int)LINEAR, spec.index, ctx.stream);
         } else {
-            PD_LAUNCH(grid_for(p_.filters, 128), 128, 0, ctx.stream, conv_bias_grad_kernel)(
-                g, ctx.output_grad, ctx.grads + spec.tensor("biases").offset);
-            PD_CUDA_CHECK_LAUNCH();
+            launch_channel_sums(ctx.output_grad, ctx.batch, p_.filters, spatial,
+                                ctx.grads + spec.tensor("biases").offset, ctx.stream);
         }
         if (ctx.weight_grads) {
             const ConvWeightGradProblem problem =

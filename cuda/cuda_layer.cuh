@@ -228,7 +228,8 @@ void launch_product_backward(const CudaBackwardContext& ctx, const LayerSpec& sp
 void layer_activation_gradient(float* grad, const float* output, const float* input, int batch, int channels,
                                size_t spatial, int activation, cudaStream_t stream);
 
-// Batch-norm in training mode (batchnorm_kernels.cu, one thread per channel, csrc/math/batchnorm.h): x holds the
+// Batch-norm in training mode (batchnorm_kernels.cu; the per-channel sums in the fixed parallel order of
+// cuda/reduce.cuh, the rest one thread per value, formulas of csrc/math/batchnorm.h): x holds the
 // raw values on entry and activation(scale * xhat + bias) on return (an element-wise activation; LINEAR for
 // none), xhat and 1 / std per channel are kept, pre (when not null) gets the value before the activation, and
 // the rolling statistics move in place. With a batch-norm reducer set (synchronized batch-norm across processes,
@@ -242,5 +243,9 @@ void launch_batchnorm_train(float* x, float* xhat, float* pre, double* inv_std, 
 void launch_batchnorm_backward(float* grad, const float* output, const float* pre, const float* xhat,
                                const double* inv_std, int batch, int channels, size_t spatial, const float* scales,
                                float* grad_scales, float* grad_biases, int activation, int layer, cudaStream_t stream);
+// accumulate[c] += the sum over the batch and the positions of x[b][c][s] (float32 in, the sum in double in the
+// fixed order of cuda/reduce.cuh, reduce_kernels.cu): the bias gradient of a layer without batch-norm.
+void launch_channel_sums(const float* x, int batch, int channels, size_t spatial, float* accumulate,
+                         cudaStream_t stream);
 
 }  // namespace pd

@@ -2,6 +2,7 @@
 // the activation. The same product kernel runs [sam] (sam_kernels.cu) with one factor per element.
 #include "cuda_layer.cuh"
 #include "math/activations.h"
+#include "reduce.cuh"
 
 namespace pd {
 namespace {
@@ -46,27 +47,24 @@ __global__ void product_from_grad_kernel(const float* grad, const float* in, con
     }
 }
 
-// The gradient of each factor (per channel or per pixel), one thread per factor: the sum of grad * from over the
-// elements it multiplies, in double, in the CPU's order.
-__global__ void product_scale_grad_kernel(const float* grad, const float* from, float* in_grad, int batch, int channels,
-                                          size_t plane, ProductFactor factor) {
-    const size_t per_image = plane * channels;
-    const size_t scales = (size_t)batch * (factor == ProductFactor::PER_PIXEL ? plane : (size_t)channels);
-    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < scales; k += (size_t)gridDim.x * blockDim.x) {
-        double sum = 0.0;
-        if (factor == ProductFactor::PER_PIXEL) {
-            const size_t b = k / plane, p = k % plane;
-            for (int c = 0; c < channels; ++c) {
-                const size_t i = b * per_image + (size_t)c * plane + p;
-                sum += (double)grad[i] * from[i];
-            }
-        } else {
-            const size_t base = k * plane;
-            for (size_t p = 0; p < plane; ++p) sum += (double)grad[base + p] * from[base + p];
-        }
-        in_grad[k] += (float)sum;
+// The gradient of each factor (per channel or per pixel): the sum of grad * from over the elements it multiplies
+// (a channel's plane, or a pixel's channels), in double, in the fixed order of launch_segment_sums
+// (cuda/reduce.cuh: one segment per factor).
+struct FactorTerms {
+    const float *grad, *from;
+    size_t plane, per_image;
+    ProductFactor factor;
+    __device__ void operator()(size_t k, size_t j, double* v) const {
+        const size_t i =
+            factor == ProductFactor::PER_PIXEL ? (k / plane) * per_image + j * plane + k % plane : k * plane + j;
+        v[0] += (double)grad[i] * from[i];
     }
-}
+};
+
+struct AddToFactor {
+    float* in_grad;
+    __device__ void operator()(size_t k, const double* v) const { in_grad[k] += (float)v[0]; }
+};
 
 class CudaScaleChannels : public CudaLayer {
 public:
@@ -121,10 +119,10 @@ void launch_product_backward(const CudaBackwardContext& ctx, const LayerSpec& sp
         ctx.output_grad, ctx.input, from, ctx.input_grad, from_grad, ctx.batch, per_image, plane, factor);
     PD_CUDA_CHECK_LAUNCH();
     if (factor == ProductFactor::SAME || !ctx.input_grad) return;
-    const size_t scales = (size_t)ctx.batch * (factor == ProductFactor::PER_PIXEL ? plane : (size_t)channels);
-    PD_LAUNCH(grid_for(scales, 128), 128, 0, ctx.stream, product_scale_grad_kernel)(
-        ctx.output_grad, from, ctx.input_grad, ctx.batch, channels, plane, factor);
-    PD_CUDA_CHECK_LAUNCH();
+    const bool per_pixel = factor == ProductFactor::PER_PIXEL;
+    launch_segment_sums<1>(
+        (size_t)ctx.batch * (per_pixel ? plane : (size_t)channels), per_pixel ? (size_t)channels : plane,
+        FactorTerms{ctx.output_grad, from, plane, per_image, factor}, AddToFactor{ctx.input_grad}, ctx.stream);
 }
 
 PD_REGISTER_CUDA_LAYER(LayerKind::ScaleChannels, CudaScaleChannels);

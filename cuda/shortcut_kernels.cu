@@ -7,6 +7,7 @@
 #include "cuda_layer.cuh"
 #include "math/activations.h"
 #include "math/shortcut.h"
+#include "reduce.cuh"
 
 namespace pd {
 namespace {
@@ -62,30 +63,37 @@ __global__ void shortcut_source_grad_kernel(const float* grad, float* dst, int b
     }
 }
 
-// The weights' gradient, one thread per weight group w0 (its `step` outputs), walking the batch and the group's
-// outputs in the CPU's order: dLoss/d(normalised weight) in double, then through the normalisation.
-__global__ void shortcut_weight_grad_kernel(const float* grad, const float* input, Sources sources, int batch,
-                                            size_t outputs, const float* weights, size_t layer_step, size_t step,
-                                            int normalization, float* grad_weights) {
-    const int count = sources.count + 1;
-    for (size_t w0 = blockIdx.x * (size_t)blockDim.x + threadIdx.x; w0 < layer_step;
-         w0 += (size_t)gridDim.x * blockDim.x) {
-        double d[kMaxFrom + 1] = {};
-        for (int b = 0; b < batch; ++b)
-            for (size_t i = w0 * step; i < (w0 + 1) * step; ++i) {
-                const double g = grad[(size_t)b * outputs + i];
-                d[0] += g * input[(size_t)b * outputs + i];
-                for (int k = 0; k < sources.count; ++k)
-                    if (i < sources.size[k])
-                        d[k + 1] += g * static_cast<const float*>(sources.data[k])[b * sources.size[k] + i];
-            }
+// The weights' gradient of weight group w0 (its `step` outputs of every image): dLoss/d(normalised weight k) =
+// sum of grad x source k over the group's values, in double, in the fixed order of launch_segment_sums
+// (cuda/reduce.cuh: one segment per group, batch x step values; per_feature is one group of the whole batch), then
+// through the normalisation (csrc/math/shortcut.h, shared with the CPU).
+struct WeightGradientTerms {
+    const float *grad, *input;
+    Sources sources;
+    size_t outputs, layer_step, step;
+    __device__ void operator()(size_t w0, size_t j, double* d) const {
+        const size_t b = j / step, i = w0 * step + j % step, at = b * outputs + i;
+        const double g = grad[at];
+        d[0] += g * input[at];
+        for (int k = 0; k < sources.count; ++k)
+            if (i < sources.size[k])
+                d[k + 1] += g * static_cast<const float*>(sources.data[k])[b * sources.size[k] + i];
+    }
+};
+
+struct WeightGradient {
+    const float* weights;
+    size_t layer_step;
+    int count, normalization;
+    float* grad_weights;
+    __device__ void operator()(size_t w0, const double* d) const {
         float nw[kMaxFrom + 1];
         const ShortcutNormalizer normalizer = shortcut_normalizer(weights, w0, layer_step, count, normalization);
         for (int k = 0; k < count; ++k)
             nw[k] = shortcut_weight(weights[w0 + k * layer_step], normalizer, normalization);
         shortcut_weight_gradient(d, nw, weights, w0, layer_step, count, normalization, grad_weights);
     }
-}
+};
 
 class CudaShortcut : public CudaLayer {
 public:
@@ -187,10 +195,11 @@ public:
         }
         if (!ctx.weight_grads) return;
         const Sources sources = train_sources(ctx, [&](int ref) { return ctx.output_of(ref); });
-        PD_LAUNCH(grid_for(layer_step, 64), 64, 0, ctx.stream, shortcut_weight_grad_kernel)(
-            ctx.output_grad, ctx.input, sources, ctx.batch, outputs, weights, layer_step, step, p_.normalization,
-            ctx.grads + spec.tensor("weights").offset);
-        PD_CUDA_CHECK_LAUNCH();
+        launch_segment_sums<kMaxFrom + 1>(
+            layer_step, (size_t)ctx.batch * step,
+            WeightGradientTerms{ctx.output_grad, ctx.input, sources, outputs, layer_step, step},
+            WeightGradient{weights, layer_step, count, p_.normalization, ctx.grads + spec.tensor("weights").offset},
+            ctx.stream);
     }
 
 private:
