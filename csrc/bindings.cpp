@@ -65,8 +65,8 @@ struct SharedNetwork : Network {
 #ifdef PYDARKNET_WITH_CUDA
 // A CUDA network shares its host network's lock: it reads the host's parameters, keep list and bn_epsilon.
 struct SharedCudaNetwork : CudaNetwork {
-    SharedCudaNetwork(SharedNetwork& host, Precision precision, int device)
-        : CudaNetwork(host, precision, device), host(host) {}
+    SharedCudaNetwork(SharedNetwork& host, Precision precision, int device, const CudaNetwork* share_params = nullptr)
+        : CudaNetwork(host, precision, device, share_params), host(host) {}
     SharedNetwork& host;
 };
 #endif
@@ -464,12 +464,14 @@ PYBIND11_MODULE(_core, m) {
         "accumulate[c] + the sum of x[b][c][s] over b and s, on the GPU in its fixed order (for parity tests).");
     using pd::SharedCudaNetwork;
     py::class_<SharedCudaNetwork>(m, "CudaNetwork")
-        .def(py::init([](SharedNetwork& host, int precision, int device) {
+        .def(py::init([](SharedNetwork& host, int precision, int device, const SharedCudaNetwork* share_params) {
                  PD_CHECK(precision >= 0 && precision <= 2, "precision code must be 0 (fp32), 1 (fp16) or 2 (bf16)");
-                 return new SharedCudaNetwork(host, (pd::Precision)precision, device);
+                 return new SharedCudaNetwork(host, (pd::Precision)precision, device, share_params);
              }),
-             py::arg("host"), py::arg("precision") = 0, py::arg("device") = 0, py::keep_alive<1, 2>(),
-             "Runs the host network's layers on CUDA device `device` (its parameters are read from the host).")
+             py::arg("host"), py::arg("precision") = 0, py::arg("device") = 0, py::arg("share_params") = nullptr,
+             py::keep_alive<1, 2>(),
+             "Runs the host network's layers on CUDA device `device` (its parameters are read from the host). "
+             "share_params: the CUDA network of a resized copy whose device parameters and gradients to share.")
         .def(
             "forward_outputs",
             [](SharedCudaNetwork& net, const pd::FloatArray& x, const std::vector<int>& layers, bool keep_all) {
@@ -826,6 +828,43 @@ PYBIND11_MODULE(_core, m) {
                 py::gil_scoped_release release;
                 net.clear_staged();
             });
+    }
+    {
+        // Page-locked training batches (CudaNetwork::stage_input uploads them in place), the training state shared
+        // by resized networks, and counters for the tests.
+        using pd::SharedCudaNetwork;
+        auto cuda_network = py::reinterpret_borrow<py::class_<SharedCudaNetwork>>(m.attr("CudaNetwork"));
+        cuda_network
+            .def(
+                "pinned_empty",
+                [](SharedCudaNetwork& net, size_t count) {
+                    PD_CHECK(count > 0, "pinned_empty: at least one value");
+                    auto* buffer =
+                        pd::locked(net, [&] { return new pd::PinnedHostBuffer(count * sizeof(float), net.device()); });
+                    // The array owns the buffer: freed (and forgotten by stage_input) with its last view.
+                    py::capsule owner(buffer, [](void* p) {
+                        py::gil_scoped_release release;
+#ifdef PYDARKNET_CUDA_EMULATION
+                        std::lock_guard<std::mutex> emulation(pd::emulation_mutex);
+#endif
+                        delete static_cast<pd::PinnedHostBuffer*>(p);
+                    });
+                    return py::array_t<float>({(py::ssize_t)count}, {(py::ssize_t)sizeof(float)},
+                                              static_cast<float*>(buffer->data()), owner);
+                },
+                py::arg("count"),
+                "A new float32 array of `count` values in page-locked host memory; stage_input uploads a batch "
+                "that lies in one such array from where it is.")
+            .def_property_readonly("staged_direct", [](SharedCudaNetwork& net) { return net.staged_direct(); })
+            .def_property_readonly("staged_copied", [](SharedCudaNetwork& net) { return net.staged_copied(); })
+            .def_property_readonly("last_upload_source",
+                                   [](SharedCudaNetwork& net) { return (uintptr_t)net.last_upload_source(); })
+            .def("shares_params_with", [](const SharedCudaNetwork& net,
+                                          const SharedCudaNetwork& other) { return net.shares_params_with(other); })
+            .def_property_readonly("param_uploads", [](SharedCudaNetwork& net) { return net.param_uploads(); })
+            .def_property_readonly("param_downloads", [](SharedCudaNetwork& net) { return net.param_downloads(); })
+            .def_property_readonly("loss_scratch_allocations",
+                                   [](SharedCudaNetwork& net) { return net.loss_scratch_allocations(); });
     }
 #else
     m.attr("built_with_cuda") = false;

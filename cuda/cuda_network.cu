@@ -3,6 +3,8 @@
 // CUDA graph), guard regions for the tests, and timing with CUDA events.
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <vector>
 
 #include "cuda_layer.cuh"
@@ -47,8 +49,27 @@ bool same_options(const PlanOptions& a, const PlanOptions& b) {
 
 }  // namespace
 
+// The device parameters and their gradients with the state of the copy rule, shared by the CUDA networks of one
+// cfg at several input sizes (multi-scale training): a size change moves no parameters.
+struct CudaTrainParams {
+    DeviceArray<float> params, grads;
+    bool grads_ready = false;
+    bool uploaded = false;                    // params holds the host parameters of uploaded_version (or newer)
+    unsigned long long uploaded_version = 0;  // host params_version at the last upload
+    long long uploads = 0, downloads = 0;     // for the tests: parameter copies between host and device
+};
+
 struct CudaNetwork::Impl {
-    Impl(const Network& host, Precision precision, int device) : host(host), precision(precision), device(device) {}
+    Impl(const Network& host, Precision precision, int device, std::shared_ptr<CudaTrainParams> shared)
+        : host(host),
+          precision(precision),
+          device(device),
+          shared(shared ? std::move(shared) : std::make_shared<CudaTrainParams>()),
+          d_params(this->shared->params),
+          d_grads(this->shared->grads),
+          grads_ready(this->shared->grads_ready),
+          params_uploaded(this->shared->uploaded),
+          uploaded_version(this->shared->uploaded_version) {}
 
     ~Impl() {
         if (cudaSetDevice(device) != cudaSuccess) cudaGetLastError();
@@ -92,6 +113,9 @@ struct CudaNetwork::Impl {
     DeviceArray<char> workspace;  // layers' scratch (split-K partial sums)
     int batch = 0;                // of the last completed forward pass (0: none)
 
+    // Declared before the references into it below (d_params, d_grads, grads_ready, params_uploaded, ...).
+    std::shared_ptr<CudaTrainParams> shared;
+
     bool prepared = false;
     unsigned long long prepared_version = 0;
     float prepared_epsilon = 0.f;
@@ -104,13 +128,15 @@ struct CudaNetwork::Impl {
     std::vector<std::unique_ptr<DeviceArray<float>>> train_out, grad_buf;
     std::vector<float*> train_ptr, grad_ptr;
     std::vector<DeviceView> train_views;
-    DeviceArray<float> d_params, d_grads, d_input_grad;
-    bool grads_ready = false;
+    DeviceArray<float>& d_params;  // shared->params
+    DeviceArray<float>& d_grads;   // shared->grads
+    DeviceArray<float> d_input_grad;
+    bool& grads_ready;
     // Layers whose gradient buffer a device loss (yolo_loss) filled since the last forward_train; backward
     // starts from it instead of clearing it.
     std::vector<char> device_seeded;
-    bool params_uploaded = false;             // d_params holds the host parameters of uploaded_version (or newer)
-    unsigned long long uploaded_version = 0;  // host params_version at the last upload
+    bool& params_uploaded;                 // d_params holds the host parameters of uploaded_version (or newer)
+    unsigned long long& uploaded_version;  // host params_version at the last upload
     int train_batch = 0;
     float* train_input_ptr = nullptr;  // the last forward_train's input: train_input or a staging slot's buffer
     unsigned long long train_seed = 0;
@@ -122,7 +148,7 @@ struct CudaNetwork::Impl {
     enum class SlotState { FREE, STAGED, IN_USE };
     struct InputSlot {
         float* pinned = nullptr;
-        size_t capacity = 0;  // floats in pinned and in device
+        size_t capacity = 0;  // floats in pinned (device may be larger: batches uploaded in place grow only it)
         DeviceArray<float> device;
         cudaEvent_t uploaded = nullptr;
         int batch = 0;
@@ -132,6 +158,9 @@ struct CudaNetwork::Impl {
     InputSlot slots[2];
     cudaStream_t copy_stream = nullptr;
     unsigned long long staged_total = 0;
+    long long staged_direct = 0, staged_copied = 0;
+    const void* last_upload_source = nullptr;
+    YoloLossScratch loss_scratch;  // the device [yolo] loss's buffers, kept between calls
 
     void release_staging() {
         if (copy_stream && cudaStreamSynchronize(copy_stream) != cudaSuccess) cudaGetLastError();
@@ -165,6 +194,7 @@ struct CudaNetwork::Impl {
             cudaMemcpyAsync(d_params.data(), host.params.data(), n * sizeof(float), cudaMemcpyHostToDevice, stream));
         params_uploaded = true;
         uploaded_version = host.params_version;
+        ++shared->uploads;
     }
 
     // Darknet's backward_network stops at the last layer with stopbackward 1 (or N > iteration).
@@ -367,10 +397,13 @@ struct CudaNetwork::Impl {
     }
 };
 
-CudaNetwork::CudaNetwork(const Network& host, Precision precision, int device)
-    : impl_(new Impl(host, precision, device)) {
+CudaNetwork::CudaNetwork(const Network& host, Precision precision, int device, const CudaNetwork* share_params)
+    : impl_(new Impl(host, precision, device, share_params ? share_params->impl_->shared : nullptr)) {
     const int count = cuda_device_count();
     PD_CHECK(device >= 0 && device < count, "CUDA device ", device, " does not exist (this machine has ", count, ")");
+    PD_CHECK(
+        !share_params || (share_params->impl_->device == device && &share_params->impl_->host.params == &host.params),
+        "share_params: the networks must be on one device and share the host parameter buffer");
     DeviceScope scope(device);
     PD_CUDA_CHECK(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking));
     cudaDeviceProp properties;
@@ -650,6 +683,7 @@ void CudaNetwork::copy_params(float* destination) const {
     PD_CUDA_CHECK(cudaMemcpyAsync(destination, m.d_params.data(), param_count() * sizeof(float), cudaMemcpyDeviceToHost,
                                   m.stream));
     PD_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    ++m.shared->downloads;
 }
 
 void CudaNetwork::copy_grads(float* destination) const {
@@ -792,8 +826,9 @@ YoloLossSums CudaNetwork::yolo_loss(int layer, const YoloLossSetup& setup, const
     if (!m.grad_buf[layer]) m.grad_buf[layer].reset(new DeviceArray<float>());
     m.grad_buf[layer]->resize((size_t)batch * spec.out.size());
     m.device_seeded[layer] = 0;  // not a valid gradient until the loss has completed
-    const YoloLossSums sums = launch_yolo_loss(setup, m.train_ptr[layer], m.grad_buf[layer]->data(), batch, spec.out.h,
-                                               spec.out.w, truths, classes, counts, max_truths, m.stream);
+    const YoloLossSums sums =
+        launch_yolo_loss(setup, m.train_ptr[layer], m.grad_buf[layer]->data(), batch, spec.out.h, spec.out.w, truths,
+                         classes, counts, max_truths, m.stream, m.loss_scratch);
     m.device_seeded[layer] = 1;
     return sums;
 }
@@ -830,17 +865,26 @@ void CudaNetwork::stage_input(const float* input, int batch) {
     if (!slot->uploaded) PD_CUDA_CHECK(cudaEventCreateWithFlags(&slot->uploaded, cudaEventDisableTiming));
     // A FREE slot's last upload has completed (the pass that read it waited for it and was synchronized, or
     // clear_staged waited), so its buffers may be replaced or overwritten.
-    if (slot->capacity < count) {
-        if (slot->pinned) PD_CUDA_CHECK(cudaFreeHost(slot->pinned));
-        slot->pinned = nullptr;
-        slot->capacity = 0;
-        PD_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&slot->pinned), count * sizeof(float)));
-        slot->device.resize(count);
-        slot->capacity = count;
+    if (slot->device.size() < count) slot->device.resize(count);
+    // A batch already in page-locked memory (Network.staging_buffer) is uploaded from where it is.
+    const float* source = input;
+    if (in_pinned_host_buffer(input, count * sizeof(float))) {
+        ++m.staged_direct;
+    } else {
+        if (slot->capacity < count) {
+            if (slot->pinned) PD_CUDA_CHECK(cudaFreeHost(slot->pinned));
+            slot->pinned = nullptr;
+            slot->capacity = 0;
+            PD_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&slot->pinned), count * sizeof(float)));
+            slot->capacity = count;
+        }
+        std::memcpy(slot->pinned, input, count * sizeof(float));
+        source = slot->pinned;
+        ++m.staged_copied;
     }
-    std::memcpy(slot->pinned, input, count * sizeof(float));
-    PD_CUDA_CHECK(cudaMemcpyAsync(slot->device.data(), slot->pinned, count * sizeof(float), cudaMemcpyHostToDevice,
-                                  m.copy_stream));
+    m.last_upload_source = source;
+    PD_CUDA_CHECK(
+        cudaMemcpyAsync(slot->device.data(), source, count * sizeof(float), cudaMemcpyHostToDevice, m.copy_stream));
     PD_CUDA_CHECK(cudaEventRecord(slot->uploaded, m.copy_stream));
     slot->batch = batch;
     slot->state = Impl::SlotState::STAGED;
@@ -872,5 +916,57 @@ void CudaNetwork::clear_staged() {
             s.state = Impl::SlotState::FREE;
         }
 }
+
+}  // namespace pd
+
+namespace pd {
+
+// ----- page-locked input batches and the shared training state -----
+
+namespace {
+
+// The live PinnedHostBuffers: start address -> bytes.
+std::mutex pinned_mutex;
+std::map<uintptr_t, size_t>& pinned_ranges() {
+    static std::map<uintptr_t, size_t> ranges;
+    return ranges;
+}
+
+}  // namespace
+
+PinnedHostBuffer::PinnedHostBuffer(size_t bytes, int device) : bytes_(bytes) {
+    PD_CHECK(bytes > 0, "a pinned host buffer needs at least one byte");
+    DeviceScope scope(device);
+    PD_CUDA_CHECK(cudaMallocHost(&data_, bytes));
+    std::lock_guard<std::mutex> lock(pinned_mutex);
+    pinned_ranges()[reinterpret_cast<uintptr_t>(data_)] = bytes;
+}
+
+PinnedHostBuffer::~PinnedHostBuffer() {
+    {
+        std::lock_guard<std::mutex> lock(pinned_mutex);
+        pinned_ranges().erase(reinterpret_cast<uintptr_t>(data_));
+    }
+    if (cudaFreeHost(data_) != cudaSuccess) cudaGetLastError();
+}
+
+bool in_pinned_host_buffer(const void* pointer, size_t bytes) {
+    const uintptr_t start = reinterpret_cast<uintptr_t>(pointer);
+    std::lock_guard<std::mutex> lock(pinned_mutex);
+    const auto& ranges = pinned_ranges();
+    auto next = ranges.upper_bound(start);  // the first block starting after `pointer`
+    if (next == ranges.begin()) return false;
+    const auto block = std::prev(next);
+    return start - block->first <= block->second && bytes <= block->second - (start - block->first);
+}
+
+long long CudaNetwork::staged_direct() const { return impl_->staged_direct; }
+long long CudaNetwork::staged_copied() const { return impl_->staged_copied; }
+const void* CudaNetwork::last_upload_source() const { return impl_->last_upload_source; }
+
+bool CudaNetwork::shares_params_with(const CudaNetwork& other) const { return impl_->shared == other.impl_->shared; }
+long long CudaNetwork::param_uploads() const { return impl_->shared->uploads; }
+long long CudaNetwork::param_downloads() const { return impl_->shared->downloads; }
+long long CudaNetwork::loss_scratch_allocations() const { return impl_->loss_scratch.allocations; }
 
 }  // namespace pd

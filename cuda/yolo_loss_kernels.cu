@@ -331,36 +331,43 @@ __global__ void grad_kernel(float* delta, size_t n, float scale) {
 
 YoloLossSums launch_yolo_loss(const YoloLossSetup& setup, const float* output, float* grad, int batch, int h, int w,
                               const double* truths, const int* classes, const int* counts, int max_truths,
-                              cudaStream_t stream) {
+                              cudaStream_t stream, YoloLossScratch& scratch) {
     const int anchors_here = (int)setup.mask.size(), num = (int)setup.anchors.size() / 2;
     const size_t plane = (size_t)h * w, entries = 5 + (size_t)setup.classes;
     const size_t anchor_count = (size_t)batch * anchors_here * plane, values = anchor_count * entries;
     const int slots = max_truths > 0 ? max_truths : 1;
 
-    DeviceArray<int> d_mask, d_classes, d_counts, d_tt;
-    DeviceArray<double> d_anchors, d_truths, d_sums;
-    DeviceArray<float> d_mult;
-    DeviceArray<ImageStats> d_stats;
-    DeviceArray<long long> d_bbox;
-    d_mask.upload(setup.mask.data(), setup.mask.size(), stream);
-    d_anchors.upload(setup.anchors.data(), setup.anchors.size(), stream);
-    if (!setup.class_multipliers.empty())
-        d_mult.upload(setup.class_multipliers.data(), setup.class_multipliers.size(), stream);
-    std::vector<double> no_truths(4, 0.0);
-    std::vector<int> no_classes(1, 0);
+    // The buffers persist between calls (scratch); the uploads are enqueued and the synchronisation before the sums
+    // are read covers them (their host sources live until this function returns).
+    long long& allocations = scratch.allocations;
+    auto upload = [&](auto& buffer, const auto* host, size_t count) {
+        auto* device = buffer.at_least(count, allocations);
+        if (count) PD_CUDA_CHECK(cudaMemcpyAsync(device, host, count * sizeof(*host), cudaMemcpyHostToDevice, stream));
+        return device;
+    };
+    const int* d_mask = upload(scratch.mask, setup.mask.data(), setup.mask.size());
+    const double* d_anchors = upload(scratch.anchors, setup.anchors.data(), setup.anchors.size());
+    const float* d_mult = setup.class_multipliers.empty()
+                              ? nullptr
+                              : upload(scratch.mult, setup.class_multipliers.data(), setup.class_multipliers.size());
+    const double no_truths[4] = {0.0, 0.0, 0.0, 0.0};
+    const int no_classes[1] = {0};
+    const double* d_truths = nullptr;
+    const int* d_classes = nullptr;
     if (max_truths > 0) {
-        d_truths.upload(truths, (size_t)batch * max_truths * 4, stream);
-        d_classes.upload(classes, (size_t)batch * max_truths, stream);
+        d_truths = upload(scratch.truths, truths, (size_t)batch * max_truths * 4);
+        d_classes = upload(scratch.classes, classes, (size_t)batch * max_truths);
     } else {  // no image has truths: counts are all 0 and nothing reads these
-        d_truths.upload(no_truths.data(), 4, stream);
-        d_classes.upload(no_classes.data(), 1, stream);
+        d_truths = upload(scratch.truths, no_truths, 4);
+        d_classes = upload(scratch.classes, no_classes, 1);
     }
-    d_counts.upload(counts, batch, stream);
-    d_tt.resize(anchor_count);
-    d_stats.resize(batch);
+    const int* d_counts = upload(scratch.counts, counts, batch);
+    int* d_tt = scratch.tt.at_least(anchor_count, allocations);
+    ImageStats* d_stats =
+        reinterpret_cast<ImageStats*>(scratch.stats.at_least(batch * sizeof(ImageStats), allocations));
     const size_t chunks = (anchor_count + kSumChunk - 1) / kSumChunk;
-    d_sums.resize(3 * chunks);
-    d_bbox.resize(chunks);
+    double* d_sums = scratch.sums.at_least(3 * chunks, allocations);
+    long long* d_bbox = scratch.bbox.at_least(chunks, allocations);
 
     LossParams p{};
     p.batch = batch;
@@ -371,12 +378,12 @@ YoloLossSums launch_yolo_loss(const YoloLossSetup& setup, const float* output, f
     p.max_truths = slots;
     p.net_w = setup.net_w;
     p.net_h = setup.net_h;
-    p.mask = d_mask.data();
-    p.anchors = d_anchors.data();
-    p.mult = setup.class_multipliers.empty() ? nullptr : d_mult.data();
-    p.truths = d_truths.data();
-    p.truth_class = d_classes.data();
-    p.counts = d_counts.data();
+    p.mask = d_mask;
+    p.anchors = d_anchors;
+    p.mult = d_mult;
+    p.truths = d_truths;
+    p.truth_class = d_classes;
+    p.counts = d_counts;
     p.ignore_thresh = setup.ignore_thresh;
     p.truth_thresh = setup.truth_thresh;
     p.iou_thresh = setup.iou_thresh;
@@ -394,16 +401,15 @@ YoloLossSums launch_yolo_loss(const YoloLossSetup& setup, const float* output, f
     p.objectness_smooth = setup.objectness_smooth;
 
     PD_CUDA_CHECK(cudaMemsetAsync(grad, 0, values * sizeof(float), stream));
-    PD_LAUNCH(grid_for(anchor_count, 256), 256, 0, stream, anchor_kernel)(p, output, grad, d_tt.data());
+    PD_LAUNCH(grid_for(anchor_count, 256), 256, 0, stream, anchor_kernel)(p, output, grad, d_tt);
     PD_CUDA_CHECK_LAUNCH();
-    PD_LAUNCH(grid_for(batch, 64), 64, 0, stream, positive_kernel)(p, output, grad, d_stats.data());
+    PD_LAUNCH(grid_for(batch, 64), 64, 0, stream, positive_kernel)(p, output, grad, d_stats);
     PD_CUDA_CHECK_LAUNCH();
     if (setup.iou_thresh < 1.0) {
         PD_LAUNCH(grid_for(anchor_count, 256), 256, 0, stream, average_kernel)(p, grad);
         PD_CUDA_CHECK_LAUNCH();
     }
-    PD_LAUNCH(grid_for(chunks, 128), 128, 0, stream, sums_kernel)(p, output, grad, d_tt.data(), d_sums.data(),
-                                                                  d_bbox.data(), chunks);
+    PD_LAUNCH(grid_for(chunks, 128), 128, 0, stream, sums_kernel)(p, output, grad, d_tt, d_sums, d_bbox, chunks);
     PD_CUDA_CHECK_LAUNCH();
     PD_LAUNCH(grid_for(values, 256), 256, 0, stream, grad_kernel)(grad, values, (float)-setup.delta_normalizer);
     PD_CUDA_CHECK_LAUNCH();
@@ -411,12 +417,11 @@ YoloLossSums launch_yolo_loss(const YoloLossSetup& setup, const float* output, f
     std::vector<double> sums(3 * chunks);
     std::vector<long long> bbox(chunks);
     std::vector<ImageStats> stats(batch);
+    PD_CUDA_CHECK(cudaMemcpyAsync(sums.data(), d_sums, sums.size() * sizeof(double), cudaMemcpyDeviceToHost, stream));
     PD_CUDA_CHECK(
-        cudaMemcpyAsync(sums.data(), d_sums.data(), sums.size() * sizeof(double), cudaMemcpyDeviceToHost, stream));
+        cudaMemcpyAsync(bbox.data(), d_bbox, bbox.size() * sizeof(long long), cudaMemcpyDeviceToHost, stream));
     PD_CUDA_CHECK(
-        cudaMemcpyAsync(bbox.data(), d_bbox.data(), bbox.size() * sizeof(long long), cudaMemcpyDeviceToHost, stream));
-    PD_CUDA_CHECK(cudaMemcpyAsync(stats.data(), d_stats.data(), stats.size() * sizeof(ImageStats),
-                                  cudaMemcpyDeviceToHost, stream));
+        cudaMemcpyAsync(stats.data(), d_stats, stats.size() * sizeof(ImageStats), cudaMemcpyDeviceToHost, stream));
     PD_CUDA_CHECK(cudaStreamSynchronize(stream));
 
     // fixed order: chunks, then images

@@ -17,6 +17,8 @@ from support.reference import cfg_text, randomize_params
 import pydarknet
 from pydarknet import _core
 from pydarknet.data import synthetic
+from pydarknet.data.dataset import load_dataset
+from pydarknet.data.loader import Loader
 from pydarknet.errors import DarknetError, DeviceError
 from pydarknet.train.anchors import calc_anchors
 from pydarknet.train.starter import starter_cfg
@@ -193,3 +195,141 @@ def test_multi_scale_keeps_one_resized_network_alive(dataset, tmp_path):
         alive = sum(r() is not None for r in resized)  # a count: holding the objects would keep them alive
         assert alive <= 2, f"{alive // 2} resized networks alive"  # one Network and its CudaNetwork
     assert len(resized) == 2 * 4  # four size changes away from or between resized networks
+
+
+# ----- batches in page-locked memory ------------------------------------------------------------------------------
+def test_a_batch_in_a_staging_buffer_is_uploaded_in_place_and_equals_the_plain_path(tmp_path):
+    plain, staged = pair(tmp_path)
+    rng = np.random.default_rng(5)
+    buffer = staged.staging_buffer((6, 3, 7, 9))
+    assert buffer.dtype == np.float32 and buffer.flags.c_contiguous and buffer.flags.writeable
+    cuda = staged._cuda
+    for iteration, n in enumerate((4, 6, 2)):
+        buffer[:n] = batch(rng, n)
+        want = train_pass(plain, buffer[:n].copy(), 3, iteration)
+        direct, copied = cuda.staged_direct, cuda.staged_copied
+        staged.stage_input(buffer[:n])
+        assert (cuda.staged_direct, cuda.staged_copied) == (direct + 1, copied)  # no copy on the host
+        assert cuda.last_upload_source == buffer.ctypes.data  # the upload reads the buffer itself
+        assert_same(train_pass(staged, None, 3, iteration), want)
+    # Any other array (pageable, or reaching past the buffer's end) is copied into the network's own slot first.
+    x = batch(rng, 3)
+    staged.stage_input(x)
+    assert cuda.staged_copied == copied + 1 and cuda.last_upload_source != x.ctypes.data
+    assert_same(train_pass(staged, None, 3, 9), train_pass(plain, x, 3, 9))
+
+
+def test_a_staged_buffer_is_held_until_its_pass_has_run(tmp_path):
+    _, net = pair(tmp_path)
+    buffer = net.staging_buffer((2, 3, 7, 9))
+    buffer[:] = batch(np.random.default_rng(6), 2)
+    root = weakref.ref(buffer.base)  # the array owning the page-locked memory (freed with it)
+    net.stage_input(buffer)
+    del buffer
+    gc.collect()
+    assert root() is not None  # the queued upload still reads it
+    net.forward_train(None)
+    gc.collect()
+    assert root() is None
+    buffer = net.staging_buffer((2, 3, 7, 9))
+    root = weakref.ref(buffer.base)
+    net.stage_input(buffer)
+    del buffer
+    net.clear_staged()
+    gc.collect()
+    assert root() is None
+
+
+def test_staging_buffer_needs_a_cuda_network_and_a_shape(tmp_path):
+    path = tmp_path / "net.cfg"
+    path.write_text(cfg_text(9, 7, 3, *SECTIONS))
+    with pytest.raises(DeviceError, match="CUDA"):
+        pydarknet.load(str(path)).staging_buffer((1, 3, 7, 9))
+    with pytest.raises(ValueError, match="at least 1"):
+        pydarknet.load(str(path), device="cuda").staging_buffer((0, 3, 7, 9))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loader_assembles_batches_in_the_networks_page_locked_memory(dataset, tmp_path, workers):
+    """The array stage_input uploads is the loader's own output (same memory), equal to a numpy-built batch."""
+    data, anchors = dataset
+    cfg = tmp_path / "loader.cfg"
+    cfg.write_text(starter_cfg(3, 64, 64, anchors, max_batches=6, batch=4))
+    net = pydarknet.load(str(cfg), device="cuda")
+    ds = load_dataset(str(data))
+    plain = Loader.from_dataset(ds, net, seed=2)
+    with Loader.from_dataset(ds, net, seed=2, workers=workers, allocate=net.staging_buffer) as loader:
+        for it in range(4):
+            images, truths = loader.batch(it)
+            want, want_truths = plain.batch(it)
+            np.testing.assert_array_equal(images, want)
+            assert all(np.array_equal(a, b) for a, b in zip(truths, want_truths))
+            before = net._cuda.staged_direct
+            net.stage_input(images[2:4])
+            assert net._cuda.last_upload_source == images[2:4].ctypes.data
+            assert net._cuda.staged_direct == before + 1
+            net.forward_train(None)
+            np.testing.assert_array_equal(net.train_output(0), _forward_train_output(net, want[2:4]))
+        assert loader._buffers.allocations <= (4 if workers else 2)
+
+
+def _forward_train_output(net, x):
+    net.forward_train(x)
+    return net.train_output(0)
+
+
+def test_trainer_with_pinned_batches_equals_numpy_batches_bit_for_bit(dataset, tmp_path, monkeypatch):
+    pinned = make_trainer(dataset, tmp_path, "pinned")
+    monkeypatch.setattr(Trainer, "_pinned_batches", False)
+    numpy_batches = make_trainer(dataset, tmp_path, "numpy")
+    numpy_batches._stage_inputs = False
+    assert pinned.loader._buffers is not None and numpy_batches.loader._buffers is None
+    handed = []
+    original = pinned.loader.batch
+
+    def batch_and_note(*args):
+        images, truths = original(*args)
+        handed.append(images.ctypes.data + images[:1].nbytes * 2)  # where the second pass's images start
+        return images, truths
+
+    pinned.loader.batch = batch_and_note
+    cuda = pinned.net._cuda
+    for _ in range(3):
+        got = pinned.step()
+        want = numpy_batches.step()
+        assert not got.skipped and got.loss == want.loss
+        assert cuda.last_upload_source == handed[-1]  # the last upload read the loader's output in place
+    assert (cuda.staged_direct, cuda.staged_copied) == (6, 0)  # two passes an iteration, none copied
+    np.testing.assert_array_equal(pinned.net.flat_params, numpy_batches.net.flat_params)
+
+
+# ----- multi-scale: one device parameter buffer ---------------------------------------------------------------------
+def test_multi_scale_shares_the_device_parameters_and_moves_none(dataset, tmp_path):
+    """Resized networks train the base network's device parameter and gradient buffers: a size change uploads
+    and downloads nothing (counted over all the sharing networks). Against a run that reads the host parameters
+    after every iteration (each read copies them down, and the next pass uploads them again: the round trip a
+    size change made before) every loss and the weights are equal bit for bit; against the CPU trainer the
+    weights are within the trainer tests' bound."""
+    sizes = [(96, 96), (64, 64), (128, 128), (96, 96), (64, 64)]
+    gpu, round_trips = make_trainer(dataset, tmp_path, "shared"), make_trainer(dataset, tmp_path, "round-trips")
+    options = TrainOptions(backup=str(tmp_path / "cpu"), workers=0, seed=5, device="cpu", quiet=True)
+    cpu = Trainer(gpu.cfg, str(dataset[0]), None, options)
+    for t in (cpu, gpu, round_trips):
+        t.loader.input_size = lambda it: sizes[it]
+    cuda = gpu.net._cuda
+    for it in range(len(sizes)):
+        got, want = gpu.step(), round_trips.step()
+        cpu.step()
+        assert (got.width, got.height) == sizes[it] and not got.skipped
+        assert got.loss == want.loss
+        assert gpu._net_at(*sizes[it])._cuda.shares_params_with(cuda)
+        assert (cuda.param_uploads, cuda.param_downloads) == (1, 0)  # the first pass's upload only
+        assert round_trips.net.flat_params.size  # a host read: down now, up at the next pass
+    assert (round_trips.net._cuda.param_uploads, round_trips.net._cuda.param_downloads) == (5, 5)
+    params = gpu.net.flat_params  # a host read still brings the newer device parameters down
+    assert cuda.param_downloads == 1
+    np.testing.assert_array_equal(params, round_trips.net.flat_params)
+    want = cpu.net.flat_params.astype(np.float64)
+    error = float(np.sum((params - want) ** 2) / np.sum(want**2))
+    print(f"multi-scale on the device: weights after {len(sizes)} iterations vs the CPU, normalized MSE {error:.3g}")
+    assert error <= 1e-6

@@ -276,3 +276,28 @@ def test_whole_network_gradients_match_the_host_loss():
     assert np.isfinite(got).all()
     assert nmse(got, want) <= BOUND, nmse(got, want)
     assert nmse(got_input, want_input) <= BOUND
+
+
+def test_the_loss_keeps_its_device_scratch_between_calls(tmp_path):
+    """The loss's device buffers are allocated at the first call and reused (grown only when a call needs more):
+    repeated calls allocate nothing and give the same results; more truths per image grow the truth buffers."""
+    classes = 4
+    net = head_network(tmp_path, classes, (0, 1, 2))
+    rng = np.random.default_rng(5)
+    x = head_input(rng, 3, 3 * (5 + classes), 7, 9, False)
+    truths = random_truths(rng, 3, classes)
+    assert net._cuda.loss_scratch_allocations == 0
+    compare(net, x, truths)  # equal to the numpy loss
+    allocated = net._cuda.loss_scratch_allocations
+    assert allocated > 0
+    first = device_yolo_loss(net, 0, truths, NET_W, NET_H)
+    for _ in range(2):
+        again = device_yolo_loss(net, 0, truths, NET_W, NET_H)
+        assert net._cuda.loss_scratch_allocations == allocated  # nothing allocated per call
+        assert (again.loss, again.cost_terms) == (first.loss, first.cost_terms)
+    more = [np.concatenate([t, t, t]) for t in truths]  # three times the truth slots per image
+    compare(net, x, more)
+    grown = net._cuda.loss_scratch_allocations
+    assert grown > allocated
+    compare(net, x, truths)  # fewer again: the grown buffers serve
+    assert net._cuda.loss_scratch_allocations == grown

@@ -7,6 +7,7 @@ batch, whatever the number of workers), its epoch order and Darknet's multi-scal
 
 import os
 import pathlib
+import weakref
 
 import numpy as np
 import pytest
@@ -449,3 +450,36 @@ def test_multiscale_coefficient_and_step():
     assert input_size(0, s) == (384, 384)  # roundl(1.2*256/64 + 1)*64 = 6*64
     assert all(w % 64 == 0 and w == h and 256 <= w <= 384 for w, h in sizes)
     assert input_size(123, AugmentSettings(width=320, height=192)) == (320, 192)  # random=0: the cfg size
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_are_built_in_the_allocators_arrays_and_recycled_when_free(colours_dataset, workers):
+    """With ``allocate`` every batch lies in an array the allocator returned (no other copy of it is made), equal
+    to the plain loader's; an array is reused only once nobody holds a batch built in it, so a batch kept by the
+    caller never changes, and steady use needs a bounded number of arrays."""
+    paths, _ = colours_dataset
+    s = AugmentSettings(width=64, height=64, **dict(FULL, random=0), mosaic=True)  # one size: prefetches are used
+    made = []  # weak references: a reference held here would keep every array busy
+
+    def allocate(shape):
+        array = np.full(shape, np.nan, np.float32)
+        made.append(weakref.ref(array))
+        return array
+
+    plain = Loader(paths, 3, s, batch=3, seed=3)
+    with Loader(paths, 3, s, batch=3, seed=3, workers=workers, prefetch=2, allocate=allocate) as loader:
+        kept, kept_copy = None, None
+        for it in range(10):
+            x, truths = loader.batch(it)
+            want, want_truths = plain.batch(it)
+            assert np.array_equal(x, want) and all(np.array_equal(u, v) for u, v in zip(truths, want_truths))
+            assert any(a() is not None and np.shares_memory(x, a()) for a in made), "not in an allocated array"
+            if it == 2:
+                kept, kept_copy = x, x.copy()
+            del x
+        assert np.array_equal(kept, kept_copy)  # held by the caller: never reused meanwhile
+        # the kept batch and the current one, and with workers the two prefetched ones
+        assert len(made) <= (4 if workers else 2)
+        assert loader._buffers.allocations == len(made)
+        with pytest.raises(ValueError, match="float32"):
+            Loader(paths, 3, s, batch=3, allocate=lambda shape: np.empty(shape, np.float64)).batch(0)

@@ -50,7 +50,9 @@ struct YoloLossSums {
 
 class CudaNetwork {
 public:
-    CudaNetwork(const Network& host, Precision precision, int device);
+    // share_params: another CudaNetwork on the same device whose host network shares this one's parameter buffer
+    // (Network::resized); both then train one device parameter buffer and one gradient buffer (multi-scale).
+    CudaNetwork(const Network& host, Precision precision, int device, const CudaNetwork* share_params = nullptr);
     ~CudaNetwork();
     CudaNetwork(const CudaNetwork&) = delete;
     CudaNetwork& operator=(const CudaNetwork&) = delete;
@@ -155,11 +157,43 @@ public:
     int staged_count() const;  // batches staged and not yet run
     void clear_staged();       // drops the staged batches that have not run (after waiting for their uploads)
 
+    // ----- page-locked input batches and shared training state (appended; cuda/NOTES.md, "Training on the GPU") --
+    // stage_input uploads a batch that lies inside one live PinnedHostBuffer straight from there (no copy into the
+    // slot's own pinned buffer); the caller must leave that memory unchanged until the batch has run
+    // (forward_train_staged) or clear_staged has returned. The counts say which path each stage_input took.
+    long long staged_direct() const;         // uploads read straight from the caller's page-locked memory
+    long long staged_copied() const;         // batches copied into a slot's pinned buffer first
+    const void* last_upload_source() const;  // host memory the last stage_input's upload read from
+    // Whether this network and `other` train one device parameter and gradient buffer (share_params).
+    bool shares_params_with(const CudaNetwork& other) const;
+    long long param_uploads() const;    // host-to-device uploads of the parameters, over all sharing networks
+    long long param_downloads() const;  // copy_params calls, over all sharing networks
+    // Device allocations the [yolo] loss's scratch made (it is kept between calls and grown when needed).
+    long long loss_scratch_allocations() const;
+
 private:
     void run_forward_train(const float* input, int slot, int batch, unsigned long long seed, long long iteration);
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
+
+// Page-locked host memory (cudaMallocHost) for training batches (Network.staging_buffer): while it lives, its
+// range is recorded so that stage_input can recognise a batch inside it and upload from it in place.
+class PinnedHostBuffer {
+public:
+    PinnedHostBuffer(size_t bytes, int device);
+    ~PinnedHostBuffer();
+    PinnedHostBuffer(const PinnedHostBuffer&) = delete;
+    PinnedHostBuffer& operator=(const PinnedHostBuffer&) = delete;
+    void* data() const { return data_; }
+    size_t bytes() const { return bytes_; }
+
+private:
+    void* data_ = nullptr;
+    size_t bytes_ = 0;
+};
+// Whether [pointer, pointer + bytes) lies inside one live PinnedHostBuffer.
+bool in_pinned_host_buffer(const void* pointer, size_t bytes);
 
 int cuda_device_count();
 // Makes `device` the calling thread's current GPU (for libraries that create their state on it: NCCL).

@@ -14,6 +14,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -314,13 +316,32 @@ cudaError_t cudaFree(void* pointer) {
     std::free(pointer);
     return cudaSuccess;
 }
+// Page-locked allocations are recorded, so that cudaFreeHost refuses a pointer cudaMallocHost did not return (the
+// runtime does too) instead of freeing it.
+namespace {
+std::mutex host_allocations_mutex;
+std::set<void*>& host_allocations() {
+    static std::set<void*> pointers;
+    return pointers;
+}
+}  // namespace
 cudaError_t cudaMallocHost(void** pointer, size_t bytes) {
     if (refuse_while_capturing()) return cudaErrorStreamCaptureUnsupported;
+    if (!pointer) return pd_emulation::set_error(cudaErrorInvalidValue, "cudaMallocHost: no pointer to set");
     *pointer = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
-    return *pointer ? cudaSuccess : pd_emulation::set_error(cudaErrorMemoryAllocation, "cudaMallocHost");
+    if (!*pointer) return pd_emulation::set_error(cudaErrorMemoryAllocation, "cudaMallocHost");
+    std::lock_guard<std::mutex> lock(host_allocations_mutex);
+    host_allocations().insert(*pointer);
+    return cudaSuccess;
 }
 cudaError_t cudaFreeHost(void* pointer) {
     if (refuse_while_capturing()) return cudaErrorStreamCaptureUnsupported;
+    if (!pointer) return cudaSuccess;
+    {
+        std::lock_guard<std::mutex> lock(host_allocations_mutex);
+        if (!host_allocations().erase(pointer))
+            return pd_emulation::set_error(cudaErrorInvalidValue, "cudaFreeHost: not a pointer from cudaMallocHost");
+    }
     std::free(pointer);
     return cudaSuccess;
 }

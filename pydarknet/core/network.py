@@ -11,7 +11,9 @@ Training on a GPU keeps the parameters in device memory between iterations (the 
 batch-norm rolling statistics there, the device optimizer updates them there). Which copy is current:
 
 * the host buffer is the reference until a device training call changes the device copy; from then on the
-  network (or the resized network sharing its buffer) whose device copy is newer is recorded in ``_DeviceSync``;
+  network whose device copy is newer is recorded in ``_DeviceSync``. Resized networks (``resized``, multi-scale
+  training) share one device parameter buffer and one gradient buffer with the network they were made from, so
+  a size change copies nothing: only the host buffer can be behind;
 * anything that reads or writes the host buffer (``params``/``flat_params``, ``touch_params``, ``forward``,
   ``save_weights``, layer views) first copies the newer device parameters down (one device-to-host copy) and so
   makes the host current again; ``params`` hands out a writable view, so the next device training call uploads
@@ -21,9 +23,11 @@ batch-norm rolling statistics there, the device optimizer updates them there). W
 
 from __future__ import annotations
 
+import collections
+import math
 import os
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -98,7 +102,8 @@ class LayerView:
 
 class _DeviceSync:
     """Which copy of a shared host parameter buffer is current: ``ahead`` is the Network (base or resized, they
-    share the buffer) whose device parameters are newer than the host buffer, or None when the host is current."""
+    share the host buffer and the device buffers) whose device parameters are newer than the host buffer, or None
+    when the host is current."""
 
     def __init__(self):
         self.ahead: Optional[Network] = None
@@ -123,10 +128,15 @@ class Network:
         self._core.keep = sorted(set(desc.yolo_layers + [last]))
         self._cuda = None
         if self.device != "cpu":
-            self._cuda = _core.CudaNetwork(self._core, PRECISIONS[self.precision], int(self.device.split(":")[1]))
+            # A resized copy trains the device parameters and gradients of the network it was made from.
+            shared = _share._cuda if _share is not None else None
+            self._cuda = _core.CudaNetwork(
+                self._core, PRECISIONS[self.precision], int(self.device.split(":")[1]), share_params=shared
+            )
             self._cuda.use_graph = bool(desc.net.get("use_cuda_graph", 0))
         self.layers = [LayerView(self, l) for l in desc.layers]
         self._untrainable = None
+        self._staged = collections.deque()  # the arrays of the staged batches not yet run (see stage_input)
         self._sync = _share._sync if _share is not None else _DeviceSync()
         if _share is not None:
             self.seen, self.version, self.bn_epsilon = _share.seen, _share.version, _share.bn_epsilon
@@ -172,8 +182,10 @@ class Network:
 
     def _sync_device(self):
         """Make this network's device parameters current (before a training pass or a device update): newer
-        parameters of another network sharing the buffer come down, then the host buffer goes up if it changed."""
-        if self._sync.ahead is not None and self._sync.ahead is not self:
+        parameters of a network sharing the host buffer but not the device one come down (resized networks share
+        both, so a multi-scale size change copies nothing), then the host buffer goes up if it changed."""
+        ahead = self._sync.ahead
+        if ahead is not None and ahead is not self and not ahead._cuda.shares_params_with(self._cuda):
             self._sync_host()
         self._cuda.sync_params()
 
@@ -335,6 +347,8 @@ class Network:
                 self._cuda.forward_train_staged(int(seed), int(iteration))
             except ValueError as e:  # nothing staged
                 raise DeviceError(str(e)) from e
+            if self._staged:
+                self._staged.popleft()  # its upload has completed: the pass waited for it
         else:
             self._cuda.forward_train(x, int(seed), int(iteration))
         # batch-norm moved its rolling statistics in the device copy, which stays there until the host needs it
@@ -351,6 +365,11 @@ class Network:
         current pass). Two batches can wait at once: staging is refused (DeviceError) while one staged batch
         waits to run and the last training pass, whose backward still reads its input, used the other slot; so
         stage pass s+1 after forward_train(s), not earlier. ``forward_train(None)`` runs the oldest staged batch.
+
+        A batch inside an array from :meth:`staging_buffer` (page-locked memory) is uploaded from where it is, with
+        no copy on the host; the network holds the array until the batch has run (or ``clear_staged``), and the
+        caller must not write it before then. Any other array is first copied into page-locked memory of the
+        network's own.
         """
         if self._cuda is None:
             raise DeviceError("stage_input needs a network on a CUDA device (the CPU reads the array directly)")
@@ -359,11 +378,25 @@ class Network:
             self._cuda.stage_input(x)
         except ValueError as e:  # both slots busy
             raise DeviceError(str(e)) from e
+        self._staged.append(x)
 
     def clear_staged(self) -> None:
         """Drop the batches staged with stage_input that have not run (CUDA networks; nothing to do on the CPU)."""
         if self._cuda is not None:
             self._cuda.clear_staged()
+            self._staged.clear()
+
+    def staging_buffer(self, shape: Sequence[int]) -> np.ndarray:
+        """A new float32 array of ``shape`` in page-locked host memory (CUDA networks), for training batches:
+        :meth:`stage_input` uploads a batch that lies in one such array in place. The memory is freed with the
+        array's last view. The loader assembles its batches in these when the trainer runs on a GPU
+        (``Loader(allocate=net.staging_buffer)``)."""
+        if self._cuda is None:
+            raise DeviceError("staging_buffer needs a network on a CUDA device (page-locked memory is for uploads)")
+        shape = tuple(int(n) for n in shape)
+        if not shape or any(n < 1 for n in shape):
+            raise ValueError(f"staging_buffer: every dimension must be at least 1, got {shape}")
+        return self._cuda.pinned_empty(math.prod(shape)).reshape(shape)
 
     def train_output(self, index):
         """The output of any layer in this thread's last forward_train (a copy)."""

@@ -24,6 +24,11 @@ and the number of worker processes cannot change a single pixel.
   :func:`input_size` gives), so a trainer that takes longer per batch than the loader never waits. The workers
   die with the process that owns the loader, even when it is killed with SIGKILL: on Linux by the parent-death
   signal, everywhere by a thread in each worker that notices within 0.25 s that its parent changed.
+* **Batch memory** (``allocate``): by default each batch is a new numpy array. With ``allocate`` (e.g. a CUDA
+  network's :meth:`~pydarknet.Network.staging_buffer`, page-locked memory the upload reads in place), batches
+  are assembled straight into arrays it returns -- by the calling thread, or with workers by the thread that
+  receives their images -- and those arrays are recycled: one is reused only once nothing outside the loader
+  references it or any view of it any more, so a batch never changes under whoever still holds it.
 
 Usage::
 
@@ -44,7 +49,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -218,6 +223,42 @@ def _worker_ready(_=None):
 
 
 # ----- the loader --------------------------------------------------------------------------------------------
+class _BufferPool:
+    """Flat float32 arrays from ``allocate`` (page-locked memory is slow to allocate), handed out as views of the
+    shape asked for. A view keeps its array referenced, so an array whose only reference is this pool's list is
+    free: nobody still reads the batch that was built in it (including an upload queued from it, whose caller
+    holds the view until it has run). At most ``keep`` free arrays are kept, the largest first."""
+
+    def __init__(self, allocate: Callable[[Tuple[int, ...]], np.ndarray], keep: int):
+        self._allocate = allocate
+        self._keep = max(1, int(keep))
+        self._arrays = []
+        self.allocations = 0  # arrays allocated so far (for the tests)
+
+    def _free(self, k):
+        return sys.getrefcount(self._arrays[k]) == 2  # this list and getrefcount's own argument
+
+    def empty(self, shape) -> np.ndarray:
+        need = math.prod(shape)
+        free = [k for k in range(len(self._arrays)) if self._free(k)]
+        fits = [k for k in free if self._arrays[k].size >= need]
+        if fits:
+            array = self._arrays[min(fits, key=lambda k: self._arrays[k].size)]
+        else:
+            array = np.asarray(self._allocate((need,)))
+            if array.dtype != np.float32 or array.size < need or not array.flags.c_contiguous:
+                raise ValueError(f"allocate{(need,)} must return a contiguous float32 array of {need} values")
+            # Keep the array every view of it names as its base (numpy skips views in between), so that the views
+            # handed out count as references to it.
+            while not array.flags.owndata and type(array.base) is type(array):
+                array = array.base
+            self.allocations += 1
+            # Too many free arrays (they were all too small): drop the smallest.
+            drop = set(sorted(free, key=lambda k: self._arrays[k].size)[: max(0, len(free) - self._keep)])
+            self._arrays = [a for k, a in enumerate(self._arrays) if k not in drop] + [array]
+        return array.reshape(-1)[:need].reshape(shape)
+
+
 class Loader:
     """Batches of augmented training images; see the module documentation.
 
@@ -227,7 +268,9 @@ class Loader:
     :class:`~pydarknet.data.ProblemLog`, or a folder to write ``bad.list``/``bad_label.list`` in, or None
     (kept in memory); ``max_batches``: overrides the settings' (multi-scale uses the largest size for the last
     100 iterations); ``start_method``: the multiprocessing start method (default ``fork`` where available);
-    ``slots``: the slots of each batch to produce (default all ``batch`` of them; see the module documentation).
+    ``slots``: the slots of each batch to produce (default all ``batch`` of them; see the module documentation);
+    ``allocate``: ``allocate(shape)`` returns a new float32 array the batches are assembled in, recycled as the
+    module documentation says (default: a new numpy array per batch).
     """
 
     def __init__(
@@ -244,6 +287,7 @@ class Loader:
         max_batches: Optional[int] = None,
         start_method: Optional[str] = None,
         slots: Optional[Sequence[int]] = None,
+        allocate: Optional[Callable[[Tuple[int, ...]], np.ndarray]] = None,
     ):
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
@@ -271,6 +315,9 @@ class Loader:
         self._source = _Source(paths, boxes, settings, self.seed, self.batch_size)
         self._pool = None
         self._pending = {}
+        # The batch being handed out and `prefetch` queued ones, and one more: the trainer's staged uploads hold
+        # the previous batch until its last pass has run.
+        self._buffers = _BufferPool(allocate, keep=self.prefetch + 3) if allocate is not None else None
         if self.workers:
             method = start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             owner = os.getpid() if method in ("fork", "spawn") else None
@@ -365,7 +412,7 @@ class Loader:
         w, h = self._size(iteration, width, height)
         mode = self.mode(iteration)
         if self._pool is None:
-            images = np.empty((len(self.slots), 3, h, w), np.float32)
+            images = self._empty((len(self.slots), 3, h, w))
             truths = []
             for i, slot in enumerate(self.slots):
                 img, boxes, problems = self._source.sample(iteration, slot, w, h, mode)
@@ -384,27 +431,33 @@ class Loader:
             width, height = width or dw, height or dh
         return int(width), int(height)
 
+    def _empty(self, shape):
+        return np.empty(shape, np.float32) if self._buffers is None else self._buffers.empty(shape)
+
     def _submit(self, iteration, w, h, mode):
-        images = np.empty((len(self.slots), 3, h, w), np.float32)
+        images = self._empty((len(self.slots), 3, h, w))
         truths = [None] * len(self.slots)
         stored = [threading.Event() for _ in self.slots]
         futures = []
+        # The callbacks reach the batch through `target`, emptied once the batch is collected: a finished future
+        # the executor still holds for a moment then holds no batch (the recycling of `allocate` counts holders).
+        target = [images]
         for i, slot in enumerate(self.slots):
             fut = self._pool.submit(_worker_sample, iteration, slot, w, h, mode)
 
             def store(f, slot=i):
                 # Runs in the executor's result thread: the copy happens while the caller trains.
                 try:
-                    if not f.cancelled() and f.exception() is None:
+                    if not f.cancelled() and f.exception() is None and target[0] is not None:
                         img, boxes, _ = f.result()
-                        images[slot] = img
+                        target[0][slot] = img
                         truths[slot] = boxes
                 finally:
                     stored[slot].set()
 
             fut.add_done_callback(store)
             futures.append(fut)
-        return images, truths, futures, stored
+        return images, truths, futures, stored, target
 
     def _schedule(self, iteration):
         """Queue the next ``prefetch`` batches; drop queued ones that will not be asked for."""
@@ -421,13 +474,14 @@ class Loader:
                 self._pending[key] = self._submit(*key)
 
     def _collect(self, pending):
-        images, truths, futures, stored = pending
+        images, truths, futures, stored, target = pending
         for f, done in zip(futures, stored):
             err = f.exception()  # waits for the worker
             if err is not None:
                 raise err
             done.wait()  # and for the copy into the batch
             self._log(f.result()[2])
+        target[0] = None
         return images, list(truths)
 
     def _log(self, problems):
@@ -439,7 +493,7 @@ class Loader:
         """Stop the worker processes (queued batches are dropped)."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            for _, _, futures, _ in self._pending.values():
+            for _, _, futures, _, _ in self._pending.values():
                 for f in futures:
                     f.cancel()
             self._pending.clear()

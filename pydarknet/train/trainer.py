@@ -36,10 +36,11 @@ gradients and the optimizer's buffers kept in device memory across iterations (t
 date only to write a checkpoint, evaluate ``--map``, or end the run; see pydarknet.core.network and
 ``Optimizer.step_device``). The ``[yolo]`` loss runs on the device too (``device_yolo_loss``): the heads' outputs
 never come to the host, only the truths go up and a few sums come back (``Trainer._head_losses`` is the one place
-that chooses the loss). A multi-scale size change moves the parameters through the host buffer once (down from
-the previous size's network, up to the new one's). Data-parallel runs on GPUs sum the gradients with NCCL or
-through a host copy (pydarknet.train.distributed.GradientExchange), and synchronized batch-norm hands the device
-batch-norm's per-channel sums to the same reducer as on the CPU.
+that chooses the loss). The loader assembles each batch in page-locked host memory, from which each pass's images
+are uploaded in place on a copy stream while the previous pass computes. A multi-scale size change moves no
+parameters: the resized networks share the device parameter and gradient buffers. Data-parallel runs on GPUs sum
+the gradients with NCCL or through a host copy (pydarknet.train.distributed.GradientExchange), and synchronized
+batch-norm hands the device batch-norm's per-channel sums to the same reducer as on the CPU.
 """
 
 from __future__ import annotations
@@ -272,6 +273,9 @@ class Trainer:
     # Device runs stage each pass's images (Network.stage_input) so the upload overlaps the previous pass; the
     # tests turn it off to compare with plain uploads.
     _stage_inputs = True
+    # ... and the loader assembles the batches in page-locked memory (Network.staging_buffer), which the staged
+    # upload reads in place; the tests turn it off (before building the trainer) to compare with numpy batches.
+    _pinned_batches = True
 
     def __init__(
         self,
@@ -382,6 +386,7 @@ class Trainer:
             seed=self.seed,
             workers=o.workers,
             slots=slots if self.comm.distributed else None,
+            allocate=self.net.staging_buffer if self.on_device and self._pinned_batches else None,
             # One writer of bad.list / bad_label.list: rank 0 (it checks every label, as the others do).
             **({} if self.comm.is_root else {"problems": None}),
         )
