@@ -329,20 +329,20 @@ def add_train_arguments(t):
         "--sync-bn",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="under mpirun/srun: batch-norm statistics over all ranks' images (default on)",
+        help="with several ranks (--gpus, mpirun, srun): batch-norm statistics over all ranks' images (default on)",
     )
     t.add_argument(
         "--dist-timeout",
         type=float,
         default=600.0,
-        help="under mpirun/srun: seconds a rank waits for the others before it names the silent ones and stops (600)",
+        help="with several ranks: seconds a rank waits for the others before it names the silent ones and stops (600)",
     )
     t.add_argument(
         "--dist-backend",
         choices=("auto", "mpi", "nccl"),
         default="auto",
-        help="under mpirun/srun with --device cuda: sum the gradients with NCCL on the GPUs (nccl), through host "
-        "memory over MPI (mpi), or NCCL when every rank can load it (auto, the default)",
+        help="with several GPU ranks (--gpus, or mpirun/srun with --device cuda): sum the gradients with NCCL on "
+        "the GPUs (nccl), through host memory over MPI (mpi), or NCCL when every rank can load it (auto, the default)",
     )
     t.add_argument("--quiet", "-q", action="store_true")
 

@@ -135,16 +135,25 @@ def rank_environment(ranks: int, environ: Optional[Dict[str, str]] = None) -> Di
     return env
 
 
-def _end_with_parent(parent: int) -> None:
-    """In the child before exec: ask Linux to send SIGTERM when the launcher dies (and end now if it already
-    has). Elsewhere nothing can be asked; the launcher's own signal forwarding still works."""
+def _parent_death_signal():
+    """libc's ``prctl``, looked up here in the parent (the child between fork and exec should only call it), or
+    None where there is none (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
+        return None
+
+
+def _end_with_parent(prctl, parent: int) -> None:
+    """In the child before exec: ask Linux to send SIGTERM when the launcher dies (and end now if it already
+    has). Without prctl nothing can be asked; the launcher's own signal forwarding still works."""
+    if prctl is None:
         return
+    prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)
 
@@ -154,12 +163,12 @@ def run_ranks(command: Sequence[str], env: Optional[Dict[str, str]] = None, grac
     status as ``mpirun`` reports it, or 128 + N when it was ended by signal N or when this process received
     SIGINT or SIGTERM (N) and the ranks did not finish cleanly. Those two signals are passed on to ``mpirun``;
     if it still runs ``grace`` seconds after the first, it is killed (and its process manager ends the ranks)."""
-    parent = os.getpid()
+    parent, prctl = os.getpid(), _parent_death_signal()
     proc = subprocess.Popen(
         list(command),
         env=env,
         start_new_session=True,  # a terminal's Ctrl-C reaches only this process, which passes it on once
-        preexec_fn=lambda: _end_with_parent(parent),
+        preexec_fn=lambda: _end_with_parent(prctl, parent),
     )
     received: List[tuple] = []  # (signal, when)
 
