@@ -20,6 +20,7 @@ __all__ = [
     "TruthError",
     "TrainingError",
     "DistributedError",
+    "LaunchError",
     "CheckpointError",
     "AnchorsError",
     "ConcurrentUseError",
@@ -129,6 +130,11 @@ class DistributedError(TrainingError):
         self.problem = problem
         self.rank = rank
         super().__init__(problem)
+
+
+class LaunchError(DistributedError):
+    """``pydarknet train --gpus`` cannot start its ranks: mpi4py or ``mpirun`` is missing, or this process is
+    already one of several started by a launcher."""
 
 
 class CheckpointError(DarknetError, ValueError):

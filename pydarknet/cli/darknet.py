@@ -6,7 +6,7 @@ DATA CFG WEIGHTS [IMAGE]`` take Darknet's positional order and single-dash flags
 command that does the same; that command is printed on stderr (so that users learn it) and run. The same flags
 are also accepted on pydarknet's own commands (``pydarknet detect CFG WEIGHTS IMAGE -thresh 0.3 -ext_output``).
 A flag with no equivalent is either dropped with a note saying why (``-dont_show``: pydarknet never opens a
-window; ``-gpus``: training runs on the CPU) or refused with what to type instead.
+window) or refused with what to type instead.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ _DEVICE = {
     "-nogpu": (False, ["--device", "cpu"]),
 }
 _NO_WINDOW = (False, [])  # -dont_show: pydarknet never opens a window, so there is nothing to turn off
-_CPU_TRAINING = "training runs on the CPU (the train command does not use the CUDA training passes yet)"
 
 FLAGS: Dict[str, Dict[str, Tuple[bool, Translation]]] = {
     "detect": {
@@ -63,8 +62,8 @@ FLAGS: Dict[str, Dict[str, Tuple[bool, Translation]]] = {
         "-map": (False, ["--map"]),
         "-clear": (False, ["--clear"]),
         "-dont_show": _NO_WINDOW,
-        "-gpus": (True, Note(f"-gpus: {_CPU_TRAINING}; ignored")),
-        "-i": (True, Note(f"-i: {_CPU_TRAINING}; ignored")),
+        "-gpus": (True, ["--gpus", "{}"]),  # a list of GPU indices, one rank each (pydarknet.train.launch)
+        "-i": (True, ["--device", "cuda:{}"]),
         "-nogpu": (False, []),
         "-mAP_epochs": (True, Note("-mAP_epochs is not supported; use --map-every ITERATIONS; ignored")),
         "-chart": (True, Note("-chart: the chart is written to the backup folder as chart.png; ignored")),
@@ -271,7 +270,7 @@ def add_parsers(sub):
         "[-clear] [-dont_show]`, `detector map DATA CFG WEIGHTS [-thresh T] [-iou_thresh I] [-points N]`, "
         "`detector valid DATA CFG WEIGHTS [-out PREFIX]`, `detector calc_anchors DATA -num_of_clusters N -width W "
         "-height H`. Each is translated into the pydarknet command that does the same, which is printed and run. "
-        "-i N selects cuda:N; -gpus is ignored for training (it runs on the CPU).",
+        "-i N selects cuda:N; -gpus 0,1 trains on those GPUs (one rank each, --gpus).",
     )
     d.add_argument("args", nargs=argparse.REMAINDER, help="ACTION DATA CFG [WEIGHTS] [IMAGE] [Darknet flags]")
     d.set_defaults(func=_translated_help)

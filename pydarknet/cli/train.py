@@ -57,6 +57,9 @@ def cmd_train(args):
     from pydarknet.errors import DarknetError
     from pydarknet.train.distributed import Communicator
 
+    if args.gpus is not None:
+        return _train_on_gpus(args)
+
     try:
         comm = Communicator.create(timeout=args.dist_timeout)
     except (DarknetError, ValueError) as e:
@@ -94,7 +97,7 @@ def _train(args, comm):
         subdivisions=args.subdivisions,
         seed=args.seed,
         workers=args.workers,
-        device=args.device,
+        device=args.device or "cpu",
         precision=args.precision,
         clear=args.clear,
         map=args.map,
@@ -120,6 +123,65 @@ def _train(args, comm):
             + (f"; best mAP@0.5 {result.best_map:.4f}" if args.map and result.best_map >= 0 else "")
         )
     return EXIT_OK
+
+
+def _train_on_gpus(args):
+    """``--gpus LIST``: one GPU trains in this process; several start one rank per GPU through mpirun (see
+    pydarknet.train.launch), each running this command without --gpus and with --device cuda:<its GPU>."""
+    from pydarknet import _core
+    from pydarknet.train import launch
+
+    gpus = launch.parse_gpus(args.gpus)
+    if args.device not in (None, "cuda"):
+        raise UsageError(
+            f"--gpus {args.gpus} --device {args.device}: --gpus chooses each rank's GPU; drop --device "
+            "(or train on one device with --device alone)"
+        )
+    launch.check_not_launched()
+    launch.check_gpus(gpus, _core.cuda_device_count(), _core.built_with_cuda)
+    _order(args.files)  # a missing or ambiguous file is said once here, not once per rank
+    if len(gpus) == 1:
+        args.device, args.gpus = f"cuda:{gpus[0]}", None
+        return cmd_train(args)
+    if args.dist_backend == "nccl" and len(set(gpus)) < len(gpus):
+        raise UsageError(
+            f"--gpus {args.gpus} --dist-backend nccl: NCCL needs a GPU per rank; list each GPU once, or sum "
+            "through host memory with --dist-backend mpi (the default auto does when a GPU is shared)"
+        )
+    mpirun = launch.find_launcher()
+    command = launch.mpirun_command(mpirun, [rank_argv(args, f"cuda:{g}") for g in gpus])
+    env = launch.rank_environment(len(gpus))
+    if not args.quiet:
+        placed = ", ".join(f"rank {r} on cuda:{g}" for r, g in enumerate(gpus))
+        print(
+            f"--gpus {args.gpus}: {len(gpus)} ranks started by {mpirun} ({placed}; OMP_NUM_THREADS="
+            f"{env['OMP_NUM_THREADS']})",
+            file=sys.stderr,
+            flush=True,
+        )
+    return launch.run_ranks(command, env)
+
+
+def rank_argv(args, device: str):
+    """The ``train`` command line of one rank of ``--gpus``: ``args`` (the launcher's parsed command) written back
+    as options, without --gpus and with ``--device device``. Parsing it gives ``args`` again, with that device."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_train_arguments(parser)
+    argv = ["train", *args.files]
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("gpus", "device"):
+            continue
+        value = getattr(args, action.dest)
+        if value == action.default:
+            continue
+        name = action.option_strings[0]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            argv.append(name if value else "--no-" + name[2:])
+        elif isinstance(action, argparse._StoreTrueAction):
+            argv.append(name)
+        else:
+            argv.append(f"{name}={value}")  # one token: a value that starts with '-' stays a value
+    return argv + ["--device", device]
 
 
 def cmd_partial(args):
@@ -214,17 +276,8 @@ def cmd_synthetic(args):
     return EXIT_OK
 
 
-def add_parsers(sub):
-    t = sub.add_parser(
-        "train",
-        help="train a detector as Darknet's `detector train` does",
-        description="Train CFG on the images of DATA (a Darknet .data or an ultralytics data.yaml), optionally "
-        "starting from WEIGHTS (full weights, a backbone like yolov4-tiny.conv.29, or a "
-        "_last.weights to resume exactly). Darknet's order DATA CFG [WEIGHTS] is accepted too.",
-        epilog="Writes <backup>/<cfg>_last.weights every 100 iterations (with a .state file for exact resume), "
-        "<cfg>_<N>.weights every 1000, <cfg>_final.weights at max_batches, <cfg>_best.weights with --map, "
-        "results.csv and chart.png.",
-    )
+def add_train_arguments(t):
+    """The options of ``pydarknet train`` (also used to write a ``--gpus`` rank's command line back)."""
     t.add_argument("files", nargs="+", metavar="FILE", help="CFG DATA [WEIGHTS]")
     t.add_argument("--backup", help="folder for weights, logs and charts (default: the .data's backup=)")
     t.add_argument("--max-batches", type=int, help="override [net] max_batches (iterations)")
@@ -240,8 +293,8 @@ def add_parsers(sub):
     )
     t.add_argument(
         "--device",
-        default="cpu",
-        help="cpu, cuda or cuda:N: where the forward/backward passes, the [yolo] loss and the update run (default cpu)",
+        help="cpu, cuda or cuda:N: where the forward/backward passes, the [yolo] loss and the update run (default "
+        "cpu; under mpirun/srun `cuda` gives each rank of a machine its own GPU)",
     )
     t.add_argument(
         "--precision",
@@ -250,6 +303,15 @@ def add_parsers(sub):
         help="with --device cuda: fp16 or bf16 mixed precision (the convolution and [connected] operands rounded "
         "to that type, float32 sums, storage, batch-norm and update; fp16 with dynamic loss scaling). These "
         "training kernels are not tensor-core kernels yet: no speed-up, no memory saving (default fp32)",
+    )
+    t.add_argument(
+        "--gpus",
+        metavar="LIST",
+        help="train on these GPUs of this machine, as Darknet's -gpus: a comma-separated list of GPU indices "
+        "(`--gpus 0,1,2,3`; `--gpus 4` is GPU 4 alone). Several GPUs start one rank per GPU through MPICH's "
+        "mpirun (pydarknet[dist]), rank r on the r-th listed GPU; the cfg's batch stays the global batch, split "
+        "among the ranks (Darknet gives every GPU a whole batch). A GPU listed twice is shared by two ranks "
+        "(summing through host memory; NCCL needs a GPU per rank)",
     )
     t.add_argument("--clear", action="store_true", help="reset the iteration counter of WEIGHTS (Darknet's -clear)")
     t.add_argument("--map", action="store_true", help="compute mAP@0.5 on the valid list and keep _best.weights")
@@ -267,22 +329,36 @@ def add_parsers(sub):
         "--sync-bn",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="under mpirun/srun: batch-norm statistics over all ranks' images (default on)",
+        help="with several ranks (--gpus, mpirun, srun): batch-norm statistics over all ranks' images (default on)",
     )
     t.add_argument(
         "--dist-timeout",
         type=float,
         default=600.0,
-        help="under mpirun/srun: seconds a rank waits for the others before it names the silent ones and stops (600)",
+        help="with several ranks: seconds a rank waits for the others before it names the silent ones and stops (600)",
     )
     t.add_argument(
         "--dist-backend",
         choices=("auto", "mpi", "nccl"),
         default="auto",
-        help="under mpirun/srun with --device cuda: sum the gradients with NCCL on the GPUs (nccl), through host "
-        "memory over MPI (mpi), or NCCL when every rank can load it (auto, the default)",
+        help="with several GPU ranks (--gpus, or mpirun/srun with --device cuda): sum the gradients with NCCL on "
+        "the GPUs (nccl), through host memory over MPI (mpi), or NCCL when every rank can load it (auto, the default)",
     )
     t.add_argument("--quiet", "-q", action="store_true")
+
+
+def add_parsers(sub):
+    t = sub.add_parser(
+        "train",
+        help="train a detector as Darknet's `detector train` does",
+        description="Train CFG on the images of DATA (a Darknet .data or an ultralytics data.yaml), optionally "
+        "starting from WEIGHTS (full weights, a backbone like yolov4-tiny.conv.29, or a "
+        "_last.weights to resume exactly). Darknet's order DATA CFG [WEIGHTS] is accepted too.",
+        epilog="Writes <backup>/<cfg>_last.weights every 100 iterations (with a .state file for exact resume), "
+        "<cfg>_<N>.weights every 1000, <cfg>_final.weights at max_batches, <cfg>_best.weights with --map, "
+        "results.csv and chart.png.",
+    )
+    add_train_arguments(t)
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("partial", help="keep the first N layers of a weights file (Darknet's `partial`)")
