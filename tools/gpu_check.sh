@@ -7,6 +7,7 @@
 #   infer        inference parity on real weights: the CUDA engine's detections and outputs against the CPU's
 #                (tests/test_cuda.py, whole networks on the real yolov4-tiny / yolov3-tiny weights, detect command)
 #   train        training-step parity: tests/test_cuda_train.py, test_cuda_train_gemm.py (the training GEMM),
+#                test_cuda_reduce.py (the fixed-order sums),
 #                test_cuda_yolo_loss.py, test_cuda_trainer.py, test_cuda_amp.py (mixed precision) and test_nccl.py (NCCL's library and the GPU-rank gradient
 #                sum; NCCL proper takes over where each rank has a GPU of its own) on the GPU; junit in
 #                train-junit.xml
@@ -181,7 +182,7 @@ git_rev="$(git rev-parse --short HEAD 2> /dev/null || echo unknown)$(git diff --
 } | tee -a "$summary"
 
 train_tests=(tests/test_cuda_train.py)
-for f in tests/test_cuda_train_gemm.py tests/test_cuda_yolo_loss.py tests/test_cuda_trainer.py tests/test_cuda_amp.py tests/test_nccl.py; do
+for f in tests/test_cuda_train_gemm.py tests/test_cuda_reduce.py tests/test_cuda_yolo_loss.py tests/test_cuda_trainer.py tests/test_cuda_amp.py tests/test_nccl.py; do
     [ -f "$f" ] && train_tests+=("$f")
 done
 
