@@ -7,8 +7,8 @@
 #   infer        inference parity on real weights: the CUDA engine's detections and outputs against the CPU's
 #                (tests/test_cuda.py, whole networks on the real yolov4-tiny / yolov3-tiny weights, detect command)
 #   train        training-step parity: tests/test_cuda_train.py, test_cuda_train_gemm.py (the training GEMM),
-#                test_cuda_reduce.py (the fixed-order sums),
-#                test_cuda_yolo_loss.py, test_cuda_trainer.py, test_cuda_amp.py (mixed precision) and test_nccl.py (NCCL's library and the GPU-rank gradient
+#                test_cuda_reduce.py (the fixed-order sums), test_cuda_yolo_loss.py, test_cuda_trainer.py,
+#                test_cuda_amp.py (mixed precision) and test_nccl.py (NCCL's library and the GPU-rank gradient
 #                sum; NCCL proper takes over where each rank has a GPU of its own) on the GPU; junit in
 #                train-junit.xml
 #   bench        benchmarks/bench_gpu.py (inference, pydarknet vs PyTorch + cuDNN), short
