@@ -155,6 +155,8 @@ __global__ void split_k_reduce_kernel(const ConvParams<T, W> p, int splits) {
 // ----- SIMT: 64 x 64 tile per block of 256 threads, each thread 4 x 4 outputs strided by 16 -------------------
 
 constexpr int kSimtBM = 64, kSimtBN = 64, kSimtBK = 16, kSimtThreads = 256;
+static_assert(kSimtBM == kGemmSimtBM && kSimtBN == kGemmSimtBN && kSimtBK == kGemmSimtBK,
+              "the inference SIMT tile is the training GEMM's (simt_tile_product)");
 
 template <typename T>
 __global__ void __launch_bounds__(kSimtThreads) conv_simt_kernel(const ConvParams<T, float> p) {
@@ -192,18 +194,7 @@ __global__ void __launch_bounds__(kSimtThreads) conv_simt_kernel(const ConvParam
             Bs[k][load_n] = to_float(gather(p, origin, p.taps[k0 + k]));
         }
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < kSimtBK; ++kk) {
-            float a[4], b[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-        }
+        simt_tile_product(As, Bs, acc, tx, ty);
         __syncthreads();
     }
 

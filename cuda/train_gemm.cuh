@@ -63,6 +63,26 @@ inline GemmSplit choose_gemm_split(long long tiles, long long K, int groups, int
 
 constexpr int kGemmSimtBM = 64, kGemmSimtBN = 64, kGemmSimtBK = 16, kGemmSimtThreads = 256;
 
+// One K tile of a SIMT 64 x 64 product in shared memory (As[k][m], padded rows; Bs[k][n]): thread (tx, ty) of 16 x
+// 16 adds to its 4 x 4 values at rows ty + 16 i and columns tx + 16 j. The inference convolution's SIMT kernel
+// (cuda/convolutional_kernels.cu) uses it too.
+__device__ __forceinline__ void simt_tile_product(const float (&As)[kGemmSimtBK][kGemmSimtBM + 4],
+                                                  const float (&Bs)[kGemmSimtBK][kGemmSimtBN], float (&acc)[4][4],
+                                                  int tx, int ty) {
+#pragma unroll
+    for (int kk = 0; kk < kGemmSimtBK; ++kk) {
+        float a[4], b[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+}
+
 // The block's group and K range: blockIdx.z = part * groups + group.
 struct GemmBlockK {
     int group, part;
@@ -138,18 +158,7 @@ __global__ void __launch_bounds__(kGemmSimtThreads)
         for (int e = 0; e < 4; ++e) Bs[b_k + 4 * e][b_n] = b_next[e];
         __syncthreads();
         if (k0 + kGemmSimtBK < bk.end) fetch(k0 + kGemmSimtBK);
-#pragma unroll
-        for (int kk = 0; kk < kGemmSimtBK; ++kk) {
-            float a[4], b[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-        }
+        simt_tile_product(As, Bs, acc, tx, ty);
     }
 
 #pragma unroll

@@ -5,15 +5,14 @@ interpreter (``pip install "pydarknet[dist]"``) and are skipped without them."""
 
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import pytest
+from support.mpi import MPIRUN, RUN_DIR, needs_mpi
 
 import pydarknet
 from pydarknet.core.network import set_batch_norm_reducer
@@ -23,22 +22,6 @@ from pydarknet.data.loader import Loader
 from pydarknet.errors import DistributedError
 from pydarknet.train.distributed import Communicator, fingerprint, launched_world_size, shard_slots
 from pydarknet.train.starter import starter_cfg
-
-MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable)) or shutil.which("mpirun")
-# `python -m pydarknet` puts the working folder first on the import path: the ranks run outside the checkout, so
-# that they import the installed package with its compiled engine however it was installed (editable or not).
-RUN_DIR = tempfile.gettempdir()
-
-
-def _have_mpi():
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return False
-    return MPIRUN is not None
-
-
-needs_mpi = pytest.mark.skipif(not _have_mpi(), reason="needs mpi4py and mpirun (pip install 'pydarknet[dist]')")
 
 
 # ----- shards ----------------------------------------------------------------------------------------------------

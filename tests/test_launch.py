@@ -6,15 +6,14 @@ the emulation build); they are skipped without them."""
 
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import pytest
+from support.mpi import MPIRUN, RUN_DIR, needs_mpi
 
 import pydarknet
 from pydarknet import _core
@@ -25,20 +24,6 @@ from pydarknet.errors import DeviceError, LaunchError, UsageError
 from pydarknet.train import launch
 from pydarknet.train.starter import starter_cfg
 
-MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable)) or shutil.which("mpirun")
-# The ranks run outside the checkout, so that they import the installed package with its compiled engine.
-RUN_DIR = tempfile.gettempdir()
-
-
-def _have_mpi():
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return False
-    return MPIRUN is not None
-
-
-needs_mpi = pytest.mark.skipif(not _have_mpi(), reason="needs mpi4py and mpirun (pip install 'pydarknet[dist]')")
 needs_cuda = pytest.mark.skipif(_core.cuda_device_count() < 1, reason="no CUDA device (or emulation)")
 
 
