@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from support.mpi import MPIRUN, RUN_DIR, needs_mpi
+from support.mpi import MPIRUN, RUN_DIR, needs_mpi, tiny_training_run
 
 import pydarknet
 from pydarknet.core.network import set_batch_norm_reducer
@@ -21,7 +21,6 @@ from pydarknet.data.dataset import load_dataset
 from pydarknet.data.loader import Loader
 from pydarknet.errors import DistributedError
 from pydarknet.train.distributed import Communicator, fingerprint, launched_world_size, shard_slots
-from pydarknet.train.starter import starter_cfg
 
 
 # ----- shards ----------------------------------------------------------------------------------------------------
@@ -64,15 +63,7 @@ def test_launched_without_mpi4py_says_what_to_install(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A 64x64 starter cfg with 2 classes and 40 synthetic training images."""
-    folder = tmp_path_factory.mktemp("dist")
-    data = synthetic.generate(folder / "data", n_train=40, n_valid=4, size=64, classes=2, seed=5)
-    cfg = folder / "tiny.cfg"
-    text = starter_cfg(2, 64, 64, max_batches=5, batch=16, learning_rate=0.002)
-    # No burn-in and no steps: the 5 updates move the weights at the full rate (loss 58 -> 10). A larger rate
-    # makes the run chaotic: at 0.01 float rounding differences grow tenfold per step.
-    cfg.write_text(text.replace("burn_in=200", "burn_in=0").replace("steps=4,4", "steps=1000,2000"))
-    return cfg, data
+    return tiny_training_run(tmp_path_factory.mktemp("dist"))
 
 
 @pytest.mark.parametrize("workers", [0, 1])

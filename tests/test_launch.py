@@ -13,16 +13,14 @@ import time
 
 import numpy as np
 import pytest
-from support.mpi import MPIRUN, RUN_DIR, needs_mpi
+from support.mpi import MPIRUN, RUN_DIR, needs_mpi, tiny_training_run
 
 import pydarknet
 from pydarknet import _core
 from pydarknet.cli import train as train_cli
 from pydarknet.cli.main import build_parser, main
-from pydarknet.data import synthetic
 from pydarknet.errors import DeviceError, LaunchError, UsageError
 from pydarknet.train import launch
-from pydarknet.train.starter import starter_cfg
 
 needs_cuda = pytest.mark.skipif(_core.cuda_device_count() < 1, reason="no CUDA device (or emulation)")
 
@@ -229,13 +227,7 @@ def test_signals_reach_the_launched_command_and_nothing_stays(tmp_path, sig, sta
 # ----- real ranks -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A 64x64 starter cfg with 2 classes and 40 synthetic training images (test_distributed's)."""
-    folder = tmp_path_factory.mktemp("launch")
-    data = synthetic.generate(folder / "data", n_train=40, n_valid=4, size=64, classes=2, seed=5)
-    cfg = folder / "tiny.cfg"
-    text = starter_cfg(2, 64, 64, max_batches=5, batch=16, learning_rate=0.002)
-    cfg.write_text(text.replace("burn_in=200", "burn_in=0").replace("steps=4,4", "steps=1000,2000"))
-    return cfg, data
+    return tiny_training_run(tmp_path_factory.mktemp("launch"))
 
 
 def _env():
