@@ -21,6 +21,7 @@ from pydarknet.cli import train as train_cli
 from pydarknet.cli.main import build_parser, main
 from pydarknet.errors import DeviceError, LaunchError, UsageError
 from pydarknet.train import launch
+from pydarknet.train.starter import starter_cfg
 
 needs_cuda = pytest.mark.skipif(_core.cuda_device_count() < 1, reason="no CUDA device (or emulation)")
 
@@ -149,6 +150,24 @@ def test_gpus_errors_exit_with_the_usage_code(tmp_path, monkeypatch, capsys, ext
         monkeypatch.setenv(name, value)
     assert main(["train", str(tmp_path / "a.cfg"), str(tmp_path / "a.data"), *extra]) == 2
     assert said in capsys.readouterr().err
+
+
+def test_a_batch_the_ranks_cannot_share_is_refused_before_any_rank_starts(tmp_path, monkeypatch, capsys):
+    (tmp_path / "a.cfg").write_text(starter_cfg(2, 64, 64, batch=16))
+    (tmp_path / "a.data").write_text("classes=2\n")
+    monkeypatch.setattr(_core, "cuda_device_count", lambda: 2)
+    monkeypatch.setattr(launch, "find_launcher", lambda python=None: "/opt/mpi/mpirun")
+    started = []
+    monkeypatch.setattr(launch, "run_ranks", lambda *a, **k: started.append(a) or 0)
+    files = [str(tmp_path / "a.cfg"), str(tmp_path / "a.data")]
+    assert main(["train", *files, "--gpus", "0,1", "--batch", "6", "--subdivisions", "2"]) == 2
+    assert "--gpus 0,1: the mini-batch (batch/subdivisions = 3) is not a multiple of the 2 ranks" in (
+        capsys.readouterr().err
+    )
+    assert not started
+    # A batch they can share starts the ranks.
+    assert main(["train", *files, "--gpus", "0,1", "--batch", "8", "--subdivisions", "2"]) == 0
+    assert len(started) == 1
 
 
 def test_gpus_without_mpi_says_what_to_install(tmp_path, monkeypatch, capsys):

@@ -139,7 +139,7 @@ def _train_on_gpus(args):
         )
     launch.check_not_launched()
     launch.check_gpus(gpus, _core.cuda_device_count(), _core.built_with_cuda)
-    _order(args.files)  # a missing or ambiguous file is said once here, not once per rank
+    cfg, _, _ = _order(args.files)  # a missing or ambiguous file is said once here, not once per rank
     if len(gpus) == 1:
         args.device, args.gpus = f"cuda:{gpus[0]}", None
         return cmd_train(args)
@@ -148,6 +148,7 @@ def _train_on_gpus(args):
             f"--gpus {args.gpus} --dist-backend nccl: NCCL needs a GPU per rank; list each GPU once, or sum "
             "through host memory with --dist-backend mpi (the default auto does when a GPU is shared)"
         )
+    _check_batch_splits(args, cfg, len(gpus))
     mpirun = launch.find_launcher()
     command = launch.mpirun_command(mpirun, [rank_argv(args, f"cuda:{g}") for g in gpus])
     env = launch.rank_environment(len(gpus))
@@ -160,6 +161,29 @@ def _train_on_gpus(args):
             flush=True,
         )
     return launch.run_ranks(command, env)
+
+
+def _check_batch_splits(args, cfg, ranks: int) -> None:
+    """Refuses, once and before any rank starts, a mini-batch the ranks cannot share equally (each rank would
+    otherwise stop with the same message). A cfg that does not load is left to the ranks, which name its
+    problem as a single process does."""
+    from pydarknet.core.graph import load_network_desc
+    from pydarknet.errors import DarknetError
+    from pydarknet.train.distributed import shard_slots
+    from pydarknet.train.schedule import images_per_iteration
+
+    try:
+        desc = load_network_desc(cfg, lenient=args.lenient)
+        for key in ("batch", "subdivisions"):
+            if getattr(args, key) is not None:
+                desc.net[key] = int(getattr(args, key))
+        batch, subdivisions = images_per_iteration(desc), int(desc.net["subdivisions"])
+    except (DarknetError, ValueError, KeyError):
+        return
+    try:
+        shard_slots(0, ranks, batch, subdivisions)
+    except DarknetError as e:
+        raise UsageError(f"--gpus {args.gpus}: {e}") from None
 
 
 def rank_argv(args, device: str):
