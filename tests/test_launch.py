@@ -183,16 +183,24 @@ def test_gpus_without_mpi_says_what_to_install(tmp_path, monkeypatch, capsys):
 CHILD = """
 import os, signal, sys, time
 out = sys.argv[1]
+watched = (signal.SIGINT, signal.SIGTERM)
+blocked = sorted(s.name for s in signal.pthread_sigmask(signal.SIG_BLOCK, []) if s in watched)
+ignored = sorted(s.name for s in watched if signal.getsignal(s) == signal.SIG_IGN)
 def stop(signum, frame):
     with open(out, "w") as f:
         f.write(signal.Signals(signum).name)
     sys.exit(5)
 signal.signal(signal.SIGTERM, stop)
 signal.signal(signal.SIGINT, stop)
-print(os.getpid(), flush=True)
+print(os.getpid(), ",".join(blocked) or "-", ",".join(ignored) or "-", flush=True)
 time.sleep(120)
 """
 LAUNCHER = "import sys; from pydarknet.train.launch import run_ranks; sys.exit(run_ranks(sys.argv[1:], grace=5))"
+# The launcher as a script's background job starts it: SIGINT ignored. Here both signals are ignored and blocked.
+DEAF_LAUNCHER = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+    " signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT, signal.SIGTERM]); " + LAUNCHER
+)
 
 
 def _gone(pid):
@@ -218,29 +226,62 @@ def test_run_ranks_returns_the_status():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and the parent-death signal are Linux's")
+@pytest.mark.parametrize("launcher", [LAUNCHER, DEAF_LAUNCHER], ids=["plain", "signals-ignored-and-blocked"])
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGKILL, -9)])
-def test_signals_reach_the_launched_command_and_nothing_stays(tmp_path, sig, status):
+def test_signals_reach_the_launched_command_and_nothing_stays(tmp_path, sig, status, launcher):
     child = tmp_path / "child.py"
     child.write_text(CHILD)
-    out = tmp_path / "got.txt"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", LAUNCHER, sys.executable, str(child), str(out)],
-        cwd=RUN_DIR,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    out, err = tmp_path / "got.txt", tmp_path / "stderr.txt"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", launcher, sys.executable, str(child), str(out)],
+            cwd=RUN_DIR,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
     try:
-        pid = int(proc.stdout.readline())
+        pid, blocked, ignored = proc.stdout.readline().split()
+        # Whatever the launcher inherited, the command starts with both signals deliverable and not ignored.
+        assert (blocked, ignored) == ("-", "-")
         os.kill(proc.pid, sig)
-        assert proc.wait(timeout=30) == status
-        assert _wait_gone([pid], 10) == []
+        assert proc.wait(timeout=30) == status, err.read_text()
+        assert _wait_gone([int(pid)], 10) == []
         # SIGINT and SIGTERM are passed on; a launcher killed outright takes the command down with SIGTERM.
+        assert out.exists(), f"the command did not get the signal; launcher's stderr: {err.read_text()!r}"
         assert out.read_text() == ("SIGTERM" if sig == signal.SIGKILL else sig.name)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_a_signal_while_the_command_starts_is_passed_on_once_it_runs(monkeypatch):
+    """SIGINT that arrives while mpirun is being started (before Popen returns) is not lost: it is sent once the
+    command runs, which then ends at once instead of sleeping its minute."""
+    popen = subprocess.Popen
+
+    def interrupted_popen(*args, **kwargs):
+        started = popen(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # handled here, before the launcher holds the process
+        return started
+
+    monkeypatch.setattr(launch.subprocess, "Popen", interrupted_popen)
+    missed = []  # a SIGINT the launcher did not take would land here instead of interrupting the test session
+
+    def outside(signum, frame):
+        missed.append(signum)
+
+    previous = signal.signal(signal.SIGINT, outside)
+    try:
+        began = time.monotonic()
+        assert launch.run_ranks([sys.executable, "-c", "import time; time.sleep(60)"], grace=30) == 130
+        assert time.monotonic() - began < 30
+        assert missed == []
+        assert signal.getsignal(signal.SIGINT) is outside  # the launcher's handler is gone again
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ----- real ranks -------------------------------------------------------------------------------------------

@@ -148,9 +148,11 @@ def _parent_death_signal():
         return None
 
 
-def _end_with_parent(prctl, parent: int) -> None:
-    """In the child before exec: ask Linux to send SIGTERM when the launcher dies (and end now if it already
-    has). Without prctl nothing can be asked; the launcher's own signal forwarding still works."""
+def _start_child(prctl, parent: int, signals: Sequence[int]) -> None:
+    """In the child before exec: unblock ``signals`` (exec keeps a blocked mask; the handlers this process
+    installed are reset to the defaults by exec), then ask Linux to send SIGTERM when the launcher dies, and end
+    now if it already has. Without prctl that cannot be asked; the launcher's own signal forwarding still works."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
     if prctl is None:
         return
     prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
@@ -162,28 +164,41 @@ def run_ranks(command: Sequence[str], env: Optional[Dict[str, str]] = None, grac
     """Run the launcher ``command`` (:func:`mpirun_command`) to its end and return its exit status: the ranks'
     status as ``mpirun`` reports it, or 128 + N when it was ended by signal N or when this process received
     SIGINT or SIGTERM (N) and the ranks did not finish cleanly. Those two signals are passed on to ``mpirun``;
-    if it still runs ``grace`` seconds after the first, it is killed (and its process manager ends the ranks)."""
+    if it still runs ``grace`` seconds after the first, it is killed (and its process manager ends the ranks).
+
+    The two signals are caught from before ``mpirun`` starts (one that arrives while it starts is passed on once
+    it runs) and unblocked here and in ``mpirun``: a launcher started with them blocked or ignored, as a
+    background job of a script is, still hears them and hands ``mpirun`` their default behaviour."""
     parent, prctl = os.getpid(), _parent_death_signal()
-    proc = subprocess.Popen(
-        list(command),
-        env=env,
-        start_new_session=True,  # a terminal's Ctrl-C reaches only this process, which passes it on once
-        preexec_fn=lambda: _end_with_parent(prctl, parent),
-    )
+    forwarded = (signal.SIGINT, signal.SIGTERM)
+    proc: Optional[subprocess.Popen] = None
     received: List[tuple] = []  # (signal, when)
+    early: List[int] = []  # received before mpirun had started
 
     def forward(signum, frame):
         received.append((signum, time.monotonic()))
+        if proc is None:
+            early.append(signum)
+            return
         try:
             proc.send_signal(signum)
         except ProcessLookupError:
             pass
 
-    handlers = {}
+    handlers, mask = {}, None
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in forwarded:
             handlers[signum] = signal.signal(signum, forward)
+        mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, forwarded)
     try:
+        proc = subprocess.Popen(
+            list(command),
+            env=env,
+            start_new_session=True,  # a terminal's Ctrl-C reaches only this process, which passes it on once
+            preexec_fn=lambda: _start_child(prctl, parent, forwarded),
+        )
+        for signum in early:  # the handler no longer adds to it: proc is set
+            proc.send_signal(signum)
         while True:
             try:
                 status = proc.wait(timeout=1.0)
@@ -194,7 +209,9 @@ def run_ranks(command: Sequence[str], env: Optional[Dict[str, str]] = None, grac
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-        if proc.poll() is None:  # an exception in this process: leave nothing behind
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if proc is not None and proc.poll() is None:  # an exception in this process: leave nothing behind
             proc.kill()
             proc.wait()
     if received and status != 0:
